@@ -1,0 +1,216 @@
+"""The report document: what one investigation found on one node.
+
+Versioned (`schema_version`); the service, the UI, the sinks and the CLI all read these names, so they
+stay stable. Add fields freely; rename or remove only with a new schema version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = "1.0"
+
+
+def new_report_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SourceKind(StrEnum):
+    FILE = "file"  # a regular file mapping read back from disk (mmap, page cache)
+    CODE = "code"  # an executable file mapping: program text refaulting
+    SWAP = "swap"  # anonymous memory (anon, [heap], [stack]) swapped back in
+    SHMEM = "shmem"  # tmpfs-backed shared memory (/dev/shm, memfd:, SysV) back from swap
+    UNKNOWN = "unknown"  # no maps snapshot held the address
+
+
+class Cause(StrEnum):
+    CONTAINER_MEMORY_LIMIT = "container_memory_limit"
+    NODE_MEMORY_PRESSURE = "node_memory_pressure"
+    SWAP = "swap"
+    COLD_FILE_READS = "cold_file_reads"
+    CODE_REFAULTS = "code_refaults"
+    SHMEM_SWAP = "shmem_swap"
+    NO_MAJOR_FAULTS = "no_major_faults"
+    UNKNOWN = "unknown"
+
+
+class OffsetRange(BaseModel):
+    """A hot range of a file, in bytes from the file's start."""
+
+    start: int
+    end: int
+    faults: int
+
+
+class Source(BaseModel):
+    kind: SourceKind
+    path: str | None = None  # as the process sees it (inside its mount namespace)
+    device: str | None = None  # "major:minor" from maps
+    inode: int | None = None
+    faults: int
+    share: float = Field(ge=0, le=1, description="share of this process's traced faults")
+    hot_ranges: list[OffsetRange] = Field(default_factory=list)
+    estimated: bool = False  # True when inferred without fault addresses (procfs backend)
+    note: str | None = None
+
+
+class OwnerRef(BaseModel):
+    kind: str
+    name: str
+
+
+class PodRef(BaseModel):
+    namespace: str | None = None
+    name: str | None = None
+    uid: str
+    container: str | None = None
+    container_id: str | None = None
+    runtime: str | None = None  # containerd, cri-o, docker
+    qos_class: str | None = None
+    owner: OwnerRef | None = None
+    static: bool = False
+    resolved_by: Literal["kubelet", "apiserver", "cgroup"] = "cgroup"
+
+
+class Pressure(BaseModel):
+    """One PSI file: share of time (percent) some/all tasks stalled."""
+
+    some_avg10: float = 0.0
+    some_avg60: float = 0.0
+    some_avg300: float = 0.0
+    some_total_us: int = 0
+    full_avg10: float | None = None
+    full_avg60: float | None = None
+    full_avg300: float | None = None
+    full_total_us: int | None = None
+
+
+class CgroupMemory(BaseModel):
+    path: str
+    version: Literal[1, 2]
+    current_bytes: int | None = None
+    max_bytes: int | None = None  # None: no limit
+    high_bytes: int | None = None
+    usage_ratio: float | None = None  # current / max
+    file_bytes: int | None = None
+    anon_bytes: int | None = None
+    swap_bytes: int | None = None
+    workingset_refault_file: int | None = None
+    workingset_refault_anon: int | None = None
+    pgmajfault: int | None = None
+    pressure: Pressure | None = None
+
+
+class Verdict(BaseModel):
+    summary: str
+    cause: Cause
+    advice: list[str] = Field(default_factory=list)
+    confidence: Literal["high", "medium", "low"] = "medium"
+
+
+class ProcessReport(BaseModel):
+    pid: int
+    comm: str
+    cmdline: str = ""  # secrets redacted
+    major_faults: int  # majflt delta over the window
+    major_faults_per_second: float
+    minor_faults: int = 0
+    series: list[int] = Field(default_factory=list, description="major faults in each second")
+    traced_faults: int = 0  # fault events the tracer attributed to this process
+    traced_majflt: int | None = None  # majflt delta over exactly the tracer's window, to compare
+    started_during_window: bool = False
+    exited_during_window: bool = False
+    host_process: bool = True
+    pod: PodRef | None = None
+    cgroup: str | None = None
+    paths_in_container: bool = False  # source paths are as the container sees them
+    sources: list[Source] = Field(default_factory=list)
+    cgroup_memory: CgroupMemory | None = None
+    rss_bytes: int | None = None
+    swap_bytes: int | None = None
+    read_bytes_per_second: float | None = None
+    verdict: Verdict | None = None
+
+
+class SkippedBackend(BaseModel):
+    backend: str
+    reason: str
+
+
+class TracerInfo(BaseModel):
+    backend: str
+    exact: bool  # True: every event is a major fault
+    reason: str = ""  # why this backend
+    skipped: list[SkippedBackend] = Field(default_factory=list)
+    events: int = 0
+    dropped: int = 0
+    output_bytes: int = 0
+    truncated: bool = False
+    duration_seconds: float = 0.0
+    errors: list[str] = Field(default_factory=list)
+
+
+class NodeStats(BaseModel):
+    pgmajfault: int = 0
+    pgmajfault_per_second: float = 0.0
+    pswpin_per_second: float = 0.0
+    pswpout_per_second: float = 0.0
+    workingset_refault_file_per_second: float | None = None
+    workingset_refault_anon_per_second: float | None = None
+    series: list[int] = Field(default_factory=list, description="node pgmajfault in each second")
+    mem_total_bytes: int | None = None
+    mem_available_bytes: int | None = None
+    swap_total_bytes: int | None = None
+    swap_free_bytes: int | None = None
+    psi_memory: Pressure | None = None
+    psi_io: Pressure | None = None
+
+
+class Trigger(BaseModel):
+    kind: Literal["manual", "alert"] = "manual"
+    alertname: str | None = None
+    fingerprint: str | None = None
+    starts_at: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    received_at: datetime | None = None
+    forwarded_from: str | None = None
+
+
+class Attribution(BaseModel):
+    source: Literal["kubelet", "apiserver", "none"] = "none"
+    error: str | None = None
+
+
+class SinkResult(BaseModel):
+    sink: str
+    ok: bool
+    attempts: int = 0
+    detail: str = ""
+    at: datetime | None = None
+
+
+class Report(BaseModel):
+    schema_version: str = SCHEMA_VERSION
+    id: str = Field(default_factory=new_report_id)
+    node: str
+    status: Literal["running", "complete", "cancelled", "failed"] = "complete"
+    started_at: datetime
+    finished_at: datetime | None = None
+    window_seconds: float
+    trigger: Trigger = Field(default_factory=Trigger)
+    tracer: TracerInfo
+    node_stats: NodeStats = Field(default_factory=NodeStats)
+    processes: list[ProcessReport] = Field(default_factory=list)
+    verdict: Verdict
+    attribution: Attribution = Field(default_factory=Attribution)
+    warnings: list[str] = Field(default_factory=list)
+    sinks: list[SinkResult] = Field(default_factory=list)

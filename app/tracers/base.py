@@ -1,0 +1,69 @@
+"""The one small interface every tracer backend implements.
+
+A backend reports fault addresses aggregated per (pid, page): `faults[pid][page_address] = count`.
+Page addresses are the fault address with the low 12 bits cleared (4 KiB pages; good enough to find
+the mapping and a file offset, and it keeps aggregation bounded).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+PAGE_MASK = ~0xFFF
+
+
+@dataclass
+class TraceResult:
+    backend: str
+    exact: bool  # every event is a major fault (False: minor faults are mixed in)
+    faults: dict[int, dict[int, int]] = field(default_factory=dict)  # pid -> page address -> count
+    totals: dict[int, int] = field(default_factory=dict)  # pid -> events seen (including dropped)
+    comms: dict[int, str] = field(default_factory=dict)  # pid -> comm as the tracer saw it
+    events: int = 0  # events seen in all
+    dropped: int = 0  # events seen but whose address was not kept (map full, output cut)
+    output_bytes: int = 0  # raw bytes the tracer produced
+    truncated: bool = False  # output cut at the size bound or the deadline
+    errors: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+    parse_seconds: float = 0.0
+
+    def add(self, pid: int, address: int, count: int = 1) -> None:
+        page = address & PAGE_MASK
+        per_pid = self.faults.setdefault(pid, {})
+        per_pid[page] = per_pid.get(page, 0) + count
+
+
+# Called by a backend exactly once when tracing really starts (probes attached, counters enabled)
+# and once when it really stops, so the engine can read majflt at the same instants.
+Marker = Callable[[], None]
+
+
+@dataclass
+class TraceRequest:
+    seconds: float
+    pids: list[int] | None = None  # None: the whole node
+    cancel: threading.Event = field(default_factory=threading.Event)
+    on_start: Marker | None = None
+    on_stop: Marker | None = None
+    max_output_bytes: int = 256 * 1024 * 1024
+    max_pages: int = 262_144
+
+
+class Tracer(Protocol):
+    name: str
+    exact: bool
+
+    def available(self) -> tuple[bool, str]:
+        """(True, what works) or (False, why not: missing binary, no kprobes, permission...)."""
+        ...
+
+    def run(self, request: TraceRequest) -> TraceResult:
+        """Trace for request.seconds (or until request.cancel), then return what was seen.
+
+        Must never leave a process behind: kill the tracer at the deadline, on cancel and on any
+        exception, and use whatever partial output there is.
+        """
+        ...

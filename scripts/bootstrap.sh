@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what pagefault-inspector and its tests need on a fresh Debian machine (as root):
+# Debian's perf, bpftrace, Prometheus, Alertmanager, node-exporter, Chromium, a C compiler,
+# and a virtualenv (.venv) with the package and its test extras. Idempotent and quiet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_debs=(linux-perf bpftrace gcc libc6-dev prometheus prometheus-alertmanager prometheus-node-exporter chromium util-linux procps openssl)
+missing=()
+for p in "${want_debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null || echo "bootstrap: apt-get update failed; trying the install anyway"
+  # One by one, so a package this machine's archive lacks does not stop the others.
+  for p in "${missing[@]}"; do
+    apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1 || echo "bootstrap: could not install $p (tests that need it will skip)"
+  done
+  # Debian starts the packaged daemons on install; the tests start their own on loopback ports.
+  for s in prometheus prometheus-alertmanager prometheus-node-exporter; do
+    systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true
+  done
+  pkill -x prometheus >/dev/null 2>&1 || true
+  pkill -f '^/usr/bin/prometheus-(alertmanager|node-exporter)' >/dev/null 2>&1 || true
+fi
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
