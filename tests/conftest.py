@@ -1,0 +1,65 @@
+"""Shared fixtures: root, real fault workloads, and the tracer tools.
+
+Every fixture that cannot run here skips with the reason (never passes silently). Workloads undo
+everything they changed in teardown, also when the test fails (see tests/workloads).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
+
+
+@pytest.fixture
+def root_required() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (swap, cgroups, perf/bpftrace on the whole node)")
+
+
+@pytest.fixture
+def file_workload(tmp_path: Path) -> Iterator[WorkloadProcess]:
+    """A process re-reading a 64 MiB mmapped file: ~8-17k file-backed major faults/s.
+    `.start`/`.end` is the mapping, `.path` the file."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found: cannot build tests/workloads/file_faults.c")
+    with file_fault_workload(tmp_path / "pfi-test-data.bin", size_mb=64) as proc:
+        yield proc
+
+
+@pytest.fixture(name="swap_workload")
+def swap_workload_fixture(root_required: None) -> Iterator[WorkloadProcess]:
+    """A process touching 128 MiB of anonymous memory in the memory cgroup pfi-test-swap limited
+    to 64 MiB: ~7-8k swap-in major faults/s. `.start`/`.end` is the mapping, `.cgroup` the group."""
+    for tool in ("gcc", "mkswap", "swapon", "swapoff"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: cannot run the swap workload")
+    if not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
+        pytest.skip(f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}")
+    with swap_workload(size_mb=128, limit_mb=64) as proc:
+        yield proc
+
+
+def _need(name: str) -> None:
+    from app.tracers.registry import make_tracer
+
+    from app.config import Settings
+
+    ok, reason = make_tracer(name, Settings()).available()
+    if not ok:
+        pytest.skip(f"{name} not available: {reason}")
+
+
+@pytest.fixture
+def need_perf(root_required: None) -> None:
+    _need("perf-major")
+
+
+@pytest.fixture
+def need_bpftrace(root_required: None) -> None:
+    _need("bpftrace-major")

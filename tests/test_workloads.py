@@ -1,0 +1,67 @@
+"""The workloads everyone tests with: they fault where they say, at a steady rate, and leave
+nothing behind (process, cgroup, swap file)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.workloads import CGROUP_MEMORY_ROOT, SWAP_FILE, majflt, swap_workload
+
+
+def _rate(pid: int, seconds: float = 1.0) -> float:
+    a = majflt(pid)
+    time.sleep(seconds)
+    return (majflt(pid) - a) / seconds
+
+
+def _mapping_of(pid: int, start: int) -> str:
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= start < hi:
+            return line
+    raise AssertionError(f"{start:#x} not mapped in {pid}")
+
+
+def test_file_workload_faults_on_its_file(file_workload) -> None:
+    proc = file_workload
+    assert Path(f"/proc/{proc.pid}/comm").read_text().strip() == "pfi-workload"
+    assert proc.end - proc.start == 64 << 20
+    assert _mapping_of(proc.pid, proc.start).endswith(str(proc.path))
+    assert _rate(proc.pid) > 1000
+
+
+def test_swap_workload_swaps_in_its_cgroup(swap_workload) -> None:
+    proc = swap_workload
+    assert proc.cgroup == CGROUP_MEMORY_ROOT / "pfi-test-swap"
+    assert str(proc.pid) in (proc.cgroup / "cgroup.procs").read_text().split()
+    assert int((proc.cgroup / "memory.limit_in_bytes").read_text()) == 64 << 20
+    assert len(_mapping_of(proc.pid, proc.start).split()) == 5  # anonymous: no path
+    assert _rate(proc.pid) > 1000
+
+
+@pytest.mark.parametrize("kind", ["anon", "shmem"])
+def test_kubepods_shaped_cgroup_is_removed_with_its_parents(root_required, kind: str) -> None:
+    name = "kubepods/burstable/pod0f9a1c52-7c1e-4b0e-9d0a-2f1e3c4d5e6f/0123abcd"
+    with swap_workload(size_mb=96, limit_mb=48, name=name, kind=kind) as proc:
+        cg = Path(f"/proc/{proc.pid}/cgroup").read_text()
+        assert f":memory:/{name}\n" in cg
+        if kind == "shmem":
+            assert "memfd:pfi-workload-shmem" in _mapping_of(proc.pid, proc.start)
+        pid = proc.pid
+    assert not (CGROUP_MEMORY_ROOT / name).exists()
+    assert not (CGROUP_MEMORY_ROOT / name).parent.exists()  # created here, so removed too
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_nothing_left_after_a_failing_test(root_required) -> None:
+    with pytest.raises(RuntimeError, match="boom"), swap_workload(size_mb=96, limit_mb=48) as proc:
+        pid = proc.pid
+        raise RuntimeError("boom")
+    assert not Path(f"/proc/{pid}").exists()
+    assert not (CGROUP_MEMORY_ROOT / "pfi-test-swap").exists()
+    # The test swap file is off again unless another live test run still uses it.
+    users = list(Path("/run/pfi-test-swap.users").glob("*"))
+    assert users or str(SWAP_FILE) not in Path("/proc/swaps").read_text()
