@@ -1,0 +1,398 @@
+"""Server-rendered report pages (Jinja2, autoescaped, no JavaScript, no external assets).
+
+Pure functions: they take data and return HTML. The service mounts them on the UI address.
+
+Everything that comes from a report (command lines, pod names, paths, alert labels) is untrusted:
+templates never mark it safe. The chart is inline SVG whose geometry is computed here (numbers only);
+its labels are written by the template, so they are escaped like everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from app.models import Cause, ProcessReport, Report, SourceKind
+
+__all__ = [
+    "IndexRow",
+    "RunningRow",
+    "render_index_page",
+    "render_report_page",
+    "render_running_page",
+    "PALETTE",
+    "KIND_COLOURS",
+]
+
+
+@dataclass
+class IndexRow:
+    """One finished (or failed/cancelled) report in the index of every node's reports."""
+
+    id: str
+    node: str
+    started_at: datetime
+    status: str
+    verdict: str
+    top_process: str | None
+    top_pod: str | None
+    backend: str
+    url: str
+
+
+@dataclass
+class RunningRow:
+    """An investigation in progress. `progress` is a fraction, 0.0 to 1.0 (clamped)."""
+
+    node: str
+    started_at: datetime
+    progress: float
+    message: str
+    trigger: str
+
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies. Yellow left out (unreadable
+# on white); lines also differ by dash pattern so they never rely on colour alone.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#000000"]
+DASHES = ["", "6 3", "2 3", "8 3 2 3", "", "6 3", "2 3"]
+NODE_COLOUR = "#8a8a8a"
+
+KIND_COLOURS = {
+    SourceKind.FILE.value: "#0072B2",
+    SourceKind.SWAP.value: "#D55E00",
+    SourceKind.SHMEM.value: "#CC79A7",
+    SourceKind.CODE.value: "#009E73",
+    SourceKind.UNKNOWN.value: "#9a9a9a",
+}
+KIND_ORDER = ["file", "code", "swap", "shmem", "unknown"]
+KIND_LABELS = {
+    "file": "file (page cache)",
+    "code": "code (program text)",
+    "swap": "swap (anonymous)",
+    "shmem": "shmem (tmpfs)",
+    "unknown": "unknown",
+}
+
+CAUSE_LABELS = {
+    Cause.CONTAINER_MEMORY_LIMIT.value: "Container memory limit",
+    Cause.NODE_MEMORY_PRESSURE.value: "Node memory pressure",
+    Cause.SWAP.value: "Swap-in of anonymous memory",
+    Cause.COLD_FILE_READS.value: "Cold file reads",
+    Cause.CODE_REFAULTS.value: "Program code refaulting",
+    Cause.SHMEM_SWAP.value: "Shared memory back from swap",
+    Cause.NO_MAJOR_FAULTS.value: "No major faults",
+    Cause.UNKNOWN.value: "Unknown cause",
+}
+
+CHART_TOP = 6  # processes drawn in the chart
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting filters
+
+
+def _fmt_int(v: float | int | None) -> str:
+    if v is None:
+        return "–"
+    return f"{round(v):,}"
+
+
+def _fmt_rate(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if v == 0:
+        return "0"
+    if abs(v) < 10:
+        return f"{v:,.1f}"
+    return f"{v:,.0f}"
+
+
+def _fmt_pct(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    pct = v * 100
+    floor = 10**-digits
+    if 0 < pct < floor:
+        return f"<{floor:g}%"
+    return f"{pct:.{digits}f}%"
+
+
+def _fmt_bytes(v: int | float | None) -> str:
+    if v is None:
+        return "–"
+    v = float(v)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(v) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{v:.0f} B"
+            return f"{v:.1f} {unit}" if abs(v) < 10 else f"{v:.0f} {unit}"
+        v /= 1024
+    return f"{v:.0f} TiB"  # pragma: no cover
+
+
+def _as_utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _fmt_dt(dt: datetime | None) -> str:
+    dt = _as_utc(dt)
+    return "–" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(dt: datetime | None) -> str:
+    dt = _as_utc(dt)
+    return "" if dt is None else dt.isoformat()
+
+
+def _fmt_seconds(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if v < 90:
+        return f"{v:.0f} s" if v >= 10 or v == int(v) else f"{v:.1f} s"
+    return f"{v / 60:.1f} min"
+
+
+def _pod_label(p: ProcessReport) -> str | None:
+    if p.pod is None:
+        return None
+    if p.pod.name:
+        return f"{p.pod.namespace or '?'}/{p.pod.name}"
+    return f"pod {p.pod.uid[:8]}… (name unresolved)"
+
+
+# ----------------------------------------------------------------------------------------------
+# chart geometry (numbers only; the template writes the SVG and escapes the labels)
+
+
+@dataclass
+class ChartLine:
+    label: str
+    colour: str
+    dash: str
+    points: str  # "x,y x,y ..." one per series element
+    n: int
+    peak: int
+    is_node: bool = False
+    marker: tuple[float, float] | None = None  # a dot for one-point series
+
+
+@dataclass
+class Chart:
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    bottom: int
+    y_ticks: list[tuple[float, str]] = field(default_factory=list)  # (y px, label)
+    x_ticks: list[tuple[float, str]] = field(default_factory=list)
+    lines: list[ChartLine] = field(default_factory=list)
+    x_label: str = "seconds into the window"
+    y_label: str = "major faults / s"
+
+
+def _nice_step(span: float, target_ticks: int) -> float:
+    if span <= 0:
+        return 1.0
+    raw = span / max(1, target_ticks)
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag  # pragma: no cover
+
+
+def _tick_label(v: float) -> str:
+    if v >= 1_000_000:
+        return f"{v / 1_000_000:g}M"
+    if v >= 10_000:
+        return f"{v / 1000:g}k"
+    return f"{v:,.0f}" if v == int(v) else f"{v:g}"
+
+
+def build_chart(report: Report, top: int = CHART_TOP) -> Chart | None:
+    procs = [p for p in report.processes[:top] if p.series]
+    node_series = list(report.node_stats.series)
+    if not procs:
+        return None
+    width, height = 760, 300
+    left, right, top_px, bottom = 64, 16, 16, 44
+    plot_w = width - left - right
+    plot_h = height - top_px - bottom
+    n = max(len(p.series) for p in procs)
+    if node_series:
+        n = max(n, len(node_series))
+    peak = max(max(p.series) for p in procs)
+    if node_series:
+        peak = max(peak, max(node_series))
+    step = _nice_step(max(peak, 1), 5)
+    y_max = step * max(1, math.ceil(max(peak, 1) / step))
+    x_span = max(1, n - 1)
+
+    def x_of(i: int) -> float:
+        return round(left + plot_w * i / x_span, 1)
+
+    def y_of(v: float) -> float:
+        return round(top_px + plot_h * (1 - v / y_max), 1)
+
+    chart = Chart(width, height, left, right, top_px, bottom)
+    v = 0.0
+    while v <= y_max + 1e-9:
+        chart.y_ticks.append((y_of(v), _tick_label(v)))
+        v += step
+    xstep = max(1, int(_nice_step(x_span, 8)))
+    for i in range(0, n, xstep):
+        chart.x_ticks.append((x_of(i), f"{i}"))
+
+    def line(series: list[int], label: str, colour: str, dash: str, is_node: bool = False) -> ChartLine:
+        pts = " ".join(f"{x_of(i)},{y_of(val)}" for i, val in enumerate(series))
+        marker = (x_of(0), y_of(series[0])) if len(series) == 1 else None
+        return ChartLine(label, colour, dash, pts, len(series), max(series), is_node, marker)
+
+    if node_series:
+        chart.lines.append(line(node_series, "node total (pgmajfault)", NODE_COLOUR, "3 3", True))
+    for idx, p in enumerate(procs):
+        who = _pod_label(p)
+        label = f"{p.comm} (pid {p.pid})" + (f" · {who}" if who else "")
+        chart.lines.append(line(list(p.series), label, PALETTE[idx % len(PALETTE)], DASHES[idx % len(DASHES)]))
+    return chart
+
+
+# ----------------------------------------------------------------------------------------------
+# source bars
+
+
+@dataclass
+class BarSegment:
+    kind: str
+    label: str
+    colour: str
+    share: float  # 0..1 of the bar
+    faults: int
+
+
+def source_bar(p: ProcessReport) -> list[BarSegment]:
+    """The process's sources summed by kind, in a fixed kind order, shares normalised to the bar."""
+    by_kind: dict[str, int] = {}
+    share_by_kind: dict[str, float] = {}
+    for s in p.sources:
+        k = s.kind.value if isinstance(s.kind, SourceKind) else str(s.kind)
+        by_kind[k] = by_kind.get(k, 0) + s.faults
+        share_by_kind[k] = share_by_kind.get(k, 0.0) + s.share
+    total = sum(by_kind.values())
+    total_share = sum(share_by_kind.values())
+    segs = []
+    for k in KIND_ORDER + sorted(set(by_kind) - set(KIND_ORDER)):
+        if k not in by_kind:
+            continue
+        if total > 0:
+            share = by_kind[k] / total
+        elif total_share > 0:  # estimated sources may carry shares but no counts
+            share = share_by_kind[k] / total_share
+        else:
+            continue
+        if share <= 0:
+            continue
+        segs.append(BarSegment(k, KIND_LABELS.get(k, k), KIND_COLOURS.get(k, "#9a9a9a"), share, by_kind[k]))
+    return segs
+
+
+def _hot_ranges(s) -> tuple[list[str], int]:
+    ranges = sorted(s.hot_ranges, key=lambda r: r.faults, reverse=True)
+    shown = [f"{_fmt_bytes(r.start)}–{_fmt_bytes(r.end)}: {r.faults:,}" for r in ranges[:3]]
+    return shown, max(0, len(ranges) - 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# environment
+
+
+@lru_cache(maxsize=1)
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("app.service.ui", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        int=_fmt_int,
+        rate=_fmt_rate,
+        pct=_fmt_pct,
+        bytes=_fmt_bytes,
+        dt=_fmt_dt,
+        iso=_iso,
+        secs=_fmt_seconds,
+    )
+    env.globals.update(
+        pod_label=_pod_label,
+        source_bar=source_bar,
+        hot_ranges=_hot_ranges,
+        cause_label=lambda c: CAUSE_LABELS.get(str(c), str(c).replace("_", " ")),
+        kind_colours=KIND_COLOURS,
+        kind_labels=KIND_LABELS,
+        kind_order=KIND_ORDER,
+    )
+    return env
+
+
+def _clamp(v: float) -> float:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    if math.isnan(v):
+        return 0.0
+    return min(1.0, max(0.0, v))
+
+
+# ----------------------------------------------------------------------------------------------
+# the pages
+
+
+def render_index_page(
+    rows: list[IndexRow], *, running: list[RunningRow], unreachable: list[str] = []  # noqa: B006
+) -> str:
+    """Reports of every node (newest first), investigations in progress, peers that did not answer."""
+    rows = sorted(rows, key=lambda r: _as_utc(r.started_at) or datetime.min.replace(tzinfo=UTC), reverse=True)
+    nodes = sorted({r.node for r in rows} | {r.node for r in running})
+    return _env().get_template("index.html").render(
+        rows=rows,
+        running=[(r, _clamp(r.progress)) for r in running],
+        unreachable=list(unreachable),
+        nodes=nodes,
+        refresh=bool(running),
+        title="Major page fault reports",
+    )
+
+
+def render_report_page(report: Report) -> str:
+    """One report: verdict first, then who faults, on what, how the node was, how it was measured."""
+    top = report.processes[0] if report.processes else None
+    return _env().get_template("report.html").render(
+        r=report,
+        top=top,
+        chart=build_chart(report),
+        chart_top=CHART_TOP,
+        refresh=report.status == "running",
+        title=f"{report.verdict.summary} · {report.node}",
+    )
+
+
+def render_running_page(row: RunningRow) -> str:
+    """An investigation in progress; the page reloads itself every 2 s (no JavaScript)."""
+    return _env().get_template("running.html").render(
+        row=row,
+        progress=_clamp(row.progress),
+        refresh=True,
+        title=f"Investigating {row.node}…",
+    )
