@@ -1,6 +1,6 @@
 """Realistic report documents for the UI tests (and for looking at the pages by hand).
 
-    .venv/bin/python -m tests.e2e.sample_reports /tmp/pages   # writes one HTML file per sample
+.venv/bin/python -m tests.e2e.sample_reports /tmp/pages   # writes one HTML file per sample
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ def _wave(n: int, base: float, amp: float, phase: float = 0.0) -> list[int]:
 def _skipped() -> list[SkippedBackend]:
     return [
         SkippedBackend(backend="bpftrace-major", reason="bpftrace not found in PATH"),
-        SkippedBackend(backend="bpftrace-kprobe", reason="no kprobes: /sys/kernel/tracing/kprobe_events missing"),
-        SkippedBackend(backend="perf-tracepoint", reason="an exact backend works; this one records minor faults too"),
+        SkippedBackend(
+            backend="bpftrace-kprobe", reason="no kprobes: /sys/kernel/tracing/kprobe_events missing"
+        ),
+        SkippedBackend(
+            backend="perf-tracepoint", reason="an exact backend works; this one records minor faults too"
+        ),
         SkippedBackend(backend="procfs", reason="an exact backend works"),
     ]
 
@@ -149,7 +153,12 @@ def file_fault_report(n: int = 30) -> Report:
         series=_wave(n, 12, 10, 2.0),
         traced_faults=12 * n,
         host_process=False,
-        pod=PodRef(namespace="shop", name="cart-cache-0", uid="11111111-2222-3333-4444-555555555555", container="cart"),
+        pod=PodRef(
+            namespace="shop",
+            name="cart-cache-0",
+            uid="11111111-2222-3333-4444-555555555555",
+            container="cart",
+        ),
         sources=[
             Source(kind="code", path="/usr/lib/jvm/java-17/lib/server/libjvm.so", faults=7 * n, share=0.58),
             Source(kind="file", path="/app/cart-cache.jar", faults=5 * n, share=0.42),
@@ -177,7 +186,9 @@ def file_fault_report(n: int = 30) -> Report:
             pswpin_per_second=0.0,
             pswpout_per_second=0.0,
             workingset_refault_file_per_second=8950.0,
-            series=[a + b + c + 20 for a, b, c in zip(top.series, neighbour.series, cart.series, strict=True)],
+            series=[
+                a + b + c + 20 for a, b, c in zip(top.series, neighbour.series, cart.series, strict=True)
+            ],
             mem_total_bytes=16 * 1024 * MiB,
             mem_available_bytes=1200 * MiB,
             swap_total_bytes=0,
@@ -189,7 +200,9 @@ def file_fault_report(n: int = 30) -> Report:
         verdict=top.verdict,
         warnings=["paths of containerised processes are as the container sees them"],
         sinks=[
-            SinkResult(sink="alertmanager", ok=True, attempts=1, detail="200 OK", at=T0 + timedelta(seconds=32)),
+            SinkResult(
+                sink="alertmanager", ok=True, attempts=1, detail="200 OK", at=T0 + timedelta(seconds=32)
+            ),
             SinkResult(sink="slack", ok=False, attempts=5, detail="connect timeout after 5 retries"),
         ],
     )
@@ -206,7 +219,9 @@ def swap_report(n: int = 20) -> Report:
         series=_wave(n, 8000, 1500, 0.5),
         traced_faults=7990 * n,
         host_process=False,
-        pod=PodRef(namespace="cache", name="redis-0", uid="aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", container="redis"),
+        pod=PodRef(
+            namespace="cache", name="redis-0", uid="aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", container="redis"
+        ),
         sources=[
             Source(kind="swap", path="[heap]", faults=7000 * n, share=0.876),
             Source(kind="swap", path=None, faults=900 * n, share=0.113),
@@ -215,7 +230,10 @@ def swap_report(n: int = 20) -> Report:
         verdict=Verdict(
             summary="anonymous memory of pod cache/redis-0 is swapped in at 8,000 pages/s: the node is overcommitted",
             cause="swap",
-            advice=["give pod cache/redis-0 a memory request that matches its use", "move it to a node with free memory"],
+            advice=[
+                "give pod cache/redis-0 a memory request that matches its use",
+                "move it to a node with free memory",
+            ],
             confidence="high",
         ),
     )
@@ -250,20 +268,36 @@ def host_report(n: int = 10) -> Report:
         series=_wave(n, 300, 120),
         host_process=True,
         sources=[
-            Source(kind="file", path="/var/lib/postgresql/15/main/base/16384/2619", faults=0, share=0.7, estimated=True,
-                   note="from /proc/PID/smaps and /proc/PID/io: no fault addresses"),
+            Source(
+                kind="file",
+                path="/var/lib/postgresql/15/main/base/16384/2619",
+                faults=0,
+                share=0.7,
+                estimated=True,
+                note="from /proc/PID/smaps and /proc/PID/io: no fault addresses",
+            ),
             Source(kind="swap", faults=0, share=0.3, estimated=True),
         ],
-        verdict=Verdict(summary="host process postgres reads its data files cold through mmap", cause="cold_file_reads",
-                        advice=["expected for a scan; or add memory for the page cache"], confidence="low"),
+        verdict=Verdict(
+            summary="host process postgres reads its data files cold through mmap",
+            cause="cold_file_reads",
+            advice=["expected for a scan; or add memory for the page cache"],
+            confidence="low",
+        ),
     )
     return Report(
         node="db-host-1",
         started_at=T0,
         finished_at=T0 + timedelta(seconds=n),
         window_seconds=n,
-        tracer=TracerInfo(backend="procfs", exact=False, reason="nothing exact works here",
-                          skipped=[SkippedBackend(backend="perf-major", reason="perf: permission denied (perf_event_paranoid=3)")]),
+        tracer=TracerInfo(
+            backend="procfs",
+            exact=False,
+            reason="nothing exact works here",
+            skipped=[
+                SkippedBackend(backend="perf-major", reason="perf: permission denied (perf_event_paranoid=3)")
+            ],
+        ),
         node_stats=NodeStats(pgmajfault_per_second=310.0),
         processes=[p],
         verdict=p.verdict,
@@ -280,8 +314,12 @@ def empty_report() -> Report:
         tracer=TracerInfo(backend="perf-major", exact=True),
         node_stats=NodeStats(series=[0] * 30),
         processes=[],
-        verdict=Verdict(summary="no major page faults during the 30 s window", cause="no_major_faults",
-                        advice=["the alert may have been a short burst: check the node-exporter graph"], confidence="medium"),
+        verdict=Verdict(
+            summary="no major page faults during the 30 s window",
+            cause="no_major_faults",
+            advice=["the alert may have been a short burst: check the node-exporter graph"],
+            confidence="medium",
+        ),
     )
 
 
@@ -297,7 +335,9 @@ def hostile_report() -> Report:
         major_faults_per_second=10,
         series=[10] * 10,
         host_process=False,
-        pod=PodRef(namespace="ns<i>", name=f"pod{HOSTILE}", uid="u", container='c"><img src=x onerror=alert(1)>'),
+        pod=PodRef(
+            namespace="ns<i>", name=f"pod{HOSTILE}", uid="u", container='c"><img src=x onerror=alert(1)>'
+        ),
         sources=[Source(kind="file", path=f"/tmp/{HOSTILE}.bin", faults=100, share=1.0)],
     )
     return Report(
@@ -305,7 +345,9 @@ def hostile_report() -> Report:
         started_at=T0,
         window_seconds=10,
         trigger=Trigger(kind="alert", alertname=HOSTILE, labels={"instance": HOSTILE}),
-        tracer=TracerInfo(backend="perf-major", exact=True, skipped=[SkippedBackend(backend="x", reason=HOSTILE)]),
+        tracer=TracerInfo(
+            backend="perf-major", exact=True, skipped=[SkippedBackend(backend="x", reason=HOSTILE)]
+        ),
         processes=[p],
         verdict=Verdict(summary=f"verdict {HOSTILE}", cause="unknown", advice=[HOSTILE]),
         warnings=[HOSTILE],
@@ -323,7 +365,13 @@ SAMPLES = {
 
 
 def main(out: str) -> None:
-    from app.service.ui.render import IndexRow, RunningRow, render_index_page, render_report_page, render_running_page
+    from app.service.ui.render import (
+        IndexRow,
+        RunningRow,
+        render_index_page,
+        render_report_page,
+        render_running_page,
+    )
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
@@ -332,13 +380,31 @@ def main(out: str) -> None:
         r = make()
         (d / f"{name}.html").write_text(render_report_page(r))
         top = r.processes[0] if r.processes else None
-        rows.append(IndexRow(id=r.id, node=r.node, started_at=r.started_at, status=r.status, verdict=r.verdict.summary,
-                             top_process=f"{top.comm} ({top.pid})" if top else None,
-                             top_pod=f"{top.pod.namespace}/{top.pod.name}" if top and top.pod else None,
-                             backend=r.tracer.backend, url=f"{name}.html"))
-    running = [RunningRow(node="worker-3", started_at=T0, progress=0.4, message="tracing with perf-major, 12 s of 30 s",
-                          trigger="alert NodeMemoryMajorPagesFaults")]
-    (d / "index.html").write_text(render_index_page(rows, running=running, unreachable=["worker-9 (10.0.3.9:8080): timeout"]))
+        rows.append(
+            IndexRow(
+                id=r.id,
+                node=r.node,
+                started_at=r.started_at,
+                status=r.status,
+                verdict=r.verdict.summary,
+                top_process=f"{top.comm} ({top.pid})" if top else None,
+                top_pod=f"{top.pod.namespace}/{top.pod.name}" if top and top.pod else None,
+                backend=r.tracer.backend,
+                url=f"{name}.html",
+            )
+        )
+    running = [
+        RunningRow(
+            node="worker-3",
+            started_at=T0,
+            progress=0.4,
+            message="tracing with perf-major, 12 s of 30 s",
+            trigger="alert NodeMemoryMajorPagesFaults",
+        )
+    ]
+    (d / "index.html").write_text(
+        render_index_page(rows, running=running, unreachable=["worker-9 (10.0.3.9:8080): timeout"])
+    )
     (d / "running.html").write_text(render_running_page(running[0]))
 
 

@@ -160,6 +160,13 @@ def _fmt_seconds(v: float | None) -> str:
     return f"{v / 60:.1f} min"
 
 
+def _safe_url(url: str | None) -> str:
+    """Links come from the service, but never let one run script: relative or http(s) only."""
+    u = (url or "").strip()
+    scheme = u.split(":", 1)[0].lower() if ":" in u.split("/", 1)[0] else ""
+    return u if scheme in ("", "http", "https") else "#"
+
+
 def _pod_label(p: ProcessReport) -> str | None:
     if p.pod is None:
         return None
@@ -224,7 +231,7 @@ def build_chart(report: Report, top: int = CHART_TOP) -> Chart | None:
     if not procs:
         return None
     width, height = 760, 300
-    left, right, top_px, bottom = 64, 16, 16, 44
+    left, right, top_px, bottom = 84, 16, 16, 50
     plot_w = width - left - right
     plot_h = height - top_px - bottom
     n = max(len(p.series) for p in procs)
@@ -262,7 +269,9 @@ def build_chart(report: Report, top: int = CHART_TOP) -> Chart | None:
     for idx, p in enumerate(procs):
         who = _pod_label(p)
         label = f"{p.comm} (pid {p.pid})" + (f" · {who}" if who else "")
-        chart.lines.append(line(list(p.series), label, PALETTE[idx % len(PALETTE)], DASHES[idx % len(DASHES)]))
+        chart.lines.append(
+            line(list(p.series), label, PALETTE[idx % len(PALETTE)], DASHES[idx % len(DASHES)])
+        )
     return chart
 
 
@@ -330,8 +339,11 @@ def _env() -> Environment:
         pct=_fmt_pct,
         bytes=_fmt_bytes,
         dt=_fmt_dt,
+        day=lambda d: _as_utc(d).strftime("%Y-%m-%d") if d else "–",
+        clock=lambda d: _as_utc(d).strftime("%H:%M:%S") if d else "",
         iso=_iso,
         secs=_fmt_seconds,
+        url=_safe_url,
     )
     env.globals.update(
         pod_label=_pod_label,
@@ -360,39 +372,54 @@ def _clamp(v: float) -> float:
 
 
 def render_index_page(
-    rows: list[IndexRow], *, running: list[RunningRow], unreachable: list[str] = []  # noqa: B006
+    rows: list[IndexRow],
+    *,
+    running: list[RunningRow],
+    unreachable: list[str] = [],  # noqa: B006
 ) -> str:
     """Reports of every node (newest first), investigations in progress, peers that did not answer."""
     rows = sorted(rows, key=lambda r: _as_utc(r.started_at) or datetime.min.replace(tzinfo=UTC), reverse=True)
     nodes = sorted({r.node for r in rows} | {r.node for r in running})
-    return _env().get_template("index.html").render(
-        rows=rows,
-        running=[(r, _clamp(r.progress)) for r in running],
-        unreachable=list(unreachable),
-        nodes=nodes,
-        refresh=bool(running),
-        title="Major page fault reports",
+    return (
+        _env()
+        .get_template("index.html")
+        .render(
+            rows=rows,
+            running=[(r, _clamp(r.progress)) for r in running],
+            unreachable=list(unreachable),
+            nodes=nodes,
+            refresh=bool(running),
+            title="Major page fault reports",
+        )
     )
 
 
 def render_report_page(report: Report) -> str:
     """One report: verdict first, then who faults, on what, how the node was, how it was measured."""
     top = report.processes[0] if report.processes else None
-    return _env().get_template("report.html").render(
-        r=report,
-        top=top,
-        chart=build_chart(report),
-        chart_top=CHART_TOP,
-        refresh=report.status == "running",
-        title=f"{report.verdict.summary} · {report.node}",
+    return (
+        _env()
+        .get_template("report.html")
+        .render(
+            r=report,
+            top=top,
+            chart=build_chart(report),
+            chart_top=CHART_TOP,
+            refresh=report.status == "running",
+            title=f"{report.verdict.summary} · {report.node}",
+        )
     )
 
 
 def render_running_page(row: RunningRow) -> str:
     """An investigation in progress; the page reloads itself every 2 s (no JavaScript)."""
-    return _env().get_template("running.html").render(
-        row=row,
-        progress=_clamp(row.progress),
-        refresh=True,
-        title=f"Investigating {row.node}…",
+    return (
+        _env()
+        .get_template("running.html")
+        .render(
+            row=row,
+            progress=_clamp(row.progress),
+            refresh=True,
+            title=f"Investigating {row.node}…",
+        )
     )
