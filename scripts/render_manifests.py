@@ -33,8 +33,16 @@ VALUES = {"webhookToken": {"existingSecret": "pagefault-inspector-webhook"}}
 
 # helm's install order for the kinds the chart renders.
 KIND_ORDER = [
-    "Namespace", "NetworkPolicy", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding",
-    "Role", "RoleBinding", "Service", "DaemonSet",
+    "Namespace",
+    "NetworkPolicy",
+    "ServiceAccount",
+    "Secret",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "DaemonSet",
 ]
 
 HEADER = f"""\
