@@ -111,9 +111,12 @@ def _cleanup_all() -> None:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def _start(argv0: str, exe: Path, args: list[str], wait_for_go: bool = False) -> WorkloadProcess:
+def _start(
+    argv0: str, exe: Path, args: list[str], wait_for_go: bool = False, env: dict[str, str] | None = None
+) -> WorkloadProcess:
     return WorkloadProcess(
         [argv0, *args],
+        env=env,
         executable=str(exe),
         stdin=subprocess.PIPE if wait_for_go else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -165,9 +168,12 @@ def majflt(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def file_fault_workload(path: Path, size_mb: int = 64, passes: int = 0) -> Iterator[WorkloadProcess]:
+def file_fault_workload(
+    path: Path, size_mb: int = 64, passes: int = 0, comm: str | None = None
+) -> Iterator[WorkloadProcess]:
     """Steady file-backed major faults on `path` (created with size_mb of data if it is missing
-    or of another size; removed again only if created here). passes=0 runs until the end."""
+    or of another size; removed again only if created here). passes=0 runs until the end.
+    comm: the process's comm instead of "pfi-workload" (at most 15 bytes; spaces allowed)."""
     path = Path(path)
     size = size_mb << 20
     created = False
@@ -179,7 +185,8 @@ def file_fault_workload(path: Path, size_mb: int = 64, passes: int = 0) -> Itera
                 f.write(block)
             f.flush()
             os.fsync(f.fileno())  # written back, so POSIX_FADV_DONTNEED can really drop it
-    proc = _start("pfi-workload-file", binary("file_faults"), [str(path), str(passes)])
+    env = {**os.environ, "PFI_WORKLOAD_COMM": comm} if comm else None
+    proc = _start("pfi-workload-file", binary("file_faults"), [str(path), str(passes)], env=env)
     proc.kind, proc.path = "file", path
 
     def undo() -> None:

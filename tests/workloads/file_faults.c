@@ -1,6 +1,7 @@
 /* pfi-workload: steady file-backed major page faults, without touching the rest of the machine.
  *
  * usage: file_faults PATH [PASSES]   (PASSES 0 or absent: run until killed)
+ * env:   PFI_WORKLOAD_COMM sets comm (default "pfi-workload")
  *
  * Maps PATH read-only, turns read-ahead off (MADV_RANDOM: one page read = one major fault),
  * reads one byte of every page, then drops the pages from the mapping (MADV_DONTNEED) and from the
@@ -24,7 +25,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     long passes = argc > 2 ? atol(argv[2]) : 0;
-    prctl(PR_SET_NAME, "pfi-workload", 0, 0, 0);
+    /* comm "pfi-workload", or PFI_WORKLOAD_COMM (to test odd comm values: spaces, parentheses) */
+    const char *comm = getenv("PFI_WORKLOAD_COMM");
+    prctl(PR_SET_NAME, comm && *comm ? comm : "pfi-workload", 0, 0, 0);
     prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0); /* never outlive the test that started us */
 
     int fd = open(argv[1], O_RDONLY);

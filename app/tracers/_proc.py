@@ -1,0 +1,250 @@
+"""Running a tracer process so that it can never outlive its caller.
+
+`Managed` starts a command in its own process group at a lower CPU priority, drains its stdout on a
+thread into a bounded buffer (or a line callback), keeps the head of its stderr, and on exit from
+the `with` block, whatever the reason (deadline, cancel, an exception, KeyboardInterrupt), stops it:
+SIGINT, then SIGTERM, then SIGKILL to the whole group, and reaps it. An atexit hook kills whatever is
+still running when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+_live: set[Managed] = set()
+_live_lock = threading.Lock()
+
+STDERR_KEEP = 64 * 1024
+
+
+class Managed:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        max_output_bytes: int = 256 * 1024 * 1024,
+        on_line: Callable[[bytes], None] | None = None,
+        env: dict[str, str] | None = None,
+        nice: int = 10,
+        cwd: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.max_output_bytes = max_output_bytes
+        self.on_line = on_line
+        self.env = env
+        self.nice = nice
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output_bytes = 0  # all stdout bytes the process wrote, kept or not
+        self.truncated = False  # stdout went past max_output_bytes; the rest was discarded
+        self.lines: list[bytes] = []  # kept stdout lines (when there is no on_line callback)
+        self.stderr = b""
+        self.callback_error: BaseException | None = None
+        self.killed_with: str | None = None  # the strongest signal stop() needed, if any
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stdout_done = threading.Event()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Managed:
+        """Start the process; raises OSError (e.g. FileNotFoundError) when it cannot be run."""
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own process group: signals reach everything it forks
+            env=self.env,
+            cwd=self.cwd,
+        )
+        with _live_lock:
+            _live.add(self)
+        if self.nice:
+            # Bounded CPU: tracing must not starve the node it investigates.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
+        self._threads = [
+            threading.Thread(target=self._read_stdout, name=f"stdout-{self.proc.pid}", daemon=True),
+            threading.Thread(target=self._read_stderr, name=f"stderr-{self.proc.pid}", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __enter__(self) -> Managed:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float | None) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGINT (lets the tracer flush), SIGTERM, SIGKILL; always reaps. Safe to call twice."""
+        if self.proc is None:
+            return None
+        try:
+            for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
+                if self.proc.poll() is not None:
+                    break
+                self.killed_with = signal.Signals(sig).name
+                self.signal(sig)
+                self.wait(wait)
+        finally:
+            if self.proc.poll() is None:  # interrupted above: do not leave it behind
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait()
+            for t in self._threads:
+                t.join(timeout=5)
+            for s in (self.proc.stdout, self.proc.stderr):
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
+            with _live_lock:
+                _live.discard(self)
+        return self.proc.returncode
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        kept = 0
+        try:
+            for line in self.proc.stdout:  # keeps draining past the bound so the tracer never blocks
+                self.output_bytes += len(line)
+                if kept + len(line) > self.max_output_bytes:
+                    self.truncated = True
+                    continue
+                kept += len(line)
+                if self.on_line is not None and self.callback_error is None:
+                    try:
+                        self.on_line(line)
+                    except Exception as e:  # a parser bug must not hang the tracer
+                        self.callback_error = e
+                else:
+                    with self._cond:
+                        self.lines.append(line)
+                        self._cond.notify_all()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._stdout_done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        try:
+            while chunk := self.proc.stderr.read1(65536):
+                if len(self.stderr) < STDERR_KEEP:
+                    self.stderr += chunk[: STDERR_KEEP - len(self.stderr)]
+        except (OSError, ValueError):
+            pass
+
+    def wait_for_line(
+        self, predicate: Callable[[bytes], bool], timeout: float, cancel: threading.Event | None = None
+    ) -> bytes | None:
+        """The first kept stdout line matching predicate, waiting up to timeout; None if the
+        process ended, the time ran out or cancel was set."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stdout_done.is_set() or (cancel is not None and cancel.is_set()):
+                    return None
+                self._cond.wait(min(left, 0.1))
+
+    def wait_stdout_closed(self, timeout: float) -> bool:
+        return self._stdout_done.wait(timeout)
+
+    def stderr_text(self) -> str:
+        return self.stderr.decode(errors="replace")
+
+    def stderr_head(self) -> str:
+        """The first meaningful stderr line, for error messages."""
+        for line in self.stderr_text().splitlines():
+            line = line.strip()
+            if line and not _is_noise(line):
+                return line
+        return ""
+
+
+def _is_noise(line: str) -> bool:
+    # bpftrace 0.17 warns about RLIMIT_MEMLOCK on every start; perf prints progress lines.
+    return "RLIMIT_MEMLOCK" in line or line.startswith("[ perf record:") or line.startswith("Attaching")
+
+
+def first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not _is_noise(line):
+            return line
+    return ""
+
+
+def run_quick(
+    argv: Sequence[str], timeout: float = 15.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run a short command (a probe, a dry run); (returncode, stdout, stderr); -1 when it could not
+    be started or timed out. Never leaves the process behind."""
+    m = Managed(argv, env=env, nice=0, max_output_bytes=1024 * 1024)
+    try:
+        m.start()
+    except OSError as e:
+        return -1, "", f"{argv[0]}: {e.strerror or e}"
+    try:
+        rc = m.wait(timeout)
+        m.wait_stdout_closed(2)
+        if rc is None:
+            return -1, b"".join(m.lines).decode(errors="replace"), f"{argv[0]} timed out after {timeout:.0f}s"
+    finally:
+        m.stop(grace=1)
+    return rc, b"".join(m.lines).decode(errors="replace"), m.stderr_text()
+
+
+def live_count() -> int:
+    with _live_lock:
+        return len(_live)
+
+
+@atexit.register
+def _kill_all() -> None:
+    with _live_lock:
+        procs = list(_live)
+    for m in procs:
+        with contextlib.suppress(Exception):
+            m.signal(signal.SIGKILL)
+            m.wait(2)

@@ -1,0 +1,31 @@
+"""perf-major: exact major faults with their data addresses, from perf's software event.
+
+    perf record -e major-faults -c 1 -d  (-a | -p PID,PID)
+
+`major-faults` is counted in mm_account_fault(), where /proc/PID/stat majflt is counted too, so
+the two agree; `-c 1` samples every event, `-d` puts the faulting address into each sample. Only
+major faults are recorded. Needs perf and root (or CAP_PERFMON / perf_event_paranoid <= 0).
+"""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.tracers import _perf
+from app.tracers.base import TraceRequest, TraceResult
+
+EVENT_ARGS = ["-e", "major-faults", "-c", "1", "-d"]
+
+
+class PerfMajorTracer:
+    name = "perf-major"
+    exact = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def available(self) -> tuple[bool, str]:
+        return _perf.available(self.settings, EVENT_ARGS)
+
+    def run(self, request: TraceRequest) -> TraceResult:
+        result = TraceResult(backend=self.name, exact=self.exact)
+        return _perf.run(self.settings, request, result, EVENT_ARGS, "pid,comm,addr")
