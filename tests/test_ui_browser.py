@@ -1,0 +1,169 @@
+"""The report pages in a real browser: Debian chromium, headless, driven by Playwright.
+
+Screenshots land in .pytest_cache/d/ui-screenshots/ (and the test's tmp dir) to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.service.ui import IndexRow, RunningRow, render_index_page, render_report_page, render_running_page
+from tests.e2e.browser import browser_context, chromium_missing, serve_dir
+from tests.e2e.sample_reports import T0, empty_report, file_fault_report, hostile_report, swap_report
+
+pytestmark = pytest.mark.e2e
+
+_missing = chromium_missing()
+if _missing:
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"no browser: {_missing}")]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("site")
+    reports = {
+        "file": file_fault_report(),
+        "swap": swap_report(),
+        "empty": empty_report(),
+        "hostile": hostile_report(),
+    }
+    rows = []
+    for name, r in reports.items():
+        (d / f"{name}.html").write_text(render_report_page(r))
+        top = r.processes[0] if r.processes else None
+        rows.append(
+            IndexRow(
+                id=r.id,
+                node=r.node,
+                started_at=r.started_at,
+                status=r.status,
+                verdict=r.verdict.summary,
+                top_process=f"{top.comm} ({top.pid})" if top else None,
+                top_pod=f"{top.pod.namespace}/{top.pod.name}" if top and top.pod and top.pod.name else None,
+                backend=r.tracer.backend,
+                url=f"/{name}.html",
+            )
+        )
+    running = RunningRow(
+        node="worker-3",
+        started_at=T0,
+        progress=0.4,
+        message="tracing with perf-major",
+        trigger="alert NodeMemoryMajorPagesFaults",
+    )
+    (d / "index.html").write_text(
+        render_index_page(rows, running=[running], unreachable=["worker-9: timeout"])
+    )
+    (d / "running.html").write_text(render_running_page(running))
+    return d
+
+
+@pytest.fixture(scope="module")
+def base_url(site) -> str:
+    with serve_dir(site) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shots(request) -> Path:
+    return Path(request.config.cache.mkdir("ui-screenshots"))
+
+
+def _no_horizontal_overflow(page) -> None:
+    sw, iw = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert sw <= iw, f"page is {sw}px wide in a {iw}px window"
+
+
+def test_report_page_in_chromium(base_url, tmp_path, shots):
+    r = file_fault_report()
+    top = r.processes[0]
+    with browser_context(tmp_path / "profile", javascript=False) as ctx:  # the page needs no JavaScript
+        page = ctx.new_page()
+        resp = page.goto(f"{base_url}/file.html")
+        assert resp is not None and resp.ok
+        verdict = page.locator("#verdict .summary")
+        assert verdict.is_visible()
+        assert verdict.inner_text().strip() == r.verdict.summary
+        # the verdict is at the top of the first screen, and big
+        box = verdict.bounding_box()
+        assert box is not None and box["y"] < 400
+        assert float(verdict.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")) >= 22
+        pod = page.locator("#verdict .culprit", has_text=f"{top.pod.namespace}/{top.pod.name}")
+        assert pod.is_visible()
+        assert page.get_by_role("cell", name=f"{top.pod.namespace}/{top.pod.name}").first.is_visible()
+        chart = page.locator("#chart figure.chart > svg")
+        chart.scroll_into_view_if_needed()
+        assert chart.is_visible()
+        cbox = chart.bounding_box()
+        assert cbox is not None and cbox["width"] > 300 and cbox["height"] > 100
+        lines = page.locator("#chart polyline.series")
+        assert lines.count() == len(r.processes) + 1  # + node total
+        for i in range(lines.count()):
+            lb = lines.nth(i).bounding_box()
+            assert lb is not None and lb["width"] > 100  # drawn across the window
+        assert page.locator("#chart figcaption").inner_text().count("peak") == len(r.processes) + 1
+        assert page.locator("#sources .bar.big").first.bounding_box()["width"] > 200
+        _no_horizontal_overflow(page)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        shutil.copy(tmp_path / "report.png", shots / "report-1280.png")
+
+
+def test_report_page_narrow_window(base_url, tmp_path, shots):
+    r = swap_report()
+    with browser_context(tmp_path / "profile", javascript=False, width=390, height=844) as ctx:
+        page = ctx.new_page()
+        page.goto(f"{base_url}/swap.html")
+        assert page.locator("#verdict .summary").is_visible()
+        assert r.verdict.summary in page.locator("#verdict").inner_text()
+        assert page.locator("#verdict .culprit", has_text="cache/redis-0").is_visible()
+        cbox = page.locator("#chart figure.chart > svg").bounding_box()
+        assert cbox is not None and 300 < cbox["width"] <= 390
+        # chart labels stay readable when the chart shrinks
+        size = page.locator("#chart svg text").first.evaluate("e => e.getBoundingClientRect().height")
+        assert size >= 8
+        _no_horizontal_overflow(page)  # wide tables scroll inside their card, not the page
+        page.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
+        shutil.copy(tmp_path / "narrow.png", shots / "report-390.png")
+
+
+def test_index_running_and_empty_pages(base_url, tmp_path, shots):
+    with browser_context(tmp_path / "profile", javascript=False) as ctx:
+        page = ctx.new_page()
+        page.goto(f"{base_url}/index.html")
+        assert page.get_by_text("search/search-indexer-7d9f8b6c5-q2x8z").is_visible()
+        assert page.get_by_text("worker-9: timeout").is_visible()
+        bar = page.locator("#running .progress > span").bounding_box()
+        track = page.locator("#running .progress").bounding_box()
+        assert bar and track and abs(bar["width"] / track["width"] - 0.4) < 0.02
+        page.get_by_role("link", name=file_fault_report().verdict.summary).click()
+        page.wait_for_url("**/file.html")
+        assert page.locator("#verdict .summary").is_visible()
+        page.goto(f"{base_url}/index.html")
+        page.screenshot(path=str(shots / "index-1280.png"), full_page=True)
+        page.goto(f"{base_url}/empty.html")
+        assert page.get_by_text("No process had major faults in this window").first.is_visible()
+        assert page.locator("polyline").count() == 0
+        page.goto(f"{base_url}/running.html")
+        assert page.locator("meta[http-equiv=refresh]").count() == 1
+        assert page.get_by_text("tracing with perf-major").is_visible()
+
+
+def test_hostile_report_runs_nothing(base_url, tmp_path):
+    dialogs: list[str] = []
+    with browser_context(tmp_path / "profile", javascript=True) as ctx:
+        page = ctx.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{base_url}/hostile.html")
+        page.wait_for_load_state("load")
+        assert page.locator("script").count() == 0
+        assert page.locator("img").count() == 0
+        # the hostile strings are shown as text
+        assert page.get_by_text('verdict <script>alert("x")</script>').is_visible()
+        page.goto(f"{base_url}/index.html")
+        page.wait_for_timeout(300)
+    assert dialogs == [] and errors == []
