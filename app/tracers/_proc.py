@@ -194,25 +194,31 @@ class Managed:
         return self.stderr.decode(errors="replace")
 
     def stderr_head(self) -> str:
-        """The first meaningful stderr line, for error messages."""
-        for line in self.stderr_text().splitlines():
-            line = line.strip()
-            if line and not _is_noise(line):
-                return line
-        return ""
+        """The stderr line that says what went wrong, for error messages."""
+        return first_error_line(self.stderr_text())
+
+
+_NOISE = (
+    "RLIMIT_MEMLOCK",  # bpftrace 0.17 on every start, harmless
+    "available_filter_functions",  # bpftrace listing traceable functions
+    "[ perf record:",  # perf's progress lines
+    "Attaching ",
+    "not valid for",  # perf script: "'trace' not valid for software events. Ignoring."
+)
 
 
 def _is_noise(line: str) -> bool:
-    # bpftrace 0.17 warns about RLIMIT_MEMLOCK on every start; perf prints progress lines.
-    return "RLIMIT_MEMLOCK" in line or line.startswith("[ perf record:") or line.startswith("Attaching")
+    return any(n in line for n in _NOISE)
 
 
 def first_error_line(text: str) -> str:
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not _is_noise(line):
+    """The line of a tool's stderr that says what went wrong: the first one mentioning an error,
+    else the first one that is not known noise."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _is_noise(ln)]
+    for line in lines:
+        if "error" in line.lower():
             return line
-    return ""
+    return lines[0] if lines else ""
 
 
 def run_quick(

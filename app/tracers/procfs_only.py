@@ -1,0 +1,38 @@
+"""procfs: no tracer at all. Always available; traces no addresses.
+
+It still honours the window (on_start/on_stop, request.cancel) so the engine's majflt sampling and
+its smaps-based estimate of the sources run over the same time as with a real tracer.
+"""
+
+from __future__ import annotations
+
+import time
+
+from app.config import Settings
+from app.tracers.base import TraceRequest, TraceResult
+
+
+class ProcfsTracer:
+    name = "procfs"
+    exact = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def available(self) -> tuple[bool, str]:
+        return True, "always available: ranks by /proc majflt, estimates sources from smaps (no addresses)"
+
+    def run(self, request: TraceRequest) -> TraceResult:
+        result = TraceResult(backend=self.name, exact=self.exact)
+        if request.on_start:
+            request.on_start()
+        t0 = time.monotonic()
+        try:
+            request.cancel.wait(request.seconds)
+        finally:
+            result.duration_seconds = time.monotonic() - t0
+            if request.on_stop:
+                request.on_stop()
+        if request.cancel.is_set():
+            result.errors.append("cancelled: the window was cut short")
+        return result
