@@ -10,6 +10,7 @@ back in Alertmanager, and the report page shows it in a real browser.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 
@@ -32,6 +33,8 @@ from tests.workloads import file_fault_workload
 pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.timeout(150)]
 
 _why = [f"not installed: {b}" for b in missing_binaries()]
+if shutil.which("gcc") is None:
+    _why.append("gcc not found: cannot build the fault workload")
 if (m := service_missing()) is not None:
     _why.append(m)
 if _why:

@@ -4,6 +4,7 @@ node-mixin rule and Alertmanager deliver NodeMemoryMajorPagesFaults with our lab
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -19,7 +20,7 @@ from tests.workloads import file_fault_workload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-_missing = missing_binaries()
+_missing = missing_binaries() + ([] if shutil.which("gcc") else ["gcc (builds the fault workload)"])
 if _missing:
     pytestmark.append(
         pytest.mark.skip(reason=f"not installed: {', '.join(_missing)} (Debian prometheus packages)")
