@@ -1,0 +1,477 @@
+"""`sudo .venv/bin/python -m bench`: every benchmark of issue 5 in one run, ratios against baselines
+measured in the same run. Prints a markdown table; writes bench/out/results.md, results.json and
+cost-growth.png (when matplotlib is importable). See docs/bench.md.
+
+    --quick        shorter windows (2 s) and fewer repetitions, for a smoke test
+    --only 1,4     run only some sections (1-3 share their runs; 7 reuses 1, 3 and 4)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import parsing, scan, service, tracing
+from .common import MISSING, OUT, ROOT, Results, Row, elapsed, fmt, log, status, try_import
+from .tracing import EXACT, METHODS, Run
+
+TARGET_OVERHEAD = 0.97
+TARGET_EXACT = (0.95, 1.05)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+
+    def version(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except Exception:  # noqa: BLE001
+            return "missing"
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "perf": version(["perf", "--version"]),
+        "bpftrace": version(["bpftrace", "--version"]),
+        "python": platform.python_version(),
+        "commit": commit,
+    }
+
+
+def default_backend() -> str | None:
+    Settings = try_import("app.config", "Settings")
+    select = try_import("app.tracers.registry", "select")
+    if Settings is None or select is None:
+        return None
+    try:
+        tracer, _reason, _skipped = select(Settings())
+        return tracer.name
+    except Exception as e:  # noqa: BLE001
+        log(f"  auto selection failed: {e}")
+        return None
+
+
+@contextlib.contextmanager
+def throttled(pid: int, duty: float, period: float = 0.02):
+    """Run the process only `duty` of the time (SIGSTOP/SIGCONT), to lower its fault rate."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            time.sleep(period * duty)
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(period * (1 - duty))
+            os.kill(pid, signal.SIGCONT)
+
+    t = threading.Thread(target=loop, daemon=True)
+    if duty < 1:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if duty < 1:
+            t.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def series(pid: int, methods: list[str], seconds: float, workdir: Path) -> tuple[list[Run], list[Run]]:
+    """untraced, then per method: traced, untraced. Baseline of method i = mean of the untraced runs
+    just before and after it (so slow drift cancels)."""
+    base = [tracing.untraced(pid, seconds)]
+    log(f"    untraced: {base[-1].rate:,.0f} faults/s")
+    traced = []
+    for m in methods:
+        r = tracing.trace(m, pid, seconds, workdir)
+        if r.error:
+            log(f"    {m}: {r.error}")
+        else:
+            log(f"    {m}: {r.rate:,.0f} faults/s, {r.events} events for {r.majflt} major faults")
+        traced.append(r)
+        base.append(tracing.untraced(pid, seconds))
+        log(f"    untraced: {base[-1].rate:,.0f} faults/s")
+    return traced, base
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def section_tracing(res: Results, seconds: float, workdir: Path, default: str | None) -> dict:
+    workloads = try_import("tests.workloads")
+    if workloads is None:
+        res.missing("1 overhead", "fault workloads", why="tests/workloads missing")
+        return {}
+    raw: dict = {}
+    for wl in ("file", "swap"):
+        log(f"[1-3] {wl} workload")
+        try:
+            if wl == "file":
+                cm = workloads.file_fault_workload(workdir / "file-faults.bin", 64)
+            else:
+                cm = workloads.swap_workload(size_mb=128, limit_mb=64, name="pfi-bench-swap")
+            with cm as proc:
+                time.sleep(1.5)  # past the first pass: steady state
+                traced, base = series(proc.pid, METHODS, seconds, workdir)
+        except Exception as e:  # noqa: BLE001
+            res.failed("1 overhead", f"{wl} workload", e)
+            continue
+        raw[wl] = {"traced": traced, "base": base}
+        drift = base[-1].rate / base[0].rate if base[0].rate else None
+        res.add(Row("1 overhead", f"{wl}: untraced first vs last", base[-1].rate, "faults/s", base[0].rate, drift,
+                    "drift", "info", f"all untraced runs: {', '.join(f'{b.rate:,.0f}' for b in base)}"))
+        for i, r in enumerate(traced):
+            label = r.method + (" (default)" if r.method == default else "")
+            if r.error:
+                if r.error == "missing":
+                    res.missing("1 overhead", f"{wl}: {label}", why="tracer backend not written yet")
+                    res.missing("2 exactness", f"{wl}: {label}")
+                else:
+                    res.add(Row("1 overhead", f"{wl}: {label}", "n/a", status="n/a", note=r.error[:160]))
+                continue
+            b = statistics.mean([base[i].rate, base[i + 1].rate])
+            ratio = r.rate / b if b else None
+            is_default = r.method == default
+            res.add(Row("1 overhead", f"{wl}: {label}", r.rate, "faults/s", b, ratio,
+                        f">= {TARGET_OVERHEAD}" if is_default else "",
+                        status(ratio is not None and ratio >= TARGET_OVERHEAD) if is_default else "info",
+                        f"{r.seconds:.1f} s traced"))
+            pf = r.per_fault
+            exact = r.method in EXACT
+            ok = pf is not None and TARGET_EXACT[0] <= pf <= TARGET_EXACT[1] and not r.dropped
+            res.add(Row("2 exactness", f"{wl}: {label}", pf, "events/fault", r.majflt, None,
+                        "1.00 +- 0.05, 0 dropped" if exact else "",
+                        status(ok) if exact else "info",
+                        f"{r.events:,} events, {r.majflt:,} majflt, dropped {r.dropped or 0:,}"
+                        + (f"; {'; '.join(r.notes)}" if r.notes else "")))
+            if r.majflt > 0 and r.raw_bytes is not None:
+                res.add(Row("3 volume", f"{wl}: {r.method} raw bytes per 1M faults", r.raw_bytes / r.majflt * 1e6 / 2**20,
+                            "MiB", status="info", note=f"{r.raw_bytes:,} bytes for {r.majflt:,} faults"))
+            if r.majflt > 0 and r.post_seconds is not None:
+                res.add(Row("3 volume", f"{wl}: {r.method} end of window -> counts, per 1M faults",
+                            r.post_seconds / r.majflt * 1e6, "s", status="info",
+                            note=f"{r.post_seconds:.2f} s for {r.majflt:,} faults"
+                            + (f" (parse {r.parse_seconds:.2f} s)" if r.parse_seconds else "")))
+    return raw
+
+
+def section_parsing(res: Results, workdir: Path, growth: list[dict]) -> None:
+    log("[3] parsing at 30 s x 20,000 faults/s = 600,000 events")
+    workloads = try_import("tests.workloads")
+    cap = None
+    if workloads is not None:
+        try:
+            with workloads.file_fault_workload(workdir / "file-faults.bin", 64) as proc:
+                time.sleep(0.5)
+                cap = parsing.capture_perf_major(proc.pid, 3.0, workdir)
+            log(f"  captured {cap['events']:,} perf-major events; perf script {cap['script_seconds']:.2f} s")
+        except Exception as e:  # noqa: BLE001
+            log(f"  capture failed: {e}")
+    n = parsing.EVENTS_30S
+    lines = parsing.synth_perf_lines(cap["lines"] if cap else [], n)
+    parse_s = parsing.time_perf_parser(lines)
+    if parse_s is None:
+        res.missing("3 volume", "30 s @ 20k/s, perf-major", "<= 2 s", "app.parsers.perf")
+    else:
+        script_s = cap["script_seconds"] / cap["events"] * n if cap and cap["events"] else None
+        total = parse_s + (script_s or 0)
+        res.add(Row("3 volume", "30 s @ 20k/s, perf-major: perf script + parse of 600k events", total, "s", None, None,
+                    "<= 2 s", status(total <= 2.0),
+                    f"parse {parse_s:.2f} s measured on 600k synthetic lines; perf script "
+                    + (f"{script_s:.2f} s extrapolated from {cap['events']:,} real events" if script_s else "not measured")))
+        if cap:
+            res.add(Row("3 volume", "perf-major perf.data bytes per 1M faults", cap["data_bytes"] / cap["events"] * 1e6 / 2**20,
+                        "MiB", status="info", note=f"+ {cap['text_bytes'] / cap['events'] * 1e6 / 2**20:.0f} MiB of perf script text"))
+    for keys in (16_384, 262_144):
+        blines = parsing.synth_bpftrace_lines(keys, n)
+        bs = parsing.time_bpftrace_parser(blines)
+        if bs is None:
+            res.missing("3 volume", f"30 s @ 20k/s, bpftrace-major ({keys:,} pages)", "<= 2 s", "app.parsers.bpftrace")
+            break
+        res.add(Row("3 volume", f"30 s @ 20k/s, bpftrace-major: parse 600k events in {keys:,} pages", bs, "s", None, None,
+                    "<= 2 s", status(bs <= 2.0), f"{sum(len(x) + 1 for x in blines) / 2**20:.1f} MiB of map output"))
+    # growth with the event count
+    for ev in (60_000, 200_000, 600_000):
+        ps = parsing.time_perf_parser(parsing.synth_perf_lines(cap["lines"] if cap else [], ev))
+        if ps is not None:
+            growth.append({"what": "perf parser", "x": ev, "x_unit": "events", "y": ps, "y_unit": "s"})
+        bs = parsing.time_bpftrace_parser(parsing.synth_bpftrace_lines(16_384, ev))
+        if bs is not None:
+            growth.append({"what": "bpftrace parser (16k pages)", "x": ev, "x_unit": "events", "y": bs, "y_unit": "s"})
+        if cap and cap["events"]:
+            growth.append({"what": "perf script (extrapolated)", "x": ev, "x_unit": "events",
+                           "y": cap["script_seconds"] / cap["events"] * ev, "y_unit": "s"})
+
+
+def section_engine(res: Results, workdir: Path, seconds: float) -> None:
+    log(f"[3] investigate() on a real {seconds:.0f} s window, two file workloads")
+    investigate = try_import("app.investigation.engine", "investigate")
+    Settings = try_import("app.config", "Settings")
+    workloads = try_import("tests.workloads")
+    if investigate is None or Settings is None or workloads is None:
+        res.missing("3 volume", "investigate() post-window, real run", "<= 2 s")
+        return
+    try:
+        with contextlib.ExitStack() as stack:
+            procs = [stack.enter_context(workloads.file_fault_workload(workdir / f"engine-{i}.bin", 64)) for i in range(2)]
+            time.sleep(1.0)
+            m0 = sum(workloads.majflt(p.pid) for p in procs)
+            marks: dict[str, float] = {}
+
+            def progress(frac: float, msg: str) -> None:
+                if frac == 0.0 and "start" not in marks:
+                    marks["start"] = time.monotonic()
+                if msg == "resolving":
+                    marks["resolving"] = time.monotonic()
+
+            report = investigate(Settings(), seconds=seconds, progress=progress)
+            t_end = time.monotonic()
+            m1 = sum(workloads.majflt(p.pid) for p in procs)
+        window_end = marks["start"] + seconds  # the window starts a little after this: an upper bound
+        post = t_end - window_end
+        tr = report.tracer
+        rate = (m1 - m0) / seconds
+        res.add(Row("3 volume", f"investigate() {seconds:.0f} s window: ready after window end", post, "s", None, None,
+                    "<= 2 s", status(post <= 2.0),
+                    f"{tr.backend}, {tr.events:,} events ({rate:,.0f} faults/s of the workloads), "
+                    f"{tr.output_bytes / 2**20:.1f} MiB raw; tracer handover "
+                    f"{marks.get('resolving', t_end) - window_end:.2f} s"))
+    except Exception as e:  # noqa: BLE001
+        res.failed("3 volume", "investigate() post-window, real run", e, "<= 2 s")
+
+
+def section_scan(res: Results, growth: list[dict], runs: int) -> None:
+    log("[4] process scan")
+    counts = [100, 1000, 5000]
+    try:
+        rows = scan.measure(counts, runs)
+    except Exception as e:  # noqa: BLE001
+        res.failed("4 scan", "process scan", e)
+        return
+    for r in rows:
+        n = r["extra"]
+        rivals = {k: r[k] for k in ("ps", "psutil") if k in r}
+        best = min(rivals.values())
+        if "ours" not in r:
+            res.missing("4 scan", f"{n:,} extra processes: ProcFS().sample_all()", "faster than ps and psutil at 5,000"
+                        if n == 5000 else "", "app.collectors.procfs")
+        else:
+            ok = r["ours"] < best
+            res.add(Row("4 scan", f"{n:,} extra processes ({r['processes']:,} in all): ProcFS().sample_all()",
+                        r["ours"] * 1000, "ms", best * 1000, r["ours"] / best,
+                        "< ps and psutil" if n == 5000 else "", status(ok) if n == 5000 else "info",
+                        f"ps {rivals.get('ps', 0) * 1000:.1f} ms, psutil {rivals.get('psutil', 0) * 1000:.1f} ms; "
+                        f"median of {runs}"))
+        for k in ("ours", "ps", "psutil"):
+            if k in r:
+                growth.append({"what": f"scan: {'ProcFS().sample_all()' if k == 'ours' else k}", "x": r["processes"],
+                               "x_unit": "processes", "y": r[k] * 1000, "y_unit": "ms"})
+
+
+def section_service(res: Results, workdir: Path, idle_seconds: float) -> None:
+    log("[5-6] service on loopback")
+    ok, why = service.available()
+    if not ok:
+        for name, tgt in (("alert POST -> stored report, minus the window", "< 1 s"),):
+            res.missing("5 alert", name, tgt, why)
+        for name, tgt in (("service RSS idle", "< 80 MiB"), ("service RSS during investigation", ""),
+                          ("service CPU idle", "< 0.5 % of a core")):
+            res.missing("6 footprint", name, tgt, why)
+        return
+    workloads = try_import("tests.workloads")
+    try:
+        with contextlib.ExitStack() as stack:
+            if workloads is not None:  # something to find: the investigation is not empty
+                stack.enter_context(workloads.file_fault_workload(workdir / "svc-faults.bin", 64))
+            out = service.measure(workdir, alerts=3, idle_seconds=idle_seconds, window=1.0)
+    except Exception as e:  # noqa: BLE001
+        res.failed("5 alert", "alert POST -> stored report", e, "< 1 s")
+        return
+    lat = out["alert_to_report"]
+    if lat:
+        med = statistics.median(lat)
+        res.add(Row("5 alert", "alert POST -> stored report, minus the window", med, "s", None, None, "< 1 s",
+                    status(med < 1.0), f"median of {len(lat)}: {', '.join(f'{x:.2f}' for x in lat)}; "
+                    f"window {statistics.mean(out['windows']):.2f} s (PFI_INVESTIGATION_SECONDS=1)"))
+    else:
+        res.add(Row("5 alert", "alert POST -> stored report, minus the window", "no report", target="< 1 s",
+                    status="MISS", note="; ".join(out["errors"])[:200]))
+    res.add(Row("6 footprint", "service RSS idle", out["rss_idle_mib"], "MiB", None, None, "< 80 MiB",
+                status(out["rss_idle_mib"] < 80), f"{out['rss_idle_after_mib']:.1f} MiB after the idle period"))
+    res.add(Row("6 footprint", "service RSS during investigations (peak)", out["rss_busy_mib"], "MiB",
+                out["rss_idle_mib"], out["rss_busy_mib"] / out["rss_idle_mib"] if out["rss_idle_mib"] else None,
+                "", "info", "the service's own process; the tracer child is not counted"))
+    res.add(Row("6 footprint", f"service CPU idle ({idle_seconds:.0f} s)", out["cpu_idle_pct"], "% of a core", None, None,
+                "< 0.5 %", status(out["cpu_idle_pct"] < 0.5)))
+
+
+def section_growth_rate(res: Results, growth: list[dict], raw: dict, seconds: float, workdir: Path,
+                        default: str | None) -> None:
+    log("[7] overhead and volume against the fault rate (file workload, throttled)")
+    workloads = try_import("tests.workloads")
+    methods = [m for m in (default or "perf-major", "bpftrace-major") if m]
+    points: list[tuple[float, list[Run], list[Run]]] = []
+    if "file" in raw:
+        points.append((1.0, [r for r in raw["file"]["traced"] if r.method in methods], []))
+        base = raw["file"]["base"]
+        idx = [i for i, r in enumerate(raw["file"]["traced"]) if r.method in methods]
+        points[-1] = (1.0, [raw["file"]["traced"][i] for i in idx],
+                      [Run("untraced", seconds=1, majflt=int(statistics.mean([base[i].rate, base[i + 1].rate])))
+                       for i in idx])
+    if workloads is None:
+        return
+    try:
+        with workloads.file_fault_workload(workdir / "file-faults.bin", 64) as proc:
+            time.sleep(1.0)
+            for duty in (0.1, 0.4):
+                with throttled(proc.pid, duty):
+                    time.sleep(0.3)
+                    traced, base = series(proc.pid, methods, seconds, workdir)
+                bases = [Run("untraced", seconds=1, majflt=int(statistics.mean([base[i].rate, base[i + 1].rate])))
+                         for i in range(len(traced))]
+                points.append((duty, traced, bases))
+    except Exception as e:  # noqa: BLE001
+        log(f"  throttled runs failed: {e}")
+    for duty, traced, bases in points:
+        for r, b in zip(traced, bases, strict=False):
+            if r.error or not b.majflt:
+                continue
+            x = b.majflt  # the untraced rate
+            growth.append({"what": f"overhead ratio: {r.method}", "x": x, "x_unit": "faults/s", "y": r.rate / x,
+                           "y_unit": "ratio", "duty": duty})
+            if r.majflt and r.post_seconds is not None:
+                growth.append({"what": f"end of window -> counts: {r.method}", "x": r.majflt, "x_unit": "faults",
+                               "y": r.post_seconds, "y_unit": "s", "duty": duty})
+            if r.majflt and r.raw_bytes is not None:
+                growth.append({"what": f"raw bytes: {r.method}", "x": r.majflt, "x_unit": "faults",
+                               "y": r.raw_bytes / 2**20, "y_unit": "MiB", "duty": duty})
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def render(res: Results) -> str:
+    m = res.meta
+    head = (f"pagefault-inspector bench, {m.get('date')}: kernel {m.get('kernel')} {m.get('arch')}, "
+            f"{m.get('nproc')} CPUs, {m.get('memory_gib')} GiB, {m.get('perf')}, {m.get('bpftrace')}, "
+            f"commit {m.get('commit')}; took {m.get('seconds', 0):.0f} s\n\n")
+    out = [head, "| # | measurement | value | baseline | ratio | target | result | notes |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in res.rows:
+        val = fmt(r.value) + (f" {r.unit}" if r.unit and r.value not in (None, MISSING) and not isinstance(r.value, str) else "")
+        base = fmt(r.baseline)
+        out.append(f"| {r.section} | {r.name} | {val} | {base} | {fmt(r.ratio)} | {r.target} | {r.status} | "
+                   f"{r.note.replace('|', '/')} |")
+    out.append("")
+    if res.growth:
+        out += ["", "Cost growth (row 7)", "", "| series | x | value |", "|---|---|---|"]
+        for g in sorted(res.growth, key=lambda g: (g["what"], g["x"])):
+            out.append(f"| {g['what']} | {fmt(g['x'])} {g['x_unit']} | {fmt(g['y'])} {g['y_unit']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(res: Results, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("  matplotlib not installed: cost growth is in the markdown table only")
+        return False
+    groups: dict[str, list[dict]] = {}
+    for g in res.growth:
+        key = ("overhead" if g["what"].startswith("overhead") else "scan" if g["what"].startswith("scan")
+               else "raw" if g["what"].startswith("raw") else "time")
+        groups.setdefault(key, []).append(g)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4))
+    axes = axes if len(groups) > 1 else [axes]
+    for ax, (key, pts) in zip(axes, groups.items(), strict=False):
+        for what in sorted({p["what"] for p in pts}):
+            ps = sorted((p for p in pts if p["what"] == what), key=lambda p: p["x"])
+            ax.plot([p["x"] for p in ps], [p["y"] for p in ps], marker="o", label=what)
+        ax.set_xlabel(pts[0]["x_unit"])
+        ax.set_ylabel(pts[0]["y_unit"])
+        ax.set_title(key)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="shorter windows, for a smoke test")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="sections to run, e.g. 1,4")
+    args = ap.parse_args()
+    only = {int(x) for x in args.only.split(",") if x.strip()}
+    if os.geteuid() != 0:
+        print("bench: run as root (sudo .venv/bin/python -m bench): tracers, swap and cgroups need it")
+        return 2
+    for tool in ("perf", "bpftrace", "gcc", "ps"):
+        if shutil.which(tool) is None:
+            log(f"warning: {tool} not found; its rows will say so")
+    seconds = 2.0 if args.quick else 4.0
+    OUT.mkdir(parents=True, exist_ok=True)
+    res = Results()
+    res.meta = machine()
+    default = default_backend()
+    res.meta["default_backend"] = default
+    log(f"machine: {res.meta}; default backend (auto): {default}")
+    raw: dict = {}
+    workdir = Path(tempfile.mkdtemp(prefix="pfi-bench-", dir="/var/tmp"))
+    try:
+        if only & {1, 2, 3, 7}:
+            raw = section_tracing(res, seconds, workdir, default)
+        if only & {3, 7}:
+            section_parsing(res, workdir, res.growth)
+        if 3 in only:
+            section_engine(res, workdir, 10.0 if args.quick else 30.0)
+        if only & {4, 7}:
+            section_scan(res, res.growth, 3 if args.quick else 5)
+        if only & {5, 6}:
+            section_service(res, workdir, 5.0 if args.quick else 20.0)
+        if 7 in only:
+            section_growth_rate(res, res.growth, raw, 2.0 if args.quick else 3.0, workdir, default)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    res.meta["seconds"] = elapsed()
+    if 7 in only and plot(res, OUT / "cost-growth.png"):
+        res.meta["png"] = str(OUT / "cost-growth.png")
+    text = render(res)
+    (OUT / "results.md").write_text(text)
+    (OUT / "results.json").write_text(json.dumps(
+        {"meta": res.meta, "rows": [r.as_dict() for r in res.rows], "growth": res.growth}, indent=2, default=str))
+    print(text)
+    log(f"done in {elapsed():.0f} s; wrote {OUT / 'results.md'} and results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
