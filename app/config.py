@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_alerts_per_request: int = Field(default=1000, ge=1)
     max_queue: int = Field(default=16, ge=1)
+    # Added for the service (issue 3): the API server, peers, forwarding and sinks.
+    apiserver_url: str | None = Field(
+        default=None, description="API server base URL; None: in-cluster (KUBERNETES_SERVICE_HOST/PORT)"
+    )
+    apiserver_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    apiserver_ca_file: Path | None = Field(
+        default=None, description="None: the service account's ca.crt when it exists"
+    )
+    apiserver_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    peer_cache_seconds: float = Field(default=30.0, ge=0, description="how long the peer pod list is cached")
+    static_peers: str | None = Field(
+        default=None,
+        description="peers without an API server: 'node-b@10.0.3.8=http://10.0.3.8:8080,node-c=http://...'",
+    )
+    forward_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    sink_attempts: int = Field(default=4, ge=1, le=20)
+    sink_backoff_seconds: float = Field(default=1.0, ge=0, le=300, description="first retry delay, doubled each time")
+    sink_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    peer_fetch_timeout_seconds: float = Field(default=3.0, gt=0, le=60, description="UI: asking peers for reports")
 
     def alertname_set(self) -> set[str]:
         return {a.strip() for a in self.alertnames.split(",") if a.strip()}

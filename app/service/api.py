@@ -1,0 +1,104 @@
+"""The API address's routes: thin, each one call into the service.
+
+Everything under /api/v1 needs the bearer token (reports hold command lines and pod names);
+/healthz, /readyz and /metrics do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.service.deps import StateDep, TokenRequired
+from app.service.intake import FORWARDED_HEADER, handle_alerts
+from app.service.payload import PayloadError, parse_payload
+
+public = APIRouter()
+api = APIRouter(prefix="/api/v1", dependencies=[TokenRequired])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes, without reading more than that."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadError(413, f"body of {declared} bytes is over the limit of {limit} bytes")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise PayloadError(413, f"body is over the limit of {limit} bytes")
+    return bytes(buf)
+
+
+def decode_json(body: bytes) -> Any:
+    if not body.strip():
+        raise PayloadError(400, "empty body: expected Alertmanager's JSON payload")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep, huge ints
+        raise PayloadError(400, f"invalid JSON: {str(exc)[:200]}") from None
+
+
+@public.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@public.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    reasons = state.readiness()
+    return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200)
+
+
+@public.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@api.post("/alerts", status_code=202)
+async def post_alerts(
+    request: Request,
+    state: StateDep,
+    forwarded_from: Annotated[str | None, Header(alias=FORWARDED_HEADER, max_length=253)] = None,
+) -> JSONResponse:
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        parsed = parse_payload(decode_json(body), max_alerts=state.settings.max_alerts_per_request)
+    except PayloadError:
+        state.metrics.alerts.labels(outcome="rejected").inc()
+        raise
+    answer = await handle_alerts(state, parsed, forwarded_from)
+    return JSONResponse(answer, status_code=202)
+
+
+@api.get("/reports")
+async def list_reports(
+    state: StateDep,
+    node: Annotated[str | None, Query(max_length=253)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    rows = await asyncio.to_thread(state.store.list, node=node, limit=limit)
+    return {"node": state.local.name, "reports": [r.as_dict() for r in rows]}
+
+
+@api.get("/reports/{report_id}")
+async def get_report(state: StateDep, report_id: str) -> Response:
+    report = await asyncio.to_thread(state.store.get, report_id)
+    if report is None:
+        running = state.scheduler.find(report_id)
+        if running is not None:
+            raise HTTPException(
+                404, f"investigation {report_id} is {running.state}; see /api/v1/investigations"
+            )
+        raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
+    return Response(report.model_dump_json(), media_type="application/json")
+
+
+@api.get("/investigations")
+async def investigations(state: StateDep) -> dict[str, Any]:
+    return {"node": state.local.name, "investigations": [i.as_dict() for i in state.scheduler.active()]}

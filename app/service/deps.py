@@ -1,0 +1,39 @@
+"""The routes' dependencies, declared once (STYLE #8). Tests swap them with
+`app.dependency_overrides` when they need to."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from app.service.auth import bearer_matches
+from app.service.state import ServiceState
+
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pagefault-inspector"'}
+
+
+def get_state(request: Request) -> ServiceState:
+    """The state made by the API app's lifespan; the UI app reaches it through `api_app`."""
+    app = request.app
+    source = getattr(app.state, "api_app", app)
+    state = getattr(source.state, "svc", None)
+    if state is None:
+        raise HTTPException(status_code=503, detail="starting")
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_token(request: Request, state: StateDep) -> None:
+    if not bearer_matches(request.headers.get("authorization"), state.token):
+        missing = "authorization" not in request.headers
+        raise HTTPException(
+            status_code=401,
+            detail="missing bearer token" if missing else "wrong bearer token",
+            headers=WWW_AUTHENTICATE,
+        )
+
+
+TokenRequired = Depends(require_token)

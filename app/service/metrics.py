@@ -1,0 +1,58 @@
+"""Prometheus metrics, in a registry of the app's own (never the global one: two apps in one
+process, as in the tests, must not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+DURATION_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.alerts = Counter(
+            "pfi_alerts_received",
+            "Alerts received on the webhook, by what became of them",
+            ["outcome"],
+            registry=r,
+        )
+        self.investigations = Counter(
+            "pfi_investigations",
+            "Investigations finished, by outcome (complete, cancelled, failed) and tracer backend",
+            ["outcome", "backend"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "pfi_investigation_duration_seconds",
+            "Wall time of an investigation, window included",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.sink_deliveries = Counter(
+            "pfi_sink_deliveries",
+            "Report deliveries to sinks, by sink and outcome (ok, failed)",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.forwards = Counter(
+            "pfi_alert_forwards",
+            "Alert batches forwarded to the inspector on another node, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "pfi_queue_depth", "Investigations queued or running on this node", registry=r
+        )
+        self.store_ready = Gauge(
+            "pfi_store_ready", "1 when the report store can be written, else 0", registry=r
+        )
+        self.store_pending = Gauge(
+            "pfi_store_pending_reports",
+            "Reports kept in memory because the store could not be written",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

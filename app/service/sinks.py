@@ -1,0 +1,346 @@
+"""Post each finished report back where the team looks.
+
+Each sink is one small class with `name` and `async deliver(report) -> detail` that raises
+SinkError on failure; `deliver_with_retry` retries it with exponential backoff (bounded attempts)
+and returns the SinkResult that goes into `report.sinks`.
+
+- Alertmanager (`PFI_ALERTMANAGER_URL`): `POST /api/v2/alerts` with one `MajorPageFaultsReport`
+  alert (severity info; node + the top culprit's namespace/pod/container as labels, so the team's
+  routes deliver it; a `report_id` label makes each report its own alert).
+- Kubernetes Events (`PFI_KUBERNETES_EVENTS`): a Warning `MajorPageFaults` Event on the Node and on
+  each culprit Pod, through the API server.
+- Slack incoming webhook: verdict, top 3 processes, link.
+- Generic JSON webhook: the whole report document.
+
+Secrets: the Slack URL is the credential. No URL appears in a log line, an exception or a
+SinkResult; errors name the sink and the HTTP status only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+import httpx
+
+from app.config import Settings
+from app.models import ProcessReport, Report, SinkResult, utcnow
+from app.service.kube import KubeApi, KubeError
+
+log = logging.getLogger(__name__)
+
+REPORT_ALERTNAME = "MajorPageFaultsReport"
+EVENT_REASON = "MajorPageFaults"
+COMPONENT = "pagefault-inspector"
+EVENT_MESSAGE_MAX = 1024
+DESCRIPTION_MAX = 1024
+MAX_EVENT_PODS = 5
+ALERT_DURATION = timedelta(hours=1)
+
+
+class SinkError(Exception):
+    pass
+
+
+class Sink(Protocol):
+    name: str
+
+    async def deliver(self, report: Report) -> str: ...
+
+
+def report_url(settings: Settings, report_id: str) -> str:
+    """`PFI_PUBLIC_URL` when set, else the UI address (what `kubectl port-forward` reaches)."""
+    base = settings.public_url
+    if not base:
+        host, _, port = settings.ui_listen_address.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        base = f"http://{host}:{port}"
+    return f"{base.rstrip('/')}/reports/{report_id}"
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _who(p: ProcessReport) -> str:
+    pod = p.pod
+    where = ""
+    if pod is not None and pod.name:
+        where = f" in {pod.namespace or '?'}/{pod.name}" + (f" ({pod.container})" if pod.container else "")
+    elif p.host_process:
+        where = " (host)"
+    return f"{p.comm} [{p.pid}]{where}"
+
+
+def _sources(p: ProcessReport, n: int = 3) -> str:
+    parts = []
+    for s in p.sources[:n]:
+        label = s.kind.value + (f" {s.path}" if s.path else "")
+        parts.append(f"{_bounded(label, 80)} {s.share:.0%}")
+    return ", ".join(parts) or "no traced sources"
+
+
+def describe_top(report: Report, n: int = 3, limit: int = DESCRIPTION_MAX) -> str:
+    """Top processes and their sources, short: for annotations and chat."""
+    lines = [
+        f"{i}. {_who(p)}: {p.major_faults_per_second:,.0f} major faults/s; {_sources(p)}"
+        for i, p in enumerate(report.processes[:n], 1)
+    ]
+    if not lines:
+        lines = ["no process had major faults in the window"]
+    return _bounded("\n".join(lines), limit)
+
+
+def _iso(dt: Any) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: Any, timeout: float, what: str) -> httpx.Response:
+    try:
+        resp = await client.post(url, json=body, timeout=timeout)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        # The URL may be the credential (Slack): never let it into a message.
+        text = str(exc).replace(url, "<url>")[:200]
+        raise SinkError(f"{what}: {type(exc).__name__}: {text}") from None
+    if resp.status_code >= 300:
+        raise SinkError(f"{what}: HTTP {resp.status_code}: {resp.text[:200].replace(url, '<url>')}")
+    return resp
+
+
+class AlertmanagerSink:
+    name = "alertmanager"
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        assert settings.alertmanager_url
+        self.url = settings.alertmanager_url.rstrip("/") + "/api/v2/alerts"
+        self.settings = settings
+        self.client = client
+
+    def alert(self, report: Report) -> dict[str, Any]:
+        labels = {
+            "alertname": REPORT_ALERTNAME,
+            "severity": "info",
+            "node": report.node,
+            "cause": str(report.verdict.cause),
+            "report_id": report.id,
+        }
+        top = report.processes[0] if report.processes else None
+        if top is not None and top.pod is not None:
+            for key, value in (
+                ("namespace", top.pod.namespace),
+                ("pod", top.pod.name),
+                ("container", top.pod.container),
+            ):
+                if value:
+                    labels[key] = value
+        url = report_url(self.settings, report.id)
+        starts = report.finished_at or utcnow()
+        return {
+            "labels": labels,
+            "annotations": {
+                "summary": _bounded(report.verdict.summary, DESCRIPTION_MAX),
+                "description": describe_top(report),
+                "report_url": url,
+            },
+            "startsAt": _iso(starts),
+            "endsAt": _iso(starts + ALERT_DURATION),
+            "generatorURL": url,
+        }
+
+    async def deliver(self, report: Report) -> str:
+        await _post(
+            self.client, self.url, [self.alert(report)], self.settings.sink_timeout_seconds, "alertmanager"
+        )
+        return "MajorPageFaultsReport alert posted"
+
+
+class KubeEventsSink:
+    name = "kubernetes-events"
+
+    def __init__(self, settings: Settings, api: KubeApi) -> None:
+        self.settings = settings
+        self.api = api
+        self._done: dict[str, set[str]] = {}  # report id -> objects already given an event (retries)
+
+    @staticmethod
+    def targets(report: Report) -> list[tuple[str, dict[str, Any], str]]:
+        """(namespace, involvedObject, message) for the Node and each culprit Pod."""
+        out: list[tuple[str, dict[str, Any], str]] = [
+            (
+                "default",
+                {"apiVersion": "v1", "kind": "Node", "name": report.node, "uid": report.node},
+                report.verdict.summary,
+            )
+        ]
+        seen: set[tuple[str, str]] = set()
+        for p in report.processes:
+            pod = p.pod
+            if pod is None or not pod.namespace or not pod.name or p.major_faults <= 0:
+                continue
+            if (pod.namespace, pod.name) in seen:
+                continue
+            seen.add((pod.namespace, pod.name))
+            obj = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "uid": pod.uid,
+            }
+            if pod.container:
+                obj["fieldPath"] = f"spec.containers{{{pod.container}}}"
+            message = p.verdict.summary if p.verdict else report.verdict.summary
+            out.append((pod.namespace, obj, message))
+            if len(seen) >= MAX_EVENT_PODS:
+                break
+        return out
+
+    def event(self, report: Report, namespace: str, obj: dict[str, Any], message: str) -> dict[str, Any]:
+        now = _iso(utcnow())
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{COMPONENT}-", "namespace": namespace},
+            "involvedObject": obj,
+            "reason": EVENT_REASON,
+            "message": _bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),
+            "type": "Warning",
+            "source": {"component": COMPONENT, "host": report.node},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": report.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+
+    async def deliver(self, report: Report) -> str:
+        done = self._done.setdefault(report.id, set())
+        if len(self._done) > 100:
+            self._done.pop(next(iter(self._done)))
+        errors = []
+        targets = self.targets(report)
+        for namespace, obj, message in targets:
+            ident = f"{obj['kind']}/{obj.get('namespace', '')}/{obj['name']}"
+            if ident in done:
+                continue
+            try:
+                await self.api.post(
+                    f"/api/v1/namespaces/{namespace}/events", self.event(report, namespace, obj, message)
+                )
+                done.add(ident)
+            except KubeError as exc:
+                errors.append(f"{ident}: {str(exc)[:200]}")
+        if errors:
+            raise SinkError("; ".join(errors))
+        self._done.pop(report.id, None)
+        return f"{len(targets)} event(s): " + ", ".join(f"{o['kind']} {o['name']}" for _, o, _ in targets)
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class SlackSink:
+    name = "slack"
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        assert settings.slack_webhook_url
+        self._url = settings.slack_webhook_url  # the secret: never logged
+        self.settings = settings
+        self.client = client
+
+    def message(self, report: Report) -> dict[str, Any]:
+        url = report_url(self.settings, report.id)
+        title = f"Major page faults on {report.node}"
+        summary = _slack_escape(_bounded(report.verdict.summary, 1500))
+        top = _slack_escape(describe_top(report, 3, 2500))
+        return {
+            "text": f"{title}: {_bounded(report.verdict.summary, 1000)}",
+            "blocks": [
+                {
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": f"*{_slack_escape(title)}*\n{summary}"},
+                },
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"```{top}```"}},
+                {
+                    "type": "context",
+                    "elements": [
+                        {
+                            "type": "mrkdwn",
+                            "text": f"<{url}|Full report> · tracer {_slack_escape(report.tracer.backend)}"
+                            f" · {report.window_seconds:g}s window",
+                        }
+                    ],
+                },
+            ],
+        }
+
+    async def deliver(self, report: Report) -> str:
+        await _post(self.client, self._url, self.message(report), self.settings.sink_timeout_seconds, "slack")
+        return "posted"
+
+
+class WebhookSink:
+    name = "webhook"
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        assert settings.report_webhook_url
+        self._url = settings.report_webhook_url  # may carry a credential: never logged
+        self.settings = settings
+        self.client = client
+
+    async def deliver(self, report: Report) -> str:
+        body = report.model_dump(mode="json")
+        await _post(self.client, self._url, body, self.settings.sink_timeout_seconds, "webhook")
+        return "report posted"
+
+
+def make_sinks(settings: Settings, client: httpx.AsyncClient, api: KubeApi | None) -> list[Sink]:
+    sinks: list[Sink] = []
+    if settings.alertmanager_url:
+        sinks.append(AlertmanagerSink(settings, client))
+    if settings.kubernetes_events:
+        if api is None:
+            log.warning("PFI_KUBERNETES_EVENTS is on but there is no API server to post Events to")
+        else:
+            sinks.append(KubeEventsSink(settings, api))
+    if settings.slack_webhook_url:
+        sinks.append(SlackSink(settings, client))
+    if settings.report_webhook_url:
+        sinks.append(WebhookSink(settings, client))
+    return sinks
+
+
+async def deliver_with_retry(
+    sink: Sink,
+    report: Report,
+    *,
+    attempts: int,
+    backoff: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> SinkResult:
+    """Try up to `attempts` times, waiting backoff, 2*backoff, 4*backoff... between tries."""
+    detail = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            detail = await sink.deliver(report)
+        except SinkError as exc:
+            detail = str(exc)
+            log.warning(
+                "report %s: sink %s attempt %d/%d failed: %s", report.id, sink.name, attempt, attempts, detail
+            )
+            if attempt < attempts:
+                await sleep(backoff * 2 ** (attempt - 1))
+            continue
+        except Exception as exc:  # a bug in a sink must not take the others down
+            log.exception("report %s: sink %s crashed", report.id, sink.name)
+            return SinkResult(
+                sink=sink.name, ok=False, attempts=attempt, detail=type(exc).__name__, at=utcnow()
+            )
+        log.info("report %s: sink %s ok after %d attempt(s)", report.id, sink.name, attempt)
+        return SinkResult(sink=sink.name, ok=True, attempts=attempt, detail=detail[:500], at=utcnow())
+    return SinkResult(sink=sink.name, ok=False, attempts=attempts, detail=detail[:500], at=utcnow())

@@ -1,0 +1,324 @@
+"""The report store: one SQLite file under the data dir (the chart mounts a host path there).
+
+One table, one row a report: `id, node, started_at, finished_at, status, summary, json` (+ the
+alerts that triggered or joined it, `triggers`). WAL journal; every write is one transaction
+(`INSERT OR REPLACE`), so a report is either fully there or not at all. Retention by count and age
+runs after each write.
+
+When the file is corrupt or cannot be written, the store says so (`ready`/`reason`, used by
+/readyz, and a log line) and keeps the reports it could not write in memory (bounded), retrying
+them on the next write and from the service's retry loop: reports in flight are not lost to a
+full disk or a read-only mount. It never deletes or replaces a file it cannot read.
+
+Synchronous; the service calls it through `asyncio.to_thread`. A lock serialises the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from app.models import Report, Trigger
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "reports.sqlite3"
+PENDING_MAX = 100  # reports kept in memory while the database cannot be written
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS reports (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    json TEXT NOT NULL,
+    triggers TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS reports_started ON reports (started_at DESC);
+CREATE INDEX IF NOT EXISTS reports_node_started ON reports (node, started_at DESC);
+"""
+
+# The summary columns read from the JSON document by SQLite (json1), so a listing never parses
+# whole reports in Python.
+_SUMMARY_SELECT = """
+SELECT id, node, started_at, finished_at, status, summary,
+       json_extract(json, '$.tracer.backend'),
+       json_extract(json, '$.verdict.cause'),
+       json_extract(json, '$.processes[0].comm'),
+       json_extract(json, '$.processes[0].pid'),
+       json_extract(json, '$.processes[0].major_faults_per_second'),
+       json_extract(json, '$.processes[0].pod.namespace'),
+       json_extract(json, '$.processes[0].pod.name'),
+       json_extract(json, '$.processes[0].pod.container'),
+       json_extract(json, '$.trigger.alertname'),
+       json_array_length(triggers)
+FROM reports
+"""
+
+
+def _ts(value: datetime | None) -> str | None:
+    """Fixed-width UTC ISO text: sorts like the instants it names."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass
+class ReportSummary:
+    id: str
+    node: str
+    started_at: str
+    finished_at: str | None
+    status: str
+    summary: str
+    backend: str | None
+    cause: str | None
+    top_process: str | None
+    top_pid: int | None
+    top_faults_per_second: float | None
+    top_namespace: str | None
+    top_pod: str | None
+    top_container: str | None
+    alertname: str | None
+    alerts: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_report(cls, report: Report, triggers: list[Trigger]) -> ReportSummary:
+        top = report.processes[0] if report.processes else None
+        pod = top.pod if top else None
+        return cls(
+            id=report.id,
+            node=report.node,
+            started_at=_ts(report.started_at) or "",
+            finished_at=_ts(report.finished_at),
+            status=report.status,
+            summary=report.verdict.summary,
+            backend=report.tracer.backend,
+            cause=str(report.verdict.cause),
+            top_process=top.comm if top else None,
+            top_pid=top.pid if top else None,
+            top_faults_per_second=top.major_faults_per_second if top else None,
+            top_namespace=pod.namespace if pod else None,
+            top_pod=pod.name if pod else None,
+            top_container=pod.container if pod else None,
+            alertname=report.trigger.alertname,
+            alerts=len(triggers),
+        )
+
+
+class ReportStore:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        retention_count: int = 500,
+        retention_days: float = 30.0,
+        pending_max: int = PENDING_MAX,
+    ) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self.retention_count = retention_count
+        self.retention_days = retention_days
+        self.pending_max = pending_max
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[str, tuple[Report, list[Trigger]]] = OrderedDict()
+        self.reason: str | None = "not opened"
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._conn is not None and self.reason is None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        reason = f"report store {self.path}: {what}: {exc}"
+        if reason != self.reason:
+            log.error("%s (reports are kept in memory and retried)", reason)
+        self.reason = reason
+
+    def open(self) -> bool:
+        """Open (or create) the database; False with `reason` set when it cannot be used."""
+        with self._lock:
+            return self._open_locked()
+
+    def _open_locked(self) -> bool:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            self._fail("cannot open", exc)
+            return False
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            row = conn.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+        except sqlite3.Error as exc:
+            conn.close()
+            self._fail("unusable", exc)
+            return False
+        self._conn = conn
+        self.reason = None
+        log.info("report store at %s", self.path)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._pending:
+                log.error("report store closed with %d report(s) not written", len(self._pending))
+
+    # --- writes -----------------------------------------------------------------------------
+    def put(self, report: Report, triggers: list[Trigger] | None = None) -> bool:
+        """Write (or replace) one report. False: not written now, kept in memory and retried."""
+        triggers = list(triggers or [])
+        with self._lock:
+            self._pending[report.id] = (report, triggers)
+            self._pending.move_to_end(report.id)
+            while len(self._pending) > self.pending_max:
+                dropped, _ = self._pending.popitem(last=False)
+                log.error(
+                    "report %s dropped: store unwritable and %d reports waiting", dropped, self.pending_max
+                )
+            return self._flush_locked()
+
+    def retry_pending(self) -> bool:
+        """Reopen if needed and write what waits. True when nothing waits any more."""
+        with self._lock:
+            if (self._conn is None or self.reason is not None) and not self._open_locked():
+                return False
+            return self._flush_locked()
+
+    def _flush_locked(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            while self._pending:
+                rid, (report, triggers) = next(iter(self._pending.items()))
+                self._write(self._conn, report, triggers)
+                del self._pending[rid]
+            self._retain(self._conn)
+        except sqlite3.Error as exc:
+            self._fail("cannot write", exc)
+            return False
+        self.reason = None
+        return True
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, report: Report, triggers: list[Trigger]) -> None:
+        doc = report.model_dump_json()
+        trig = json.dumps([t.model_dump(mode="json") for t in triggers])
+        with conn:  # one transaction
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT OR REPLACE INTO reports (id, node, started_at, finished_at, status, summary, json,"
+                " triggers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    report.id,
+                    report.node,
+                    _ts(report.started_at),
+                    _ts(report.finished_at),
+                    report.status,
+                    report.verdict.summary[:2000],
+                    doc,
+                    trig,
+                ),
+            )
+
+    def _retain(self, conn: sqlite3.Connection) -> None:
+        cutoff = _ts(datetime.now(UTC) - timedelta(days=self.retention_days))
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM reports WHERE started_at < ?", (cutoff,))
+            conn.execute(
+                "DELETE FROM reports WHERE id NOT IN (SELECT id FROM reports ORDER BY started_at DESC LIMIT ?)",
+                (self.retention_count,),
+            )
+
+    # --- reads ------------------------------------------------------------------------------
+    def get(self, report_id: str) -> Report | None:
+        with self._lock:
+            if report_id in self._pending:
+                return self._pending[report_id][0]
+            if self._conn is None:
+                return None
+            try:
+                row = self._conn.execute("SELECT json FROM reports WHERE id = ?", (report_id,)).fetchone()
+            except sqlite3.Error as exc:
+                self._fail("cannot read", exc)
+                return None
+        return Report.model_validate_json(row[0]) if row else None
+
+    def triggers(self, report_id: str) -> list[Trigger]:
+        with self._lock:
+            if report_id in self._pending:
+                return list(self._pending[report_id][1])
+            if self._conn is None:
+                return []
+            try:
+                row = self._conn.execute("SELECT triggers FROM reports WHERE id = ?", (report_id,)).fetchone()
+            except sqlite3.Error as exc:
+                self._fail("cannot read", exc)
+                return []
+        return [Trigger.model_validate(t) for t in json.loads(row[0])] if row else []
+
+    def list(self, *, node: str | None = None, limit: int = 50) -> list[ReportSummary]:
+        """Newest first; the reports waiting in memory are included."""
+        out: list[ReportSummary] = []
+        with self._lock:
+            out.extend(
+                ReportSummary.from_report(r, t)
+                for r, t in self._pending.values()
+                if node is None or r.node == node
+            )
+            if self._conn is not None:
+                sql = (
+                    _SUMMARY_SELECT
+                    + (" WHERE node = ?" if node else "")
+                    + " ORDER BY started_at DESC LIMIT ?"
+                )
+                params: tuple[Any, ...] = (node, limit) if node else (limit,)
+                try:
+                    rows = self._conn.execute(sql, params).fetchall()
+                except sqlite3.Error as exc:
+                    self._fail("cannot read", exc)
+                    rows = []
+                seen = {s.id for s in out}
+                out.extend(ReportSummary(*row) for row in rows if row[0] not in seen)
+        out.sort(key=lambda s: s.started_at, reverse=True)
+        return out[:limit]
+
+    def count(self) -> int:
+        with self._lock:
+            if self._conn is None:
+                return len(self._pending)
+            try:
+                stored = int(self._conn.execute("SELECT count(*) FROM reports").fetchone()[0])
+            except sqlite3.Error as exc:
+                self._fail("cannot read", exc)
+                stored = 0
+            return stored + len(self._pending)

@@ -1,0 +1,211 @@
+"""The UI address's routes (loopback by default: reached through `kubectl port-forward`).
+
+- `GET /`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
+  (with the token, bounded time, asked concurrently); a peer that does not answer is listed as
+  unreachable. Running and queued investigations of every node are shown with their progress.
+- `GET /reports/{id}`: the report page; a report of another node is fetched from its pod
+  (`?node=` says which, else every peer is asked); a running investigation shows its progress.
+- `GET /reports/{id}.json`: the document.
+The HTML comes from app.service.ui.render (pure functions); this module only gathers the data.
+No token here: the UI listens on loopback, and port-forwarding needs cluster credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import ValidationError
+
+from app.models import Report
+from app.service.deps import StateDep
+from app.service.flight import Investigation
+from app.service.peers import Peer
+from app.service.state import ServiceState
+from app.service.store import ReportSummary
+from app.service.ui.render import (
+    IndexRow,
+    RunningRow,
+    render_index_page,
+    render_report_page,
+    render_running_page,
+)
+
+ui = APIRouter()
+
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INDEX_LIMIT = 200
+
+
+def _dt(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.fromtimestamp(0, UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _index_row(s: dict[str, Any], *, local: bool) -> IndexRow:
+    ns, pod = s.get("top_namespace"), s.get("top_pod")
+    node = str(s.get("node") or "?")
+    rid = str(s.get("id") or "")
+    return IndexRow(
+        id=rid,
+        node=node,
+        started_at=_dt(s.get("started_at")),
+        status=str(s.get("status") or "?"),
+        verdict=str(s.get("summary") or ""),
+        top_process=s.get("top_process"),
+        top_pod=f"{ns}/{pod}" if pod else None,
+        backend=str(s.get("backend") or "?"),
+        url=f"/reports/{rid}" if local else f"/reports/{rid}?node={node}",
+    )
+
+
+def _trigger_text(triggers: list[dict[str, Any]]) -> str:
+    if not triggers:
+        return "manual"
+    first = triggers[0]
+    text = f"alert {first.get('alertname') or '?'}"
+    if first.get("forwarded_from"):
+        text += f" (forwarded by {first['forwarded_from']})"
+    if len(triggers) > 1:
+        text += f" + {len(triggers) - 1} joined"
+    return text
+
+
+def _running_row(d: dict[str, Any]) -> RunningRow:
+    started = d.get("started_at") or d.get("queued_at")
+    message = str(d.get("message") or "")
+    if d.get("state") == "queued":
+        message = "queued"
+    return RunningRow(
+        node=str(d.get("node") or "?"),
+        started_at=_dt(started),
+        progress=float(d.get("progress") or 0.0),
+        message=message,
+        trigger=_trigger_text(list(d.get("triggers") or [])),
+    )
+
+
+async def _peer_get(state: ServiceState, peer: Peer, path: str) -> Any:
+    resp = await state.client.get(
+        f"{peer.url}{path}",
+        headers={"Authorization": f"Bearer {state.token}"},
+        timeout=state.settings.peer_fetch_timeout_seconds,
+    )
+    resp.raise_for_status()
+    return resp.json()
+
+
+async def _peer_index(state: ServiceState, peer: Peer) -> tuple[list[IndexRow], list[RunningRow]]:
+    reports, running = await asyncio.gather(
+        _peer_get(state, peer, f"/api/v1/reports?limit={INDEX_LIMIT}"),
+        _peer_get(state, peer, "/api/v1/investigations"),
+    )
+    rows = [_index_row(s, local=False) for s in reports.get("reports", [])]
+    return rows, [_running_row(d) for d in running.get("investigations", [])]
+
+
+@ui.get("/", response_class=HTMLResponse)
+async def index(state: StateDep) -> HTMLResponse:
+    local: list[ReportSummary] = await asyncio.to_thread(state.store.list, limit=INDEX_LIMIT)
+    rows = [_index_row(s.as_dict(), local=True) for s in local]
+    running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
+    unreachable: list[str] = []
+    peers = await state.peers.peers()
+    results = await asyncio.gather(*(_peer_index(state, p) for p in peers), return_exceptions=True)
+    for peer, result in zip(peers, results, strict=True):
+        if isinstance(result, BaseException):
+            reason = (
+                f"HTTP {result.response.status_code}"
+                if isinstance(result, httpx.HTTPStatusError)
+                else type(result).__name__
+            )
+            unreachable.append(f"{peer.node} ({reason})")
+            continue
+        rows.extend(result[0])
+        running.extend(result[1])
+    if state.peers.error:
+        unreachable.append(f"peer list: {state.peers.error}")
+    return HTMLResponse(render_index_page(rows, running=running, unreachable=unreachable))
+
+
+def _page(status: int, title: str, text: str) -> HTMLResponse:
+    body = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href='/'>All reports</a></p></body></html>"
+    )
+    return HTMLResponse(body, status_code=status)
+
+
+async def _find(
+    state: ServiceState, report_id: str, node: str | None
+) -> Report | Investigation | dict[str, Any] | None:
+    """The report (local, else from a peer), or the local investigation, or a peer's running one."""
+    report = await asyncio.to_thread(state.store.get, report_id)
+    if report is not None:
+        return report
+    inv = state.scheduler.find(report_id)
+    if inv is not None:
+        return inv
+    peers = await state.peers.peers()
+    if node:
+        peers = [p for p in peers if p.node == node]
+
+    async def ask(peer: Peer) -> Report | dict[str, Any] | None:
+        try:
+            return Report.model_validate(await _peer_get(state, peer, f"/api/v1/reports/{report_id}"))
+        except (httpx.HTTPError, ValueError, ValidationError):
+            pass
+        try:
+            running = await _peer_get(state, peer, "/api/v1/investigations")
+        except (httpx.HTTPError, ValueError):
+            return None
+        return next((d for d in running.get("investigations", []) if d.get("id") == report_id), None)
+
+    for found in await asyncio.gather(*(ask(p) for p in peers)):
+        if found is not None:
+            return found
+    return None
+
+
+@ui.get("/reports/{report_id}.json")
+async def report_json(
+    state: StateDep, report_id: str, node: Annotated[str | None, Query(max_length=253)] = None
+) -> Response:
+    if not ID_RE.match(report_id):
+        return JSONResponse({"detail": "not a report id"}, status_code=404)
+    found = await _find(state, report_id, node)
+    if isinstance(found, Report):
+        return Response(found.model_dump_json(indent=2), media_type="application/json")
+    if isinstance(found, Investigation):
+        return JSONResponse(found.as_dict(), status_code=202)
+    if isinstance(found, dict):
+        return JSONResponse(found, status_code=202)
+    return JSONResponse({"detail": f"no report {report_id}"}, status_code=404)
+
+
+@ui.get("/reports/{report_id}", response_class=HTMLResponse)
+async def report_page(
+    state: StateDep, report_id: str, node: Annotated[str | None, Query(max_length=253)] = None
+) -> HTMLResponse:
+    if not ID_RE.match(report_id):
+        return _page(404, "Not found", "That is not a report id.")
+    found = await _find(state, report_id, node)
+    if isinstance(found, Report):
+        return HTMLResponse(render_report_page(found))
+    if isinstance(found, Investigation):
+        return HTMLResponse(render_running_page(_running_row(found.as_dict())))
+    if isinstance(found, dict):
+        return HTMLResponse(render_running_page(_running_row(found)))
+    where = f" on node {node}" if node else " on any node that answered"
+    return _page(404, "Report not found", f"No report {report_id}{where}.")

@@ -1,0 +1,277 @@
+"""Shared helpers for the service tests (no tests here): a fake engine at our own seam, report
+documents built from app.models, fixture payloads, and a loopback HTTP receiver that records."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.models import (
+    Cause,
+    NodeStats,
+    PodRef,
+    ProcessReport,
+    Report,
+    Source,
+    SourceKind,
+    TracerInfo,
+    Trigger,
+    Verdict,
+    utcnow,
+)
+from app.service.app import create_app
+
+FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CAPTURED = "am-0.25-nodememorymajorpagesfaults-firing-captured-here.json"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def make_settings(tmp_path: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = {
+        "node_name": "node-a",
+        "node_ip": "10.0.3.7",
+        "data_dir": tmp_path / "data",
+        "investigation_seconds": 30,
+        "cooldown_seconds": 600,
+        "sink_backoff_seconds": 0.01,
+        "apiserver_url": None,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+def make_report(
+    node: str, trigger: Trigger | None = None, *, status: str = "complete", seconds: float = 30
+) -> Report:
+    now = utcnow()
+    pod = PodRef(
+        namespace="shop",
+        name="cart-cache-7d9f",
+        uid="0f3c2a1e-0000-4000-8000-000000000001",
+        container="cache",
+        container_id="abc123",
+    )
+    proc = ProcessReport(
+        pid=4242,
+        comm="cart-cache",
+        cmdline="/usr/bin/cart-cache --password=<redacted>",
+        major_faults=240_000,
+        major_faults_per_second=8_000.0,
+        series=[8000] * 30,
+        host_process=False,
+        pod=pod,
+        sources=[
+            Source(kind=SourceKind.FILE, path="/data/index.bin", faults=216_000, share=0.9),
+            Source(kind=SourceKind.CODE, path="/usr/bin/cart-cache", faults=24_000, share=0.1),
+        ],
+        verdict=Verdict(
+            summary="cart-cache re-reads /data/index.bin at its 64 MiB limit",
+            cause=Cause.CONTAINER_MEMORY_LIMIT,
+        ),
+    )
+    host = ProcessReport(pid=1, comm="systemd", major_faults=3, major_faults_per_second=0.1)
+    return Report(
+        node=node,
+        status=status,  # type: ignore[arg-type]
+        started_at=now - timedelta(seconds=seconds),
+        finished_at=now,
+        window_seconds=seconds,
+        trigger=trigger or Trigger(),
+        tracer=TracerInfo(backend="perf-major", exact=True),
+        node_stats=NodeStats(pgmajfault=240_003, pgmajfault_per_second=8000.1),
+        processes=[proc, host],
+        verdict=Verdict(
+            summary="container cache of shop/cart-cache-7d9f re-reads its data from disk at 99% of its 64 MiB limit",
+            cause=Cause.CONTAINER_MEMORY_LIMIT,
+            advice=["raise the memory limit of shop/cart-cache-7d9f"],
+        ),
+    )
+
+
+class FakeEngine:
+    """Stands in for app.investigation.engine.investigate (same keywords). `hold=True` keeps it
+    'running' until `release` is set or it is cancelled; `window_done` reports progress 1.0 first
+    (the window closed, the engine is finishing)."""
+
+    def __init__(self, *, hold: bool = False, fail: bool = False) -> None:
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.started = threading.Event()
+        self.window_closed = threading.Event()
+        self.fail = fail
+        self.calls: list[dict[str, Any]] = []
+        self.cancelled = 0
+
+    def __call__(
+        self,
+        settings: Settings,
+        *,
+        seconds: float | None = None,
+        pids: list[int] | None = None,
+        top: int | None = None,
+        trigger: Trigger | None = None,
+        cancel: threading.Event | None = None,
+        progress: Callable[[float, str], None] | None = None,
+    ) -> Report:
+        self.calls.append({"seconds": seconds, "trigger": trigger})
+        cancel = cancel or threading.Event()
+        self.started.set()
+        if progress:
+            progress(0.25, "tracing with perf-major")
+        while not self.release.is_set():
+            if self.window_closed.is_set() and progress:
+                progress(1.0, "resolving addresses")
+            if cancel.is_set():
+                self.cancelled += 1
+                return make_report(settings.node_name, trigger, status="cancelled")
+            self.release.wait(0.01)
+        if self.fail:
+            raise RuntimeError("perf exploded")
+        if progress:
+            progress(1.0, "done")
+        return make_report(settings.node_name, trigger)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class LiveServer:
+    """A real uvicorn server for `app` on 127.0.0.1 (a free port, or the socket given), in a
+    thread with its own event loop, lifespan included."""
+
+    def __init__(self, app: FastAPI, sock: socket.socket | None = None) -> None:
+        self.sock = sock or bind_loopback()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), what="uvicorn start")
+        if not self.server.started:
+            raise RuntimeError("server did not start")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def bind_loopback() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def service(
+    tmp_path: Path, engine: FakeEngine | None = None, **kw: Any
+) -> Iterator[tuple[httpx.Client, FakeEngine]]:
+    """The API app of one node, served for real on loopback; yields a client for it."""
+    engine = engine or FakeEngine()
+    app_kw = {k: kw.pop(k) for k in ("store", "transport", "kube_transport", "peers") if k in kw}
+    app = create_app(make_settings(tmp_path, **kw), investigator=engine, token=TOKEN, **app_kw)
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=10) as client:
+        yield client, engine
+
+
+def firing(
+    node_labels: dict[str, str],
+    *,
+    fingerprint: str = "fp1",
+    starts: str = "2026-11-25T19:22:35.215Z",
+    alertname: str = "NodeMemoryMajorPagesFaults",
+    status: str = "firing",
+) -> dict[str, Any]:
+    """A version 4 payload with one alert, shaped like the captured one."""
+    body = copy.deepcopy(fixture(CAPTURED))
+    alert = body["alerts"][0]
+    labels = {"alertname": alertname, "job": "node", "severity": "warning", **node_labels}
+    alert.update(labels=labels, fingerprint=fingerprint, startsAt=starts, status=status)
+    body["status"] = status
+    return body
+
+
+def reports(client: httpx.Client) -> list[dict[str, Any]]:
+    resp = client.get("/api/v1/reports", headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["reports"])
+
+
+class Recorder:
+    """A real HTTP server on loopback that records each request; `fail_first` answers 503 to that
+    many requests first (a receiver that fails then succeeds)."""
+
+    def __init__(self, fail_first: int = 0, status: int = 200) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail_first = fail_first
+        self.status = status
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                recorder.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": json.loads(body) if body else None,
+                    }
+                )
+                code = recorder.status
+                if recorder.fail_first > 0:
+                    recorder.fail_first -= 1
+                    code = 503
+                payload = b'{"kind":"Event"}' if code < 300 else b'{"error":"busy"}'
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
