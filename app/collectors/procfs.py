@@ -1,0 +1,160 @@
+"""Reads procfs (I/O at the edge); the parsing is in `app.parsers.procfs` and `app.parsers.cgroup`.
+
+The root is a setting (`PFI_PROC_ROOT`, e.g. /host/proc) so tests point it at a captured tree. Every
+per-process read returns None when the process is gone or not readable: processes exit at any time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from app.models import Pressure
+from app.parsers.cgroup import CgroupRef, parse_cgroup
+from app.parsers.procfs import (
+    MapEntry,
+    ProcStat,
+    SmapsEntry,
+    parse_cmdline,
+    parse_io,
+    parse_maps,
+    parse_meminfo,
+    parse_pressure,
+    parse_smaps,
+    parse_stat_bytes,
+    parse_vmstat,
+)
+
+__all__ = ["ProcFS"]
+
+# Errors that mean "this process is gone or hidden from us", not a bug. ESRCH (ProcessLookupError)
+# comes from reads of a /proc/PID file whose process exited after open().
+_GONE = (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError)
+_STAT_READ = 4096  # a stat line is < 1 KiB even with 64-bit counters everywhere
+
+
+class ProcFS:
+    """One procfs tree (/proc, or /host/proc from a pod)."""
+
+    def __init__(self, root: Path = Path("/proc")) -> None:
+        self.root = Path(root)
+        self._root_s = os.fspath(self.root)
+
+    # --- per process -------------------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        with os.scandir(self._root_s) as it:
+            return sorted(int(e.name) for e in it if e.name.isdigit())
+
+    def _read_bytes(self, rel: str) -> bytes | None:
+        try:
+            with open(f"{self._root_s}/{rel}", "rb") as f:
+                return f.read()
+        except _GONE:
+            return None
+        except OSError:
+            return None  # e.g. EIO/EACCES reading a zombie's or a kernel thread's file
+
+    def read_text(self, relpath: str) -> str | None:
+        """A file under the root as text (None when it does not exist or cannot be read)."""
+        data = self._read_bytes(relpath)
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def stat(self, pid: int) -> ProcStat | None:
+        data = self._read_bytes(f"{pid}/stat")
+        if not data:
+            return None
+        try:
+            return parse_stat_bytes(data)
+        except ValueError:
+            return None
+
+    def sample_all(self) -> dict[int, ProcStat]:
+        """/proc/PID/stat of every process (kernel threads included), the once-a-second hot path.
+
+        os.scandir + os.open/os.read of raw bytes, no Path objects, no text decoding of the line.
+        """
+        out: dict[int, ProcStat] = {}
+        root = self._root_s
+        o_rdonly = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        read, close, open_ = os.read, os.close, os.open
+        parse = parse_stat_bytes
+        with os.scandir(root) as it:
+            names = [e.name for e in it if e.name[0].isdigit()]
+        for name in names:
+            try:
+                fd = open_(f"{root}/{name}/stat", o_rdonly)
+            except OSError:
+                continue  # exited between the listing and the open
+            try:
+                data = read(fd, _STAT_READ)
+            except OSError:
+                continue  # ESRCH: exited between open and read
+            finally:
+                close(fd)
+            try:
+                st = parse(data)
+            except ValueError:
+                continue
+            out[st.pid] = st
+        return out
+
+    def maps(self, pid: int) -> list[MapEntry] | None:
+        text = self.read_text(f"{pid}/maps")
+        if text is None:
+            return None
+        try:
+            return parse_maps(text)
+        except ValueError:
+            return None
+
+    def smaps(self, pid: int) -> list[SmapsEntry] | None:
+        text = self.read_text(f"{pid}/smaps")
+        if text is None:
+            return None
+        try:
+            return parse_smaps(text)
+        except ValueError:
+            return None
+
+    def cgroup(self, pid: int) -> CgroupRef | None:
+        text = self.read_text(f"{pid}/cgroup")
+        if not text:
+            return None
+        try:
+            return parse_cgroup(text)
+        except ValueError:
+            return None
+
+    def cmdline(self, pid: int) -> list[str] | None:
+        data = self._read_bytes(f"{pid}/cmdline")
+        return None if data is None else parse_cmdline(data)
+
+    def io(self, pid: int) -> dict[str, int] | None:
+        # Quirk: /proc/PID/io needs ptrace-read access (PTRACE_MODE_READ): EACCES for others'
+        # processes without CAP_SYS_PTRACE, even as root inside a restricted container.
+        text = self.read_text(f"{pid}/io")
+        return None if text is None else parse_io(text)
+
+    # --- the node ---------------------------------------------------------------------------
+
+    def vmstat(self) -> dict[str, int]:
+        text = self.read_text("vmstat")
+        return parse_vmstat(text) if text else {}
+
+    def meminfo(self) -> dict[str, int]:
+        text = self.read_text("meminfo")
+        return parse_meminfo(text) if text else {}
+
+    def pressure(self, kind: str) -> Pressure | None:
+        """PSI for 'memory', 'io' or 'cpu'; None when the kernel has no PSI (or psi=0 at boot)."""
+        if kind not in ("memory", "io", "cpu", "irq"):
+            raise ValueError(f"unknown PSI resource {kind!r}")
+        # Quirk: with CONFIG_PSI_DEFAULT_DISABLED the files exist but reading fails with EOPNOTSUPP.
+        text = self.read_text(f"pressure/{kind}")
+        if not text:
+            return None
+        try:
+            return parse_pressure(text)
+        except ValueError:
+            return None
