@@ -96,6 +96,10 @@ class ServiceState:
                 retention_days=settings.report_retention_days,
             )
             await asyncio.to_thread(store.open)
+        # httpx logs every request's URL at INFO; a Slack webhook URL is a credential.
+        for name in ("httpx", "httpcore"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         metrics = Metrics()
         client = httpx.AsyncClient(
             transport=transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
