@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from app.config import Settings
+from app.tracers.registry import make_tracer
 from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
 
 
@@ -34,8 +36,8 @@ def file_workload(tmp_path: Path) -> Iterator[WorkloadProcess]:
 
 @pytest.fixture(name="swap_workload")
 def swap_workload_fixture(root_required: None) -> Iterator[WorkloadProcess]:
-    """A process touching 128 MiB of anonymous memory in the memory cgroup pfi-test-swap limited
-    to 64 MiB: ~7-8k swap-in major faults/s. `.start`/`.end` is the mapping, `.cgroup` the group."""
+    """A process touching 128 MiB of anonymous memory in a memory cgroup (pfi-test-swap-<pid>-<n>)
+    limited to 64 MiB: ~4-8k swap-in major faults/s. `.start`/`.end` is the mapping, `.cgroup` the group."""
     for tool in ("gcc", "mkswap", "swapon", "swapoff"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not found: cannot run the swap workload")
@@ -46,10 +48,6 @@ def swap_workload_fixture(root_required: None) -> Iterator[WorkloadProcess]:
 
 
 def _need(name: str) -> None:
-    from app.tracers.registry import make_tracer
-
-    from app.config import Settings
-
     ok, reason = make_tracer(name, Settings()).available()
     if not ok:
         pytest.skip(f"{name} not available: {reason}")

@@ -5,7 +5,7 @@ the test fails and, as a last resort, at interpreter exit.
     with file_fault_workload(tmp_path / "data.bin") as proc:   # ~17,000 file-backed major faults/s
         proc.pid, proc.start, proc.end                          # the mapping the faults land in
     with swap_workload(size_mb=128, limit_mb=64) as proc:      # ~8,000 swap-in major faults/s
-        proc.cgroup                                             # /sys/fs/cgroup/memory/pfi-test-swap
+        proc.cgroup                                             # /sys/fs/cgroup/memory/pfi-test-swap-<pid>-<n>
 
 Every workload process has comm "pfi-workload" and an argv[0] starting with "pfi-workload-", dies
 with its parent (PR_SET_PDEATHSIG) and runs in its own process group. scripts/cleanup.sh finds
@@ -281,6 +281,8 @@ def swap_enabled() -> Iterator[str | None]:
                 subprocess.run(["swapoff", str(SWAP_FILE)], check=False, capture_output=True)
             if str(SWAP_FILE) not in _active_swaps():
                 SWAP_FILE.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                _SWAP_USERS.rmdir()  # only when empty
 
     key = _register(undo)
     try:
@@ -334,12 +336,15 @@ def memory_cgroup(name: str, limit_mb: int | None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def swap_workload(
-    size_mb: int = 128, limit_mb: int = 64, name: str = "pfi-test-swap", kind: str = "anon"
+    size_mb: int = 128, limit_mb: int = 64, name: str | None = None, kind: str = "anon"
 ) -> Iterator[WorkloadProcess]:
     """A process touching size_mb of memory (kind "anon" or "shmem") inside the memory cgroup
-    `name` limited to limit_mb, so it swaps steadily. Swap is turned on if the machine has none."""
+    `name` (default "pfi-test-swap-<pid>-<n>", unique so concurrent test runs never share a group)
+    limited to limit_mb, so it swaps steadily. Swap is turned on if the machine has none."""
     if kind not in ("anon", "shmem"):
         raise ValueError(kind)
+    if name is None:
+        name = f"pfi-test-swap-{os.getpid()}-{next(_counter)}"
     exe = binary("swap_faults")
     with swap_enabled(), memory_cgroup(name, limit_mb) as group:
         proc = _start(f"pfi-workload-{kind}", exe, [str(size_mb), kind], wait_for_go=True)
