@@ -70,6 +70,17 @@ class FaultCounts:
     pages: int = 0
 
     def feed(self, line: str) -> None:
+        # Fast path for the common "comm pid addr" line (comm may hold spaces: split from the
+        # right); anything else goes through the full parse_line.
+        parts = line.rsplit(None, 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            try:
+                address = int(parts[2], 16)
+            except ValueError:
+                pass
+            else:
+                self._sample(int(parts[1]), parts[0], address)
+                return
         rec = parse_line(line)
         if rec is None:
             if line.strip():
@@ -80,14 +91,17 @@ class FaultCounts:
             self.events += rec.count  # seen by the kernel, so counted, but without an address
             self.dropped += rec.count
             return
+        self._sample(rec.pid, rec.comm, rec.address)
+
+    def _sample(self, pid: int, comm: str, address: int) -> None:
         self.events += 1
-        self.totals[rec.pid] = self.totals.get(rec.pid, 0) + 1
-        if rec.pid not in self.comms and rec.comm:
-            self.comms[rec.pid] = rec.comm
-        per_pid = self.faults.get(rec.pid)
+        self.totals[pid] = self.totals.get(pid, 0) + 1
+        if pid not in self.comms and comm.strip():
+            self.comms[pid] = comm.strip()
+        per_pid = self.faults.get(pid)
         if per_pid is None:
-            per_pid = self.faults[rec.pid] = {}
-        page = rec.address & PAGE_MASK
+            per_pid = self.faults[pid] = {}
+        page = address & PAGE_MASK
         if page in per_pid:
             per_pid[page] += 1
         elif self.pages < self.max_pages:

@@ -29,6 +29,7 @@ from app.tracers.base import TraceRequest, TraceResult
 STARTUP_TIMEOUT = 15.0  # perf reading /proc for every task of a big node takes a while
 ACK_TIMEOUT = 5.0
 STOP_GRACE = 10.0  # SIGINT -> perf writes its header and exits
+CANCEL_PARSE_SECONDS = 5.0  # after a cancel, parse at most this much longer
 
 
 def resolve_binary(path: str) -> str | None:
@@ -250,9 +251,15 @@ def _script(perf: str, data: str, fields: str, request: TraceRequest, result: Tr
         max_output_bytes=request.max_output_bytes,
         on_line=lambda b: counts.feed(b.decode("utf-8", "replace")),
     ) as script:
-        if script.wait(limit) is None:
-            result.truncated = True
-            result.errors.append(f"perf script took over {limit:.0f}s: parsed what it printed so far")
+        deadline = t0 + limit
+        while script.wait(0.2) is None:
+            if request.cancel.is_set():  # cancelled (or overran): a little longer for what is there
+                deadline = min(deadline, time.monotonic() + CANCEL_PARSE_SECONDS)
+            if time.monotonic() >= deadline:
+                result.truncated = True
+                why = "cancelled" if request.cancel.is_set() else f"took over {limit:.0f}s"
+                result.errors.append(f"perf script {why}: parsed only what it printed so far")
+                break
         script.stop(grace=2)
         script.wait_stdout_closed(5)
         if script.truncated:
