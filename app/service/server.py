@@ -1,0 +1,153 @@
+"""`pagefault-inspector serve`: the API and the UI, two uvicorn servers in one process and one
+event loop, sharing one ServiceState.
+
+- API on `PFI_LISTEN_ADDRESS` (default 0.0.0.0:8080): the webhook, the JSON API, health, metrics.
+- UI on `PFI_UI_LISTEN_ADDRESS` (default 127.0.0.1:8081): the report pages, reached through
+  `kubectl port-forward`.
+SIGTERM/SIGINT: the running investigation is cancelled at once (the engine stops its tracer), both
+servers stop taking requests, the cancelled report is written, sink deliveries in flight get a
+bounded time, and the process exits 0.
+
+With no settings at all it works on one machine: node name from the hostname, data in
+./.pfi-data, and a webhook token generated there (0600) and printed once with a curl line to try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import uvicorn
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.service.app import create_app, create_ui_app
+from app.service.auth import TokenSource, load_token
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_SECONDS = 10
+
+
+def split_listen(address: str, default_port: int) -> tuple[str, int]:
+    """`0.0.0.0:8080`, `[::]:8080`, `:8080`, `127.0.0.1` -> (host, port)."""
+    address = address.strip()
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.lstrip(":")
+        return host, int(port) if port else default_port
+    if address.count(":") == 1:
+        host, port = address.split(":")
+        return host or "0.0.0.0", int(port) if port else default_port
+    if address.count(":") > 1:  # a bare IPv6 address
+        return address, default_port
+    return address or "0.0.0.0", default_port
+
+
+def _client_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def first_run_message(settings: Settings, source: TokenSource) -> str:
+    host, port = split_listen(settings.listen_address, 8080)
+    ui_host, ui_port = split_listen(settings.ui_listen_address, 8081)
+    sample = {
+        "version": "4",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": sorted(settings.alertname_set())[0], "node": settings.node_name},
+                "startsAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            }
+        ],
+    }
+    return (
+        f"\npagefault-inspector: generated a webhook token, saved in {source.path} (mode 0600):\n\n"
+        f"    {source.token}\n\n"
+        "Try it (starts one investigation of this machine):\n\n"
+        f"    curl -sS -X POST -H 'Authorization: Bearer {source.token}' -H 'Content-Type: application/json' \\\n"
+        f"      --data '{json.dumps(sample, separators=(',', ':'))}' \\\n"
+        f"      http://{_client_host(host)}:{port}/api/v1/alerts\n\n"
+        f"Reports: http://{_client_host(ui_host)}:{ui_port}/\n\n"
+    )
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to `serve` (two servers share one loop)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> None:
+    host, port = split_listen(settings.listen_address, 8080)
+    ui_host, ui_port = split_listen(settings.ui_listen_address, 8081)
+    common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
+    api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
+    ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s: shutting down", sig.name)
+        state = getattr(api_app.state, "svc", None)
+        if state is not None and state.scheduler.running is not None:
+            state.scheduler.running.cancel.set()  # stop the tracer now, not after the servers
+        if api.should_exit and sig == signal.SIGINT:
+            api.force_exit = ui.force_exit = True
+        api.should_exit = ui.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        api_task = asyncio.create_task(api.serve(), name="api-server")
+        while not api.started and not api_task.done():
+            await asyncio.sleep(0.02)
+        if api_task.done():  # could not start (address in use...): uvicorn said why
+            await api_task
+            raise SystemExit(1)
+        log.info("API on http://%s:%d, UI on http://%s:%d", host, port, ui_host, ui_port)
+        ui_task = asyncio.create_task(ui.serve(), name="ui-server")
+        await asyncio.wait({api_task, ui_task}, return_when=asyncio.FIRST_COMPLETED)
+        # One stopped (a signal, or the UI could not bind): stop the other too.
+        api.should_exit = ui.should_exit = True
+        await asyncio.gather(api_task, ui_task)
+        if not ui.started:
+            raise SystemExit(1)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Run the service until SIGTERM/SIGINT (blocking)."""
+    _setup_logging()
+    settings = settings or Settings()
+    source = load_token(settings)
+    if source.generated:
+        sys.stderr.write(first_run_message(settings, source))
+        sys.stderr.flush()
+    else:
+        log.info("webhook token from %s", source.path)
+    api_app = create_app(settings, token=source.token)
+    ui_app = create_ui_app(api_app)
+    asyncio.run(run_servers(settings, api_app, ui_app))
