@@ -72,6 +72,7 @@ class Results:
 
 
 def fmt(v: object, digits: int = 3) -> str:
+    """Numbers with about `digits` significant digits and thousands separators."""
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -82,13 +83,13 @@ def fmt(v: object, digits: int = 3) -> str:
         if v == 0:
             return "0"
         a = abs(v)
-        if a >= 1000:
+        if a >= 10 ** (digits - 1):
             return f"{v:,.0f}"
-        if a >= 100:
+        if a >= 10:
             return f"{v:.1f}"
         if a >= 1:
-            return f"{v:.{digits - 1}f}".rstrip("0").rstrip(".") if a < 10 else f"{v:.1f}"
-        return f"{v:.{digits}g}"
+            return f"{v:.{digits}f}"
+        return f"{v:.{digits}g}" if a < 0.001 else f"{v:.{digits}f}"
     return str(v)
 
 

@@ -68,7 +68,7 @@ def running_service(workdir: Path, window: float = 1.0) -> Iterator[dict]:
         env.pop(k, None)
     exe = Path(sys.executable).parent / "pagefault-inspector"
     argv = [str(exe), "serve"] if exe.exists() else [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())", "serve"]
-    errf = open(d / "stderr", "wb")
+    errf = open(d / "stderr", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=errf)
     import httpx
 
@@ -128,7 +128,7 @@ def _report_ids(client) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def measure(workdir: Path, alerts: int = 3, idle_seconds: float = 20.0, window: float = 1.0) -> dict:
-    out: dict = {"alert_to_report": [], "windows": [], "errors": []}
+    out: dict = {"alert_to_report": [], "windows": [], "errors": [], "reports": []}
     with running_service(workdir, window=window) as svc:
         proc, client = svc["proc"], svc["client"]
         time.sleep(2.0)  # let start-up settle
@@ -174,10 +174,16 @@ def measure(workdir: Path, alerts: int = 3, idle_seconds: float = 20.0, window: 
                     continue
                 rep = client.get(f"/api/v1/reports/{sorted(new)[0]}").json()
                 win = float(rep.get("window_seconds") or window)
-                out["alert_to_report"].append(t_rep - t_post - win)
+                out["alert_to_report"].append(t_rep - t_post - window)  # minus the configured window
                 out["windows"].append(win)
+                tr = rep.get("tracer") or {}
+                procs = rep.get("processes") or []
+                out.setdefault("reports", []).append({
+                    "backend": tr.get("backend"), "events": tr.get("events"), "errors": tr.get("errors") or [],
+                    "top_major_faults": procs[0].get("major_faults") if procs else None,
+                })
                 log(f"  alert {n}: accepted in {t_acc - t_post:.3f}s, report after {t_rep - t_post:.3f}s "
-                    f"(window {win:.2f}s, tracer {rep.get('tracer', {}).get('backend')})")
+                    f"(report's window_seconds {win:.2f}s, tracer {rep.get('tracer', {}).get('backend')})")
                 time.sleep(0.5)
         finally:
             stop.set()

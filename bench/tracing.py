@@ -32,6 +32,7 @@ class Run:
     method: str
     seconds: float = 0.0  # the traced (or untraced) interval
     majflt: int = 0  # the workload's true major faults over it
+    minflt: int = 0  # and its minor faults
     events: int | None = None  # events the method recorded for the workload's pid
     dropped: int | None = None
     raw_bytes: int | None = None  # what the tracer wrote
@@ -51,16 +52,24 @@ class Run:
         return self.events / self.majflt
 
 
-def _majflt(pid: int) -> int:
+def _faults(pid: int) -> tuple[int, int]:
+    """(majflt, minflt) of a process: fields 12 and 10 of /proc/PID/stat."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    return int(text[text.rindex(")") + 2 :].split()[9])
+    f = text[text.rindex(")") + 2 :].split()
+    return int(f[9]), int(f[7])
+
+
+def _set(run: Run, t0: float, f0: tuple[int, int], t1: float, f1: tuple[int, int]) -> None:
+    run.seconds, run.majflt, run.minflt = t1 - t0, f1[0] - f0[0], f1[1] - f0[1]
 
 
 def untraced(pid: int, seconds: float) -> Run:
-    t0, m0 = time.monotonic(), _majflt(pid)
+    t0, f0 = time.monotonic(), _faults(pid)
     time.sleep(seconds)
-    t1, m1 = time.monotonic(), _majflt(pid)
-    return Run("untraced", seconds=t1 - t0, majflt=m1 - m0)
+    t1, f1 = time.monotonic(), _faults(pid)
+    run = Run("untraced")
+    _set(run, t0, f0, t1, f1)
+    return run
 
 
 # --- our backends -----------------------------------------------------------------------------------
@@ -79,10 +88,10 @@ def ours(backend: str, pid: int, seconds: float) -> Run:
     if not ok:
         run.error = f"unavailable: {why}"
         return run
-    marks: dict[str, tuple[float, int]] = {}
+    marks: dict[str, tuple[float, tuple[int, int]]] = {}
 
     def mark(which: str) -> None:
-        marks[which] = (time.monotonic(), _majflt(pid))
+        marks[which] = (time.monotonic(), _faults(pid))
 
     req = tb.TraceRequest(seconds=seconds, pids=[pid], on_start=lambda: mark("start"),
                           on_stop=lambda: mark("stop"))
@@ -91,8 +100,8 @@ def ours(backend: str, pid: int, seconds: float) -> Run:
     if "start" not in marks or "stop" not in marks:
         run.error = f"tracer never marked start/stop; errors: {result.errors[:2]}"
         return run
-    (t0, m0), (t1, m1) = marks["start"], marks["stop"]
-    run.seconds, run.majflt = t1 - t0, m1 - m0
+    (t0, f0), (t1, f1) = marks["start"], marks["stop"]
+    _set(run, t0, f0, t1, f1)
     run.events = result.totals.get(pid, sum(result.faults.get(pid, {}).values()))
     run.dropped = result.dropped
     run.raw_bytes = result.output_bytes
@@ -142,11 +151,11 @@ def article_perf(pid: int, seconds: float, workdir: Path) -> Run:
         ctl_fd = _open_fifo_writer(ctl, time.monotonic() + 15)
         time.sleep(0.2)  # let perf open the per-thread events before enabling them
         _ctl(ctl_fd, ack_fd, "enable")
-        t0, m0 = time.monotonic(), _majflt(pid)
+        t0, f0 = time.monotonic(), _faults(pid)
         time.sleep(seconds)
         _ctl(ctl_fd, ack_fd, "disable")
-        t1, m1 = time.monotonic(), _majflt(pid)
-        run.seconds, run.majflt = t1 - t0, m1 - m0
+        t1, f1 = time.monotonic(), _faults(pid)
+        _set(run, t0, f0, t1, f1)
         os.killpg(proc.pid, signal.SIGINT)  # "pressed Ctrl-C"
         _, err = proc.communicate(timeout=60)
         run.raw_bytes = os.path.getsize(data)
@@ -213,13 +222,13 @@ def article_bpftrace(pid: int, seconds: float) -> Run:
                 break
             nbytes += len(chunk)
             if start is None and b"PFI-START" in chunk:
-                start = (time.monotonic(), _majflt(pid))
+                start = (time.monotonic(), _faults(pid))
                 buf = chunk.split(b"PFI-START\n", 1)[1]
             elif start is not None:
                 buf += chunk
             if start is not None and stop is None:
                 if b"PFI-STOP" in buf:
-                    stop = (time.monotonic(), _majflt(pid))
+                    stop = (time.monotonic(), _faults(pid))
                     lines += buf.split(b"PFI-STOP", 1)[0].count(b"major page fault at")
                     buf = b""
                 else:
@@ -232,7 +241,7 @@ def article_bpftrace(pid: int, seconds: float) -> Run:
         if start is None or stop is None:
             run.error = f"no start/stop markers; stderr: {b''.join(err_box).decode(errors='replace')[:200]}"
             return run
-        run.seconds, run.majflt = stop[0] - start[0], stop[1] - start[1]
+        _set(run, start[0], start[1], stop[0], stop[1])
         run.events = lines
         run.raw_bytes = nbytes
         run.post_seconds = t_end - stop[0]
@@ -267,3 +276,31 @@ def trace(method: str, pid: int, seconds: float, workdir: Path) -> Run:
         return ours(method, pid, seconds)
     except Exception as e:  # noqa: BLE001 - one broken backend must not stop the run
         return Run(method, error=f"{type(e).__name__}: {e}")
+
+
+# --- a third workload: major faults among many minor ones ------------------------------------------------
+
+
+@contextlib.contextmanager
+def mixed_workload(path: Path, size_mb: int = 64, drop_every: int = 20):
+    """bench/mixed_faults.c on a file of size_mb: 1 page in drop_every re-read from disk (major), the
+    others from the page cache (minor), as in the article's file workload. Killed and removed after."""
+    from .common import build, group
+
+    with open(path, "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(size_mb):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        with group(["pfi-workload-mixed", str(path), str(drop_every)], executable=str(build("mixed_faults")),
+                   stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as proc:
+            fd = proc.stdout.fileno()  # type: ignore[union-attr]
+            r, _, _ = select.select([fd], [], [], 60)
+            line = os.read(fd, 200) if r else b""
+            if not line.startswith(b"ready"):
+                raise RuntimeError(f"mixed workload said {line!r}")
+            yield proc
+    finally:
+        path.unlink(missing_ok=True)
