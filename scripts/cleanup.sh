@@ -15,6 +15,11 @@ for d in /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/*/pfi-test* /sys/fs/cgroup/un
     sleep 0.05; rmdir "$g" 2>/dev/null
   done
 done
+# Tracers a SIGKILLed run left behind (they work in /tmp/pfi-perf-* and /tmp/pfi-bt-*).
+pkill -f 'perf record .*--control=fifo:/tmp/pfi-perf-' 2>/dev/null
+pkill -f 'bpftrace .*/tmp/pfi-bt-' 2>/dev/null
 pkill -f 'pfi-workload' 2>/dev/null
 pkill -f 'pfi-test' 2>/dev/null
+rm -rf /tmp/pfi-perf-* /tmp/pfi-bt-* 2>/dev/null
+swapoff /var/tmp/pfi-test-swap 2>/dev/null; rm -f /var/tmp/pfi-test-swap /run/pfi-test-swap.lock /run/pfi-test-swap.users
 exit 0

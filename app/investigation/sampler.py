@@ -17,6 +17,7 @@ from app.parsers.procfs import MapEntry, ProcStat
 MAX_SNAPSHOTS_PER_TICK = 64
 MAX_SNAPSHOT_PROCESSES = 1024
 MAX_SNAPSHOTS_PER_PROCESS = 4
+MARK_FIRST = 16  # processes read first when the tracer starts and stops
 
 
 @dataclass
@@ -63,10 +64,24 @@ class Sampler:
         return stats
 
     def mark(self, name: str) -> None:
-        """Record every process's majflt now (called from the tracer's thread at start/stop)."""
-        stats = self._sample()
+        """Record every process's majflt now (called from the tracer's thread at start/stop).
+
+        Reading all of /proc takes a while on a busy node (0.1 s and more at 5,000 processes), and a
+        process faulting 20,000 times a second moves meanwhile. So the likely faulters are read
+        first, one by one: the processes with the most major faults so far.
+        """
         with self._lock:
-            self.marks[name] = {pid: (st.starttime, st.majflt) for pid, st in stats.items()}
+            likely = sorted(self.tracks.values(), key=lambda t: -(t.last.majflt - t.baseline_majflt or t.last.majflt))
+            first_pids = [t.pid for t in likely[:MARK_FIRST]]
+        marks: dict[int, tuple[int, int]] = {}
+        for pid in first_pids:
+            st = self.procfs.stat(pid)
+            if st is not None:
+                marks[pid] = (st.starttime, st.majflt)
+        for pid, st in self._sample().items():
+            marks.setdefault(pid, (st.starttime, st.majflt))
+        with self._lock:
+            self.marks[name] = marks
 
     def traced_window_majflt(self, pid: int) -> int | None:
         """majflt delta between the tracer's start and stop marks, when both saw the process."""
