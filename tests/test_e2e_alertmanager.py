@@ -94,12 +94,25 @@ def test_alert_to_report_to_alertmanager(tmp_path, root_required, request):
             assert report.trigger.kind == "alert" and report.trigger.alertname == ALERTNAME
             assert report.trigger.labels.get("instance") == stack.instance
             assert report.processes, f"no processes in the report: {doc}"
-            top = report.processes[0]
-            assert (top.pid, top.comm) == (wl.pid, COMM), (
-                f"top process is {top.comm}/{top.pid}, expected the workload {COMM}/{wl.pid}; "
-                f"ranking: {[(p.comm, p.pid, p.major_faults_per_second) for p in report.processes[:5]]}"
+            ranking = [(p.comm, p.pid, round(p.major_faults_per_second)) for p in report.processes[:6]]
+            mine = [i for i, p in enumerate(report.processes) if p.pid == wl.pid]
+            assert mine, f"the workload {COMM}/{wl.pid} is not in the report; ranking: {ranking}"
+            rank = mine[0]
+            top = report.processes[rank]
+            assert top.comm == COMM
+            # On a quiet node (CI) the workload is the top process. Other engineers' fault workloads may
+            # run on a shared machine at the same time: then whatever is ranked above it must fault at
+            # least as fast as it does (a real competitor), never a process the ranking got wrong.
+            above = report.processes[:rank]
+            assert all(p.major_faults_per_second >= top.major_faults_per_second for p in above), ranking
+            assert all(p.major_faults_per_second >= 0.5 * top.major_faults_per_second for p in above), (
+                f"the workload is ranked {rank + 1}, behind processes faulting much less: {ranking}"
             )
-            assert summary.get("top_pid") in (None, wl.pid)
+            if rank:
+                request.node.user_properties.append(("competing_faulters", ranking))
+                print(f"note: {len(above)} other heavy faulter(s) ran concurrently; ranking {ranking}")
+            if rank == 0:
+                assert summary.get("top_pid") in (None, wl.pid)
             assert top.major_faults_per_second > 50
             assert top.pod is None  # no kubelet here: a host process
             file_sources = [s for s in top.sources if s.kind == "file" and s.path == str(wl.path)]
