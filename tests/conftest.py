@@ -15,6 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.tracers.registry import make_tracer
+from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
 from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
 
 

@@ -176,3 +176,41 @@ def test_cli_rejects_bad_settings():
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "tracer" in err.lower()
+
+
+# A real pod of the captured kubelet PodList (minikube 1.35, containerd): its UID and container ID
+# become the cgroup path of the swapping process, as the kubelet's cgroupfs driver lays them out.
+POD_UID = "b5812e37-ce78-41e2-9d8d-d93a88e481d6"
+CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5"
+KUBELET_TOKEN = "engine-test-kubelet-token"
+
+
+def test_process_in_pod_cgroup_is_named_through_tls_kubelet(root_required, certs, serve, tmp_path, monkeypatch):
+    from tests.tls_standin import StandIn
+    from tests.workloads import swap_workload
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    podlist = (Path(__file__).parent / "fixtures/kubelet/podlist-minikube-1.35-containerd-2.2-static-pods-all-qos.json")
+    kubelet = serve(StandIn(path="/pods", token=KUBELET_TOKEN, body=podlist.read_bytes()))
+    token = tmp_path / "token"
+    token.write_text(KUBELET_TOKEN)
+    settings = _settings(kubelet_url=kubelet.url, kubelet_token_file=token, kubelet_ca_file=certs.ca)
+    with swap_workload(size_mb=96, limit_mb=48, name=f"kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}") as proc:
+        report = investigate(settings, seconds=3)
+    assert kubelet.requests == ["/pods"]  # asked once, over TLS, with the token
+    top = _top(report, proc.pid)
+    assert report.attribution.source == "kubelet" and report.attribution.error is None
+    assert top.pod is not None and not top.host_process
+    assert (top.pod.namespace, top.pod.name, top.pod.container) == ("scraper", "e2e-statefulset-0", "compute-pi-digits")
+    assert top.pod.uid == POD_UID and top.pod.container_id == CONTAINER_ID
+    assert top.pod.owner is not None and (top.pod.owner.kind, top.pod.owner.name) == ("StatefulSet", "e2e-statefulset")
+    assert top.pod.qos_class == "Burstable" and top.pod.resolved_by == "kubelet"
+    assert "scraper/e2e-statefulset-0" in report.verdict.summary
+
+
+def test_host_process_when_kubelet_unreachable(root_required, file_workload, tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    report = investigate(_settings(kubelet_url="https://127.0.0.1:9", kubelet_timeout_seconds=1), seconds=2,
+                         pids=[file_workload.pid])
+    top = _top(report, file_workload.pid)
+    assert top.host_process and top.pod is None  # not in a pod cgroup: no kubelet question needed
