@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> None:
+    sys.stderr.write(f"pagefault-inspector: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except Exception as exc:  # pydantic's ValidationError names the bad variable
-        print(f"pagefault-inspector: bad setting: {exc}", file=sys.stderr)
+        _fail(f"bad setting: {exc}")
         return 2
     if args.command == "investigate":
         return _investigate(settings, args)
@@ -63,10 +67,10 @@ def _investigate(settings: Settings, args: Any) -> int:
     if updates:
         settings = settings.model_copy(update=updates)
     if args.seconds is not None and not 0 < args.seconds <= 600:
-        print("pagefault-inspector: --seconds must be in (0, 600]", file=sys.stderr)
+        _fail("--seconds must be in (0, 600]")
         return 2
     if args.top is not None and not 1 <= args.top <= 200:
-        print("pagefault-inspector: --top must be 1..200", file=sys.stderr)
+        _fail("--top must be 1..200")
         return 2
     cancel = threading.Event()
 

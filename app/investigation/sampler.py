@@ -132,9 +132,8 @@ class Sampler:
                     track.last = st
                     track.comm = st.comm
                 track.series.append(max(0, delta))
-                if delta > 0 and not track.maps and snaps < MAX_SNAPSHOTS_PER_TICK:
-                    if self._snapshot(pid):
-                        snaps += 1
+                if delta > 0 and not track.maps and snaps < MAX_SNAPSHOTS_PER_TICK and self._snapshot(pid):
+                    snaps += 1
             for pid, track in self.tracks.items():
                 if pid not in seen and not track.exited:
                     track.exited = True
