@@ -42,7 +42,7 @@ CAPTURED = "am-0.25-nodememorymajorpagesfaults-firing-captured-here.json"
 
 
 def fixture(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text())
+    return dict(json.loads((FIXTURES / name).read_text()))
 
 
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:

@@ -18,7 +18,7 @@ def get_state(request: Request) -> ServiceState:
     app = request.app
     source = getattr(app.state, "api_app", app)
     state = getattr(source.state, "svc", None)
-    if state is None:
+    if not isinstance(state, ServiceState):
         raise HTTPException(status_code=503, detail="starting")
     return state
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
@@ -95,7 +95,7 @@ def describe_top(report: Report, n: int = 3, limit: int = DESCRIPTION_MAX) -> st
     return _bounded("\n".join(lines), limit)
 
 
-def _iso(dt: Any) -> str:
+def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 
