@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 Investigator = Callable[..., Report]
 RECENT_MAX = 10_000  # cooldown keys remembered
 WINDOW_GRACE_SECONDS = 5.0  # the engine probes tracers before its window starts
+# The engine reports its window as progress 0..0.9 and resolving/diagnosing as the rest.
+WINDOW_DONE_FRACTION = 0.9
 
 Action = Literal["queued", "joined", "duplicate", "cancelled", "running", "ignored"]
 
@@ -154,7 +156,7 @@ class Scheduler:
         if inv.state != "running" or inv.started_mono is None:
             return False
         elapsed = self._clock() - inv.started_mono
-        return inv.progress < 1.0 and elapsed < inv.window_seconds + WINDOW_GRACE_SECONDS
+        return inv.progress < WINDOW_DONE_FRACTION and elapsed < inv.window_seconds + WINDOW_GRACE_SECONDS
 
     def _recent_id(self, key: str) -> str | None:
         now = self._clock()
