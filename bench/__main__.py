@@ -17,6 +17,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -441,8 +442,20 @@ def plot(res: Results, path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log("  matplotlib not installed: cost growth is in the markdown table only")
-        return False
+        if os.environ.get("PFI_BENCH_NO_INSTALL"):
+            log("  matplotlib not installed: cost growth is in the markdown table only")
+            return False
+        log("  matplotlib missing: installing it into this venv for the PNG (PFI_BENCH_NO_INSTALL=1 skips)")
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True, timeout=180,
+                           capture_output=True)
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception as e:  # noqa: BLE001 - no network, no pip: the table is enough
+            log(f"  could not install matplotlib ({type(e).__name__}): cost growth is in the markdown table only")
+            return False
     groups: dict[str, list[dict]] = {}
     for g in res.growth:
         key = ("overhead" if g["what"].startswith("overhead") else "scan" if g["what"].startswith("scan")
