@@ -117,7 +117,8 @@ def test_alert_to_report_to_alertmanager(tmp_path, root_required, request):
             assert top.pod is None  # no kubelet here: a host process
             file_sources = [s for s in top.sources if s.kind == "file" and s.path == str(wl.path)]
             assert file_sources, (
-                f"no file source on {wl.path}: {[(s.kind, s.path, s.share) for s in top.sources]}"
+                f"no file source on {wl.path}: {[s.model_dump() for s in top.sources]}; "
+                f"tracer {report.tracer.model_dump()}; warnings {report.warnings}"
             )
             if report.tracer.exact:
                 assert file_sources[0].share >= 0.9, top.sources
