@@ -207,6 +207,7 @@ class Report(BaseModel):
     finished_at: datetime | None = None
     window_seconds: float
     trigger: Trigger = Field(default_factory=Trigger)
+    joined: list[Trigger] = Field(default_factory=list, description="alerts that joined this investigation")
     tracer: TracerInfo
     node_stats: NodeStats = Field(default_factory=NodeStats)
     processes: list[ProcessReport] = Field(default_factory=list)

@@ -50,6 +50,8 @@ def test_alerts_join_the_running_investigation(tmp_path: Path) -> None:
         engine.release.set()
         (row,) = wait_for(lambda: reports(client), what="report")
         assert row["id"] == first["id"] and row["alerts"] == 2
+        doc = client.get(f"/api/v1/reports/{first['id']}", headers=AUTH).json()
+        assert [t["fingerprint"] for t in doc["joined"]] == ["fp2"]  # the document names who joined
     assert len(engine.calls) == 1
     assert engine.calls[0]["trigger"].fingerprint == "fp1"
 

@@ -156,6 +156,8 @@ class ServiceState:
 
     # --- a finished investigation --------------------------------------------------------------
     async def on_finished(self, inv: Investigation, report: Report) -> None:
+        if len(inv.triggers) > 1:
+            report = report.model_copy(update={"joined": list(inv.triggers[1:])})
         await asyncio.to_thread(self.store.put, report, inv.triggers)
         self._update_store_gauges()
         if self.sinks and report.status in DELIVER_STATUSES:
