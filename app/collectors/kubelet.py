@@ -60,6 +60,19 @@ def _read_token(path: Path) -> str | None:
         return None
 
 
+def apiserver_base_url(settings: Settings) -> str | None:
+    """The API server: PFI_APISERVER_URL, else the in-cluster service from the environment, else None."""
+    if settings.apiserver_url:
+        return settings.apiserver_url.rstrip("/")
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 service address
+    return f"https://{host}:{port}"
+
+
 class PodResolver:
     """Pod lookups for one node, with the PodList cached."""
 
@@ -129,14 +142,11 @@ class PodResolver:
         return self._get("kubelet", url, _read_token(s.kubelet_token_file), verify)
 
     def _apiserver_url(self) -> str | None:
-        host = os.environ.get("KUBERNETES_SERVICE_HOST")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
+        base = apiserver_base_url(self.settings)
+        if base is None:
             return None
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"  # IPv6 service address
         selector = quote(f"spec.nodeName={self.settings.node_name}", safe="=")
-        return f"https://{host}:{port}/api/v1/pods?fieldSelector={selector}"
+        return f"{base}/api/v1/pods?fieldSelector={selector}"
 
     def _from_apiserver(self, url: str) -> PodIndex:
         sa = self.serviceaccount_dir

@@ -8,12 +8,12 @@ projected service account tokens rotate.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from app.collectors.kubelet import apiserver_base_url
 from app.config import Settings
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,9 @@ class KubeApi:
         cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
     ) -> KubeApi | None:
         """None when there is no API server to talk to (not in a cluster, none configured)."""
-        url = settings.apiserver_url
-        if not url:
-            host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-            if not host:
-                return None
-            if ":" in host and not host.startswith("["):
-                host = f"[{host}]"
-            url = f"https://{host}:{port or 443}"
+        url = apiserver_base_url(settings)
+        if url is None:
+            return None
         ca = settings.apiserver_ca_file
         if ca is None and (SA_DIR / "ca.crt").exists():
             ca = SA_DIR / "ca.crt"
