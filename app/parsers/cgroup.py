@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from app.parsers.procfs import parse_key_values
+
 __all__ = ["CgroupRef", "parse_cgroup", "parse_memory_stat"]
 
 
@@ -142,12 +144,4 @@ def parse_cgroup(text: str) -> CgroupRef:
 
 def parse_memory_stat(text: str) -> dict[str, int]:
     """memory.stat (v1 or v2): 'key value' lines. v2 values are bytes or event counts; v1 adds total_* keys."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            try:
-                out[parts[0]] = int(parts[1])
-            except ValueError:
-                continue
-    return out
+    return parse_key_values(text)

@@ -309,6 +309,11 @@ def parse_smaps_rollup(text: str) -> dict[str, int]:
 
 def parse_vmstat(text: str) -> dict[str, int]:
     """/proc/vmstat: 'name value' lines (counters since boot; which names exist depends on the kernel)."""
+    return parse_key_values(text)
+
+
+def parse_key_values(text: str) -> dict[str, int]:
+    """'name value' lines (/proc/vmstat, cgroup memory.stat); lines of another shape are skipped."""
     out: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split()
