@@ -79,7 +79,7 @@ class FaultCounts:
             except ValueError:
                 pass
             else:
-                self._sample(int(parts[1]), parts[0], address)
+                self.add_sample(int(parts[1]), parts[0], address)
                 return
         rec = parse_line(line)
         if rec is None:
@@ -91,9 +91,9 @@ class FaultCounts:
             self.events += rec.count  # seen by the kernel, so counted, but without an address
             self.dropped += rec.count
             return
-        self._sample(rec.pid, rec.comm, rec.address)
+        self.add_sample(rec.pid, rec.comm, rec.address)
 
-    def _sample(self, pid: int, comm: str, address: int) -> None:
+    def add_sample(self, pid: int, comm: str, address: int) -> None:
         self.events += 1
         self.totals[pid] = self.totals.get(pid, 0) + 1
         if pid not in self.comms and comm.strip():

@@ -1,4 +1,5 @@
-"""What the two perf backends share: `perf record` with an exactly aligned window, then `perf script`.
+"""What the two perf backends share: `perf record` with an exactly aligned window, then reading its output
+(perf-major: perf.data read natively, app.parsers.perfdata; perf-tracepoint: `perf script`).
 
 The window: perf starts with its counters disabled (`-D -1`) and a control fifo
 (`--control=fifo:ctl,ack`, perf >= 5.10). We send `enable`, wait for perf's `ack`, call on_start;
@@ -14,6 +15,7 @@ deadline on `perf script` too.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import select
 import shutil
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.parsers.perf import FaultCounts
+from app.parsers.perfdata import iter_samples, read_header
 from app.tracers._proc import Managed, first_error_line, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
@@ -132,7 +135,7 @@ def run(
     request: TraceRequest,
     result: TraceResult,
     event_args: list[str],
-    script_fields: str,
+    script_fields: str | None,
 ) -> TraceResult:
     """Record event_args for the window, then parse `perf script -F script_fields` into result."""
     perf = resolve_binary(settings.perf_path)
@@ -212,7 +215,10 @@ def run(
         result.output_bytes = _size(data)
         if request.cancel.is_set():
             result.errors.append("cancelled: the window was cut short")
-        _script(perf, data, script_fields, request, result)
+        if script_fields is None:
+            _read_native(data, request, result)
+        else:
+            _script(perf, data, script_fields, request, result)
         return result
     finally:
         if started and not stopped and request.on_stop:
@@ -235,6 +241,45 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
+    """Read perf.data ourselves (app.parsers.perfdata): no `perf script`, whose perf 6.1 aborts the whole
+    run on one sample it cannot resolve on newer kernels; a bad record is skipped and counted."""
+    if _size(data) == 0:
+        result.errors.append("perf wrote no data")
+        return
+    counts = FaultCounts(max_pages=request.max_pages)
+    t0 = time.monotonic()
+    info = None
+    try:
+        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            info = read_header(buf)
+            for n, (pid, _tid, addr) in enumerate(iter_samples(buf, info)):
+                counts.add_sample(pid, "", addr)
+                if n & 0xFFFF == 0 and request.cancel.is_set() and time.monotonic() - t0 > CANCEL_PARSE_SECONDS:
+                    result.truncated = True
+                    result.errors.append("cancelled while reading perf.data: parsed only part of it")
+                    break
+    except (OSError, ValueError) as exc:
+        result.errors.append(f"perf.data unreadable: {exc}")
+    if info is not None:
+        counts.comms.update({pid: comm for pid, comm in info.comms.items() if pid in counts.totals})
+        if info.lost:
+            counts.lost += info.lost
+            counts.events += info.lost
+            counts.dropped += info.lost
+        if info.malformed:
+            counts.dropped += info.malformed
+            result.errors.append(f"{info.malformed} malformed sample records in perf.data were skipped")
+    result.faults = counts.faults
+    result.totals = counts.totals
+    result.comms = counts.comms
+    result.events = counts.events
+    result.dropped = counts.dropped
+    if counts.lost:
+        result.errors.append(f"the kernel lost {counts.lost} samples (ring buffer full)")
+    result.parse_seconds = time.monotonic() - t0
 
 
 def _script(perf: str, data: str, fields: str, request: TraceRequest, result: TraceResult) -> None:

@@ -28,4 +28,4 @@ class PerfMajorTracer:
 
     def run(self, request: TraceRequest) -> TraceResult:
         result = TraceResult(backend=self.name, exact=self.exact)
-        return _perf.run(self.settings, request, result, EVENT_ARGS, "pid,comm,addr")
+        return _perf.run(self.settings, request, result, EVENT_ARGS, None)  # perf.data read natively
