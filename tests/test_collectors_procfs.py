@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from app.collectors.procfs import ProcFS
@@ -180,29 +178,13 @@ def many_processes() -> Iterator[int]:
         shell.wait()
 
 
-def _best_of(fn: object, runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def test_sample_all_faster_than_ps_and_psutil(many_processes: int) -> None:
-    proc = ProcFS()
-    n = len(proc.sample_all())
-    assert n >= N_PROCS
-
-    def with_psutil() -> None:
-        # psutil reads the same /proc/PID/stat for cpu_times and name.
-        for p in psutil.process_iter(["pid", "name", "cpu_times"]):
-            _ = p.info
-
-    def with_ps() -> None:
-        subprocess.run(["ps", "-eo", "pid,maj_flt,comm"], capture_output=True, check=True)
-
-    ours, ps, ps_util = _best_of(proc.sample_all), _best_of(with_ps), _best_of(with_psutil)
-    print(f"\n{n} processes: sample_all {ours * 1000:.1f} ms, ps {ps * 1000:.1f} ms, psutil {ps_util * 1000:.1f} ms")
-    assert ours < ps and ours < ps_util
-    assert ours < 0.5  # well inside the one-second sampling period
+def test_sample_all_sees_every_process_at_5000(many_processes: int) -> None:
+    """Correctness at scale; the speed against ps and psutil is measured in bench/ (row 4), not here."""
+    sample = ProcFS().sample_all()
+    assert len(sample) >= N_PROCS
+    out = subprocess.run(["ps", "-eo", "pid=,maj_flt=,comm="], capture_output=True, text=True, check=True).stdout
+    sleepers = [line.split() for line in out.splitlines() if line.split()[-1:] == ["sleep"]]
+    assert len(sleepers) >= N_PROCS
+    for pid, majflt, _ in sleepers:
+        st = sample[int(pid)]
+        assert (st.comm, st.majflt) == ("sleep", int(majflt))

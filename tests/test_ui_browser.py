@@ -68,8 +68,9 @@ def base_url(site) -> str:
 
 
 @pytest.fixture(scope="module")
-def shots(request) -> Path:
-    return Path(request.config.cache.mkdir("ui-screenshots"))
+def shots(request, tmp_path_factory) -> Path:
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    return Path(cache.mkdir("ui-screenshots")) if cache else tmp_path_factory.mktemp("ui-screenshots")
 
 
 def _no_horizontal_overflow(page) -> None:
