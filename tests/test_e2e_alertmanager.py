@@ -150,7 +150,8 @@ def test_alert_to_report_to_alertmanager(tmp_path, root_required, request):
             assert status == 200, index[:500]
             assert node in index and report.verdict.summary.split(":")[0][:40] in index.replace("&#39;", "'")
             if chromium_missing() is None:
-                shots = request.config.cache.mkdir("ui-screenshots")
+                cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+                shots = cache.mkdir("ui-screenshots") if cache else tmp_path
                 with browser_context(tmp_path / "profile", javascript=False) as ctx:
                     page = ctx.new_page()
                     page.goto(f"{svc.ui_url}/")
