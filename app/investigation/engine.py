@@ -105,6 +105,8 @@ def investigate(
         tracer_stop.set()
     elif sampler.ticks == 0 or time.monotonic() - t0 - sampler.ticks > 0.5:
         sampler.tick()  # the last part-second (or a window under a second) gets its sample too
+    # Rates are over the sampled window, not the time the tracer then takes to stop and hand over.
+    elapsed = max(time.monotonic() - t0, 1e-3)
     thread.join(TRACER_GRACE_SECONDS)
     if thread.is_alive():
         # The backend did not stop on its own at its deadline: the stop event makes it kill its tracer.
@@ -112,7 +114,6 @@ def investigate(
         thread.join(TRACER_GRACE_SECONDS)
         if thread.is_alive():
             warnings.append(f"tracer {tracer.name} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s")
-    elapsed = max(time.monotonic() - t0, 1e-3)
     report_progress(0.92, "resolving")
 
     trace = result_box[0] if result_box else TraceResult(backend=tracer.name, exact=tracer.exact)

@@ -58,8 +58,8 @@ def render(report: Report, console: Console) -> None:
             table.add_row(str(p.pid), p.comm, _pod(p), f"{p.major_faults_per_second:,.0f}",
                           sparkline(p.series), _sources(p))
         console.print(table)
-        for p in report.processes[:3]:
-            if p.verdict and p.verdict.summary != v.summary:
+        for p in report.processes[1:3]:  # the first one's verdict is the headline
+            if p.verdict:
                 console.print(f"[bold]{p.pid} {p.comm}[/bold]: {p.verdict.summary}")
     t = report.tracer
     line = f"tracer: {t.backend} ({'exact major faults' if t.exact else 'approximate'}): {t.reason}"
