@@ -54,11 +54,21 @@ def local_identity(settings: Settings) -> NodeIdentity:
     return NodeIdentity(settings.node_name, frozenset(ips))
 
 
-def real_investigator(*args: Any, **kwargs: Any) -> Report:
-    """The engine, imported when first used (tests inject a fake and never import it)."""
-    from app.investigation.engine import investigate
+def real_investigator(settings: Settings) -> Investigator:
+    """The engine, imported when first used (tests inject a fake and never import it), with one pod
+    resolver for the service's life so its kubelet PodList cache outlives a single investigation."""
+    resolver: Any = None
 
-    return investigate(*args, **kwargs)
+    def run(*args: Any, **kwargs: Any) -> Report:
+        nonlocal resolver
+        from app.collectors.kubelet import PodResolver
+        from app.investigation.engine import investigate
+
+        if resolver is None:
+            resolver = PodResolver(settings)
+        return investigate(*args, resolver=resolver, **kwargs)
+
+    return run
 
 
 @dataclass
@@ -116,7 +126,7 @@ class ServiceState:
             sinks=make_sinks(settings, client, kube),
             local=local_identity(settings),
         )
-        state.scheduler = Scheduler(settings, investigator or real_investigator, state.on_finished, metrics)
+        state.scheduler = Scheduler(settings, investigator or real_investigator(settings), state.on_finished, metrics)
         state.scheduler.start()
         state.spawn(state._store_retry_loop(), "store-retry")
         state._update_store_gauges()
