@@ -7,6 +7,8 @@ backend not used is returned in `skipped` with its reason, for the report.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 from app.config import Settings
@@ -36,20 +38,37 @@ def make_tracer(name: str, settings: Settings) -> Tracer:
         raise ValueError(f"unknown tracer {name!r}; one of {', '.join(ORDER)}") from None
 
 
-def _check(tracer: Tracer) -> tuple[bool, str]:
+# Probing test-runs every backend (perf record, bpftrace loading its program): about a second in all.
+# The service investigates many times in its life, so what a probe found is kept for a while.
+PROBE_CACHE_SECONDS = 300.0
+_probe_cache: dict[tuple[str, ...], tuple[float, tuple[bool, str]]] = {}
+_probe_lock = threading.Lock()
+
+
+def _check(tracer: Tracer, settings: Settings, fresh: bool = False) -> tuple[bool, str]:
+    key = (tracer.name, settings.perf_path, settings.bpftrace_path, str(settings.tracefs_root))
+    now = time.monotonic()
+    with _probe_lock:
+        hit = _probe_cache.get(key)
+    if hit is not None and not fresh and now - hit[0] < PROBE_CACHE_SECONDS:
+        return hit[1]
     try:
-        return tracer.available()
+        result = tracer.available()
     except Exception as e:  # a probe must never take the investigation down
-        return False, f"availability check failed: {e!r}"
+        result = (False, f"availability check failed: {e!r}")
+    with _probe_lock:
+        _probe_cache[key] = (time.monotonic(), result)
+    return result
 
 
 def probe(settings: Settings) -> list[tuple[str, bool, str]]:
     """Every backend, in ORDER: (name, works here?, what works or why not)."""
-    return [(name, *_check(make_tracer(name, settings))) for name in ORDER]
+    return [(name, *_check(make_tracer(name, settings), settings, fresh=True)) for name in ORDER]
 
 
-def select(settings: Settings) -> tuple[Tracer, str, list[SkippedBackend]]:
-    """(the tracer to use, why it, every other backend with why not)."""
+def select(settings: Settings, *, fresh: bool = False) -> tuple[Tracer, str, list[SkippedBackend]]:
+    """(the tracer to use, why it, every other backend with why not). Probes are reused for
+    PROBE_CACHE_SECONDS unless `fresh`."""
     forced = settings.tracer if settings.tracer != "auto" else None
     candidates = ORDER if forced is None else [forced, *(n for n in ORDER if n != forced)]
     chosen: Tracer | None = None
@@ -58,7 +77,7 @@ def select(settings: Settings) -> tuple[Tracer, str, list[SkippedBackend]]:
     forced_failure = ""
     for name in candidates:
         tracer = make_tracer(name, settings)
-        ok, why = _check(tracer)
+        ok, why = _check(tracer, settings, fresh)
         if chosen is None and ok:
             chosen = tracer
             if forced is None:
