@@ -98,6 +98,15 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def main_loop(self) -> None:
+        # uvicorn wakes ten times a second to look at should_exit: two idle servers cost ~0.6% of a
+        # core (bench row 6). Once a second still refreshes its Date header (on_tick's counter % 10)
+        # and notices a shutdown within a second.
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000
+            await asyncio.sleep(1.0)
+
 
 async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> None:
     host, port = split_listen(settings.listen_address, 8080)
