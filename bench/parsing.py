@@ -1,14 +1,14 @@
 """Row 3: raw output volume and the time to turn it into counts.
 
-A real capture gives the format and `perf script`'s speed; the parser is then timed on synthetic
-output of the size a 30 s window at 20,000 faults/s produces (600,000 events), built by repeating the
-captured lines with the addresses walking a 64 MiB mapping, as a re-reading process makes them.
+A real capture gives the format (and `perf script`'s speed, for comparison); perf-major's own perf.data
+reader and the bpftrace parser are then timed on synthetic output of the size a 30 s window at 20,000
+faults/s produces (600,000 events), built from the captured records with the addresses walking a 64 MiB
+mapping, as a re-reading process makes them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -39,39 +39,59 @@ def capture_perf_major(pid: int, seconds: float, workdir: Path) -> dict:
         script_s = time.perf_counter() - t0
         lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
         return {"data_bytes": data.stat().st_size, "text_bytes": len(out), "events": len(lines),
-                "script_seconds": script_s, "lines": lines[:5000]}
+                "script_seconds": script_s, "lines": lines[:5000], "raw": data.read_bytes()}
     finally:
         for p in d.iterdir():
             p.unlink()
         d.rmdir()
 
 
-_ADDR = re.compile(r"([0-9a-fA-F]{6,})\s*$")
+def synth_perf_data(real: bytes, n: int) -> bytes | None:
+    """A perf.data with n sample records: the real capture's header and attributes, its first sample
+    record repeated with the address walking a 64 MiB mapping (what perf-major reads natively)."""
+    mod = try_import("app.parsers.perfdata")
+    if mod is None:
+        return None
+    import struct
+
+    info = mod.read_header(real)
+    off, end = info.data_offset, info.data_offset + info.data_size
+    prefix, template = bytearray(), None
+    while off + 8 <= end:
+        rtype, _misc, size = struct.unpack_from("<IHH", real, off)
+        if size < 8:
+            break
+        if rtype == mod.RECORD_SAMPLE:
+            template = bytearray(real[off:off + size])
+            break
+        prefix += real[off:off + size]  # COMM, MMAP...: keep what precedes the first sample
+        off += size
+    if template is None:
+        return None
+    st = info.default_sample_type
+    addr_at = 8 + 8 * bool(st & mod.SAMPLE_IDENTIFIER) + 8 * bool(st & mod.SAMPLE_IP) + 8 + 8 * bool(st & mod.SAMPLE_TIME)
+    base = struct.unpack_from("<Q", template, addr_at)[0] & ~0xFFFFFF
+    body = bytearray(prefix)
+    for i in range(n):
+        struct.pack_into("<Q", template, addr_at, base + ((i % 16384) << 12))
+        body += template
+    head = bytearray(real[: info.data_offset])
+    struct.pack_into("<Q", head, 48, len(body))  # the header's data size
+    return bytes(head + body)
 
 
-def synth_perf_lines(sample: list[str], n: int) -> list[str]:
-    """n `perf script -F pid,comm,addr` lines in the captured format, addresses walking 64 MiB."""
-    base_line = next((ln for ln in sample if _ADDR.search(ln) and "PERF_RECORD" not in ln), None)
-    if base_line is None:
-        base_line = "    pfi-workload  7675     7f0c2d6a9000"
-    m = _ADDR.search(base_line)
-    assert m
-    head = base_line[: m.start(1)]
-    base = int(m.group(1), 16) & ~0xFFFFFF
-    pages = 16384
-    return [f"{head}{base + ((i % pages) << 12):x}" for i in range(n)]
-
-
-def time_perf_parser(lines: list[str]) -> float | None:
-    parse_script = try_import("app.parsers.perf", "parse_script")
-    if parse_script is None:
+def time_perf_native(buf: bytes) -> tuple[float, int] | None:
+    """Seconds for perf-major's own reading of a perf.data (app.tracers._perf._read_native's work)."""
+    mod = try_import("app.parsers.perfdata")
+    FaultCounts = try_import("app.parsers.perf", "FaultCounts")
+    if mod is None or FaultCounts is None:
         return None
     t0 = time.perf_counter()
-    counts = parse_script(lines)
-    dt = time.perf_counter() - t0
-    if counts.events != len(lines):
-        log(f"  perf parser counted {counts.events} of {len(lines)} synthetic events")
-    return dt
+    info = mod.read_header(buf)
+    counts = FaultCounts()
+    for pid, _tid, addr in mod.iter_samples(buf, info):
+        counts.add_sample(pid, "", addr)
+    return time.perf_counter() - t0, counts.events
 
 
 def synth_bpftrace_lines(keys: int, events: int, pid: int = 7675) -> list[str]:
