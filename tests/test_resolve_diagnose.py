@@ -14,8 +14,8 @@ from app.models import (
     CgroupMemory,
     NodeStats,
     PodRef,
-    ProcessReport,
     Pressure,
+    ProcessReport,
     Source,
     SourceKind,
 )
