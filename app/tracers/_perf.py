@@ -243,6 +243,18 @@ def _size(path: str) -> int:
         return 0
 
 
+def _fill(result: TraceResult, counts: FaultCounts, t0: float) -> None:
+    """Hand the aggregated counts over to the result (both readers end here)."""
+    result.faults = counts.faults
+    result.totals = counts.totals
+    result.comms = counts.comms
+    result.events = counts.events
+    result.dropped = counts.dropped
+    if counts.lost:
+        result.errors.append(f"the kernel lost {counts.lost} samples (ring buffer full)")
+    result.parse_seconds = time.monotonic() - t0
+
+
 def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
     """Read perf.data ourselves (app.parsers.perfdata): no `perf script`, whose perf 6.1 aborts the whole
     run on one sample it cannot resolve on newer kernels; a bad record is skipped and counted."""
@@ -272,14 +284,7 @@ def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
         if info.malformed:
             counts.dropped += info.malformed
             result.errors.append(f"{info.malformed} malformed sample records in perf.data were skipped")
-    result.faults = counts.faults
-    result.totals = counts.totals
-    result.comms = counts.comms
-    result.events = counts.events
-    result.dropped = counts.dropped
-    if counts.lost:
-        result.errors.append(f"the kernel lost {counts.lost} samples (ring buffer full)")
-    result.parse_seconds = time.monotonic() - t0
+    _fill(result, counts, t0)
 
 
 def _script(perf: str, data: str, fields: str, request: TraceRequest, result: TraceResult) -> None:
@@ -316,11 +321,4 @@ def _script(perf: str, data: str, fields: str, request: TraceRequest, result: Tr
             result.errors.append(f"perf script parse error: {script.callback_error!r}")
         if script.proc is not None and script.proc.returncode not in (0, None) and counts.events == 0:
             result.errors.append(f"perf script failed: {first_error_line(script.stderr_text())}")
-    result.faults = counts.faults
-    result.totals = counts.totals
-    result.comms = counts.comms
-    result.events = counts.events
-    result.dropped = counts.dropped
-    if counts.lost:
-        result.errors.append(f"the kernel lost {counts.lost} samples (ring buffer full)")
-    result.parse_seconds = time.monotonic() - t0
+    _fill(result, counts, t0)
