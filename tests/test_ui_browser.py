@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from app.service.ui import IndexRow, RunningRow, render_index_page, render_report_page, render_running_page
+from app.service.ui import RunningRow, render_index_page, render_report_page, render_running_page
 from tests.e2e.browser import browser_context, chromium_missing, serve_dir
-from tests.e2e.sample_reports import T0, empty_report, file_fault_report, hostile_report, swap_report
+from tests.e2e.sample_reports import (
+    T0,
+    empty_report,
+    file_fault_report,
+    hostile_report,
+    index_row,
+    swap_report,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,20 +40,7 @@ def site(tmp_path_factory) -> Path:
     rows = []
     for name, r in reports.items():
         (d / f"{name}.html").write_text(render_report_page(r))
-        top = r.processes[0] if r.processes else None
-        rows.append(
-            IndexRow(
-                id=r.id,
-                node=r.node,
-                started_at=r.started_at,
-                status=r.status,
-                verdict=r.verdict.summary,
-                top_process=f"{top.comm} ({top.pid})" if top else None,
-                top_pod=f"{top.pod.namespace}/{top.pod.name}" if top and top.pod and top.pod.name else None,
-                backend=r.tracer.backend,
-                url=f"/{name}.html",
-            )
-        )
+        rows.append(index_row(r, f"/{name}.html"))
     running = RunningRow(
         node="worker-3",
         started_at=T0,

@@ -9,6 +9,10 @@ import math
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.service.ui.render import IndexRow
 
 from app.models import (
     CgroupMemory,
@@ -364,9 +368,26 @@ SAMPLES = {
 }
 
 
+def index_row(r: Report, url: str) -> IndexRow:
+    """The index row the service would list for a report (for pages built from sample reports)."""
+    from app.service.ui.render import IndexRow
+
+    top = r.processes[0] if r.processes else None
+    return IndexRow(
+        id=r.id,
+        node=r.node,
+        started_at=r.started_at,
+        status=r.status,
+        verdict=r.verdict.summary,
+        top_process=f"{top.comm} ({top.pid})" if top else None,
+        top_pod=f"{top.pod.namespace}/{top.pod.name}" if top and top.pod and top.pod.name else None,
+        backend=r.tracer.backend,
+        url=url,
+    )
+
+
 def main(out: str) -> None:
     from app.service.ui.render import (
-        IndexRow,
         RunningRow,
         render_index_page,
         render_report_page,
@@ -379,20 +400,7 @@ def main(out: str) -> None:
     for name, make in SAMPLES.items():
         r = make()
         (d / f"{name}.html").write_text(render_report_page(r))
-        top = r.processes[0] if r.processes else None
-        rows.append(
-            IndexRow(
-                id=r.id,
-                node=r.node,
-                started_at=r.started_at,
-                status=r.status,
-                verdict=r.verdict.summary,
-                top_process=f"{top.comm} ({top.pid})" if top else None,
-                top_pod=f"{top.pod.namespace}/{top.pod.name}" if top and top.pod else None,
-                backend=r.tracer.backend,
-                url=f"{name}.html",
-            )
-        )
+        rows.append(index_row(r, f"{name}.html"))
     running = [
         RunningRow(
             node="worker-3",
