@@ -18,7 +18,7 @@ from pathlib import Path
 from app.config import Settings
 from app.parsers.bpftrace import BpftraceFaults, is_ready
 from app.tracers._perf import lockdown
-from app.tracers._proc import Managed, first_error_line, run_quick
+from app.tracers._proc import Managed, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -126,17 +126,10 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
                     why = rec.stderr_head() or f"no probes attached within {STARTUP_TIMEOUT:.0f}s"
                     result.errors.append(f"bpftrace did not start: {why}")
                 return result
-            t_start = time.monotonic()
             started = True
-            if request.on_start:
-                request.on_start()
-            deadline = t_start + request.seconds
-            while (left := deadline - time.monotonic()) > 0:
-                if request.cancel.wait(min(left, 0.2)):
-                    break
-                if rec.poll() is not None:
-                    result.errors.append(f"bpftrace exited early: {rec.stderr_head() or rec.poll()}")
-                    break
+            t_start = hold_window(rec, request)
+            if rec.poll() is not None:
+                result.errors.append(f"bpftrace exited early: {rec.stderr_head() or rec.poll()}")
             t_stop = time.monotonic()
             stopped = True
             if request.on_stop:

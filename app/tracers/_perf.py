@@ -26,7 +26,7 @@ from pathlib import Path
 from app.config import Settings
 from app.parsers.perf import FaultCounts
 from app.parsers.perfdata import iter_samples, read_header
-from app.tracers._proc import Managed, first_error_line, run_quick
+from app.tracers._proc import Managed, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
 STARTUP_TIMEOUT = 15.0  # perf reading /proc for every task of a big node takes a while
@@ -180,26 +180,17 @@ def run(
                 why = why or first_error_line(rec.stderr_text()) or f"no ack within {STARTUP_TIMEOUT:.0f}s"
                 result.errors.append(f"perf record did not start: {why}")
                 return result
-            t_start = time.monotonic()
             started = True
-            if request.on_start:
-                request.on_start()
-            deadline = t_start + request.seconds
-            while (left := deadline - time.monotonic()) > 0:
-                if request.cancel.wait(min(left, 0.2)):
-                    break
-                if rec.poll() is not None:  # perf stopped itself: --max-size, or it failed
-                    err = rec.stderr_text()
-                    if "size limit" in err or _size(data) >= request.max_output_bytes:
-                        result.truncated = True
-                        result.errors.append(
-                            f"perf output reached {request.max_output_bytes} bytes: the window was cut short"
-                        )
-                    else:
-                        result.errors.append(
-                            f"perf record exited early: {first_error_line(err) or rec.poll()}"
-                        )
-                    break
+            t_start = hold_window(rec, request)
+            if rec.poll() is not None:  # perf stopped itself: --max-size, or it failed
+                err = rec.stderr_text()
+                if "size limit" in err or _size(data) >= request.max_output_bytes:
+                    result.truncated = True
+                    result.errors.append(
+                        f"perf output reached {request.max_output_bytes} bytes: the window was cut short"
+                    )
+                else:
+                    result.errors.append(f"perf record exited early: {first_error_line(err) or rec.poll()}")
             if rec.poll() is None and not _command(rec, ctl_fd, ack_fd, "disable", ACK_TIMEOUT):
                 result.errors.append("perf did not acknowledge 'disable': stopped it with a signal")
             t_stop = time.monotonic()

@@ -17,6 +17,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.tracers.base import TraceRequest
 
 _live: set[Managed] = set()
 _live_lock = threading.Lock()
@@ -254,3 +258,17 @@ def _kill_all() -> None:
         with contextlib.suppress(Exception):
             m.signal(signal.SIGKILL)
             m.wait(2)
+
+
+def hold_window(rec: Managed, request: TraceRequest) -> float:
+    """The tracing window, once the tracer is live: call on_start, then wait request.seconds, until
+    request.cancel, or until the tracer exits by itself (the caller reads rec.poll() to tell).
+    Returns when the window started."""
+    t_start = time.monotonic()
+    if request.on_start:
+        request.on_start()
+    deadline = t_start + request.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if request.cancel.wait(min(left, 0.2)) or rec.poll() is not None:
+            break
+    return t_start
