@@ -14,16 +14,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from app.config import Settings
 
-TRACERS = ["auto", "perf-major", "perf-tracepoint", "bpftrace-major", "bpftrace-kprobe", "procfs"]
-
 
 def _parser() -> argparse.ArgumentParser:
+    from app.tracers.registry import CHOICES
+
     p = argparse.ArgumentParser(prog="pagefault-inspector", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     sub = p.add_subparsers(dest="command", required=True)
     inv = sub.add_parser("investigate", help="find which processes cause major page faults on this node now")
     inv.add_argument("--seconds", type=float, help="length of the window (default: PFI_INVESTIGATION_SECONDS or 30)")
-    inv.add_argument("--tracer", choices=TRACERS, help="backend (default: PFI_TRACER or auto)")
+    inv.add_argument("--tracer", choices=CHOICES, help="backend (default: PFI_TRACER or auto)")
     inv.add_argument("--top", type=int, help="how many processes to report (default 10)")
     inv.add_argument("--pid", type=int, action="append", dest="pids", metavar="PID",
                      help="only these processes (repeatable)")

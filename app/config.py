@@ -1,90 +1,331 @@
 """Settings, read from `PFI_` environment variables (the Helm chart sets the same names).
 
-One object for the engine and the service so that a name means the same thing everywhere.
+One object for the engine and the service so that a name means the same thing everywhere. It stays
+one flat model (a field `foo_bar` is `PFI_FOO_BAR`); the comments below group the fields by what they
+are for. Every field says what it holds, its unit, and why the default is what it is
+(tests/test_settings.py checks that none is left undescribed).
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TracerName = Literal["auto", "perf-major", "perf-tracepoint", "bpftrace-major", "bpftrace-kprobe", "procfs"]
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PFI_", extra="ignore")
 
-    # --- the node and where its kernel files are -------------------------------------------
-    node_name: str = Field(default_factory=socket.gethostname, description="This node's name")
-    node_ip: str | None = Field(default=None, description="This node's InternalIP (downward API)")
-    proc_root: Path = Path("/proc")
-    cgroup_root: Path = Path("/sys/fs/cgroup")
-    tracefs_root: Path = Path("/sys/kernel/tracing")
-
-    # --- the investigation --------------------------------------------------------------------
-    tracer: TracerName = "auto"
-    investigation_seconds: float = Field(default=30.0, gt=0, le=600)
-    top: int = Field(default=10, ge=1, le=200)
-    # Bounds on what a tracer may produce and use.
-    tracer_max_output_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
-    tracer_max_pages: int = Field(default=262_144, ge=4096, description="distinct (pid, page) keys kept")
-    perf_path: str = "perf"
-    bpftrace_path: str = "bpftrace"
-
-    # --- the kubelet and the API server ------------------------------------------------------
-    kubelet_url: str | None = Field(default=None, description="e.g. https://10.0.3.7:10250")
-    kubelet_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    kubelet_ca_file: Path | None = None
-    kubelet_insecure_skip_tls_verify: bool = False
-    kubelet_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    kubelet_cache_seconds: float = Field(default=30.0, ge=0)
-    apiserver_fallback: bool = True
-
-    # --- the service ---------------------------------------------------------------------------
-    listen_address: str = "0.0.0.0:8080"
-    ui_listen_address: str = "127.0.0.1:8081"
-    webhook_token_file: Path | None = None
-    data_dir: Path = Path("./.pfi-data")
-    cooldown_seconds: float = Field(default=600.0, ge=0)
-    alertnames: str = "NodeMemoryMajorPagesFaults"
-    alertmanager_url: str | None = None
-    slack_webhook_url: str | None = None
-    report_webhook_url: str | None = None
-    kubernetes_events: bool = False
-    namespace: str | None = None
-    peer_label_selector: str | None = Field(
-        default=None, description="label selector of this DaemonSet's pods, to find the peer on a node"
+    # --- this node, and where its kernel files are -------------------------------------------------
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        description="This node's name, as Kubernetes knows it: reports carry it, and alerts naming it are"
+        " investigated here. Default: the hostname (the chart sets spec.nodeName).",
     )
-    peer_port: int = 8080
-    public_url: str | None = Field(default=None, description="base URL put into report_url links")
-    report_retention_count: int = Field(default=500, ge=1)
-    report_retention_days: float = Field(default=30.0, gt=0)
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    max_alerts_per_request: int = Field(default=1000, ge=1)
-    max_queue: int = Field(default=16, ge=1)
-    # Added for the service (issue 3): the API server, peers, forwarding and sinks.
+    node_ip: str | None = Field(
+        default=None,
+        description="This node's addresses, comma-separated (the chart sets status.hostIP): alerts whose"
+        " `instance` label is one of them are for this node. None: the addresses the hostname resolves to.",
+    )
+    proc_root: Path = Field(
+        default=Path("/proc"),
+        description="Where procfs is mounted. /proc: with hostPID the pod's own /proc lists the node's"
+        " processes; tests point it at captured trees.",
+    )
+    cgroup_root: Path = Field(
+        default=Path("/sys/fs/cgroup"),
+        description="Where the node's cgroup filesystem is mounted. /sys/fs/cgroup on the host; a"
+        " container sees only its own cgroup there, so the chart mounts the host's at /host/sys/fs/cgroup.",
+    )
+    tracefs_root: Path = Field(
+        default=Path("/sys/kernel/tracing"),
+        description="Where tracefs is mounted (tracepoint formats for perf-tracepoint and bpftrace-kprobe)."
+        " /sys/kernel/tracing is the kernel's own mount point since 4.1.",
+    )
+
+    # --- the investigation: how long, which tracer, and its bounds -------------------------------
+    tracer: str = Field(
+        default="auto",
+        description="Tracer backend: 'auto' (the first of app.tracers.registry.ORDER that works here,"
+        " exact major faults first) or one backend's name, tried first with the others as fallback.",
+    )
+    investigation_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Length of one investigation window, in seconds. 30: long enough for a per-second"
+        " series and steady rates, short enough to report while the alert is still firing.",
+    )
+    top: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="How many processes a report lists, by major faults/s. 10 fits one screen; the"
+        " culprit is almost always in the first three.",
+    )
+    tracer_max_output_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most bytes a tracer may write (perf.data, perf script or bpftrace output); past it"
+        " the window is cut short and the report says so. 256 MiB: perf-major writes about 54 MiB per"
+        " million faults, so this holds a 30 s window at over 150,000 faults/s.",
+    )
+    tracer_max_pages: int = Field(
+        default=262_144,
+        ge=4096,
+        description="Most distinct (pid, page) keys a tracer keeps (also bpftrace's map size); faults on"
+        " further pages are counted as dropped. 262,144 pages of 4 KiB is 1 GiB of distinct faulting"
+        " memory, at a few tens of MiB of memory for the counts.",
+    )
+    perf_path: str = Field(
+        default="perf",
+        description="The perf binary: a path, or a name looked up on PATH (the image installs Debian's"
+        " linux-perf).",
+    )
+    bpftrace_path: str = Field(
+        default="bpftrace",
+        description="The bpftrace binary: a path, or a name looked up on PATH (the image installs"
+        " Debian's bpftrace).",
+    )
+
+    # --- pod names: the kubelet, and the API server as fallback ----------------------------------
+    kubelet_url: str | None = Field(
+        default=None,
+        description="This node's kubelet, e.g. https://10.0.3.7:10250; its GET /pods names the pods of"
+        " processes. None: no kubelet is asked (the chart sets https://$(PFI_NODE_IP):10250).",
+    )
+    kubelet_token_file: Path = Field(
+        default=SERVICE_ACCOUNT_DIR / "token",
+        description="File holding the bearer token sent to the kubelet. Default: the pod's projected"
+        " service account token.",
+    )
+    kubelet_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed the kubelet's serving certificate. None: the system trust"
+        " store (the chart sets the cluster CA, which signs kubelet certificates on EKS).",
+    )
+    kubelet_insecure_skip_tls_verify: bool = Field(
+        default=False,
+        description="Do not verify the kubelet's certificate. Off: the token would go to whatever"
+        " answers on the node IP; only for kubelets with self-signed certificates (kind, kubeadm).",
+    )
+    kubelet_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Timeout of one kubelet request, in seconds. 5: the kubelet is on this node and"
+        " answers in milliseconds; a hung one must not hold the report back for long.",
+    )
+    kubelet_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long the node's pod list (or the failure to get it) is reused, in seconds."
+        " 30: about one investigation, so the kubelet is asked once per report; 0: every lookup asks.",
+    )
+    apiserver_fallback: bool = Field(
+        default=True,
+        description="Ask the API server for the node's pods (fieldSelector spec.nodeName) when the"
+        " kubelet cannot be read. On: only static pods' kubelet-side UIDs are missing that way.",
+    )
+
+    # --- the API server ------------------------------------------------------------------------------
     apiserver_url: str | None = Field(
-        default=None, description="API server base URL; None: in-cluster (KUBERNETES_SERVICE_HOST/PORT)"
+        default=None,
+        description="API server base URL. None: in-cluster (KUBERNETES_SERVICE_HOST/PORT), or no API"
+        " server outside a cluster.",
     )
-    apiserver_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    apiserver_token_file: Path = Field(
+        default=SERVICE_ACCOUNT_DIR / "token",
+        description="File holding the bearer token sent to the API server; not sent when the file is"
+        " missing. Default: the pod's projected service account token.",
+    )
     apiserver_ca_file: Path | None = Field(
-        default=None, description="None: the service account's ca.crt when it exists"
+        default=None,
+        description="CA bundle of the API server. None: the service account's ca.crt when it exists,"
+        " else the system trust store.",
     )
-    apiserver_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
-    peer_cache_seconds: float = Field(default=30.0, ge=0, description="how long the peer pod list is cached")
+    apiserver_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Timeout of one API server request, in seconds. 3: a healthy API server answers"
+        " these small reads in milliseconds; alerts and reports must not wait on a sick one.",
+    )
+
+    # --- the webhook receiver: where it listens and what it accepts --------------------------------
+    listen_address: str = Field(
+        default="0.0.0.0:8080",
+        description="host:port of the webhook and JSON API (POST /api/v1/alerts, /healthz, /metrics)."
+        " All addresses: Alertmanager reaches it through the Service.",
+    )
+    ui_listen_address: str = Field(
+        default="127.0.0.1:8081",
+        description="host:port of the report pages. Loopback: the pages have no login, so they are"
+        " reached with kubectl port-forward, never through the Service.",
+    )
+    webhook_token_file: Path | None = Field(
+        default=None,
+        description="File holding the bearer token Alertmanager must send. None: a token is generated"
+        " once into data_dir and logged where it is (the chart mounts one from a Secret).",
+    )
+    alertnames: str = Field(
+        default="NodeMemoryMajorPagesFaults",
+        description="Comma-separated alert names that start an investigation; others are ignored with"
+        " the reason. Default: node-exporter's mixin alert this tool answers.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest webhook request body, in bytes; larger ones get 413. 1 MiB: hundreds of"
+        " alerts at 1-2 KiB each, while bounding what one request may make the service hold.",
+    )
+    max_alerts_per_request: int = Field(
+        default=1000,
+        ge=1,
+        description="Most alerts in one webhook request; more get 413. 1000: far above a real"
+        " Alertmanager group, low enough to bound the work one request causes.",
+    )
+
+    # --- one investigation at a time per node -------------------------------------------------------
+    cooldown_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long after a report the same alert (fingerprint + startsAt) gets that report"
+        " instead of a new investigation, in seconds. 600: longer than Alertmanager's default"
+        " group_interval (5 min), so its re-sends and an HA pair's duplicates are not investigated again.",
+    )
+    max_queue: int = Field(
+        default=16,
+        ge=1,
+        description="Most alerts waiting on this node's running and queued investigations; past it an"
+        " alert is ignored with 'queue full'. 16: new alerts join the open window, so a longer queue"
+        " only means stale work.",
+    )
+
+    # --- the report store and links to it -------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path("./.pfi-data"),
+        description="Directory of the report store (SQLite) and a generated webhook token. Default:"
+        " under the working directory, for a first run by hand (the chart sets a hostPath so reports"
+        " survive restarts).",
+    )
+    report_retention_count: int = Field(
+        default=500,
+        ge=1,
+        description="Most reports kept; the oldest go first. 500: months of alerts on a noisy node at a"
+        " few hundred KiB each.",
+    )
+    report_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Reports older than this are deleted, in days. 30: a month to look back at an"
+        " incident.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL put into report links (report_url, Slack). None: the UI address, i.e."
+        " what kubectl port-forward reaches.",
+    )
+
+    # --- peers: this DaemonSet's pods on the other nodes ------------------------------------------
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of this DaemonSet's pods (to find peers). None: the service account's"
+        " namespace file, when there is one.",
+    )
+    peer_label_selector: str | None = Field(
+        default=None,
+        description="Label selector of this DaemonSet's pods, to find the peer on a node. None: alerts"
+        " for other nodes cannot be forwarded unless static_peers lists them.",
+    )
+    peer_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Port of the peers' webhook receiver. 8080: the same DaemonSet listens on the same"
+        " port (listen_address).",
+    )
+    peer_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long the peer pod list is reused, in seconds. 30: pods move rarely; one API"
+        " server list per half minute at most, however many alerts arrive.",
+    )
     static_peers: str | None = Field(
         default=None,
-        description="peers without an API server: 'node-b@10.0.3.8=http://10.0.3.8:8080,node-c=http://...'",
+        description="Peers without an API server: 'node-b@10.0.3.8=http://10.0.3.8:8080,node-c=http://...'"
+        " (node name, optional @addresses, = base URL). None: peers come from the API server.",
     )
-    forward_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    sink_attempts: int = Field(default=4, ge=1, le=20)
-    sink_backoff_seconds: float = Field(default=1.0, ge=0, le=300, description="first retry delay, doubled each time")
-    sink_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    peer_fetch_timeout_seconds: float = Field(default=3.0, gt=0, le=60, description="UI: asking peers for reports")
+    forward_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Timeout of forwarding an alert to the peer on its node, in seconds. 5: the peer"
+        " only queues and answers 202; Alertmanager's webhook waits for this answer.",
+    )
+    peer_fetch_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Timeout of asking one peer for its reports for the UI, in seconds. 3: a dead peer"
+        " delays the index page by at most this and is listed as unreachable.",
+    )
+
+    # --- sinks: where a finished report is posted ----------------------------------------------------
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Alertmanager to post each report to as the alert MajorPageFaultsReport"
+        " (POST /api/v2/alerts). None: not posted.",
+    )
+    slack_webhook_url: str | None = Field(
+        default=None,
+        description="Slack incoming-webhook URL for the verdict and top processes. A credential: never"
+        " logged. None: no Slack.",
+    )
+    report_webhook_url: str | None = Field(
+        default=None,
+        description="Any webhook receiving each whole report as JSON. None: none.",
+    )
+    kubernetes_events: bool = Field(
+        default=False,
+        description="Write a Warning Event (reason MajorPageFaults) on the Node and each culprit Pod."
+        " Off: it needs RBAC to create events, which the chart grants when it turns this on.",
+    )
+    sink_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="Tries per sink and report before giving up (the outcome goes into the report). 4:"
+        " with the backoff below, a sink may be away for about 7 s.",
+    )
+    sink_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=300,
+        description="Wait before the first retry of a sink, in seconds, doubled each time (1, 2, 4 s).",
+    )
+    sink_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Timeout of one post to a sink, in seconds. 10: Slack and Alertmanager answer in"
+        " well under a second; reports are posted in the background, so a slow sink delays nothing else.",
+    )
+
+    @field_validator("tracer")
+    @classmethod
+    def _known_tracer(cls, name: str) -> str:
+        # The registry is the one list of backends. It is imported here, when the value is checked,
+        # not at the top: the backends import this module (.importlinter names this one import).
+        from app.tracers.registry import CHOICES
+
+        if name not in CHOICES:
+            raise ValueError(f"unknown tracer {name!r}; one of {', '.join(CHOICES)}")
+        return name
 
     def alertname_set(self) -> set[str]:
         return {a.strip() for a in self.alertnames.split(",") if a.strip()}

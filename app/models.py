@@ -110,11 +110,14 @@ class CgroupMemory(BaseModel):
     pressure: Pressure | None = None
 
 
+Confidence = Literal["high", "medium", "low"]  # how sure a verdict is
+
+
 class Verdict(BaseModel):
     summary: str
     cause: Cause
     advice: list[str] = Field(default_factory=list)
-    confidence: Literal["high", "medium", "low"] = "medium"
+    confidence: Confidence = "medium"
 
 
 class ProcessReport(BaseModel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import os
 import signal
 import statistics
@@ -108,22 +107,6 @@ def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> flo
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def try_import(module: str, attr: str | None = None) -> object | None:
-    """The module (or one of its attributes) if it exists yet, else None (other engineers are
-    still writing some of the components this benchmark measures)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        log(f"  missing: {module} ({e})")
-        return None
-    if attr is None:
-        return mod
-    got = getattr(mod, attr, None)
-    if got is None:
-        log(f"  missing: {module}.{attr}")
-    return got
 
 
 def build(name: str) -> Path:

@@ -14,7 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import log, try_import
+from app.parsers import perfdata
+from app.parsers.bpftrace import parse_json_lines
+from app.parsers.perf import FaultCounts
+
+from .common import log
 
 EVENTS_30S = 600_000
 
@@ -46,22 +50,19 @@ def capture_perf_major(pid: int, seconds: float, workdir: Path) -> dict:
         d.rmdir()
 
 
-def synth_perf_data(real: bytes, n: int) -> bytes | None:
+def synth_perf_data(real: bytes, n: int) -> bytes:
     """A perf.data with n sample records: the real capture's header and attributes, its first sample
     record repeated with the address walking a 64 MiB mapping (what perf-major reads natively)."""
-    mod = try_import("app.parsers.perfdata")
-    if mod is None:
-        return None
     import struct
 
-    info = mod.read_header(real)
+    info = perfdata.read_header(real)
     off, end = info.data_offset, info.data_offset + info.data_size
     prefix, template = bytearray(), None
     while off + 8 <= end:
         rtype, _misc, size = struct.unpack_from("<IHH", real, off)
         if size < 8:
             break
-        if rtype == mod.RECORD_SAMPLE:
+        if rtype == perfdata.RECORD_SAMPLE:
             template = bytearray(real[off:off + size])
             break
         prefix += real[off:off + size]  # COMM, MMAP...: keep what precedes the first sample
@@ -69,7 +70,7 @@ def synth_perf_data(real: bytes, n: int) -> bytes | None:
     if template is None:
         return None
     st = info.default_sample_type
-    addr_at = 8 + 8 * bool(st & mod.SAMPLE_IDENTIFIER) + 8 * bool(st & mod.SAMPLE_IP) + 8 + 8 * bool(st & mod.SAMPLE_TIME)
+    addr_at = 8 + 8 * bool(st & perfdata.SAMPLE_IDENTIFIER) + 8 * bool(st & perfdata.SAMPLE_IP) + 8 + 8 * bool(st & perfdata.SAMPLE_TIME)
     base = struct.unpack_from("<Q", template, addr_at)[0] & ~0xFFFFFF
     body = bytearray(prefix)
     for i in range(n):
@@ -80,16 +81,12 @@ def synth_perf_data(real: bytes, n: int) -> bytes | None:
     return bytes(head + body)
 
 
-def time_perf_native(buf: bytes) -> tuple[float, int] | None:
+def time_perf_native(buf: bytes) -> tuple[float, int]:
     """Seconds for perf-major's own reading of a perf.data (app.tracers._perf._read_native's work)."""
-    mod = try_import("app.parsers.perfdata")
-    FaultCounts = try_import("app.parsers.perf", "FaultCounts")
-    if mod is None or FaultCounts is None:
-        return None
     t0 = time.perf_counter()
-    info = mod.read_header(buf)
+    info = perfdata.read_header(buf)
     counts = FaultCounts()
-    for pid, _tid, addr in mod.iter_samples(buf, info):
+    for pid, _tid, addr in perfdata.iter_samples(buf, info):
         counts.add_sample(pid, "", addr)
     return time.perf_counter() - t0, counts.events
 
@@ -113,12 +110,9 @@ def synth_bpftrace_lines(keys: int, events: int, pid: int = 7675) -> list[str]:
     ]
 
 
-def time_bpftrace_parser(lines: list[str]) -> float | None:
-    parse = try_import("app.parsers.bpftrace", "parse_json_lines")
-    if parse is None:
-        return None
+def time_bpftrace_parser(lines: list[str]) -> float:
     t0 = time.perf_counter()
-    got = parse(lines)
+    got = parse_json_lines(lines)
     dt = time.perf_counter() - t0
     if got.events != sum(json_total(lines)):
         log(f"  bpftrace parser counted {got.events} events")

@@ -24,7 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import kill_group, log, try_import
+from app.config import Settings
+from app.tracers.base import TraceRequest
+from app.tracers.registry import make_tracer
+
+from .common import kill_group, log
 
 
 @dataclass
@@ -77,12 +81,6 @@ def untraced(pid: int, seconds: float) -> Run:
 
 def ours(backend: str, pid: int, seconds: float) -> Run:
     run = Run(backend)
-    make_tracer = try_import("app.tracers.registry", "make_tracer")
-    tb = try_import("app.tracers.base")
-    Settings = try_import("app.config", "Settings")
-    if make_tracer is None or tb is None or Settings is None:
-        run.error = "missing"
-        return run
     tracer = make_tracer(backend, Settings())
     ok, why = tracer.available()
     if not ok:
@@ -93,8 +91,7 @@ def ours(backend: str, pid: int, seconds: float) -> Run:
     def mark(which: str) -> None:
         marks[which] = (time.monotonic(), _faults(pid))
 
-    req = tb.TraceRequest(seconds=seconds, pids=[pid], on_start=lambda: mark("start"),
-                          on_stop=lambda: mark("stop"))
+    req = TraceRequest(seconds=seconds, pids=[pid], on_start=lambda: mark("start"), on_stop=lambda: mark("stop"))
     result = tracer.run(req)
     done = time.monotonic()
     if "start" not in marks or "stop" not in marks:

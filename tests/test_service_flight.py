@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.test_service_support import AUTH, FakeEngine, firing, reports, service, wait_for
+from tests.service_support import AUTH, FakeEngine, firing, reports, service, wait_for
 
 NODE = {"instance": "10.0.3.7:9100"}
 

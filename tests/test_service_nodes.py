@@ -11,7 +11,7 @@ import pytest
 from app.service.kube import KubeApi
 from app.service.nodes import NodeIdentity, Resolution, names_match, resolve_node, split_host
 from app.service.peers import KubePeers, parse_static_peers
-from tests.test_service_support import make_settings
+from tests.service_support import make_settings
 
 LOCAL = NodeIdentity("ip-10-0-3-7.ec2.internal", frozenset({"10.0.3.7", "fd00::7"}))
 OTHERS = [

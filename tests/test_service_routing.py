@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.service.app import create_app
-from tests.test_service_support import (
+from tests.service_support import (
     AUTH,
     TOKEN,
     FakeEngine,

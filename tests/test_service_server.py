@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.service.server import split_listen
-from tests.test_service_support import bind_loopback, wait_for
+from tests.service_support import bind_loopback, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from app.service.app import create_app, create_ui_app
-from tests.test_service_support import (
+from tests.service_support import (
     AUTH,
     TOKEN,
     FakeEngine,

@@ -21,7 +21,7 @@ from app.service.sinks import (
     describe_top,
     report_url,
 )
-from tests.test_service_support import (
+from tests.service_support import (
     AUTH,
     CAPTURED,
     Recorder,

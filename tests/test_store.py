@@ -11,7 +11,7 @@ import pytest
 
 from app.models import Trigger
 from app.service.store import DB_NAME, ReportStore
-from tests.test_service_support import AUTH, CAPTURED, fixture, make_report, reports, service, wait_for
+from tests.service_support import AUTH, CAPTURED, fixture, make_report, reports, service, wait_for
 
 
 def test_restart_keeps_reports_and_triggers(tmp_path: Path) -> None:

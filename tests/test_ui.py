@@ -7,7 +7,6 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 from html.parser import HTMLParser
-from importlib import resources
 
 import pytest
 
@@ -375,8 +374,3 @@ def test_index_links_never_run_script(url, ok):
         if t == "a" and a["href"] != "/"
     ]
     assert hrefs == [url.strip() if ok else "#"]
-
-
-def test_templates_ship_as_package_data():
-    files = {p.name for p in resources.files("app.service.ui").joinpath("templates").iterdir()}
-    assert {"base.html", "report.html", "index.html", "running.html"} <= files

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.service import auth
-from tests.test_service_support import (
+from tests.service_support import (
     AUTH,
     CAPTURED,
     FIXTURES,
@@ -58,7 +58,7 @@ def test_token_missing_wrong_right(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_generated_token_is_private_and_reused(tmp_path: Path) -> None:
-    from tests.test_service_support import make_settings
+    from tests.service_support import make_settings
 
     settings = make_settings(tmp_path)
     first = auth.load_token(settings)
@@ -69,7 +69,7 @@ def test_generated_token_is_private_and_reused(tmp_path: Path) -> None:
 
 
 def test_token_file_empty_refuses_to_start(tmp_path: Path) -> None:
-    from tests.test_service_support import make_settings
+    from tests.service_support import make_settings
 
     empty = tmp_path / "token"
     empty.write_text("\n")

@@ -3,11 +3,15 @@ nothing behind (process, cgroup, swap file)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from app.config import Settings
+from tests.conftest import _need as need_tool
 from tests.workloads import CGROUP_MEMORY_ROOT, SWAP_FILE, majflt, swap_workload
 
 
@@ -69,4 +73,17 @@ def test_nothing_left_after_a_failing_test(root_required) -> None:
 
 
 def test_tool_fixtures_resolve(need_perf: None, need_bpftrace: None) -> None:
-    """need_perf/need_bpftrace skip with the backend's own reason where the tool cannot work."""
+    """When need_perf/need_bpftrace let a test run, the configured perf and bpftrace are there and start."""
+    settings = Settings()
+    for tool, name in ((settings.perf_path, "perf"), (settings.bpftrace_path, "bpftrace")):
+        path = shutil.which(tool)
+        assert path is not None, f"{name} ({tool}) is not on PATH, yet its fixture did not skip"
+        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0 and name in res.stdout.lower(), res.stdout + res.stderr
+
+
+def test_tool_fixtures_skip_with_the_backends_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the tool cannot work, the fixture skips and says why in the backend's own words."""
+    monkeypatch.setenv("PFI_PERF_PATH", "/nonexistent/pfi-test-perf")
+    with pytest.raises(pytest.skip.Exception, match=r"perf-major not available: .*/nonexistent/pfi-test-perf"):
+        need_tool("perf-major")

@@ -6,7 +6,7 @@ limit), and the node (swap-in rate, available memory, memory PSI).
 
 from __future__ import annotations
 
-from app.models import Cause, CgroupMemory, NodeStats, ProcessReport, SourceKind, Verdict
+from app.models import Cause, CgroupMemory, Confidence, NodeStats, ProcessReport, SourceKind, Verdict
 
 NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the container's own page cache
 NODE_LOW_AVAILABLE = 0.10
@@ -67,7 +67,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats) -> Verdict:
     mem = p.cgroup_memory
     pressure = node_pressure(node)
     estimated = any(s.estimated for s in p.sources)
-    confidence = "low" if estimated else ("high" if share >= 0.8 else "medium")
+    confidence: Confidence = "low" if estimated else ("high" if share >= 0.8 else "medium")
     limit_txt = ""
     if near_limit(mem) and mem is not None:
         limit_txt = f"it runs at {mem.usage_ratio:.0%} of its {_mib(mem.max_bytes)} limit"
@@ -161,8 +161,8 @@ def diagnose_process(p: ProcessReport, node: NodeStats) -> Verdict:
 
 def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: float) -> Verdict:
     """The report's headline: the top process's verdict, or what the node alone shows."""
-    if processes and processes[0].verdict is not None:
-        top = processes[0]
+    top = processes[0] if processes else None
+    if top is not None and top.verdict is not None:
         v = top.verdict
         summary = v.summary
         if len(processes) > 1 and node.pgmajfault > 0:

@@ -140,8 +140,8 @@ def investigate(
     need_pods = False
     refs: dict[int, CgroupRef | None] = {}
     for t in chosen:
-        refs[t.pid] = procfs.cgroup(t.pid)
-        need_pods = need_pods or bool(refs[t.pid] and refs[t.pid].pod_uid)
+        ref = refs[t.pid] = procfs.cgroup(t.pid)
+        need_pods = need_pods or bool(ref and ref.pod_uid)
     if need_pods:
         _, attribution = resolver.index()
         if attribution.error:
@@ -158,12 +158,12 @@ def investigate(
     for p in processes:
         p.verdict = diagnose_process(p, node_stats)
     report_progress(0.98, "diagnosing")
-    status = "cancelled" if cancel.is_set() else "complete"
-    if status == "cancelled":
+    cancelled = cancel.is_set()
+    if cancelled:
         warnings.append("the investigation was cancelled before the window ended")
     return Report(
         node=settings.node_name,
-        status=status,
+        status="cancelled" if cancelled else "complete",
         started_at=started_at,
         finished_at=utcnow(),
         window_seconds=round(elapsed, 3),

@@ -36,6 +36,10 @@ def classify(entry: MapEntry | None) -> SourceKind:
     return SourceKind.FILE
 
 
+# What one source is: (kind, path, device, inode); anonymous memory leaves device and inode out.
+_SourceKey = tuple[SourceKind, str | None, str | None, int | None]
+
+
 @dataclass
 class _Acc:
     kind: SourceKind
@@ -50,8 +54,8 @@ def resolve_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> lis
     total = sum(pages.values())
     if total <= 0:
         return []
-    accs: dict[tuple, _Acc] = {}
-    offsets: dict[tuple, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    accs: dict[_SourceKey, _Acc] = {}
+    offsets: dict[_SourceKey, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     newest_first = list(reversed(snapshots))
     for page, count in pages.items():
         entry = None
@@ -61,7 +65,7 @@ def resolve_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> lis
                 break
         kind = classify(entry)
         if entry is None:
-            key: tuple = (kind, None, None, None)
+            key: _SourceKey = (kind, None, None, None)
         elif kind is SourceKind.SWAP:
             # One source for all anonymous memory, named after the region when it has a name.
             key = (kind, entry.path or None, None, None)

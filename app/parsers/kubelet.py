@@ -80,9 +80,9 @@ class PodIndex:
                 pod, c = hit
                 return _ref(pod, c, container_id.lower())
         if pod_uid:
-            pod = self.by_uid.get(normalise_uid(pod_uid))
-            if pod is not None:
-                return _ref(pod, None, container_id.lower() if container_id else None)
+            by_uid = self.by_uid.get(normalise_uid(pod_uid))
+            if by_uid is not None:
+                return _ref(by_uid, None, container_id.lower() if container_id else None)
         return None
 
 

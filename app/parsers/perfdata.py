@@ -24,6 +24,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import mmap
+
+    # What the reader takes: the file's bytes, or the tracer's read-only mmap of it (no copy).
+    PerfBytes = bytes | memoryview | mmap.mmap
 
 MAGIC = b"PERFILE2"
 RECORD_LOST, RECORD_COMM, RECORD_SAMPLE, RECORD_LOST_SAMPLES = 2, 3, 9, 13
@@ -55,7 +62,7 @@ class PerfData:
     malformed: int = 0  # sample records too short for their sample_type: skipped
 
 
-def read_header(buf: bytes | memoryview) -> PerfData:
+def read_header(buf: PerfBytes) -> PerfData:
     if len(buf) < _HDR.size:
         raise PerfDataError("perf.data shorter than its header")
     magic, _size, attr_size, attrs_off, attrs_size, data_off, data_size, _et_off, _et_size = _HDR.unpack_from(buf)
@@ -80,7 +87,7 @@ def read_header(buf: bytes | memoryview) -> PerfData:
     return PerfData(types, default, data_off, min(data_size, len(buf) - data_off))
 
 
-def iter_samples(buf: bytes | memoryview, info: PerfData) -> Iterator[tuple[int, int, int]]:
+def iter_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int]]:
     """(pid, tid, addr) of every sample record; COMM and LOST records update `info` on the way."""
     sample_type = info.default_sample_type
     identifier = bool(sample_type & SAMPLE_IDENTIFIER)

@@ -265,7 +265,7 @@ def parse_smaps(text: str) -> list[SmapsEntry]:
 
     def flush() -> None:
         if current is not None:
-            out.append(SmapsEntry(mapping=current, vm_flags=flags, **{  # type: ignore[arg-type]
+            out.append(SmapsEntry(mapping=current, vm_flags=flags, **{
                 field: values.get(key, 0) for key, field in _SMAPS_FIELDS.items()
             }))
 

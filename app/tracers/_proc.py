@@ -167,7 +167,7 @@ class Managed:
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         try:
-            while chunk := self.proc.stderr.read1(65536):
+            while chunk := os.read(self.proc.stderr.fileno(), 65536):  # one read: what is there now
                 if len(self.stderr) < STDERR_KEEP:
                     self.stderr += chunk[: STDERR_KEEP - len(self.stderr)]
         except (OSError, ValueError):

@@ -3,6 +3,9 @@
 `select()` takes the first available backend in ORDER (settings.tracer "auto"), or the forced one;
 a forced backend that does not work here falls back to the others in ORDER and says why. Every
 backend not used is returned in `skipped` with its reason, for the report.
+
+This is the one list of backends. Each backend's name is its class's `name`; the settings' check of
+PFI_TRACER, the CLI's `--tracer` choices and the tests take the names from ORDER here.
 """
 
 from __future__ import annotations
@@ -20,15 +23,15 @@ from app.tracers.perf_major import PerfMajorTracer
 from app.tracers.perf_tracepoint import PerfTracepointTracer
 from app.tracers.procfs_only import ProcfsTracer
 
-ORDER = ["perf-major", "bpftrace-major", "bpftrace-kprobe", "perf-tracepoint", "procfs"]
+AUTO = "auto"  # settings.tracer: the first backend in ORDER that works here
 
+# Every backend, in the order "auto" tries them: exact major faults first, estimates last.
 _BACKENDS: dict[str, Callable[[Settings], Tracer]] = {
-    "perf-major": PerfMajorTracer,
-    "bpftrace-major": BpftraceMajorTracer,
-    "bpftrace-kprobe": BpftraceKprobeTracer,
-    "perf-tracepoint": PerfTracepointTracer,
-    "procfs": ProcfsTracer,
+    backend.name: backend
+    for backend in (PerfMajorTracer, BpftraceMajorTracer, BpftraceKprobeTracer, PerfTracepointTracer, ProcfsTracer)
 }
+ORDER: list[str] = list(_BACKENDS)
+CHOICES: tuple[str, ...] = (AUTO, *ORDER)  # what settings.tracer (PFI_TRACER, --tracer) accepts
 
 
 def make_tracer(name: str, settings: Settings) -> Tracer:
@@ -69,7 +72,7 @@ def probe(settings: Settings) -> list[tuple[str, bool, str]]:
 def select(settings: Settings, *, fresh: bool = False) -> tuple[Tracer, str, list[SkippedBackend]]:
     """(the tracer to use, why it, every other backend with why not). Probes are reused for
     PROBE_CACHE_SECONDS unless `fresh`."""
-    forced = settings.tracer if settings.tracer != "auto" else None
+    forced = settings.tracer if settings.tracer != AUTO else None
     candidates = ORDER if forced is None else [forced, *(n for n in ORDER if n != forced)]
     chosen: Tracer | None = None
     reason = ""

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from app.models import Cause, ProcessReport, Report, SourceKind
+from app.models import Cause, ProcessReport, Report, Source, SourceKind
 
 __all__ = [
     "IndexRow",
@@ -142,6 +142,16 @@ def _as_utc(dt: datetime | None) -> datetime | None:
     return dt.astimezone(UTC)
 
 
+def _fmt_day(dt: datetime | None) -> str:
+    utc = _as_utc(dt)
+    return utc.strftime("%Y-%m-%d") if utc else "–"
+
+
+def _fmt_clock(dt: datetime | None) -> str:
+    utc = _as_utc(dt)
+    return utc.strftime("%H:%M:%S") if utc else ""
+
+
 def _fmt_dt(dt: datetime | None) -> str:
     dt = _as_utc(dt)
     return "–" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -210,7 +220,7 @@ def _nice_step(span: float, target_ticks: int) -> float:
     if span <= 0:
         return 1.0
     raw = span / max(1, target_ticks)
-    mag = 10 ** math.floor(math.log10(raw))
+    mag: float = 10 ** math.floor(math.log10(raw))
     for m in (1, 2, 2.5, 5, 10):
         if raw <= m * mag:
             return m * mag
@@ -314,7 +324,7 @@ def source_bar(p: ProcessReport) -> list[BarSegment]:
     return segs
 
 
-def _hot_ranges(s) -> tuple[list[str], int]:
+def _hot_ranges(s: Source) -> tuple[list[str], int]:
     ranges = sorted(s.hot_ranges, key=lambda r: r.faults, reverse=True)
     shown = [f"{_fmt_bytes(r.start)}–{_fmt_bytes(r.end)}: {r.faults:,}" for r in ranges[:3]]
     return shown, max(0, len(ranges) - 3)
@@ -339,8 +349,8 @@ def _env() -> Environment:
         pct=_fmt_pct,
         bytes=_fmt_bytes,
         dt=_fmt_dt,
-        day=lambda d: _as_utc(d).strftime("%Y-%m-%d") if d else "–",
-        clock=lambda d: _as_utc(d).strftime("%H:%M:%S") if d else "",
+        day=_fmt_day,
+        clock=_fmt_clock,
         iso=_iso,
         secs=_fmt_seconds,
         url=_safe_url,
