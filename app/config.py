@@ -37,6 +37,12 @@ class Settings(BaseSettings):
 
     # --- the kubelet and the API server ------------------------------------------------------
     kubelet_url: str | None = Field(default=None, description="e.g. https://10.0.3.7:10250")
+    kubelet_port: int = Field(
+        default=10250,
+        ge=1,
+        le=65535,
+        description="the kubelet's port; with PFI_NODE_IP and no PFI_KUBELET_URL the URL is https://[ip]:port",
+    )
     kubelet_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     kubelet_ca_file: Path | None = None
     kubelet_insecure_skip_tls_verify: bool = False
@@ -45,7 +51,9 @@ class Settings(BaseSettings):
     apiserver_fallback: bool = True
 
     # --- the service ---------------------------------------------------------------------------
-    listen_address: str = "0.0.0.0:8080"
+    listen_address: str = Field(
+        default="[::]:8080", description="webhook + API: [::]:PORT is dual stack; also 0.0.0.0:PORT, :PORT, HOST:PORT"
+    )
     ui_listen_address: str = "127.0.0.1:8081"
     webhook_token_file: Path | None = None
     data_dir: Path = Path("./.pfi-data")
