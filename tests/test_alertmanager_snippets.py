@@ -392,6 +392,31 @@ def test_snippet_merged_into_the_stack_default_routes_to_the_service(
             assert got.body["receiver"] == receiver
 
 
+def test_the_charts_own_alertmanager_config_routes_to_the_service(
+    install: Install, tools: None, tmp_path: Path
+) -> None:
+    """alertmanagerConfig.enabled=true: the object the chart renders, converted as the operator does,
+    routes the alert to the Service (its namespace matcher matches the node-exporter's label)."""
+    values = {"alertmanagerConfig": {"enabled": True}, "config": {"alertnames": " NodeMemoryMajorPagesFaults , X"}}
+    with helm.Chart.load(CHART_DIR) as chart:
+        rendered = chart.render(values, name=install.release, namespace=install.namespace, is_install=True)
+    objs = [o for src, t in rendered.items() if src.endswith(".yaml") for o in yaml.safe_load_all(t) if o]
+    (amc,) = [o for o in objs if o["kind"] == "AlertmanagerConfig"]
+    (copy_secret,) = [o for o in objs if o["kind"] == "Secret" and o["metadata"]["namespace"] == "monitoring"]
+    cfg, secret = operator_convert(amc, tmp_path / "token")
+    assert secret == copy_secret["metadata"]["name"]
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    checked = amtool("check-config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (receiver,) = routes_test(config, ALERT_LABELS)
+    (hook,) = next(r for r in cfg["receivers"] if r["name"] == receiver)["webhook_configs"]
+    assert hook["url"] == install.service_url
+    assert routes_test(config, {**ALERT_LABELS, "alertname": "X"}) == [receiver]
+    # The caveat, shown: the same alert from another namespace does not reach it.
+    assert routes_test(config, {**ALERT_LABELS, "namespace": "kube-system"}) == ["null"]
+
+
 def test_a_snippet_without_the_stack_defaults_is_caught(install: Install, tools: None, tmp_path: Path) -> None:
     """The old README snippet (receivers: only ours) merged by Helm drops 'null': amtool refuses it."""
     (readme,) = [s for s in SNIPPETS if s.doc.name == "README.md" and s.kind == "stack-values"]
