@@ -135,4 +135,10 @@ def test_rendered_capabilities_trace_exactly(
     # traced_majflt is majflt over exactly the tracer's window.
     majflt = proc["traced_majflt"] if proc["traced_majflt"] is not None else proc["major_faults"]
     assert majflt > 1000, f"the workload barely faulted ({majflt}): nothing to compare"
-    assert abs(proc["traced_faults"] - majflt) <= 0.10 * majflt, (proc["traced_faults"], majflt, info)
+    assert abs(proc["traced_faults"] - majflt) <= 0.10 * majflt, (
+        proc["traced_faults"],
+        majflt,
+        {k: v for k, v in proc.items() if k not in ("sources", "series")},
+        info,
+        out.stderr[-2000:],
+    )
