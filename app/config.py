@@ -96,7 +96,15 @@ class Settings(BaseSettings):
     kubelet_url: str | None = Field(
         default=None,
         description="This node's kubelet, e.g. https://10.0.3.7:10250; its GET /pods names the pods of"
-        " processes. None: no kubelet is asked (the chart sets https://$(PFI_NODE_IP):10250).",
+        " processes. None: built from node_ip and kubelet_port (IPv6 bracketed), or no kubelet is asked"
+        " when node_ip is unset too. The chart leaves it unset unless kubelet.url is given.",
+    )
+    kubelet_port: int = Field(
+        default=10250,
+        ge=1,
+        le=65535,
+        description="The kubelet's HTTPS port, used with node_ip when kubelet_url is unset: the URL is"
+        " then https://[ip]:port. 10250: the kubelet's default secure port, EKS and BottleRocket included.",
     )
     kubelet_token_file: Path = Field(
         default=SERVICE_ACCOUNT_DIR / "token",
@@ -158,9 +166,10 @@ class Settings(BaseSettings):
 
     # --- the webhook receiver: where it listens and what it accepts --------------------------------
     listen_address: str = Field(
-        default="0.0.0.0:8080",
+        default="[::]:8080",
         description="host:port of the webhook and JSON API (POST /api/v1/alerts, /healthz, /metrics)."
-        " All addresses: Alertmanager reaches it through the Service.",
+        " [::]:PORT is dual stack (IPv4 too); also 0.0.0.0:PORT, :PORT, HOST:PORT, [IPv6]:PORT. All"
+        " addresses: Alertmanager reaches it through the Service, on IPv4 or IPv6 pod IPs.",
     )
     ui_listen_address: str = Field(
         default="127.0.0.1:8081",

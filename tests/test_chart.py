@@ -136,8 +136,9 @@ CASES: dict[str, dict[str, Any]] = {
             "slack": {"existingSecret": "slack"},
             "reportWebhookUrl": "http://r",
         },
-        "priorityClassName": "system-node-critical",
+        "priorityClassName": "",
     },
+    "explicit-kubelet-url": {"kubelet": {"url": "https://kubelet-proxy.example:10250"}},
 }
 
 
@@ -264,7 +265,7 @@ def test_al2023_preset_drops_all_and_adds_only_the_tracing_capabilities(chart: A
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sorted(sc["capabilities"]["add"]) == sorted(
-        ["PERFMON", "BPF", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"]
+        ["PERFMON", "BPF", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE", "IPC_LOCK"]
     )
     assert sc["readOnlyRootFilesystem"] is True
     # Each added capability has its reason beside it in the preset.
@@ -345,17 +346,53 @@ def test_env_downward_api_and_kubelet(chart: Any) -> None:
     assert e["PFI_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert e["PFI_NODE_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert e["PFI_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert e["PFI_KUBELET_URL"]["value"] == "https://$(PFI_NODE_IP):10250"
-    # $(VAR) only expands from variables defined earlier in the list.
-    assert names.index("PFI_NODE_IP") < names.index("PFI_KUBELET_URL")
+    # No URL built from $(PFI_NODE_IP) (invalid for an IPv6 node IP): the app builds
+    # https://[ip]:port from PFI_NODE_IP and PFI_KUBELET_PORT.
+    assert "PFI_KUBELET_URL" not in e
+    assert e["PFI_KUBELET_PORT"]["value"] == "10250"
+    assert not [n for n, v in e.items() if "$(" in str(v.get("value", ""))]
     assert e["PFI_KUBELET_CA_FILE"]["value"] == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     assert e["PFI_KUBELET_INSECURE_SKIP_TLS_VERIFY"]["value"] == "false"
     assert e["PFI_KUBELET_TOKEN_FILE"]["value"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    assert e["PFI_LISTEN_ADDRESS"]["value"] == "0.0.0.0:8080"
+    assert e["PFI_LISTEN_ADDRESS"]["value"] == "[::]:8080"
     assert e["PFI_UI_LISTEN_ADDRESS"]["value"] == "127.0.0.1:8081"
     assert e["PFI_PEER_PORT"]["value"] == "8080"
     assert e["PFI_TRACER"]["value"] == "auto"
     assert len(names) == len(set(names))
+
+
+def test_kubelet_explicit_url_and_port(chart: Any) -> None:
+    e = env(render(chart, CASES["explicit-kubelet-url"]))
+    assert e["PFI_KUBELET_URL"]["value"] == "https://kubelet-proxy.example:10250"
+    assert "PFI_KUBELET_PORT" not in e
+    assert env(render(chart, {"kubelet": {"port": 10255}}))["PFI_KUBELET_PORT"]["value"] == "10255"
+    for bad in ({"kubelet": {"url": "kubelet:10250"}}, {"kubelet": {"port": 0}}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(bad)
+
+
+def test_listen_address_follows_the_port_and_parses(chart: Any) -> None:
+    from app.service.listen import parse_listen_address
+
+    e = env(render(chart, {"port": 9090}))
+    assert parse_listen_address(e["PFI_LISTEN_ADDRESS"]["value"]) == ("::", 9090)
+    assert container(render(chart, {"port": 9090}))["ports"][0]["containerPort"] == 9090
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_priority_class(chart: Any, case: str) -> None:
+    spec = pod_spec(render(chart, case_values(case)))
+    if case == "no-events-no-mounts":  # priorityClassName: "" opts out
+        assert "priorityClassName" not in spec
+    else:
+        assert spec["priorityClassName"] == "system-node-critical"
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"priorityClassName": "Not A Name"})
+
+
+def test_rollout_is_a_percentage(chart: Any) -> None:
+    strategy = one(render(chart), "DaemonSet")["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
 
 
 def test_kubelet_skip_verify_and_no_ca(chart: Any) -> None:
@@ -483,6 +520,27 @@ def test_existing_secret_creates_none(chart: Any) -> None:
     assert env(objs)["PFI_WEBHOOK_TOKEN_FILE"]["value"] == "/etc/pagefault-inspector/webhook/bearer"
 
 
+def _checksum(objs: list[dict[str, Any]]) -> str | None:
+    return one(objs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"].get("checksum/token")
+
+
+def test_checksum_annotation_is_the_tokens(chart: Any) -> None:
+    """The pods roll when the token the chart makes or is given changes; the annotation is a hash
+    of the token in the Secret, never the token."""
+    import hashlib
+
+    for values in ({}, {"webhookToken": {"value": "s3cret"}}, ALL_INTEGRATIONS):
+        objs = render(chart, values)
+        token = _secret_token(objs)
+        assert _checksum(objs) == hashlib.sha256(token.encode()).hexdigest()
+        assert token not in json.dumps(one(objs, "DaemonSet"))
+    assert _checksum(render(chart, {"webhookToken": {"value": "a"}})) != _checksum(
+        render(chart, {"webhookToken": {"value": "b"}})
+    )
+    # Not given the token (existingSecret): no annotation; docs/deploy.md says to restart.
+    assert _checksum(render(chart, {"webhookToken": {"existingSecret": "my-token"}})) is None
+
+
 class _FakeApiServer(BaseHTTPRequestHandler):
     """Just enough of the API server for Helm's `lookup` of one Secret: discovery of v1 and
     GET of the stored Secrets; everything else 404."""
@@ -568,6 +626,8 @@ def test_token_kept_across_upgrades(chart: Any, api_server: tuple[Any, type[_Fak
         )
         assert _secret_token(upgraded) == generated
         assert _secret_token(upgraded, "monitoring") == generated
+        # ...so the pods do not roll on an upgrade that keeps the token.
+        assert _checksum(upgraded) == _checksum(first)
 
 
 # --- kube-prometheus-stack integration ---------------------------------------------------
@@ -622,14 +682,20 @@ def test_alertmanager_config_with_existing_secret(chart: Any) -> None:
 
 
 def test_alertmanager_config_several_alertnames(chart: Any) -> None:
-    values = {
-        "alertmanagerConfig": {"enabled": True},
-        "config": {"alertnames": "NodeMemoryMajorPagesFaults,Other"},
-    }
-    route = one(render(chart, values), "AlertmanagerConfig")["spec"]["route"]
-    assert route["matchers"] == [
+    def matchers(names: str) -> list[dict[str, str]]:
+        values = {"alertmanagerConfig": {"enabled": True}, "config": {"alertnames": names}}
+        return one(render(chart, values), "AlertmanagerConfig")["spec"]["route"]["matchers"]
+
+    assert matchers("NodeMemoryMajorPagesFaults,Other") == [
         {"name": "alertname", "matchType": "=~", "value": "NodeMemoryMajorPagesFaults|Other"}
     ]
+    # Trimmed like the app trims PFI_ALERTNAMES; empty items dropped; regex characters quoted.
+    assert matchers(" NodeMemoryMajorPagesFaults , Other.X ,") == [
+        {"name": "alertname", "matchType": "=~", "value": "NodeMemoryMajorPagesFaults|Other\\.X"}
+    ]
+    assert matchers(" Only ,") == [{"name": "alertname", "matchType": "=", "value": "Only"}]
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"config": {"alertnames": " , "}})
 
 
 def test_service_monitor(chart: Any) -> None:
@@ -674,6 +740,25 @@ def test_network_policy(chart: Any) -> None:
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
         },
     ]
+
+
+def test_notes_without_inline_credentials(chart: Any) -> None:
+    for values in ({}, ALL_INTEGRATIONS):
+        text = notes(chart, values)
+        assert not re.search(r"\bcredentials:", text), "NOTES must not suggest a token inline"
+        assert "credentials_file" in text or "AlertmanagerConfig" in text
+        assert "Rotate the webhook token" in text
+        assert "Uninstalling leaves the report store /var/lib/pagefault-inspector" in text
+
+
+def test_no_create_namespace_suggestion() -> None:
+    """`--create-namespace` makes the namespace without the Pod Security label the pods need."""
+    files = [*CHART_DIR.rglob("*.yaml"), *CHART_DIR.rglob("*.txt"), ROOT / "README.md", *ROOT.glob("docs/*.md")]
+    for f in files:
+        for line in f.read_text().splitlines():
+            if "--create-namespace" in line:
+                # Only where it is named to warn against it.
+                assert re.search(r"would (skip|make it without) the", line), f"{f}: {line}"
 
 
 def test_notes_tell_port_forward_and_where_reports_go(chart: Any) -> None:

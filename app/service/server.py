@@ -1,7 +1,7 @@
 """`pagefault-inspector serve`: the API and the UI, two uvicorn servers in one process and one
 event loop, sharing one ServiceState.
 
-- API on `PFI_LISTEN_ADDRESS` (default 0.0.0.0:8080): the webhook, the JSON API, health, metrics.
+- API on `PFI_LISTEN_ADDRESS` (default [::]:8080, dual stack): the webhook, the JSON API, health, metrics.
 - UI on `PFI_UI_LISTEN_ADDRESS` (default 127.0.0.1:8081): the report pages, reached through
   `kubectl port-forward`.
 SIGTERM/SIGINT: the running investigation is cancelled at once (the engine stops its tracer), both
@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.service.app import create_app, create_ui_app
 from app.service.auth import TokenSource, load_token
+from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +52,13 @@ def split_listen(address: str, default_port: int) -> tuple[str, int]:
     return address or "0.0.0.0", default_port
 
 
-def _client_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def first_run_message(settings: Settings, source: TokenSource) -> str:
-    host, port = split_listen(settings.listen_address, 8080)
-    ui_host, ui_port = split_listen(settings.ui_listen_address, 8081)
+    host, port = parse_listen_address(settings.listen_address, 8080)
+    ui_host, ui_port = parse_listen_address(settings.ui_listen_address, 8081)
     sample = {
         "version": "4",
         "status": "firing",
@@ -78,8 +76,8 @@ def first_run_message(settings: Settings, source: TokenSource) -> str:
         "Try it (starts one investigation of this machine):\n\n"
         f"    curl -sS -X POST -H 'Authorization: Bearer {source.token}' -H 'Content-Type: application/json' \\\n"
         f"      --data '{json.dumps(sample, separators=(',', ':'))}' \\\n"
-        f"      http://{_client_host(host)}:{port}/api/v1/alerts\n\n"
-        f"Reports: http://{_client_host(ui_host)}:{ui_port}/\n\n"
+        f"      http://{client_host(host)}:{port}/api/v1/alerts\n\n"
+        f"Reports: http://{client_host(ui_host)}:{ui_port}/\n\n"
     )
 
 
@@ -108,9 +106,29 @@ class _Server(uvicorn.Server):
             await asyncio.sleep(1.0)
 
 
-async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> None:
-    host, port = split_listen(settings.listen_address, 8080)
-    ui_host, ui_port = split_listen(settings.ui_listen_address, 8081)
+def _listen(settings: Settings) -> list[tuple[str, int, socket.socket]]:
+    """Bind both addresses before anything starts; a bad address or a port in use is one clear
+    line and exit 1 (the socket already bound is closed)."""
+    bound: list[tuple[str, int, socket.socket]] = []
+    for name, address, default in (
+        ("PFI_LISTEN_ADDRESS", settings.listen_address, 8080),
+        ("PFI_UI_LISTEN_ADDRESS", settings.ui_listen_address, 8081),
+    ):
+        try:
+            host, port = parse_listen_address(address, default)
+            bound.append((host, port, listen_socket(host, port)))
+        except (ListenAddressError, OSError) as exc:
+            for _, _, sock in bound:
+                sock.close()
+            log.error("cannot listen on %s=%s: %s", name, address, exc)
+            raise SystemExit(1) from None
+    return bound
+
+
+async def run_servers(
+    settings: Settings, api_app: FastAPI, ui_app: FastAPI, bound: list[tuple[str, int, socket.socket]] | None = None
+) -> None:
+    (host, port, api_sock), (ui_host, ui_port, ui_sock) = bound or _listen(settings)
     common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
     api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
     ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
@@ -128,14 +146,14 @@ async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        api_task = asyncio.create_task(api.serve(), name="api-server")
+        api_task = asyncio.create_task(api.serve(sockets=[api_sock]), name="api-server")
         while not api.started and not api_task.done():
             await asyncio.sleep(0.02)
         if api_task.done():  # could not start (address in use...): uvicorn said why
             await api_task
             raise SystemExit(1)
-        log.info("API on http://%s:%d, UI on http://%s:%d", host, port, ui_host, ui_port)
-        ui_task = asyncio.create_task(ui.serve(), name="ui-server")
+        log.info("API on %s, UI on %s", _url(host, port), _url(ui_host, ui_port))
+        ui_task = asyncio.create_task(ui.serve(sockets=[ui_sock]), name="ui-server")
         await asyncio.wait({api_task, ui_task}, return_when=asyncio.FIRST_COMPLETED)
         # One stopped (a signal, or the UI could not bind): stop the other too.
         api.should_exit = ui.should_exit = True
@@ -151,6 +169,7 @@ def serve(settings: Settings | None = None) -> None:
     """Run the service until SIGTERM/SIGINT (blocking)."""
     _setup_logging()
     settings = settings or Settings()
+    bound = _listen(settings)  # a bad address or a port in use fails before anything else
     source = load_token(settings)
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))
@@ -159,4 +178,4 @@ def serve(settings: Settings | None = None) -> None:
         log.info("webhook token from %s", source.path)
     api_app = create_app(settings, token=source.token)
     ui_app = create_ui_app(api_app)
-    asyncio.run(run_servers(settings, api_app, ui_app))
+    asyncio.run(run_servers(settings, api_app, ui_app, bound))

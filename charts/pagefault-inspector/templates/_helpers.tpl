@@ -99,3 +99,31 @@ The in-cluster URL of the webhook.
 {{- define "pagefault-inspector.webhookUrl" -}}
 {{- printf "http://%s.%s.svc.%s:%v/api/v1/alerts" (include "pagefault-inspector.fullname" .) .Release.Namespace .Values.clusterDomain .Values.service.port }}
 {{- end }}
+
+{{/*
+The webhook token the chart's Secret holds, base64-encoded; empty with webhookToken.existingSecret
+(the chart is not given the token then). Decided once per render and remembered, so the Secret,
+its copy for the AlertmanagerConfig and the pods' checksum/token annotation agree: a fixed
+webhookToken.value; else the token stored in the release's Secret (`lookup`, so upgrades keep
+it); else 40 new random characters. (`helm template` and --dry-run cannot look up.)
+*/}}
+{{- define "pagefault-inspector.tokenB64" -}}
+{{- if not .Values.webhookToken.existingSecret }}
+{{- $memo := .Release }}
+{{- if not (hasKey $memo "pfiTokenB64") }}
+{{- $token := "" }}
+{{- if .Values.webhookToken.value }}
+{{- $token = .Values.webhookToken.value | b64enc }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "pagefault-inspector.tokenSecretName" .) }}
+{{- if and $existing $existing.data (hasKey $existing.data .Values.webhookToken.key) }}
+{{- $token = index $existing.data .Values.webhookToken.key }}
+{{- else }}
+{{- $token = randAlphaNum 40 | b64enc }}
+{{- end }}
+{{- end }}
+{{- $_ := set $memo "pfiTokenB64" $token }}
+{{- end }}
+{{- index $memo "pfiTokenB64" }}
+{{- end }}
+{{- end }}
