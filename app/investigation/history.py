@@ -18,6 +18,8 @@ __all__ = [
     "NO_HISTORY_CLI",
     "apply_history",
     "burst",
+    "culprit_labels",
+    "describe_history",
     "lead_up_since",
     "matches",
     "who",
@@ -162,3 +164,29 @@ def apply_history(report: Report, history: History | None) -> Report:
         confidence="high" if share >= EXPLAINS else "medium",
     )
     return report.model_copy(update={"verdict": verdict})
+
+
+def culprit_labels(report: Report) -> dict[str, str]:
+    """namespace/pod/container of the lead-up's top container when the verdict names it (for the
+    Alertmanager alert's labels), else nothing."""
+    h = report.history
+    if report.verdict.cause != Cause.STOPPED_BEFORE_WINDOW or h is None or not h.cgroups:
+        return {}
+    pod = h.cgroups[0].pod
+    if pod is None or not pod.name:
+        return {}
+    out = {"namespace": pod.namespace or "", "pod": pod.name, "container": pod.container or ""}
+    return {k: v for k, v in out.items() if v}
+
+
+def describe_history(report: Report, n: int = 3) -> str:
+    """The lead-up's top containers in a few lines, for chat and annotations ('' without history)."""
+    h = report.history
+    if h is None:
+        return ""
+    lines = [f"lead-up {h.since:%H:%M}-{h.until:%H:%M} UTC: node {h.node_major_faults:,} major faults"]
+    for i, c in enumerate(h.cgroups[:n], 1):
+        last = f", last active {c.last_active_at:%H:%M:%S}" if c.last_active_at else ""
+        gone = " (gone)" if c.gone else ""
+        lines.append(f"{i}. {who(c)}{gone}: {c.major_faults:,} major faults, peak {c.peak_per_second:,.0f}/s{last}")
+    return "\n".join(lines)
