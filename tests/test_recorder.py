@@ -402,3 +402,66 @@ def test_watch_fires_after_the_rate_stays_above_for_long_enough():
     assert not w.feed(_tick(T0 + 60, 900)) and w.since == T0 + 50
     off = WatchState(threshold=0, for_seconds=0)
     assert not off.feed(_tick(T0 + 10, 1e9))
+
+
+# --- where the lead-up shows ----------------------------------------------------------------------
+
+
+def _stopped_report() -> Report:
+    return apply_history(_report(), _history([3, 0] + [8400 * 60] * 12 + [0] * 16, [100 * 60] * 30))
+
+
+def test_report_page_charts_the_lead_up_beside_the_window():
+    import re
+    import xml.etree.ElementTree as ET
+
+    from app.service.ui import render_report_page
+
+    html = render_report_page(_stopped_report())
+    section = html.split('id="lead-up"')[1].split("</section>")[0]
+    svg = ET.fromstring(re.search(r"<svg viewBox=.*?</svg>", section, re.S).group(0))
+    lines = [e for e in svg.iter() if e.tag.endswith("polyline")]
+    assert len(lines) == 3 and all(len(e.get("points").split()) == 30 for e in lines), "node + 2 containers"
+    assert "billing/nightly-report · report" in section and "/system.slice/backup.service" in section
+    assert "8,400/s" in section  # the legend's peak, in faults per second (6-minute intervals of 504,000)
+    assert "10:14:00" in section  # last active
+    assert html.index('id="chart"') < html.index('id="lead-up"') < html.index('id="processes"')
+    assert "Stopped before window" in html or "stopped before window" in html
+    plain = render_report_page(_report().model_copy(update={"history_reason": "no history: the recorder is off"}))
+    assert 'id="lead-up"' not in plain and "no history: the recorder is off" in plain
+
+
+def test_sinks_carry_the_lead_up():
+    import httpx
+
+    from app.config import Settings
+    from app.service.sinks import AlertmanagerSink, SlackSink
+
+    settings = Settings(alertmanager_url="http://am.invalid:9093", slack_webhook_url="https://hooks.invalid/x")
+    client = httpx.AsyncClient()
+    r = _stopped_report()
+    alert = AlertmanagerSink(settings, client).alert(r)
+    # the window saw nothing: the alert's culprit labels come from the lead-up
+    assert (alert["labels"]["namespace"], alert["labels"]["pod"], alert["labels"]["container"]) == (
+        "billing", "nightly-report", "report")
+    assert alert["labels"]["cause"] == "stopped_before_window"
+    assert "1. pod billing/nightly-report container report: 6,048,003 major faults" in alert["annotations"]["lead_up"]
+    slack = SlackSink(settings, client).message(r)
+    assert any("lead-up 10:00-10:30 UTC" in b.get("text", {}).get("text", "") for b in slack["blocks"])
+    plain = AlertmanagerSink(settings, client).alert(_report())
+    assert "lead_up" not in plain["annotations"] and "pod" not in plain["labels"]
+
+
+def test_text_output_shows_the_lead_up_or_why_not():
+    from rich.console import Console
+
+    from app.investigation.text import render
+
+    console = Console(width=160, record=True)
+    render(_stopped_report(), console)
+    out = console.export_text()
+    assert "lead-up 10:00:00-10:30:00 UTC, every 60 s: node 6,228,003 major faults" in out
+    assert "billing/nightly-report" in out and "6,048,003" in out and "10:14:00" in out
+    console = Console(width=160, record=True)
+    render(_report().model_copy(update={"history_reason": "no history: the recorder runs only in the service"}), console)
+    assert "no history: the recorder runs only in the service" in console.export_text()

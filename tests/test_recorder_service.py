@@ -170,3 +170,20 @@ def test_watch_mode_investigates_by_itself(kubelet, tmp_path):
     assert top["pid"] == proc.pid, [(p["pid"], p["comm"], p["major_faults"]) for p in doc["processes"]]
     assert top["pod"]["name"] == "e2e-cronjob-29707814-h2f28"
     assert doc["verdict"]["cause"] != "stopped_before_window", "the culprit is still running: the window sees it"
+
+
+def test_cli_report_says_no_history_exists():
+    import json
+    import subprocess
+    import sys
+
+    from app.investigation.history import NO_HISTORY_CLI
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
+    env["PFI_APISERVER_FALLBACK"] = "false"
+    out = subprocess.run([sys.executable, "-m", "app.cli", "investigate", "--seconds", "1", "--tracer", "procfs",
+                          "--format", "json", "--top", "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["history"] is None and doc["history_reason"] == NO_HISTORY_CLI
+    assert doc["schema_version"] == "1.1"
