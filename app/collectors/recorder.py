@@ -121,8 +121,12 @@ def _ref_of(path: str, version: int) -> CgroupRef | None:
                      container_id=ref.container_id, runtime=ref.runtime)
 
 
-def discover_units(layout: Layout, max_dirs: int = MAX_DIRS) -> tuple[list[Unit], bool]:
-    """The units of the hierarchy (see the module docstring) and whether the walk was cut short."""
+def discover_units(
+    layout: Layout, max_dirs: int = MAX_DIRS, refs: dict[str, CgroupRef | None] | None = None
+) -> tuple[list[Unit], bool]:
+    """The units of the hierarchy (see the module docstring) and whether the walk was cut short.
+    `refs` memoises what each path's name says (paths do not change meaning), across walks."""
+    memo: dict[str, CgroupRef | None] = {} if refs is None else refs
     units: list[Unit] = []
     visited = 0
     truncated = False
@@ -130,7 +134,12 @@ def discover_units(layout: Layout, max_dirs: int = MAX_DIRS) -> tuple[list[Unit]
     def walk(d: str, rel: str, depth: int, parent_groups_units: bool) -> bool:
         nonlocal visited, truncated
         name = rel.rsplit("/", 1)[-1]
-        ref = _ref_of(rel, layout.version) if depth > 0 else None
+        if depth == 0:
+            ref = None
+        elif rel in memo:
+            ref = memo[rel]
+        else:
+            ref = memo[rel] = _ref_of(rel, layout.version)
         if ref is not None and ref.container_id is not None:
             units.append(Unit(rel, ref))
             return True
@@ -247,6 +256,7 @@ class FaultRecorder:
         self._node_last: int | None = None
         self._groups: dict[str, _Group] = {}  # cgroup path -> group
         self._series: dict[str, _Series] = {}  # key -> series
+        self._refs: dict[str, CgroupRef | None] = {}  # what each path's name says (discover_units)
         self.dropped_series = 0  # new series refused because MAX_SERIES live ones exist
         self.samples = 0
         self.errors: list[str] = []  # the last sample's problems (bounded)
@@ -357,7 +367,9 @@ class FaultRecorder:
         if self.layout is None:
             errors.append(f"no memory cgroup hierarchy under {self.cgroup_root}: only the node is recorded")
         else:
-            units, truncated = discover_units(self.layout, self.max_dirs)
+            if len(self._refs) > 2 * self.max_dirs:
+                self._refs.clear()  # bounded: paths of groups long gone
+            units, truncated = discover_units(self.layout, self.max_dirs, self._refs)
             if truncated:
                 errors.append(f"more than {self.max_dirs:,} cgroups: the rest are not recorded")
             seen = {u.path for u in units}
@@ -456,10 +468,12 @@ class FaultRecorder:
                 return datetime.fromtimestamp(times[k % slots], UTC)
 
             rows: list[tuple[int, _Series, list[int]]] = []
+            slot_of = [k % slots for k in ks]
             for s in self._series.values():
                 if s.upto < ks[0]:
                     continue
-                vals = [self._get(s, k) for k in ks]
+                values = s.values
+                vals = [values[i] if k <= s.upto else 0 for k, i in zip(ks, slot_of, strict=True)]
                 total = sum(vals)
                 if total > 0:
                     rows.append((total, s, vals))
