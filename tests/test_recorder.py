@@ -150,7 +150,8 @@ def test_discovery_finds_containers_and_host_groups_without_nesting(tmp_path):
                  "/user.slice/user-0.slice/session-3.scope", "/init.scope",
                  f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_B.replace('-', '_')}0.slice",
                  f"/system.slice/docker-{CID_3}.scope",
-                 f"/pfi-test-1-1/kubepods/burstable/pod{UID_A}/{CID_1}"):
+                 f"/pfi-test-1-1/kubepods/burstable/pod{UID_A}/{CID_1}", "/kubepods.slice/kubepods-besteffort.slice",
+                 "/sandbox/session-a", "/sandbox/session-b/deeper", "/leaf"):
         n.set(path, 0)
     units, truncated = discover_units(detect_layout(n.cg))
     found = {u.path: u.ref for u in units}
@@ -158,8 +159,8 @@ def test_discovery_finds_containers_and_host_groups_without_nesting(tmp_path):
     assert set(found) == {
         V2_A1, V2_A2, V2_B, "/system.slice/containerd.service", "/system.slice/kubelet.service",
         "/user.slice/user-0.slice/session-3.scope", "/init.scope", f"/system.slice/docker-{CID_3}.scope",
-        f"/pfi-test-1-1/kubepods/burstable/pod{UID_A}/{CID_1}",
-    }, "containers anywhere, services and sessions; never a slice, a pod's or kubepods' own group"
+        f"/pfi-test-1-1/kubepods/burstable/pod{UID_A}/{CID_1}", "/sandbox/session-a", "/sandbox/session-b", "/leaf",
+    }, "containers anywhere, services, sessions, top groups' children; never a slice, a pod's or kubepods' group"
     assert found[V2_A1].pod_uid == UID_A and found[V2_A1].container_id == CID_1 and found[V2_A1].version == 2
     assert found[V2_B].qos == "guaranteed"
     assert found["/system.slice/containerd.service"] is None

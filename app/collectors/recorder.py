@@ -11,9 +11,10 @@ What is read, every interval:
 Units never nest, so their counts add up (discover_units):
   - a container's group, wherever it is (kubepods.slice/.../cri-containerd-<id>.scope,
     /kubepods/burstable/pod<uid>/<id>, docker-<id>.scope): the path is read by app.parsers.cgroup;
-  - a host-level group: a child of the root or of a `*.slice` (system.slice/containerd.service,
-    user.slice/user-0.slice/session-3.scope, init.scope) that holds no container; pods' and
-    kubepods' own groups never count as host groups.
+  - a host-level group: a child of the root, of a child of the root, or of a `*.slice`
+    (system.slice/containerd.service, user.slice/user-0.slice/session-3.scope, init.scope) that
+    holds no container; nothing under kubepods counts as a host group. Processes sitting in a
+    group that has units below it (v1 allows that) are counted by the node's series only.
 
 Series: one per container *by name* (namespace/pod/container, looked up once per new cgroup through
 the PodResolver and cached), so a container that restarts (a new cgroup) continues its series and a
@@ -131,7 +132,7 @@ def discover_units(
     visited = 0
     truncated = False
 
-    def walk(d: str, rel: str, depth: int, parent_groups_units: bool) -> bool:
+    def walk(d: str, rel: str, depth: int, parent_groups_units: bool, in_kube: bool) -> bool:
         nonlocal visited, truncated
         name = rel.rsplit("/", 1)[-1]
         if depth == 0:
@@ -143,7 +144,10 @@ def discover_units(
         if ref is not None and ref.container_id is not None:
             units.append(Unit(rel, ref))
             return True
-        kube = ref is not None or name.startswith("kubepods")
+        kube = in_kube or ref is not None or name.startswith("kubepods")
+        # Children of the root, of its children and of slices are host groups (services, sessions,
+        # a sandbox's per-session groups) unless a container sits below them.
+        groups_units = depth <= 1 or name.endswith(".slice")
         found = False
         if depth < MAX_DEPTH:
             try:
@@ -156,13 +160,13 @@ def discover_units(
                     break
                 visited += 1
                 child_rel = f"{rel}/{child}" if rel != "/" else f"/{child}"
-                found = walk(f"{d}/{child}", child_rel, depth + 1, depth == 0 or name.endswith(".slice")) or found
+                found = walk(f"{d}/{child}", child_rel, depth + 1, groups_units, kube) or found
         if not found and not kube and depth > 0 and parent_groups_units:
             units.append(Unit(rel, ref))
             return True
         return found
 
-    walk(str(layout.base), "/", 0, False)
+    walk(str(layout.base), "/", 0, False, False)
     return units, truncated
 
 
