@@ -466,3 +466,29 @@ def test_text_output_shows_the_lead_up_or_why_not():
     console = Console(width=160, record=True)
     render(_report().model_copy(update={"history_reason": "no history: the recorder runs only in the service"}), console)
     assert "no history: the recorder runs only in the service" in console.export_text()
+
+
+def test_restart_named_late_joins_the_containers_series(tmp_path):
+    n = Node(tmp_path, 2)
+    res = Resolver({CID_1: ("shop", "cart-0", "cart")})
+    rec, clock = _recorder(n, res)
+    rec.sample()
+    n.set(V2_A1, 100)
+    _step(rec, clock)
+    n.remove(V2_A1)
+    n.set(V2_A2, 40)  # restarted; the kubelet's list does not have the new container id yet
+    _step(rec, clock)
+    res.names[CID_2] = ("shop", "cart-0", "cart")
+    n.set(V2_A2, 45)
+    _step(rec, clock)
+    h = rec.history(_dt(T0), _dt(clock.t))
+    assert [(c.pod.name, c.series) for c in h.cgroups] == [("cart-0", [100, 40, 5])]
+    assert h.cgroups[0].cgroup == V2_A2, "the container's current cgroup"
+    assert rec.series_count == 1 and not h.cgroups[0].gone
+    n.set("/system.slice/late.service", 10**9)  # unreadable at first sight would be a baseline, not a spike
+    (n.base / "system.slice/late.service/memory.stat").unlink()
+    _step(rec, clock)
+    n.set("/system.slice/late.service", 10**9 + 3)
+    _step(rec, clock)
+    h = rec.history(_dt(T0), _dt(clock.t))
+    assert all(c.cgroup != "/system.slice/late.service" or c.major_faults == 3 for c in h.cgroups)

@@ -192,6 +192,7 @@ class _Group:
     last: int | None = None  # the counter at the last read
     lookups: int = 0
     retry_tick: int | None = None  # ask the resolver again at this tick (pod not named yet)
+    born: int = 0  # the tick it was found at
 
 
 @dataclass
@@ -307,29 +308,28 @@ class FaultRecorder:
         """A group first recorded under its pod UID is now named: move (or add) its series."""
         old = self._series.get(group.key)
         group.key = key
-        if old is None:
-            return
-        old.live_paths -= 1
         new = self._series.get(key)
-        if new is None and old.live_paths == 0:
-            del self._series[old.key]
-            old.key, old.pod = key, pod
-            old.live_paths += 1
+        if old is None or old.live_paths > 1:
+            # Nothing recorded yet, or another cgroup still feeds the old series: its data stays.
+            if old is not None:
+                old.live_paths -= 1
+            new = new or self._new_series(key, group.unit.path, pod)
+            if new is not None:
+                new.live_paths += 1
+                new.cgroup = group.unit.path
+            return
+        self._series.pop(old.key, None)
+        if new is None:  # renamed in place
+            old.key, old.pod, old.live_paths = key, pod, 1
             self._series[key] = old
             return
-        if new is None:
-            new = self._new_series(key, group.unit.path, pod)
-            if new is None:
-                return
         lo = max(self._tick - self.slots + 1, 0)
         for k in range(lo, self._tick + 1):  # add what the old series holds into the named one
-            a, b = self._get(old, k), self._get(new, k)
+            a = self._get(old, k)
             if a:
-                self._put(new, k, min(U32, a + b))
-        new.upto = max(new.upto, old.upto)
+                self._put(new, k, min(U32, a + self._get(new, k)))
         new.live_paths += 1
-        if old.live_paths == 0:
-            del self._series[old.key]
+        new.cgroup = group.unit.path
 
     def _get(self, s: _Series, k: int) -> int:
         if k > s.upto or k <= self._tick - self.slots or k < 0:
@@ -386,7 +386,7 @@ class FaultRecorder:
                 group = self._groups.get(unit.path)
                 if group is None:
                     key, pod = self._lookup(unit)
-                    group = _Group(unit, key, lookups=1)
+                    group = _Group(unit, key, lookups=1, born=tick)
                     if not _named(pod) and LOOKUP_RETRIES > 0:
                         group.retry_tick = tick + LOOKUP_BACKOFF_TICKS[0]
                     self._groups[unit.path] = group
@@ -407,9 +407,10 @@ class FaultRecorder:
                 if value is None:
                     continue
                 if group.last is None:
-                    # Found on the first sweep: a baseline. Found later: the group is new (a container
-                    # that just started, a cron job's pod) and all its faults are since it was made.
-                    delta = 0 if first else value
+                    # Found on the first sweep (or first readable later): a baseline. Found after the
+                    # first sweep: the group is new (a container that just started, a cron job's pod)
+                    # and all its faults are since it was made.
+                    delta = value if not first and group.born == tick else 0
                 elif value >= group.last:
                     delta = value - group.last
                 else:
