@@ -254,7 +254,8 @@ class FaultRecorder:
         self.max_dirs = max_dirs
         self.clock = clock
         self.layout = detect_layout(self.cgroup_root)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the ring and the series (sample's update vs history)
+        self._sampling = threading.Lock()  # one sample at a time
         self._times = array("d", [0.0] * self.slots)
         self._node = array("I", [0] * self.slots)
         self._tick = -1  # the last tick written
@@ -344,20 +345,43 @@ class FaultRecorder:
         s.values[k % self.slots] = v
 
     def sample(self) -> Tick:
-        """Read every counter once and append the deltas as one interval."""
+        """Read every counter once and append the deltas as one interval. The reads and the kubelet
+        lookups happen outside the ring's lock, so a history is never kept waiting by them."""
         t0 = time.perf_counter()
-        with self._lock:
-            return self._sample(t0)
+        with self._sampling:
+            tick = self._tick + 1  # only this (serialised) method moves it
+            units: list[Unit] = []
+            truncated = False
+            if self.layout is not None:
+                if len(self._refs) > 2 * self.max_dirs:
+                    self._refs.clear()  # bounded: paths of groups long gone
+                units, truncated = discover_units(self.layout, self.max_dirs, self._refs)
+            names: dict[str, tuple[str, HistoryPod | None]] = {}
+            for unit in units:
+                g = self._groups.get(unit.path)
+                if g is None or (g.retry_tick is not None and tick >= g.retry_tick):
+                    names[unit.path] = self._lookup(unit)
+            values = {u.path: self._read_group(u.path) for u in units}
+            node = self._read_node()
+            now = self.clock()
+            with self._lock:
+                return self._apply(t0, now, tick, node, units, truncated, names, values)
 
-    def _sample(self, t0: float) -> Tick:
-        now = self.clock()
+    def _apply(
+        self,
+        t0: float,
+        now: float,
+        tick: int,
+        node: int | None,
+        units: list[Unit],
+        truncated: bool,
+        names: dict[str, tuple[str, HistoryPod | None]],
+        values: dict[str, int | None],
+    ) -> Tick:
         first = self._tick < 0
-        tick = self._tick + 1
         slot = tick % self.slots
         prev_at = self._times[self._tick % self.slots] if not first else now
         errors: list[str] = []
-
-        node = self._read_node()
         node_delta = 0
         if node is None:
             errors.append(f"cannot read pgmajfault from {self.proc_root / 'vmstat'}")
@@ -366,58 +390,53 @@ class FaultRecorder:
         if node is not None:
             self._node_last = node
 
-        truncated = False
         deltas: dict[str, int] = {}
         if self.layout is None:
             errors.append(f"no memory cgroup hierarchy under {self.cgroup_root}: only the node is recorded")
-        else:
-            if len(self._refs) > 2 * self.max_dirs:
-                self._refs.clear()  # bounded: paths of groups long gone
-            units, truncated = discover_units(self.layout, self.max_dirs, self._refs)
-            if truncated:
-                errors.append(f"more than {self.max_dirs:,} cgroups: the rest are not recorded")
-            seen = {u.path for u in units}
-            for path in [p for p in self._groups if p not in seen]:  # gone first: they make room
-                gone = self._groups.pop(path)
-                s = self._series.get(gone.key)
+        if truncated:
+            errors.append(f"more than {self.max_dirs:,} cgroups: the rest are not recorded")
+        seen = {u.path for u in units}
+        for path in [p for p in self._groups if p not in seen]:  # gone first: they make room
+            gone = self._groups.pop(path)
+            s = self._series.get(gone.key)
+            if s is not None:
+                s.live_paths = max(0, s.live_paths - 1)
+        for unit in units:
+            group = self._groups.get(unit.path)
+            if group is None:
+                key, pod = names[unit.path]
+                group = _Group(unit, key, lookups=1, born=tick)
+                if not _named(pod) and LOOKUP_RETRIES > 0:
+                    group.retry_tick = tick + LOOKUP_BACKOFF_TICKS[0]
+                self._groups[unit.path] = group
+                s = self._series.get(key) or self._new_series(key, unit.path, pod)
                 if s is not None:
-                    s.live_paths = max(0, s.live_paths - 1)
-            for unit in units:
-                group = self._groups.get(unit.path)
-                if group is None:
-                    key, pod = self._lookup(unit)
-                    group = _Group(unit, key, lookups=1, born=tick)
-                    if not _named(pod) and LOOKUP_RETRIES > 0:
-                        group.retry_tick = tick + LOOKUP_BACKOFF_TICKS[0]
-                    self._groups[unit.path] = group
-                    s = self._series.get(key) or self._new_series(key, unit.path, pod)
-                    if s is not None:
-                        s.live_paths += 1
-                        s.cgroup = unit.path
-                elif group.retry_tick is not None and tick >= group.retry_tick:
-                    key, pod = self._lookup(unit)
-                    group.lookups += 1
-                    if _named(pod) or group.lookups > LOOKUP_RETRIES:
-                        group.retry_tick = None
-                    else:
-                        group.retry_tick = tick + LOOKUP_BACKOFF_TICKS[min(group.lookups - 1, 3)]
-                    if key != group.key:
-                        self._rekey(group, key, pod)
-                value = self._read_group(unit.path)
-                if value is None:
-                    continue
-                if group.last is None:
-                    # Found on the first sweep (or first readable later): a baseline. Found after the
-                    # first sweep: the group is new (a container that just started, a cron job's pod)
-                    # and all its faults are since it was made.
-                    delta = value if not first and group.born == tick else 0
-                elif value >= group.last:
-                    delta = value - group.last
+                    s.live_paths += 1
+                    s.cgroup = unit.path
+            elif unit.path in names:
+                key, pod = names[unit.path]
+                group.lookups += 1
+                if _named(pod) or group.lookups > LOOKUP_RETRIES:
+                    group.retry_tick = None
                 else:
-                    delta = value  # the counter went back: a new group at the same path
-                group.last = value
-                if delta:
-                    deltas[group.key] = deltas.get(group.key, 0) + delta
+                    group.retry_tick = tick + LOOKUP_BACKOFF_TICKS[min(group.lookups - 1, 3)]
+                if key != group.key:
+                    self._rekey(group, key, pod)
+            value = values.get(unit.path)
+            if value is None:
+                continue
+            if group.last is None:
+                # Found on the first sweep (or first readable later): a baseline. Found after the
+                # first sweep: the group is new (a container that just started, a cron job's pod)
+                # and all its faults are since it was made.
+                delta = value if not first and group.born == tick else 0
+            elif value >= group.last:
+                delta = value - group.last
+            else:
+                delta = value  # the counter went back: a new group at the same path
+            group.last = value
+            if delta:
+                deltas[group.key] = deltas.get(group.key, 0) + delta
 
         self._times[slot] = now
         self._node[slot] = min(U32, node_delta)
