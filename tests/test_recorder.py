@@ -430,6 +430,11 @@ def test_report_page_charts_the_lead_up_beside_the_window():
     assert "Stopped before window" in html or "stopped before window" in html
     plain = render_report_page(_report().model_copy(update={"history_reason": "no history: the recorder is off"}))
     assert 'id="lead-up"' not in plain and "no history: the recorder is off" in plain
+    watch = Trigger(kind="watch", rate=1234.5, since=datetime(2026, 12, 2, 10, 5, tzinfo=UTC),
+                    labels={"threshold": "500", "for_seconds": "900"})
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_report_page(_stopped_report().model_copy(update={"trigger": watch}))))
+    assert "watch mode: node at 1,234 major faults/s since 2026-12-02 10:05:00 UTC" in text
+    assert "stayed above 500/s for 900 s" in text and "Started manually" not in text
 
 
 def test_sinks_carry_the_lead_up():
