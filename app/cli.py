@@ -91,6 +91,9 @@ def _investigate(settings: Settings, args: Any) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    from app.investigation.history import NO_HISTORY_CLI
+
+    report = report.model_copy(update={"history_reason": NO_HISTORY_CLI})  # the recorder is the service's
     if args.format == "json":
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:

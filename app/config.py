@@ -336,5 +336,30 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown tracer {name!r}; one of {', '.join(CHOICES)}")
         return name
 
+    # Added for the flight recorder and watch mode (issue 12).
+    recorder_interval_seconds: float = Field(
+        default=10.0, ge=0, le=300,
+        description="how often the service reads every memory cgroup's and the node's major-fault counter; 0: off",
+    )
+    recorder_retention_seconds: float = Field(
+        default=3600.0, ge=60, le=86400,
+        description="how much of that is kept (a fixed-size ring in memory; at most 8,640 intervals)",
+    )
+    watch_threshold: float = Field(
+        default=0.0, ge=0,
+        description="node major faults/s above which the service investigates by itself; 0: off",
+    )
+    watch_for_seconds: float = Field(
+        default=900.0, ge=0, le=86400,
+        description="how long the recorded node rate must stay above watch_threshold (like the alert's for: 15m)",
+    )
+
+    @field_validator("recorder_interval_seconds")
+    @classmethod
+    def _recorder_interval(cls, v: float) -> float:
+        if 0 < v < 0.5:
+            raise ValueError("must be 0 (off) or at least 0.5 seconds")
+        return v
+
     def alertname_set(self) -> set[str]:
         return {a.strip() for a in self.alertnames.split(",") if a.strip()}

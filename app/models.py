@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: Report.history, history_reason; Trigger kind "watch"
 
 
 def new_report_id() -> str:
@@ -40,6 +40,8 @@ class Cause(StrEnum):
     CODE_REFAULTS = "code_refaults"
     SHMEM_SWAP = "shmem_swap"
     NO_MAJOR_FAULTS = "no_major_faults"
+    # The recorder's lead-up names a container that faulted before the window and then stopped.
+    STOPPED_BEFORE_WINDOW = "stopped_before_window"
     UNKNOWN = "unknown"
 
 
@@ -179,13 +181,17 @@ class NodeStats(BaseModel):
 
 
 class Trigger(BaseModel):
-    kind: Literal["manual", "alert"] = "manual"
+    kind: Literal["manual", "alert", "watch"] = "manual"
     alertname: str | None = None
     fingerprint: str | None = None
     starts_at: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     received_at: datetime | None = None
     forwarded_from: str | None = None
+    # watch mode (kind "watch"): the node's recorded major faults/s, and since when it stayed above
+    # PFI_WATCH_THRESHOLD
+    rate: float | None = None
+    since: datetime | None = None
 
 
 class Attribution(BaseModel):
@@ -199,6 +205,39 @@ class SinkResult(BaseModel):
     attempts: int = 0
     detail: str = ""
     at: datetime | None = None
+
+
+class HistoryPod(BaseModel):
+    namespace: str | None = None
+    name: str | None = None
+    uid: str
+    container: str | None = None
+
+
+class HistoryCgroup(BaseModel):
+    """One container (or host group) in the recorder's lead-up: its major faults per interval."""
+
+    cgroup: str  # the memory cgroup's path (the last one, for a container that restarted)
+    pod: HistoryPod | None = None  # None: a host-level group (a system.slice service, ...)
+    major_faults: int  # over the lead-up
+    series: list[int] = Field(default_factory=list, description="major faults in each interval from `since`")
+    first_active_at: datetime | None = None
+    last_active_at: datetime | None = None  # the end of the last interval with major faults
+    peak_per_second: float = 0.0
+    gone: bool = False  # its cgroup no longer exists (container restarted or pod deleted)
+
+
+class History(BaseModel):
+    """The flight recorder's lead-up to this report: the node's and each container's major faults,
+    read every `interval_seconds` from memory cgroups and /proc/vmstat by the service."""
+
+    interval_seconds: float
+    since: datetime
+    until: datetime
+    node_series: list[int] = Field(default_factory=list, description="node pgmajfault in each interval")
+    node_major_faults: int = 0
+    recorded_since: datetime | None = None  # the recorder's oldest sample (a restart loses the rest)
+    cgroups: list[HistoryCgroup] = Field(default_factory=list, description="top containers by major faults")
 
 
 class Report(BaseModel):
@@ -218,3 +257,5 @@ class Report(BaseModel):
     attribution: Attribution = Field(default_factory=Attribution)
     warnings: list[str] = Field(default_factory=list)
     sinks: list[SinkResult] = Field(default_factory=list)
+    history: History | None = None
+    history_reason: str | None = None  # why there is no history (the CLI, the recorder off)

@@ -29,7 +29,7 @@ from app.investigation.engine import investigate
 from app.tracers.registry import select
 from tests import workloads
 
-from . import parsing, scan, service, tracing
+from . import parsing, recorder, scan, service, tracing
 from .common import MISSING, OUT, ROOT, Results, Row, elapsed, fmt, log, status
 from .tracing import EXACT, METHODS, Run
 
@@ -492,7 +492,7 @@ def plot(res: Results, path: Path) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter windows, for a smoke test")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="sections to run, e.g. 1,4")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="sections to run, e.g. 1,4 (8: the flight recorder)")
     args = ap.parse_args()
     only = {int(x) for x in args.only.split(",") if x.strip()}
     if os.geteuid() != 0:
@@ -521,6 +521,8 @@ def main() -> int:
             section_scan(res, res.growth, 3 if args.quick else 5)
         if only & {5, 6}:
             section_service(res, workdir, 5.0 if args.quick else 20.0)
+        if 8 in only:
+            recorder.section_recorder(res, workdir)
         if 7 in only:
             section_growth_rate(res, res.growth, raw, 2.0 if args.quick else 3.0, workdir, default)
     finally:

@@ -7,7 +7,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from app.models import ProcessReport, Report
+from app.models import HistoryCgroup, ProcessReport, Report
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -50,6 +50,7 @@ def render(report: Report, console: Console) -> None:
         f"swap-out {ns.pswpout_per_second:,.0f} pages/s"
         + (f", memory PSI some avg10 {ns.psi_memory.some_avg10:.1f}%" if ns.psi_memory else "")
     )
+    render_history(report, console)
     if report.processes:
         table = Table(show_lines=True)
         for col in ("pid", "comm", "pod / container", "majflt/s", "series", "sources"):
@@ -71,3 +72,35 @@ def render(report: Report, console: Console) -> None:
     for w in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"report {report.id}, schema {report.schema_version}")
+
+
+def _history_who(c: HistoryCgroup) -> str:
+    if c.pod is None:
+        return c.cgroup
+    name = f"{c.pod.namespace}/{c.pod.name}" if c.pod.name else f"uid {c.pod.uid}"
+    return f"{name}\n{c.pod.container or ''}".rstrip()
+
+
+def render_history(report: Report, console: Console) -> None:
+    """The flight recorder's lead-up (the service's reports), or why there is none."""
+    h = report.history
+    if h is None:
+        if report.history_reason:
+            console.print(f"[dim]{report.history_reason}[/dim]")
+        return
+    span = f"{h.since:%H:%M:%S}-{h.until:%H:%M:%S} UTC"
+    console.print(
+        f"lead-up {span}, every {h.interval_seconds:g} s: node {h.node_major_faults:,} major faults "
+        f"{sparkline(h.node_series)}"
+    )
+    if not h.cgroups:
+        console.print("  no container had major faults in the lead-up")
+        return
+    table = Table(title="lead-up: top containers by major faults", show_lines=False)
+    for col in ("pod / container (or cgroup)", "major faults", "peak/s", "series", "last active"):
+        table.add_column(col, overflow="fold")
+    for c in h.cgroups:
+        last = f"{c.last_active_at:%H:%M:%S}" if c.last_active_at else "-"
+        table.add_row(_history_who(c), f"{c.major_faults:,}", f"{c.peak_per_second:,.0f}", sparkline(c.series),
+                      last + (" (gone)" if c.gone else ""))
+    console.print(table)

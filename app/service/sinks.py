@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import httpx
 
 from app.config import Settings
+from app.investigation.history import culprit_labels, describe_history
 from app.models import ProcessReport, Report, SinkResult, utcnow
 from app.service.kube import KubeApi, KubeError
 
@@ -137,6 +138,7 @@ class AlertmanagerSink:
             ):
                 if value:
                     labels[key] = value
+        labels.update(culprit_labels(report))  # the recorder's lead-up culprit when the verdict names it
         url = report_url(self.settings, report.id)
         starts = report.finished_at or utcnow()
         return {
@@ -145,6 +147,7 @@ class AlertmanagerSink:
                 "summary": _bounded(report.verdict.summary, DESCRIPTION_MAX),
                 "description": describe_top(report),
                 "report_url": url,
+                **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_history(report)) else {}),
             },
             "startsAt": _iso(starts),
             "endsAt": _iso(starts + ALERT_DURATION),
@@ -266,6 +269,11 @@ class SlackSink:
                     "text": {"type": "mrkdwn", "text": f"*{_slack_escape(title)}*\n{summary}"},
                 },
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"```{top}```"}},
+                *(
+                    [{"type": "section", "text": {"type": "mrkdwn", "text": f"```{_slack_escape(lead_up)}```"}}]
+                    if (lead_up := _bounded(describe_history(report), 2500))
+                    else []
+                ),
                 {
                     "type": "context",
                     "elements": [

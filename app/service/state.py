@@ -26,6 +26,7 @@ from app.service.kube import KubeApi
 from app.service.metrics import Metrics
 from app.service.nodes import NodeIdentity, as_ip
 from app.service.peers import PeerDirectory, make_peer_directory
+from app.service.recorder import RecorderService
 from app.service.sinks import Sink, deliver_with_retry, make_sinks
 from app.service.store import ReportStore
 
@@ -83,6 +84,7 @@ class ServiceState:
     sinks: list[Sink]
     local: NodeIdentity
     scheduler: Scheduler = field(init=False)
+    recorder: RecorderService | None = None  # the flight recorder and watch mode (issue 12)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @classmethod
@@ -126,8 +128,11 @@ class ServiceState:
             sinks=make_sinks(settings, client, kube),
             local=local_identity(settings),
         )
-        state.scheduler = Scheduler(settings, investigator or real_investigator(settings), state.on_finished, metrics)
+        state.recorder = RecorderService(settings, metrics.registry)
+        investigate = state.recorder.wrap(investigator or real_investigator(settings))  # + the lead-up
+        state.scheduler = Scheduler(settings, investigate, state.on_finished, metrics)
         state.scheduler.start()
+        state.recorder.connect(state.scheduler.submit)
         state.spawn(state._store_retry_loop(), "store-retry")
         state._update_store_gauges()
         log.info(
@@ -198,6 +203,8 @@ class ServiceState:
         return reasons
 
     async def stop(self) -> None:
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.stop)
         await self.scheduler.stop()
         pending = [t for t in self.tasks if not t.get_name().startswith("store-retry")]
         if pending:
