@@ -336,22 +336,28 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown tracer {name!r}; one of {', '.join(CHOICES)}")
         return name
 
-    # Added for the flight recorder and watch mode (issue 12).
+    # --- the flight recorder and watch mode ---------------------------------------------------------
     recorder_interval_seconds: float = Field(
         default=10.0, ge=0, le=300,
-        description="how often the service reads every memory cgroup's and the node's major-fault counter; 0: off",
+        description="How often, in seconds, the service reads every memory cgroup's and the node's"
+        " major-fault counters into its in-memory ring; 0 turns the recorder off. 10: fine enough to see"
+        " a burst start and stop, at well under 0.1% of a core on 300 containers.",
     )
     recorder_retention_seconds: float = Field(
         default=3600.0, ge=60, le=86400,
-        description="how much of that is kept (a fixed-size ring in memory; at most 8,640 intervals)",
+        description="How many seconds of recorded counters are kept (a fixed-size ring, at most 8,640"
+        " intervals). 3600: the alert fires after 15 minutes over a 5-minute rate, so an hour covers"
+        " its whole lead-up with room to spare.",
     )
     watch_threshold: float = Field(
         default=0.0, ge=0,
-        description="node major faults/s above which the service investigates by itself; 0: off",
+        description="Watch mode: node major faults per second above which the service investigates by"
+        " itself, without an alert; 0: off (the default: Alertmanager's alert is the usual trigger).",
     )
     watch_for_seconds: float = Field(
         default=900.0, ge=0, le=86400,
-        description="how long the recorded node rate must stay above watch_threshold (like the alert's for: 15m)",
+        description="How many seconds the recorded node rate must stay above watch_threshold before"
+        " watch mode investigates. 900: the node-mixin alert's own 'for: 15m'.",
     )
 
     @field_validator("recorder_interval_seconds")
