@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     proc_root: Path = Path("/proc")
     cgroup_root: Path = Path("/sys/fs/cgroup")
     tracefs_root: Path = Path("/sys/kernel/tracing")
+    sysfs_root: Path = Field(default=Path("/sys"), description="sysfs: CPUs online, BTF, kernel lockdown")
 
     # --- the investigation --------------------------------------------------------------------
     tracer: TracerName = "auto"
@@ -34,6 +35,10 @@ class Settings(BaseSettings):
     tracer_max_pages: int = Field(default=262_144, ge=4096, description="distinct (pid, page) keys kept")
     perf_path: str = "perf"
     bpftrace_path: str = "bpftrace"
+    tracer_exit_grace_seconds: float = Field(
+        default=60.0, ge=5, le=3600,
+        description="bpftrace programs exit by themselves this long after their window (if nobody stops them)",
+    )
 
     # --- the kubelet and the API server ------------------------------------------------------
     kubelet_url: str | None = Field(default=None, description="e.g. https://10.0.3.7:10250")
