@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.service.app import create_app, create_ui_app
 from app.service.auth import TokenSource, load_token
+from app.tracers import leftovers
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def serve(settings: Settings | None = None) -> None:
     """Run the service until SIGTERM/SIGINT (blocking)."""
     _setup_logging()
     settings = settings or Settings()
+    leftovers.reap(proc_root=settings.proc_root)  # tracers and folders of a killed predecessor (issue 8)
     source = load_token(settings)
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))

@@ -169,7 +169,7 @@ def reap(tmpdir: str | Path | None = None, proc_root: Path = Path("/proc"), dry_
         except (TypeError, ValueError):
             continue
         owner_start = owner.get("starttime")
-        if owner_pid == me or alive(owner_pid, owner_start, proc_root):
+        if alive(owner_pid, owner_start, proc_root):  # by start time too: a restarted container reuses pids
             continue
         victims: dict[int, int | None] = {}
         for t in doc.get("tracers", [])[:MAX_TRACERS_PER_FOLDER]:
