@@ -5,7 +5,7 @@
   of the run's work folders (pid + start time) and the processes working in those folders, never by
   name; each test has its own TMPDIR.
 - A service whose tracer did escape (a predecessor without PR_SET_PDEATHSIG) is cleaned up by the
-  next service at start-up, and by `python -m app.tracers.leftovers`.
+  next service at start-up; the folders of killed runs by `python -m app.tracers.leftovers`.
 - bpftrace programs end themselves after window + grace.
 """
 
@@ -94,49 +94,36 @@ def _cleanup(tmpdir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        leftovers.reap(tmpdir)
+        for d in [tmpdir, *(p for p in tmpdir.iterdir() if p.is_dir() and not p.name.startswith("pfi-"))]:
+            leftovers.reap(d)
         for pid in _working_in(tmpdir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _kill_into_window(proc: subprocess.Popen, tmpdir: Path) -> dict[int, int | None]:  # type: ignore[type-arg]
-    """Wait until proc's tracer window runs, SIGKILL proc INTO_WINDOW s later; its tracers."""
-    tracers = wait_for(lambda: _window_tracers(tmpdir, proc.pid), timeout=60, what="the tracer's window")
-    time.sleep(INTO_WINDOW)
-    tracers = _window_tracers(tmpdir, proc.pid)
-    assert _alive(tracers), "the tracer should run 4 s into a 30 s window"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    return tracers
+def _kill_into_windows(runs: dict[str, tuple[Path, subprocess.Popen]]) -> dict[str, dict[int, int | None]]:  # type: ignore[type-arg]
+    """Wait until each run's tracer window runs, SIGKILL it INTO_WINDOW s later; their tracers."""
+    began = {}
+    deadline = time.monotonic() + 90
+    while len(began) < len(runs) and time.monotonic() < deadline:
+        for what, (tmpdir, proc) in runs.items():
+            if what not in began and _window_tracers(tmpdir, proc.pid):
+                began[what] = time.monotonic()
+        time.sleep(0.05)
+    assert len(began) == len(runs), f"no tracer window for {set(runs) - set(began)}"
+    killed = {}
+    for what in sorted(began, key=began.__getitem__):
+        tmpdir, proc = runs[what]
+        time.sleep(max(0.0, began[what] + INTO_WINDOW - time.monotonic()))
+        tracers = _window_tracers(tmpdir, proc.pid)
+        assert _alive(tracers), f"{what}: the tracer should run 4 s into a 30 s window"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed[what] = tracers
+    return killed
 
 
 # --- SIGKILL of investigate and of serve -------------------------------------------------------------
-
-
-def test_sigkill_of_investigate_leaves_no_tracer(tmp_path: Path, file_workload: WorkloadProcess) -> None:
-    _need(*BACKENDS)
-    procs = {}
-    with _cleanup(tmp_path):
-        for name in BACKENDS:
-            tmpdir = tmp_path / name
-            tmpdir.mkdir()
-            procs[name] = (tmpdir, subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "investigate", "--seconds", "30", "--format", "json",
-                 "--tracer", name, "--pid", str(file_workload.pid)],
-                env=_env(tmpdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
-        killed = {name: _kill_into_window(proc, tmpdir) for name, (tmpdir, proc) in procs.items()}
-        time.sleep(AFTER_KILL)
-        for name, tracers in killed.items():
-            assert tracers and not _alive(tracers), f"{name}: tracers left running: {_alive(tracers)}"
-            assert _working_in(procs[name][0]) == [], name
-        # What is left is folders; the next run removes them (and says so).
-        tmpdir = procs["perf-major"][0]
-        assert list(tmpdir.glob("pfi-perf-*"))
-        res = subprocess.run([sys.executable, "-m", "app.tracers.leftovers", "--json"], env=_env(tmpdir),
-                             capture_output=True, text=True, timeout=30, check=True)
-        assert json.loads(res.stdout)["folders"] and not list(tmpdir.glob("pfi-perf-*"))
 
 
 def _serve(tmpdir: Path, tracer: str, *, prelude: str = "") -> tuple[subprocess.Popen, str, str]:  # type: ignore[type-arg]
@@ -167,54 +154,66 @@ def _alert(base: str, token: str) -> None:
     assert r.status_code == 202, r.text
 
 
-def test_sigkill_of_serve_leaves_no_tracer(tmp_path: Path, file_workload: WorkloadProcess) -> None:
+def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_workload: WorkloadProcess) -> None:
+    """`investigate` and `serve`, each with perf-major and with bpftrace-major (four runs at once, each
+    with its own TMPDIR), SIGKILLed 4 s into their windows: 2 s later none of their tracers runs.
+
+    A fifth run plays a predecessor whose perf escapes (no PR_SET_PDEATHSIG): killed the same way,
+    its perf keeps recording, re-parented to init; the next `serve` in that TMPDIR stops it and
+    removes its folder at start-up."""
     _need(*BACKENDS)
-    started = {}
+    runs: dict[str, tuple[Path, subprocess.Popen]] = {}  # type: ignore[type-arg]
     with _cleanup(tmp_path):
         try:
             for name in BACKENDS:
-                tmpdir = tmp_path / name
+                tmpdir = tmp_path / f"investigate-{name}"
+                tmpdir.mkdir()
+                runs[f"investigate {name}"] = (tmpdir, subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "investigate", "--seconds", "30", "--format", "json",
+                     "--tracer", name, "--pid", str(file_workload.pid)],
+                    env=_env(tmpdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+            for name in BACKENDS:
+                tmpdir = tmp_path / f"serve-{name}"
                 tmpdir.mkdir()
                 proc, base, token = _serve(tmpdir, name)
-                started[name] = (tmpdir, proc)
+                runs[f"serve {name}"] = (tmpdir, proc)
                 _alert(base, token)
-            killed = {name: _kill_into_window(proc, tmpdir) for name, (tmpdir, proc) in started.items()}
+            escaped = tmp_path / "escaped"
+            escaped.mkdir()
+            proc, base, token = _serve(escaped, "perf-major", prelude=NO_PDEATHSIG)
+            runs["escaped"] = (escaped, proc)
+            _alert(base, token)
+            killed = _kill_into_windows(runs)
             time.sleep(AFTER_KILL)
-            for name, tracers in killed.items():
-                assert tracers and not _alive(tracers), f"{name}: tracers left running: {_alive(tracers)}"
-                assert _working_in(started[name][0]) == [], name
+            for what, tracers in killed.items():
+                if what == "escaped":
+                    continue
+                assert tracers and not _alive(tracers), f"{what}: tracers left running: {_alive(tracers)}"
+                assert _working_in(runs[what][0]) == [], what
+            # The predecessor's perf escaped; a restarted service removes it and its folder.
+            leftover = killed["escaped"]
+            assert _alive(leftover), "without PR_SET_PDEATHSIG the perf of the killed service should survive"
+            folders = [f for f in escaped.glob("pfi-perf-*") if "-probe-" not in f.name]
+            assert folders
+            new, _, _ = _serve(escaped, "procfs")
+            runs["restarted"] = (escaped, new)
+            assert not _alive(leftover), "the restarted service did not stop the leftover perf"
+            assert not any(f.exists() for f in folders)
+            new.send_signal(signal.SIGTERM)
+            _, err = new.communicate(timeout=30)
+            assert "leftovers of a killed investigation" in err
         finally:
-            for _, proc in started.values():
+            for _, proc in runs.values():
                 if proc.poll() is None:
                     proc.kill()
                 proc.communicate(timeout=10)
-
-
-def test_restarted_service_removes_what_a_killed_one_left(tmp_path: Path, file_workload: WorkloadProcess) -> None:
-    """A predecessor whose perf escaped (no PR_SET_PDEATHSIG) is killed mid-window: its perf keeps
-    recording, re-parented to init. The next `serve` stops that perf and removes its folder at start-up."""
-    _need("perf-major")
-    with _cleanup(tmp_path):
-        old, base, token = _serve(tmp_path, "perf-major", prelude=NO_PDEATHSIG)
-        try:
-            _alert(base, token)
-            tracers = _kill_into_window(old, tmp_path)
-        finally:
-            if old.poll() is None:
-                old.kill()
-            old.communicate(timeout=10)
-        time.sleep(AFTER_KILL)
-        assert _alive(tracers), "without PR_SET_PDEATHSIG the perf of the killed service should survive"
-        folders = [f for f in tmp_path.glob("pfi-perf-*") if "-probe-" not in f.name]
-        assert folders
-        new, _, _ = _serve(tmp_path, "procfs")
-        try:
-            assert not _alive(tracers), "the restarted service did not stop the leftover perf"
-            assert not any(f.exists() for f in folders)
-        finally:
-            new.send_signal(signal.SIGTERM)
-            _, err = new.communicate(timeout=30)
-        assert "leftovers of a killed investigation" in err
+        # What is left is folders; the next run removes them (here: the command scripts/cleanup.sh runs).
+        tmpdir = runs["investigate perf-major"][0]
+        assert list(tmpdir.glob("pfi-perf-*"))
+        res = subprocess.run([sys.executable, "-m", "app.tracers.leftovers", "--json"], env=_env(tmpdir),
+                             capture_output=True, text=True, timeout=30, check=True)
+        assert json.loads(res.stdout)["folders"] and not list(tmpdir.glob("pfi-perf-*"))
 
 
 def test_leftovers_leaves_live_owners_and_unowned_folders_alone(tmp_path: Path) -> None:
