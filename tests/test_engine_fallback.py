@@ -22,7 +22,7 @@ import pytest
 from app.config import Settings
 from app.investigation.engine import investigate
 from app.tracers import _bpftrace, _kernel, _perf
-from app.tracers.registry import make_tracer
+from app.tracers.registry import make_tracer, select
 from tests.capset import CAP_NAMES, run_under_caps
 from tests.workloads import WorkloadProcess
 
@@ -134,6 +134,10 @@ def test_perf_failing_at_window_start_falls_back_to_bpftrace(
     assert top.pid == file_workload.pid
     assert top.traced_majflt and abs(top.traced_faults - top.traced_majflt) <= 0.10 * top.traced_majflt, (
         top.traced_faults, top.traced_majflt, t)
+    # The next investigation (the service's, within the probe cache time) starts on bpftrace directly.
+    tracer, _, skipped = select(settings)
+    assert tracer.name == "bpftrace-major"
+    assert any(s.backend == "perf-major" and "failed at run time" in s.reason for s in skipped)
 
 
 def test_perf_recording_nothing_gets_a_fresh_window_on_bpftrace(
