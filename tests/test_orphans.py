@@ -126,16 +126,24 @@ def _kill_into_windows(runs: dict[str, tuple[Path, subprocess.Popen]]) -> dict[s
 # --- SIGKILL of investigate and of serve -------------------------------------------------------------
 
 
-def _serve(tmpdir: Path, tracer: str, *, prelude: str = "") -> tuple[subprocess.Popen, str, str]:  # type: ignore[type-arg]
+def _start_serve(tmpdir: Path, tracer: str, *, prelude: str = "") -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
     api, ui = _free_port(), _free_port()
     env = _env(tmpdir, PFI_LISTEN_ADDRESS=f"127.0.0.1:{api}", PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{ui}",
                PFI_TRACER=tracer, PFI_INVESTIGATION_SECONDS="30", PFI_DATA_DIR=str(tmpdir / "data"))
     proc = subprocess.Popen([sys.executable, "-c", prelude + "from app.service.server import serve; serve()"],
                             env=env, cwd=tmpdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{api}"
-    wait_for(lambda: _ok(f"{base}/healthz"), timeout=30, what="serve() up")
-    token = (tmpdir / "data" / "webhook-token").read_text().strip()
-    return proc, base, token
+    return proc, f"http://127.0.0.1:{api}"
+
+
+def _ready(tmpdir: Path, base: str) -> str:
+    """Wait for a started service; its webhook token."""
+    wait_for(lambda: _ok(f"{base}/healthz"), timeout=60, what="serve() up")
+    return (tmpdir / "data" / "webhook-token").read_text().strip()
+
+
+def _serve(tmpdir: Path, tracer: str, *, prelude: str = "") -> tuple[subprocess.Popen, str, str]:  # type: ignore[type-arg]
+    proc, base = _start_serve(tmpdir, tracer, prelude=prelude)
+    return proc, base, _ready(tmpdir, base)
 
 
 def _ok(url: str) -> bool:
@@ -173,17 +181,18 @@ def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_
                      "--tracer", name, "--pid", str(file_workload.pid)],
                     env=_env(tmpdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
-            for name in BACKENDS:
-                tmpdir = tmp_path / f"serve-{name}"
+            services = {}
+            for what, name, prelude in (("serve perf-major", "perf-major", ""),
+                                        ("serve bpftrace-major", "bpftrace-major", ""),
+                                        ("escaped", "perf-major", NO_PDEATHSIG)):
+                tmpdir = tmp_path / what.replace(" ", "-")
                 tmpdir.mkdir()
-                proc, base, token = _serve(tmpdir, name)
-                runs[f"serve {name}"] = (tmpdir, proc)
-                _alert(base, token)
-            escaped = tmp_path / "escaped"
-            escaped.mkdir()
-            proc, base, token = _serve(escaped, "perf-major", prelude=NO_PDEATHSIG)
-            runs["escaped"] = (escaped, proc)
-            _alert(base, token)
+                proc, base = _start_serve(tmpdir, name, prelude=prelude)
+                runs[what] = (tmpdir, proc)
+                services[what] = base
+            for what, base in services.items():
+                _alert(base, _ready(runs[what][0], base))
+            escaped = runs["escaped"][0]
             killed = _kill_into_windows(runs)
             time.sleep(AFTER_KILL)
             for what, tracers in killed.items():
