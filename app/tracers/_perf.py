@@ -28,6 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from app.config import Settings
 from app.parsers.perf import FaultCounts
@@ -344,7 +345,8 @@ def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
     t0 = time.monotonic()
     info = None
     try:
-        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buf = cast(bytes, mapped)  # the parser slices and unpacks: an mmap does both like bytes
             info = read_header(buf)
             for n, (pid, _tid, addr) in enumerate(iter_samples(buf, info)):
                 counts.add_sample(pid, "", addr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import io
 import os
 import queue
 import resource
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from app.tracers import leftovers
 
@@ -256,7 +257,8 @@ class Managed:
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         try:
-            while chunk := self.proc.stderr.read1(65536):
+            stderr = cast("io.BufferedReader", self.proc.stderr)  # Popen without text=: buffered bytes
+            while chunk := stderr.read1(65536):
                 if len(self.stderr) < STDERR_KEEP:
                     self.stderr += chunk[: STDERR_KEEP - len(self.stderr)]
         except (OSError, ValueError):
