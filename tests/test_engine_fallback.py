@@ -259,3 +259,64 @@ def test_memory_sized_map_reports_its_bound_reached(tmp_path: Path, file_workloa
                                                                      for n in t.notes)
     top = report.processes[0]
     assert top.traced_majflt and abs(top.traced_faults - top.traced_majflt) <= 0.10 * top.traced_majflt
+
+
+class _DiesEarly:
+    """Starts, then its process 'exits' 0.3 s into the window without data."""
+
+    name = "perf-major"
+    exact = True
+
+    def available(self) -> tuple[bool, str]:
+        return True, "claims to work"
+
+    def run(self, request):  # type: ignore[no-untyped-def]
+        import time as _t
+
+        from app.tracers.base import TraceResult
+
+        request.on_start()
+        _t.sleep(0.3)
+        request.on_stop()
+        r = TraceResult(backend=self.name, exact=True, exited_early=True, duration_seconds=0.3)
+        r.errors.append("perf record exited early: Segmentation fault")
+        return r
+
+
+class _Steady:
+    """Records one fault on one page of the given pid for whatever window it gets."""
+
+    name = "bpftrace-major"
+    exact = True
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seconds = 0.0
+
+    def available(self) -> tuple[bool, str]:
+        return True, "works"
+
+    def run(self, request):  # type: ignore[no-untyped-def]
+        from app.tracers.base import TraceResult
+
+        self.seconds = request.seconds
+        request.on_start()
+        request.cancel.wait(request.seconds)
+        request.on_stop()
+        r = TraceResult(backend=self.name, exact=True, duration_seconds=request.seconds, events=1)
+        r.totals = {self.pid: 1}
+        r.add(self.pid, 0x1000)
+        return r
+
+
+def test_tracer_dying_early_hands_the_rest_of_the_window_over() -> None:
+    """No root needed (the seam): the second candidate gets the rest of the same window."""
+    steady = _Steady(os.getpid())
+    report = investigate(_settings(), seconds=3, tracers=[_DiesEarly(), steady], pids=[os.getpid()])
+    t = report.tracer
+    assert t.backend == "bpftrace-major" and t.events == 1
+    assert [(s.backend, s.failed_at_run_time) for s in t.skipped] == [("perf-major", True)]
+    assert "exited after 0.3 s" in t.skipped[0].reason and "Segmentation fault" in t.skipped[0].reason
+    assert 2.0 < steady.seconds < 3.0  # the rest of the window, not a fresh one
+    assert report.window_seconds < 3.6
+    assert not any("fresh window" in w for w in report.warnings)
