@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         " /sys/kernel/tracing is the kernel's own mount point since 4.1.",
     )
 
+    sysfs_root: Path = Field(
+        default=Path("/sys"),
+        description="Where sysfs is mounted: CPUs online (to size bpftrace's per-CPU maps), BTF and the"
+        " kernel lockdown mode. /sys on the host and in the pod (the chart mounts what it needs).",
+    )
+
     # --- the investigation: how long, which tracer, and its bounds -------------------------------
     tracer: str = Field(
         default="auto",
@@ -90,6 +96,13 @@ class Settings(BaseSettings):
         default="bpftrace",
         description="The bpftrace binary: a path, or a name looked up on PATH (the image installs"
         " Debian's bpftrace).",
+    )
+
+    tracer_exit_grace_seconds: float = Field(
+        default=60.0, ge=5, le=3600,
+        description="bpftrace programs exit by themselves this many seconds after their window, even if"
+        " nobody stops them (the inspector was SIGKILLed). 60: far past any normal hand-over, short"
+        " enough that a forgotten probe costs little.",
     )
 
     # --- pod names: the kubelet, and the API server as fallback ----------------------------------

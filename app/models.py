@@ -149,6 +149,7 @@ class ProcessReport(BaseModel):
 class SkippedBackend(BaseModel):
     backend: str
     reason: str
+    failed_at_run_time: bool = False  # it was tried in this window and failed (reason holds its error)
 
 
 class TracerInfo(BaseModel):
@@ -162,6 +163,14 @@ class TracerInfo(BaseModel):
     truncated: bool = False
     duration_seconds: float = 0.0
     errors: list[str] = Field(default_factory=list)
+    # How the tracer was fitted to what the node lets it lock and allocate (issue 8).
+    lost_samples: int = 0  # samples the kernel could not hand over (perf ring buffer full)
+    ring_buffer_pages: int | None = None  # perf -m used, pages per CPU
+    ring_buffer_pages_wanted: int | None = None  # what it would use without a lock limit
+    map_keys: int | None = None  # bpftrace BPFTRACE_MAP_KEYS_MAX used
+    map_keys_wanted: int | None = None  # what it would use without a memory limit
+    map_full: bool = False  # the page map reached map_keys: some faults' pages were not kept
+    notes: list[str] = Field(default_factory=list)  # e.g. "perf ring buffer shrunk from 2048 to 512 pages"
 
 
 class NodeStats(BaseModel):

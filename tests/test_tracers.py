@@ -72,7 +72,16 @@ def in_range(result: TraceResult, proc: WorkloadProcess) -> int:
 
 
 def tracer_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "pfi-workload" not in " ".join(_cmd(p))]
+    # By comm too: a workload that died (e.g. OOM-killed in its cgroup) is a zombie with no cmdline.
+    return [p for p in psutil.Process().children(recursive=True)
+            if "pfi-workload" not in " ".join(_cmd(p)) and _comm(p) != "pfi-workload"]
+
+
+def _comm(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
 
 
 def _cmd(p: psutil.Process) -> list[str]:

@@ -10,7 +10,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.collectors.cgroupmem import read_cgroup_memory
@@ -30,8 +31,9 @@ from app.models import (
 )
 from app.parsers.cgroup import CgroupRef
 from app.parsers.procfs import redact_argv
-from app.tracers.base import TraceRequest, TraceResult
-from app.tracers.registry import select
+from app.tracers import leftovers
+from app.tracers.base import Tracer, TraceRequest, TraceResult
+from app.tracers.registry import candidates, make_tracer, mark_failed
 
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
@@ -42,6 +44,135 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 TRACER_GRACE_SECONDS = 15.0  # how long after the window a tracer may take to stop and hand over
+MIN_FALLBACK_SECONDS = 2.0  # a fallback tracer gets at least this long; with less left, a fresh window
+FALLBACK_SECONDS_MAX = 10.0  # a fresh window is half the window, between the two
+SILENT_MIN_FAULTS = 20  # majflt rise in the traced processes that a working tracer cannot have missed
+
+
+@dataclass
+class _Window:
+    end: float = 0.0  # monotonic; a fallback's fresh window moves it
+
+
+@dataclass
+class _Attempt:
+    tracer: Tracer
+    result: TraceResult
+    failure: str | None
+    marks: dict[str, dict[int, tuple[int, int]]]
+
+
+@dataclass
+class _TracerRun:
+    """The tracer side of the window: try the candidates in order until one works (tracer thread)."""
+
+    settings: Settings
+    cands: list[Tracer]
+    sampler: Sampler
+    pids: list[int] | None
+    stop: threading.Event
+    win: _Window
+    window: float
+    settled: threading.Event = field(default_factory=threading.Event)
+    attempts: list[_Attempt] = field(default_factory=list)
+    fresh_windows: int = 0
+    current: str = ""
+
+    @property
+    def failed(self) -> list[tuple[Tracer, str]]:
+        return [(a.tracer, a.failure) for a in self.attempts if a.failure is not None]
+
+    def main(self) -> None:
+        try:
+            for i, tracer in enumerate(self.cands):
+                if i > 0:
+                    if self.stop.is_set():
+                        break
+                    now = time.monotonic()
+                    if self.win.end - now < MIN_FALLBACK_SECONDS:
+                        fresh = max(MIN_FALLBACK_SECONDS, min(self.window / 2, FALLBACK_SECONDS_MAX))
+                        self.win.end = now + fresh
+                        self.fresh_windows += 1
+                attempt = self._attempt(tracer, max(0.1, self.win.end - time.monotonic()))
+                self.attempts.append(attempt)
+                if attempt.failure is None or self.stop.is_set():
+                    break
+                log.warning("tracer %s failed at run time: %s", tracer.name, attempt.failure)
+        finally:
+            self.settled.set()
+
+    def _attempt(self, tracer: Tracer, seconds: float) -> _Attempt:
+        self.current = tracer.name
+        seen: dict[str, float] = {}
+
+        def mark(name: str) -> None:
+            seen[name] = time.monotonic()
+            self.sampler.mark(name)
+
+        self.sampler.marks = {}
+        request = TraceRequest(
+            seconds=seconds, pids=self.pids, cancel=self.stop,
+            on_start=lambda: mark("start"), on_stop=lambda: mark("stop"),
+            max_output_bytes=self.settings.tracer_max_output_bytes, max_pages=self.settings.tracer_max_pages,
+        )
+        try:
+            result = tracer.run(request)
+        except Exception as exc:  # a broken tracer must not take the investigation with it
+            log.exception("tracer %s failed", tracer.name)
+            result = TraceResult(backend=tracer.name, exact=tracer.exact)
+            result.errors.append(f"{type(exc).__name__}: {exc}")
+        return _Attempt(tracer, result, self._failure(tracer, result, seen, seconds), dict(self.sampler.marks))
+
+    def _failure(self, tracer: Tracer, r: TraceResult, seen: dict[str, float], seconds: float) -> str | None:
+        """Why this attempt is no good (the next candidate should trace), or None."""
+        if tracer.name == "procfs" or self.stop.is_set():
+            return None  # procfs records nothing by design; a cancelled window is not a failure
+        err = r.errors[0] if r.errors else ""
+        if "start" not in seen:
+            return f"did not start: {err or 'no reason given'}"
+        ran = seen.get("stop", time.monotonic()) - seen["start"]
+        if r.exited_early and r.events == 0:
+            return f"exited after {ran:.1f} s of a {seconds:.1f} s window: {err or 'no reason given'}"
+        if r.events == 0 and (rise := self._majflt_rise()) >= SILENT_MIN_FAULTS:
+            return f"recorded no faults while the processes' majflt rose by {rise:,} in its {ran:.1f} s window" + (
+                f" ({err})" if err else "")
+        return None
+
+    def _majflt_rise(self) -> int:
+        start, stop = self.sampler.marks.get("start") or {}, self.sampler.marks.get("stop") or {}
+        rise = 0
+        for pid, (st, flt) in stop.items():
+            before = start.get(pid)
+            rise += max(0, flt - before[1]) if before is not None and before[0] == st else flt
+        return rise
+
+    def outcome(self, reason: str, skipped: list[SkippedBackend]) -> tuple[Tracer, TraceResult, str, list[SkippedBackend]]:
+        """(the backend whose trace the report uses, its trace, why it, every other backend with why not)."""
+        good = [a for a in self.attempts if a.failure is None]
+        used = good[-1] if good else None
+        failed = [a for a in self.attempts if a.failure is not None]
+        out = [SkippedBackend(backend=a.tracer.name, reason=f"failed at run time: {a.failure}", failed_at_run_time=True)
+               for a in failed]
+        names = {a.tracer.name for a in self.attempts}
+        if used is None:
+            # Every tracer failed: no addresses; ranks and sources come from procfs (estimated).
+            self.sampler.marks = {}
+            procfs = make_tracer("procfs", self.settings)
+            trace = TraceResult(backend="procfs", exact=False)
+            why = "every tracer failed at run time (" + "; ".join(f"{a.tracer.name}: {a.failure}" for a in failed) + ")"
+            if not self.attempts:
+                why = "no tracer ran (cancelled before the window)"
+            rest = [s for s in skipped if s.backend not in names and s.backend != "procfs"]
+            return procfs, trace, f"{why}: sources estimated from procfs", out + rest
+        self.sampler.marks = used.marks
+        if failed:
+            reason = (f"fell back at run time to {used.tracer.name} after "
+                      + ", ".join(f"{a.tracer.name} {a.failure}" for a in failed)
+                      + f" (first choice: {reason})")
+        rest = [s for s in skipped if s.backend not in names]
+        if self.cands and self.cands[0].name not in names:
+            rest.insert(0, SkippedBackend(backend=self.cands[0].name, reason="not tried"))
+        return used.tracer, used.result, reason, out + rest
 
 
 def investigate(
@@ -55,7 +186,16 @@ def investigate(
     progress: Progress | None = None,
     procfs: ProcFS | None = None,
     resolver: PodResolver | None = None,
+    tracers: Sequence[Tracer] | None = None,
 ) -> Report:
+    """Investigate this node for `seconds`.
+
+    `tracers`: the backends to try, in order (None: the registry's choice, then the other exact
+    backends that work here). When one fails to start, dies inside the window or records nothing
+    while the processes' majflt rose, the next one traces the rest of the window (or a fresh window
+    of FALLBACK_SECONDS when too little is left); the report lists the failed attempts in
+    `tracer.skipped`. When every one fails, sources are estimated from procfs and the report says so.
+    """
     window = float(seconds if seconds is not None else settings.investigation_seconds)
     top_n = top or settings.top
     cancel = cancel or threading.Event()
@@ -64,65 +204,90 @@ def investigate(
     started_at = utcnow()
     warnings: list[str] = []
 
-    tracer, reason, skipped = select(settings)
-    report_progress(0.0, f"tracing with {tracer.name}")
+    reaped = leftovers.reap(proc_root=settings.proc_root)  # what a killed predecessor left behind
+    if reaped.folders or reaped.tracers:
+        warnings.append(f"leftovers of a killed investigation: {reaped.summary()}")
+    if tracers is None:
+        cands, reason, skipped = candidates(settings)
+    else:
+        cands = list(tracers) or [make_tracer("procfs", settings)]
+        reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
+    report_progress(0.0, f"tracing with {cands[0].name}")
     sampler = Sampler(procfs, pids)
     sampler.first()
 
-    result_box: list[TraceResult] = []
-    error_box: list[str] = []
     tracer_stop = threading.Event()  # set on cancel, or when the tracer overruns the window
-    request = TraceRequest(
-        seconds=window, pids=pids, cancel=tracer_stop,
-        on_start=lambda: sampler.mark("start"), on_stop=lambda: sampler.mark("stop"),
-        max_output_bytes=settings.tracer_max_output_bytes, max_pages=settings.tracer_max_pages,
-    )
-
-    def run_tracer() -> None:
-        try:
-            result_box.append(tracer.run(request))
-        except Exception as exc:  # a broken tracer must not take the investigation with it
-            log.exception("tracer %s failed", tracer.name)
-            error_box.append(f"{type(exc).__name__}: {exc}")
-
-    thread = threading.Thread(target=run_tracer, name=f"tracer-{tracer.name}", daemon=True)
+    win = _Window()
+    run = _TracerRun(settings, cands, sampler, pids, tracer_stop, win, window)
+    thread = threading.Thread(target=run.main, name="tracer", daemon=True)
     t0 = time.monotonic()
+    win.end = t0 + window
     thread.start()
     next_tick = t0 + 1.0
+    last_tick = t0
+    sampled_end = t0
     while True:
         now = time.monotonic()
-        if now - t0 >= window or cancel.is_set():
+        if cancel.is_set():
             break
-        cancel.wait(max(0.0, min(next_tick, t0 + window) - now))
+        end = win.end
+        if now >= end:
+            if sampler.ticks == 0 or now - last_tick > 0.5:
+                sampler.tick()  # the last part-second (or a window under a second) gets its sample too
+                last_tick = now
+            sampled_end = max(sampled_end, min(now, end + 1.0))
+            # The tracer stops and hands over; if it failed, a fallback may start a fresh window.
+            if run.settled.wait(0.1) or not thread.is_alive():
+                break
+            if time.monotonic() - end > 2 * TRACER_GRACE_SECONDS:
+                break
+            if win.end > end:  # a fresh window: keep sampling
+                next_tick = max(next_tick, time.monotonic() + 1.0)
+            continue
+        cancel.wait(max(0.0, min(next_tick, end) - now))
         if cancel.is_set():
             break
         if time.monotonic() >= next_tick:
             sampler.tick()
+            last_tick = time.monotonic()
             next_tick += 1.0
-            elapsed = time.monotonic() - t0
-            report_progress(min(elapsed / window, 1.0) * 0.9, f"{elapsed:.0f}/{window:.0f} s")
+            while next_tick <= last_tick:  # after a hand-over pause, do not catch up tick by tick
+                next_tick += 1.0
+            elapsed = last_tick - t0
+            total = max(win.end - t0, 1e-3)
+            report_progress(min(elapsed / total, 1.0) * 0.9, f"{elapsed:.0f}/{total:.0f} s")
     if cancel.is_set():
         tracer_stop.set()
-    elif sampler.ticks == 0 or time.monotonic() - t0 - sampler.ticks > 0.5:
-        sampler.tick()  # the last part-second (or a window under a second) gets its sample too
+        sampled_end = time.monotonic()
     # Rates are over the sampled window, not the time the tracer then takes to stop and hand over.
-    elapsed = max(time.monotonic() - t0, 1e-3)
+    elapsed = max(sampled_end - t0, 1e-3)
     thread.join(TRACER_GRACE_SECONDS)
     if thread.is_alive():
         # The backend did not stop on its own at its deadline: the stop event makes it kill its tracer.
         tracer_stop.set()
         thread.join(TRACER_GRACE_SECONDS)
         if thread.is_alive():
-            warnings.append(f"tracer {tracer.name} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s")
+            warnings.append(f"tracer {run.current} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s")
     report_progress(0.92, "resolving")
 
-    trace = result_box[0] if result_box else TraceResult(backend=tracer.name, exact=tracer.exact)
-    trace.errors.extend(error_box)
+    tracer, trace, reason, skipped = run.outcome(reason, skipped)
+    if run.failed and tracers is None:
+        for failed, why in run.failed:
+            mark_failed(failed, settings, why)
     tracer_info = TracerInfo(
         backend=tracer.name, exact=tracer.exact, reason=reason, skipped=skipped,
         events=trace.events, dropped=trace.dropped, output_bytes=trace.output_bytes,
         truncated=trace.truncated, duration_seconds=round(trace.duration_seconds, 3), errors=trace.errors[:20],
+        lost_samples=trace.lost, ring_buffer_pages=trace.ring_pages, ring_buffer_pages_wanted=trace.ring_pages_wanted,
+        map_keys=trace.map_keys, map_keys_wanted=trace.map_keys_wanted, map_full=trace.map_full,
+        notes=trace.notes[:20],
     )
+    for failed, why in run.failed:
+        warnings.append(f"tracer {failed.name} failed at run time ({why}); "
+                        + (f"{tracer.name} traced instead" if tracer.name != "procfs" else "sources estimated from procfs"))
+    if run.fresh_windows:
+        warnings.append(f"the fallback tracer needed a fresh window: the investigation took {elapsed:.1f} s, "
+                        f"not {window:.0f} s")
     if trace.errors:
         warnings.append(f"tracer {tracer.name} reported errors; sources were estimated from procfs where it saw nothing")
     if trace.dropped:
@@ -309,4 +474,4 @@ def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float) -> Node
     )
 
 
-__all__ = ["investigate", "SkippedBackend"]
+__all__ = ["investigate", "SkippedBackend", "Tracer"]

@@ -31,6 +31,7 @@ from app.config import Settings
 from app.service.app import create_app, create_ui_app
 from app.service.auth import TokenSource, load_token
 from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from app.tracers import leftovers
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def serve(settings: Settings | None = None) -> None:
     _setup_logging()
     settings = settings or Settings()
     bound = _listen(settings)  # a bad address or a port in use fails before anything else
+    leftovers.reap(proc_root=settings.proc_root)  # tracers and folders of a killed predecessor
     source = load_token(settings)
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))

@@ -5,41 +5,78 @@ Window: on_start when bpftrace reports its probes attached; on_stop just before 
 BPFTRACE_MAP_KEYS_MAX = request.max_pages (the default 4,096 keys would silently drop the rest; an
 exact per-pid total makes drops visible), the deadline (SIGINT so END runs and the maps print, then
 SIGTERM/SIGKILL after a grace), stdout size, CPU (nice 10).
+
+Memory (`plan_keys`): the maps are preallocated, about 224 B + 16 B per CPU for each key (measured,
+see _kernel), charged to the container's memory cgroup. The key count is cut so the maps take at
+most a quarter of what the container (or the node) has left; the report says when it was cut and
+when the cut bound was reached. The probe loads the program with the same key count.
+
+Lifetime: every program ends itself (`interval:s:N { exit(); }`, N = window + the exit grace), so a
+bpftrace whose owner was killed before it could stop it detaches within that time on its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from app.config import Settings
 from app.parsers.bpftrace import BpftraceFaults, is_ready
-from app.tracers._perf import lockdown
+from app.tracers import _kernel, leftovers
 from app.tracers._proc import Managed, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PID_FILTER = "/* PID_FILTER */"
+EXIT_AFTER = "/* EXIT_AFTER */"
 MAX_PREDICATE_PIDS = 64  # above this, trace all and filter here (a long predicate costs per fault)
 STARTUP_TIMEOUT = 30.0  # compiling and loading: ~0.3 s here, seconds on a busy node
 EXIT_GRACE = 30.0  # printing a map of 262,144 keys after SIGINT takes a while
-BTF = Path("/sys/kernel/btf/vmlinux")
 READY_PRINTF = 'printf("pfi-ready\\n");'  # in every program's BEGIN
+BYTES_PER_KEY = 224  # + BYTES_PER_KEY_PER_CPU x CPUs: the maps of major_faults.bt, measured (_kernel)
+BYTES_PER_KEY_PER_CPU = 16
+MAP_MEMORY_SHARE = 4  # the maps may take 1/4 of the memory left to this container (or node)
+MIN_MAP_KEYS = 4096  # bpftrace's own default
 
 
-def program_text(program: str, pids: list[int] | None) -> str:
-    """The program with its pid predicate filled in (none: every process)."""
+def program_text(program: str, pids: list[int] | None, exit_after: float | None = None) -> str:
+    """The program with its pid predicate filled in (none: every process) and, with exit_after, a
+    probe that ends it after that many seconds."""
     text = (PROGRAMS / program).read_text()
     if pids:
         text = text.replace(PID_FILTER, "/" + " || ".join(f"pid == {int(p)}" for p in pids) + "/", 1)
+    if exit_after is not None:
+        n = max(1, math.ceil(exit_after))
+        text = text.replace(EXIT_AFTER, f"interval:s:{n} {{ exit(); }}", 1)
     return text
 
 
 def bpftrace_env(max_pages: int) -> dict[str, str]:
     return {**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(max_pages)}
+
+
+def plan_keys(settings: Settings, wanted: int) -> tuple[int, str]:
+    """(BPFTRACE_MAP_KEYS_MAX to use, why it is below `wanted` or "")."""
+    ncpu = _kernel.online_cpus(settings.sysfs_root)
+    per_key = BYTES_PER_KEY + BYTES_PER_KEY_PER_CPU * ncpu
+    room, where = _kernel.own_memory_headroom(settings.proc_root, settings.cgroup_root, settings.sysfs_root)
+    if room is None:
+        return wanted, ""
+    fit = room // MAP_MEMORY_SHARE // per_key
+    if fit >= wanted:
+        return wanted, ""
+    keys = max(MIN_MAP_KEYS, fit // 1024 * 1024)
+    return keys, (
+        f"bpftrace maps sized to {keys:,} keys instead of {wanted:,}: at {per_key} B per key ({ncpu} CPUs) they "
+        f"may take a quarter of the {room >> 20} MiB left ({where})"
+    )
+
+
+def btf_path(settings: Settings) -> Path:
+    return settings.sysfs_root / "kernel/btf/vmlinux"
 
 
 def resolve(settings: Settings) -> tuple[str | None, str]:
@@ -54,21 +91,26 @@ def resolve(settings: Settings) -> tuple[str | None, str]:
     return bt, ""
 
 
-def test_load(bt: str, program: str) -> tuple[bool, str]:
-    """Load the real program into the kernel and exit at once: proves parsing, BTF, the verifier
-    and attaching, not just the syntax (bpftrace 0.17's -d dry run does not load anything)."""
-    with tempfile.TemporaryDirectory(prefix="pfi-bt-probe-") as tmp:
+def test_load(settings: Settings, bt: str, program: str) -> tuple[bool, str]:
+    """Load the real program, with the map size a run will use, into the kernel and exit at once:
+    proves parsing, BTF, the verifier, the maps' memory and attaching, not just the syntax
+    (bpftrace 0.17's -d dry run does not load anything). ("", or the map-size note) on success."""
+    keys, note = plan_keys(settings, settings.tracer_max_pages)
+    tmp = leftovers.make_workdir("pfi-bt-probe-", settings.proc_root)
+    try:
         path = Path(tmp) / program
-        text = program_text(program, None)
+        text = program_text(program, None, exit_after=30)
         if READY_PRINTF not in text:
             return False, f"{program} has no {READY_PRINTF} in BEGIN"
         path.write_text(text.replace(READY_PRINTF, READY_PRINTF + " exit();", 1))
-        rc, _, err = run_quick([bt, "-f", "json", str(path)], timeout=30, env=bpftrace_env(4096))
+        rc, _, err = run_quick([bt, "-f", "json", str(path)], timeout=30, env=bpftrace_env(keys), workdir=tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if rc == 0:
-        return True, ""
+        return True, note
     line = first_error_line(err) or f"exit status {rc}"
-    mode = lockdown()
-    return False, f"bpftrace test load of {program} failed: {line}" + (
+    mode = _kernel.lockdown(settings.sysfs_root)
+    return False, f"bpftrace test load of {program} ({keys} map keys) failed: {line}" + (
         f" (kernel lockdown: {mode})" if mode else ""
     )
 
@@ -77,12 +119,13 @@ def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, 
     bt, why = resolve(settings)
     if bt is None:
         return False, why
-    if needs_btf and not BTF.exists():
-        return False, f"no BTF: {BTF} missing (needed for struct bpf_perf_event_data)"
-    ok, why = test_load(bt, program)
+    btf = btf_path(settings)
+    if needs_btf and not btf.exists():
+        return False, f"no BTF: {btf} missing (needed for struct bpf_perf_event_data)"
+    ok, why = test_load(settings, bt, program)
     if not ok:
         return False, why
-    return True, f"{bt} loads {program}"
+    return True, f"{bt} loads {program}" + (f" ({why})" if why else "")
 
 
 def run(settings: Settings, request: TraceRequest, result: TraceResult, program: str) -> TraceResult:
@@ -93,7 +136,7 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     pid_set: set[int] | None = None
     kernel_pids: list[int] | None = None
     if request.pids is not None:
-        pid_set = {p for p in request.pids if Path(f"/proc/{p}").exists()}
+        pid_set = {p for p in request.pids if (settings.proc_root / str(p)).exists()}
         if not pid_set:
             result.errors.append(f"none of the pids {request.pids} exist any more")
             _markers(request)
@@ -104,13 +147,23 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     started = stopped = False
     t_start = t_stop = time.monotonic()
     parsed = BpftraceFaults()
-    tmp = tempfile.mkdtemp(prefix="pfi-bt-")
+    keys, note = plan_keys(settings, request.max_pages)
+    result.map_keys, result.map_keys_wanted = keys, request.max_pages
+    if note:
+        result.notes.append(note)
+    tmp = leftovers.make_workdir("pfi-bt-", settings.proc_root)
     try:
         path = Path(tmp) / program
-        path.write_text(program_text(program, kernel_pids))
+        # Ends itself if nobody stops it (its owner was killed): the window + the grace after attaching.
+        path.write_text(program_text(program, kernel_pids, exit_after=request.seconds + settings.tracer_exit_grace_seconds))
         argv = [bt, "-f", "json", str(path)]
         with Managed(
-            argv, env=bpftrace_env(request.max_pages), max_output_bytes=request.max_output_bytes
+            argv, env=bpftrace_env(keys), max_output_bytes=request.max_output_bytes, workdir=tmp,
+            proc_root=settings.proc_root,
+            # Not niced: the counting runs in the kernel in the faulting task; bpftrace itself only reports
+            # "attached" and handles SIGINT, and a niced bpftrace on a busy node did both seconds late, so
+            # it counted faults outside [on_start, on_stop] (3x the majflt of a 2 s window, measured).
+            nice=0,
         ) as rec:
             if (
                 rec.wait_for_line(
@@ -129,6 +182,7 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
             started = True
             t_start = hold_window(rec, request)
             if rec.poll() is not None:
+                result.exited_early = True
                 result.errors.append(f"bpftrace exited early: {rec.stderr_head() or rec.poll()}")
             t_stop = time.monotonic()
             stopped = True
@@ -167,11 +221,14 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     result.events = parsed.events
     result.dropped = parsed.dropped
     if parsed.dropped:
+        result.map_full = True
         result.errors.append(
-            f"{parsed.dropped} faults counted but their pages not kept (map of {request.max_pages} keys full"
+            f"{parsed.dropped} faults counted but their pages not kept (map of {keys} keys full"
             + (f", {parsed.lost_events} events lost" if parsed.lost_events else "")
             + ")"
         )
+        if keys < request.max_pages:
+            result.notes.append(f"the memory-sized map bound of {keys:,} keys was reached")
     result.errors.extend(parsed.errors)
     return result
 

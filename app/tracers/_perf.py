@@ -10,6 +10,12 @@ Bounds: `--max-size` (perf stops itself at the output bound), the window deadlin
 SIGINT -> SIGTERM -> SIGKILL; what was written is still parsed), CPU (nice 10), the ring buffer
 (`-m`, sized by CPU count; samples it loses are PERF_RECORD_LOST records, counted as dropped), and a
 deadline on `perf script` too.
+
+Lockable memory (`plan_ring`): without CAP_IPC_LOCK the ring buffers must fit perf_event_mlock_kb
+and RLIMIT_MEMLOCK (8 MiB in most containers), or `perf record` fails at window start with
+"Permission error mapping pages". With CAP_SYS_RESOURCE the child's RLIMIT_MEMLOCK is raised to what
+the buffers need; otherwise `-m` shrinks to fit, and the report says so (and how many samples the
+smaller buffer lost). The probe records with the same `-m` and limit as the run.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import mmap
 import os
 import select
 import shutil
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from app.config import Settings
 from app.parsers.perf import FaultCounts
 from app.parsers.perfdata import iter_samples, read_header
+from app.tracers import _kernel, leftovers
 from app.tracers._proc import Managed, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
@@ -39,73 +47,112 @@ def resolve_binary(path: str) -> str | None:
     return shutil.which(path)
 
 
-def lockdown() -> str | None:
+def lockdown(settings: Settings | None = None) -> str | None:
     """The kernel lockdown mode when it is on ("integrity", "confidentiality"), else None."""
-    try:
-        text = Path("/sys/kernel/security/lockdown").read_text()
-    except OSError:
-        return None
-    mode = text[text.find("[") + 1 : text.find("]")] if "[" in text else ""
-    return None if mode in ("", "none") else mode
+    return _kernel.lockdown(settings.sysfs_root if settings else Path("/sys"))
 
 
-def paranoid_problem() -> str | None:
+def paranoid_problem(settings: Settings) -> str | None:
     """Why perf may not trace the whole node as this user, or None."""
     if os.geteuid() == 0:
         return None
-    try:
-        level = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
-    except (OSError, ValueError):
-        return None
-    if level > 0:
+    level = _kernel.sysctl_int(settings.proc_root, "kernel/perf_event_paranoid")
+    if level is not None and level > 0:
         return f"perf_event_paranoid={level} and not root (needs root, CAP_PERFMON or paranoid <= 0)"
     return None
 
 
-def mmap_pages() -> int:
-    """Ring buffer pages per CPU: 8 MiB each, at most 128 MiB in all (a power of two)."""
-    ncpu = os.cpu_count() or 1
+def mmap_pages(ncpu: int | None = None) -> int:
+    """Ring buffer pages per CPU wanted: 8 MiB each, at most 128 MiB in all (a power of two)."""
+    ncpu = ncpu or os.cpu_count() or 1
     pages = 2048
     while pages > 64 and pages * 4096 * ncpu > 128 * 1024 * 1024:
         pages //= 2
     return pages
 
 
-def probe_record(perf: str, event_args: list[str]) -> tuple[bool, str]:
-    """Record `true` with the event: proves the binary runs and the event opens here."""
-    with tempfile.TemporaryDirectory(prefix="pfi-perf-probe-") as tmp:
+MIN_RING_PAGES = 8  # below this perf loses most samples at a few thousand faults/s
+MEMLOCK_SLACK = 1 << 20  # perf maps a few more pages (e.g. for its control events)
+
+
+@dataclass
+class RingPlan:
+    pages: int  # -m: pages per CPU
+    wanted: int  # what mmap_pages() wanted
+    ncpu: int
+    memlock_bytes: int | None  # raise the child's RLIMIT_MEMLOCK to this (CAP_SYS_RESOURCE), or None
+    note: str  # why it is smaller than wanted, or how it fits
+
+    @property
+    def shrunk(self) -> bool:
+        return self.pages < self.wanted
+
+
+def plan_ring(settings: Settings) -> RingPlan:
+    """How big `-m` may be here: the ring buffers (ncpu x (pages + 1) pages) must fit what this
+    process may lock. The user's perf_event_mlock_kb allowance is shared by every perf and bpftrace
+    of the same uid on the node, so only RLIMIT_MEMLOCK is counted on when shrinking."""
+    ncpu = _kernel.online_cpus(settings.sysfs_root)
+    wanted = mmap_pages(ncpu)
+    need = ncpu * (wanted + 1) * _kernel.PAGE
+    paranoid = _kernel.sysctl_int(settings.proc_root, "kernel/perf_event_paranoid")
+    if paranoid is not None and paranoid < 0:
+        return RingPlan(wanted, wanted, ncpu, None, "perf_event_paranoid=-1: no lock limit")
+    if _kernel.has_cap(_kernel.CAP_IPC_LOCK, settings.proc_root):
+        return RingPlan(wanted, wanted, ncpu, None, "CAP_IPC_LOCK: no lock limit")
+    limit = _kernel.memlock_limit()
+    if limit is None or need + MEMLOCK_SLACK <= limit:
+        return RingPlan(wanted, wanted, ncpu, None, "fits RLIMIT_MEMLOCK")
+    if _kernel.has_cap(_kernel.CAP_SYS_RESOURCE, settings.proc_root):
+        return RingPlan(wanted, wanted, ncpu, need + MEMLOCK_SLACK,
+                        f"RLIMIT_MEMLOCK raised from {limit >> 10} KiB to {(need + MEMLOCK_SLACK) >> 10} KiB"
+                        " for perf (CAP_SYS_RESOURCE, no CAP_IPC_LOCK)")
+    allowance = (_kernel.sysctl_int(settings.proc_root, "kernel/perf_event_mlock_kb") or 516) * 1024 * ncpu
+    pages = wanted
+    while pages > MIN_RING_PAGES and ncpu * (pages + 1) * _kernel.PAGE > max(limit - MEMLOCK_SLACK, 0):
+        pages //= 2
+    if ncpu * (pages + 1) * _kernel.PAGE > limit + allowance:
+        pages = MIN_RING_PAGES
+    return RingPlan(pages, wanted, ncpu, None,
+                    f"perf ring buffer shrunk from {wanted} to {pages} pages per CPU ({ncpu} CPUs) to fit "
+                    f"RLIMIT_MEMLOCK {limit >> 10} KiB (no CAP_IPC_LOCK, no CAP_SYS_RESOURCE)")
+
+
+def _mapping_refused(stderr: str) -> bool:
+    low = stderr.lower()
+    return "mapping pages" in low or "mmap" in low and ("permission" in low or "cannot allocate" in low)
+
+
+def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[bool, str]:
+    """Record `true` with the event and the ring buffer and lock limit the run will use: proves the
+    binary runs, the event opens and the buffers can be mapped here."""
+    plan = plan_ring(settings)
+    tmp = leftovers.make_workdir("pfi-perf-probe-", settings.proc_root)
+    try:
         rc, _, err = run_quick(
-            [
-                perf,
-                "record",
-                *event_args,
-                "-B",
-                "-N",
-                "--no-bpf-event",
-                "-q",
-                "-o",
-                f"{tmp}/probe.data",
-                "--",
-                "true",
-            ]
+            [perf, "record", *event_args, "-m", str(plan.pages), "-B", "-N", "--no-bpf-event", "-q",
+             "-o", f"{tmp}/probe.data", "--", "true"],
+            workdir=tmp, memlock_bytes=plan.memlock_bytes,
         )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if rc == 0:
-        return True, ""
+        return True, "" if not plan.shrunk and plan.memlock_bytes is None else plan.note
     line = first_error_line(err) or f"exit status {rc}"
-    mode = lockdown()
-    return False, f"perf record failed: {line}" + (f" (kernel lockdown: {mode})" if mode else "")
+    mode = lockdown(settings)
+    return False, f"perf record -m {plan.pages} failed: {line}" + (f" (kernel lockdown: {mode})" if mode else "")
 
 
 def available(settings: Settings, event_args: list[str]) -> tuple[bool, str]:
     perf = resolve_binary(settings.perf_path)
     if perf is None:
         return False, f"perf binary not found: {settings.perf_path!r} (settings.perf_path / PFI_PERF_PATH)"
-    if problem := paranoid_problem():
+    if problem := paranoid_problem(settings):
         return False, problem
-    ok, why = probe_record(perf, event_args)
+    ok, why = probe_record(settings, perf, event_args)
     if not ok:
         return False, why
-    return True, f"{perf} records {' '.join(event_args)}"
+    return True, f"{perf} records {' '.join(event_args)}" + (f" ({why})" if why else "")
 
 
 def _command(rec: Managed, ctl_fd: int, ack_fd: int, cmd: str, timeout: float) -> bool:
@@ -126,8 +173,11 @@ def _command(rec: Managed, ctl_fd: int, ack_fd: int, cmd: str, timeout: float) -
     return False
 
 
-def _live_pids(pids: list[int]) -> list[int]:
-    return [p for p in pids if Path(f"/proc/{p}").exists()]
+def _live_pids(pids: list[int], proc_root: Path) -> list[int]:
+    return [p for p in pids if (proc_root / str(p)).exists()]
+
+
+MAX_SHRINK_RETRIES = 3  # halve -m this often when the kernel still refuses to map the buffers
 
 
 def run(
@@ -144,7 +194,7 @@ def run(
         return result
     target: list[str] = ["-a"]
     if request.pids is not None:
-        live = _live_pids(request.pids)
+        live = _live_pids(request.pids, settings.proc_root)
         if not live:
             result.errors.append(f"none of the pids {request.pids} exist any more")
             _markers(request)
@@ -153,7 +203,13 @@ def run(
 
     started = stopped = False
     t_start = t_stop = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="pfi-perf-")
+    plan = plan_ring(settings)
+    pages = plan.pages
+    result.ring_pages_wanted = plan.wanted
+    if plan.memlock_bytes is not None:
+        result.memlock_raised_bytes = plan.memlock_bytes
+        result.notes.append(plan.note)
+    tmp = leftovers.make_workdir("pfi-perf-", settings.proc_root)
     fds: list[int] = []
     try:
         ctl, ack, data = f"{tmp}/ctl", f"{tmp}/ack", f"{tmp}/perf.data"
@@ -164,22 +220,48 @@ def run(
         fds.append(ack_fd)
         ctl_fd = os.open(ctl, os.O_RDWR | os.O_NONBLOCK)
         fds.append(ctl_fd)
-        argv = [
-            perf, "record", *event_args,
-            "-D", "-1", f"--control=fifo:{ctl},{ack}",
-            "-m", str(mmap_pages()),
-            "--max-size", f"{max(1, request.max_output_bytes // 1024)}K",
-            "-B", "-N",  # no build-id pass at the end: it reads every DSO and is slow
-            "--no-bpf-event",  # no BPF program records: saves ~1 s of startup, not needed
-            "-o", data, *target,
-        ]  # fmt: skip
-        with Managed(argv, max_output_bytes=1024 * 1024) as rec:
-            if not _command(rec, ctl_fd, ack_fd, "enable", STARTUP_TIMEOUT):
-                why = first_error_line(rec.stderr_text()) if rec.poll() is not None else ""
-                rec.stop(grace=2)
-                why = why or first_error_line(rec.stderr_text()) or f"no ack within {STARTUP_TIMEOUT:.0f}s"
-                result.errors.append(f"perf record did not start: {why}")
-                return result
+
+        def argv(m: int) -> list[str]:
+            return [
+                perf, "record", *event_args,
+                "-D", "-1", f"--control=fifo:{ctl},{ack}",
+                "-m", str(m),
+                "--max-size", f"{max(1, request.max_output_bytes // 1024)}K",
+                "-B", "-N",  # no build-id pass at the end: it reads every DSO and is slow
+                "--no-bpf-event",  # no BPF program records: saves ~1 s of startup, not needed
+                "-o", data, *target,
+            ]  # fmt: skip
+
+        for attempt in range(MAX_SHRINK_RETRIES + 1):
+            rec = Managed(argv(pages), max_output_bytes=1024 * 1024, workdir=tmp,
+                          memlock_bytes=plan.memlock_bytes, proc_root=settings.proc_root)
+            try:
+                rec.start()
+                enabled = _command(rec, ctl_fd, ack_fd, "enable", STARTUP_TIMEOUT)
+            except BaseException:
+                rec.stop(grace=1)
+                raise
+            if enabled:
+                break
+            why = first_error_line(rec.stderr_text()) if rec.poll() is not None else ""
+            rec.stop(grace=2)
+            err = rec.stderr_text()
+            why = why or first_error_line(err) or f"no ack within {STARTUP_TIMEOUT:.0f}s"
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(ack_fd, 4096)  # a stale ack must not answer the next attempt
+            if _mapping_refused(err) and pages > MIN_RING_PAGES and attempt < MAX_SHRINK_RETRIES:
+                result.notes.append(f"perf could not map {pages} pages per CPU ({why}): retried with {pages // 2}")
+                pages //= 2
+                continue
+            result.errors.append(f"perf record -m {pages} did not start: {why}")
+            return result
+        result.ring_pages = pages
+        if pages < plan.wanted:
+            result.notes.append(
+                plan.note if pages == plan.pages else
+                f"perf ring buffer shrunk from {plan.wanted} to {pages} pages per CPU to fit the lockable memory"
+            )
+        with rec:
             started = True
             t_start = hold_window(rec, request)
             if rec.poll() is not None:  # perf stopped itself: --max-size, or it failed
@@ -190,6 +272,7 @@ def run(
                         f"perf output reached {request.max_output_bytes} bytes: the window was cut short"
                     )
                 else:
+                    result.exited_early = True
                     result.errors.append(f"perf record exited early: {first_error_line(err) or rec.poll()}")
             if rec.poll() is None and not _command(rec, ctl_fd, ack_fd, "disable", ACK_TIMEOUT):
                 result.errors.append("perf did not acknowledge 'disable': stopped it with a signal")
@@ -210,6 +293,11 @@ def run(
             _read_native(data, request, result)
         else:
             _script(perf, data, script_fields, request, result)
+        if pages < plan.wanted:
+            result.notes.append(
+                f"with the smaller ring buffer the kernel lost {result.lost:,} samples" if result.lost
+                else "no samples were lost with the smaller ring buffer"
+            )
         return result
     finally:
         if started and not stopped and request.on_stop:
@@ -241,6 +329,7 @@ def _fill(result: TraceResult, counts: FaultCounts, t0: float) -> None:
     result.comms = counts.comms
     result.events = counts.events
     result.dropped = counts.dropped
+    result.lost = counts.lost
     if counts.lost:
         result.errors.append(f"the kernel lost {counts.lost} samples (ring buffer full)")
     result.parse_seconds = time.monotonic() - t0
@@ -256,7 +345,8 @@ def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
     t0 = time.monotonic()
     info = None
     try:
-        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buf = cast(bytes, mapped)  # the parser slices and unpacks: an mmap does both like bytes
             info = read_header(buf)
             for n, (pid, _tid, addr) in enumerate(iter_samples(buf, info)):
                 counts.add_sample(pid, "", addr)

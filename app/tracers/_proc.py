@@ -5,19 +5,33 @@ thread into a bounded buffer (or a line callback), keeps the head of its stderr,
 the `with` block, whatever the reason (deadline, cancel, an exception, KeyboardInterrupt), stops it:
 SIGINT, then SIGTERM, then SIGKILL to the whole group, and reaps it. An atexit hook kills whatever is
 still running when the interpreter exits.
+
+When this process is killed (SIGKILL: no atexit, no `finally`), the kernel stops the tracers: every
+child gets PR_SET_PDEATHSIG=SIGKILL. That signal fires when the parent *thread* exits, not the
+process, so children are forked by one long-lived spawner thread (the investigation's worker threads
+come and go). A child that finds its parent already gone right after fork exits at once. What still
+escapes (a tracer exec'd with file capabilities drops the setting) is found by the owner file in its
+working directory (app.tracers.leftovers).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
+import queue
+import resource
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from app.tracers import leftovers
 
 if TYPE_CHECKING:
     from app.tracers.base import TraceRequest
@@ -26,6 +40,66 @@ _live: set[Managed] = set()
 _live_lock = threading.Lock()
 
 STDERR_KEEP = 64 * 1024
+PR_SET_PDEATHSIG = 1
+# The signal tracer children get when the thread that forked them (the spawner) dies. 0: none, which
+# only the tests use to play a predecessor whose tracers escaped.
+PDEATHSIG: int = signal.SIGKILL
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no libc to call: pdeathsig is skipped, the owner files remain
+    _libc = None
+
+
+def _child_setup(parent: int, deathsig: int, memlock: int | None) -> None:
+    """Runs in the forked child before exec: die with the spawner thread; raise RLIMIT_MEMLOCK."""
+    if deathsig and _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, deathsig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl: nobody to signal us
+            os._exit(1)
+    if memlock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            hard = hard if hard == resource.RLIM_INFINITY else max(hard, memlock)
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, hard))
+
+
+class _Spawner:
+    """One long-lived thread that forks every tracer, so PR_SET_PDEATHSIG means "this process died"."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def spawn(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._queue = queue.SimpleQueue()  # after a fork the old thread does not exist here
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop, args=(self._queue,),
+                                                name="pfi-tracer-spawner", daemon=True)
+                self._thread.start()
+            q, thread = self._queue, self._thread
+        if threading.current_thread() is thread:
+            return make()
+        fut: Future[subprocess.Popen[bytes]] = Future()
+        q.put((make, fut))
+        return fut.result()
+
+    @staticmethod
+    def _loop(q: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]]) -> None:
+        while True:
+            make, fut = q.get()
+            try:
+                fut.set_result(make())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                fut.set_exception(e)
+
+
+_spawner = _Spawner()
 
 
 class Managed:
@@ -38,13 +112,19 @@ class Managed:
         env: dict[str, str] | None = None,
         nice: int = 10,
         cwd: str | None = None,
+        workdir: str | None = None,
+        memlock_bytes: int | None = None,
+        proc_root: Path = Path("/proc"),
     ) -> None:
         self.argv = list(argv)
         self.max_output_bytes = max_output_bytes
         self.on_line = on_line
         self.env = env
         self.nice = nice
-        self.cwd = cwd
+        self.cwd = cwd or workdir
+        self.workdir = workdir  # a leftovers.make_workdir folder: the tracer is recorded in its owner file
+        self.memlock_bytes = memlock_bytes  # raise RLIMIT_MEMLOCK to this in the child (needs CAP_SYS_RESOURCE)
+        self.proc_root = proc_root
         self.proc: subprocess.Popen[bytes] | None = None
         self.output_bytes = 0  # all stdout bytes the process wrote, kept or not
         self.truncated = False  # stdout went past max_output_bytes; the rest was discarded
@@ -60,17 +140,26 @@ class Managed:
 
     def start(self) -> Managed:
         """Start the process; raises OSError (e.g. FileNotFoundError) when it cannot be run."""
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own process group: signals reach everything it forks
-            env=self.env,
-            cwd=self.cwd,
-        )
+        parent, deathsig, memlock = os.getpid(), PDEATHSIG, self.memlock_bytes
+
+        def make() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # own process group: signals reach everything it forks
+                env=self.env,
+                cwd=self.cwd,
+                preexec_fn=lambda: _child_setup(parent, deathsig, memlock),
+            )
+
+        self.proc = _spawner.spawn(make)
         with _live_lock:
             _live.add(self)
+        if self.workdir is not None:
+            with contextlib.suppress(OSError):
+                leftovers.record_tracer(self.workdir, self.proc.pid, self.proc_root)
         if self.nice:
             # Bounded CPU: tracing must not starve the node it investigates.
             with contextlib.suppress(OSError):
@@ -219,18 +308,25 @@ def first_error_line(text: str) -> str:
     """The line of a tool's stderr that says what went wrong: the first one mentioning an error,
     else the first one that is not known noise."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _is_noise(ln)]
-    for line in lines:
+    for i, line in enumerate(lines):
         if "error" in line.lower():
+            if line.rstrip(":").lower() in ("error", "warning") and i + 1 < len(lines):
+                return f"{line} {lines[i + 1]}"  # perf: "Error:" on a line of its own, the reason below
             return line
     return lines[0] if lines else ""
 
 
 def run_quick(
-    argv: Sequence[str], timeout: float = 15.0, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    timeout: float = 15.0,
+    env: dict[str, str] | None = None,
+    *,
+    workdir: str | None = None,
+    memlock_bytes: int | None = None,
 ) -> tuple[int, str, str]:
     """Run a short command (a probe, a dry run); (returncode, stdout, stderr); -1 when it could not
     be started or timed out. Never leaves the process behind."""
-    m = Managed(argv, env=env, nice=0, max_output_bytes=1024 * 1024)
+    m = Managed(argv, env=env, nice=0, max_output_bytes=1024 * 1024, workdir=workdir, memlock_bytes=memlock_bytes)
     try:
         m.start()
     except OSError as e:

@@ -29,6 +29,15 @@ class TraceResult:
     errors: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
     parse_seconds: float = 0.0
+    exited_early: bool = False  # the tracer process ended by itself inside the window (not the size bound)
+    lost: int = 0  # samples the kernel could not hand over (perf ring buffer full)
+    ring_pages: int | None = None  # perf -m used (pages per CPU)
+    ring_pages_wanted: int | None = None  # what it would have used with no lock limit
+    memlock_raised_bytes: int | None = None  # the tracer's RLIMIT_MEMLOCK was raised to this
+    map_keys: int | None = None  # bpftrace BPFTRACE_MAP_KEYS_MAX used
+    map_keys_wanted: int | None = None  # what it would have used with no memory limit
+    map_full: bool = False  # the page map reached map_keys: pages were dropped
+    notes: list[str] = field(default_factory=list)  # limits met and how the tracer was fitted to them
 
     def add(self, pid: int, address: int, count: int = 1) -> None:
         page = address & PAGE_MASK

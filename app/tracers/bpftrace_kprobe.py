@@ -8,7 +8,6 @@ report why and are skipped.
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 from app.config import Settings
 from app.tracers import _bpftrace
@@ -27,15 +26,16 @@ class BpftraceKprobeTracer:
     def _no_kprobes(self) -> str | None:
         """Why kprobes cannot work here, from the kernel's own files; None when they may."""
         try:
-            with gzip.open("/proc/config.gz", "rt") as f:
+            with gzip.open(self.settings.proc_root / "config.gz", "rt") as f:
                 for line in f:
                     if line.startswith("# CONFIG_KPROBES is not set"):
-                        return "no kprobes: kernel built without CONFIG_KPROBES (/proc/config.gz)"
+                        config = self.settings.proc_root / "config.gz"
+                        return f"no kprobes: kernel built without CONFIG_KPROBES ({config})"
                     if line.startswith("CONFIG_KPROBES=y"):
                         break
         except OSError:
             pass
-        roots = [self.settings.tracefs_root, Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")]
+        roots = [self.settings.tracefs_root, self.settings.sysfs_root / "kernel/debug/tracing"]
         mounted = [r for r in roots if (r / "events").is_dir()]
         if mounted and not any((r / "kprobe_events").exists() for r in mounted):
             return f"no kprobes: {mounted[0]}/kprobe_events missing (CONFIG_KPROBES off)"

@@ -10,8 +10,6 @@ works.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from app.config import Settings
 from app.tracers import _perf
 from app.tracers.base import TraceRequest, TraceResult
@@ -28,7 +26,7 @@ class PerfTracepointTracer:
         self.settings = settings
 
     def _tracepoint_missing(self) -> str | None:
-        roots = [self.settings.tracefs_root, Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")]
+        roots = [self.settings.tracefs_root, self.settings.sysfs_root / "kernel/debug/tracing"]
         mounted = [r for r in roots if (r / "events").is_dir()]
         if mounted and not any((r / "events/exceptions/page_fault_user").is_dir() for r in mounted):
             return f"no tracepoint {TRACEPOINT} in {mounted[0]}/events (e.g. arm64 has none)"

@@ -64,6 +64,27 @@ def _check(tracer: Tracer, settings: Settings, fresh: bool = False) -> tuple[boo
     return result
 
 
+def mark_failed(tracer: Tracer, settings: Settings, why: str) -> None:
+    """A backend that passed its probe but failed in a window: the next investigations within
+    PROBE_CACHE_SECONDS skip it with this reason instead of failing the same way."""
+    key = (tracer.name, settings.perf_path, settings.bpftrace_path, str(settings.tracefs_root))
+    with _probe_lock:
+        _probe_cache[key] = (time.monotonic(), (False, f"failed at run time: {why}"))
+
+
+def candidates(settings: Settings, *, fresh: bool = False) -> tuple[list[Tracer], str, list[SkippedBackend]]:
+    """(select()'s choice, then the other exact backends that work here in ORDER: the run-time
+    fallbacks; why the first; every backend but the first with why not, as select() gives them)."""
+    chosen, reason, skipped = select(settings, fresh=fresh)
+    out: list[Tracer] = [chosen]
+    for s in skipped:
+        if s.reason.startswith("available, but "):
+            tracer = make_tracer(s.backend, settings)
+            if tracer.exact:
+                out.append(tracer)
+    return out, reason, skipped
+
+
 def probe(settings: Settings) -> list[tuple[str, bool, str]]:
     """Every backend, in ORDER: (name, works here?, what works or why not)."""
     return [(name, *_check(make_tracer(name, settings), settings, fresh=True)) for name in ORDER]
