@@ -27,7 +27,7 @@ import pytest
 from app.config import Settings
 from app.tracers import _bpftrace, leftovers
 from app.tracers.registry import make_tracer
-from tests.test_service_support import bind_loopback, wait_for
+from tests.service_support import bind_loopback, wait_for
 from tests.workloads import WorkloadProcess
 
 pytestmark = pytest.mark.root
