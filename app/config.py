@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     bpftrace_path: str = "bpftrace"
 
     # --- the kubelet and the API server ------------------------------------------------------
-    kubelet_url: str | None = Field(default=None, description="e.g. https://10.0.3.7:10250")
+    kubelet_url: str | None = Field(
+        default=None, description="e.g. https://10.0.3.7:10250; unset: built from node_ip and kubelet_port"
+    )
+    kubelet_port: int = Field(default=10250, ge=1, le=65535, description="the kubelet's port (its default)")
     kubelet_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     kubelet_ca_file: Path | None = None
     kubelet_insecure_skip_tls_verify: bool = False
@@ -75,6 +78,9 @@ class Settings(BaseSettings):
         default=None, description="None: the service account's ca.crt when it exists"
     )
     apiserver_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    kubeconfig: Path | None = Field(
+        default=None, description="a kubeconfig to reach the API server from outside a cluster"
+    )
     peer_cache_seconds: float = Field(default=30.0, ge=0, description="how long the peer pod list is cached")
     static_peers: str | None = Field(
         default=None,
