@@ -7,9 +7,15 @@ by it, and a second, unrelated CA to play "the wrong CA".
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -35,6 +41,7 @@ def _settings(tmp_path: Path, url: str | None, **kw: object) -> Settings:
     base: dict[str, object] = {
         "node_name": NODE, "kubelet_url": url, "kubelet_token_file": token, "kubelet_timeout_seconds": 3.0,
         "kubelet_cache_seconds": 30.0, "apiserver_fallback": False,
+        "apiserver_timeout_seconds": 10.0,  # a loaded CI machine; the deadline tests set their own
     }
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
@@ -344,3 +351,80 @@ def test_apiserver_through_a_kubeconfig(tmp_path: Path, certs: Certs, serve, no_
     broken.write_text("clusters: [")
     _, attribution = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=broken)).index()
     assert attribution.error is not None and "API server configuration (kubeconfig) unusable" in attribution.error
+
+
+# --- the same through `pagefault-inspector investigate` on a process in a pod's cgroup (root) ------
+
+# A pod of the captured PodList (minikube 1.35): the swapping process's cgroup is named after it.
+DEPLOY_UID = "da59f36e-a7a8-46ed-8d9d-36392eb967d4"
+DEPLOY_CID = "a33effaac09ebc0bd003f783736428445148029e0a835cf57e592321b75b8c7a"
+WINDOW = 2.0
+
+
+@pytest.fixture
+def pod_process(root_required: None) -> Iterator[int]:
+    for tool in ("gcc", "mkswap", "swapon", "swapoff"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: cannot run the swap workload")
+    from tests.workloads import swap_workload
+
+    with swap_workload(size_mb=96, limit_mb=48, name=f"kubepods/burstable/pod{DEPLOY_UID}/{DEPLOY_CID}") as proc:
+        yield proc.pid
+
+
+def _investigate(tmp_path: Path, pid: int, **env: str) -> tuple[float, dict[str, Any]]:
+    token = tmp_path / "kubelet-token"
+    token.write_text(KUBELET_TOKEN)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PFI_", "KUBERNETES_"))}
+    base.update(PFI_DATA_DIR=str(tmp_path / "data"), PFI_KUBELET_TOKEN_FILE=str(token), PFI_NODE_NAME=NODE,
+                PFI_APISERVER_FALLBACK="false", **env)
+    exe = Path(sys.executable).with_name("pagefault-inspector")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
+    t = time.monotonic()
+    out = subprocess.run([*cmd, "investigate", "--seconds", f"{WINDOW:g}", "--tracer", "procfs", "--format", "json"],
+                         env=base, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert any(p["pid"] == pid for p in report["processes"]), "the pod's process is not in the report"
+    return took, report
+
+
+def _top(report: dict[str, Any], pid: int) -> dict[str, Any]:
+    return next(p for p in report["processes"] if p["pid"] == pid)
+
+
+def test_investigate_with_an_unbracketed_ipv6_kubelet_url(tmp_path: Path, pod_process: int) -> None:
+    """The chart's old `https://$(PFI_NODE_IP):10250` with an IPv6 node IP: a finding, exit 0."""
+    _, report = _investigate(tmp_path, pod_process, PFI_KUBELET_URL="https://fd00::5:10250")
+    assert report["attribution"]["source"] == "none"
+    assert "an IPv6 address needs brackets" in report["attribution"]["error"]
+    assert any("an IPv6 address needs brackets" in w for w in report["warnings"])
+    pod = _top(report, pod_process)["pod"]
+    assert pod["uid"] == DEPLOY_UID and pod["resolved_by"] == "cgroup"  # still named by its cgroup
+
+
+def test_investigate_reaches_an_ipv6_kubelet_built_from_node_ip(  # type: ignore[no-untyped-def]
+    tmp_path: Path, certs: Certs, serve, pod_process: int
+) -> None:
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, host="::1"))
+    _, report = _investigate(tmp_path, pod_process, PFI_NODE_IP="::1", PFI_KUBELET_PORT=str(kubelet.port),
+                             PFI_KUBELET_CA_FILE=str(certs.ca))
+    assert report["attribution"] == {"source": "kubelet", "error": None}
+    pod = _top(report, pod_process)["pod"]
+    assert (pod["namespace"], pod["name"], pod["container"], pod["resolved_by"]) == (
+        "scraper", "e2e-deployment-79967c5968-8bnn8", "compute-pi-digits", "kubelet")
+    assert kubelet.requests == ["/pods"]
+
+
+def test_investigate_with_a_trickling_kubelet_ends_in_time(  # type: ignore[no-untyped-def]
+    tmp_path: Path, certs: Certs, serve, pod_process: int
+) -> None:
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, trickle=3.0))
+    took, report = _investigate(tmp_path, pod_process, PFI_KUBELET_URL=kubelet.url,
+                                PFI_KUBELET_CA_FILE=str(certs.ca))
+    assert report["attribution"] == {"source": "none", "error": "kubelet timed out after 5s"}
+    # The investigation (its own clock: not the interpreter's start-up) and the whole command.
+    ran = datetime.fromisoformat(report["finished_at"]) - datetime.fromisoformat(report["started_at"])
+    assert ran.total_seconds() < WINDOW + 10, ran
+    assert took < WINDOW + 20, took

@@ -2,7 +2,8 @@
 flight, or forwarded to the inspector on its node. Never investigates; forwarding runs in the
 background (the answer stays fast).
 
-Routing needs the peer directory (the API server in a cluster). It runs as one task per request:
+An alert whose first node label names this node is taken at once. Routing the others needs the
+peer directory (the API server in a cluster). It runs as one task per request:
 node names are checked (an IP or a DNS-1123 name, else the alert is ignored with the reason), each
 distinct node is looked up once, and all misses share one refresh of the peer list. The webhook
 waits for that task at most ROUTE_BUDGET_SECONDS; when the API server is slower, the answer lists
@@ -18,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.models import Trigger, utcnow
-from app.service.nodes import NodeIdentity, Resolution, as_ip, resolve_node
+from app.service.nodes import (
+    NODE_LABELS,
+    NodeIdentity,
+    Resolution,
+    as_ip,
+    host_is_valid,
+    resolve_node,
+    split_host,
+)
 from app.service.payload import IncomingAlert, ParsedPayload
 from app.service.peers import FORWARDED_HEADER, Peer, PeerClient, PeerDirectory
 from app.service.state import ServiceState
@@ -58,6 +67,16 @@ class _Decision:
 
 def _pending_node(res: Resolution) -> str:
     return res.node or ""
+
+
+def _surely_local(alert: IncomingAlert, local: NodeIdentity) -> bool:
+    """The first node label present names this node: no other node can win (resolve_node takes the
+    first label naming a known node, this one first), so no directory is needed."""
+    first = next((v for v in (alert.labels.get(k, "").strip() for k in NODE_LABELS) if v), None)
+    if first is None or not host_is_valid(split_host(first)):
+        return False
+    res = resolve_node(alert.labels, local, [])
+    return res.kind == "local" and res.value == first
 
 
 async def _route(
@@ -125,6 +144,9 @@ async def handle_alerts(
             ignored.append({**_base(alert), "reason": (
                 f"alertname {alert.alertname!r} is not one of PFI_ALERTNAMES ({', '.join(sorted(names))})")})
             metrics.labels(outcome="ignored").inc()
+    here = [_Decision(a, "local") for a in wanted if _surely_local(a, state.local)]
+    wanted = [a for a in wanted if not _surely_local(a, state.local)]
+    _apply(state, parsed, here, forwarded_from, accepted, forwarded, ignored)
     if wanted:
         task = asyncio.get_running_loop().create_task(_route(state.peers, state.local, wanted, forwarded_from))
         done, _ = await asyncio.wait({task}, timeout=ROUTE_BUDGET_SECONDS)
