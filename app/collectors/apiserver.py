@@ -115,10 +115,11 @@ class ApiServer:
         from kubernetes import config as k8s_config
 
         c = self.config
-        cfg = k8s.Configuration()
+        cfg: Any = k8s.Configuration()
+        load_kube_config: Any = k8s_config.load_kube_config
         try:
             if c.kubeconfig is not None:
-                k8s_config.load_kube_config(
+                load_kube_config(
                     config_file=str(c.kubeconfig), client_configuration=cfg, persist_config=False
                 )
             else:
@@ -127,9 +128,10 @@ class ApiServer:
                 if c.source == "in-cluster" and c.token_file is not None and c.ca_file is not None:
                     # The package's in-cluster loader: host from the pod's environment, the token
                     # re-read as the kubelet rotates it. Our URL (IPv6 bracketed) is kept.
-                    from kubernetes.config.incluster_config import InClusterConfigLoader
+                    from kubernetes.config import incluster_config
 
-                    InClusterConfigLoader(str(c.token_file), str(c.ca_file)).load_and_set(cfg)
+                    loader: Any = incluster_config.InClusterConfigLoader
+                    loader(str(c.token_file), str(c.ca_file)).load_and_set(cfg)
                     cfg.host = check_url(c.url, "API server")
                 else:
                     cfg.ssl_ca_cert = str(c.ca_file) if c.ca_file is not None else None
@@ -258,7 +260,8 @@ class ApiServer:
         def call(c: Any) -> Any:
             from kubernetes.client import EventsV1Api
 
-            return EventsV1Api(c).create_namespaced_event(namespace, event, _preload_content=False)
+            api: Any = EventsV1Api(c)  # a dict body: the client validates it into its model
+            return api.create_namespaced_event(namespace, event, _preload_content=False)
 
         return dict(self._call(f"an Event in {namespace}", call) or {})
 

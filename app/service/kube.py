@@ -41,7 +41,7 @@ class KubeApi:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, transport: None = None) -> KubeApi | None:
+    def from_settings(cls, settings: Settings, transport: object = None) -> KubeApi | None:
         """None when there is no API server to talk to (not in a cluster, none configured).
         `transport` is gone (tests use TLS stand-ins); it must be None."""
         if transport is not None:
