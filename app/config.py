@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     bpftrace_path: str = "bpftrace"
 
     # --- the kubelet and the API server ------------------------------------------------------
-    kubelet_url: str | None = Field(
-        default=None, description="e.g. https://10.0.3.7:10250; unset: built from node_ip and kubelet_port"
-    )
+    kubelet_url: str | None = Field(default=None, description="e.g. https://10.0.3.7:10250")
     kubelet_port: int = Field(default=10250, ge=1, le=65535, description="the kubelet's port (its default)")
     kubelet_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     kubelet_ca_file: Path | None = None
