@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.collectors.apiserver import ApiServerConfig, event_body
+from app.collectors.apiserver import ApiServerConfig, event_body, service_account_namespace
 from app.service.kube import KubeApi, KubeError
 from app.service.sinks import KubeEventsSink, deliver_with_retry
 from tests.test_service_support import make_report, make_settings
@@ -101,6 +101,17 @@ def test_trickling_api_server_ends_at_the_deadline(tmp_path: Path, certs: Certs,
     ({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, {"apiserver_url": "https://api:6443"}, ("PFI_APISERVER_URL", "https://api:6443")),
 ])
 def test_which_api_server(tmp_path: Path, env: dict[str, str], kw: dict[str, Any], expected: Any) -> None:
-    settings = make_settings(tmp_path, **{"apiserver_url": None, **kw})
-    config = ApiServerConfig.from_settings(settings, environ=env, sa_dir=tmp_path / "no-sa")
+    settings = make_settings(tmp_path, **{"apiserver_url": None, "apiserver_token_file": tmp_path / "sa/token", **kw})
+    config = ApiServerConfig.from_settings(settings, environ=env)
     assert (config.source, config.url) == expected if expected else config is None
+
+
+def test_service_account_folder_is_where_the_token_is(tmp_path: Path) -> None:
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    for name, text in (("token", "t"), ("ca.crt", "x"), ("namespace", "pfi-system\n")):
+        (sa / name).write_text(text)
+    settings = make_settings(tmp_path, apiserver_url=None, apiserver_token_file=sa / "token")
+    config = ApiServerConfig.from_settings(settings, environ={"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
+    assert config is not None and (config.token_file, config.ca_file) == (sa / "token", sa / "ca.crt")
+    assert service_account_namespace(settings) == "pfi-system"

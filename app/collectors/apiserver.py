@@ -2,8 +2,8 @@
 
 Which API server, and how to reach it, is decided here and nowhere else (`ApiServerConfig`):
 1. `PFI_APISERVER_URL`: that URL, with `PFI_APISERVER_TOKEN_FILE` (when it exists) and
-   `PFI_APISERVER_CA_FILE` (default: the service account's `ca.crt` when it exists, else the
-   system's CAs);
+   `PFI_APISERVER_CA_FILE` (default: the service account's `ca.crt`, next to the token file, when
+   it exists, else the system's CAs);
 2. `PFI_KUBECONFIG`: a kubeconfig file (its current context), through `kubernetes.config`;
 3. in a pod (`KUBERNETES_SERVICE_HOST`): the in-cluster config of `kubernetes.config`, with the
    token and CA files above (the token is re-read as it rotates);
@@ -32,7 +32,6 @@ from app.collectors.fetch import Deadline, FetchError, check_url, describe, host
 from app.config import Settings
 
 __all__ = [
-    "SERVICEACCOUNT_DIR",
     "ApiServer",
     "ApiServerConfig",
     "ApiServerError",
@@ -40,7 +39,6 @@ __all__ = [
     "service_account_namespace",
 ]
 
-SERVICEACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
@@ -59,9 +57,15 @@ def is_node_name(name: str) -> bool:
     return len(name) <= 253 and bool(_DNS1123_SUBDOMAIN.match(name))
 
 
-def service_account_namespace(sa_dir: Path = SERVICEACCOUNT_DIR) -> str | None:
+def service_account_dir(settings: Settings) -> Path:
+    """The mounted service account's folder: where PFI_APISERVER_TOKEN_FILE is (its default is the
+    one place that names /var/run/secrets/kubernetes.io/serviceaccount)."""
+    return settings.apiserver_token_file.parent
+
+
+def service_account_namespace(settings: Settings) -> str | None:
     try:
-        return (sa_dir / "namespace").read_text().strip() or None
+        return (service_account_dir(settings) / "namespace").read_text().strip() or None
     except OSError:
         return None
 
@@ -77,9 +81,11 @@ class ApiServerConfig:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, environ: Mapping[str, str] = os.environ, sa_dir: Path = SERVICEACCOUNT_DIR
+        cls, settings: Settings, environ: Mapping[str, str] = os.environ
     ) -> ApiServerConfig | None:
-        """How to reach the API server, or None when there is none (no URL, kubeconfig or pod env)."""
+        """How to reach the API server, or None when there is none (no URL, kubeconfig or pod env).
+        The CA defaults to the service account's ca.crt, next to the token file, when it exists."""
+        sa_dir = service_account_dir(settings)
         token = settings.apiserver_token_file if settings.apiserver_token_file.exists() else None
         ca = settings.apiserver_ca_file
         if ca is None and (sa_dir / "ca.crt").exists():

@@ -231,7 +231,7 @@ def make_peer_directory(settings: Settings, api: KubeApi | None) -> PeerDirector
         return StaticPeers(parse_static_peers(settings.static_peers, settings.node_name))
     if api is None:
         return NoPeers()
-    namespace = settings.namespace or service_account_namespace()
+    namespace = settings.namespace or service_account_namespace(settings)
     if not namespace or not settings.peer_label_selector:
         log.warning(
             "in a cluster but PFI_NAMESPACE/PFI_PEER_LABEL_SELECTOR unset: alerts for other nodes are not forwarded"
