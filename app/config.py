@@ -138,8 +138,9 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         le=60,
-        description="Timeout of one kubelet request, in seconds. 5: the kubelet is on this node and"
-        " answers in milliseconds; a hung one must not hold the report back for long.",
+        description="Overall deadline of one kubelet request (connect, TLS, headers and body), in seconds."
+        " 5: the kubelet is on this node and answers in milliseconds; a hung or trickling one must not"
+        " hold the report back for long.",
     )
     kubelet_cache_seconds: float = Field(
         default=30.0,
@@ -173,8 +174,14 @@ class Settings(BaseSettings):
         default=3.0,
         gt=0,
         le=60,
-        description="Timeout of one API server request, in seconds. 3: a healthy API server answers"
-        " these small reads in milliseconds; alerts and reports must not wait on a sick one.",
+        description="Overall deadline of one API server request (connect, TLS, headers and body), in"
+        " seconds. 3: a healthy API server answers these small reads in milliseconds; alerts and reports"
+        " must not wait on a sick one.",
+    )
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="A kubeconfig file to reach the API server from outside a cluster (its current"
+        " context). None: PFI_APISERVER_URL if set, else the in-cluster service account.",
     )
 
     # --- the webhook receiver: where it listens and what it accepts --------------------------------

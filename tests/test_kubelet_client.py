@@ -7,14 +7,20 @@ by it, and a second, unrelated CA to play "the wrong CA".
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from app.collectors.kubelet import PodResolver
+from app.collectors.kubelet import PodResolver, kubelet_url
 from app.config import Settings
 from app.models import OwnerRef
 from app.parsers.cgroup import parse_cgroup
@@ -26,6 +32,7 @@ PODLIST_GKE = (FIX / "podlist-gke-docker-all-qos-static-pending.json").read_byte
 KUBELET_TOKEN = "kubelet-token-0123456789abcdef"
 SA_TOKEN = "apiserver-token-fedcba9876543210"
 NODE = "datagen-1-35"
+GKE_NODE = "gke-cluster-default-pool-4658d5d4-p39c"
 
 
 def _settings(tmp_path: Path, url: str | None, **kw: object) -> Settings:
@@ -34,6 +41,7 @@ def _settings(tmp_path: Path, url: str | None, **kw: object) -> Settings:
     base: dict[str, object] = {
         "node_name": NODE, "kubelet_url": url, "kubelet_token_file": token, "kubelet_timeout_seconds": 3.0,
         "kubelet_cache_seconds": 30.0, "apiserver_fallback": False,
+        "apiserver_timeout_seconds": 10.0,  # a loaded CI machine; the deadline tests set their own
     }
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
@@ -41,11 +49,17 @@ def _settings(tmp_path: Path, url: str | None, **kw: object) -> Settings:
 
 @pytest.fixture
 def sa_dir(tmp_path: Path, certs: Certs) -> Path:
+    """A service account folder as the kubelet mounts it (token, ca.crt)."""
     d = tmp_path / "serviceaccount"
     d.mkdir()
     (d / "token").write_text(SA_TOKEN)
     shutil.copy(certs.ca, d / "ca.crt")
     return d
+
+
+def _sa(sa_dir: Path) -> dict[str, object]:
+    """The settings that point at a service account folder (PFI_APISERVER_TOKEN_FILE/CA_FILE)."""
+    return {"apiserver_token_file": sa_dir / "token", "apiserver_ca_file": sa_dir / "ca.crt"}
 
 
 @pytest.fixture
@@ -104,10 +118,11 @@ def test_wrong_ca_fails_clearly_and_falls_back(  # type: ignore[no-untyped-def]
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
-    settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True)
-    resolver = PodResolver(settings, serviceaccount_dir=sa_dir)
+    settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True,
+                         **_sa(sa_dir))
+    resolver = PodResolver(settings)
     index, attribution = resolver.index()
-    assert attribution.source == "apiserver"
+    assert attribution.source == "apiserver", attribution.error
     assert attribution.error is not None and attribution.error.startswith("kubelet TLS error:")
     assert "unable to get local issuer certificate" in attribution.error or "verify" in attribution.error
     assert KUBELET_TOKEN not in attribution.error and SA_TOKEN not in attribution.error
@@ -121,7 +136,8 @@ def test_wrong_ca_fails_clearly_and_falls_back(  # type: ignore[no-untyped-def]
 
 def test_wrong_ca_without_fallback(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True))
+    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True,
+                                     apiserver_token_file=tmp_path / "no-token"))
     index, attribution = resolver.index()
     assert index is None and attribution.source == "none"
     assert attribution.error is not None and attribution.error.startswith("kubelet TLS error:")
@@ -145,7 +161,7 @@ def test_skip_verify(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_GKE))
     resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_insecure_skip_tls_verify=True))
     index, attribution = resolver.index()
-    assert attribution.source == "kubelet" and index is not None
+    assert attribution.source == "kubelet" and index is not None, attribution.error
     ref = resolver.resolve(parse_cgroup(
         "10:memory:/kubepods/pod0faa708c-da09-11e9-b8b8-42010af002dd/"
         "6eaa4782de428f5ea639e33a837ed47aa9fa9e6969f8cb23e39ff788a751ce7d"))
@@ -207,14 +223,208 @@ def test_apiserver_only(  # type: ignore[no-untyped-def]
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_GKE))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
-    resolver = PodResolver(_settings(tmp_path, None, apiserver_fallback=True), serviceaccount_dir=sa_dir)
+    resolver = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir)))
     index, attribution = resolver.index()
     assert attribution.model_dump() == {"source": "apiserver", "error": "no kubelet URL configured"}
     assert index is not None and len(index.pods) == 9
     # The API server rejecting the token is reported after the kubelet's reason.
     (sa_dir / "token").write_text("wrong")
-    resolver.invalidate()
-    _, attribution = resolver.index()
+    again = _settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir))
+    _, attribution = PodResolver(again).index()
     assert attribution.source == "none"
     assert attribution.error == ("no kubelet URL configured; API server answered 401 Unauthorized "
-                                 "(the token was not accepted)")
+                                 f"(the token was not accepted) to pods on node {GKE_NODE}: Unauthorized")
+
+
+# --- bad configuration is a finding, not a crash (issue 8.5) ---------------------------------------
+
+
+def test_ipv6_kubelet_reached_through_node_ip(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
+    """No PFI_KUBELET_URL: the app builds https://[::1]:<port> from PFI_NODE_IP=::1 (bracketed)."""
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, host="::1"))
+    settings = _settings(tmp_path, None, kubelet_ca_file=certs.ca, node_ip="::1", kubelet_port=kubelet.port)
+    assert kubelet_url(settings) == f"https://[::1]:{kubelet.port}"
+    resolver = PodResolver(settings)
+    ref = resolver.resolve(APISERVER_CGROUP)
+    assert ref is not None and (ref.namespace, ref.name, ref.resolved_by) == (
+        "kube-system", "kube-apiserver-datagen-1-35", "kubelet")
+    assert resolver.index()[1].model_dump() == {"source": "kubelet", "error": None}
+    assert kubelet.requests == ["/pods"]
+    # The default port, and a list of node IPs (dual stack: the first is used).
+    assert kubelet_url(Settings(node_ip="fd00::5, 10.0.3.7", kubelet_url=None)) == "https://[fd00::5]:10250"
+    assert kubelet_url(Settings(node_ip="10.0.3.7", kubelet_url=None)) == "https://10.0.3.7:10250"
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://fd00::5:10250", "an IPv6 address needs brackets"),
+    ("https://[fd00::zz]:10250", "does not appear to be an IPv4 or IPv6 address"),
+    ("https://node-a:99999", "out of range"),
+    ("https://node-a:port", "could not be cast to integer"),
+    ("ftp://node-a:10250", "must start with https://"),
+    ("https://", "has no host"),
+    ("kubelet:10250", "must start with https://"),
+])
+def test_bad_kubelet_url_is_an_attribution_error(tmp_path: Path, url: str, reason: str, no_apiserver_env: None) -> None:
+    index, attribution = PodResolver(_settings(tmp_path, url)).index()
+    assert index is None and attribution.source == "none"
+    assert attribution.error is not None and attribution.error.startswith("kubelet URL") and reason in attribution.error
+
+
+def test_trickling_kubelet_ends_at_the_overall_deadline(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
+    """A byte every 2 s never trips a per-read timeout; the overall deadline ends it."""
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, trickle=2.0))
+    settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=3.0)
+    t = time.monotonic()
+    index, attribution = PodResolver(settings).index()
+    took = time.monotonic() - t
+    assert index is None and attribution.error == "kubelet timed out after 3s"
+    assert 2.9 < took < 4.5, took
+
+
+def test_silent_kubelet_and_silent_apiserver(tmp_path: Path, certs: Certs, serve, sa_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, hang=True))
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, hang=True))
+    settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=1.0,
+                         apiserver_fallback=True, apiserver_url=api.url, apiserver_timeout_seconds=1.0, **_sa(sa_dir))
+    t = time.monotonic()
+    index, attribution = PodResolver(settings).index()
+    assert time.monotonic() - t < 3.5
+    assert index is None and attribution.error == (
+        f"kubelet timed out after 1s; API server timed out after 1s (pods on node {NODE})")
+    assert len(api.requests) == 1
+
+
+def test_apiserver_wrong_ca_and_missing_ca(tmp_path: Path, certs: Certs, serve, sa_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
+    wrong = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=api.url,
+                      apiserver_token_file=sa_dir / "token", apiserver_ca_file=certs.wrong_ca)
+    _, attribution = PodResolver(wrong).index()
+    assert attribution.source == "none" and attribution.error is not None
+    assert attribution.error.startswith("no kubelet URL configured; API server TLS error:")
+    missing = wrong.model_copy(update={"apiserver_ca_file": tmp_path / "nope.crt"})
+    _, attribution = PodResolver(missing).index()
+    assert attribution.error == f"no kubelet URL configured; API server CA file {tmp_path / 'nope.crt'} does not exist"
+    garbage = wrong.model_copy(update={"apiserver_url": "https://fd00::1:6443"})
+    _, attribution = PodResolver(garbage).index()
+    assert attribution.error is not None and "an IPv6 address needs brackets" in attribution.error
+
+
+def test_apiserver_answer_for_another_node_is_dropped(tmp_path: Path, certs: Certs, serve, sa_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """A server that ignores the field selector (a proxy gone wrong) sends another node's pods:
+    none of them may name a process here."""
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_GKE))
+    settings = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=api.url, **_sa(sa_dir))
+    resolver = PodResolver(settings)
+    index, attribution = resolver.index()
+    assert attribution.source == "apiserver" and index is not None and index.pods == []
+    ref = resolver.resolve(parse_cgroup(
+        "10:memory:/kubepods/pod0faa708c-da09-11e9-b8b8-42010af002dd/"
+        "6eaa4782de428f5ea639e33a837ed47aa9fa9e6969f8cb23e39ff788a751ce7d"))
+    assert ref is not None and ref.resolved_by == "cgroup" and ref.name is None
+
+
+def test_node_name_that_is_not_dns1123_is_never_sent(tmp_path: Path, certs: Certs, serve, sa_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
+    settings = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=api.url,
+                         node_name="x,metadata.name!=y", **_sa(sa_dir))
+    _, attribution = PodResolver(settings).index()
+    assert attribution.error == ("no kubelet URL configured; node name 'x,metadata.name!=y' is not a "
+                                 "DNS-1123 name: not sent to the API server")
+    assert api.requests == []
+
+
+def test_apiserver_through_a_kubeconfig(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "c", "cluster": {"server": api.url, "certificate-authority": str(certs.ca)}}],
+        "users": [{"name": "u", "user": {"token": SA_TOKEN}}],
+        "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    resolver = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig))
+    index, attribution = resolver.index()
+    assert attribution.source == "apiserver" and index is not None and len(index.pods) == 24
+    (request,) = api.requests
+    assert parse_qs(urlsplit(request).query) == {"fieldSelector": [f"spec.nodeName={NODE}"]}
+    broken = tmp_path / "broken"
+    broken.write_text("clusters: [")
+    _, attribution = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=broken)).index()
+    assert attribution.error is not None and "API server configuration (kubeconfig) unusable" in attribution.error
+
+
+# --- the same through `pagefault-inspector investigate` on a process in a pod's cgroup (root) ------
+
+# A pod of the captured PodList (minikube 1.35): the swapping process's cgroup is named after it.
+DEPLOY_UID = "da59f36e-a7a8-46ed-8d9d-36392eb967d4"
+DEPLOY_CID = "a33effaac09ebc0bd003f783736428445148029e0a835cf57e592321b75b8c7a"
+WINDOW = 2.0
+
+
+@pytest.fixture
+def pod_process(root_required: None) -> Iterator[int]:
+    for tool in ("gcc", "mkswap", "swapon", "swapoff"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found: cannot run the swap workload")
+    from tests.workloads import swap_workload
+
+    with swap_workload(size_mb=96, limit_mb=48, name=f"kubepods/burstable/pod{DEPLOY_UID}/{DEPLOY_CID}") as proc:
+        yield proc.pid
+
+
+def _investigate(tmp_path: Path, pid: int, **env: str) -> tuple[float, dict[str, Any]]:
+    token = tmp_path / "kubelet-token"
+    token.write_text(KUBELET_TOKEN)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PFI_", "KUBERNETES_"))}
+    base.update(PFI_DATA_DIR=str(tmp_path / "data"), PFI_KUBELET_TOKEN_FILE=str(token), PFI_NODE_NAME=NODE,
+                PFI_APISERVER_FALLBACK="false", **env)
+    exe = Path(sys.executable).with_name("pagefault-inspector")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
+    t = time.monotonic()
+    out = subprocess.run([*cmd, "investigate", "--seconds", f"{WINDOW:g}", "--tracer", "procfs", "--format", "json"],
+                         env=base, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert any(p["pid"] == pid for p in report["processes"]), "the pod's process is not in the report"
+    return took, report
+
+
+def _top(report: dict[str, Any], pid: int) -> dict[str, Any]:
+    return next(p for p in report["processes"] if p["pid"] == pid)
+
+
+def test_investigate_with_an_unbracketed_ipv6_kubelet_url(tmp_path: Path, pod_process: int) -> None:
+    """The chart's old `https://$(PFI_NODE_IP):10250` with an IPv6 node IP: a finding, exit 0."""
+    _, report = _investigate(tmp_path, pod_process, PFI_KUBELET_URL="https://fd00::5:10250")
+    assert report["attribution"]["source"] == "none"
+    assert "an IPv6 address needs brackets" in report["attribution"]["error"]
+    assert any("an IPv6 address needs brackets" in w for w in report["warnings"])
+    pod = _top(report, pod_process)["pod"]
+    assert pod["uid"] == DEPLOY_UID and pod["resolved_by"] == "cgroup"  # still named by its cgroup
+
+
+def test_investigate_reaches_an_ipv6_kubelet_built_from_node_ip(  # type: ignore[no-untyped-def]
+    tmp_path: Path, certs: Certs, serve, pod_process: int
+) -> None:
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, host="::1"))
+    _, report = _investigate(tmp_path, pod_process, PFI_NODE_IP="::1", PFI_KUBELET_PORT=str(kubelet.port),
+                             PFI_KUBELET_CA_FILE=str(certs.ca))
+    assert report["attribution"] == {"source": "kubelet", "error": None}
+    pod = _top(report, pod_process)["pod"]
+    assert (pod["namespace"], pod["name"], pod["container"], pod["resolved_by"]) == (
+        "scraper", "e2e-deployment-79967c5968-8bnn8", "compute-pi-digits", "kubelet")
+    assert kubelet.requests == ["/pods"]
+
+
+def test_investigate_with_a_trickling_kubelet_ends_in_time(  # type: ignore[no-untyped-def]
+    tmp_path: Path, certs: Certs, serve, pod_process: int
+) -> None:
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, trickle=3.0))
+    took, report = _investigate(tmp_path, pod_process, PFI_KUBELET_URL=kubelet.url,
+                                PFI_KUBELET_CA_FILE=str(certs.ca))
+    assert report["attribution"] == {"source": "none", "error": "kubelet timed out after 5s"}
+    # The investigation (its own clock: not the interpreter's start-up) and the whole command.
+    ran = datetime.fromisoformat(report["finished_at"]) - datetime.fromisoformat(report["started_at"])
+    assert ran.total_seconds() < WINDOW + 10, ran
+    assert took < WINDOW + 20, took

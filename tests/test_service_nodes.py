@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
+from app.service.app import create_app
 from app.service.kube import KubeApi
 from app.service.nodes import NodeIdentity, Resolution, names_match, resolve_node, split_host
 from app.service.peers import KubePeers, parse_static_peers
-from tests.service_support import make_settings
+from tests.service_support import AUTH, TOKEN, FakeEngine, LiveServer, firing, make_settings, wait_for
+from tests.tls_standin import ApiServer, Certs, StandIn
+
+SA_TOKEN = "sa-token-0123456789"
 
 LOCAL = NodeIdentity("ip-10-0-3-7.ec2.internal", frozenset({"10.0.3.7", "fd00::7"}))
 OTHERS = [
@@ -146,121 +156,219 @@ def test_static_peers() -> None:
         parse_static_peers("node-b=ftp://x", "node-a")
 
 
-# --- the API server directory, against an httpx transport that answers like the API server ----
+# --- the API server directory, against a TLS API-server stand-in on loopback --------------------
 
 
 def _pod(
     node: str, pod_ip: str, host_ip: str, *, phase: str = "Running", deleting: bool = False
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": f"pfi-{node}", "namespace": "pfi"}
+    """An inspector pod as the API server lists it (trimmed to the fields it always has)."""
+    meta: dict[str, Any] = {
+        "name": f"pfi-{node}", "namespace": "pfi", "uid": f"uid-{node}-{pod_ip}", "labels": {"app": "pfi"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "pfi", "uid": "ds"}],
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-11-25T00:00:00Z"
     return {
         "metadata": meta,
-        "spec": {"nodeName": node},
-        "status": {"phase": phase, "podIP": pod_ip, "hostIP": host_ip, "hostIPs": [{"ip": host_ip}]},
+        "spec": {"nodeName": node, "containers": [{"name": "inspector", "image": "pfi"}]},
+        "status": {"phase": phase, "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": host_ip,
+                   "hostIPs": [{"ip": host_ip}], "qosClass": "Burstable"},
     }
 
 
-class FakeApiServer:
-    def __init__(self, pods: list[dict[str, Any]], nodes_status: int = 200) -> None:
-        self.pods = pods
-        self.nodes_status = nodes_status
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        assert request.headers["authorization"] == "Bearer sa-token"
-        if request.url.path == "/api/v1/namespaces/pfi/pods":
-            assert request.url.params["labelSelector"] == "app=pfi"
-            items = self.pods
-            field = request.url.params.get("fieldSelector")
-            if field:
-                items = [p for p in items if f"spec.nodeName={p['spec']['nodeName']}" == field]
-            return httpx.Response(200, json={"kind": "PodList", "items": items})
-        if request.url.path == "/api/v1/nodes":
-            if self.nodes_status != 200:
-                return httpx.Response(self.nodes_status, json={"kind": "Status", "reason": "Forbidden"})
-            return httpx.Response(
-                200,
-                json={
-                    "items": [
-                        {
-                            "metadata": {"name": "node-c"},
-                            "status": {
-                                "addresses": [
-                                    {"type": "InternalIP", "address": "10.0.5.5"},
-                                    {"type": "Hostname", "address": "node-c"},
-                                ]
-                            },
-                        }
-                    ]
-                },
-            )
-        return httpx.Response(404, json={})
+NODE_C = {
+    "metadata": {"name": "node-c", "uid": "n-c"},
+    "status": {"addresses": [{"type": "InternalIP", "address": "10.0.5.5"}, {"type": "Hostname", "address": "node-c"}]},
+}
 
 
-def _directory(tmp_path: Any, fake: FakeApiServer) -> KubePeers:
-    token = tmp_path / "token"
-    token.write_text("sa-token\n")
-    api = KubeApi("https://kube.test", token_file=token, transport=httpx.MockTransport(fake))
-    settings = make_settings(tmp_path, namespace="pfi", peer_label_selector="app=pfi", peer_port=8080)
+@pytest.fixture
+def apiserver(tmp_path: Path, certs: Certs, serve: Callable[[StandIn], StandIn]) -> Callable[..., tuple[StandIn, ApiServer]]:
+    def start(pods: list[dict[str, Any]], nodes: list[dict[str, Any]] | None = None, **kw: Any) -> tuple[StandIn, ApiServer]:
+        fake = ApiServer(pods, [NODE_C] if nodes is None else nodes)
+        return serve(StandIn("", SA_TOKEN, routes=fake, **kw)), fake
+    return start
+
+
+def _settings(tmp_path: Path, api: StandIn, certs: Certs, **kw: Any) -> Any:
+    token = tmp_path / "sa-token"
+    token.write_text(SA_TOKEN + "\n")
+    kw.setdefault("apiserver_timeout_seconds", 10.0)  # a loaded CI machine; the deadline test sets 3 s
+    return make_settings(tmp_path, namespace="pfi", peer_label_selector="app=pfi", peer_port=8080,
+                         apiserver_url=api.url, apiserver_ca_file=certs.ca, apiserver_token_file=token, **kw)
+
+
+def _directory(settings: Any) -> KubePeers:
+    api = KubeApi.from_settings(settings)
+    assert api is not None
     return KubePeers(api, settings, "pfi", "app=pfi")
 
 
-def test_kube_peers(tmp_path: Any) -> None:
-    fake = FakeApiServer(
-        [
-            _pod("node-a", "10.244.0.5", "10.0.3.7"),  # ourselves: not a peer
-            _pod("node-b", "10.244.1.5", "10.0.3.8"),
-            _pod("node-b", "10.244.1.4", "10.0.3.8", deleting=True),  # the old pod of a rollout
-            _pod("node-d", "10.244.3.5", "10.0.3.9", phase="Pending"),
-        ]
-    )
+def test_kube_peers(tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]) -> None:
+    stand, _ = apiserver([
+        _pod("node-a", "10.244.0.5", "10.0.3.7"),  # ourselves: not a peer
+        _pod("node-b", "10.244.1.5", "10.0.3.8"),
+        _pod("node-b", "10.244.1.4", "10.0.3.8", deleting=True),  # the old pod of a rollout
+        _pod("node-d", "10.244.3.5", "10.0.3.9", phase="Pending"),
+        _pod("Bad_Node,x", "10.244.4.5", "10.0.3.10"),  # not a DNS-1123 node name: never trusted
+    ])
 
     async def go() -> None:
-        d = _directory(tmp_path, fake)
+        d = _directory(_settings(tmp_path, stand, certs))
         peers = await d.peers()
         assert [(p.node, p.url) for p in peers] == [("node-b", "http://10.244.1.5:8080")]
         nodes = {n.name: n.ips for n in await d.nodes()}
         assert nodes == {"node-b": frozenset({"10.0.3.8"}), "node-c": frozenset({"10.0.5.5"})}
         assert (await d.peer_for_node("node-b")) == peers[0]
-        n = len(fake.requests)
-        assert await d.peer_for_node("node-c") is None  # looked up by field selector ...
-        assert fake.requests[-1].url.params["fieldSelector"] == "spec.nodeName=node-c"
-        assert await d.peer_for_node("node-c") is None  # ... but not again right away
-        assert len(fake.requests) == n + 1
+        n = len(stand.requests)
+        assert await d.peer_for_node("node-c") is None  # a miss right after a fetch: no new one
+        assert len(stand.requests) == n
+        assert d._fetched_at is not None
+        d._fetched_at -= 6  # 6 s old (TTL 30 s): a miss refreshes the whole list once ...
+        assert await d.peer_for_node("node-c") is None
+        assert await d.peer_for_node("node-e") is None  # ... and not again right away, whatever node
+        assert len(stand.requests) == n + 2  # pods + nodes
+        assert all("fieldSelector" not in r for r in stand.requests)
+        assert parse_qs(urlsplit(stand.requests[0]).query) == {"labelSelector": ["app=pfi"]}
         await d.api.aclose()
 
     asyncio.run(go())
 
 
-def test_kube_peers_without_rbac_for_nodes_and_with_a_failing_api(tmp_path: Any) -> None:
-    fake = FakeApiServer([_pod("node-b", "10.244.1.5", "10.0.3.8")], nodes_status=403)
+def test_kube_peers_without_rbac_for_nodes_and_with_a_failing_api(
+    tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
+) -> None:
+    stand, fake = apiserver([_pod("node-b", "10.244.1.5", "10.0.3.8")])
+    fake.forbid.add("/api/v1/nodes")
 
     async def go() -> None:
-        d = _directory(tmp_path, fake)
+        d = _directory(_settings(tmp_path, stand, certs))
         assert {n.name for n in await d.nodes()} == {"node-b"}  # node IPs from the pods' hostIP
         assert d.error is None
         fake.pods = []
+        fake.forbid.add("/api/v1/namespaces/pfi/pods")
         d._fetched_at = None  # expire the cache
-        fake_fail = httpx.MockTransport(lambda r: httpx.Response(500, text="etcd is sad"))
-        d.api._client._transport = fake_fail
         assert [p.node for p in await d.peers()] == ["node-b"]  # the cached list is kept
-        assert d.error and "HTTP 500" in d.error
+        assert d.error and "answered 403" in d.error and "forbidden" in d.error
         await d.api.aclose()
 
     asyncio.run(go())
 
 
-def test_no_secret_in_requests_log(tmp_path: Any) -> None:
-    # The directory never puts the token anywhere but the Authorization header.
-    fake = FakeApiServer([])
+def test_no_secret_in_requests(tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]) -> None:
+    stand, _ = apiserver([])
 
     async def go() -> None:
-        d = _directory(tmp_path, fake)
+        d = _directory(_settings(tmp_path, stand, certs))
         await d.peers()
-        assert all("sa-token" not in str(r.url) for r in fake.requests)
+        assert stand.requests and all(SA_TOKEN not in r for r in stand.requests)
         await d.api.aclose()
 
     asyncio.run(go())
+
+
+def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path) -> None:
+    """An idle service (in a cluster, Events on, peers by label) and `investigate` without the
+    API-server fallback never import the kubernetes package."""
+    code = (
+        "import asyncio, sys\n"
+        "from app.config import Settings\n"
+        "from app.service.state import ServiceState\n"
+        "from app.collectors.kubelet import PodResolver\n"
+        "async def main():\n"
+        f"    s = Settings(data_dir={str(tmp_path / 'd')!r}, namespace='pfi', peer_label_selector='app=pfi',\n"
+        "                 kubernetes_events=True, apiserver_url='https://127.0.0.1:1')\n"
+        "    state = await ServiceState.start(s, token='t' * 24)\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    PodResolver(s.model_copy(update={'apiserver_fallback': False})).index()\n"
+        "    print('kubernetes' in sys.modules, state.kube is not None, len(state.sinks))\n"
+        "    await state.stop()\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True", "1"], out.stderr[-2000:]
+
+
+# --- node resolution in the webhook (issue 10.4) ----------------------------------------------------
+
+
+def _alerts(nodes: list[str], label: str = "node") -> dict[str, Any]:
+    body = firing({label: nodes[0]})
+    first = body["alerts"][0]
+    body["alerts"] = [
+        {**first, "labels": {**first["labels"], label: n}, "fingerprint": f"fp{i}"} for i, n in enumerate(nodes)
+    ]
+    return body
+
+
+def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
+    tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
+) -> None:
+    stand, _ = apiserver([_pod("node-b", "10.244.1.5", "10.0.3.8")])
+    settings = _settings(tmp_path, stand, certs, max_alerts_per_request=1000)
+    with LiveServer(create_app(settings, investigator=FakeEngine(), token=TOKEN)) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as client:
+        # One alert first: the peer list is fetched (pods + nodes) and the kubernetes client
+        # imported, so the timing below is the 1,000 alerts' own.
+        first = client.post("/api/v1/alerts", json=_alerts(["node-b"]), headers=AUTH).json()
+        assert [f["node"] for f in first["forwarded"]] == ["node-b"], first
+        t = time.monotonic()
+        resp = client.post("/api/v1/alerts", json=_alerts([f"gone-{i}" for i in range(1000)]), headers=AUTH)
+        took = time.monotonic() - t
+        assert resp.status_code == 202
+        answer = resp.json()
+        assert len(answer["ignored"]) == 1000 and answer["accepted"] == answer["forwarded"] == []
+        assert answer["ignored"][7]["reason"] == "no inspector on node gone-7"
+    # The list (pods + nodes), fetched for the first alert and not again for the 1,000 misses
+    # (it is younger than MISS_REFRESH_SECONDS); at worst one refresh: 4 calls, not 1,000.
+    assert len(stand.requests) <= 4, stand.requests
+    assert took < 5.0, took
+
+
+def test_the_webhook_answers_fast_when_the_api_server_never_does(
+    tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
+) -> None:
+    stand, _ = apiserver([], hang=True)
+    settings = _settings(tmp_path, stand, certs, apiserver_timeout_seconds=3.0)
+    engine = FakeEngine()
+    with LiveServer(create_app(settings, investigator=engine, token=TOKEN)) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as client:
+        t = time.monotonic()
+        resp = client.post("/api/v1/alerts", json=_alerts([f"slow-{i}" for i in range(9)] + ["node-a"]), headers=AUTH)
+        took = time.monotonic() - t
+        assert resp.status_code == 202 and took < 2.5, took
+        answer = resp.json()
+        # This node's alert needs no lookup: taken at once. The others wait in the background.
+        assert [(a["fingerprint"], a["action"]) for a in answer["accepted"]] == [("fp9", "queued")]
+        assert len(answer["deferred"]) == 9 and answer["ignored"] == []
+        assert "takes longer than 1s" in answer["deferred"][0]["reason"]
+        wait_for(lambda: engine.calls, timeout=15, what="the local alert's investigation")
+        assert engine.calls[0]["trigger"].labels["node"] == "node-a"
+        # Behind the scenes the lookup ends at the API deadline (3 s) and the 9 are ignored.
+        wait_for(lambda: 'pfi_alerts_received_total{outcome="ignored"} 9.0' in client.get("/metrics").text,
+                 timeout=15, what="the deferred alerts' outcome")
+    assert len(stand.requests) == 1  # one list asked, not one per alert
+
+
+def test_label_values_never_reach_a_selector(
+    tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
+) -> None:
+    stand, _ = apiserver([_pod("node-b", "10.244.1.5", "10.0.3.8")])
+    settings = _settings(tmp_path, stand, certs)
+    with LiveServer(create_app(settings, investigator=FakeEngine(), token=TOKEN)) as live, \
+            httpx.Client(base_url=live.url, timeout=60) as client:
+        bad = _alerts(["x,metadata.name!=y", "node-b/../../x", "node-ü"])
+        answer = client.post("/api/v1/alerts", json=bad, headers=AUTH).json()
+        assert [i["reason"] for i in answer["ignored"]] == [
+            "label node = 'x,metadata.name!=y' is neither a node name (DNS-1123) nor an IP address",
+            "label node = 'node-b/../../x' is neither a node name (DNS-1123) nor an IP address",
+            "label node = 'node-ü' is neither a node name (DNS-1123) nor an IP address",
+        ]
+    assert all("metadata.name" not in r and "fieldSelector" not in r for r in stand.requests)
+
+
+def test_invalid_node_label_falls_through_to_a_valid_one() -> None:
+    res = resolve_node({"node": "x,metadata.name!=y", "instance": "10.0.3.7:9100"}, LOCAL, OTHERS)
+    assert res == Resolution("local", LOCAL.name, "instance", "10.0.3.7:9100")
+    assert resolve_node({"node": "a b"}, LOCAL, OTHERS) == Resolution("invalid", None, "node", "a b")

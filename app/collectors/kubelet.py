@@ -1,56 +1,38 @@
 """Which pod a cgroup belongs to: the node's kubelet `GET /pods`, falling back to the API server.
 
 The kubelet is asked over TLS with the service account's bearer token (RBAC `nodes/pods`, or
-`nodes/proxy` where fine-grained kubelet authorization is off). When it cannot be reached and
-`apiserver_fallback` is on, the in-cluster API server answers `GET /api/v1/pods` with a
-`spec.nodeName` field selector. The answer is cached for `kubelet_cache_seconds`.
+`nodes/proxy` where fine-grained kubelet authorization is off) at `PFI_KUBELET_URL`, or, when that
+is unset, at `https://<PFI_NODE_IP>:<PFI_KUBELET_PORT>` (IPv6 bracketed). When it cannot be reached
+and `apiserver_fallback` is on, the API server (app.collectors.apiserver: its URL, CA, token and
+timeout settings) lists the pods with a `spec.nodeName` field selector. Every fetch has an overall
+deadline; any URL, TLS or network problem ends in `Attribution.error`, never an exception. The
+answer is cached for `kubelet_cache_seconds`.
 """
 
 from __future__ import annotations
 
-import os
 import ssl
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
-import httpx
+import urllib3
 
+from app.collectors.apiserver import ApiServer, ApiServerConfig, ApiServerError
+from app.collectors.fetch import Deadline, FetchError, check_url, describe, host_url, read_body, track
 from app.config import Settings
 from app.models import Attribution, PodRef
 from app.parsers.cgroup import CgroupRef
 from app.parsers.kubelet import PodIndex, parse_podlist
 
-__all__ = ["SERVICEACCOUNT_DIR", "PodResolver"]
+__all__ = ["PodResolver", "kubelet_url"]
 
-SERVICEACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _QOS_NAMES = {"guaranteed": "Guaranteed", "burstable": "Burstable", "besteffort": "BestEffort"}
 _STATUS_HINTS = {
     401: "the token was not accepted",
     403: "RBAC: the service account needs get on nodes/pods (or nodes/proxy)",
 }
-
-
-class _FetchError(Exception):
-    """A short reason, safe to show (never the token)."""
-
-
-def _tls_reason(exc: BaseException) -> str | None:
-    """The certificate verification message buried in httpx/httpcore's exception chain."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return e.verify_message or "certificate verify failed"
-        if isinstance(e, ssl.SSLError):
-            return e.reason or str(e)
-        if "CERTIFICATE_VERIFY_FAILED" in str(e):
-            return "certificate verify failed"
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def _read_token(path: Path) -> str | None:
@@ -60,120 +42,109 @@ def _read_token(path: Path) -> str | None:
         return None
 
 
-def apiserver_base_url(settings: Settings) -> str | None:
-    """The API server: PFI_APISERVER_URL, else the in-cluster service from the environment, else None."""
-    if settings.apiserver_url:
-        return settings.apiserver_url.rstrip("/")
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
-        return None
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # IPv6 service address
-    return f"https://{host}:{port}"
+def kubelet_url(settings: Settings) -> str | None:
+    """PFI_KUBELET_URL, else https://<PFI_NODE_IP>:<PFI_KUBELET_PORT> (the first IP; IPv6 in
+    brackets), else None."""
+    if settings.kubelet_url and settings.kubelet_url.strip():
+        return settings.kubelet_url.strip()
+    ips = [p.strip() for p in (settings.node_ip or "").split(",") if p.strip()]
+    return host_url(ips[0], settings.kubelet_port) if ips else None
 
 
 class PodResolver:
     """Pod lookups for one node, with the PodList cached."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        serviceaccount_dir: Path = SERVICEACCOUNT_DIR,
-        max_response_bytes: int = MAX_RESPONSE_BYTES,
-    ) -> None:
+    def __init__(self, settings: Settings, *, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.settings = settings
-        self.transport = transport
-        self.serviceaccount_dir = Path(serviceaccount_dir)
         self.max_response_bytes = max_response_bytes
         self._lock = threading.Lock()
         self._cached: tuple[float, PodIndex | None, Attribution] | None = None
+        config = ApiServerConfig.from_settings(settings) if settings.apiserver_fallback else None
+        self._apiserver = ApiServer(config) if config is not None else None
 
-    # --- HTTP ---------------------------------------------------------------------------------
+    # --- the kubelet ---------------------------------------------------------------------------
 
-    def _get(self, who: str, url: str, token: str | None, verify: ssl.SSLContext | bool) -> PodIndex:
+    def _ssl_context(self) -> ssl.SSLContext:
+        s = self.settings
+        if s.kubelet_insecure_skip_tls_verify:
+            # Chosen by the operator (PFI_KUBELET_INSECURE_SKIP_TLS_VERIFY): not a warning per request.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        if s.kubelet_ca_file is not None:
+            try:
+                return ssl.create_default_context(cafile=str(s.kubelet_ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                raise FetchError(f"kubelet CA file {s.kubelet_ca_file} unusable: {reason}") from None
+        return ssl.create_default_context()  # the system's CAs (cluster-signed serving certs)
+
+    def _from_kubelet(self, url: str) -> PodIndex:
+        s = self.settings
+        who = "kubelet"
+        base = check_url(url, who)
+        ctx = self._ssl_context()
+        token = _read_token(s.kubelet_token_file)
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        timeout = self.settings.kubelet_timeout_seconds
-        try:
-            with httpx.Client(
-                transport=self.transport, verify=verify, timeout=timeout, follow_redirects=False
-            ) as client, client.stream("GET", url, headers=headers) as resp:
-                if resp.status_code != 200:
-                    hint = _STATUS_HINTS.get(resp.status_code)
-                    if resp.status_code == 401 and not token:
-                        hint = "no token was sent"
-                    reason = f"{resp.status_code} {resp.reason_phrase}".strip()
-                    raise _FetchError(f"{who} answered {reason}" + (f" ({hint})" if hint else ""))
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > self.max_response_bytes:
-                        raise _FetchError(f"{who} response larger than {self.max_response_bytes // (1 << 20)} MiB")
-        except httpx.TimeoutException:
-            raise _FetchError(f"{who} timed out after {timeout:g}s") from None
-        except httpx.TransportError as exc:
-            tls = _tls_reason(exc)
-            if tls is not None:
-                raise _FetchError(f"{who} TLS error: {tls}") from None
-            raise _FetchError(f"{who} unreachable: {exc or type(exc).__name__}") from None
-        try:
-            return parse_podlist(bytes(body))
-        except ValueError as exc:
-            raise _FetchError(f"{who} sent no PodList: {exc}") from None
-
-    def _from_kubelet(self) -> PodIndex:
-        s = self.settings
-        assert s.kubelet_url is not None
-        verify: ssl.SSLContext | bool
-        if s.kubelet_insecure_skip_tls_verify:
-            verify = False
-        elif s.kubelet_ca_file is not None:
+        timeout = s.kubelet_timeout_seconds
+        pool = track(urllib3.PoolManager(
+            ssl_context=ctx, retries=False, timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            assert_hostname=False if s.kubelet_insecure_skip_tls_verify else None,
+        ))
+        with Deadline(timeout) as deadline:
             try:
-                verify = ssl.create_default_context(cafile=str(s.kubelet_ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise _FetchError(f"kubelet CA file {s.kubelet_ca_file} unusable: {exc.strerror or exc}") from None
-        else:
-            verify = ssl.create_default_context()  # the system's CAs (cluster-signed serving certs)
-        url = s.kubelet_url.rstrip("/") + "/pods"
-        return self._get("kubelet", url, _read_token(s.kubelet_token_file), verify)
-
-    def _apiserver_url(self) -> str | None:
-        base = apiserver_base_url(self.settings)
-        if base is None:
-            return None
-        selector = quote(f"spec.nodeName={self.settings.node_name}", safe="=")
-        return f"{base}/api/v1/pods?fieldSelector={selector}"
-
-    def _from_apiserver(self, url: str) -> PodIndex:
-        sa = self.serviceaccount_dir
-        ca = sa / "ca.crt"
+                resp = pool.request("GET", base + "/pods", headers=headers, preload_content=False,
+                                    redirect=False)
+                if resp.status != 200:
+                    resp.close()
+                    hint = _STATUS_HINTS.get(resp.status)
+                    if resp.status == 401 and not token:
+                        hint = "no token was sent"
+                    reason = f"{resp.status} {resp.reason or ''}".strip()
+                    raise FetchError(f"{who} answered {reason}" + (f" ({hint})" if hint else ""))
+                body = read_body(resp, who, self.max_response_bytes)
+            except FetchError:
+                raise
+            except Exception as exc:  # urllib3, ssl, socket; the deadline shutting the socket
+                raise FetchError(describe(exc, who, deadline)) from None
+            finally:
+                pool.clear()
         try:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca.exists() else True
-        except (OSError, ssl.SSLError) as exc:
-            raise _FetchError(f"API server CA file {ca} unusable: {exc}") from None
-        return self._get("API server", url, _read_token(sa / "token"), verify)
+            return parse_podlist(body)
+        except ValueError as exc:
+            raise FetchError(f"{who} sent no PodList: {exc}") from None
+
+    def _from_apiserver(self, api: ApiServer) -> PodIndex:
+        try:
+            doc = api.pods_on_node(self.settings.node_name)
+        except ApiServerError as exc:
+            raise FetchError(str(exc)) from None
+        try:
+            return parse_podlist(doc)
+        except ValueError as exc:
+            raise FetchError(f"API server sent no PodList: {exc}") from None
 
     # --- the index ---------------------------------------------------------------------------
 
     def _fetch(self) -> tuple[PodIndex | None, Attribution]:
         kubelet_error: str
-        if self.settings.kubelet_url:
+        url = kubelet_url(self.settings)
+        if url:
             try:
-                return self._from_kubelet(), Attribution(source="kubelet")
-            except _FetchError as exc:
+                return self._from_kubelet(url), Attribution(source="kubelet")
+            except FetchError as exc:
                 kubelet_error = str(exc)
         else:
             kubelet_error = "no kubelet URL configured"
-        api = self._apiserver_url() if self.settings.apiserver_fallback else None
-        if api is None:
+        if self._apiserver is None:
             return None, Attribution(source="none", error=kubelet_error)
         try:
-            return self._from_apiserver(api), Attribution(source="apiserver", error=kubelet_error)
-        except _FetchError as exc:
+            return self._from_apiserver(self._apiserver), Attribution(source="apiserver", error=kubelet_error)
+        except FetchError as exc:
             return None, Attribution(source="none", error=f"{kubelet_error}; {exc}")
 
     def index(self) -> tuple[PodIndex | None, Attribution]:

@@ -1,27 +1,43 @@
 """What happens to each alert of a webhook call: ignored (and why), handed to this node's single
 flight, or forwarded to the inspector on its node. Never investigates; forwarding runs in the
-background (the answer stays fast). Peer lookups are cached and bounded by the API timeout.
+background (the answer stays fast).
+
+An alert whose first node label names this node is taken at once. Routing the others needs the
+peer directory (the API server in a cluster). It runs as one task per request:
+node names are checked (an IP or a DNS-1123 name, else the alert is ignored with the reason), each
+distinct node is looked up once, and all misses share one refresh of the peer list. The webhook
+waits for that task at most ROUTE_BUDGET_SECONDS; when the API server is slower, the answer lists
+the alerts as `deferred` and the task finishes in the background (it accepts, forwards or logs
+them then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-import httpx
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from app.models import Trigger, utcnow
-from app.service.nodes import as_ip, resolve_node
+from app.service.nodes import (
+    NODE_LABELS,
+    NodeIdentity,
+    Resolution,
+    as_ip,
+    host_is_valid,
+    resolve_node,
+    split_host,
+)
 from app.service.payload import IncomingAlert, ParsedPayload
-from app.service.peers import Peer
+from app.service.peers import FORWARDED_HEADER, Peer, PeerClient, PeerDirectory
 from app.service.state import ServiceState
+
+__all__ = ["FORWARDED_HEADER", "ROUTE_BUDGET_SECONDS", "forward", "handle_alerts", "peer_client"]
 
 log = logging.getLogger(__name__)
 
-FORWARDED_HEADER = "X-PFI-Forwarded-From"
-FORWARD_ATTEMPTS = 3
 MAX_TRIGGER_LABELS = 64
+ROUTE_BUDGET_SECONDS = 1.0
 
 
 def _base(alert: IncomingAlert) -> dict[str, Any]:
@@ -41,69 +57,203 @@ def _trigger(alert: IncomingAlert, forwarded_from: str | None) -> Trigger:
     )
 
 
+@dataclass
+class _Decision:
+    alert: IncomingAlert
+    action: Literal["local", "forward", "ignore"]
+    peer: Peer | None = None
+    reason: str = ""
+
+
+def _pending_node(res: Resolution) -> str:
+    return res.node or ""
+
+
+def _surely_local(alert: IncomingAlert, local: NodeIdentity) -> bool:
+    """The first node label present names this node: no other node can win (resolve_node takes the
+    first label naming a known node, this one first), so no directory is needed."""
+    first = next((v for v in (alert.labels.get(k, "").strip() for k in NODE_LABELS) if v), None)
+    if first is None or not host_is_valid(split_host(first)):
+        return False
+    res = resolve_node(alert.labels, local, [])
+    return res.kind == "local" and res.value == first
+
+
+async def _route(
+    peers: PeerDirectory, local: NodeIdentity, alerts: list[IncomingAlert], forwarded_from: str | None
+) -> list[_Decision]:
+    """Where each alert goes. The only waits are the directory's (bounded by the API deadline)."""
+    others = await peers.nodes()
+    out: list[_Decision] = []
+    pending: dict[str, list[IncomingAlert]] = {}  # node (name or IP) -> its alerts, looked up once
+    for alert in alerts:
+        res = resolve_node(alert.labels, local, others)
+        if res.kind == "none":
+            out.append(_Decision(alert, "ignore", reason="no node label (node, nodename, kubernetes_node or instance)"))
+        elif res.kind == "invalid":
+            out.append(_Decision(alert, "ignore", reason=(
+                f"label {res.label} = {res.value!r} is neither a node name (DNS-1123) nor an IP address")))
+        elif res.kind == "local":
+            out.append(_Decision(alert, "local"))
+        elif forwarded_from:
+            out.append(_Decision(alert, "ignore", reason=(
+                f"for node {res.node}, not this one ({local.name}), and not forwarded twice")))
+        else:
+            pending.setdefault(_pending_node(res), []).append(alert)
+    unknown_ips: list[IncomingAlert] = []
+    for node, group in pending.items():
+        peer = await peers.peer_for_node(node)  # misses share one refresh of the list
+        if peer is not None:
+            out.extend(_Decision(a, "forward", peer=peer) for a in group)
+        elif as_ip(node) is not None:
+            unknown_ips.extend(group)
+        else:
+            out.extend(_Decision(a, "ignore", reason=_no_inspector(peers, node)) for a in group)
+    if unknown_ips:  # the refreshed list may know the node's addresses now
+        others = await peers.nodes()
+        for alert in unknown_ips:
+            res = resolve_node(alert.labels, local, others)
+            peer = await peers.peer_for_node(res.node) if res.kind == "remote" and res.node else None
+            if res.kind == "local":
+                out.append(_Decision(alert, "local"))
+            elif peer is not None:
+                out.append(_Decision(alert, "forward", peer=peer))
+            else:
+                out.append(_Decision(alert, "ignore", reason=_no_inspector(peers, res.node or "?")))
+    return out
+
+
+def _no_inspector(peers: PeerDirectory, node: str) -> str:
+    why = f"no inspector on node {node}"
+    return f"{why} ({peers.error})" if peers.error else why
+
+
 async def handle_alerts(
     state: ServiceState, parsed: ParsedPayload, forwarded_from: str | None
 ) -> dict[str, Any]:
     accepted: list[dict[str, Any]] = []
     forwarded: list[dict[str, Any]] = []
     ignored: list[dict[str, Any]] = []
+    deferred: list[dict[str, Any]] = []
     names = state.settings.alertname_set()
     metrics = state.metrics.alerts
+
+    wanted = [a for a in parsed.alerts if a.alertname in names]
+    for alert in parsed.alerts:
+        if alert.alertname not in names:
+            ignored.append({**_base(alert), "reason": (
+                f"alertname {alert.alertname!r} is not one of PFI_ALERTNAMES ({', '.join(sorted(names))})")})
+            metrics.labels(outcome="ignored").inc()
+    here = [_Decision(a, "local") for a in wanted if _surely_local(a, state.local)]
+    wanted = [a for a in wanted if not _surely_local(a, state.local)]
+    _apply(state, parsed, here, forwarded_from, accepted, forwarded, ignored)
+    if wanted:
+        task = asyncio.get_running_loop().create_task(_route(state.peers, state.local, wanted, forwarded_from))
+        done, _ = await asyncio.wait({task}, timeout=ROUTE_BUDGET_SECONDS)
+        if task in done:
+            _apply(state, parsed, _decisions(task, wanted), forwarded_from, accepted, forwarded, ignored)
+        elif state.spawn(_apply_later(state, parsed, task, wanted, forwarded_from), "route-alerts"):
+            reason = (f"the node lookup (API server) takes longer than {ROUTE_BUDGET_SECONDS:g}s: "
+                      "accepted or forwarded in the background, see the logs")
+            for alert in wanted:
+                deferred.append({**_base(alert), "reason": reason})
+                metrics.labels(outcome="deferred").inc()
+        else:
+            task.cancel()
+            for alert in wanted:
+                ignored.append({**_base(alert), "reason": "too much background work: node lookup refused"})
+                metrics.labels(outcome="ignored").inc()
+
+    answer: dict[str, Any] = {
+        "node": state.local.name,
+        "accepted": accepted,
+        "forwarded": forwarded,
+        "ignored": ignored,
+    }
+    if deferred:
+        answer["deferred"] = deferred
+    if parsed.warnings:
+        answer["warnings"] = parsed.warnings
+    return answer
+
+
+def _decisions(task: asyncio.Task[list[_Decision]], wanted: list[IncomingAlert]) -> list[_Decision]:
+    exc = task.exception()
+    if exc is None:
+        return task.result()
+    log.error("routing %d alert(s) failed: %s: %s", len(wanted), type(exc).__name__, exc)
+    return [_Decision(a, "ignore", reason=f"node lookup failed: {type(exc).__name__}") for a in wanted]
+
+
+async def _apply_later(
+    state: ServiceState,
+    parsed: ParsedPayload,
+    task: asyncio.Task[list[_Decision]],
+    wanted: list[IncomingAlert],
+    forwarded_from: str | None,
+) -> None:
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    accepted: list[dict[str, Any]] = []
+    forwarded: list[dict[str, Any]] = []
+    ignored: list[dict[str, Any]] = []
+    _apply(state, parsed, _decisions(task, wanted), forwarded_from, accepted, forwarded, ignored)
+    log.info(
+        "deferred routing of %d alert(s): %d accepted, %d forwarded, %d ignored",
+        len(wanted), len(accepted), len(forwarded), len(ignored),
+    )
+
+
+def _apply(
+    state: ServiceState,
+    parsed: ParsedPayload,
+    decisions: list[_Decision],
+    forwarded_from: str | None,
+    accepted: list[dict[str, Any]],
+    forwarded: list[dict[str, Any]],
+    ignored: list[dict[str, Any]],
+) -> None:
+    metrics = state.metrics.alerts
+    to_peer: dict[str, tuple[Peer, list[IncomingAlert]]] = {}
+    unrouted: dict[str, int] = {}
 
     def ignore(alert: IncomingAlert, reason: str) -> None:
         ignored.append({**_base(alert), "reason": reason})
         metrics.labels(outcome="ignored").inc()
 
-    wanted = [a for a in parsed.alerts if a.alertname in names]
-    for alert in parsed.alerts:
-        if alert.alertname not in names:
-            ignore(
-                alert,
-                f"alertname {alert.alertname!r} is not one of PFI_ALERTNAMES ({', '.join(sorted(names))})",
-            )
-    others = await state.peers.nodes() if wanted else []
-    to_peer: dict[str, tuple[Peer, list[IncomingAlert]]] = {}
-
-    for alert in wanted:
-        res = resolve_node(alert.labels, state.local, others)
-        if res.kind == "none":
-            ignore(alert, "no node label (node, nodename, kubernetes_node or instance)")
+    for d in decisions:
+        alert = d.alert
+        if d.action == "ignore":
+            ignore(alert, d.reason)
+            if d.reason.startswith("no inspector on node"):
+                unrouted[d.reason] = unrouted.get(d.reason, 0) + 1
             continue
-        if res.kind == "local":
-            trigger = _trigger(alert, forwarded_from)
-            if alert.status == "firing":
-                sub = state.scheduler.submit(trigger, alert.key)
-            else:
-                sub = state.scheduler.resolve(alert.key)
-            if sub.action == "ignored":
-                ignore(alert, sub.reason)
-                continue
-            accepted.append(
-                {
-                    **_base(alert),
-                    "node": state.local.name,
-                    "action": sub.action,
-                    "id": sub.investigation_id,
-                    "reason": sub.reason,
-                }
-            )
-            metrics.labels(outcome=sub.action).inc()
+        if d.action == "forward" and d.peer is not None:
+            to_peer.setdefault(d.peer.url, (d.peer, []))[1].append(alert)
             continue
-        node = res.node or ""
-        if forwarded_from:
-            ignore(alert, f"for node {node}, not this one ({state.local.name}), and not forwarded twice")
+        trigger = _trigger(alert, forwarded_from)
+        if alert.status == "firing":
+            sub = state.scheduler.submit(trigger, alert.key)
+        else:
+            sub = state.scheduler.resolve(alert.key)
+        if sub.action == "ignored":
+            ignore(alert, sub.reason)
             continue
-        peer = None
-        if res.kind == "remote" or as_ip(node) is None:
-            peer = await state.peers.peer_for_node(node)
-        if peer is None:
-            why = f"no inspector on node {node}"
-            if state.peers.error:
-                why += f" ({state.peers.error})"
-            log.warning("alert %s (%s=%s): %s", alert.fingerprint, res.label, res.value, why)
-            ignore(alert, why)
-            continue
-        to_peer.setdefault(peer.url, (peer, []))[1].append(alert)
+        accepted.append(
+            {
+                **_base(alert),
+                "node": state.local.name,
+                "action": sub.action,
+                "id": sub.investigation_id,
+                "reason": sub.reason,
+            }
+        )
+        metrics.labels(outcome=sub.action).inc()
+    for reason, n in unrouted.items():  # one line per node, not one per alert
+        log.warning("%d alert(s): %s", n, reason)
 
     for peer, alerts in to_peer.values():
         body = {**parsed.envelope, "alerts": [a.raw for a in alerts]}
@@ -115,40 +265,27 @@ async def handle_alerts(
             for a in alerts:
                 ignore(a, f"forwarding backlog full: alert for node {peer.node} not forwarded")
 
-    answer: dict[str, Any] = {
-        "node": state.local.name,
-        "accepted": accepted,
-        "forwarded": forwarded,
-        "ignored": ignored,
-    }
-    if parsed.warnings:
-        answer["warnings"] = parsed.warnings
-    return answer
+
+def peer_client(state: ServiceState) -> PeerClient:
+    """The client for peers, from the few things of the service it needs."""
+    s = state.settings
+    return PeerClient(
+        state.client,
+        lambda: state.token,
+        local_node=state.local.name,
+        forward_timeout=s.forward_timeout_seconds,
+        fetch_timeout=s.peer_fetch_timeout_seconds,
+    )
 
 
 async def forward(state: ServiceState, peer: Peer, body: dict[str, Any]) -> bool:
-    """POST the alerts to the peer's webhook with the same token, marked as forwarded; retried on
-    network errors and 5xx, not on 4xx (the peer said no: retrying will not change it)."""
-    url = f"{peer.url}/api/v1/alerts"
-    headers = {"Authorization": f"Bearer {state.token}", FORWARDED_HEADER: state.local.name}
+    """Forward alerts to a peer (PeerClient.forward), counted and logged."""
     n = len(body.get("alerts", []))
-    for attempt in range(1, FORWARD_ATTEMPTS + 1):
-        try:
-            resp = await state.client.post(
-                url, json=body, headers=headers, timeout=state.settings.forward_timeout_seconds
-            )
-        except httpx.HTTPError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        else:
-            if resp.status_code < 300:
-                log.info("forwarded %d alert(s) to the inspector on node %s (%s)", n, peer.node, peer.url)
-                state.metrics.forwards.labels(outcome="ok").inc()
-                return True
-            problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            if resp.status_code < 500:
-                break
-        if attempt < FORWARD_ATTEMPTS:
-            await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+    problem = await peer_client(state).forward(peer, body)
+    if problem is None:
+        log.info("forwarded %d alert(s) to the inspector on node %s (%s)", n, peer.node, peer.url)
+        state.metrics.forwards.labels(outcome="ok").inc()
+        return True
     log.error("forwarding %d alert(s) to node %s (%s) failed: %s", n, peer.node, peer.url, problem)
     state.metrics.forwards.labels(outcome="failed").inc()
     return False

@@ -1,96 +1,76 @@
-"""The few API server calls the service makes, over httpx with the service account token.
+"""The service's door to the API server: app.collectors.apiserver (the one client, on the official
+`kubernetes` package) called from a small thread pool of its own, so a slow API server can neither
+block the event loop nor take the default executor's threads (the store and the UI use those).
 
-This is the seam the tests fake (an httpx transport that answers like the API server): peers
-(`GET pods`, `GET nodes`) and Kubernetes Events (`POST events`). The token is read at each call:
-projected service account tokens rotate.
+Each call has the API server's overall deadline (`PFI_APISERVER_TIMEOUT_SECONDS`, enforced in the
+worker thread by closing its socket) and, around it, an asyncio bound a little longer for what a
+socket deadline cannot end (a DNS lookup). `kubernetes` is imported at the first call, not at start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-import httpx
-
-from app.collectors.kubelet import apiserver_base_url
+from app.collectors.apiserver import (
+    ApiServer,
+    ApiServerConfig,
+    ApiServerError,
+    event_body,
+    service_account_namespace,
+)
 from app.config import Settings
+
+__all__ = ["KubeApi", "KubeError", "event_body", "service_account_namespace"]
 
 log = logging.getLogger(__name__)
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-class KubeError(Exception):
-    pass
+KubeError = ApiServerError
+T = TypeVar("T")
+WORKERS = 4
+GRACE_SECONDS = 2.0
 
 
 class KubeApi:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token_file: Path | None,
-        ca_file: Path | None = None,
-        timeout: float = 3.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.token_file = token_file
-        verify: bool | str = str(ca_file) if ca_file else True
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, verify=verify, transport=transport
-        )
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self.timeout = server.config.timeout
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> KubeApi | None:
-        """None when there is no API server to talk to (not in a cluster, none configured)."""
-        url = apiserver_base_url(settings)
-        if url is None:
-            return None
-        ca = settings.apiserver_ca_file
-        if ca is None and (SA_DIR / "ca.crt").exists():
-            ca = SA_DIR / "ca.crt"
-        token = settings.apiserver_token_file if settings.apiserver_token_file.exists() else None
-        return cls(
-            url, token_file=token, ca_file=ca, timeout=settings.apiserver_timeout_seconds, transport=transport
-        )
+    def from_settings(cls, settings: Settings, transport: object = None) -> KubeApi | None:
+        """None when there is no API server to talk to (not in a cluster, none configured).
+        `transport` is gone (tests use TLS stand-ins); it must be None."""
+        if transport is not None:
+            raise TypeError("KubeApi no longer takes an httpx transport: point PFI_APISERVER_URL at a stand-in")
+        config = ApiServerConfig.from_settings(settings)
+        return cls(ApiServer(config)) if config is not None else None
 
-    def _headers(self) -> dict[str, str]:
-        if self.token_file is None:
-            return {}
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="pfi-apiserver")
+        loop = asyncio.get_running_loop()
         try:
-            token = self.token_file.read_text().strip()
-        except OSError as exc:
-            raise KubeError(f"cannot read the service account token: {exc}") from None
-        return {"Authorization": f"Bearer {token}"} if token else {}
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._pool, fn, *args), timeout=self.timeout + GRACE_SECONDS
+            )
+        except TimeoutError:
+            raise KubeError(f"API server timed out after {self.timeout:g}s") from None
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = await self._client.request(method, path, headers=self._headers(), **kwargs)
-        except httpx.HTTPError as exc:
-            raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise KubeError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:300]}")
-        try:
-            return resp.json()
-        except ValueError:
-            raise KubeError(f"{method} {path}: the answer is not JSON") from None
+    async def list_pods(self, namespace: str, label_selector: str) -> dict[str, Any]:
+        return await self._run(self.server.list_pods, namespace, label_selector)
 
-    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        return await self._request("GET", path, params=params or {})
+    async def list_nodes(self) -> dict[str, Any]:
+        return await self._run(self.server.list_nodes)
 
-    async def post(self, path: str, body: dict[str, Any]) -> Any:
-        return await self._request("POST", path, json=body)
+    async def create_event(self, namespace: str, event: dict[str, Any]) -> dict[str, Any]:
+        return await self._run(self.server.create_event, namespace, event)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def service_account_namespace() -> str | None:
-    try:
-        return (SA_DIR / "namespace").read_text().strip() or None
-    except OSError:
-        return None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.server.close)

@@ -15,6 +15,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from app.collectors.apiserver import is_node_name
+
 NODE_LABELS = ("node", "nodename", "kubernetes_node", "instance")
 
 # A loopback target is the machine the service runs on: a single-machine setup (Prometheus,
@@ -30,7 +32,7 @@ class NodeIdentity:
 
 @dataclass(frozen=True)
 class Resolution:
-    kind: Literal["local", "remote", "unknown", "none"]
+    kind: Literal["local", "remote", "unknown", "none", "invalid"]
     node: str | None = None  # the node's name (remote/local), or the host part seen (unknown)
     label: str | None = None  # which label decided
     value: str | None = None  # its value
@@ -80,16 +82,27 @@ def _is_loopback(host: str, ip: str | None) -> bool:
     return host.lower() in LOOPBACK_NAMES
 
 
+def host_is_valid(host: str) -> bool:
+    """An IP address, or a name that can be a Node's (DNS-1123, compared case-insensitively)."""
+    return as_ip(host) is not None or is_node_name(host.lower().rstrip("."))
+
+
 def resolve_node(labels: dict[str, str], local: NodeIdentity, others: list[NodeIdentity]) -> Resolution:
     """Find the node in the labels, in the order of NODE_LABELS; the first label whose value names
     a known node (this one first) wins. When none does, the first present label names an unknown
-    node; with no node label at all the kind is "none"."""
+    node; with no node label at all the kind is "none". A value that is neither an IP nor a
+    DNS-1123 name (`x,metadata.name!=y`) is skipped; when only such values are present the kind is
+    "invalid" (label and value say which)."""
     first: Resolution | None = None
+    invalid: Resolution | None = None
     for label in NODE_LABELS:
         value = labels.get(label, "").strip()
         if not value:
             continue
         host = split_host(value)
+        if not host_is_valid(host):
+            invalid = invalid or Resolution("invalid", None, label, value)
+            continue
         ip = as_ip(host)
         if _matches(host, ip, local) or _is_loopback(host, ip):
             return Resolution("local", local.name, label, value)
@@ -98,4 +111,4 @@ def resolve_node(labels: dict[str, str], local: NodeIdentity, others: list[NodeI
                 return Resolution("remote", other.name, label, value)
         if first is None:
             first = Resolution("unknown", ip or host, label, value)
-    return first or Resolution("none")
+    return first or invalid or Resolution("none")

@@ -1,12 +1,18 @@
-"""The inspector pods on the other nodes (the DaemonSet's peers), and the nodes' names and IPs.
+"""The inspector pods on the other nodes (the DaemonSet's peers), the nodes' names and IPs, and the
+one client that talks to peers.
 
 Three directories behind one small interface:
 - `KubePeers`: the API server. Pods of this DaemonSet (`settings.namespace`, `peer_label_selector`),
-  listed whole and cached `peer_cache_seconds`; a node missing from the cache is looked up with the
-  `spec.nodeName` field selector (at most every few seconds). A pod's `status.hostIP` is its node's
-  IP; `GET nodes` adds the other nodes' addresses when RBAC allows it (best effort).
+  listed whole and cached `peer_cache_seconds`. A node missing from the list makes the list be
+  fetched again, at most every MISS_REFRESH_SECONDS and by one caller at a time however many
+  alerts (and nodes) miss: no per-node query, so no label value ever reaches a selector. A pod's
+  `status.hostIP` is its node's IP; `GET nodes` adds the other nodes' addresses when RBAC allows.
+  Node names from the API server are used only when they are DNS-1123 names.
 - `StaticPeers`: a fixed list (`PFI_STATIC_PEERS`), for machines without Kubernetes and the tests.
 - `NoPeers`: a single machine.
+
+`PeerClient`: forward alerts to a peer, list its reports and investigations, get one report. It
+needs an httpx client, the token and the timeouts, nothing else of the service.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
+
+from app.collectors.apiserver import is_node_name
 from app.config import Settings
 from app.service.kube import KubeApi, KubeError, service_account_namespace
 from app.service.nodes import NodeIdentity, as_ip, names_match
@@ -24,6 +34,8 @@ from app.service.nodes import NodeIdentity, as_ip, names_match
 log = logging.getLogger(__name__)
 
 MISS_REFRESH_SECONDS = 5.0
+FORWARDED_HEADER = "X-PFI-Forwarded-From"
+FORWARD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -120,17 +132,19 @@ class KubePeers:
         self._node_ips: dict[str, frozenset[str]] = {}
         self._fetched_at: float | None = None
         self._nodes_forbidden = False
-        self._miss_at: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        self.fetches = 0  # how often the list was fetched (tests, logs)
 
     def _peer_from_pod(self, pod: dict[str, Any]) -> Peer | None:
         if not _pod_is_usable(pod):
             return None
         spec, status = pod.get("spec") or {}, pod.get("status") or {}
         node = spec.get("nodeName")
-        if not node:
+        if not isinstance(node, str) or not is_node_name(node):
+            return None  # not a name the API server would give a Node: not trusted
+        pod_ip = as_ip(str(status["podIP"]))
+        if pod_ip is None:
             return None
-        pod_ip = status["podIP"]
         host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
         host_ip = status.get("hostIP")
         ips = frozenset({host_ip} if host_ip else set()) | frozenset(
@@ -138,21 +152,18 @@ class KubePeers:
         )
         return Peer(node=node, url=f"http://{host}:{self.port}", ips=ips)
 
-    async def _list_pods(self, field_selector: str | None = None) -> list[Peer]:
-        params = {"labelSelector": self.selector}
-        if field_selector:
-            params["fieldSelector"] = field_selector
-        body = await self.api.get(f"/api/v1/namespaces/{self.namespace}/pods", params)
-        found = [self._peer_from_pod(p) for p in (body or {}).get("items") or []]
+    async def _list_pods(self) -> list[Peer]:
+        body = await self.api.list_pods(self.namespace, self.selector)
+        found = [self._peer_from_pod(p) for p in (body or {}).get("items") or [] if isinstance(p, dict)]
         return [p for p in found if p is not None]
 
     async def _list_nodes(self) -> dict[str, frozenset[str]]:
         if self._nodes_forbidden:
             return {}
         try:
-            body = await self.api.get("/api/v1/nodes")
+            body = await self.api.list_nodes()
         except KubeError as exc:
-            if "HTTP 403" in str(exc):
+            if "answered 403" in str(exc):
                 self._nodes_forbidden = True  # RBAC: pods' hostIP is enough for nodes with a peer
                 log.info("no RBAC to list nodes; node IPs come from the peer pods' hostIP")
                 return {}
@@ -160,29 +171,33 @@ class KubePeers:
         out: dict[str, frozenset[str]] = {}
         for node in (body or {}).get("items") or []:
             name = (node.get("metadata") or {}).get("name")
-            if not name:
+            if not isinstance(name, str) or not is_node_name(name):
                 continue
             addrs = (node.get("status") or {}).get("addresses") or []
             out[name] = frozenset(a["address"] for a in addrs if a.get("address") and as_ip(a["address"]))
         return out
 
-    async def _refresh(self, force: bool = False) -> None:
+    async def _refresh(self, *, miss: bool = False) -> None:
+        """Fetch the list when it is older than the TTL, or (a node was missed) older than
+        MISS_REFRESH_SECONDS. One caller fetches; the others wait for its answer."""
         async with self._lock:
             now = time.monotonic()
-            if not force and self._fetched_at is not None and now - self._fetched_at < self.ttl:
+            max_age = MISS_REFRESH_SECONDS if miss else self.ttl
+            if self._fetched_at is not None and now - self._fetched_at < max_age:
                 return
+            self.fetches += 1
             try:
                 peers = await self._list_pods()
                 node_ips = await self._list_nodes()
             except KubeError as exc:
                 self.error = f"cannot list inspector pods: {exc}"
                 log.warning("%s (using the cached list of %d)", self.error, len(self._peers))
-                self._fetched_at = now  # do not hammer a failing API server; retry after the TTL
+                self._fetched_at = time.monotonic()  # do not hammer a failing API server
                 return
             self._peers = {p.node: p for p in peers if not names_match(p.node, self.own_node)}
             if node_ips:
                 self._node_ips = node_ips
-            self._fetched_at = now
+            self._fetched_at = time.monotonic()
             self.error = None
 
     async def nodes(self) -> list[NodeIdentity]:
@@ -192,28 +207,16 @@ class KubePeers:
             ips.setdefault(p.node, set()).update(p.ips)
         return [NodeIdentity(n, frozenset(a)) for n, a in ips.items() if not names_match(n, self.own_node)]
 
+    def _find(self, node: str) -> Peer | None:
+        return next((p for p in self._peers.values() if names_match(p.node, node)), None)
+
     async def peer_for_node(self, node: str) -> Peer | None:
         await self._refresh()
-        hit = next((p for p in self._peers.values() if names_match(p.node, node)), None)
-        if hit is not None:
-            return hit
-        now = time.monotonic()
-        if now - self._miss_at.get(node, -1e9) < MISS_REFRESH_SECONDS:
-            return None
-        self._miss_at[node] = now
-        if len(self._miss_at) > 1000:
-            self._miss_at.clear()
-        try:
-            found = await self._list_pods(field_selector=f"spec.nodeName={node}")
-        except KubeError as exc:
-            self.error = f"cannot look up the inspector on node {node}: {exc}"
-            log.warning("%s", self.error)
-            return None
-        for p in found:
-            if not names_match(p.node, self.own_node):
-                self._peers[p.node] = p
-                return p
-        return None
+        hit = self._find(node)
+        if hit is None:
+            await self._refresh(miss=True)
+            hit = self._find(node)
+        return hit
 
     async def peers(self) -> list[Peer]:
         await self._refresh()
@@ -228,10 +231,94 @@ def make_peer_directory(settings: Settings, api: KubeApi | None) -> PeerDirector
         return StaticPeers(parse_static_peers(settings.static_peers, settings.node_name))
     if api is None:
         return NoPeers()
-    namespace = settings.namespace or service_account_namespace()
+    namespace = settings.namespace or service_account_namespace(settings)
     if not namespace or not settings.peer_label_selector:
         log.warning(
             "in a cluster but PFI_NAMESPACE/PFI_PEER_LABEL_SELECTOR unset: alerts for other nodes are not forwarded"
         )
         return NoPeers()
     return KubePeers(api, settings, namespace, settings.peer_label_selector)
+
+
+# --- talking to peers --------------------------------------------------------------------------------
+
+
+class PeerError(Exception):
+    """A peer did not give what was asked (unreachable, timed out, HTTP error, not JSON)."""
+
+
+class PeerClient:
+    """The inspector on another node, over HTTP with the shared webhook token."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        token: Callable[[], str],
+        *,
+        local_node: str,
+        forward_timeout: float,
+        fetch_timeout: float,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.token = token
+        self.local_node = local_node
+        self.forward_timeout = forward_timeout
+        self.fetch_timeout = fetch_timeout
+        self.retry_delay = retry_delay
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    async def forward(self, peer: Peer, body: dict[str, Any]) -> str | None:
+        """POST alerts to the peer's webhook, marked as forwarded; retried on network errors and
+        5xx, not on 4xx (the peer said no). None when delivered, else the problem."""
+        url = f"{peer.url}/api/v1/alerts"
+        headers = {**self._headers(), FORWARDED_HEADER: self.local_node}
+        problem = "not tried"
+        for attempt in range(1, FORWARD_ATTEMPTS + 1):
+            try:
+                resp = await self.client.post(url, json=body, headers=headers, timeout=self.forward_timeout)
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 300:
+                    return None
+                problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code < 500:
+                    break
+            if attempt < FORWARD_ATTEMPTS:
+                await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+        return problem
+
+    async def _get(self, peer: Peer, path: str) -> Any:
+        try:
+            resp = await self.client.get(f"{peer.url}{path}", headers=self._headers(), timeout=self.fetch_timeout)
+        except httpx.HTTPError as exc:
+            raise PeerError(type(exc).__name__) from None
+        if resp.status_code >= 400:
+            raise PeerError(f"HTTP {resp.status_code}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise PeerError("not JSON") from None
+
+    async def reports(self, peer: Peer, limit: int) -> list[dict[str, Any]]:
+        doc = await self._get(peer, f"/api/v1/reports?limit={limit}")
+        rows = doc.get("reports") if isinstance(doc, dict) else None
+        return [r for r in rows or [] if isinstance(r, dict)]
+
+    async def investigations(self, peer: Peer) -> list[dict[str, Any]]:
+        doc = await self._get(peer, "/api/v1/investigations")
+        rows = doc.get("investigations") if isinstance(doc, dict) else None
+        return [r for r in rows or [] if isinstance(r, dict)]
+
+    async def report(self, peer: Peer, report_id: str) -> dict[str, Any] | None:
+        """The report document, or None when the peer has no such report (404)."""
+        try:
+            doc = await self._get(peer, f"/api/v1/reports/{report_id}")
+        except PeerError as exc:
+            if str(exc) == "HTTP 404":
+                return None
+            raise
+        return doc if isinstance(doc, dict) else None

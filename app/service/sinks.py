@@ -29,7 +29,7 @@ import httpx
 from app.config import Settings
 from app.investigation.history import culprit_labels, describe_history
 from app.models import ProcessReport, Report, SinkResult, utcnow
-from app.service.kube import KubeApi, KubeError
+from app.service.kube import KubeApi, KubeError, event_body
 
 log = logging.getLogger(__name__)
 
@@ -203,22 +203,17 @@ class KubeEventsSink:
         return out
 
     def event(self, report: Report, namespace: str, obj: dict[str, Any], message: str) -> dict[str, Any]:
-        now = _iso(utcnow())
-        return {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{COMPONENT}-", "namespace": namespace},
-            "involvedObject": obj,
-            "reason": EVENT_REASON,
-            "message": _bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),
-            "type": "Warning",
-            "source": {"component": COMPONENT, "host": report.node},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": report.node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        """An events.k8s.io/v1 Event about `obj` (app.collectors.apiserver.event_body)."""
+        return event_body(
+            namespace=namespace,
+            regarding=obj,
+            reason=EVENT_REASON,
+            note=_bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),
+            action="Investigated",
+            controller=f"pagefault-inspector.io/{COMPONENT}",
+            instance=report.node,
+            event_time=utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        )
 
     async def deliver(self, report: Report) -> str:
         done = self._done.setdefault(report.id, set())
@@ -231,9 +226,7 @@ class KubeEventsSink:
             if ident in done:
                 continue
             try:
-                await self.api.post(
-                    f"/api/v1/namespaces/{namespace}/events", self.event(report, namespace, obj, message)
-                )
+                await self.api.create_event(namespace, self.event(report, namespace, obj, message))
                 done.add(ident)
             except KubeError as exc:
                 errors.append(f"{ident}: {str(exc)[:200]}")

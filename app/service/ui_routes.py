@@ -18,7 +18,6 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
@@ -26,7 +25,8 @@ from pydantic import ValidationError
 from app.models import Report
 from app.service.deps import StateDep
 from app.service.flight import Investigation
-from app.service.peers import Peer
+from app.service.intake import peer_client
+from app.service.peers import Peer, PeerClient, PeerError
 from app.service.state import ServiceState
 from app.service.store import ReportSummary
 from app.service.ui.render import (
@@ -96,23 +96,9 @@ def _running_row(d: dict[str, Any]) -> RunningRow:
     )
 
 
-async def _peer_get(state: ServiceState, peer: Peer, path: str) -> Any:
-    resp = await state.client.get(
-        f"{peer.url}{path}",
-        headers={"Authorization": f"Bearer {state.token}"},
-        timeout=state.settings.peer_fetch_timeout_seconds,
-    )
-    resp.raise_for_status()
-    return resp.json()
-
-
-async def _peer_index(state: ServiceState, peer: Peer) -> tuple[list[IndexRow], list[RunningRow]]:
-    reports, running = await asyncio.gather(
-        _peer_get(state, peer, f"/api/v1/reports?limit={INDEX_LIMIT}"),
-        _peer_get(state, peer, "/api/v1/investigations"),
-    )
-    rows = [_index_row(s, local=False) for s in reports.get("reports", [])]
-    return rows, [_running_row(d) for d in running.get("investigations", [])]
+async def _peer_index(peers: PeerClient, peer: Peer) -> tuple[list[IndexRow], list[RunningRow]]:
+    reports, running = await asyncio.gather(peers.reports(peer, INDEX_LIMIT), peers.investigations(peer))
+    return [_index_row(s, local=False) for s in reports], [_running_row(d) for d in running]
 
 
 @ui.get("/", response_class=HTMLResponse)
@@ -122,14 +108,11 @@ async def index(state: StateDep) -> HTMLResponse:
     running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
     unreachable: list[str] = []
     peers = await state.peers.peers()
-    results = await asyncio.gather(*(_peer_index(state, p) for p in peers), return_exceptions=True)
+    client = peer_client(state)
+    results = await asyncio.gather(*(_peer_index(client, p) for p in peers), return_exceptions=True)
     for peer, result in zip(peers, results, strict=True):
         if isinstance(result, BaseException):
-            reason = (
-                f"HTTP {result.response.status_code}"
-                if isinstance(result, httpx.HTTPStatusError)
-                else type(result).__name__
-            )
+            reason = str(result) if isinstance(result, PeerError) else type(result).__name__
             unreachable.append(f"{peer.node} ({reason})")
             continue
         rows.extend(result[0])
@@ -161,16 +144,20 @@ async def _find(
     if node:
         peers = [p for p in peers if p.node == node]
 
+    client = peer_client(state)
+
     async def ask(peer: Peer) -> Report | dict[str, Any] | None:
         try:
-            return Report.model_validate(await _peer_get(state, peer, f"/api/v1/reports/{report_id}"))
-        except (httpx.HTTPError, ValueError, ValidationError):
+            doc = await client.report(peer, report_id)
+            if doc is not None:
+                return Report.model_validate(doc)
+        except (PeerError, ValidationError):
             pass
         try:
-            running = await _peer_get(state, peer, "/api/v1/investigations")
-        except (httpx.HTTPError, ValueError):
+            running = await client.investigations(peer)
+        except PeerError:
             return None
-        return next((d for d in running.get("investigations", []) if d.get("id") == report_id), None)
+        return next((d for d in running if d.get("id") == report_id), None)
 
     for found in await asyncio.gather(*(ask(p) for p in peers)):
         if found is not None:
