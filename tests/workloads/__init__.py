@@ -222,17 +222,17 @@ def cleanup_dead_runs(root: Path | None = None, log: Callable[[str], None] = pri
             rec.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             run.rmdir()
-    if swaps:
+    for f in sorted(swaps - {str(SWAP_FILE)}):
+        log(f"cleanup: refusing swap file {f!r}: not the test swap file")
+    if str(SWAP_FILE) in swaps:
+        f = str(SWAP_FILE)
         with _swap_lock():
-            for f in sorted(swaps):
-                if f != str(SWAP_FILE):
-                    log(f"cleanup: refusing swap file {f!r}: not the test swap file")
-                elif not _swap_users(root) and f in _active_swaps():
+            if not _swap_users(root):
+                if f in _active_swaps():
                     subprocess.run(["swapoff", f], check=False, capture_output=True)
-                    Path(f).unlink(missing_ok=True)
-                    log(f"cleanup: swap file {f} off and removed")
-                elif not _swap_users(root):
-                    Path(f).unlink(missing_ok=True)
+                    log(f"cleanup: swap file {f} turned off")
+                if f not in _active_swaps():
+                    SWAP_FILE.unlink(missing_ok=True)
 
 
 # --- building ------------------------------------------------------------------------------------
