@@ -450,6 +450,7 @@ def swap_enabled() -> Iterator[str | None]:
     Yields the swap file turned on here, or None."""
     ours: str | None = None
     rec: Path | None = None
+    legacy = _LEGACY_SWAP_USERS / f"{os.getpid()}-{next(_counter)}"
     with _swap_lock():
         active = _active_swaps()
         if str(SWAP_FILE) in active:
@@ -468,16 +469,24 @@ def swap_enabled() -> Iterator[str | None]:
             ours = str(SWAP_FILE)
         if ours and rec is None:
             rec = record("swap", ours)
+        if ours:
+            # Also a token where runs of the code before run-state folders look for swap users, so
+            # such a run sharing the machine does not turn swap off under this one.
+            _LEGACY_SWAP_USERS.mkdir(exist_ok=True)
+            legacy.touch()
 
     def undo() -> None:
         if not ours:
             return
         with _swap_lock():
             forget(rec)
+            legacy.unlink(missing_ok=True)
             if not _swap_users() and str(SWAP_FILE) in _active_swaps():
                 subprocess.run(["swapoff", str(SWAP_FILE)], check=False, capture_output=True)
             if str(SWAP_FILE) not in _active_swaps():
                 SWAP_FILE.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                _LEGACY_SWAP_USERS.rmdir()  # only when empty
 
     key = _register(undo)
     try:
