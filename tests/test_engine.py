@@ -223,16 +223,13 @@ def test_host_process_when_kubelet_unreachable(root_required, file_workload, tmp
 # host process and a swapping process in a pod-shaped cgroup ran, replayed step by step, with what
 # perf-major recorded in the same window handed over by a replaying tracer.
 
-TREE = Path(__file__).parent / "fixtures/proctree-file-and-pod-swap"
 PODLIST = Path(__file__).parent / "fixtures/kubelet/podlist-minikube-1.35-containerd-2.2-static-pods-all-qos.json"
 REPLAY_STEP = 0.4  # the 7 recorded steps are in by 2.4 s of a 3 s window
 
 
 @pytest.fixture
-def tree(tmp_path: Path):
-    from tests.proctree import ReplayTree
-
-    return ReplayTree(TREE, tmp_path / "tree")
+def tree(captured_tree):
+    return captured_tree
 
 
 def _tree_settings(tree, **kw) -> Settings:

@@ -63,7 +63,6 @@ class WorkloadProcess(subprocess.Popen):  # type: ignore[type-arg]
     kind: str = ""  # "file", "anon" or "shmem"
     path: Path | None = None  # the mapped file (file workload)
     cgroup: Path | None = None  # the memory cgroup it runs in (swap workload)
-    record: Path | None = None  # its line in the run-state folder
 
 
 # --- what this run made: the run-state folder -------------------------------------------------------
@@ -130,11 +129,24 @@ def forget(rec: Path | None) -> None:
             rec.parent.rmdir()  # only when empty: nothing of this run is left
 
 
+_process_records: dict[int, Path] = {}
+
+
 def record_process(proc: subprocess.Popen) -> Path:  # type: ignore[type-arg]
-    """Record a process this run started (for `cleanup_dead_runs` if the run dies before it)."""
+    """Record a process this run started (for `cleanup_dead_runs` if the run dies before it);
+    `forget_process` once it is reaped."""
     args = proc.args if isinstance(proc.args, list | tuple) else [proc.args]
-    argv0 = os.fsdecode(args[0]) if args else "?"
-    return record("proc", f"{proc.pid} {starttime(proc.pid)} {argv0.split()[0] if argv0.split() else '?'}")
+    words = os.fsdecode(args[0]).split() if args else []
+    rec = record("proc", f"{proc.pid} {starttime(proc.pid)} {words[0] if words else '?'}")
+    with _state_lock:
+        _process_records[proc.pid] = rec
+    return rec
+
+
+def forget_process(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    with _state_lock:
+        rec = _process_records.pop(proc.pid, None)
+    forget(rec)
 
 
 def _records(run: Path, kind: str) -> list[tuple[Path, str]]:
@@ -305,7 +317,7 @@ def _start(
         stdout=subprocess.PIPE,
         start_new_session=True,  # its own process group: killpg reaches everything it starts
     )
-    proc.record = record_process(proc)
+    record_process(proc)
     return proc
 
 
@@ -316,7 +328,7 @@ def _kill(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
     if proc.poll() is not None:
-        forget(getattr(proc, "record", None))
+        forget_process(proc)
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
             with contextlib.suppress(OSError):
