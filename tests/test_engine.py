@@ -358,3 +358,88 @@ def test_captured_tree_through_the_cli(tree) -> None:
 def test_investigate_rejects_an_empty_tracer_list(tree) -> None:
     with pytest.raises(ValueError, match="tracers"):
         investigate(_tree_settings(tree), seconds=1, tracers=[])
+
+
+def test_captured_tree_cancel_ends_the_window(tree) -> None:
+    import threading
+
+    from tests.proctree import ReplayTracer
+
+    cancel = threading.Event()
+    timer = threading.Timer(1.5, cancel.set)
+    t0 = time.monotonic()
+    with tree.play(REPLAY_STEP):
+        timer.start()
+        report = investigate(_tree_settings(tree), seconds=30, cancel=cancel, tracers=[ReplayTracer(tree)])
+    assert time.monotonic() - t0 < 10
+    assert report.status == "cancelled" and report.window_seconds < 5
+    assert "the investigation was cancelled before the window ended" in report.warnings
+    assert report.processes and report.processes[0].pid == tree.pid("file")
+
+
+def test_captured_tree_kubelet_unreachable_is_a_finding(tree, monkeypatch) -> None:
+    from tests.proctree import ReplayTracer
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = _tree_settings(tree, kubelet_url="https://127.0.0.1:9", kubelet_timeout_seconds=1)
+    with tree.play(REPLAY_STEP):
+        report = investigate(settings, seconds=3, tracers=[ReplayTracer(tree)])
+    _, s = _pair(report, tree)
+    assert report.attribution.error and any(w.startswith("pod names: ") for w in report.warnings)
+    # the pod is still known from its cgroup, by UID and container ID only
+    assert s.pod is not None and not s.host_process and s.pod.resolved_by == "cgroup" and s.pod.name is None
+    assert (s.pod.uid, s.pod.container_id) == (tree.manifest["pod_uid"], tree.manifest["container_id"])
+    assert s.sources[0].kind is SourceKind.SWAP  # the rest of the report still stands
+    assert s.verdict is not None and s.verdict.cause is Cause.CONTAINER_MEMORY_LIMIT
+
+
+def test_captured_tree_cli_text_names_the_file(tree) -> None:
+    env = {"PFI_PROC_ROOT": str(tree.proc_root), "PFI_CGROUP_ROOT": str(tree.cgroup_root), "COLUMNS": "200",
+           "PFI_PERF_PATH": "/nonexistent/perf", "PFI_BPFTRACE_PATH": "/nonexistent/bpftrace"}
+    with tree.play(1.0):
+        proc = _cli("investigate", "--seconds", "3", env=env)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "pfi-workload" in out and str(tree.pid("file")) in out and "procfs" in out
+
+
+# Runs as nobody when root (root reads any file): a process's io the inspector may not read is
+# reported as a privilege problem, not silently left out.
+_DENIED_ENGINE = """
+import json, sys
+from pathlib import Path
+from app.config import Settings
+from app.investigation.engine import investigate
+from app.tracers.procfs_only import ProcfsTracer
+root, pid = Path(sys.argv[1]), int(sys.argv[2])
+s = Settings(proc_root=root / "proc", cgroup_root=root / "cgroup", kubelet_url=None, apiserver_fallback=False)
+report = investigate(s, seconds=1, pids=[pid], tracers=[ProcfsTracer(s)])
+print(json.dumps(report.warnings))
+"""
+
+
+def test_captured_tree_unreadable_io_is_a_report_warning() -> None:
+    import shutil
+    import tempfile
+
+    from tests.proctree import ReplayTree
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("setpriv not found: cannot drop to nobody")
+    work = Path(tempfile.mkdtemp(prefix="pfi-test-denied-"))
+    try:
+        work.chmod(0o755)  # nobody must get to the tree
+        tree = ReplayTree(Path(__file__).parent / "fixtures/proctree-file-and-pod-swap", work / "tree")
+        fpid = tree.pid("file")
+        (tree.proc_root / str(fpid) / "io").chmod(0)  # as /proc/PID/io of another user's process
+        cmd = [sys.executable, "-c", _DENIED_ENGINE, str(tree.root), str(fpid)]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+        assert res.returncode == 0, res.stderr
+        denied = [w for w in json.loads(res.stdout) if w.startswith("permission denied")]
+        assert len(denied) == 1 and "/proc/PID/io" in denied[0] and f"pids {fpid}" in denied[0]
+        assert "CAP_SYS_PTRACE" in denied[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
