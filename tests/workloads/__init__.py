@@ -171,7 +171,9 @@ def _is_test_cgroup(path: Path) -> bool:
         rel = path.resolve().relative_to(CGROUP_ROOT)
     except ValueError:
         return False
-    return len(rel.parts) >= 2 and rel.parts[1].startswith("pfi-test-") and ".." not in rel.parts
+    # <root>/pfi-test-* on a pure v2 host; <root>/<hierarchy>/pfi-test-* (memory/, unified/) on v1 and hybrid
+    tops = rel.parts[:1] if rel.parts[:1] and rel.parts[0].startswith("pfi-test-") else rel.parts[1:2]
+    return bool(tops) and tops[0].startswith("pfi-test-")
 
 
 def _rmdir_tree(top: Path) -> bool:
@@ -208,7 +210,12 @@ def cleanup_dead_runs(root: Path | None = None, log: Callable[[str], None] = pri
                 start = None
             if start is not None and _alive(pid, start):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    # Its own process group when the run started it in a new session (workloads,
+                    # e2e servers): whatever it started goes too. Otherwise the process alone.
+                    if os.getpgid(pid) == pid:
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
                     log(f"cleanup: killed pid {pid} ({' '.join(parts[2:])}) left by run {run.name}")
                 for _ in range(100):
                     if not _alive(pid, start):
