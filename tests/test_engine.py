@@ -223,6 +223,7 @@ def test_host_process_when_kubelet_unreachable(root_required, file_workload, tmp
 # host process and a swapping process in a pod-shaped cgroup ran, replayed step by step, with what
 # perf-major recorded in the same window handed over by a replaying tracer.
 
+TREE = Path(__file__).parent / "fixtures/proctree-file-and-pod-swap"
 PODLIST = Path(__file__).parent / "fixtures/kubelet/podlist-minikube-1.35-containerd-2.2-static-pods-all-qos.json"
 REPLAY_STEP = 0.4  # the 7 recorded steps are in by 2.4 s of a 3 s window
 
@@ -304,9 +305,13 @@ def test_captured_tree_pod_named_through_tls_kubelet(tree, certs, serve, tmp_pat
     assert s.verdict is not None and "scraper/e2e-statefulset-0" in s.verdict.summary
 
 
-def _estimated(tree):
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory):
+    """One procfs-backend run on the captured tree (no addresses), shared by the estimate tests."""
     from app.tracers.procfs_only import ProcfsTracer
+    from tests.proctree import ReplayTree
 
+    tree = ReplayTree(TREE, tmp_path_factory.mktemp("estimated") / "tree")
     settings = _tree_settings(tree, tracer="procfs")
     with tree.play(REPLAY_STEP):
         report = investigate(settings, seconds=3, tracers=[ProcfsTracer(settings)])
@@ -314,9 +319,9 @@ def _estimated(tree):
     return _pair(report, tree)
 
 
-def test_captured_tree_procfs_estimate_file(tree) -> None:
+def test_captured_tree_procfs_estimate_file(estimated) -> None:
     """No addresses (procfs backend): the file is told from read_bytes, and said to be estimated."""
-    f, _ = _estimated(tree)
+    f, _ = estimated
     assert f.sources[0].kind is SourceKind.FILE and f.sources[0].estimated and f.sources[0].share >= 0.9
     assert f.verdict is not None and f.verdict.confidence == "low"
     assert f.traced_faults == 0
@@ -326,8 +331,8 @@ def test_captured_tree_procfs_estimate_file(tree) -> None:
     "estimate.py assumes swap-ins are not in /proc/PID/io read_bytes, but submit_bio() accounts every "
     "read bio to the task, swap-ins included: in this capture the swapping process read 63.8 MB "
     "(~15,600 pages = its majflt), so ~56% of its faults are estimated as file reads"))
-def test_captured_tree_procfs_estimate_swap(tree) -> None:
-    _, s = _estimated(tree)
+def test_captured_tree_procfs_estimate_swap(estimated) -> None:
+    _, s = estimated
     assert s.sources[0].kind is SourceKind.SWAP and s.sources[0].estimated
 
 
@@ -429,7 +434,7 @@ def test_captured_tree_unreadable_io_is_a_report_warning() -> None:
     work = Path(tempfile.mkdtemp(prefix="pfi-test-denied-"))
     try:
         work.chmod(0o755)  # nobody must get to the tree
-        tree = ReplayTree(Path(__file__).parent / "fixtures/proctree-file-and-pod-swap", work / "tree")
+        tree = ReplayTree(TREE, work / "tree")
         fpid = tree.pid("file")
         (tree.proc_root / str(fpid) / "io").chmod(0)  # as /proc/PID/io of another user's process
         cmd = [sys.executable, "-c", _DENIED_ENGINE, str(tree.root), str(fpid)]
