@@ -13,16 +13,23 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null || echo "bootstrap: apt-get update failed; trying the install anyway"
-  # One by one, so a package this machine's archive lacks does not stop the others.
+  # One by one, so a package this machine's archive lacks does not stop the others. Debian starts
+  # the packaged daemons on install; the tests start their own on loopback ports, so each one is
+  # stopped (and disabled) right after its install, through its service unit only.
   for p in "${missing[@]}"; do
-    apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1 || echo "bootstrap: could not install $p (tests that need it will skip)"
+    if ! apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1; then
+      echo "bootstrap: could not install $p (tests that need it will skip)"
+      continue
+    fi
+    case "$p" in
+      prometheus|prometheus-alertmanager|prometheus-node-exporter)
+        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+          systemctl disable --now "$p.service" >/dev/null 2>&1 || echo "bootstrap: could not stop $p.service"
+        else
+          service "$p" stop >/dev/null 2>&1 || true
+        fi;;
+    esac
   done
-  # Debian starts the packaged daemons on install; the tests start their own on loopback ports.
-  for s in prometheus prometheus-alertmanager prometheus-node-exporter; do
-    systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true
-  done
-  pkill -x prometheus >/dev/null 2>&1 || true
-  pkill -f '^/usr/bin/prometheus-(alertmanager|node-exporter)' >/dev/null 2>&1 || true
 fi
 py=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -15,8 +15,20 @@ import pytest
 
 from app.config import Settings
 from app.tracers.registry import make_tracer
+from tests.proctree import ReplayTree
 from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
 from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def captured_tree(tmp_path: Path) -> ReplayTree:
+    """A writable copy of a real procfs tree of this machine (tests/fixtures/proctree-file-and-pod-swap):
+    point Settings(proc_root=.proc_root, cgroup_root=.cgroup_root) at it; `with tree.play():` replays
+    its recorded counters; ReplayTracer(tree) is an exact tracer with the recorded addresses, for
+    investigate(tracers=[...]). Needs no root, perf or gcc (tests/proctree.py)."""
+    return ReplayTree(FIXTURES / "proctree-file-and-pod-swap", tmp_path / "tree")
 
 
 @pytest.fixture

@@ -156,6 +156,71 @@ def test_zombie_has_empty_cmdline() -> None:
         child.wait()
 
 
+# --- status, mount namespace, and why a read failed -------------------------------------------------
+
+TREE = FIX / "proctree-file-and-pod-swap"
+
+
+def test_captured_tree_status_and_mount_namespace() -> None:
+    proc = ProcFS(TREE / "proc")
+    file_pid = 28781
+    st = proc.status(file_pid)
+    assert st is not None and st.name == "pfi-workload" and st.vm_rss_bytes and st.vm_swap_bytes == 0
+    kthread = proc.status(2)
+    assert kthread is not None and kthread.kernel_thread and kthread.vm_rss_bytes is None
+    assert proc.mnt_ns(file_pid) == proc.mnt_ns("self") == "mnt:[4026531832]"  # "self" is a symlink
+    assert proc.status(424242) is None and proc.mnt_ns(424242) is None
+    assert proc.denied() == {}
+
+
+def test_real_status_and_mount_namespace() -> None:
+    proc = ProcFS()
+    st = proc.status(os.getpid())
+    assert st is not None and st.tgid == os.getpid() and st.uid == os.geteuid()
+    assert st.vm_rss_bytes and st.vm_rss_bytes > 1 << 20
+    assert proc.mnt_ns(os.getpid()) == os.readlink("/proc/self/ns/mnt") == proc.mnt_ns("self")
+
+
+# Run as nobody (the current user when not root): another user's /proc/PID/io is refused (EACCES;
+# pid 2, kthreadd, is root's), and that is kept; a process that exited is gone, which is not.
+_DENIED_PROBE = """
+import json, os, subprocess
+from app.collectors.procfs import ProcFS
+from app.investigation.engine import access_warnings
+proc = ProcFS()
+gone = subprocess.Popen(["true"]); gone.wait()
+out = {"io2": proc.io(2), "ns2": proc.mnt_ns(2), "gone_io": proc.io(gone.pid), "gone_ns": proc.mnt_ns(gone.pid),
+       "own_io": proc.io(os.getpid()) is not None}
+out["denied"] = proc.denied()
+out["warnings"] = access_warnings(proc)
+print(json.dumps(out))
+"""
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    cmd = [os.sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv not found: cannot drop to nobody")
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+
+
+def test_refused_read_is_kept_and_a_gone_process_is_not() -> None:
+    import json
+
+    res = _as_nobody(_DENIED_PROBE)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["io2"] is None and out["ns2"] is None and out["own_io"]
+    assert out["gone_io"] is None and out["gone_ns"] is None
+    assert out["denied"] == {"io": [1, [2]], "ns/mnt": [1, [2]]}
+    assert len(out["warnings"]) == 2
+    io_warning = next(w for w in out["warnings"] if "/proc/PID/io" in w)
+    assert "permission denied" in io_warning and "pids 2" in io_warning and "CAP_SYS_PTRACE" in io_warning
+
+
 # --- speed: the once-a-second hot path ------------------------------------------------------------
 
 N_PROCS = 5000

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.parsers.cgroup import CgroupRef, parse_cgroup, parse_memory_stat
+from app.parsers.cgroup import CgroupRef, host_view, parse_cgroup, parse_memory_stat
 
 CGROUP = Path(__file__).parent / "fixtures" / "cgroup"
 
@@ -163,3 +163,44 @@ def test_parse_memory_stat_v1() -> None:
     stat = parse_memory_stat((CGROUP / "v1-ssh-service-memory.stat").read_text())
     assert (stat["total_cache"], stat["total_rss"], stat["total_pgmajfault"]) == (7299072, 3637248, 0)
     assert stat["hierarchical_memory_limit"] == 9223372036854771712
+
+
+# --- paths seen from inside a cgroup namespace, and test groups nested under a parent ----------------
+
+HOST_VIEW_CASES = [
+    # (path, quirk, host path)
+    ("/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/" + BURSTABLE_ID, "already a host path: unchanged",
+     "/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/" + BURSTABLE_ID),
+    ("/../../kubepods/besteffort/pod74c13223-5a00-11e9-b385-42010a80018d/" + GKE_ID,
+     "from inside a pod's cgroup namespace: cut at kubepods",
+     "/kubepods/besteffort/pod74c13223-5a00-11e9-b385-42010a80018d/" + GKE_ID),
+    ("/../../../../system.slice/docker-" + NS_DOCKER_ID + ".scope", "no kubepods: the named segments",
+     "/system.slice/docker-" + NS_DOCKER_ID + ".scope"),
+]
+
+
+@pytest.mark.parametrize("path,quirk,host", HOST_VIEW_CASES, ids=[c[1] for c in HOST_VIEW_CASES])
+def test_host_view(path: str, quirk: str, host: str) -> None:
+    ref = CgroupRef(path, 1, "x", "burstable", "y", None)
+    out = host_view(ref)
+    assert out.path == host, quirk
+    assert (out.pod_uid, out.qos, out.container_id, out.version) == ("x", "burstable", "y", 1)
+    if host == path:
+        assert out is ref
+
+
+def test_host_view_of_the_cgroupns_fixture() -> None:
+    ref = parse_cgroup((CGROUP / "v2-cgroupns-relative-dotdot-docker-scope-no-final-newline.txt").read_text())
+    assert ref.path.startswith("/../") and host_view(ref).path == f"/system.slice/docker-{NS_DOCKER_ID}.scope"
+
+
+def test_pod_found_from_the_end_of_a_nested_test_path() -> None:
+    """Test runs nest kubepods-shaped groups under their own pfi-test-<pid>-<n>/ parent (never at
+    the hierarchy's root, where a real kubelet's kubepods could be): the pod is still found."""
+    uid = "b5812e37-ce78-41e2-9d8d-d93a88e481d6"
+    cid = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5"
+    text = f"12:memory:/pfi-test-28759-5/kubepods/burstable/pod{uid}/{cid}\n0::/user.slice\n"
+    ref = parse_cgroup(text)
+    assert ref == CgroupRef(f"/pfi-test-28759-5/kubepods/burstable/pod{uid}/{cid}", 1, uid, "burstable", cid, None)
+    guaranteed = parse_cgroup(f"12:memory:/pfi-test-1-2/kubepods/pod{uid}/{cid}\n")
+    assert (guaranteed.pod_uid, guaranteed.qos) == (uid, "guaranteed")

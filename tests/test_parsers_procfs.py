@@ -14,11 +14,13 @@ from app.parsers.procfs import (
     parse_io,
     parse_maps,
     parse_meminfo,
+    parse_ns_link,
     parse_pressure,
     parse_smaps,
     parse_smaps_rollup,
     parse_stat,
     parse_stat_bytes,
+    parse_status,
     parse_vmstat,
     redact_argv,
 )
@@ -365,3 +367,42 @@ def test_redact_argv_truncates_after_redacting() -> None:
 
 def test_redact_argv_control_characters() -> None:
     assert redact_argv(["app", "a\nb"]) == "app a b"
+
+
+# --- /proc/PID/status and ns links ------------------------------------------------------------------
+
+STATUS_CASES = [
+    # (fixture, quirk, name, state, kernel_thread, rss, swap)
+    ("status-cat-captured-here.txt", "a user process: Vm*/Rss* lines in kB", "cat", "R", False,
+     1688 * 1024, 0),
+    ("status-kthreadd-captured-here.txt", "a kernel thread: no mm, so no Vm* lines (None, not 0)", "kthreadd",
+     "S", True, None, None),
+    ("status-zombie-sleep-captured-here.txt", "a zombie: its mm is gone too", "sleep", "Z", False, None, None),
+]
+
+
+@pytest.mark.parametrize("fixture,quirk,name,state,kthread,rss,swap", STATUS_CASES, ids=[c[0] for c in STATUS_CASES])
+def test_parse_status(fixture, quirk, name, state, kthread, rss, swap) -> None:
+    st = parse_status(read(fixture))
+    assert (st.name, st.state, st.kernel_thread) == (name, state, kthread), quirk
+    assert (st.vm_rss_bytes, st.vm_swap_bytes) == (rss, swap), quirk
+    assert st.uid == 0 and st.threads == 1
+
+
+def test_parse_status_rss_split_and_ids() -> None:
+    st = parse_status(read("status-cat-captured-here.txt"))
+    assert st.rss_anon_bytes + st.rss_file_bytes + st.rss_shmem_bytes == st.vm_rss_bytes
+    assert st.tgid is not None and st.ppid is not None and st.tgid != st.ppid
+
+
+@pytest.mark.parametrize("text", ["", "Umask:\t0022\n", "garbage"])
+def test_parse_status_rejects_non_status(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_status(text)
+
+
+def test_parse_ns_link() -> None:
+    assert parse_ns_link("mnt:[4026531832]") == ("mnt", 4026531832)
+    for bad in ("mnt:4026531832", "mnt:[x]", ":[1]", "/proc/1/ns/mnt"):
+        with pytest.raises(ValueError):
+            parse_ns_link(bad)

@@ -3,6 +3,7 @@ nothing behind (process, cgroup, swap file)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from app.parsers.cgroup import parse_cgroup
 from tests.conftest import _need as need_tool
-from tests.workloads import CGROUP_MEMORY_ROOT, SWAP_FILE, majflt, swap_workload
+from tests.workloads import CGROUP_MEMORY_ROOT, SWAP_FILE, _swap_users, majflt, swap_workload
 
 
 def _rate(pid: int, seconds: float = 1.0) -> float:
@@ -48,16 +50,23 @@ def test_swap_workload_swaps_in_its_cgroup(swap_workload) -> None:
 
 
 @pytest.mark.parametrize("kind", ["anon", "shmem"])
-def test_kubepods_shaped_cgroup_is_removed_with_its_parents(root_required, kind: str) -> None:
-    name = "kubepods/burstable/pod0f9a1c52-7c1e-4b0e-9d0a-2f1e3c4d5e6f/0123abcd"
+def test_kubepods_shaped_cgroup_is_nested_and_removed_with_its_parents(root_required, kind: str) -> None:
+    uid, cid = "0f9a1c52-7c1e-4b0e-9d0a-2f1e3c4d5e6f", "ab" * 32
+    name = f"kubepods/burstable/pod{uid}/{cid}"
     with swap_workload(size_mb=96, limit_mb=48, name=name, kind=kind) as proc:
         cg = Path(f"/proc/{proc.pid}/cgroup").read_text()
-        assert f":memory:/{name}\n" in cg
+        # never at the root of the hierarchy, where a real kubelet's kubepods could be
+        m = re.search(rf":memory:/(pfi-test-\d+-\d+)/{re.escape(name)}\n", cg)
+        assert m, cg
+        parent = CGROUP_MEMORY_ROOT / m[1]
+        assert proc.cgroup == parent / name
+        # the parser still finds pod and container from the end of the path
+        ref = parse_cgroup(cg)
+        assert (ref.pod_uid, ref.qos, ref.container_id, ref.version) == (uid, "burstable", cid, 1)
         if kind == "shmem":
             assert "memfd:pfi-workload-shmem" in _mapping_of(proc.pid, proc.start)
         pid = proc.pid
-    assert not (CGROUP_MEMORY_ROOT / name).exists()
-    assert not (CGROUP_MEMORY_ROOT / name).parent.exists()  # created here, so removed too
+    assert not parent.exists()  # created here, so removed with everything under it
     assert not Path(f"/proc/{pid}").exists()
 
 
@@ -68,8 +77,7 @@ def test_nothing_left_after_a_failing_test(root_required) -> None:
     assert not Path(f"/proc/{pid}").exists()
     assert group is not None and not group.exists()
     # The test swap file is off again unless another live test run still uses it.
-    users = list(Path("/run/pfi-test-swap.users").glob("*"))
-    assert users or str(SWAP_FILE) not in Path("/proc/swaps").read_text()
+    assert _swap_users() or str(SWAP_FILE) not in Path("/proc/swaps").read_text()
 
 
 def test_tool_fixtures_resolve(need_perf: None, need_bpftrace: None) -> None:

@@ -2,11 +2,15 @@
 
 The root is a setting (`PFI_PROC_ROOT`, e.g. /host/proc) so tests point it at a captured tree. Every
 per-process read returns None when the process is gone or not readable: processes exit at any time.
+Why matters, as in psutil (NoSuchProcess vs AccessDenied): "gone" is normal, "not allowed" is a
+privilege problem the operator must hear about, so denied reads are kept (`denied()`) for the report.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 from pathlib import Path
 
 from app.models import Pressure
@@ -14,23 +18,28 @@ from app.parsers.cgroup import CgroupRef, parse_cgroup
 from app.parsers.procfs import (
     MapEntry,
     ProcStat,
+    ProcStatus,
     SmapsEntry,
     parse_cmdline,
     parse_io,
     parse_maps,
     parse_meminfo,
+    parse_ns_link,
     parse_pressure,
     parse_smaps,
     parse_stat_bytes,
+    parse_status,
     parse_vmstat,
 )
 
 __all__ = ["ProcFS"]
 
-# Errors that mean "this process is gone or hidden from us", not a bug. ESRCH (ProcessLookupError)
-# comes from reads of a /proc/PID file whose process exited after open().
-_GONE = (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError)
+# Errors that mean "this process is gone", not a bug. ESRCH (ProcessLookupError) comes from reads of
+# a /proc/PID file whose process exited after open().
+_GONE = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
+_DENIED_ERRNOS = (errno.EACCES, errno.EPERM)
 _STAT_READ = 4096  # a stat line is < 1 KiB even with 64-bit counters everywhere
+DENIED_PIDS_KEPT = 16  # per file: which processes' reads were refused (the count is kept in full)
 
 
 class ProcFS:
@@ -39,6 +48,30 @@ class ProcFS:
     def __init__(self, root: Path = Path("/proc")) -> None:
         self.root = Path(root)
         self._root_s = os.fspath(self.root)
+        self._denied: dict[str, tuple[int, list[int]]] = {}  # file -> (count, first pids)
+        self._denied_lock = threading.Lock()
+
+    # --- why a read failed ---------------------------------------------------------------------
+
+    def _refused(self, rel: str) -> None:
+        """A read of `rel` ("PID/io", "PID/ns/mnt") failed with EACCES/EPERM: keep it unless the
+        process is gone (then the refusal was its exit, as psutil checks before AccessDenied)."""
+        pid_s, _, name = rel.partition("/")
+        if not pid_s.isdigit() or not name:
+            return
+        if not os.path.exists(f"{self._root_s}/{pid_s}"):
+            return  # gone, not denied
+        with self._denied_lock:
+            count, pids = self._denied.get(name, (0, []))
+            if len(pids) < DENIED_PIDS_KEPT and int(pid_s) not in pids:
+                pids = [*pids, int(pid_s)]
+            self._denied[name] = (count + 1, pids)
+
+    def denied(self) -> dict[str, tuple[int, list[int]]]:
+        """Per-process files whose reads were refused (EACCES/EPERM) so far: file name (e.g. "io",
+        "maps", "ns/mnt") -> (refused reads, the first DENIED_PIDS_KEPT pids)."""
+        with self._denied_lock:
+            return {k: (n, list(p)) for k, (n, p) in self._denied.items()}
 
     # --- per process -------------------------------------------------------------------------
 
@@ -52,8 +85,13 @@ class ProcFS:
                 return f.read()
         except _GONE:
             return None
-        except OSError:
-            return None  # e.g. EIO/EACCES reading a zombie's or a kernel thread's file
+        except OSError as exc:
+            # EACCES/EPERM: not allowed (ptrace access mode checks on io, maps, smaps of others'
+            # processes without CAP_SYS_PTRACE); kept for the report. Others (EIO reading a zombie's
+            # file, EOPNOTSUPP for disabled PSI): nothing to say.
+            if exc.errno in _DENIED_ERRNOS:
+                self._refused(rel)
+            return None
 
     def read_text(self, relpath: str) -> str | None:
         """A file under the root as text (None when it does not exist or cannot be read)."""
@@ -125,6 +163,34 @@ class ProcFS:
             return parse_cgroup(text)
         except ValueError:
             return None
+
+    def status(self, pid: int) -> ProcStatus | None:
+        text = self.read_text(f"{pid}/status")
+        if not text:
+            return None
+        try:
+            return parse_status(text)
+        except ValueError:
+            return None
+
+    def mnt_ns(self, pid: int | str) -> str | None:
+        """The mount namespace a process is in, as its ns/mnt link names it ('mnt:[4026531832]');
+        pid may be "self". None when gone or not allowed (reading another user's link needs ptrace
+        access)."""
+        rel = f"{pid}/ns/mnt"
+        try:
+            target = os.readlink(f"{self._root_s}/{rel}")
+        except _GONE:
+            return None
+        except OSError as exc:
+            if exc.errno in _DENIED_ERRNOS:
+                self._refused(rel)
+            return None
+        try:
+            parse_ns_link(target)
+        except ValueError:
+            return None
+        return target
 
     def cmdline(self, pid: int) -> list[str] | None:
         data = self._read_bytes(f"{pid}/cmdline")

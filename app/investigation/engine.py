@@ -7,12 +7,10 @@ thread for the window while this thread samples procfs once a second.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from app.collectors.cgroupmem import read_cgroup_memory
 from app.collectors.kubelet import PodResolver
@@ -29,7 +27,7 @@ from app.models import (
     Trigger,
     utcnow,
 )
-from app.parsers.cgroup import CgroupRef
+from app.parsers.cgroup import CgroupRef, host_view
 from app.parsers.procfs import redact_argv
 from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
@@ -323,6 +321,7 @@ def investigate(
     for p in processes:
         p.verdict = diagnose_process(p, node_stats)
     report_progress(0.98, "diagnosing")
+    warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()
     if cancelled:
         warnings.append("the investigation was cancelled before the window ended")
@@ -374,17 +373,17 @@ def build_process(
     if ref is not None and ref.path not in ("", "/"):
         key = f"{ref.version}:{ref.path}"
         if key not in mem_cache:
-            mem_cache[key] = read_cgroup_memory(settings.cgroup_root, _host_cgroup_ref(ref))
+            mem_cache[key] = read_cgroup_memory(settings.cgroup_root, host_view(ref))
         mem = mem_cache[key]
     rss = swap = None
     if smaps is not None:
         rss = sum(e.rss_bytes for e in smaps)
         swap = sum(e.swap_bytes for e in smaps)
     else:
-        status = procfs.read_text(f"{t.pid}/status") if not t.exited else None
-        if status:
-            rss, swap = _status_kib(status, "VmRSS"), _status_kib(status, "VmSwap")
-    mnt = _mnt_ns(procfs, str(t.pid))
+        status = procfs.status(t.pid) if not t.exited else None
+        if status is not None:
+            rss, swap = status.vm_rss_bytes, status.vm_swap_bytes
+    mnt = procfs.mnt_ns(t.pid)
     return ProcessReport(
         pid=t.pid,
         comm=t.comm,
@@ -409,40 +408,40 @@ def build_process(
     )
 
 
-def _status_kib(text: str, key: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith(key + ":"):
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                return int(parts[1]) * 1024
-    return None
-
-
-def _host_cgroup_ref(ref: CgroupRef) -> CgroupRef:
-    """A cgroup path as seen from the host's root cgroup.
-
-    Read from inside a pod's cgroup namespace, other processes' paths start with "/../": the
-    kubepods hierarchy sits at the root of the host's cgroup tree, so cut the path there.
-    """
-    path = ref.path
-    if "/.." in path:
-        idx = path.find("/kubepods")
-        if idx >= 0:
-            path = path[idx:]
-        else:
-            parts = [p for p in path.split("/") if p and p != ".."]
-            path = "/" + "/".join(parts)
-    if path == ref.path:
-        return ref
-    return CgroupRef(path=path, version=ref.version, pod_uid=ref.pod_uid, qos=ref.qos,
-                     container_id=ref.container_id, runtime=ref.runtime)
-
-
 def _mnt_ns(procfs: ProcFS, pid: str) -> str | None:
-    try:
-        return os.readlink(Path(procfs.root) / pid / "ns" / "mnt")
-    except OSError:
-        return None
+    return procfs.mnt_ns(pid)
+
+
+# Which privilege each per-process file needs, for the operator.
+_NEEDS = {
+    "io": "CAP_SYS_PTRACE (ptrace read access)",
+    "maps": "CAP_SYS_PTRACE (ptrace read access)",
+    "smaps": "CAP_SYS_PTRACE (ptrace read access)",
+    "ns/mnt": "CAP_SYS_PTRACE (ptrace read access)",
+}
+_LOST = {
+    "io": "read rates and procfs estimates",
+    "maps": "fault addresses resolved to files",
+    "smaps": "swap/RSS sizes and procfs estimates",
+    "ns/mnt": "whether paths are inside a container",
+    "cgroup": "pods and cgroup memory",
+    "cmdline": "command lines",
+    "status": "RSS and swap sizes",
+}
+
+
+def access_warnings(procfs: ProcFS) -> list[str]:
+    """One warning per /proc file whose reads were refused: "not allowed" is a privilege problem,
+    unlike a process that exited (which is silent)."""
+    out = []
+    for name, (count, pids) in sorted(procfs.denied().items()):
+        shown = ", ".join(map(str, pids)) + (", …" if count > len(pids) else "")
+        need = _NEEDS.get(name, "read access to /proc")
+        out.append(
+            f"permission denied reading /proc/PID/{name} ({count} reads; pids {shown}): this report lacks "
+            f"their {_LOST.get(name, 'details')}; the inspector needs {need}"
+        )
+    return out
 
 
 def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float) -> NodeStats:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from app.parsers.procfs import parse_key_values
 
-__all__ = ["CgroupRef", "parse_cgroup", "parse_memory_stat"]
+__all__ = ["CgroupRef", "host_view", "parse_cgroup", "parse_memory_stat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +140,24 @@ def parse_cgroup(text: str) -> CgroupRef:
                 uid, qos, cid, runtime = found
                 break
     return CgroupRef(path=path, version=version, pod_uid=uid, qos=qos, container_id=cid, runtime=runtime)
+
+
+def host_view(ref: CgroupRef) -> CgroupRef:
+    """`ref` with its path as seen from the host's root cgroup (unchanged when it already is).
+
+    Quirk: read from inside a pod's cgroup namespace, other processes' paths start with "/../": the
+    kubepods hierarchy sits at the root of the host's cgroup tree, so the path is cut there. A path
+    without "kubepods" keeps its named segments (the ".." ones dropped): the best guess there is.
+    """
+    path = ref.path
+    if "/.." not in path:
+        return ref
+    idx = path.find("/kubepods")
+    path = path[idx:] if idx >= 0 else "/" + "/".join(p for p in path.split("/") if p and p != "..")
+    if path == ref.path:
+        return ref
+    return CgroupRef(path=path, version=ref.version, pod_uid=ref.pod_uid, qos=ref.qos,
+                     container_id=ref.container_id, runtime=ref.runtime)
 
 
 def parse_memory_stat(text: str) -> dict[str, int]:

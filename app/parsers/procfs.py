@@ -1,4 +1,4 @@
-"""Pure parsers for procfs text: /proc/PID/{stat,maps,smaps,smaps_rollup,cmdline,io}, vmstat, meminfo, PSI.
+"""Pure parsers for procfs text: /proc/PID/{stat,status,maps,smaps,smaps_rollup,cmdline,io,ns/*}, vmstat, meminfo, PSI.
 
 No I/O here: every function takes the file's text (or bytes) and returns values. The collectors in
 `app.collectors.procfs` read the files.
@@ -16,17 +16,20 @@ from app.models import Pressure
 __all__ = [
     "MapEntry",
     "ProcStat",
+    "ProcStatus",
     "SmapsEntry",
     "find_mapping",
     "parse_cmdline",
     "parse_io",
     "parse_maps",
     "parse_meminfo",
+    "parse_ns_link",
     "parse_pressure",
     "parse_smaps",
     "parse_smaps_rollup",
     "parse_stat",
     "parse_stat_bytes",
+    "parse_status",
     "parse_vmstat",
     "redact_argv",
 ]
@@ -375,6 +378,83 @@ def parse_io(text: str) -> dict[str, int]:
             except ValueError:
                 continue
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# /proc/PID/status and /proc/PID/ns/*
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStatus:
+    name: str
+    state: str  # one letter: R, S, D, Z, T, t, X, I
+    tgid: int | None
+    ppid: int | None
+    uid: int | None  # the effective user ID
+    threads: int | None
+    kernel_thread: bool | None  # None: the kernel does not say (no "Kthread:" line before 6.x)
+    # Memory, in bytes; None when the line is missing (kernel threads and zombies have no mm).
+    vm_rss_bytes: int | None
+    vm_swap_bytes: int | None
+    rss_anon_bytes: int | None
+    rss_file_bytes: int | None
+    rss_shmem_bytes: int | None
+
+
+_STATUS_BYTES = {
+    "VmRSS": "vm_rss_bytes", "VmSwap": "vm_swap_bytes", "RssAnon": "rss_anon_bytes",
+    "RssFile": "rss_file_bytes", "RssShmem": "rss_shmem_bytes",
+}
+
+
+def _status_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+# status: "Key:\tvalue" lines, e.g.  Name:\tcat | State:\tR (running) | Uid:\t0\t0\t0\t0 (real,
+# effective, saved, fs) | VmRSS:\t    1740 kB | Kthread:\t1 (kernel 6.x).
+def parse_status(text: str) -> ProcStatus:
+    """One /proc/PID/status file."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key] = value.strip()
+    if "Name" not in fields or "State" not in fields:
+        raise ValueError(f"not a /proc/PID/status file (no Name/State): {text[:80]!r}")
+    sizes: dict[str, int | None] = {}
+    for key, attr in _STATUS_BYTES.items():
+        # Quirk: kernel threads and zombies have no mm, so no Vm*/Rss* lines at all (not "0 kB").
+        n = _status_int(fields.get(key))
+        sizes[attr] = n * 1024 if n is not None else None
+    uids = fields.get("Uid", "").split()
+    kthread = fields.get("Kthread")
+    return ProcStatus(
+        # Quirk: the kernel escapes the name here ("\n" for a newline, "\\" for a backslash), unlike
+        # in stat, where comm is raw bytes.
+        name=fields["Name"],
+        state=fields["State"][:1],
+        tgid=_status_int(fields.get("Tgid")),
+        ppid=_status_int(fields.get("PPid")),
+        uid=int(uids[1]) if len(uids) > 1 and uids[1].isdigit() else None,
+        threads=_status_int(fields.get("Threads")),
+        kernel_thread=None if kthread is None else kthread == "1",
+        **sizes,
+    )
+
+
+def parse_ns_link(target: str) -> tuple[str, int]:
+    """A /proc/PID/ns/* link's target, e.g. 'mnt:[4026531832]' -> ('mnt', 4026531832)."""
+    kind, sep, rest = target.partition(":[")
+    if not sep or not rest.endswith("]") or not rest[:-1].isdigit() or not kind:
+        raise ValueError(f"not a namespace link: {target[:80]!r}")
+    return kind, int(rest[:-1])
 
 
 # --------------------------------------------------------------------------------------------------

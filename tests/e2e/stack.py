@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.workloads import forget_process, record_process
+
 NODE_EXPORTER = os.environ.get("PFI_NODE_EXPORTER", "prometheus-node-exporter")
 PROMETHEUS = os.environ.get("PFI_PROMETHEUS", "prometheus")
 ALERTMANAGER = os.environ.get("PFI_ALERTMANAGER", "prometheus-alertmanager")
@@ -90,6 +92,7 @@ def start_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
             env=env,
             start_new_session=True,
         )
+    record_process(p)  # in the run-state folder: scripts/cleanup.sh stops it if this run dies first
     return Proc(name, p, log)
 
 
@@ -110,6 +113,8 @@ def stop_process(proc: Proc, grace: float = 5.0) -> None:
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         p.wait(grace)
+    if p.poll() is not None:
+        forget_process(p)
 
 
 # --- HTTP ----------------------------------------------------------------------------------------------

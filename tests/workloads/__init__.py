@@ -6,10 +6,19 @@ the test fails and, as a last resort, at interpreter exit.
         proc.pid, proc.start, proc.end                          # the mapping the faults land in
     with swap_workload(size_mb=128, limit_mb=64) as proc:      # ~8,000 swap-in major faults/s
         proc.cgroup                                             # /sys/fs/cgroup/memory/pfi-test-swap-<pid>-<n>
+    with swap_workload(name="kubepods/burstable/pod<uid>/<id>") as proc:   # a kubepods-shaped group,
+        proc.cgroup                     # /sys/fs/cgroup/memory/pfi-test-<pid>-<n>/kubepods/burstable/...
 
 Every workload process has comm "pfi-workload" and an argv[0] starting with "pfi-workload-", dies
-with its parent (PR_SET_PDEATHSIG) and runs in its own process group. scripts/cleanup.sh finds
-leftovers by those names.
+with its parent (PR_SET_PDEATHSIG) and runs in its own process group.
+
+What a test run makes on the machine is recorded in its run-state folder, RUN_STATE_ROOT/<pid>-<starttime>/
+(/run/pfi-test/ as root), one file per thing: proc-<n> ("pid starttime argv0"), cgroup-<n> (the
+directory created at the top), swap-<n> (the swap file it uses). Undo removes the record with the
+thing. After a crash, `python -m tests.workloads cleanup` (scripts/cleanup.sh) undoes the records of
+runs whose process is gone, and nothing else: never by name, never a cgroup it did not make.
+Kubepods-shaped cgroups are made under a unique pfi-test-<pid>-<n>/ parent, never at the root of a
+hierarchy where a real kubelet's kubepods could be.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import re
 import select
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +45,11 @@ CGROUP_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
 SWAP_FILE = Path("/var/tmp/pfi-test-swap")
 SWAP_MB = 512
 _SWAP_LOCK = Path("/run/pfi-test-swap.lock")
-_SWAP_USERS = Path("/run/pfi-test-swap.users")  # one file per live user: "<pid>-<n>"
+# Test runs of the code before run-state folders kept one file per swap user here ("<pid>-<n>");
+# still counted as users so that a run of either version never turns swap off under the other.
+_LEGACY_SWAP_USERS = Path("/run/pfi-test-swap.users")
+RUN_STATE_ROOT = Path(os.environ.get("PFI_TEST_RUN_STATE", "/run/pfi-test"))
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT = 60.0
 
 _READY = re.compile(rb"start=(0x[0-9a-f]+|\(nil\)) end=(0x[0-9a-f]+)")
@@ -49,6 +63,195 @@ class WorkloadProcess(subprocess.Popen):  # type: ignore[type-arg]
     kind: str = ""  # "file", "anon" or "shmem"
     path: Path | None = None  # the mapped file (file workload)
     cgroup: Path | None = None  # the memory cgroup it runs in (swap workload)
+
+
+# --- what this run made: the run-state folder -------------------------------------------------------
+
+
+def starttime(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks after boot): with the pid, it names one process."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+        return int(text[text.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    return start is not None and starttime(pid) == start
+
+
+_counter = iter(range(1, 1 << 62))
+_state_lock = threading.Lock()
+_state_dir: Path | None = None
+
+
+def _state_dir_locked() -> Path:
+    global _state_dir
+    if _state_dir is None or _state_dir.name.split("-")[0] != str(os.getpid()):
+        name = f"{os.getpid()}-{starttime(os.getpid())}"
+        try:
+            RUN_STATE_ROOT.mkdir(mode=0o755, exist_ok=True)
+            _state_dir = RUN_STATE_ROOT / name
+            _state_dir.mkdir(exist_ok=True)
+        except PermissionError:
+            _state_dir = Path(tempfile.gettempdir()) / f"pfi-test-run-state-{os.getuid()}" / name
+    _state_dir.mkdir(parents=True, exist_ok=True)  # again: `forget` removes it when it empties
+    return _state_dir
+
+
+def run_state_dir() -> Path:
+    """This process's run-state folder: RUN_STATE_ROOT/<pid>-<starttime> (a per-user folder under
+    the temp dir when RUN_STATE_ROOT is not writable, e.g. not root). Made on use, removed by
+    `forget` once nothing of the run is left."""
+    with _state_lock:
+        return _state_dir_locked()
+
+
+def record(kind: str, value: str) -> Path:
+    """Note one thing this run made ("proc", "cgroup", "swap"); returns the record to `forget`."""
+    if kind not in ("proc", "cgroup", "swap"):
+        raise ValueError(kind)
+    with _state_lock:
+        path = _state_dir_locked() / f"{kind}-{next(_counter)}"
+        tmp = path.with_name("." + path.name)
+        tmp.write_text(value + "\n")
+        os.replace(tmp, path)  # cleanup never reads half a record
+    return path
+
+
+def forget(rec: Path | None) -> None:
+    if rec is None:
+        return
+    with _state_lock:
+        rec.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            rec.parent.rmdir()  # only when empty: nothing of this run is left
+
+
+_process_records: dict[int, Path] = {}
+
+
+def record_process(proc: subprocess.Popen) -> Path:  # type: ignore[type-arg]
+    """Record a process this run started (for `cleanup_dead_runs` if the run dies before it);
+    `forget_process` once it is reaped."""
+    args = proc.args if isinstance(proc.args, list | tuple) else [proc.args]
+    words = os.fsdecode(args[0]).split() if args else []
+    rec = record("proc", f"{proc.pid} {starttime(proc.pid)} {words[0] if words else '?'}")
+    with _state_lock:
+        _process_records[proc.pid] = rec
+    return rec
+
+
+def forget_process(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    with _state_lock:
+        rec = _process_records.pop(proc.pid, None)
+    forget(rec)
+
+
+def _records(run: Path, kind: str) -> list[tuple[Path, str]]:
+    out = []
+    for rec in sorted(run.glob(f"{kind}-*")):
+        with contextlib.suppress(OSError):
+            out.append((rec, rec.read_text().strip()))
+    return out
+
+
+def _run_alive(run: Path) -> bool:
+    pid_s, _, start_s = run.name.partition("-")
+    try:
+        return _alive(int(pid_s), int(start_s))
+    except ValueError:
+        return False  # "None" starttime: the owner was already unreadable
+
+
+def _is_test_cgroup(path: Path) -> bool:
+    """Only a folder under a cgroup hierarchy whose top segment a test made (pfi-test-*)."""
+    try:
+        rel = path.resolve().relative_to(CGROUP_ROOT)
+    except ValueError:
+        return False
+    # <root>/pfi-test-* on a pure v2 host; <root>/<hierarchy>/pfi-test-* (memory/, unified/) on v1 and hybrid
+    tops = rel.parts[:1] if rel.parts[:1] and rel.parts[0].startswith("pfi-test-") else rel.parts[1:2]
+    return bool(tops) and tops[0].startswith("pfi-test-")
+
+
+def _rmdir_tree(top: Path) -> bool:
+    """Remove a cgroup folder and its children, deepest first; True when it is gone."""
+    dirs = sorted((d for d in [top, *top.rglob("*")] if d.is_dir()), key=lambda d: -len(d.parts))
+    for d in dirs:
+        for _ in range(40):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    break
+                time.sleep(0.05)  # a killed task takes a moment to leave its group
+    return not top.exists()
+
+
+def cleanup_dead_runs(root: Path | None = None, log: Callable[[str], None] = print) -> None:
+    """Undo what test runs recorded and did not undo because they died (SIGKILL, a crash): the
+    processes they started (only when pid and starttime still match), then the cgroups they made
+    (pfi-test-* folders only, deepest first), then the test swap file when no live run uses it.
+    Runs still alive are left alone; nothing is looked up by name."""
+    root = RUN_STATE_ROOT if root is None else root
+    runs = sorted(p for p in root.glob("*-*") if p.is_dir()) if root.is_dir() else []
+    dead = [r for r in runs if not _run_alive(r)]
+    for run in dead:
+        for rec, text in _records(run, "proc"):
+            parts = text.split()
+            try:
+                pid, start = int(parts[0]), int(parts[1])
+            except (ValueError, IndexError):
+                start = None
+            if start is not None and _alive(pid, start):
+                with contextlib.suppress(ProcessLookupError):
+                    # Its own process group when the run started it in a new session (workloads,
+                    # e2e servers): whatever it started goes too. Otherwise the process alone.
+                    if os.getpgid(pid) == pid:
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+                    log(f"cleanup: killed pid {pid} ({' '.join(parts[2:])}) left by run {run.name}")
+                for _ in range(100):
+                    if not _alive(pid, start):
+                        break
+                    time.sleep(0.02)
+            rec.unlink(missing_ok=True)
+        for rec, text in _records(run, "cgroup"):
+            group = Path(text)
+            if not _is_test_cgroup(group):
+                log(f"cleanup: refusing {text!r} from run {run.name}: not a pfi-test-* cgroup")
+                rec.unlink(missing_ok=True)
+                continue
+            existed = group.exists()
+            if not existed or _rmdir_tree(group):
+                if existed:
+                    log(f"cleanup: removed cgroup {group}")
+                rec.unlink(missing_ok=True)
+            else:
+                log(f"cleanup: cgroup {group} still holds processes this run did not record; left")
+    swaps = {text for run in dead for _, text in _records(run, "swap")}
+    for run in dead:
+        for rec, _ in _records(run, "swap"):
+            rec.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run.rmdir()
+    for f in sorted(swaps - {str(SWAP_FILE)}):
+        log(f"cleanup: refusing swap file {f!r}: not the test swap file")
+    if str(SWAP_FILE) in swaps:
+        f = str(SWAP_FILE)
+        with _swap_lock():
+            if not _swap_users(root):
+                if f in _active_swaps():
+                    subprocess.run(["swapoff", f], check=False, capture_output=True)
+                    log(f"cleanup: swap file {f} turned off")
+                if f not in _active_swaps():
+                    SWAP_FILE.unlink(missing_ok=True)
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -83,7 +286,6 @@ def binary(name: str) -> Path:
 
 _pending: dict[int, Callable[[], None]] = {}
 _pending_lock = threading.Lock()
-_counter = iter(range(1, 1 << 62))
 
 
 def _register(fn: Callable[[], None]) -> int:
@@ -114,7 +316,7 @@ def _cleanup_all() -> None:
 def _start(
     argv0: str, exe: Path, args: list[str], wait_for_go: bool = False, env: dict[str, str] | None = None
 ) -> WorkloadProcess:
-    return WorkloadProcess(
+    proc = WorkloadProcess(
         [argv0, *args],
         env=env,
         executable=str(exe),
@@ -122,6 +324,8 @@ def _start(
         stdout=subprocess.PIPE,
         start_new_session=True,  # its own process group: killpg reaches everything it starts
     )
+    record_process(proc)
+    return proc
 
 
 def _kill(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
@@ -130,6 +334,8 @@ def _kill(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
             os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+    if proc.poll() is not None:
+        forget_process(proc)
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
             with contextlib.suppress(OSError):
@@ -231,16 +437,25 @@ def _swap_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _swap_users() -> list[Path]:
-    """Live users of the test swap file; files of dead processes are removed."""
-    live = []
-    for p in _SWAP_USERS.glob("*") if _SWAP_USERS.exists() else []:
+def _swap_users(root: Path | None = None) -> list[str]:
+    """Live users of the test swap file: swap records of runs still alive (plus live tokens of the
+    older users folder; its tokens of dead processes are removed)."""
+    roots = {RUN_STATE_ROOT, RUN_STATE_ROOT if root is None else root}  # the machine's, always
+    live = [
+        f"{run}/{rec.name}"
+        for r in sorted(roots)
+        for run in (sorted(r.glob("*-*")) if r.is_dir() else [])
+        if run.is_dir() and _run_alive(run)
+        for rec, text in _records(run, "swap")
+        if text == str(SWAP_FILE)
+    ]
+    for p in _LEGACY_SWAP_USERS.glob("*") if _LEGACY_SWAP_USERS.is_dir() else []:
         try:
             pid = int(p.name.split("-")[0])
         except ValueError:
             continue
         if _pid_alive(pid):
-            live.append(p)
+            live.append(str(p))
         else:
             p.unlink(missing_ok=True)
     return live
@@ -250,14 +465,17 @@ def _swap_users() -> list[Path]:
 def swap_enabled() -> Iterator[str | None]:
     """Swap for the duration: the machine's own if it has any (left alone), else SWAP_FILE,
     turned on by the first user and off by the last one (users counted across processes, since
-    several test runs may share the machine). Yields the swap file turned on here, or None."""
-    token = _SWAP_USERS / f"{os.getpid()}-{next(_counter)}"
+    several test runs may share the machine: each use is a swap record in its run-state folder).
+    Yields the swap file turned on here, or None."""
     ours: str | None = None
+    rec: Path | None = None
+    legacy = _LEGACY_SWAP_USERS / f"{os.getpid()}-{next(_counter)}"
     with _swap_lock():
         active = _active_swaps()
         if str(SWAP_FILE) in active:
             ours = str(SWAP_FILE)
         elif not active:
+            rec = record("swap", str(SWAP_FILE))  # before the file exists: a crash from here is undone
             SWAP_FILE.unlink(missing_ok=True)
             with open(SWAP_FILE, "wb") as f:
                 os.fchmod(f.fileno(), 0o600)
@@ -268,21 +486,26 @@ def swap_enabled() -> Iterator[str | None]:
             subprocess.run(["mkswap", str(SWAP_FILE)], check=True, capture_output=True)
             subprocess.run(["swapon", str(SWAP_FILE)], check=True, capture_output=True)
             ours = str(SWAP_FILE)
+        if ours and rec is None:
+            rec = record("swap", ours)
         if ours:
-            _SWAP_USERS.mkdir(exist_ok=True)
-            token.touch()
+            # Also a token where runs of the code before run-state folders look for swap users, so
+            # such a run sharing the machine does not turn swap off under this one.
+            _LEGACY_SWAP_USERS.mkdir(exist_ok=True)
+            legacy.touch()
 
     def undo() -> None:
         if not ours:
             return
         with _swap_lock():
-            token.unlink(missing_ok=True)
+            forget(rec)
+            legacy.unlink(missing_ok=True)
             if not _swap_users() and str(SWAP_FILE) in _active_swaps():
                 subprocess.run(["swapoff", str(SWAP_FILE)], check=False, capture_output=True)
             if str(SWAP_FILE) not in _active_swaps():
                 SWAP_FILE.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
-                _SWAP_USERS.rmdir()  # only when empty
+                _LEGACY_SWAP_USERS.rmdir()  # only when empty
 
     key = _register(undo)
     try:
@@ -292,19 +515,35 @@ def swap_enabled() -> Iterator[str | None]:
         undo()
 
 
+def _nested(name: str) -> str:
+    """`name` under a unique pfi-test-<pid>-<n>/ parent unless its top segment already is one:
+    a kubepods-shaped test group must never sit where a real kubelet's kubepods could be."""
+    rel = name.strip("/")
+    if not rel or ".." in Path(rel).parts:
+        raise ValueError(f"bad cgroup name {name!r}")
+    if rel.split("/", 1)[0].startswith("pfi-test-"):
+        return rel
+    return f"pfi-test-{os.getpid()}-{next(_counter)}/{rel}"
+
+
 @contextlib.contextmanager
 def memory_cgroup(name: str, limit_mb: int | None) -> Iterator[Path]:
-    """A cgroup v1 memory group at CGROUP_MEMORY_ROOT/name (parents created as needed, e.g.
-    "kubepods/burstable/pod<uid>/<containerid>"); removed deepest first afterwards, with only the
-    directories created here."""
+    """A cgroup v1 memory group at CGROUP_MEMORY_ROOT/pfi-test-<pid>-<n>/name (parents created as
+    needed, e.g. name "kubepods/burstable/pod<uid>/<containerid>"; a name whose top segment is
+    already "pfi-test-..." is used as it is); recorded in the run-state folder, and removed deepest
+    first afterwards, with only the directories created here."""
     if not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
         raise RuntimeError(f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}")
-    group = CGROUP_MEMORY_ROOT / name.strip("/")
+    rel = _nested(name)
+    group = CGROUP_MEMORY_ROOT / rel
     created: list[Path] = []
+    rec: Path | None = None
     cur = CGROUP_MEMORY_ROOT
-    for part in Path(name.strip("/")).parts:
+    for part in Path(rel).parts:
         cur = cur / part
         if not cur.exists():
+            if rec is None:
+                rec = record("cgroup", str(cur))  # the topmost folder made here: the rest is under it
             cur.mkdir()
             created.append(cur)
 
@@ -323,6 +562,8 @@ def memory_cgroup(name: str, limit_mb: int | None) -> Iterator[Path]:
                     if e.errno != errno.EBUSY:
                         raise
                     time.sleep(0.05)
+        if not created or not created[0].exists():
+            forget(rec)
 
     key = _register(undo)
     try:
@@ -339,8 +580,9 @@ def swap_workload(
     size_mb: int = 128, limit_mb: int = 64, name: str | None = None, kind: str = "anon"
 ) -> Iterator[WorkloadProcess]:
     """A process touching size_mb of memory (kind "anon" or "shmem") inside the memory cgroup
-    `name` (default "pfi-test-swap-<pid>-<n>", unique so concurrent test runs never share a group)
-    limited to limit_mb, so it swaps steadily. Swap is turned on if the machine has none."""
+    `name` (default "pfi-test-swap-<pid>-<n>", unique so concurrent test runs never share a group;
+    other names go under a unique pfi-test-<pid>-<n>/ parent, see memory_cgroup) limited to
+    limit_mb, so it swaps steadily. Swap is turned on if the machine has none."""
     if kind not in ("anon", "shmem"):
         raise ValueError(kind)
     if name is None:
