@@ -257,7 +257,7 @@ def test_captured_tree_exact_trace_ranks_resolves_and_diagnoses(tree) -> None:
         report = investigate(_tree_settings(tree), seconds=3, tracers=[tracer])
     m = tree.manifest
     assert report.tracer.backend == "replay-perf-major" and report.tracer.exact
-    assert report.tracer.reason == "given by the caller" and report.tracer.skipped == []
+    assert report.tracer.reason == f"given by the caller: {tracer.name}" and report.tracer.skipped == []
     f, s = _pair(report, tree)  # ranked by majflt: kthreadd and the capturing python did not fault
 
     # the file-faulting host process: its faults resolved to the file through the captured maps
@@ -362,9 +362,11 @@ def test_captured_tree_through_the_cli(tree) -> None:
     assert doc["processes"][0]["sources"][0]["kind"] == "file"
 
 
-def test_investigate_rejects_an_empty_tracer_list(tree) -> None:
-    with pytest.raises(ValueError, match="tracers"):
-        investigate(_tree_settings(tree), seconds=1, tracers=[])
+def test_an_empty_tracer_list_investigates_with_procfs_and_says_so(tree) -> None:
+    """No candidates from the caller: procfs (always there) is used, and the report says it is not exact."""
+    report = investigate(_tree_settings(tree), seconds=1, tracers=[])
+    assert report.tracer.backend == "procfs" and not report.tracer.exact
+    assert report.tracer.reason == "given by the caller: procfs"
 
 
 def test_captured_tree_cancel_ends_the_window(tree) -> None:
