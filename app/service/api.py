@@ -89,13 +89,14 @@ async def list_reports(
 @api.get("/reports/{report_id}")
 async def get_report(state: StateDep, report_id: str) -> Response:
     report = await asyncio.to_thread(state.store.get, report_id)
-    if report is None:
+    if report is None or report.status == "running":  # its row, written at the start
         running = state.scheduler.find(report_id)
         if running is not None:
             raise HTTPException(
                 404, f"investigation {report_id} is {running.state}; see /api/v1/investigations"
             )
-        raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
+        if report is None:
+            raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
     return Response(report.model_dump_json(), media_type="application/json")
 
 
