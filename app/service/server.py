@@ -5,8 +5,11 @@ event loop, sharing one ServiceState.
 - UI on `PFI_UI_LISTEN_ADDRESS` (default 127.0.0.1:8081): the report pages, reached through
   `kubectl port-forward`.
 SIGTERM/SIGINT: the running investigation is cancelled at once (the engine stops its tracer), both
-servers stop taking requests, the cancelled report is written, sink deliveries in flight get a
-bounded time, and the process exits 0.
+servers stop taking requests, the cancelled report is written (one stuck in a neighbour, e.g. a
+kubelet trickling its answer, is left behind after a few seconds with a report saying so), sink
+deliveries in flight get a moment (the outbox keeps the rest for the next start), and the process
+exits 0. A watchdog ends the process after `PFI_SHUTDOWN_SECONDS` (50) whatever happens, inside
+the chart's terminationGracePeriodSeconds (60).
 
 With no settings at all it works on one machine: node name from the hostname, data in
 ./.pfi-data, and a webhook token generated there (0600) and printed once with a curl line to try.
@@ -17,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,8 +32,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.service import logs
 from app.service.app import create_app, create_ui_app
 from app.service.auth import TokenSource, load_token
+from app.service.flight import Investigator
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +90,33 @@ def first_run_message(settings: Settings, source: TokenSource) -> str:
     )
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "ip6-localhost"})
+
+
+def ui_exposure_warning(settings: Settings) -> str | None:
+    """A warning when the token-free UI listens beyond loopback; None when it does not."""
+    host, port = split_listen(settings.ui_listen_address, 8081)
+    if host.lower() in LOOPBACK_HOSTS or host.startswith("127."):
+        return None
+    return (
+        f"the report UI listens on {host or '0.0.0.0'}:{port}, beyond loopback, and has no token: anyone "
+        "who reaches that address reads every report (command lines, pod names). Keep "
+        "PFI_UI_LISTEN_ADDRESS on 127.0.0.1 and use kubectl port-forward"
+    )
+
+
+def _watchdog(seconds: float) -> None:
+    """Exit the process `seconds` from now whatever still runs (the chart's grace period would end
+    in SIGKILL and lose what the store has not written; here the store's writes are done or in WAL)."""
+
+    def fire() -> None:
+        log.error("shutdown took longer than %.0fs: exiting now", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
 
 
 class _Server(uvicorn.Server):
@@ -115,8 +143,14 @@ async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> 
     api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
     ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
 
+    watchdog_started = False
+
     def on_signal(sig: signal.Signals) -> None:
+        nonlocal watchdog_started
         log.info("%s: shutting down", sig.name)
+        if not watchdog_started:
+            watchdog_started = True
+            _watchdog(settings.shutdown_seconds)
         state = getattr(api_app.state, "svc", None)
         if state is not None and state.scheduler.running is not None:
             state.scheduler.running.cancel.set()  # stop the tracer now, not after the servers
@@ -135,6 +169,9 @@ async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> 
             await api_task
             raise SystemExit(1)
         log.info("API on http://%s:%d, UI on http://%s:%d", host, port, ui_host, ui_port)
+        warning = ui_exposure_warning(settings)
+        if warning:
+            log.warning("%s", warning)
         ui_task = asyncio.create_task(ui.serve(), name="ui-server")
         await asyncio.wait({api_task, ui_task}, return_when=asyncio.FIRST_COMPLETED)
         # One stopped (a signal, or the UI could not bind): stop the other too.
@@ -147,16 +184,17 @@ async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> 
             loop.remove_signal_handler(sig)
 
 
-def serve(settings: Settings | None = None) -> None:
-    """Run the service until SIGTERM/SIGINT (blocking)."""
-    _setup_logging()
+def serve(settings: Settings | None = None, *, investigator: Investigator | None = None) -> None:
+    """Run the service until SIGTERM/SIGINT (blocking). `investigator`: the engine by default."""
     settings = settings or Settings()
+    logs.configure(settings.log_format)
     source = load_token(settings)
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))
         sys.stderr.flush()
     else:
         log.info("webhook token from %s", source.path)
-    api_app = create_app(settings, token=source.token)
+    # No token passed: the state watches the file and re-reads it when it changes (rotation).
+    api_app = create_app(settings, investigator=investigator)
     ui_app = create_ui_app(api_app)
     asyncio.run(run_servers(settings, api_app, ui_app))

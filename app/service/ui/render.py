@@ -3,7 +3,9 @@
 Pure functions: they take data and return HTML. The service mounts them on the UI address.
 
 Everything that comes from a report (command lines, pod names, paths, alert labels) is untrusted:
-templates never mark it safe. The chart is inline SVG whose geometry is computed here (numbers only);
+templates never mark it safe, and every value written is passed through `_finalize`, which shows
+control and bidi characters (NUL, ESC, BEL, U+202E...) as visible escapes instead of letting them
+reorder or hide text. The chart is inline SVG whose geometry is computed here (numbers only);
 its labels are written by the template, so they are escaped like everything else.
 """
 
@@ -13,10 +15,13 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
-from app.models import Cause, ProcessReport, Report, SourceKind
+from app.models import Cause, ProcessReport, Report, Source, SourceKind
+from app.service.logs import visible
 
 __all__ = [
     "IndexRow",
@@ -142,6 +147,11 @@ def _as_utc(dt: datetime | None) -> datetime | None:
     return dt.astimezone(UTC)
 
 
+def _strf(dt: datetime | None, fmt: str, missing: str) -> str:
+    dt = _as_utc(dt)
+    return missing if dt is None else dt.strftime(fmt)
+
+
 def _fmt_dt(dt: datetime | None) -> str:
     dt = _as_utc(dt)
     return "–" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -210,11 +220,11 @@ def _nice_step(span: float, target_ticks: int) -> float:
     if span <= 0:
         return 1.0
     raw = span / max(1, target_ticks)
-    mag = 10 ** math.floor(math.log10(raw))
+    mag = float(10 ** math.floor(math.log10(raw)))
     for m in (1, 2, 2.5, 5, 10):
         if raw <= m * mag:
-            return m * mag
-    return 10 * mag  # pragma: no cover
+            return float(m * mag)
+    return float(10 * mag)  # pragma: no cover
 
 
 def _tick_label(v: float) -> str:
@@ -314,7 +324,7 @@ def source_bar(p: ProcessReport) -> list[BarSegment]:
     return segs
 
 
-def _hot_ranges(s) -> tuple[list[str], int]:
+def _hot_ranges(s: Source) -> tuple[list[str], int]:
     ranges = sorted(s.hot_ranges, key=lambda r: r.faults, reverse=True)
     shown = [f"{_fmt_bytes(r.start)}–{_fmt_bytes(r.end)}: {r.faults:,}" for r in ranges[:3]]
     return shown, max(0, len(ranges) - 3)
@@ -322,6 +332,14 @@ def _hot_ranges(s) -> tuple[list[str], int]:
 
 # ----------------------------------------------------------------------------------------------
 # environment
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ value }}`: strings with control characters get them as visible escapes (`\\x1b`,
+    `\\u202e`); line breaks and tabs stay (HTML folds them)."""
+    if isinstance(value, str) and not isinstance(value, Markup) and not value.isprintable():
+        return "\n".join("\t".join(visible(part) for part in line.split("\t")) for line in value.split("\n"))
+    return value
 
 
 @lru_cache(maxsize=1)
@@ -332,6 +350,7 @@ def _env() -> Environment:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_finalize,
     )
     env.filters.update(
         int=_fmt_int,
@@ -339,8 +358,8 @@ def _env() -> Environment:
         pct=_fmt_pct,
         bytes=_fmt_bytes,
         dt=_fmt_dt,
-        day=lambda d: _as_utc(d).strftime("%Y-%m-%d") if d else "–",
-        clock=lambda d: _as_utc(d).strftime("%H:%M:%S") if d else "",
+        day=lambda d: _strf(d, "%Y-%m-%d", "–"),
+        clock=lambda d: _strf(d, "%H:%M:%S", ""),
         iso=_iso,
         secs=_fmt_seconds,
         url=_safe_url,
