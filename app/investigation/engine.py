@@ -29,7 +29,7 @@ from app.models import (
     utcnow,
 )
 from app.parsers.cgroup import CgroupRef
-from app.parsers.procfs import redact_argv
+from app.parsers.procfs import redact_argv, redact_comm
 from app.tracers.base import TraceRequest, TraceResult
 from app.tracers.registry import select
 
@@ -222,7 +222,7 @@ def build_process(
     mnt = _mnt_ns(procfs, str(t.pid))
     return ProcessReport(
         pid=t.pid,
-        comm=t.comm,
+        comm=redact_comm(t.comm),  # a process may be named like a secret (TOKEN=x)
         cmdline=redact_argv(argv) if argv else "",
         major_faults=t.major_faults,
         major_faults_per_second=round(t.major_faults / elapsed, 2),
