@@ -85,6 +85,18 @@ async def post_alerts(
         state.metrics.alerts.labels(outcome="rejected").inc()
         raise
     answer = await handle_alerts(state, parsed, forwarded_from)
+    names = sorted({a.alertname for a in parsed.alerts})
+    # Label values are quoted (%r): whatever they hold, they stay inside this one line.
+    log.info(
+        "webhook: %d alert(s) %s%s%s: %d accepted, %d forwarded, %d ignored",
+        len(parsed.alerts),
+        ", ".join(repr(n[:100]) for n in names[:3]),
+        " and more" if len(names) > 3 else "",
+        f" forwarded by {forwarded_from!r}" if forwarded_from else "",
+        len(answer["accepted"]),
+        len(answer["forwarded"]),
+        len(answer["ignored"]),
+    )
     return JSONResponse(answer, status_code=202)
 
 

@@ -7,6 +7,7 @@ made by `create_ui_app(api_app)` reads the same state: both run in one process a
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -99,7 +100,12 @@ def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
     if not header:
         return False
     host = _host_only(header)
-    return host in allowed or host.startswith("127.") or host.endswith(".localhost")
+    if host in allowed or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.2, 0:0:0:0:0:0:0:1
+    except ValueError:
+        return False
 
 
 def _install_ui_guard(app: FastAPI, settings: Settings) -> None:
