@@ -132,12 +132,14 @@ def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_sink_delivery_pending_at_stop_is_made_after_restart(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"sink_attempts": 20, "sink_backoff_seconds": 0.3}
-    with Recorder(status=503) as down:
-        with service(tmp_path, report_webhook_url=f"{down.url}/hook", **kw) as (client, _):
-            client.post("/api/v1/alerts", json=firing({"node": "node-a"}), headers=AUTH)
-            (row,) = wait_for(lambda: reports(client), what="report")
-            wait_for(lambda: down.requests, what="a first delivery attempt")
-        # Stopped while the webhook still failed: no result recorded, the outbox keeps it.
+    # The service stops (first) while the webhook still fails: no result, the outbox keeps it.
+    with Recorder(status=503) as down, service(tmp_path, report_webhook_url=f"{down.url}/hook", **kw) as (
+        client,
+        _,
+    ):
+        client.post("/api/v1/alerts", json=firing({"node": "node-a"}), headers=AUTH)
+        (row,) = wait_for(lambda: reports(client), what="report")
+        wait_for(lambda: down.requests, what="a first delivery attempt")
     with Recorder() as up, service(tmp_path, report_webhook_url=f"{up.url}/hook", **kw) as (client, _):
         doc = wait_for(lambda: (d := _doc(client, row["id"]))["sinks"] and d, what="resumed delivery")
         assert [(s["sink"], s["ok"]) for s in doc["sinks"]] == [("webhook", True)]
