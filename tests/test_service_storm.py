@@ -26,11 +26,21 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.service.app import create_app, create_ui_app
-from tests.test_service_support import AUTH, TOKEN, bind_loopback, wait_for
+from app.service.server import KEEP_ALIVE_SECONDS
+from tests.test_service_support import AUTH, TOKEN, wait_for
 
 N = 12
 COPIES = 10
 WINDOW = 2.0
+
+
+def _listening() -> socket.socket:
+    """A loopback port that is ours from now on: listening at once and without SO_REUSEADDR
+    (a port merely bound with SO_REUSEADDR can be handed to another process's bind(0) meanwhile)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    return sock
 
 
 class Instance:
@@ -38,11 +48,15 @@ class Instance:
     loop (the UI reaches peers through the API app's HTTP client, which belongs to that loop)."""
 
     def __init__(self, api_app: FastAPI, api_sock: socket.socket) -> None:
-        self.socks = [api_sock, bind_loopback()]
+        self.socks = [api_sock, _listening()]
         self.url, self.ui_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
         ui_app = create_ui_app(api_app)
         self.servers = [
-            uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=ls, access_log=False))
+            uvicorn.Server(
+                uvicorn.Config(
+                    app, log_level="warning", lifespan=ls, access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS
+                )
+            )
             for app, ls in ((api_app, "on"), (ui_app, "off"))
         ]
         self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
@@ -78,7 +92,7 @@ def _alert(i: int, copy: int) -> dict[str, Any]:
 
 def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
     rng = random.Random(10)
-    socks = [bind_loopback() for _ in range(N)]
+    socks = [_listening() for _ in range(N)]
     urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
     names = [f"storm-{i:02d}" for i in range(N)]
     ips = [f"10.0.9.{i + 1}" for i in range(N)]

@@ -40,6 +40,10 @@ from app.service.flight import Investigator
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 10
+# Idle keep-alive connections are held longer than any client keeps them (httpx: 5 s, Go's
+# net/http as in Alertmanager: 90 s), so a client never reuses a connection the server is closing
+# at that moment (a RemoteProtocolError on a peer's report list; a failed webhook delivery).
+KEEP_ALIVE_SECONDS = 120
 
 
 def split_listen(address: str, default_port: int) -> tuple[str, int]:
@@ -139,7 +143,12 @@ class _Server(uvicorn.Server):
 async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> None:
     host, port = split_listen(settings.listen_address, 8080)
     ui_host, ui_port = split_listen(settings.ui_listen_address, 8081)
-    common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
+    common = {
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+    }
     api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
     ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
 
