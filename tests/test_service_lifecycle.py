@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -102,13 +103,25 @@ def test_sigkill_mid_investigation_leaves_a_failed_report_after_restart(tmp_path
         assert httpx.post(f"{base}/api/v1/alerts", json=forged, headers=AUTH, timeout=5).status_code == 202
         acc = httpx.post(f"{base}/api/v1/alerts", json=_alert(), headers=AUTH, timeout=5).json()["accepted"][0]
         wait_for(lambda: _running(base), what="investigation running")
-        time.sleep(0.5)
+        # A client that hangs up mid-body: one INFO line, no traceback.
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(
+                f"POST /api/v1/alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"alerts\":".encode()
+            )
+            time.sleep(0.3)
+        time.sleep(0.7)
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
     # INFO by default for serve (the CLI used to set WARNING first).
     assert f"investigation {acc['id']} of node {NODE} starts" in err
     assert not [line for line in err.splitlines() if line.startswith("2026-12-02 04:00:00,000 ERROR")]
     assert "'Other\\r\\n2026-12-02" in err
+    hangups = [line for line in err.splitlines() if "disconnected after" in line]
+    assert len(hangups) == 1
+    assert re.search(r" INFO app\.service\.api: client 127\.0\.0\.1 disconnected after \d+ of 4000 body", hangups[0])
+    assert "Traceback" not in err and "Exception in ASGI" not in err
 
     with serve_process(tmp_path, cli) as (proc, base):
         doc = httpx.get(f"{base}/api/v1/reports/{acc['id']}", headers=AUTH, timeout=5).json()
