@@ -137,12 +137,19 @@ def _format_errors(exc: ValidationError) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-MAX_WALK = 100_000  # strings and containers looked at in one payload (the body is bounded too)
+MAX_WALK = 5_000_000  # values in one payload; a 1 MiB body holds at most ~500k (each takes 2+ bytes)
 
 
-def _field_name(path: list[str | int]) -> str:
+_FieldPath = tuple[Any, ...]  # (parent path, key): a linked list, O(1) per value walked
+
+
+def _field_name(path: _FieldPath) -> str:
+    parts: list[str | int] = []
+    while path:
+        path, key = path
+        parts.append(key)
     out = ""
-    for part in path:
+    for part in reversed(parts):
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -154,21 +161,23 @@ def _field_name(path: list[str | int]) -> str:
 def find_unencodable(raw: Any) -> str | None:
     """The first field (path) holding a lone UTF-16 surrogate (`"\\ud800"` is valid JSON but not
     text: it cannot be written as UTF-8), in a key or a value; None when there is none."""
-    stack: list[tuple[Any, list[str | int]]] = [(raw, [])]
+    stack: list[tuple[Any, _FieldPath]] = [(raw, ())]
     seen = 0
-    while stack and seen < MAX_WALK:
+    while stack:
         value, path = stack.pop()
         seen += 1
+        if seen > MAX_WALK:
+            return "(the payload)"  # too many values to look at: refused as a whole
         if isinstance(value, str):
             if _SURROGATE.search(value):
                 return _field_name(path)
         elif isinstance(value, dict):
             for k, v in value.items():
                 if isinstance(k, str) and _SURROGATE.search(k):
-                    return _field_name([*path, k]) + " (its name)"
-                stack.append((v, [*path, k]))
+                    return _field_name((path, k)) + " (its name)"
+                stack.append((v, (path, k)))
         elif isinstance(value, list):
-            stack.extend((v, [*path, i]) for i, v in enumerate(value))
+            stack.extend((v, (path, i)) for i, v in enumerate(value))
     return None
 
 
