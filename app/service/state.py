@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKGROUND_TASKS = 256
 STORE_RETRY_SECONDS = 10.0
-STOP_TASKS_SECONDS = 3.0  # deliveries still retrying then stay in the outbox for the next start
+STOP_SINKS_SECONDS = 3.0  # sink deliveries still retrying then stay in the outbox for the next start
+STOP_TASKS_SECONDS = 10.0  # other background work (forwarding alerts) has no outbox: it gets longer
 STOP_INVESTIGATION_SECONDS = CANCEL_GRACE_SECONDS + 5.0
 DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is not posted
 
@@ -255,15 +256,27 @@ class ServiceState:
 
     async def stop(self) -> None:
         await self.scheduler.stop(timeout=STOP_INVESTIGATION_SECONDS)
-        pending = [t for t in self.tasks if not t.get_name().startswith("store-retry")]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=STOP_TASKS_SECONDS)
-            for t in still:
-                log.warning(
-                    "stopping: %s did not finish in %.0fs (its deliveries stay in the outbox)",
-                    t.get_name(),
-                    STOP_TASKS_SECONDS,
-                )
+        pending = {t for t in self.tasks if not t.get_name().startswith("store-retry")}
+        budget = {True: STOP_SINKS_SECONDS, False: STOP_TASKS_SECONDS}
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while pending:
+            sinks_left = any(t.get_name().startswith("sinks-") for t in pending)
+            wait = budget[sinks_left] - (loop.time() - start)
+            if wait <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=wait)
+            if sinks_left:
+                for t in [t for t in pending if t.get_name().startswith("sinks-")]:
+                    log.warning(
+                        "stopping: %s not done in %.0fs; its deliveries stay in the outbox for the next start",
+                        t.get_name(),
+                        STOP_SINKS_SECONDS,
+                    )
+                    t.cancel()
+                    pending.discard(t)
+        for t in pending:
+            log.warning("stopping: %s did not finish in %.0fs", t.get_name(), STOP_TASKS_SECONDS)
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
