@@ -196,12 +196,12 @@ class ReportStore:
             self._conn.close()
             self._conn = None
         try:
-            private_dir(self.path.parent)
-            private_file(self.path)  # SQLite gives its -wal and -shm files the database's mode
-            for extra in ("-wal", "-shm"):
-                side = self.path.with_name(self.path.name + extra)
-                if side.exists() and (side.stat().st_mode & 0o777) != FILE_MODE:
-                    os.chmod(side, FILE_MODE)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        except OSError as exc:
+            self._fail("cannot open", exc)
+            return False
+        self._make_private()
+        try:
             conn = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             self._fail("cannot open", exc)
@@ -213,17 +213,33 @@ class ReportStore:
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
-            if not self._checked_interrupted:
-                self._mark_interrupted(conn)
-                self._checked_interrupted = True
         except sqlite3.Error as exc:
             conn.close()
             self._fail("unusable", exc)
             return False
+        if not self._checked_interrupted:
+            try:
+                self._mark_interrupted(conn)
+                self._checked_interrupted = True
+            except sqlite3.Error as exc:  # read-only for now: the next open tries again
+                log.warning("report store %s: cannot mark interrupted reports yet: %s", self.path, exc)
         self._conn = conn
         self.reason = None
         log.info("report store at %s", self.path)
         return True
+
+    def _make_private(self) -> None:
+        """The data dir 0700, the database 0600 (SQLite gives its -wal and -shm files the database's
+        mode), also when they existed. Best effort: a read-only mount still opens for reading."""
+        try:
+            private_dir(self.path.parent)
+            private_file(self.path)
+            for extra in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + extra)
+                if side.exists() and (side.stat().st_mode & 0o777) != FILE_MODE:
+                    os.chmod(side, FILE_MODE)
+        except OSError as exc:
+            log.warning("report store %s: cannot make the data private (0700/0600): %s", self.path, exc)
 
     def _mark_interrupted(self, conn: sqlite3.Connection) -> None:
         """Rows still `running` at open belong to a process that died mid-investigation (this
