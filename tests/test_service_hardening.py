@@ -21,9 +21,8 @@ import pytest
 from app.config import Settings
 from app.models import Report, Trigger
 from app.service import flight, state
-from app.service.app import create_app, create_ui_app
+from app.service.app import create_app, create_ui_app, ui_exposure_warning
 from app.service.logs import JsonFormatter, SafeTextFormatter
-from app.service.server import ui_exposure_warning
 from app.service.store import ReportStore
 from tests.test_service_support import (
     AUTH,

@@ -96,6 +96,19 @@ def allowed_ui_hosts(settings: Settings) -> frozenset[str]:
     return frozenset(names)
 
 
+def ui_exposure_warning(settings: Settings) -> str | None:
+    """A warning when the token-free UI listens beyond loopback; None when it does not."""
+    listen = settings.ui_listen_address.strip()
+    host = _host_only(listen.rpartition(":")[0] if not listen.startswith("[") else listen)
+    if host_allowed(host, LOOPBACK_NAMES):
+        return None
+    return (
+        f"the report UI listens on {listen}, beyond loopback, and has no token: anyone who reaches "
+        "that address reads every report (command lines, pod names). Keep PFI_UI_LISTEN_ADDRESS on "
+        "127.0.0.1 and use kubectl port-forward"
+    )
+
+
 def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
     if not header:
         return False

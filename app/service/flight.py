@@ -162,7 +162,7 @@ class Scheduler:
         self.node = settings.node_name
         self._investigator = investigator
         self._on_finished = on_finished
-        self._on_started = on_started
+        self.on_started = on_started  # settable after construction (the service sets it at start)
         self._metrics = metrics
         self._clock = clock
         self._queue: deque[Investigation] = deque()
@@ -366,9 +366,9 @@ class Scheduler:
         inv.started_mono = self._clock()
         inv.message = "starting"
         log.info("investigation %s of node %s starts (%d alert(s))", inv.id, inv.node, len(inv.triggers))
-        if self._on_started is not None:
+        if self.on_started is not None:
             try:
-                await self._on_started(inv)
+                await self.on_started(inv)
             except Exception:
                 log.exception("investigation %s: recording its start failed", inv.id)
         call = functools.partial(

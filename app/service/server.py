@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -32,10 +32,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.models import Report
 from app.service import logs
-from app.service.app import create_app, create_ui_app
+from app.service.app import create_app, create_ui_app, ui_exposure_warning
 from app.service.auth import TokenSource, load_token
-from app.service.flight import Investigator
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +94,9 @@ def first_run_message(settings: Settings, source: TokenSource) -> str:
     )
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "ip6-localhost"})
-
-
-def ui_exposure_warning(settings: Settings) -> str | None:
-    """A warning when the token-free UI listens beyond loopback; None when it does not."""
-    host, port = split_listen(settings.ui_listen_address, 8081)
-    if host.lower() in LOOPBACK_HOSTS or host.startswith("127."):
-        return None
-    return (
-        f"the report UI listens on {host or '0.0.0.0'}:{port}, beyond loopback, and has no token: anyone "
-        "who reaches that address reads every report (command lines, pod names). Keep "
-        "PFI_UI_LISTEN_ADDRESS on 127.0.0.1 and use kubectl port-forward"
-    )
+def _setup_logging(settings: Settings | None = None) -> None:
+    """Once for `serve`: INFO, text or JSON lines (PFI_LOG_FORMAT); see app.service.logs."""
+    logs.configure((settings or Settings()).log_format)
 
 
 def _watchdog(seconds: float) -> None:
@@ -143,12 +133,8 @@ class _Server(uvicorn.Server):
 async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> None:
     host, port = split_listen(settings.listen_address, 8080)
     ui_host, ui_port = split_listen(settings.ui_listen_address, 8081)
-    common = {
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": GRACEFUL_SECONDS,
-        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
-    }
+    common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
+    common["timeout_keep_alive"] = KEEP_ALIVE_SECONDS
     api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
     ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
 
@@ -178,9 +164,6 @@ async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> 
             await api_task
             raise SystemExit(1)
         log.info("API on http://%s:%d, UI on http://%s:%d", host, port, ui_host, ui_port)
-        warning = ui_exposure_warning(settings)
-        if warning:
-            log.warning("%s", warning)
         ui_task = asyncio.create_task(ui.serve(), name="ui-server")
         await asyncio.wait({api_task, ui_task}, return_when=asyncio.FIRST_COMPLETED)
         # One stopped (a signal, or the UI could not bind): stop the other too.
@@ -193,16 +176,19 @@ async def run_servers(settings: Settings, api_app: FastAPI, ui_app: FastAPI) -> 
             loop.remove_signal_handler(sig)
 
 
-def serve(settings: Settings | None = None, *, investigator: Investigator | None = None) -> None:
+def serve(settings: Settings | None = None, *, investigator: Callable[..., Report] | None = None) -> None:
     """Run the service until SIGTERM/SIGINT (blocking). `investigator`: the engine by default."""
+    _setup_logging(settings)
     settings = settings or Settings()
-    logs.configure(settings.log_format)
     source = load_token(settings)
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))
         sys.stderr.flush()
     else:
         log.info("webhook token from %s", source.path)
+    warning = ui_exposure_warning(settings)
+    if warning:
+        log.warning("%s", warning)
     # No token passed: the state watches the file and re-reads it when it changes (rotation).
     api_app = create_app(settings, investigator=investigator)
     ui_app = create_ui_app(api_app)

@@ -26,7 +26,7 @@ import httpx
 from app.config import Settings
 from app.models import Report
 from app.service.auth import TokenWatcher, load_token
-from app.service.flight import CANCEL_GRACE_SECONDS, Investigation, Investigator, Scheduler, running_report
+from app.service.flight import Investigation, Investigator, Scheduler, running_report
 from app.service.kube import KubeApi
 from app.service.metrics import Metrics
 from app.service.nodes import NodeIdentity, as_ip
@@ -40,7 +40,6 @@ MAX_BACKGROUND_TASKS = 256
 STORE_RETRY_SECONDS = 10.0
 STOP_SINKS_SECONDS = 3.0  # sink deliveries still retrying then stay in the outbox for the next start
 STOP_TASKS_SECONDS = 10.0  # other background work (forwarding alerts) has no outbox: it gets longer
-STOP_INVESTIGATION_SECONDS = CANCEL_GRACE_SECONDS + 5.0
 DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is not posted
 
 
@@ -135,15 +134,10 @@ class ServiceState:
             sinks=make_sinks(settings, client, kube),
             local=local_identity(settings),
         )
-        state.scheduler = Scheduler(
-            settings,
-            investigator or real_investigator(settings),
-            state.on_finished,
-            metrics,
-            on_started=state.on_started,
-        )
+        state.scheduler = Scheduler(settings, investigator or real_investigator(settings), state.on_finished, metrics)
         state.scheduler.start()
         state.spawn(state._store_retry_loop(), "store-retry")
+        state.scheduler.on_started = state.on_started  # a `running` row as each investigation starts
         if state.sinks:
             state.spawn(state._resume_outbox(), "sinks-resume")
         state._update_store_gauges()
@@ -255,7 +249,7 @@ class ServiceState:
         return reasons
 
     async def stop(self) -> None:
-        await self.scheduler.stop(timeout=STOP_INVESTIGATION_SECONDS)
+        await self.scheduler.stop()  # bounded: CANCEL_GRACE_SECONDS + 10 s, a stuck one left behind
         pending = {t for t in self.tasks if not t.get_name().startswith("store-retry")}
         budget = {True: STOP_SINKS_SECONDS, False: STOP_TASKS_SECONDS}
         loop = asyncio.get_running_loop()

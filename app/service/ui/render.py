@@ -21,7 +21,6 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from app.models import Cause, ProcessReport, Report, Source, SourceKind
-from app.service.logs import visible
 
 __all__ = [
     "IndexRow",
@@ -147,9 +146,14 @@ def _as_utc(dt: datetime | None) -> datetime | None:
     return dt.astimezone(UTC)
 
 
-def _strf(dt: datetime | None, fmt: str, missing: str) -> str:
-    dt = _as_utc(dt)
-    return missing if dt is None else dt.strftime(fmt)
+def _fmt_day(dt: datetime | None) -> str:
+    utc = _as_utc(dt)
+    return utc.strftime("%Y-%m-%d") if utc else "–"
+
+
+def _fmt_clock(dt: datetime | None) -> str:
+    utc = _as_utc(dt)
+    return utc.strftime("%H:%M:%S") if utc else ""
 
 
 def _fmt_dt(dt: datetime | None) -> str:
@@ -220,11 +224,11 @@ def _nice_step(span: float, target_ticks: int) -> float:
     if span <= 0:
         return 1.0
     raw = span / max(1, target_ticks)
-    mag = float(10 ** math.floor(math.log10(raw)))
+    mag: float = 10 ** math.floor(math.log10(raw))
     for m in (1, 2, 2.5, 5, 10):
         if raw <= m * mag:
-            return float(m * mag)
-    return float(10 * mag)  # pragma: no cover
+            return m * mag
+    return 10 * mag  # pragma: no cover
 
 
 def _tick_label(v: float) -> str:
@@ -338,6 +342,8 @@ def _finalize(value: Any) -> Any:
     """Every `{{ value }}`: strings with control characters get them as visible escapes (`\\x1b`,
     `\\u202e`); line breaks and tabs stay (HTML folds them)."""
     if isinstance(value, str) and not isinstance(value, Markup) and not value.isprintable():
+        from app.service.logs import visible  # one definition of "visible" (the logs use it too)
+
         return "\n".join("\t".join(visible(part) for part in line.split("\t")) for line in value.split("\n"))
     return value
 
@@ -358,8 +364,8 @@ def _env() -> Environment:
         pct=_fmt_pct,
         bytes=_fmt_bytes,
         dt=_fmt_dt,
-        day=lambda d: _strf(d, "%Y-%m-%d", "–"),
-        clock=lambda d: _strf(d, "%H:%M:%S", ""),
+        day=_fmt_day,
+        clock=_fmt_clock,
         iso=_iso,
         secs=_fmt_seconds,
         url=_safe_url,
