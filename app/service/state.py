@@ -249,7 +249,7 @@ class ServiceState:
         return reasons
 
     async def stop(self) -> None:
-        await self.scheduler.stop()  # bounded: CANCEL_GRACE_SECONDS + 10 s, a stuck one left behind
+        await self.scheduler.stop()
         pending = {t for t in self.tasks if not t.get_name().startswith("store-retry")}
         budget = {True: STOP_SINKS_SECONDS, False: STOP_TASKS_SECONDS}
         loop = asyncio.get_running_loop()
