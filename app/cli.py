@@ -40,8 +40,9 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "serve":  # serve configures its own logging, once (INFO, text or JSON)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
     except Exception as exc:  # pydantic's ValidationError names the bad variable
@@ -51,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return _investigate(settings, args)
     if args.command == "probe":
         return _probe(settings, args.format)
+    from app.service import logs
     from app.service.server import serve
 
+    logs.configure(settings.log_format, logging.DEBUG if args.verbose else logging.INFO)
     serve(settings)
     return 0
 

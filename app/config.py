@@ -389,3 +389,25 @@ class Settings(BaseSettings):
 
     def alertname_set(self) -> set[str]:
         return {a.strip() for a in self.alertnames.split(",") if a.strip()}
+
+    # --- issue 10: deadlines, the shutdown budget, the log format ----------------------------------
+    stage_deadline_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Deadline of each investigation stage after the window (resolving, diagnosing), in"
+        " seconds; the window itself may run this much past its length. Past it the investigation is"
+        " cancelled, and left behind with a failed report if it does not stop within 5 s.",
+    )
+    shutdown_seconds: float = Field(
+        default=50.0,
+        gt=0,
+        le=3600,
+        description="SIGTERM to exit at most, in seconds, whatever still runs. 50: inside the chart's"
+        " terminationGracePeriodSeconds (60), so the kubelet never needs SIGKILL.",
+    )
+    log_format: str = Field(
+        default="text",
+        pattern="^(text|json)$",
+        description="`serve`'s log lines: text (control characters escaped) or json (one object a line).",
+    )

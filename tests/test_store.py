@@ -140,3 +140,44 @@ def test_service_restart_keeps_reports(tmp_path: Path) -> None:
         assert [r["id"] for r in reports(client)] == [row["id"]]
         # The cooldown is in memory: after a restart the same alert investigates again.
         assert engine.calls == []
+
+
+def test_running_row_becomes_failed_at_the_next_start_only(tmp_path: Path) -> None:
+    store = ReportStore(tmp_path)
+    assert store.open()
+    crashed = make_report("node-a", status="running")
+    assert store.put(crashed)
+    assert store.list() == []  # a running row is not listed: the scheduler shows what runs
+    store.close()  # no final report: the process "died"
+
+    again = ReportStore(tmp_path)
+    assert again.open()
+    assert again.interrupted == [crashed.id]
+    got = again.get(crashed.id)
+    assert got is not None and got.status == "failed"
+    assert "stopped while this investigation ran" in got.verdict.summary
+    # A reopen in the same process (the store came back after a disk error) leaves this process's
+    # own running row alone.
+    mine = make_report("node-a", status="running")
+    assert again.put(mine)
+    again.reason = "cannot write: disk I/O error"
+    assert again.retry_pending()
+    got = again.get(mine.id)
+    assert got is not None and got.status == "running"
+    again.close()
+
+
+def test_outbox_rows_written_with_the_report_and_removed_with_each_result(tmp_path: Path) -> None:
+    store = ReportStore(tmp_path)
+    assert store.open()
+    r = make_report("node-a")
+    assert store.put(r, [], outbox=["slack", "webhook"])
+    assert store.outbox() == [(r.id, ["slack", "webhook"])]
+    assert store.delivered(r, [], ["slack"])
+    store.close()
+    again = ReportStore(tmp_path)
+    assert again.open()
+    assert again.outbox() == [(r.id, ["webhook"])]  # survives a restart
+    assert again.delivered(r, [], ["webhook"])
+    assert again.outbox() == []
+    again.close()

@@ -28,7 +28,7 @@ from app.models import (
     utcnow,
 )
 from app.parsers.cgroup import CgroupRef, host_view
-from app.parsers.procfs import redact_argv
+from app.parsers.procfs import redact_argv, redact_comm
 from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, make_tracer, mark_failed
@@ -386,7 +386,7 @@ def build_process(
     mnt = procfs.mnt_ns(t.pid)
     return ProcessReport(
         pid=t.pid,
-        comm=t.comm,
+        comm=redact_comm(t.comm),  # a process may be named like a secret (TOKEN=x)
         cmdline=redact_argv(argv) if argv else "",
         major_faults=t.major_faults,
         major_faults_per_second=round(t.major_faults / elapsed, 2),

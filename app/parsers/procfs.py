@@ -521,6 +521,20 @@ _BEARER = re.compile(r"(?i)\b(?P<scheme>bearer(?=\s)|basic(?=\s+[A-Za-z0-9+/=]{8
 _ASSIGN = re.compile(
     r"(?P<name>(?<![\w.\-])(?:--?|-D)?[A-Za-z_][\w.\-]*)(?P<sep>=|:=)(?P<val>\"[^\"]*\"?|'[^']*'?|[^\s&]*)"
 )
+# name: value / name:value (YAML, headers such as PRIVATE-TOKEN: x, apikey:x) inside a string
+_COLON = re.compile(
+    r"(?P<name>(?<![\w.\-/:])[A-Za-z_][\w.\-]*)(?P<sep>\s*:(?!//)\s*)(?P<val>\"[^\"]*\"?|'[^']*'?|[^\s'\",}]+)"
+)
+_SCHEMES = {"bearer", "basic", "digest", "token", "negotiate", "apikey"}
+# Tokens that are secrets wherever they stand (GitHub, GitLab, Slack, AWS access key ids).
+_KNOWN_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{16,}|glpat-[A-Za-z0-9_\-]{16,}"
+    r"|xox[abposre]-[A-Za-z0-9\-]{8,}|AKIA[0-9A-Z]{16})"
+)
+# Shell words that end one command and start another; wrappers that run the next word.
+_SHELL_SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "{", "}", "then", "do", "else", "!"}
+_SHELL_SPLIT = re.compile(r"(;|&&|\|\||\|)")  # "a;b" is two commands even without a space
+_SHELL_WRAPPERS = {"exec", "sudo", "env", "nohup", "time", "command", "nice", "timeout", "xargs"}
 _JSON_KEY = re.compile(r"(?P<pre>\"(?P<name>[^\"]{1,64})\"\s*:\s*)(?P<val>\"(?:[^\"\\]|\\.)*\"?)")
 _LONG_FLAG = re.compile(r"^--?[A-Za-z][\w.\-]+$")
 _ASSIGN_NAME = re.compile(r"(?:-D)?[A-Za-z_][\w.\-]*")
@@ -544,30 +558,98 @@ def _redact_url_and_headers(s: str) -> str:
     return s
 
 
+def _redact_assign(s: str, depth: int = 0) -> str:
+    """NAME=value with a secret name; a value that is itself NAME=value is looked into
+    (kubectl's --from-literal=password=x)."""
+
+    def one(m: re.Match[str]) -> str:
+        if m["val"] and _is_secret_name(m["name"]):
+            return f"{m['name']}{m['sep']}{REDACTED}"
+        if depth < 3 and "=" in m["val"]:
+            return f"{m['name']}{m['sep']}{_redact_assign(m['val'], depth + 1)}"
+        return m[0]
+
+    return _ASSIGN.sub(one, s)
+
+
+def _redact_colon(m: re.Match[str]) -> str:
+    val = m["val"].strip("'\"")
+    if not val or not _is_secret_name(m["name"]) or val.lower() in _SCHEMES or val.startswith(REDACTED):
+        return m[0]
+    return f"{m['name']}{m['sep']}{_mask(m['val'])}"
+
+
+def _shell_commands(words: list[str]) -> list[tuple[str, list[str]]]:
+    """A shell string's words cut into commands at ; && || | & (also `x;`): (program, words)."""
+    out: list[tuple[str, list[str]]] = []
+    current: list[str] = []
+    for w in words:
+        if w in _SHELL_SEPARATORS:
+            if current:
+                out.append(("", current))
+            out.append(("", [w]))
+            current = []
+            continue
+        current.append(w)
+        if w.endswith((";", "&", "|")) and not w.endswith("\\;"):
+            out.append(("", current))
+            current = []
+    if current:
+        out.append(("", current))
+    result = []
+    for _, cmd in out:
+        prog = ""
+        for w in cmd:
+            bare = w.lstrip("({'\"$")
+            if not bare or _ASSIGN_NAME.fullmatch(bare.partition("=")[0]) and "=" in bare:
+                continue  # FOO=bar program ...
+            if os.path.basename(bare) in _SHELL_WRAPPERS or bare.startswith("-"):
+                continue
+            prog = bare.rstrip(";&|)'\"")
+            break
+        result.append((prog, cmd))
+    return result
+
+
 def _redact_string(s: str) -> str:
     """Redact secrets inside one free-form string (a shell command, a JSON blob, a URL)."""
     s = _JSON_KEY.sub(lambda m: f"{m['pre']}\"{REDACTED}\"" if _is_secret_name(m["name"]) else m[0], s)
-    s = _ASSIGN.sub(
-        lambda m: f"{m['name']}{m['sep']}{REDACTED}" if m["val"] and _is_secret_name(m["name"]) else m[0], s
-    )
+    s = _redact_assign(s)
     s = _redact_url_and_headers(s)
+    s = _COLON.sub(_redact_colon, s)
     if " " in s or "\t" in s:
-        # A shell string: "--password hunter2" with a space; and mysql's "-phunter2".
-        tokens = re.split(r"(\s+)", s)
+        # A shell string: "--password hunter2" with a space; mysql's "-phunter2"; each command of
+        # "a; redis-cli -a pw" with its own program's rules.
+        tokens = [p for t in re.split(r"(\s+)", s) for p in (_SHELL_SPLIT.split(t) if not t.isspace() else [t])]
         words = [t for t in tokens if t and not t.isspace()]
-        redacted = _redact_tokens(words, words[0] if words else "", nested=True)
+        redacted: list[str] = []
+        for prog, cmd in _shell_commands(words):
+            redacted.extend(_redact_tokens(cmd, prog or cmd[0], nested=True))
         it = iter(redacted)
         s = "".join(t if (not t or t.isspace()) else next(it) for t in tokens)
     return s
 
 
 def _mask(arg: str) -> str:
-    """'***' keeping the quotes around the value (inside shell strings)."""
-    core = arg.strip("'\"")
+    """'***' keeping the quotes around the value and a shell separator after it (`pw;`)."""
+    body = arg.rstrip(";&|)")
+    tail = arg[len(body) :]
+    core = body.strip("'\"")
     if not core:
         return arg
-    start = arg.index(core[0])
-    return arg[:start] + REDACTED + arg[start + len(core) :]
+    start = body.index(core[0])
+    return body[:start] + REDACTED + body[start + len(core) :] + tail
+
+
+def redact_comm(comm: str) -> str:
+    """A process name (/proc/PID/comm, 15 characters) that looks like a secret: `TOKEN=abc12345`,
+    `apikey:x`, a bare ghp_/glpat-/xox token. Other names are returned unchanged."""
+    if not comm:
+        return comm
+    out = _KNOWN_TOKEN.sub(REDACTED, comm)
+    if "=" in out or ":" in out:
+        out = _COLON.sub(_redact_colon, _redact_assign(out))
+    return out
 
 
 def _redact_tokens(argv: list[str], prog_arg: str, *, nested: bool = False) -> list[str]:
@@ -588,17 +670,24 @@ def _redact_tokens(argv: list[str], prog_arg: str, *, nested: bool = False) -> l
         if secret_next:
             secret_next = False
             low = arg.lower()
+            if arg.strip("'\"").startswith(REDACTED):
+                out.append(arg)  # already redacted by a pattern
+                continue
             if low in ("bearer", "basic", "token"):
                 out.append(arg)  # "Authorization:" "Bearer" "x": keep the scheme, redact what follows
                 secret_next = True
                 continue
-            # "--token VALUE": the next argument is the value unless it is another option.
-            if not arg.startswith("-") or short_opts:
+            # "--token VALUE": the next argument is the value unless it is another option: one
+            # that starts with "--", or a short "-v". "--password -dashpw" is a value.
+            if not arg.startswith("-") or short_opts or (not arg.startswith("--") and len(arg) > 2):
                 out.append(_mask(arg))
                 continue
         name, eq, value = arg.partition("=")
         if eq and value and _LONG_FLAG.match(name) and _is_secret_name(name):
             out.append(f"{name}={REDACTED}")  # --password=hunter2 (the whole rest, spaces included)
+            continue
+        if eq and value and _LONG_FLAG.match(name) and not nested:
+            out.append(f"{name}={_redact_string(value)}")  # --from-literal=password=x, --header=...
             continue
         if eq and value and _ASSIGN_NAME.fullmatch(name) and _is_secret_name(name.removeprefix("-D")):
             out.append(f"{name}={REDACTED}")  # DB_PASSWORD=hunter2, -Djavax.net.ssl.keyStorePassword=x
@@ -608,8 +697,12 @@ def _redact_tokens(argv: list[str], prog_arg: str, *, nested: bool = False) -> l
             secret_next = True
             continue
         low = arg.lower()
-        if low.endswith(":") and low[:-1] in _SECRET_HEADERS:
-            out.append(arg)
+        colon_name = arg[:-1].lstrip("'\"")
+        if low.endswith(":") and (
+            low[:-1] in _SECRET_HEADERS
+            or (_ASSIGN_NAME.fullmatch(colon_name) is not None and _is_secret_name(colon_name))
+        ):
+            out.append(arg)  # "Authorization:" "x", "password:" "x" (YAML split over arguments)
             secret_next = True
             continue
         if low in ("bearer", "basic") and not nested:  # in strings the _BEARER pattern did it
@@ -643,6 +736,7 @@ def redact_argv(argv: list[str], max_len: int = 1024) -> str:
     if not argv:
         return ""
     line = " ".join(_redact_tokens(list(argv), argv[0]))
+    line = _KNOWN_TOKEN.sub(REDACTED, line)  # ghp_..., glpat-..., xoxb-...: secrets wherever they stand
     # Control characters (a newline inside an argument) would break a one-line report.
     line = "".join(c if c.isprintable() else " " for c in line)
     if len(line) > max_len:

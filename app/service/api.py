@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import ClientDisconnect
 
 from app.service.deps import StateDep, TokenRequired
 from app.service.intake import FORWARDED_HEADER, handle_alerts
 from app.service.payload import PayloadError, parse_payload
+
+log = logging.getLogger(__name__)
 
 public = APIRouter()
 api = APIRouter(prefix="/api/v1", dependencies=[TokenRequired])
@@ -28,10 +32,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise PayloadError(413, f"body of {declared} bytes is over the limit of {limit} bytes")
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise PayloadError(413, f"body is over the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise PayloadError(413, f"body is over the limit of {limit} bytes")
+    except ClientDisconnect:
+        # One line, no traceback: nobody is left to answer, and nothing was wrong on our side.
+        client = request.client.host if request.client else "?"
+        log.info(
+            "client %s disconnected after %d of %s body bytes: request dropped", client, len(buf), declared or "?"
+        )
+        raise PayloadError(400, "client disconnected before the body was complete") from None
     return bytes(buf)
 
 
@@ -73,6 +85,18 @@ async def post_alerts(
         state.metrics.alerts.labels(outcome="rejected").inc()
         raise
     answer = await handle_alerts(state, parsed, forwarded_from)
+    names = sorted({a.alertname for a in parsed.alerts})
+    # Label values are quoted (%r): whatever they hold, they stay inside this one line.
+    log.info(
+        "webhook: %d alert(s) %s%s%s: %d accepted, %d forwarded, %d ignored",
+        len(parsed.alerts),
+        ", ".join(repr(n[:100]) for n in names[:3]),
+        " and more" if len(names) > 3 else "",
+        f" forwarded by {forwarded_from!r}" if forwarded_from else "",
+        len(answer["accepted"]),
+        len(answer["forwarded"]),
+        len(answer["ignored"]),
+    )
     return JSONResponse(answer, status_code=202)
 
 
@@ -89,13 +113,14 @@ async def list_reports(
 @api.get("/reports/{report_id}")
 async def get_report(state: StateDep, report_id: str) -> Response:
     report = await asyncio.to_thread(state.store.get, report_id)
-    if report is None:
+    if report is None or report.status == "running":  # its row, written at the start
         running = state.scheduler.find(report_id)
         if running is not None:
             raise HTTPException(
                 404, f"investigation {report_id} is {running.state}; see /api/v1/investigations"
             )
-        raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
+        if report is None:
+            raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
     return Response(report.model_dump_json(), media_type="application/json")
 
 

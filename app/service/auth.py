@@ -2,6 +2,11 @@
 
 `PFI_WEBHOOK_TOKEN_FILE` (the chart mounts a Secret) or, for a first try on one machine, a token
 generated into the data dir (mode 0600) and reused on the next start.
+
+Rotation: `TokenWatcher` stats the file on each use (a few microseconds) and re-reads it when its
+identity changes (device, inode, size, mtime): a rewrite in place and the kubelet's atomic swap of
+the `..data` symlink both count. A file that became empty or unreadable keeps the last good token
+(logged once), so a half-finished rotation never locks Alertmanager out.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ def load_token(settings: Settings) -> TokenSource:
             return TokenSource(token, path, generated=False)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (path.parent.stat().st_mode & 0o777) != 0o700:
+        os.chmod(path.parent, 0o700)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -64,3 +71,55 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a swapped ..data shows as another inode
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class TokenWatcher:
+    """The current webhook token. `path=None`: a fixed token (tests, a token passed in)."""
+
+    def __init__(self, token: str, path: Path | None = None) -> None:
+        self._token = token
+        self.path = path
+        self._seen = _identity(path) if path is not None else None
+        self._problem: str | None = None
+
+    @classmethod
+    def from_source(cls, source: TokenSource) -> TokenWatcher:
+        return cls(source.token, source.path)
+
+    @property
+    def token(self) -> str:
+        if self.path is None:
+            return self._token
+        ident = _identity(self.path)
+        if ident is not None and ident != self._seen:
+            self._reload(ident)
+        return self._token
+
+    def _reload(self, ident: tuple[int, int, int, int]) -> None:
+        assert self.path is not None
+        try:
+            token = self.path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            self._complain(f"cannot read {self.path}: {exc}")
+            return
+        if not token:
+            self._complain(f"{self.path} is empty")
+            return
+        self._seen = ident
+        self._problem = None
+        if token != self._token:
+            self._token = token
+            log.info("webhook token re-read from %s (it changed)", self.path)
+
+    def _complain(self, problem: str) -> None:
+        if problem != self._problem:
+            log.warning("webhook token: %s; keeping the last good token", problem)
+        self._problem = problem

@@ -20,7 +20,16 @@ running investigation: its window is short and bounded, and a report that shows 
 stopping is still worth having. Shutdown cancels the running one through the engine's `cancel`
 event, which stops its tracer.
 
-The investigator is blocking; it runs in a worker thread (one), never on the event loop.
+The investigator is blocking; it runs in a thread of its own (a daemon: a stuck one never holds
+the process at exit), never on the event loop. Deadlines: the window stage ends by
+`window + WINDOW_GRACE_SECONDS + PFI_STAGE_DEADLINE_SECONDS`, each later stage (resolving,
+diagnosing; the engine's progress messages) within `PFI_STAGE_DEADLINE_SECONDS`. Past a deadline
+the investigation is cancelled; one that does not come back within CANCEL_GRACE_SECONDS of being
+cancelled (a deadline, or shutdown) is left behind and gets a report that says which stage it was
+in: the service never waits on a stuck neighbour (a kubelet trickling its answer).
+
+`on_started` runs before the engine starts (the service writes a `running` report row then, so a
+crash leaves a trace); `on_finished` gets every investigation's report, also of one left behind.
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -49,6 +57,8 @@ RECENT_MAX = 10_000  # cooldown keys remembered
 WINDOW_GRACE_SECONDS = 5.0  # the engine probes tracers before its window starts
 # The engine reports its window as progress 0..0.9 and resolving/diagnosing as the rest.
 WINDOW_DONE_FRACTION = 0.9
+CANCEL_GRACE_SECONDS = 5.0  # from cancel to giving up on the investigation's thread
+SUPERVISE_TICK_SECONDS = 0.25
 
 Action = Literal["queued", "joined", "duplicate", "cancelled", "running", "ignored"]
 
@@ -94,20 +104,46 @@ class Submitted:
 
 
 OnFinished = Callable[[Investigation, Report], Awaitable[None]]
+OnStarted = Callable[[Investigation], Awaitable[None]]
 
 
-def failed_report(inv: Investigation, settings: Settings, error: str) -> Report:
-    """A report for an investigation that raised: the failure is a result too."""
+def failed_report(
+    inv: Investigation,
+    settings: Settings,
+    error: str,
+    *,
+    status: Literal["failed", "cancelled"] = "failed",
+    summary: str | None = None,
+) -> Report:
+    """A report for an investigation that raised or was left behind: the failure is a result too."""
     return Report(
         id=inv.id,
         node=inv.node,
-        status="failed",
+        status=status,
         started_at=inv.started_at or utcnow(),
         finished_at=utcnow(),
         window_seconds=inv.window_seconds,
         trigger=inv.triggers[0] if inv.triggers else Trigger(),
         tracer=TracerInfo(backend="none", exact=False, errors=[error]),
-        verdict=Verdict(summary=f"The investigation failed: {error}", cause=Cause.UNKNOWN, confidence="low"),
+        verdict=Verdict(
+            summary=summary or f"The investigation failed: {error}", cause=Cause.UNKNOWN, confidence="low"
+        ),
+    )
+
+
+def running_report(inv: Investigation) -> Report:
+    """The row written when an investigation starts; replaced by its result. One still there when
+    the store opens belongs to a process that died (store.INTERRUPTED)."""
+    return Report(
+        id=inv.id,
+        node=inv.node,
+        status="running",
+        started_at=inv.started_at or utcnow(),
+        finished_at=None,
+        window_seconds=inv.window_seconds,
+        trigger=inv.triggers[0] if inv.triggers else Trigger(),
+        tracer=TracerInfo(backend="none", exact=False),
+        verdict=Verdict(summary="Investigation running", cause=Cause.UNKNOWN, confidence="low"),
     )
 
 
@@ -120,18 +156,20 @@ class Scheduler:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_started: OnStarted | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
         self._investigator = investigator
         self._on_finished = on_finished
+        self.on_started = on_started  # settable after construction (the service sets it at start)
         self._metrics = metrics
         self._clock = clock
         self._queue: deque[Investigation] = deque()
         self._running: Investigation | None = None
         self._recent: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (report id, expiry)
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pfi-investigation")
+        self._left_behind: list[threading.Thread] = []  # investigations that never came back
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -238,6 +276,8 @@ class Scheduler:
                 self._running = inv
                 try:
                     await self._investigate(inv)
+                except Exception:  # the worker loop must outlive any one investigation
+                    log.exception("investigation %s: the scheduler caught an error", inv.id)
                 finally:
                     self._running = None
                     self._update_gauge()
@@ -250,13 +290,87 @@ class Scheduler:
         except (TypeError, ValueError):
             pass
 
-    async def _investigate(self, inv: Investigation) -> None:
+    def _deadline(self, inv: Investigation) -> tuple[str, float]:
+        """(stage, its deadline in seconds) for where the investigation is now."""
+        stage_limit = self.settings.stage_deadline_seconds
+        if inv.progress < WINDOW_DONE_FRACTION:
+            return "window", inv.window_seconds + WINDOW_GRACE_SECONDS + stage_limit
+        return inv.message or "finishing", stage_limit
+
+    async def _run_in_thread(self, inv: Investigation, call: Callable[[], Report]) -> Report:
+        """Run `call` in a daemon thread; watch its stage deadlines and the cancel event. Raises
+        what the call raised; a call left behind gives a failed/cancelled report instead."""
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[Report] = loop.create_future()
+
+        def settle(result: Report | None, error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)  # type: ignore[arg-type]
+
+        def work() -> None:
+            try:
+                result: Report | None = call()
+                error: BaseException | None = None
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, result, error)
+
+        thread = threading.Thread(target=work, name=f"pfi-investigation-{inv.id}", daemon=True)
+        thread.start()
+        stage, stage_since = "", self._clock()
+        overrun: str | None = None
+        cancelled_at: float | None = None
+        while True:
+            finished, _ = await asyncio.wait({done}, timeout=SUPERVISE_TICK_SECONDS)
+            if finished:
+                return done.result()
+            now = self._clock()
+            current, limit = self._deadline(inv)
+            if current != stage:
+                stage, stage_since = current, now
+            if overrun is None and cancelled_at is None and now - stage_since > limit:
+                overrun = f"stage {stage!r} passed its deadline of {limit:.0f} s"
+                log.error("investigation %s: %s; cancelling it", inv.id, overrun)
+                inv.cancel.set()
+            if inv.cancel.is_set() and cancelled_at is None:
+                cancelled_at = now
+            if cancelled_at is not None and now - cancelled_at > CANCEL_GRACE_SECONDS:
+                break
+        # Left behind: the thread is a daemon and has its cancel event; we do not wait for it.
+        self._left_behind = [t for t in self._left_behind if t.is_alive()] + [thread]
+        where = f"in stage {stage!r} ({inv.message})" if inv.message != stage else f"in stage {stage!r}"
+        if overrun is not None:
+            error = f"{overrun}; it did not stop within {CANCEL_GRACE_SECONDS:.0f} s of being cancelled"
+            summary = f"The investigation did not finish: {error}."
+            status: Literal["failed", "cancelled"] = "failed"
+        else:
+            error = f"cancelled {where}; it did not stop within {CANCEL_GRACE_SECONDS:.0f} s"
+            summary = f"The investigation was interrupted (shutdown): {error}."
+            status = "cancelled"
+        log.error(
+            "investigation %s left behind %s (%d thread(s) left behind now)",
+            inv.id,
+            where,
+            len(self._left_behind),
+        )
+        return failed_report(inv, self.settings, error, status=status, summary=summary)
+
+    async def _investigate(self, inv: Investigation) -> None:
         inv.state = "running"
         inv.started_at = utcnow()
         inv.started_mono = self._clock()
         inv.message = "starting"
         log.info("investigation %s of node %s starts (%d alert(s))", inv.id, inv.node, len(inv.triggers))
+        if self.on_started is not None:
+            try:
+                await self.on_started(inv)
+            except Exception:
+                log.exception("investigation %s: recording its start failed", inv.id)
         call = functools.partial(
             self._investigator,
             self.settings,
@@ -266,7 +380,7 @@ class Scheduler:
             progress=functools.partial(self._progress, inv),
         )
         try:
-            report = await loop.run_in_executor(self._executor, call)
+            report = await self._run_in_thread(inv, call)
             if not isinstance(report, Report):
                 raise TypeError(f"the investigator returned {type(report).__name__}, not a Report")
         except Exception as exc:  # the engine's failure becomes a failed report, never a crash
@@ -293,9 +407,9 @@ class Scheduler:
         inv.state = "cancelled" if report.status == "cancelled" else "done"
         log.info("investigation %s %s in %.1fs", inv.id, report.status, duration)
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, timeout: float = CANCEL_GRACE_SECONDS + 10.0) -> None:
         """Cancel what is queued and running, wait (bounded) for the running one to come back with
-        its cancelled report and be stored, then stop the worker."""
+        its cancelled report (or be left behind with one) and be stored, then stop the worker."""
         self._stopping = True
         for inv in list(self._queue):
             inv.state = "cancelled"
@@ -314,5 +428,4 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self._task = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
         self._update_gauge()

@@ -54,5 +54,11 @@ class Metrics:
             registry=r,
         )
 
+        self.store_set_aside = Gauge(
+            "pfi_store_set_aside_reports",
+            "Reports the store could not serialise (set aside, logged) since the start",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

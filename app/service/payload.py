@@ -30,6 +30,8 @@ class PayloadError(Exception):
     """The payload cannot be used: `status` is the HTTP status to answer with, `reason` says why."""
 
     def __init__(self, status: int, reason: str) -> None:
+        # The reason may quote what was sent: keep it encodable whatever that was.
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -134,6 +136,51 @@ def _format_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_WALK = 5_000_000  # values in one payload; a 1 MiB body holds at most ~500k (each takes 2+ bytes)
+
+
+_FieldPath = tuple[Any, ...]  # (parent path, key): a linked list, O(1) per value walked
+
+
+def _field_name(path: _FieldPath) -> str:
+    parts: list[str | int] = []
+    while path:
+        path, key = path
+        parts.append(key)
+    out = ""
+    for part in reversed(parts):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            shown = part if part.isidentifier() else json.dumps(part)  # json.dumps escapes surrogates
+            out += ("." if out else "") + shown
+    return out or "(the payload)"
+
+
+def find_unencodable(raw: Any) -> str | None:
+    """The first field (path) holding a lone UTF-16 surrogate (`"\\ud800"` is valid JSON but not
+    text: it cannot be written as UTF-8), in a key or a value; None when there is none."""
+    stack: list[tuple[Any, _FieldPath]] = [(raw, ())]
+    seen = 0
+    while stack:
+        value, path = stack.pop()
+        seen += 1
+        if seen > MAX_WALK:
+            return "(the payload)"  # too many values to look at: refused as a whole
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return _field_name(path)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and _SURROGATE.search(k):
+                    return _field_name((path, k)) + " (its name)"
+                stack.append((v, (path, k)))
+        elif isinstance(value, list):
+            stack.extend((v, (path, i)) for i, v in enumerate(value))
+    return None
+
+
 def parse_payload(raw: Any, *, max_alerts: int) -> ParsedPayload:
     """Validate a decoded JSON body. Raises PayloadError (413 or 422) with a reason."""
     if not isinstance(raw, dict):
@@ -143,6 +190,11 @@ def parse_payload(raw: Any, *, max_alerts: int) -> ParsedPayload:
         raise PayloadError(422, "the payload has no `alerts` list")
     if len(alerts) > max_alerts:
         raise PayloadError(413, f"too many alerts in one request: {len(alerts)} > {max_alerts}")
+    bad = find_unencodable(raw)
+    if bad is not None:
+        raise PayloadError(
+            422, f"{bad}: contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not encodable text"
+        )
 
     warnings: list[str] = []
     version = raw.get("version")

@@ -5,8 +5,11 @@ event loop, sharing one ServiceState.
 - UI on `PFI_UI_LISTEN_ADDRESS` (default 127.0.0.1:8081): the report pages, reached through
   `kubectl port-forward`.
 SIGTERM/SIGINT: the running investigation is cancelled at once (the engine stops its tracer), both
-servers stop taking requests, the cancelled report is written, sink deliveries in flight get a
-bounded time, and the process exits 0.
+servers stop taking requests, the cancelled report is written (one stuck in a neighbour, e.g. a
+kubelet trickling its answer, is left behind after a few seconds with a report saying so), sink
+deliveries in flight get a moment (the outbox keeps the rest for the next start), and the process
+exits 0. A watchdog ends the process after `PFI_SHUTDOWN_SECONDS` (50) whatever happens, inside
+the chart's terminationGracePeriodSeconds (60).
 
 With no settings at all it works on one machine: node name from the hostname, data in
 ./.pfi-data, and a webhook token generated there (0600) and printed once with a curl line to try.
@@ -17,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -28,7 +33,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.service.app import create_app, create_ui_app
+from app.models import Report
+from app.service import logs
+from app.service.app import create_app, create_ui_app, ui_exposure_warning
 from app.service.auth import TokenSource, load_token
 from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
 from app.tracers import leftovers
@@ -36,6 +43,10 @@ from app.tracers import leftovers
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 10
+# Idle keep-alive connections are held longer than any client keeps them (httpx: 5 s, Go's
+# net/http as in Alertmanager: 90 s), so a client never reuses a connection the server is closing
+# at that moment (a RemoteProtocolError on a peer's report list; a failed webhook delivery).
+KEEP_ALIVE_SECONDS = 120
 
 
 def split_listen(address: str, default_port: int) -> tuple[str, int]:
@@ -82,12 +93,23 @@ def first_run_message(settings: Settings, source: TokenSource) -> str:
     )
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+def _setup_logging(settings: Settings | None = None) -> None:
+    """Once for `serve`: INFO, text or JSON lines (PFI_LOG_FORMAT); see app.service.logs."""
+    logs.configure((settings or Settings()).log_format)
+
+
+def _watchdog(seconds: float) -> None:
+    """Exit the process `seconds` from now whatever still runs (the chart's grace period would end
+    in SIGKILL and lose what the store has not written; here the store's writes are done or in WAL)."""
+
+    def fire() -> None:
+        log.error("shutdown took longer than %.0fs: exiting now", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
 
 
 class _Server(uvicorn.Server):
@@ -131,11 +153,18 @@ async def run_servers(
 ) -> None:
     (host, port, api_sock), (ui_host, ui_port, ui_sock) = bound or _listen(settings)
     common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
+    common["timeout_keep_alive"] = KEEP_ALIVE_SECONDS
     api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
     ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
 
+    watchdog_started = False
+
     def on_signal(sig: signal.Signals) -> None:
+        nonlocal watchdog_started
         log.info("%s: shutting down", sig.name)
+        if not watchdog_started:
+            watchdog_started = True
+            _watchdog(settings.shutdown_seconds)
         state = getattr(api_app.state, "svc", None)
         if state is not None and state.scheduler.running is not None:
             state.scheduler.running.cancel.set()  # stop the tracer now, not after the servers
@@ -166,9 +195,9 @@ async def run_servers(
             loop.remove_signal_handler(sig)
 
 
-def serve(settings: Settings | None = None) -> None:
-    """Run the service until SIGTERM/SIGINT (blocking)."""
-    _setup_logging()
+def serve(settings: Settings | None = None, *, investigator: Callable[..., Report] | None = None) -> None:
+    """Run the service until SIGTERM/SIGINT (blocking). `investigator`: the engine by default."""
+    _setup_logging(settings)
     settings = settings or Settings()
     bound = _listen(settings)  # a bad address or a port in use fails before anything else
     leftovers.reap(proc_root=settings.proc_root)  # tracers and folders of a killed predecessor
@@ -178,6 +207,10 @@ def serve(settings: Settings | None = None) -> None:
         sys.stderr.flush()
     else:
         log.info("webhook token from %s", source.path)
-    api_app = create_app(settings, token=source.token)
+    warning = ui_exposure_warning(settings)
+    if warning:
+        log.warning("%s", warning)
+    # No token passed: the state watches the file and re-reads it when it changes (rotation).
+    api_app = create_app(settings, investigator=investigator)
     ui_app = create_ui_app(api_app)
     asyncio.run(run_servers(settings, api_app, ui_app, bound))

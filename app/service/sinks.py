@@ -255,7 +255,9 @@ class SlackSink:
         summary = _slack_escape(_bounded(report.verdict.summary, 1500))
         top = _slack_escape(describe_top(report, 3, 2500))
         return {
-            "text": f"{title}: {_bounded(report.verdict.summary, 1000)}",
+            # The fallback text is mrkdwn too (notifications show it): escaped like the blocks, so a
+            # process named `<!channel>` is text, not a mention.
+            "text": _slack_escape(f"{title}: {_bounded(report.verdict.summary, 1000)}"),
             "blocks": [
                 {
                     "type": "section",

@@ -2,9 +2,14 @@
 
 `ServiceState.start` builds: the token, the report store, the metrics registry, one outbound httpx
 client (forwarding, sinks, peers), the API server client and the peer directory, the sinks, the
-single-flight scheduler with its worker thread, and a retry loop for reports the store could not
-write. `stop` cancels the running investigation (no tracer is left running), waits for its report
-to be stored and for sink deliveries in flight (bounded), then closes everything.
+single-flight scheduler, and a retry loop for reports the store could not write (it cannot die).
+
+Reports go to the sinks through the store's outbox: the report and one outbox row per sink are
+written together; each sink's result is written with the removal of its row. Deliveries left over
+by a stop or a crash resume at the next start. `stop` cancels the running investigation (no tracer
+is left running; a stuck one is left behind with a report saying so), gives sink deliveries a
+moment (the outbox keeps the rest), writes what waits and closes everything: well inside the
+chart's termination grace period whatever a neighbour does.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import httpx
 
 from app.config import Settings
 from app.models import Report
-from app.service.auth import load_token
-from app.service.flight import Investigation, Investigator, Scheduler
+from app.service.auth import TokenWatcher, load_token
+from app.service.flight import Investigation, Investigator, Scheduler, running_report
 from app.service.kube import KubeApi
 from app.service.metrics import Metrics
 from app.service.nodes import NodeIdentity, as_ip
@@ -34,7 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKGROUND_TASKS = 256
 STORE_RETRY_SECONDS = 10.0
-STOP_TASKS_SECONDS = 10.0
+STOP_SINKS_SECONDS = 3.0  # sink deliveries still retrying then stay in the outbox for the next start
+STOP_TASKS_SECONDS = 10.0  # other background work (forwarding alerts) has no outbox: it gets longer
 DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is not posted
 
 
@@ -75,7 +81,7 @@ def real_investigator(settings: Settings) -> Investigator:
 @dataclass
 class ServiceState:
     settings: Settings
-    token: str
+    tokens: TokenWatcher
     store: ReportStore
     metrics: Metrics
     client: httpx.AsyncClient
@@ -100,7 +106,9 @@ class ServiceState:
         token: str | None = None,
     ) -> ServiceState:
         if token is None:
-            token = (await asyncio.to_thread(load_token, settings)).token
+            tokens = TokenWatcher.from_source(await asyncio.to_thread(load_token, settings))
+        else:
+            tokens = TokenWatcher(token)
         if store is None:
             store = ReportStore(
                 settings.data_dir,
@@ -119,7 +127,7 @@ class ServiceState:
         kube = KubeApi.from_settings(settings, kube_transport)
         state = cls(
             settings=settings,
-            token=token,
+            tokens=tokens,
             store=store,
             metrics=metrics,
             client=client,
@@ -134,6 +142,9 @@ class ServiceState:
         state.scheduler.start()
         state.recorder.connect(state.scheduler.submit)
         state.spawn(state._store_retry_loop(), "store-retry")
+        state.scheduler.on_started = state.on_started  # a `running` row as each investigation starts
+        if state.sinks:
+            state.spawn(state._resume_outbox(), "sinks-resume")
         state._update_store_gauges()
         log.info(
             "service for node %s: %d sink(s) %s; store %s",
@@ -143,6 +154,11 @@ class ServiceState:
             "ready" if store.ready else f"NOT ready: {store.reason}",
         )
         return state
+
+    @property
+    def token(self) -> str:
+        """The webhook token now (re-read when its file changed)."""
+        return self.tokens.token
 
     # --- background work -------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> bool:
@@ -159,39 +175,74 @@ class ServiceState:
     def _update_store_gauges(self) -> None:
         self.metrics.store_ready.set(1 if self.store.ready else 0)
         self.metrics.store_pending.set(self.store.pending)
+        self.metrics.store_set_aside.set(self.store.set_aside)
 
     async def _store_retry_loop(self) -> None:
         while True:
             await asyncio.sleep(STORE_RETRY_SECONDS)
-            if self.store.pending or not self.store.ready:
-                ok = await asyncio.to_thread(self.store.retry_pending)
-                if ok:
-                    log.info("report store writable again")
-            self._update_store_gauges()
+            try:
+                if self.store.pending or not self.store.ready:
+                    ok = await asyncio.to_thread(self.store.retry_pending)
+                    if ok:
+                        log.info("report store writable again")
+                self._update_store_gauges()
+            except Exception:  # this loop is the store's way back: it must not die
+                log.exception("report store retry failed; trying again in %.0fs", STORE_RETRY_SECONDS)
 
-    # --- a finished investigation --------------------------------------------------------------
+    # --- an investigation starts and finishes ---------------------------------------------------
+    async def on_started(self, inv: Investigation) -> None:
+        await asyncio.to_thread(self.store.put, running_report(inv), list(inv.triggers))
+        self._update_store_gauges()
+
     async def on_finished(self, inv: Investigation, report: Report) -> None:
         if len(inv.triggers) > 1:
             report = report.model_copy(update={"joined": list(inv.triggers[1:])})
-        await asyncio.to_thread(self.store.put, report, inv.triggers)
+        deliver = bool(self.sinks) and report.status in DELIVER_STATUSES
+        outbox = [k.name for k in self.sinks] if deliver else []
+        await asyncio.to_thread(self.store.put, report, inv.triggers, outbox=outbox)
         self._update_store_gauges()
-        if self.sinks and report.status in DELIVER_STATUSES:
+        if deliver:
             self.spawn(self.deliver(report, list(inv.triggers)), f"sinks-{report.id}")
 
-    async def deliver(self, report: Report, triggers: list[Any]) -> Report:
+    async def deliver(self, report: Report, triggers: list[Any], sinks: list[Sink] | None = None) -> Report:
+        """Deliver to each sink (retried); each result is written with the removal of its outbox
+        row as soon as that sink is done."""
         s = self.settings
-        results = await asyncio.gather(
-            *(
-                deliver_with_retry(k, report, attempts=s.sink_attempts, backoff=s.sink_backoff_seconds)
-                for k in self.sinks
-            )
-        )
-        for r in results:
+        current = report
+        lock = asyncio.Lock()
+
+        async def one(sink: Sink) -> None:
+            nonlocal current
+            r = await deliver_with_retry(sink, report, attempts=s.sink_attempts, backoff=s.sink_backoff_seconds)
             self.metrics.sink_deliveries.labels(sink=r.sink, outcome="ok" if r.ok else "failed").inc()
-        updated = report.model_copy(update={"sinks": [*report.sinks, *results]})
-        await asyncio.to_thread(self.store.put, updated, triggers)
-        self._update_store_gauges()
-        return updated
+            async with lock:
+                current = current.model_copy(update={"sinks": [*current.sinks, r]})
+                await asyncio.to_thread(self.store.delivered, current, triggers, [sink.name])
+                self._update_store_gauges()
+
+        await asyncio.gather(*(one(k) for k in (self.sinks if sinks is None else sinks)))
+        return current
+
+    async def _resume_outbox(self) -> None:
+        """Deliveries a previous process did not finish (stopped, or killed) are made now."""
+        try:
+            left = await asyncio.to_thread(self.store.outbox)
+            by_name = {k.name: k for k in self.sinks}
+            for rid, names in left:
+                report = await asyncio.to_thread(self.store.get, rid)
+                triggers = await asyncio.to_thread(self.store.triggers, rid)
+                if report is None:
+                    continue
+                gone = [n for n in names if n not in by_name]
+                if gone:  # a sink no longer configured: nothing to deliver to
+                    log.warning("report %s: sink(s) %s no longer configured; not delivered", rid, gone)
+                    await asyncio.to_thread(self.store.delivered, report, triggers, gone)
+                todo = [by_name[n] for n in names if n in by_name]
+                if todo:
+                    log.info("report %s: resuming delivery to %s", rid, [k.name for k in todo])
+                    await self.deliver(report, triggers, todo)
+        except Exception:
+            log.exception("resuming sink deliveries failed; they stay in the outbox")
 
     # --- readiness and shutdown ----------------------------------------------------------------
     def readiness(self) -> list[str]:
@@ -206,11 +257,27 @@ class ServiceState:
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.stop)
         await self.scheduler.stop()
-        pending = [t for t in self.tasks if not t.get_name().startswith("store-retry")]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=STOP_TASKS_SECONDS)
-            for t in still:
-                log.warning("stopping: %s did not finish in %.0fs", t.get_name(), STOP_TASKS_SECONDS)
+        pending = {t for t in self.tasks if not t.get_name().startswith("store-retry")}
+        budget = {True: STOP_SINKS_SECONDS, False: STOP_TASKS_SECONDS}
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while pending:
+            sinks_left = any(t.get_name().startswith("sinks-") for t in pending)
+            wait = budget[sinks_left] - (loop.time() - start)
+            if wait <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=wait)
+            if sinks_left:
+                for t in [t for t in pending if t.get_name().startswith("sinks-")]:
+                    log.warning(
+                        "stopping: %s not done in %.0fs; its deliveries stay in the outbox for the next start",
+                        t.get_name(),
+                        STOP_SINKS_SECONDS,
+                    )
+                    t.cancel()
+                    pending.discard(t)
+        for t in pending:
+            log.warning("stopping: %s did not finish in %.0fs", t.get_name(), STOP_TASKS_SECONDS)
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -134,12 +134,12 @@ async def _find(
     state: ServiceState, report_id: str, node: str | None
 ) -> Report | Investigation | dict[str, Any] | None:
     """The report (local, else from a peer), or the local investigation, or a peer's running one."""
-    report = await asyncio.to_thread(state.store.get, report_id)
-    if report is not None:
-        return report
     inv = state.scheduler.find(report_id)
     if inv is not None:
         return inv
+    report = await asyncio.to_thread(state.store.get, report_id)
+    if report is not None:
+        return report
     peers = await state.peers.peers()
     if node:
         peers = [p for p in peers if p.node == node]

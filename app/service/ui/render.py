@@ -3,7 +3,9 @@
 Pure functions: they take data and return HTML. The service mounts them on the UI address.
 
 Everything that comes from a report (command lines, pod names, paths, alert labels) is untrusted:
-templates never mark it safe. The chart is inline SVG whose geometry is computed here (numbers only);
+templates never mark it safe, and every value written is passed through `_finalize`, which shows
+control and bidi characters (NUL, ESC, BEL, U+202E...) as visible escapes instead of letting them
+reorder or hide text. The chart is inline SVG whose geometry is computed here (numbers only);
 its labels are written by the template, so they are escaped like everything else.
 """
 
@@ -13,8 +15,10 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from app.models import Cause, ProcessReport, Report, Source, SourceKind
 
@@ -334,6 +338,16 @@ def _hot_ranges(s: Source) -> tuple[list[str], int]:
 # environment
 
 
+def _finalize(value: Any) -> Any:
+    """Every `{{ value }}`: strings with control characters get them as visible escapes (`\\x1b`,
+    `\\u202e`); line breaks and tabs stay (HTML folds them)."""
+    if isinstance(value, str) and not isinstance(value, Markup) and not value.isprintable():
+        from app.service.logs import visible  # one definition of "visible" (the logs use it too)
+
+        return "\n".join("\t".join(visible(part) for part in line.split("\t")) for line in value.split("\n"))
+    return value
+
+
 @lru_cache(maxsize=1)
 def _env() -> Environment:
     env = Environment(
@@ -342,6 +356,7 @@ def _env() -> Environment:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_finalize,
     )
     env.filters.update(
         int=_fmt_int,

@@ -1,0 +1,86 @@
+"""Redaction on real processes: each argv below is started for real, its /proc/PID/cmdline (and
+/proc/PID/comm) read back and redacted, as the engine does (issue 10, item 6)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from app.parsers.procfs import parse_cmdline, redact_argv, redact_comm
+from tests.service_support import wait_for
+
+PY_SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
+
+
+@contextmanager
+def running(argv: list[str]) -> Iterator[int]:
+    """The process, once the kernel shows its argv (right after fork it is still being exec'd)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _cmdline(proc.pid)[1:] == argv[1:], timeout=10, what=f"{argv[0]} exec'd")
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _cmdline(pid: int) -> list[str]:
+    return parse_cmdline(Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+CASES = [
+    # (extra argv after a sleeping python, secret that must go, what must stay, covers)
+    (["--password", "-dashpw", "--verbose"], "dashpw", "--password *** --verbose", "value after the flag starts with -"),
+    (["--config", "password: yamlpw"], "yamlpw", "--config password: ***", "YAML name: value in one argument"),
+    (["password:", "yamlpw"], "yamlpw", "password: ***", "YAML name: value over two arguments"),
+    (["--from-literal=password=k8spw", "--from-literal=user=bob"], "k8spw",
+     "--from-literal=password=*** --from-literal=user=bob", "kubectl --from-literal=password=x"),
+    (["-H", "PRIVATE-TOKEN: gltok", "https://gitlab.example/api/v4/projects"], "gltok",
+     "-H PRIVATE-TOKEN: *** https://gitlab.example/api/v4/projects", "GitLab header"),
+    (["apikey:plainapikey"], "plainapikey", "apikey:***", "name:value without a space"),
+    (["ghp_0123456789abcdefghijKLMNOPQRST", "glpat-abcdefghij0123456789", "xoxb-1234567890-abcdefghijkl"],
+     "0123456789", "*** *** ***", "bare GitHub/GitLab/Slack tokens"),
+]
+
+
+@pytest.mark.parametrize(("extra", "secret", "kept", "covers"), CASES, ids=[c[3] for c in CASES])
+def test_real_process_argv_is_redacted(extra: list[str], secret: str, kept: str, covers: str) -> None:
+    with running([*PY_SLEEP, *extra]) as pid:
+        argv = _cmdline(pid)
+    assert argv[-len(extra):] == extra  # what the kernel holds is what we started
+    line = redact_argv(argv)
+    assert secret not in line, line
+    assert line.endswith(kept), line
+
+
+def test_redis_cli_after_semicolon_inside_sh_c() -> None:
+    script = "sleep 30; redis-cli -h cache -a rpw2 ping;echo x;redis-cli -a 'rpw3' info"
+    with running(["sh", "-c", script]) as pid:
+        argv = _cmdline(pid)
+    assert argv == ["sh", "-c", script]
+    line = redact_argv(argv)
+    assert "rpw2" not in line and "rpw3" not in line
+    assert line == "sh -c sleep 30; redis-cli -h cache -a *** ping;echo x;redis-cli -a '***' info"
+
+
+def test_comm_that_looks_like_a_secret_is_redacted(tmp_path: Path) -> None:
+    sleep = shutil.which("sleep")
+    if sleep is None:
+        pytest.skip("no sleep binary to copy")
+    named = tmp_path / "TOKEN=abc12345"
+    shutil.copy(sleep, named)
+    with running([str(named), "30"]) as pid:
+        comm = Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+        argv = _cmdline(pid)
+    assert comm == "TOKEN=abc12345"  # the kernel's name of the process
+    assert redact_comm(comm) == "TOKEN=***"
+    assert "abc12345" not in redact_argv(argv)
+    # Ordinary names stay as they are.
+    for name in ("nginx: worker", "kworker/0:1H", "postgres", "python3"):
+        assert redact_comm(name) == name

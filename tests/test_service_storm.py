@@ -1,0 +1,172 @@
+"""An alert storm over a DaemonSet of 12 inspectors on loopback (issue 10, "done means").
+
+Twelve real instances (API + UI each), every one knowing the others through PFI_STATIC_PEERS, the
+real engine with the procfs tracer and a 2 s window. 120 alerts, ten copies of each node's alert
+(named by node or by node IP and exporter port, timestamps written two ways as an HA pair of
+Alertmanagers does), are posted in groups of 1-6 to random instances, concurrently. Expected: no
+5xx anywhere; every alert accepted or forwarded, none ignored; exactly one report per node, stored
+on that node; every instance's UI lists all twelve. Only the HTTP API and settings are used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.service.app import create_app, create_ui_app
+from app.service.server import KEEP_ALIVE_SECONDS
+from tests.service_support import AUTH, TOKEN, wait_for
+
+N = 12
+COPIES = 10
+WINDOW = 2.0
+
+
+def _listening() -> socket.socket:
+    """A loopback port that is ours from now on: listening at once and without SO_REUSEADDR
+    (a port merely bound with SO_REUSEADDR can be handed to another process's bind(0) meanwhile)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    return sock
+
+
+class Instance:
+    """One inspector as `serve` runs it: the API and the UI app, two uvicorn servers in one event
+    loop (the UI reaches peers through the API app's HTTP client, which belongs to that loop)."""
+
+    def __init__(self, api_app: FastAPI, api_sock: socket.socket) -> None:
+        self.socks = [api_sock, _listening()]
+        self.url, self.ui_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
+        ui_app = create_ui_app(api_app)
+        self.servers = [
+            uvicorn.Server(
+                uvicorn.Config(
+                    app, log_level="warning", lifespan=ls, access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS
+                )
+            )
+            for app, ls in ((api_app, "on"), (ui_app, "off"))
+        ]
+        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self.servers, self.socks, strict=True)))
+
+    def __enter__(self) -> Instance:
+        self.thread.start()
+        wait_for(lambda: all(s.started for s in self.servers) or not self.thread.is_alive(), what="start")
+        assert all(s.started for s in self.servers)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for srv in self.servers:
+            srv.should_exit = True
+        self.thread.join(timeout=30)
+        for s in self.socks:
+            s.close()
+
+
+def _alert(i: int, copy: int) -> dict[str, Any]:
+    node = f"storm-{i:02d}"
+    labels = {"alertname": "NodeMemoryMajorPagesFaults", "severity": "warning", "job": "node-exporter"}
+    if copy % 3 == 2:
+        labels["instance"] = f"10.0.9.{i + 1}:9100"  # kube-prometheus-stack style: the node's IP
+    else:
+        labels["node"] = node
+        labels["instance"] = f"10.0.9.{i + 1}:9100"
+    starts = "2026-12-02T04:00:00.5Z" if copy % 2 else "2026-12-02T04:00:00.500000000Z"  # same instant
+    return {"status": "firing", "labels": labels, "startsAt": starts, "fingerprint": f"storm{i:02d}"}
+
+
+def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
+    rng = random.Random(10)
+    socks = [_listening() for _ in range(N)]
+    urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    names = [f"storm-{i:02d}" for i in range(N)]
+    ips = [f"10.0.9.{i + 1}" for i in range(N)]
+    statuses: list[int] = []
+    with ExitStack() as stack:
+        apis: list[httpx.Client] = []
+        uis: list[str] = []
+        for i in range(N):
+            peers = ",".join(f"{names[j]}@{ips[j]}={urls[j]}" for j in range(N) if j != i)
+            settings = Settings(
+                node_name=names[i],
+                node_ip=ips[i],
+                data_dir=tmp_path / names[i],
+                static_peers=peers,
+                apiserver_url=None,
+                tracer="procfs",
+                investigation_seconds=WINDOW,
+                cooldown_seconds=600,
+                peer_fetch_timeout_seconds=10,
+                forward_timeout_seconds=10,
+            )
+            instance = stack.enter_context(Instance(create_app(settings, token=TOKEN), socks[i]))  # real engine
+            uis.append(instance.ui_url)
+            apis.append(stack.enter_context(httpx.Client(base_url=urls[i], timeout=30)))
+
+        alerts = [_alert(i, c) for i in range(N) for c in range(COPIES)]
+        rng.shuffle(alerts)
+        groups: list[list[dict[str, Any]]] = []
+        while alerts:
+            k = rng.randint(1, 6)
+            groups.append(alerts[:k])
+            alerts = alerts[k:]
+
+        def post(group: list[dict[str, Any]]) -> dict[str, Any]:
+            target = rng.randrange(N)
+            body = {"version": "4", "status": "firing", "receiver": "pfi", "alerts": group}
+            resp = apis[target].post("/api/v1/alerts", json=body, headers=AUTH)
+            statuses.append(resp.status_code)
+            return dict(resp.json())
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(post, groups))
+        assert all(s == 202 for s in statuses), Counter(statuses)
+        assert sum(len(a["accepted"]) + len(a["forwarded"]) for a in answers) == N * COPIES
+        assert [i for a in answers for i in a["ignored"]] == []
+
+        def done(i: int) -> bool:
+            rows = apis[i].get("/api/v1/reports", headers=AUTH).json()["reports"]
+            return bool(rows) and all(r["status"] == "complete" for r in rows)
+
+        wait_for(lambda: all(done(i) for i in range(N)), timeout=40, what="a report on every node")
+        # Forwarding retries and late copies had their chance: still one report per node.
+        wait_for(
+            lambda: all(not c.get("/api/v1/investigations", headers=AUTH).json()["investigations"] for c in apis),
+            timeout=20,
+            what="all idle",
+        )
+        ids: dict[str, str] = {}
+        for i, client in enumerate(apis):
+            resp = client.get("/api/v1/reports", headers=AUTH)
+            statuses.append(resp.status_code)
+            rows = resp.json()["reports"]
+            assert [(r["node"], r["status"]) for r in rows] == [(names[i], "complete")], rows
+            assert rows[0]["backend"] == "procfs"
+            assert rows[0]["alertname"] == "NodeMemoryMajorPagesFaults"
+            ids[names[i]] = rows[0]["id"]
+
+        # Any instance's UI lists every node's report (its own and the eleven peers').
+        for ui in uis:
+            page = httpx.get(f"{ui}/", timeout=30)
+            statuses.append(page.status_code)
+            assert page.status_code == 200
+            missing = [n for n, rid in ids.items() if rid not in page.text]
+            warn = page.text.split('id="unreachable"')[1][:600] if 'id="unreachable"' in page.text else ""
+            assert missing == [], f"{ui} does not list {missing}: {warn}"
+            assert "unreachable" not in page.text.lower()
+    assert max(statuses) < 500
