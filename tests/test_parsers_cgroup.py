@@ -163,3 +163,16 @@ def test_parse_memory_stat_v1() -> None:
     stat = parse_memory_stat((CGROUP / "v1-ssh-service-memory.stat").read_text())
     assert (stat["total_cache"], stat["total_rss"], stat["total_pgmajfault"]) == (7299072, 3637248, 0)
     assert stat["hierarchical_memory_limit"] == 9223372036854771712
+
+
+def test_parse_cgroup_hybrid_pod_on_both_lines_uses_v1_memory() -> None:
+    """systemd driver on a cgroup-v1 host: the pod is on the v1 memory line AND mirrored on 0::; the
+    unified tree has no controllers, so memory must come from v1 (issue 8 item 4). Lines as this
+    machine prints them for a process moved into both trees."""
+    group = ("/pfi-test-1-1/kubepods.slice/kubepods-burstable.slice/"
+             "kubepods-burstable-pod0a1b2c3d_0000_4000_8000_00000000abcd.slice/cri-containerd-" + "e" * 64 + ".scope")
+    text = f"9:name=systemd:/\n8:pids:/\n4:memory:{group}\n1:cpu:/\n0::{group}\n"
+    ref = parse_cgroup(text)
+    assert (ref.version, ref.path) == (1, group)
+    assert (ref.pod_uid, ref.qos, ref.container_id, ref.runtime) == (
+        "0a1b2c3d-0000-4000-8000-00000000abcd", "burstable", "e" * 64, "containerd")
