@@ -60,8 +60,10 @@ def swap_share(ev: SwapEvidence | None, smaps_swap: int) -> tuple[float | None, 
         notes.append(f"{cg} memory.stat: pswpin +{ev.cgroup_pswpin:,} for pgmajfault +{ev.cgroup_pgmajfault:,}{over}")
         return share, notes
     ra, rf = ev.cgroup_refault_anon, ev.cgroup_refault_file
-    if ra is not None and (ra > 0 or (rf or 0) > 0):
-        base = ev.cgroup_pgmajfault or 0
+    base = ev.cgroup_pgmajfault or 0
+    # A swap-in finds the page's shadow entry and counts as an anon refault; so the group's major
+    # faults without anon refaults were file reads (cold ones are no refaults at all).
+    if ra is not None and (base > 0 or ra > 0 or (rf or 0) > 0):
         share = min(1.0, ra / base) if base > 0 else ra / (ra + (rf or 0))
         notes.append(f"{cg} memory.stat: workingset_refault_anon +{ra:,}, workingset_refault_file +{rf or 0:,}, "
                      f"pgmajfault +{base:,}{over}")

@@ -1,7 +1,9 @@
 /* pfi-workload: the scenario matrix's workloads (tests/test_scenarios.py), each faulting for one reason.
  *
- * usage: scenario_faults reread PATH        re-read a mapped file forever (no dropping: only a memory
- *                                           limit smaller than the file makes it fault again)
+ * usage: scenario_faults reread PATH [ANON_MB]  re-read a mapped file forever (no dropping: only a memory
+ *                                           limit smaller than the file makes it fault again); ANON_MB of
+ *                                           anonymous memory touched once first and paged out to swap
+ *                                           (MADV_PAGEOUT): swapped memory that is not what faults
  *        scenario_faults text PATH [drop]   execute code from a file mapping (PATH filled with 0xC3 "ret"):
  *                                           call one instruction in every page, forever; "drop" throws
  *                                           the pages away after each pass (cold code reads, no limit)
@@ -63,6 +65,17 @@ int main(int argc, char **argv) {
     size_t size = (size_t)st.st_size;
     int text = strcmp(mode, "text") == 0;
     int drop = text && argc > 3 && strcmp(argv[3], "drop") == 0;
+    if (!text && argc > 3) { /* reread ANON_MB: anonymous memory touched once, then left alone */
+        size_t anon = (size_t)atol(argv[3]) << 20;
+        volatile unsigned char *a = mmap(NULL, anon, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (a == MAP_FAILED) { perror("mmap anon"); return 1; }
+        madvise((void *)a, anon, MADV_NOHUGEPAGE);
+        for (size_t i = 0; i < anon; i += page) a[i] = 1;
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+        madvise((void *)a, anon, MADV_PAGEOUT); /* out to swap now, as an earlier squeeze would have */
+    }
     volatile unsigned char *m = mmap(NULL, size, text ? PROT_READ | PROT_EXEC : PROT_READ, text ? MAP_PRIVATE : MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) { perror("mmap"); return 1; }
     madvise((void *)m, size, MADV_RANDOM);

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    CGROUP_MEMORY_ROOT,
     WorkloadProcess,
     _await_ready,
     _counter,
@@ -39,7 +40,8 @@ from . import (
 UNIFIED_ROOT = Path("/sys/fs/cgroup/unified")
 FILE_MB = 128
 LIMIT_MB = 64
-KINDS = ("reread", "text", "text-drop", "shm", "anon")
+KINDS = ("reread", "reread-swapped", "text", "text-drop", "shm", "anon")
+SWAPPED_ANON_MB = 48  # reread-swapped: anonymous memory touched once, swapped out by the file reads
 
 POD_UID = "b5812e37-ce78-41e2-9d8d-d93a88e481d6"  # a pod of tests/fixtures/kubelet/podlist-minikube-...json
 CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5"
@@ -137,7 +139,7 @@ def scenario_workload(
     if kind not in KINDS:
         raise ValueError(kind)
     with contextlib.ExitStack() as stack:
-        if kind in ("shm", "anon"):
+        if kind in ("shm", "anon", "reread-swapped"):
             stack.enter_context(swap_enabled())
         if kind == "anon":
             exe, args = binary("swap_faults"), [str(size_mb), "anon"]
@@ -151,7 +153,8 @@ def scenario_workload(
                 assert data is not None, "reread/text need a data file"
                 _data_file(data, size_mb, b"\xc3" if kind.startswith("text") else None)  # 0xC3: x86 "ret"
                 stack.callback(data.unlink, missing_ok=True)
-                args = ["text", str(data), "drop"] if kind == "text-drop" else [kind, str(data)]
+                args = (["text", str(data), "drop"] if kind == "text-drop" else
+                        ["reread", str(data), str(SWAPPED_ANON_MB)] if kind == "reread-swapped" else [kind, str(data)])
         groups = stack.enter_context(scenario_cgroups(cgroup, limit_mb, pod_limit_mb, unified)) if cgroup else []
         proc = _start(f"pfi-workload-{kind}", exe, args, wait_for_go=True)
         proc.kind = kind
@@ -170,26 +173,31 @@ def scenario_workload(
 
 NODE_FILES = ("vmstat", "meminfo", "pressure/memory", "pressure/io")
 PID_FILES = ("stat", "status", "io", "smaps", "maps", "cmdline", "cgroup")
+CGROUP_FILES = ("memory.stat", "memory.usage_in_bytes", "memory.limit_in_bytes")
 
 
-def capture_proc_tree(pid: int, out: Path, ticks: int = 5) -> None:
+def capture_proc_tree(pid: int, out: Path, ticks: int = 5, cgroup: Path | None = None) -> None:
     """Copy the procfs files the engine reads (node: vmstat, meminfo, PSI; the process's stat, status,
-    io, smaps, maps, cmdline, cgroup) once a second into out/tick<N>/ as a procfs-shaped tree.
-    Used to record tests/fixtures/proc-pressured-node (see tests/fixtures/SOURCES.md)."""
+    io, smaps, maps, cmdline, cgroup) once a second into out/tick<N>/ as a procfs-shaped tree; with
+    `cgroup` (a v1 memory group) also its memory.{stat,usage_in_bytes,limit_in_bytes} into
+    out/tick<N>/cgroupfs/memory/<its path>. Used to record tests/fixtures/proc-captures (SOURCES.md)."""
     for n in range(ticks):
         t0 = time.monotonic()
         d = out / f"tick{n}"
-        for rel in [*NODE_FILES, *(f"{pid}/{f}" for f in PID_FILES)]:
-            dst = d / rel
+        files = [(Path(f"/proc/{rel}"), d / rel) for rel in [*NODE_FILES, *(f"{pid}/{f}" for f in PID_FILES)]]
+        if cgroup is not None:
+            rel = cgroup.relative_to(CGROUP_MEMORY_ROOT)
+            files += [(cgroup / f, d / "cgroupfs" / "memory" / rel / f) for f in CGROUP_FILES]
+        for src, dst in files:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(Path(f"/proc/{rel}").read_bytes())
+            dst.write_bytes(src.read_bytes())
         time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
 
 
 # --- the matrix ----------------------------------------------------------------------------------------
 
 WINDOW = 3.0
-PRESSURED_CAPTURE = Path(__file__).resolve().parent.parent / "fixtures" / "proc-pressured-node" / "raw"
+CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "proc-captures"
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,7 @@ class Row:
     """One labelled scenario: the workload, where it runs, and the verdict it must get."""
 
     name: str
-    kind: str  # "cold" (file_fault_workload), one of KINDS, or "replay" (captured procfs tree)
+    kind: str  # "cold" (file_fault_workload), one of KINDS, or "replay" (a captured procfs tree)
     tracer: str  # "auto" (an exact tracer here) or "procfs"
     cause: str
     source: str  # the dominant source kind of the process
@@ -207,7 +215,8 @@ class Row:
     pod_limit_mb: int | None = None
     say: str = ""  # must be in the verdict's summary
     cgroup_root_broken: bool = False  # PFI_CGROUP_ROOT points at an empty folder: the limit is unreadable
-    variant: str = ""  # replay rows: "low-available" or "kswapd"
+    capture: str = ""  # replay rows: tests/fixtures/proc-captures/<capture>
+    derive: tuple[str, ...] = ()  # replay rows: SYNTHETIC changes to the capture (see _derive)
 
 
 ROWS = [
@@ -218,6 +227,8 @@ ROWS = [
     Row("file re-read at 64 MiB", "reread", "auto", "container_memory_limit", "file", "host",
         say="its memory cgroup /pfi-test-"),
     Row("file re-read at 64 MiB", "reread", "procfs", "container_memory_limit", "file", "host"),
+    Row("file at 64 MiB, 48 MiB anon swapped out", "reread-swapped", "procfs", "container_memory_limit", "file",
+        "host"),
     Row("anon swapping at 64 MiB", "anon", "auto", "container_memory_limit", "swap", "host",
         say="its memory cgroup /pfi-test-"),
     Row("anon swapping at 64 MiB", "anon", "procfs", "container_memory_limit", "swap", "host"),
@@ -237,11 +248,19 @@ ROWS = [
         layout="hybrid", say="the container runs at"),
     Row("anon at limit, cgroup unreadable", "anon", "auto", "swap", "swap", "host", cgroup_root_broken=True,
         say="could not be read"),
+    # Captured procfs trees (PFI_PROC_ROOT), replayed a tick a second; see tests/fixtures/SOURCES.md.
+    Row("captured: file at limit, anon swapped out", "replay", "procfs", "container_memory_limit", "file", "host",
+        capture="mixed-at-limit", say="its memory cgroup /pfi-test-"),
+    Row("captured: swap-in after the limit went", "replay", "procfs", "swap", "swap", "host",
+        capture="limit-raised", derive=("no-limit",), say="swapped out earlier"),
     Row("captured node: MemAvailable 3%", "replay", "procfs", "node_memory_pressure", "swap", "host",
-        variant="low-available", say="of the node's memory is available"),
+        capture="anon-at-limit", derive=("no-limit", "available-3%"), say="of the node's memory is available"),
     Row("captured node: kswapd reclaiming", "replay", "procfs", "node_memory_pressure", "swap", "host",
-        variant="kswapd", say="reclaims node-wide"),
+        capture="anon-at-limit", derive=("no-limit", "available-12%", "kswapd"), say="reclaims node-wide"),
 ]
+if (CAPTURES / "mixed-quiet" / "tick0").exists():
+    ROWS.append(Row("captured: file, anon swapped out, no limit", "replay", "procfs", "cold_file_reads", "file",
+                    "host", capture="mixed-quiet", derive=("no-limit",), say="cold reads of"))
 
 
 @dataclass
@@ -260,41 +279,48 @@ class Outcome:
         return not self.problems
 
 
-def _derive_pressured(src: Path, dst: Path, variant: str, n: int) -> None:
-    """SYNTHETIC, from the real capture `src` (one tick): the same process and node counters, changed
-    to a node short of memory. The process is put in the root memory cgroup (no limit of its own);
-    'low-available': MemAvailable 3% of MemTotal, reclaim counters as captured; 'kswapd': MemAvailable
-    12%, and kswapd scanning twice and stealing once what the node swapped out since the first tick."""
+def _derive(src: Path, dst: Path, derive: tuple[str, ...], first: Path) -> None:
+    """One captured tick `src` into `dst`, with the row's SYNTHETIC changes (`first`: tick 0):
+    'no-limit': the process's cgroup lines set to "/" (a process without a memory limit of its own);
+    'available-N%': MemAvailable set to N% of MemTotal (MemFree to half of that);
+    'kswapd': pgscan_kswapd/pgsteal_kswapd rising by 2x/1x what the node swapped out since tick 0.
+    Everything else is the capture as it was."""
     import shutil
 
     shutil.copytree(src, dst, dirs_exist_ok=True)
-    for cg in dst.glob("[0-9]*/cgroup"):
-        cg.write_text("".join(f"{line.rsplit(':', 1)[0]}:/\n" for line in cg.read_text().splitlines()))
-    mem = (dst / "meminfo").read_text().splitlines()
-    total = next(int(line.split()[1]) for line in mem if line.startswith("MemTotal:"))
-    avail = total * (3 if variant == "low-available" else 12) // 100
-    (dst / "meminfo").write_text("".join(
-        f"MemAvailable:   {avail} kB\n" if line.startswith("MemAvailable:") else
-        f"MemFree:        {avail // 2} kB\n" if line.startswith("MemFree:") else line + "\n" for line in mem))
-    if variant == "kswapd":
-        first = dict(line.split() for line in (src.parent / "tick0" / "vmstat").read_text().splitlines())
+    if "no-limit" in derive:
+        for cg in dst.glob("[0-9]*/cgroup"):
+            cg.write_text("".join(f"{line.rsplit(':', 1)[0]}:/\n" for line in cg.read_text().splitlines()))
+    for d in derive:
+        if d.startswith("available-"):
+            pct = int(d.removeprefix("available-").rstrip("%"))
+            mem = (dst / "meminfo").read_text().splitlines()
+            total = next(int(line.split()[1]) for line in mem if line.startswith("MemTotal:"))
+            avail = total * pct // 100
+            (dst / "meminfo").write_text("".join(
+                f"MemAvailable:   {avail} kB\n" if line.startswith("MemAvailable:") else
+                f"MemFree:        {avail // 2} kB\n" if line.startswith("MemFree:") else line + "\n"
+                for line in mem))
+    if "kswapd" in derive:
+        vm0 = dict(line.split() for line in (first / "vmstat").read_text().splitlines())
         vm = dict(line.split() for line in (dst / "vmstat").read_text().splitlines())
-        out = int(vm["pswpout"]) - int(first["pswpout"])
+        out = int(vm["pswpout"]) - int(vm0["pswpout"])
         vm["pgscan_kswapd"] = str(int(vm["pgscan_kswapd"]) + 2 * out)
         vm["pgsteal_kswapd"] = str(int(vm["pgsteal_kswapd"]) + out)
         (dst / "vmstat").write_text("".join(f"{k} {v}\n" for k, v in vm.items()))
 
 
 @contextlib.contextmanager
-def _replay(tmp: Path, variant: str) -> Iterator[Path]:
-    """A procfs-shaped tree that steps through the capture's ticks once a second (first at once)."""
+def _replay(tmp: Path, row: Row) -> Iterator[Path]:
+    """A procfs-shaped tree (with the captured cgroup files under <tree>/cgroupfs) that steps through
+    the capture's ticks once a second, half a second ahead of the engine's samples."""
     import threading
 
-    ticks = sorted(PRESSURED_CAPTURE.glob("tick*"), key=lambda p: int(p.name[4:]))
+    ticks = sorted((CAPTURES / row.capture).glob("tick*"), key=lambda p: int(p.name[4:]))
     if not ticks:
-        raise RuntimeError(f"no capture at {PRESSURED_CAPTURE}")
-    root = tmp / f"proc-{variant}"
-    _derive_pressured(ticks[0], root, variant, 0)
+        raise RuntimeError(f"no capture at {CAPTURES / row.capture}")
+    root = tmp / "proc"
+    _derive(ticks[0], root, row.derive, ticks[0])
     stop = threading.Event()
 
     def step() -> None:
@@ -302,12 +328,11 @@ def _replay(tmp: Path, variant: str) -> Iterator[Path]:
         for n, src in enumerate(ticks[1:], start=1):
             if stop.wait(max(0.0, t0 + n - 0.5 - time.monotonic())):
                 return
-            staged = tmp / f"stage-{variant}-{n}"
-            _derive_pressured(src, staged, variant, n)
+            staged = tmp / f"stage-{n}"
+            _derive(src, staged, row.derive, ticks[0])
             for f in staged.rglob("*"):
                 if f.is_file():
-                    target = root / f.relative_to(staged)
-                    os.replace(f, target)  # whole files swap in at once: no half-written reads
+                    os.replace(f, root / f.relative_to(staged))  # whole files at once: no half-written reads
 
     th = threading.Thread(target=step, daemon=True)
     th.start()
@@ -335,8 +360,8 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
     with contextlib.ExitStack() as stack:
         pids: list[int] | None
         if row.kind == "replay":
-            kw["proc_root"] = stack.enter_context(_replay(tmp, row.variant))
-            kw["cgroup_root"] = tmp / "no-cgroupfs"
+            kw["proc_root"] = stack.enter_context(_replay(tmp, row))
+            kw["cgroup_root"] = kw["proc_root"] / "cgroupfs"
             pids = None
         else:
             if row.kind == "cold":
@@ -384,13 +409,13 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
 
 def table(outcomes: list[Outcome]) -> str:
     """The accuracy table: one line per row, expected vs got."""
-    lines = [f"{'scenario':38} {'tracer':14} {'cause':24} {'source':7} {'subject':7} ok",
-             "-" * 98]
+    lines = [f"{'scenario':44} {'tracer':14} {'cause':24} {'source':7} {'subject':7} ok",
+             "-" * 104]
     for o in outcomes:
         r = o.row
         def cell(want: str, got: str) -> str:
             return got if want == got else f"{got}!={want}"
-        lines.append(f"{r.name:38} {o.tracer:14} {cell(r.cause, o.cause):24} {cell(r.source, o.source):7} "
+        lines.append(f"{r.name:44} {o.tracer:14} {cell(r.cause, o.cause):24} {cell(r.source, o.source):7} "
                      f"{cell(r.subject, o.subject):7} {'yes' if o.ok else 'NO: ' + '; '.join(o.problems)}")
     good = sum(o.ok for o in outcomes)
     lines.append(f"diagnosis accuracy {good}/{len(outcomes)}")

@@ -1,0 +1,34 @@
+"""Bench row 8: diagnosis accuracy, the scenario matrix of tests/test_scenarios.py run once.
+
+Same rows and checks (tests/workloads/scenarios.py ROWS, run_row); no kubelet here, so pod rows are
+named by their cgroup's pod uid. The row passes when every scenario gets its cause, source and subject.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import Results, Row, log, status, try_import
+
+
+def section_diagnosis(res: Results, workdir: Path) -> None:
+    log("[8] diagnosis accuracy: the scenario matrix")
+    scenarios = try_import("tests.workloads.scenarios")
+    if scenarios is None:
+        res.missing("8 diagnosis", "diagnosis accuracy", "N/N")
+        return
+    outcomes = []
+    for i, row in enumerate(scenarios.ROWS):
+        try:
+            outcomes.append(scenarios.run_row(row, workdir / f"diag-{i}"))
+        except Exception as e:  # noqa: BLE001 (a row that cannot run counts as wrong, with its reason)
+            out = scenarios.Outcome(row)
+            out.problems.append(f"{type(e).__name__}: {e}")
+            outcomes.append(out)
+    good = sum(o.ok for o in outcomes)
+    wrong = [f"{o.row.name} [{o.row.tracer}]: {'; '.join(o.problems)}" for o in outcomes if not o.ok]
+    log(scenarios.table(outcomes))
+    res.add(Row("8 diagnosis", f"diagnosis accuracy {good}/{len(outcomes)}", good, "rows", len(outcomes), None,
+                "N/N", status(good == len(outcomes)),
+                ("; ".join(wrong)[:300] + "; " if wrong else "")
+                + f"{sum(o.seconds for o in outcomes):.0f} s for {len(outcomes)} rows (3 s windows)"))
