@@ -189,3 +189,35 @@ def test_pod_level_limit_binds_when_container_has_none(tmp_path: Path) -> None:
     assert mem.max_bytes == 64 << 20 and mem.limit_path == "/" + str(pod.relative_to(tmp_path))
     assert mem.usage_ratio == round(60 / 64, 4)  # the pod's usage against the pod's limit
     assert mem.high_bytes == 50 << 20 and mem.high_path == ref.path
+
+
+def test_real_hybrid_tree_pod_in_v1_memory_and_unified(tmp_path: Path) -> None:
+    """Issue 8 item 4 on this machine's real trees: a process in a kubepods-shaped group present in v1
+    memory (64 MiB limit) and mirrored in the unified tree (no controllers) has that limit read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups")
+    from tests.workloads.scenarios import UNIFIED_ROOT, pod_path, scenario_cgroups
+
+    if not (V1_MEMORY / "memory.limit_in_bytes").exists() or not (UNIFIED_ROOT / "cgroup.procs").exists():
+        pytest.skip("needs the v1 memory hierarchy and the unified tree (hybrid layout)")
+    name = pod_path("systemd")
+    with scenario_cgroups(name, 64, unified=True) as groups:
+        child = subprocess.Popen(["sleep", "30"])
+        try:
+            for g in groups:
+                (g / "cgroup.procs").write_text(str(child.pid))
+            text = Path(f"/proc/{child.pid}/cgroup").read_text()
+            assert f"memory:/{name}" in text and f"0::/{name}" in text  # in both hierarchies
+            ref = ProcFS().cgroup(child.pid)
+            assert ref is not None and (ref.version, ref.path) == (1, f"/{name}")
+            assert ref.pod_uid == "b5812e37-ce78-41e2-9d8d-d93a88e481d6" and ref.runtime == "containerd"
+            mem = read_cgroup_memory(Path("/sys/fs/cgroup"), ref)
+            assert mem is not None and mem.version == 1 and mem.max_bytes == 64 << 20
+            assert mem.limit_path == f"/{name}"
+            # The v2 reading of the same group says why it has nothing: no memory controller there.
+            v2 = CgroupRef(f"/{name}", 2, ref.pod_uid, ref.qos, ref.container_id, ref.runtime)
+            got, why = read_cgroup_memory_why(Path("/sys/fs/cgroup"), v2)
+            assert got is None and why is not None and "memory controller" in why
+        finally:
+            child.kill()
+            child.wait()

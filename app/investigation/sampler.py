@@ -186,6 +186,9 @@ class Sampler:
         ref = self.procfs.cgroup(pid)
         if ref is None or ref.path in ("", "/"):
             return None
+        from .engine import _host_cgroup_ref  # the engine imports this module: import here, at run time
+
+        ref = _host_cgroup_ref(ref)  # "/../kubepods/..." from inside a cgroup namespace
         tick, cache = self._cgroup_tick
         if tick != self.ticks:
             cache = {}

@@ -257,10 +257,9 @@ ROWS = [
         capture="anon-at-limit", derive=("no-limit", "available-3%"), say="of the node's memory is available"),
     Row("captured node: kswapd reclaiming", "replay", "procfs", "node_memory_pressure", "swap", "host",
         capture="anon-at-limit", derive=("no-limit", "available-12%", "kswapd"), say="reclaims node-wide"),
+    Row("captured: file, anon swapped out, quiet node", "replay", "procfs", "cold_file_reads", "file", "host",
+        capture="mixed-at-limit", derive=("no-limit", "quiet-node"), say="cold reads of"),
 ]
-if (CAPTURES / "mixed-quiet" / "tick0").exists():
-    ROWS.append(Row("captured: file, anon swapped out, no limit", "replay", "procfs", "cold_file_reads", "file",
-                    "host", capture="mixed-quiet", derive=("no-limit",), say="cold reads of"))
 
 
 @dataclass
@@ -283,7 +282,9 @@ def _derive(src: Path, dst: Path, derive: tuple[str, ...], first: Path) -> None:
     """One captured tick `src` into `dst`, with the row's SYNTHETIC changes (`first`: tick 0):
     'no-limit': the process's cgroup lines set to "/" (a process without a memory limit of its own);
     'available-N%': MemAvailable set to N% of MemTotal (MemFree to half of that);
-    'kswapd': pgscan_kswapd/pgsteal_kswapd rising by 2x/1x what the node swapped out since tick 0.
+    'kswapd': pgscan_kswapd/pgsteal_kswapd rising by 2x/1x what the node swapped out since tick 0;
+    'quiet-node': the node's pgmajfault rising by the process's own majflt only and pswpin flat (the
+    faults of the other test runs on the machine taken out: a node where this process is the faulter).
     Everything else is the capture as it was."""
     import shutil
 
@@ -301,6 +302,16 @@ def _derive(src: Path, dst: Path, derive: tuple[str, ...], first: Path) -> None:
                 f"MemAvailable:   {avail} kB\n" if line.startswith("MemAvailable:") else
                 f"MemFree:        {avail // 2} kB\n" if line.startswith("MemFree:") else line + "\n"
                 for line in mem))
+    if "quiet-node" in derive:
+        def majflt_of(tick: Path) -> int:
+            stat = next(tick.glob("[0-9]*/stat")).read_text()
+            return int(stat[stat.rindex(")") + 2:].split()[9])
+
+        vm0 = dict(line.split() for line in (first / "vmstat").read_text().splitlines())
+        vm = dict(line.split() for line in (dst / "vmstat").read_text().splitlines())
+        vm["pgmajfault"] = str(int(vm0["pgmajfault"]) + majflt_of(dst) - majflt_of(first))
+        vm["pswpin"] = vm0["pswpin"]
+        (dst / "vmstat").write_text("".join(f"{k} {v}\n" for k, v in vm.items()))
     if "kswapd" in derive:
         vm0 = dict(line.split() for line in (first / "vmstat").read_text().splitlines())
         vm = dict(line.split() for line in (dst / "vmstat").read_text().splitlines())
