@@ -213,7 +213,7 @@ def test_verdict_pod_level_limit_and_memory_high():
     high = CgroupMemory(path="/kubepods/x", version=2, current_bytes=50 << 20, max_bytes=None, high_bytes=52 << 20,
                         high_path="/kubepods/x")
     v = diagnose_process(_proc([Source(kind=SourceKind.SWAP, faults=10, share=1.0)], high, POD), NodeStats())
-    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT and "its 52 MiB memory memory.high" in v.summary
+    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT and "the container runs at its 52 MiB memory.high" in v.summary
 
 
 def test_psi_alone_never_blames_the_node():

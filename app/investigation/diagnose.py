@@ -15,7 +15,11 @@ is shown as context and never decides. Rules, in order (docs/diagnosis.md):
 
 from __future__ import annotations
 
+from typing import Literal
+
 from app.models import Cause, CgroupMemory, NodeStats, ProcessReport, SourceKind, Verdict
+
+Confidence = Literal["high", "medium", "low"]
 
 NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the group's own memory
 NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short of memory
@@ -107,17 +111,17 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
         size, where = _mib(mem.max_bytes), mem.limit_path or mem.path
     own = where == mem.path
     pct = f"{mem.usage_ratio:.0%} of " if mem.usage_ratio is not None and not high else ""
-    knob = "memory.high" if high else "limit"
+    knob = "memory.high" if high else "memory limit"
     if p.pod is not None:
         if own:
-            return (f"the container runs at {pct}its {size} memory {knob}",
-                    f"raise the container's memory {knob} above its working set (now {_mib(mem.current_bytes)})")
-        return (f"the pod runs at {pct}its {size} pod-level memory {knob} (the container has none of its own)",
-                f"raise the pod's memory {knob} (set on {where}; the sum of its containers' limits), "
+            return (f"the container runs at {pct}its {size} {knob}",
+                    f"raise the container's {knob} above its working set (now {_mib(mem.current_bytes)})")
+        return (f"the pod runs at {pct}its {size} pod-level {knob} (the container has none of its own)",
+                f"raise the pod's {knob} (set on {where}; the sum of its containers' limits), "
                 "or give the container a limit of its own")
     cg = f"its memory cgroup {mem.path}" if own else f"the memory cgroup {where} above its cgroup {mem.path}"
     file = ("memory.high" if high else "memory.max") if mem.version == 2 else "memory.limit_in_bytes"
-    return (f"{cg} runs at {pct}its {size} {knob}",
+    return (f"{cg} runs at {pct}its {size} {'memory.high' if high else 'limit'}",
             f"raise {file} of cgroup {where} above the working set (now {_mib(mem.current_bytes)}), "
             "or move the process out of that cgroup")
 
@@ -133,7 +137,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     mem = p.cgroup_memory
     pressure = node_pressure(node)
     estimated = any(s.estimated for s in p.sources)
-    confidence = "low" if estimated else ("high" if share >= 0.8 else "medium")
+    confidence: Confidence = "low" if estimated else ("high" if share >= 0.8 else "medium")
     evidence = [f"{share:.0%} of the faults are {kind.value if kind else 'unresolved'}"
                 + (" (estimated from procfs counters)" if estimated else "")]
     if mem is not None:
@@ -148,9 +152,8 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     what = {SourceKind.SWAP: "anonymous memory", SourceKind.SHMEM: f"shared memory {path or ''}".strip()}.get(
         kind or SourceKind.UNKNOWN, "")
 
-    def verdict(summary: str, cause: Cause, advice: list[str], conf: str | None = None) -> Verdict:
-        return Verdict(summary=summary, cause=cause, advice=advice, confidence=conf or confidence,  # type: ignore[arg-type]
-                       evidence=evidence)
+    def verdict(summary: str, cause: Cause, advice: list[str], conf: Confidence | None = None) -> Verdict:
+        return Verdict(summary=summary, cause=cause, advice=advice, confidence=conf or confidence, evidence=evidence)
 
     # R1: the limit binds.
     if binds and mem is not None and kind in (SourceKind.SWAP, SourceKind.SHMEM, SourceKind.FILE, SourceKind.CODE):
@@ -227,9 +230,8 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
 
 def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: float) -> Verdict:
     """The report's headline: the top process's verdict, or what the node alone shows."""
-    if processes and processes[0].verdict is not None:
+    if processes and (v := processes[0].verdict) is not None:
         top = processes[0]
-        v = top.verdict
         summary = v.summary
         if len(processes) > 1 and node.pgmajfault > 0:
             share = top.major_faults / max(node.pgmajfault, 1)
