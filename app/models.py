@@ -63,6 +63,7 @@ class Source(BaseModel):
     hot_ranges: list[OffsetRange] = Field(default_factory=list)
     estimated: bool = False  # True when inferred without fault addresses (procfs backend)
     note: str | None = None
+    evidence: list[str] = Field(default_factory=list, description="what an estimate rests on (procfs backend)")
 
 
 class OwnerRef(BaseModel):
@@ -110,6 +111,11 @@ class CgroupMemory(BaseModel):
     workingset_refault_anon: int | None = None
     pgmajfault: int | None = None
     pressure: Pressure | None = None
+    # Added for issue 9: where the limit comes from, and v2 swap counters.
+    limit_path: str | None = None  # the cgroup whose limit max_bytes is (this one, or the pod's above it)
+    high_path: str | None = None  # the cgroup whose memory.high high_bytes is (v2)
+    pswpin: int | None = None  # v2 memory.stat (newer kernels): pages swapped in, cumulative
+    pswpout: int | None = None
 
 
 Confidence = Literal["high", "medium", "low"]  # how sure a verdict is
@@ -120,6 +126,7 @@ class Verdict(BaseModel):
     cause: Cause
     advice: list[str] = Field(default_factory=list)
     confidence: Confidence = "medium"
+    evidence: list[str] = Field(default_factory=list, description="the facts the verdict rests on")
 
 
 class ProcessReport(BaseModel):
@@ -187,6 +194,10 @@ class NodeStats(BaseModel):
     swap_free_bytes: int | None = None
     psi_memory: Pressure | None = None
     psi_io: Pressure | None = None
+    # Node-level (global) reclaim from /proc/vmstat; a cgroup reclaiming at its own limit counts in neither.
+    pgscan_kswapd_per_second: float | None = None
+    pgscan_direct_per_second: float | None = None
+    allocstall_per_second: float | None = None
 
 
 class Trigger(BaseModel):

@@ -31,6 +31,7 @@ from tests import workloads
 
 from . import parsing, recorder, scan, service, tracing
 from .common import MISSING, OUT, ROOT, Results, Row, elapsed, fmt, log, status
+from .diagnosis import section_diagnosis
 from .tracing import EXACT, METHODS, Run
 
 TARGET_OVERHEAD = 0.97
@@ -492,7 +493,7 @@ def plot(res: Results, path: Path) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter windows, for a smoke test")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8", help="sections to run, e.g. 1,4 (8: the flight recorder)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="sections to run, e.g. 1,4 (8: the flight recorder, 9: diagnosis accuracy)")
     args = ap.parse_args()
     only = {int(x) for x in args.only.split(",") if x.strip()}
     if os.geteuid() != 0:
@@ -525,6 +526,8 @@ def main() -> int:
             recorder.section_recorder(res, workdir)
         if 7 in only:
             section_growth_rate(res, res.growth, raw, 2.0 if args.quick else 3.0, workdir, default)
+        if 9 in only:
+            section_diagnosis(res, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res.meta["seconds"] = elapsed()

@@ -19,6 +19,9 @@ from tests.proctree import ReplayTree
 from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
 from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
 
+pytest_plugins = ["tests.scenario_report"]  # prints the diagnosis scenario matrix's accuracy table
+
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

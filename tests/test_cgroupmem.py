@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.collectors.cgroupmem import read_cgroup_memory
+from app.collectors.cgroupmem import cgroup_memory_problem, read_cgroup_memory, read_cgroup_memory_why
 from app.collectors.procfs import ProcFS
 from app.parsers.cgroup import CgroupRef, parse_cgroup
 
@@ -20,9 +20,10 @@ FIX = Path(__file__).parent / "fixtures" / "cgroup"
 V2_CGROUP = (FIX / "v2-systemd-kubepods-besteffort-docker-scope.txt").read_text()
 
 
-def _lay_v2(base: Path, ref: CgroupRef, max_value: str) -> Path:
+def _lay_v2(base: Path, ref: CgroupRef, max_value: str, controllers: str = "cpuset cpu io memory pids\n") -> Path:
     group = base / ref.path.lstrip("/")
     group.mkdir(parents=True)
+    (base / "cgroup.controllers").write_text(controllers)  # what a v2 root with the memory controller lists
     for name in ("memory.current", "memory.stat", "memory.pressure"):
         (group / name).write_bytes((FIX / f"v2-kubepods-besteffort-docker-{name}").read_bytes())
     (group / "memory.max").write_text(max_value)  # SYNTHETIC: not in the capture
@@ -162,3 +163,61 @@ def test_real_v1_group(v1_group: Path, tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_v2_tree_without_memory_controller_says_why(tmp_path: Path) -> None:
+    """Hybrid host: the unified tree has the group (systemd mirrors it) but no memory controller."""
+    ref = parse_cgroup(V2_CGROUP)
+    _lay_v2(tmp_path / "unified", ref, "max\n", controllers="\n")
+    mem, why = read_cgroup_memory_why(tmp_path, ref)
+    assert mem is None and why is not None and "memory controller" in why
+    assert cgroup_memory_problem(tmp_path, ref, None) == why
+    assert cgroup_memory_problem(tmp_path, CgroupRef("/", 2, None, None, None, None), None) is None
+
+
+def test_pod_level_limit_binds_when_container_has_none(tmp_path: Path) -> None:
+    """v2: the container has memory.max "max", its pod 64 MiB: the pod's limit is the one reported."""
+    ref = parse_cgroup(V2_CGROUP)
+    group = _lay_v2(tmp_path, ref, "max\n")
+    pod = group.parent
+    (pod / "memory.max").write_text(f"{64 << 20}\n")  # SYNTHETIC pod-level values
+    (pod / "memory.current").write_text(f"{60 << 20}\n")
+    (pod / "memory.high").write_text("max\n")
+    (group / "memory.high").write_text(f"{50 << 20}\n")
+    mem = read_cgroup_memory(tmp_path, ref)
+    assert mem is not None
+    assert mem.max_bytes == 64 << 20 and mem.limit_path == "/" + str(pod.relative_to(tmp_path))
+    assert mem.usage_ratio == round(60 / 64, 4)  # the pod's usage against the pod's limit
+    assert mem.high_bytes == 50 << 20 and mem.high_path == ref.path
+
+
+def test_real_hybrid_tree_pod_in_v1_memory_and_unified(tmp_path: Path) -> None:
+    """Issue 8 item 4 on this machine's real trees: a process in a kubepods-shaped group present in v1
+    memory (64 MiB limit) and mirrored in the unified tree (no controllers) has that limit read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups")
+    from tests.workloads.scenarios import UNIFIED_ROOT, pod_path, scenario_cgroups
+
+    if not (V1_MEMORY / "memory.limit_in_bytes").exists() or not (UNIFIED_ROOT / "cgroup.procs").exists():
+        pytest.skip("needs the v1 memory hierarchy and the unified tree (hybrid layout)")
+    name = pod_path("systemd")
+    with scenario_cgroups(name, 64, unified=True) as groups:
+        child = subprocess.Popen(["sleep", "30"])
+        try:
+            for g in groups:
+                (g / "cgroup.procs").write_text(str(child.pid))
+            text = Path(f"/proc/{child.pid}/cgroup").read_text()
+            assert f"memory:/{name}" in text and f"0::/{name}" in text  # in both hierarchies
+            ref = ProcFS().cgroup(child.pid)
+            assert ref is not None and (ref.version, ref.path) == (1, f"/{name}")
+            assert ref.pod_uid == "b5812e37-ce78-41e2-9d8d-d93a88e481d6" and ref.runtime == "containerd"
+            mem = read_cgroup_memory(Path("/sys/fs/cgroup"), ref)
+            assert mem is not None and mem.version == 1 and mem.max_bytes == 64 << 20
+            assert mem.limit_path == f"/{name}"
+            # The v2 reading of the same group says why it has nothing: no memory controller there.
+            v2 = CgroupRef(f"/{name}", 2, ref.pod_uid, ref.qos, ref.container_id, ref.runtime)
+            got, why = read_cgroup_memory_why(Path("/sys/fs/cgroup"), v2)
+            assert got is None and why is not None and "memory controller" in why
+        finally:
+            child.kill()
+            child.wait()

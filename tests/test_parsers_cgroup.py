@@ -204,3 +204,16 @@ def test_pod_found_from_the_end_of_a_nested_test_path() -> None:
     assert ref == CgroupRef(f"/pfi-test-28759-5/kubepods/burstable/pod{uid}/{cid}", 1, uid, "burstable", cid, None)
     guaranteed = parse_cgroup(f"12:memory:/pfi-test-1-2/kubepods/pod{uid}/{cid}\n")
     assert (guaranteed.pod_uid, guaranteed.qos) == (uid, "guaranteed")
+
+
+def test_parse_cgroup_hybrid_pod_on_both_lines_uses_v1_memory() -> None:
+    """systemd driver on a cgroup-v1 host: the pod is on the v1 memory line AND mirrored on 0::; the
+    unified tree has no controllers, so memory must come from v1 (issue 8 item 4). Lines as this
+    machine prints them for a process moved into both trees."""
+    group = ("/pfi-test-1-1/kubepods.slice/kubepods-burstable.slice/"
+             "kubepods-burstable-pod0a1b2c3d_0000_4000_8000_00000000abcd.slice/cri-containerd-" + "e" * 64 + ".scope")
+    text = f"9:name=systemd:/\n8:pids:/\n4:memory:{group}\n1:cpu:/\n0::{group}\n"
+    ref = parse_cgroup(text)
+    assert (ref.version, ref.path) == (1, group)
+    assert (ref.pod_uid, ref.qos, ref.container_id, ref.runtime) == (
+        "0a1b2c3d-0000-4000-8000-00000000abcd", "burstable", "e" * 64, "containerd")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.investigation.diagnose import diagnose_process, diagnose_report
-from app.investigation.estimate import estimate_sources
+from app.investigation.estimate import SwapEvidence, estimate_sources
 from app.investigation.resolve import classify, resolve_pages
 from app.models import (
     Cause,
@@ -121,8 +121,8 @@ def test_verdict_code_refaults_at_limit():
                          NodeStats())
     assert v.cause is Cause.CONTAINER_MEMORY_LIMIT
     assert "pod shop/cart-cache-7d9f container cache" in v.summary
-    assert "98% of its 64 MiB limit" in v.summary
-    assert any("raise the memory limit" in a for a in v.advice)
+    assert "the container runs at 98% of its 64 MiB memory limit" in v.summary
+    assert any("raise the container's memory limit" in a for a in v.advice)
 
 
 def test_verdict_swap_on_overcommitted_node():
@@ -130,7 +130,7 @@ def test_verdict_swap_on_overcommitted_node():
                      psi_memory=Pressure(some_avg10=22.0))
     v = diagnose_process(_proc([Source(kind=SourceKind.SWAP, faults=10, share=1.0)], None, POD, rate=8000), node)
     assert v.cause is Cause.NODE_MEMORY_PRESSURE
-    assert "swapped in at 8,000 pages/s" in v.summary and "overcommitted" in v.summary
+    assert "swapped in at 8,000 pages/s" in v.summary and "the node is short of memory" in v.summary
     assert v.confidence == "high"
 
 
@@ -156,3 +156,81 @@ def test_report_verdict_without_processes():
     assert quiet.cause is Cause.NO_MAJOR_FAULTS
     busy = diagnose_report([], NodeStats(pgmajfault=600, pgmajfault_per_second=20), 30)
     assert busy.cause is Cause.UNKNOWN and "20 major faults/s" in busy.summary
+
+
+def test_estimate_swap_from_cgroup_refaults_although_read_bytes_counts_swap_ins():
+    """The issue's case: read_bytes equals the faults (swap-ins are charged to the task), but the
+    cgroup's workingset_refault_anon says they were swap-ins."""
+    smaps = parse_smaps((FIX / "smaps-alertmanager-vmflags-trailing-space.txt").read_text())
+    ev = SwapEvidence(seconds=3, process_majflt=1000, cgroup_path="/pfi", cgroup_pgmajfault=1000,
+                      cgroup_refault_anon=990, cgroup_refault_file=0)
+    sources = estimate_sources(1000, read_bytes=1000 * 4096, smaps=smaps, evidence=ev)
+    assert sources[0].kind is SourceKind.SWAP and sources[0].estimated
+    assert sum(s.faults for s in sources if s.kind is SourceKind.SWAP) == 990
+    assert "workingset_refault_anon +990" in sources[0].evidence[0]
+    # the same counters with file refaults instead: file
+    ev = SwapEvidence(process_majflt=1000, cgroup_path="/pfi", cgroup_pgmajfault=1000,
+                      cgroup_refault_anon=0, cgroup_refault_file=1200)
+    sources = estimate_sources(1000, read_bytes=1000 * 4096, smaps=smaps, evidence=ev)
+    assert [(s.kind, s.faults) for s in sources] == [(SourceKind.FILE, 1000)]
+
+
+def test_estimate_v2_pswpin_first_then_node_then_vmswap():
+    smaps = parse_smaps((FIX / "smaps-alertmanager-vmflags-trailing-space.txt").read_text())
+    v2 = SwapEvidence(process_majflt=100, cgroup_path="/k", cgroup_pgmajfault=100, cgroup_pswpin=25,
+                      cgroup_refault_anon=100)
+    assert sum(s.faults for s in estimate_sources(100, 0, smaps, v2) if s.kind is SourceKind.SWAP) == 25
+    node = SwapEvidence(process_majflt=900, node_pgmajfault=1000, node_pswpin=500)
+    srcs = estimate_sources(900, 0, smaps, node)
+    assert sum(s.faults for s in srcs if s.kind is SourceKind.SWAP) == 450 and "this process caused 90%" in \
+        srcs[0].evidence[0]
+    # not dominant: node counters are not used; VmSwap fell by 100 pages -> at least 100 swap-ins
+    other = SwapEvidence(process_majflt=400, node_pgmajfault=1000, node_pswpin=1000,
+                         vmswap_start=500 * 4096, vmswap_end=400 * 4096)
+    srcs = estimate_sources(400, 0, smaps, other)
+    assert sum(s.faults for s in srcs if s.kind is SourceKind.SWAP) == 100
+    assert any("VmSwap fell" in e for e in srcs[0].evidence)
+
+
+HOST_LIMITED = CgroupMemory(path="/batch/job-7", version=1, current_bytes=63 << 20, max_bytes=64 << 20,
+                            usage_ratio=63 / 64, limit_path="/batch/job-7")
+
+
+def test_verdict_host_process_names_its_cgroup_not_a_container():
+    v = diagnose_process(_proc([Source(kind=SourceKind.SWAP, faults=10, share=1.0)], HOST_LIMITED), NodeStats())
+    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT
+    assert "its memory cgroup /batch/job-7 runs at 98% of its 64 MiB limit" in v.summary
+    assert "container" not in v.summary and "container" not in v.advice[0]
+    assert "memory.limit_in_bytes of cgroup /batch/job-7" in v.advice[0]
+
+
+def test_verdict_pod_level_limit_and_memory_high():
+    pod_mem = LIMITED.model_copy(update={"path": "/kubepods/x/c", "limit_path": "/kubepods/x"})
+    v = diagnose_process(_proc([Source(kind=SourceKind.FILE, path="/d", faults=10, share=1.0)], pod_mem, POD),
+                         NodeStats())
+    assert "the pod runs at 98% of its 64 MiB pod-level memory limit" in v.summary
+    assert "raise the pod's memory limit" in v.advice[0]
+    high = CgroupMemory(path="/kubepods/x", version=2, current_bytes=50 << 20, max_bytes=None, high_bytes=52 << 20,
+                        high_path="/kubepods/x")
+    v = diagnose_process(_proc([Source(kind=SourceKind.SWAP, faults=10, share=1.0)], high, POD), NodeStats())
+    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT and "the container runs at its 52 MiB memory.high" in v.summary
+
+
+def test_psi_alone_never_blames_the_node():
+    """One cgroup thrashing at its limit raises memory PSI and node swap-out; the node has 96% available."""
+    node = NodeStats(mem_total_bytes=24 << 30, mem_available_bytes=23 << 30, pswpout_per_second=8000,
+                     pgscan_kswapd_per_second=0, pgscan_direct_per_second=0, allocstall_per_second=0,
+                     psi_memory=Pressure(some_avg10=7.0))
+    v = diagnose_process(_proc([Source(kind=SourceKind.SWAP, faults=10, share=1.0)], None, POD), node,
+                         limit_problem="no cgroup v1 memory hierarchy at /x/memory")
+    assert v.cause is Cause.SWAP and "node" not in v.summary
+    assert "could not be read (no cgroup v1 memory hierarchy at /x/memory)" in v.summary
+    assert v.confidence == "low"
+    assert any("PSI" in e and "context only" in e for e in v.evidence)
+
+
+def test_node_reclaim_blames_the_node():
+    node = NodeStats(mem_total_bytes=100, mem_available_bytes=30, pswpout_per_second=500,
+                     pgscan_kswapd_per_second=20000, pgscan_direct_per_second=0)
+    v = diagnose_process(_proc([Source(kind=SourceKind.CODE, path="/bin/x", faults=10, share=1.0)]), node)
+    assert v.cause is Cause.NODE_MEMORY_PRESSURE and "20,000 pages/s scanned" in v.summary

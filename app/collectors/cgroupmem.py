@@ -17,7 +17,7 @@ from app.models import CgroupMemory
 from app.parsers.cgroup import CgroupRef, parse_memory_stat
 from app.parsers.procfs import parse_pressure
 
-__all__ = ["read_cgroup_memory"]
+__all__ = ["cgroup_memory_problem", "read_cgroup_memory", "read_cgroup_memory_why"]
 
 # Quirk: v1 prints "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE, e.g. 9223372036854771712 with 4 KiB
 # pages (LONG_MAX rounded down to a page); other page sizes give other values. Anything this close
@@ -61,24 +61,57 @@ def _ratio(current: int | None, limit: int | None) -> float | None:
     return round(current / limit, 4)
 
 
-def _v2(group: Path, path: str) -> CgroupMemory | None:
+MAX_DEPTH = 32  # ancestors walked to find a pod-level limit
+
+
+def _ancestors(base: Path, rel: str) -> list[tuple[Path, str]]:
+    """(directory, cgroup path) from the group itself up to the level below the hierarchy's root."""
+    parts = [p for p in rel.split("/") if p][:MAX_DEPTH]
+    return [(base.joinpath(*parts[:n]), "/" + "/".join(parts[:n])) for n in range(len(parts), 0, -1)]
+
+
+def _binding(levels: list[tuple[str, int | None, int | None]]) -> tuple[str, int, int | None] | None:
+    """Of (path, usage, limit) from the group upwards, the limited level closest to its limit."""
+    best: tuple[str, int, int | None] | None = None
+    best_ratio = -1.0
+    for path, usage, limit in levels:
+        if limit is None:
+            continue
+        ratio = (usage or 0) / limit if limit else 1.0
+        if ratio > best_ratio:
+            best, best_ratio = (path, limit, usage), ratio
+    return best
+
+
+def _v2(base: Path, rel: str, path: str) -> CgroupMemory | None:
+    group = base / rel if rel else base
     current = _int(group / "memory.current")
     if current is None:
         return None
-    max_bytes = _int(group / "memory.max")
     stat = parse_memory_stat(_read(group / "memory.stat") or "")
     pressure_text = _read(group / "memory.pressure")
     try:
         pressure = parse_pressure(pressure_text) if pressure_text else None
     except ValueError:
         pressure = None
+    # The limit that binds may be the pod's (containers without a limit of their own), or a
+    # memory.high below memory.max anywhere up the tree.
+    levels = []
+    highs = []
+    for d, p in _ancestors(base, rel):
+        usage = current if d == group else _int(d / "memory.current")
+        levels.append((p, usage, _int(d / "memory.max")))
+        highs.append((p, usage, _int(d / "memory.high")))
+    limit = _binding(levels)
+    high = _binding(highs)
+    limit_path, max_bytes, limit_usage = limit if limit else (None, None, None)
     return CgroupMemory(
         path=path,
         version=2,
         current_bytes=current,
         max_bytes=max_bytes,
-        high_bytes=_int(group / "memory.high"),
-        usage_ratio=_ratio(current, max_bytes),
+        high_bytes=high[1] if high else None,
+        usage_ratio=_ratio(limit_usage, max_bytes),
         file_bytes=stat.get("file"),
         anon_bytes=stat.get("anon"),
         swap_bytes=_int(group / "memory.swap.current"),
@@ -87,21 +120,32 @@ def _v2(group: Path, path: str) -> CgroupMemory | None:
         workingset_refault_anon=stat.get("workingset_refault_anon"),
         pgmajfault=stat.get("pgmajfault"),
         pressure=pressure,
+        limit_path=limit_path,
+        high_path=high[0] if high else None,
+        pswpin=stat.get("pswpin"),
+        pswpout=stat.get("pswpout"),
     )
 
 
-def _v1(group: Path, path: str) -> CgroupMemory | None:
+def _v1(base: Path, rel: str, path: str) -> CgroupMemory | None:
+    group = base / rel if rel else base
     usage = _int(group / "memory.usage_in_bytes")
     if usage is None:
         return None
-    limit = _int(group / "memory.limit_in_bytes")
-    if limit is not None and limit >= _V1_UNLIMITED:
-        limit = None
     stat = parse_memory_stat(_read(group / "memory.stat") or "")
 
     def hier(key: str) -> int | None:
         # total_* counts the group and its children (a pod's group holds its containers).
         return stat.get(f"total_{key}", stat.get(key))
+
+    def v1_limit(d: Path) -> int | None:
+        limit = _int(d / "memory.limit_in_bytes")
+        return None if limit is not None and limit >= _V1_UNLIMITED else limit
+
+    levels = [(p, usage if d == group else _int(d / "memory.usage_in_bytes"), v1_limit(d))
+              for d, p in _ancestors(base, rel)]
+    limit = _binding(levels)
+    limit_path, max_bytes, limit_usage = limit if limit else (None, None, None)
 
     memsw = _int(group / "memory.memsw.usage_in_bytes")
     swap = max(0, memsw - usage) if memsw is not None else hier("swap")
@@ -112,9 +156,9 @@ def _v1(group: Path, path: str) -> CgroupMemory | None:
         path=path,
         version=1,
         current_bytes=usage,
-        max_bytes=limit,
+        max_bytes=max_bytes,
         high_bytes=None,
-        usage_ratio=_ratio(usage, limit),
+        usage_ratio=_ratio(limit_usage, max_bytes),
         # v1 "cache" is page cache including shmem; "rss" is anonymous memory (and swap cache).
         file_bytes=hier("cache"),
         anon_bytes=hier("rss"),
@@ -123,21 +167,58 @@ def _v1(group: Path, path: str) -> CgroupMemory | None:
         workingset_refault_anon=hier("workingset_refault_anon"),
         pgmajfault=hier("pgmajfault"),
         pressure=None,  # v1 has no per-group PSI
+        limit_path=limit_path,
     )
 
 
+def _v2_bases(root: Path) -> list[Path]:
+    """Where a v2 tree with the memory controller is: the root (pure v2) or <root>/unified (hybrid)."""
+    out = []
+    for base in (root, root / "unified"):
+        controllers = _read(base / "cgroup.controllers")
+        if controllers is not None and "memory" in controllers.split():
+            out.append(base)
+    return out
+
+
 def read_cgroup_memory(cgroup_root: Path, ref: CgroupRef) -> CgroupMemory | None:
-    """The memory state of the cgroup `ref` names, read under `cgroup_root` (/sys/fs/cgroup)."""
+    """The memory state of the cgroup `ref` names, read under `cgroup_root` (/sys/fs/cgroup).
+
+    max_bytes/usage_ratio are the limit that binds: the group's own, or (containers without one) the
+    nearest limited ancestor's, e.g. the pod's; `limit_path` says which.
+    """
+    return read_cgroup_memory_why(cgroup_root, ref)[0]
+
+
+def read_cgroup_memory_why(cgroup_root: Path, ref: CgroupRef) -> tuple[CgroupMemory | None, str | None]:
+    """read_cgroup_memory, and when it finds nothing, why (for the verdict to say)."""
     rel = _safe_rel(ref.path)
     if rel is None:
-        return None
+        return None, f"the cgroup path {ref.path!r} is outside this cgroup namespace"
     root = Path(cgroup_root)
     path = "/" + rel
     if ref.version == 2:
-        # Pure v2 hosts mount the unified tree at the root; hybrid hosts at <root>/unified.
-        for base in (root, root / "unified"):
-            mem = _v2(base / rel if rel else base, path)
+        bases = _v2_bases(root)
+        if not bases:
+            return None, (f"no cgroup v2 hierarchy under {root} has the memory controller "
+                          "(cgroup.controllers does not list memory)")
+        for base in bases:
+            mem = _v2(base, rel, path)
             if mem is not None:
-                return mem
+                return mem, None
+        return None, f"cannot read memory.current of {path} under {', '.join(str(b) for b in bases)}"
+    base = root / "memory"
+    if not base.is_dir():
+        return None, f"no cgroup v1 memory hierarchy at {base}"
+    mem = _v1(base, rel, path)
+    if mem is None:
+        return None, f"cannot read {base / rel / 'memory.usage_in_bytes'} (group gone or not readable)"
+    return mem, None
+
+
+def cgroup_memory_problem(cgroup_root: Path, ref: CgroupRef | None, mem: CgroupMemory | None) -> str | None:
+    """Why a process in a memory cgroup has no cgroup memory in its report; None when it has it,
+    or when it is in the root group (no cgroup limit applies there)."""
+    if mem is not None or ref is None or ref.path in ("", "/"):
         return None
-    return _v1(root / "memory" / rel if rel else root / "memory", path)
+    return read_cgroup_memory_why(cgroup_root, ref)[1] or "its cgroup's memory files could not be read"

@@ -1,16 +1,26 @@
-"""Why a process faults, and what to do: one sentence and concrete advice. Pure.
+"""Why a process faults, and what to do: one sentence, concrete advice, and the evidence. Pure.
 
-The evidence: what the faults land on (sources), the container's cgroup memory (usage against its
-limit), and the node (swap-in rate, available memory, memory PSI).
+The evidence: what the faults land on (sources), the process's memory cgroup (usage against the
+limit that binds: the container's, the pod's, or a host cgroup's; memory.high), and the node.
+The node is blamed only on node evidence: little MemAvailable, or node-level reclaim (kswapd or
+direct reclaim scanning, allocation stalls; a cgroup reclaiming at its own limit counts in neither)
+together with the swap-out it does. Memory PSI rises when one cgroup thrashes against its limit, so it
+is shown as context and never decides. Rules, in order (docs/diagnosis.md):
+
+  R1 limit binds        -> container_memory_limit (swap, file, code) or shmem_swap (shmem)
+  R2 node evidence      -> node_memory_pressure (swap, shmem, code); file reads get a note
+  R3 limit unreadable   -> the kind's cause, saying the limit could not be read and why, low confidence
+  R4 otherwise by kind  -> swap / shmem_swap / code_refaults / cold_file_reads / unknown
 """
 
 from __future__ import annotations
 
 from app.models import Cause, CgroupMemory, Confidence, NodeStats, ProcessReport, SourceKind, Verdict
 
-NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the container's own page cache
-NODE_LOW_AVAILABLE = 0.10
-PSI_MEMORY_STALL = 5.0  # percent of time some task stalled on memory (avg10)
+NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the group's own memory
+NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short of memory
+NODE_RECLAIM_SCAN = 100.0  # pages/s scanned by kswapd + direct reclaim: the node reclaims globally
+PSI_MEMORY_STALL = 5.0  # percent (avg10): shown as context only
 
 
 def _mib(n: int | None) -> str:
@@ -41,24 +51,80 @@ def dominant(p: ProcessReport) -> tuple[SourceKind | None, float, str | None]:
 
 
 def node_pressure(node: NodeStats) -> str | None:
-    """A short reason when the node as a whole is short of memory, else None."""
+    """A short reason when the node as a whole is short of memory (node evidence only), else None."""
     reasons = []
     if node.mem_total_bytes and node.mem_available_bytes is not None:
         avail = node.mem_available_bytes / node.mem_total_bytes
         if avail < NODE_LOW_AVAILABLE:
             reasons.append(f"only {avail:.0%} of the node's memory is available")
-    if node.psi_memory and node.psi_memory.some_avg10 >= PSI_MEMORY_STALL:
-        reasons.append(f"tasks stalled on memory {node.psi_memory.some_avg10:.0f}% of the time")
-    if node.pswpout_per_second > 100:
-        reasons.append(f"the node swaps out {node.pswpout_per_second:,.0f} pages/s")
+    scan = (node.pgscan_kswapd_per_second or 0.0) + (node.pgscan_direct_per_second or 0.0)
+    if scan >= NODE_RECLAIM_SCAN or (node.allocstall_per_second or 0.0) > 0:
+        what = f"the kernel reclaims node-wide ({scan:,.0f} pages/s scanned by kswapd and direct reclaim"
+        if node.allocstall_per_second:
+            what += f", {node.allocstall_per_second:,.0f} allocation stalls/s"
+        reasons.append(what + ")")
+        # Swap-out by node-level reclaim: memory-limited cgroups reclaiming themselves do not explain it.
+        if node.pswpout_per_second > 0:
+            reasons.append(f"it swaps out {node.pswpout_per_second:,.0f} pages/s")
     return "; ".join(reasons) or None
+
+
+def node_context(node: NodeStats) -> list[str]:
+    """What the node looked like, for the evidence list (PSI is context, never a cause)."""
+    out = []
+    if node.mem_total_bytes and node.mem_available_bytes is not None:
+        out.append(f"node MemAvailable {node.mem_available_bytes / node.mem_total_bytes:.0%} of "
+                   f"{_mib(node.mem_total_bytes)}")
+    if node.pgscan_kswapd_per_second is not None or node.pgscan_direct_per_second is not None:
+        out.append(f"node reclaim: kswapd {node.pgscan_kswapd_per_second or 0:,.0f}, direct "
+                   f"{node.pgscan_direct_per_second or 0:,.0f} pages/s scanned; swap-out "
+                   f"{node.pswpout_per_second:,.0f} pages/s")
+    if node.psi_memory and node.psi_memory.some_avg10 >= PSI_MEMORY_STALL:
+        out.append(f"memory PSI some {node.psi_memory.some_avg10:.0f}% (context only: one cgroup at its "
+                   "limit raises it too)")
+    return out
 
 
 def near_limit(mem: CgroupMemory | None) -> bool:
     return bool(mem and mem.usage_ratio is not None and mem.usage_ratio >= NEAR_LIMIT)
 
 
-def diagnose_process(p: ProcessReport, node: NodeStats) -> Verdict:
+def high_binds(mem: CgroupMemory | None) -> bool:
+    """memory.high (v2) below the limit, and usage at it: the kernel throttles and reclaims there."""
+    if mem is None or mem.high_bytes is None or mem.current_bytes is None:
+        return False
+    if mem.max_bytes is not None and mem.high_bytes >= mem.max_bytes:
+        return False
+    return mem.current_bytes >= NEAR_LIMIT * mem.high_bytes
+
+
+def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
+    """(what binds, as a clause; advice naming the knob), true to the subject: container, pod, host cgroup."""
+    high = high_binds(mem)
+    if high:
+        size, where = _mib(mem.high_bytes), mem.high_path or mem.path
+    else:
+        size, where = _mib(mem.max_bytes), mem.limit_path or mem.path
+    own = where == mem.path
+    pct = f"{mem.usage_ratio:.0%} of " if mem.usage_ratio is not None and not high else ""
+    knob = "memory.high" if high else "memory limit"
+    if p.pod is not None:
+        if own:
+            return (f"the container runs at {pct}its {size} {knob}",
+                    f"raise the container's {knob} above its working set (now {_mib(mem.current_bytes)})")
+        return (f"the pod runs at {pct}its {size} pod-level {knob} (the container has none of its own)",
+                f"raise the pod's {knob} (set on {where}; the sum of its containers' limits), "
+                "or give the container a limit of its own")
+    cg = f"its memory cgroup {mem.path}" if own else f"the memory cgroup {where} above its cgroup {mem.path}"
+    file = ("memory.high" if high else "memory.max") if mem.version == 2 else "memory.limit_in_bytes"
+    return (f"{cg} runs at {pct}its {size} {'memory.high' if high else 'limit'}",
+            f"raise {file} of cgroup {where} above the working set (now {_mib(mem.current_bytes)}), "
+            "or move the process out of that cgroup")
+
+
+def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | None = None) -> Verdict:
+    """The verdict for one process. limit_problem: why its memory cgroup could not be read (None: it
+    could, or the process is in the root cgroup where no cgroup limit applies)."""
     rate = p.major_faults_per_second
     if p.major_faults <= 0:
         return Verdict(summary=f"{who(p)} had no major faults in the window", cause=Cause.NO_MAJOR_FAULTS,
@@ -68,108 +134,106 @@ def diagnose_process(p: ProcessReport, node: NodeStats) -> Verdict:
     pressure = node_pressure(node)
     estimated = any(s.estimated for s in p.sources)
     confidence: Confidence = "low" if estimated else ("high" if share >= 0.8 else "medium")
-    limit_txt = ""
-    if near_limit(mem) and mem is not None:
-        limit_txt = f"it runs at {mem.usage_ratio:.0%} of its {_mib(mem.max_bytes)} limit"
-        if mem.high_bytes is not None and (mem.max_bytes is None or mem.high_bytes < mem.max_bytes):
-            limit_txt = f"it runs at its {_mib(mem.high_bytes)} memory.high"
+    evidence = [f"{share:.0%} of the faults are {kind.value if kind else 'unresolved'}"
+                + (" (estimated from procfs counters)" if estimated else "")]
+    if mem is not None:
+        evidence.append(f"cgroup {mem.path} (v{mem.version}): {_mib(mem.current_bytes)} used, limit "
+                        + (f"{_mib(mem.max_bytes)} on {mem.limit_path or mem.path}" if mem.max_bytes else "none")
+                        + (f", memory.high {_mib(mem.high_bytes)}" if mem.high_bytes is not None else ""))
+    elif limit_problem:
+        evidence.append(f"memory cgroup {p.cgroup} not readable: {limit_problem}")
+    evidence += node_context(node)
+    binds = mem is not None and (near_limit(mem) or high_binds(mem))
+    swapish = kind in (SourceKind.SWAP, SourceKind.SHMEM)
+    what = {SourceKind.SWAP: "anonymous memory", SourceKind.SHMEM: f"shared memory {path or ''}".strip()}.get(
+        kind or SourceKind.UNKNOWN, "")
 
-    if kind in (SourceKind.SWAP, SourceKind.SHMEM):
-        what = "anonymous memory" if kind is SourceKind.SWAP else f"shared memory {path or ''}".strip()
-        if limit_txt:
-            return Verdict(
-                summary=f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s because {limit_txt}",
-                cause=Cause.CONTAINER_MEMORY_LIMIT if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
-                advice=[
-                    f"raise the container's memory limit above its working set (now {_mib(mem.current_bytes if mem else None)})",
-                    "or find what grows its memory (a leak, an unbounded cache) and bound it",
-                    "or stop the container from swapping (memory.swap.max=0, or Kubernetes swapBehavior NoSwap)",
-                ],
-                confidence=confidence,
+    def verdict(summary: str, cause: Cause, advice: list[str], conf: Confidence | None = None) -> Verdict:
+        return Verdict(summary=summary, cause=cause, advice=advice, confidence=conf or confidence, evidence=evidence)
+
+    # R1: the limit binds.
+    if binds and mem is not None and kind in (SourceKind.SWAP, SourceKind.SHMEM, SourceKind.FILE, SourceKind.CODE):
+        clause, raise_it = limit_subject(p, mem)
+        if swapish:
+            return verdict(
+                f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s because {clause}",
+                Cause.CONTAINER_MEMORY_LIMIT if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
+                [raise_it,
+                 "or find what grows its memory (a leak, an unbounded cache"
+                 + (", files left in /dev/shm" if kind is SourceKind.SHMEM else "") + ") and bound it",
+                 "or stop it from swapping (memory.swap.max=0, or Kubernetes swapBehavior NoSwap)"],
             )
-        if pressure:
-            return Verdict(
-                summary=f"{what} of {who(p)} is swapped in at {rate:,.0f} pages/s: the node is overcommitted ({pressure})",
-                cause=Cause.NODE_MEMORY_PRESSURE,
-                advice=[
-                    "set memory requests to what pods really use so the scheduler stops overpacking this node",
-                    "move or evict the biggest memory users, or add nodes / use a larger instance type",
-                    "give latency-sensitive pods the Guaranteed QoS class",
-                ],
-                confidence=confidence,
-            )
-        return Verdict(
-            summary=f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s: it touches memory that was swapped out earlier",
-            cause=Cause.SWAP if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
-            advice=[
-                "if this continues, the node or the container is short of memory: check memory limits and node usage",
-                "a one-off burst after idle time (memory swapped out while unused) needs no action",
-            ],
-            confidence=confidence,
+        subject = "its own program code" if kind is SourceKind.CODE else f"{path or 'its files'}"
+        return verdict(
+            f"{who(p)} re-reads {subject} from disk at {rate:,.0f} pages/s because {clause}: "
+            "the kernel keeps evicting its page cache",
+            Cause.CONTAINER_MEMORY_LIMIT,
+            [raise_it + " so code and hot data stay cached",
+             "or reduce its anonymous memory so the page cache has room"],
         )
 
-    if kind is SourceKind.CODE or (kind is SourceKind.FILE and limit_txt):
-        subject = "its own code" if kind is SourceKind.CODE else f"{path or 'its files'}"
-        if limit_txt:
-            return Verdict(
-                summary=f"{who(p)} re-reads {subject} from disk because {limit_txt}: the kernel keeps evicting its page cache",
-                cause=Cause.CONTAINER_MEMORY_LIMIT,
-                advice=[
-                    f"raise the memory limit (usage {_mib(mem.current_bytes if mem else None)}, limit {_mib(mem.max_bytes if mem else None)}) so code and hot data stay cached",
-                    "or reduce the container's anonymous memory so the page cache has room",
-                ],
-                confidence=confidence,
-            )
-        if pressure:
-            return Verdict(
-                summary=f"{who(p)} re-reads its program code from disk at {rate:,.0f} pages/s: the node is short of memory ({pressure})",
-                cause=Cause.NODE_MEMORY_PRESSURE,
-                advice=[
-                    "program text refaulting means memory pressure: free memory on this node (move pods, fix requests) or add nodes",
-                ],
-                confidence=confidence,
-            )
-        return Verdict(
-            summary=f"{who(p)} reads its program code from disk at {rate:,.0f} pages/s",
-            cause=Cause.CODE_REFAULTS,
-            advice=[
-                "code pages refault when the page cache cannot keep them: check the node's and the container's memory",
-                "a process that just started (or was just swapped in) reads its code once: no action if it stops",
-            ],
-            confidence=confidence,
+    # R2: the node is short of memory (node evidence only).
+    if pressure and (swapish or kind is SourceKind.CODE):
+        subject = f"{what} of {who(p)} is swapped in" if swapish else f"{who(p)} re-reads its program code from disk"
+        return verdict(
+            f"{subject} at {rate:,.0f} pages/s: the node is short of memory ({pressure})",
+            Cause.NODE_MEMORY_PRESSURE,
+            ["set memory requests to what pods really use so the scheduler stops overpacking this node",
+             "move or evict the biggest memory users, or add nodes / use a larger instance type",
+             "give latency-sensitive pods the Guaranteed QoS class"],
         )
 
+    # R3: the limit could not be read: say so instead of guessing (and never blame the node for it).
+    unknown = ""
+    if limit_problem and mem is None:
+        unknown = (f"; its memory cgroup {p.cgroup} could not be read ({limit_problem}), so whether its "
+                   "memory limit causes this is not known")
+        confidence = "low"
+
+    # R4: by kind.
+    if swapish:
+        return verdict(
+            f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s: it touches memory that was "
+            f"swapped out earlier{unknown}",
+            Cause.SWAP if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
+            ["if this continues, the node or the container is short of memory: check memory limits and node usage",
+             "a one-off burst after idle time (memory swapped out while unused) needs no action"],
+        )
+    if kind is SourceKind.CODE:
+        return verdict(
+            f"{who(p)} reads its program code from disk at {rate:,.0f} pages/s{unknown}",
+            Cause.CODE_REFAULTS,
+            ["code pages refault when the page cache cannot keep them: check the node's and the container's memory",
+             "a process that just started (or was just swapped in) reads its code once: no action if it stops"],
+        )
     if kind is SourceKind.FILE:
-        target = path or "files"
-        summary = f"cold reads of {target} through mmap by {who(p)} at {rate:,.0f} pages/s"
-        advice = [
-            "expected for a one-off scan of a large file: no action if it stops",
-            "if it repeats, the file does not stay in the page cache: give the node (or the container) more memory for it",
-            "for sequential scans, read with read(2) or madvise(MADV_SEQUENTIAL) so read-ahead fetches larger chunks",
-        ]
+        summary = f"cold reads of {path or 'files'} through mmap by {who(p)} at {rate:,.0f} pages/s{unknown}"
         if pressure:
             summary += f"; the node is short of memory ({pressure})"
-        return Verdict(summary=summary, cause=Cause.COLD_FILE_READS, advice=advice, confidence=confidence)
-
-    return Verdict(
-        summary=f"{who(p)} causes {rate:,.0f} major faults/s; what they read could not be resolved",
-        cause=Cause.UNKNOWN,
-        advice=["run again with a tracer that records fault addresses (perf or bpftrace) to see the file or swap"],
-        confidence="low",
+        return verdict(
+            summary, Cause.COLD_FILE_READS,
+            ["expected for a one-off scan of a large file: no action if it stops",
+             "if it repeats, the file does not stay in the page cache: give the node (or the container) more memory for it",
+             "for sequential scans, read with read(2) or madvise(MADV_SEQUENTIAL) so read-ahead fetches larger chunks"],
+        )
+    return verdict(
+        f"{who(p)} causes {rate:,.0f} major faults/s; what they read could not be resolved{unknown}",
+        Cause.UNKNOWN,
+        ["run again with a tracer that records fault addresses (perf or bpftrace) to see the file or swap"],
+        "low",
     )
 
 
 def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: float) -> Verdict:
     """The report's headline: the top process's verdict, or what the node alone shows."""
-    top = processes[0] if processes else None
-    if top is not None and top.verdict is not None:
-        v = top.verdict
+    if processes and (v := processes[0].verdict) is not None:
+        top = processes[0]
         summary = v.summary
         if len(processes) > 1 and node.pgmajfault > 0:
             share = top.major_faults / max(node.pgmajfault, 1)
             if share < 0.5:
                 summary += f" (the top process causes {min(share, 1):.0%} of the node's major faults)"
-        return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence)
+        return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence, evidence=v.evidence)
     if node.pgmajfault > 0:
         return Verdict(
             summary=f"the node had {node.pgmajfault_per_second:,.0f} major faults/s but no process's majflt rose: "

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.collectors.cgroupmem import read_cgroup_memory
+from app.collectors.cgroupmem import cgroup_memory_problem, read_cgroup_memory
 from app.collectors.kubelet import PodResolver
 from app.collectors.procfs import ProcFS
 from app.config import Settings
@@ -211,7 +211,7 @@ def investigate(
         cands = list(tracers) or [make_tracer("procfs", settings)]
         reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
     report_progress(0.0, f"tracing with {cands[0].name}")
-    sampler = Sampler(procfs, pids)
+    sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root)
     sampler.first()
 
     tracer_stop = threading.Event()  # set on cancel, or when the tracer overruns the window
@@ -319,7 +319,8 @@ def investigate(
                           elapsed, my_mnt_ns)
         )
     for p in processes:
-        p.verdict = diagnose_process(p, node_stats)
+        p.verdict = diagnose_process(
+            p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory))
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()
@@ -367,7 +368,7 @@ def build_process(
         sources = resolve_pages(pages, t.maps)
     else:
         smaps = procfs.smaps(t.pid) if not t.exited else None
-        sources = estimate_sources(t.major_faults, read_bytes, smaps)
+        sources = estimate_sources(t.major_faults, read_bytes, smaps, sampler.swap_evidence(t))
     pod = resolver.resolve(ref) if ref is not None and ref.pod_uid else None
     mem = None
     if ref is not None and ref.path not in ("", "/"):
@@ -470,6 +471,9 @@ def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float) -> Node
         swap_free_bytes=mem.get("SwapFree"),
         psi_memory=procfs.pressure("memory"),
         psi_io=procfs.pressure("io"),
+        pgscan_kswapd_per_second=rate_opt("pgscan_kswapd"),
+        pgscan_direct_per_second=rate_opt("pgscan_direct"),
+        allocstall_per_second=round(sum(rate(k) for k in last if k.startswith("allocstall_")), 2) if last else None,
     )
 
 

@@ -1,13 +1,25 @@
 """What a process faults on when no tracer could record addresses (the procfs backend).
 
-Pure. Two pieces of evidence, both from procfs:
-- /proc/PID/io `read_bytes` counts what the process made the kernel fetch from storage, page faults on
-  file mappings included; swap-ins are not counted there. So read_bytes/4096 bounds the file faults.
-- /proc/PID/smaps `Swap` per mapping says where the swapped-out memory lives (anonymous or shmem).
-The rest of the major faults is put on swap when the process has swapped-out memory.
+Pure. The question is how many of the process's major faults were swap-ins and how many file reads.
+`/proc/PID/io` read_bytes cannot answer it: on current kernels every read bio is charged to the task,
+swap-ins included. The evidence used instead, strongest first (each over the same part of the window):
+
+1. the process's memory cgroup: v2 `pswpin` (newer kernels) against the group's `pgmajfault`; else
+   `workingset_refault_anon` (anon and shmem pages read back from swap) against `pgmajfault`, with
+   `workingset_refault_file` said alongside. The cgroup may hold other processes: a share, not a count.
+2. the node: `pswpin` against `pgmajfault` in /proc/vmstat, used only when this process causes most
+   of the node's major faults.
+3. the process itself: `VmSwap` falling over the window (at least that much came back from swap), or
+   swapped-out memory in smaps with nothing better to go on (then the faults are put on swap, and the
+   source says it could not be told apart from file reads).
+
+/proc/PID/smaps `Swap` per mapping says where the swapped-out memory lives (anonymous or shmem); the
+file share goes on the largest file mappings. Every source is `estimated` and lists its evidence.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from app.models import Source, SourceKind
 from app.parsers.procfs import SmapsEntry
@@ -16,17 +28,86 @@ from .resolve import classify
 
 PAGE = 4096
 MAX_LISTED = 5
+NODE_DOMINANT = 0.8  # share of the node's major faults at which node counters describe the process
 
 
-def estimate_sources(major_faults: int, read_bytes: int | None, smaps: list[SmapsEntry] | None) -> list[Source]:
+@dataclass(frozen=True, slots=True)
+class SwapEvidence:
+    """Counter deltas over the part of the window the process was watched (see Sampler.swap_evidence)."""
+
+    seconds: float = 0.0
+    process_majflt: int | None = None  # the process's major faults over the same interval
+    cgroup_path: str | None = None
+    cgroup_pgmajfault: int | None = None
+    cgroup_refault_anon: int | None = None
+    cgroup_refault_file: int | None = None
+    cgroup_pswpin: int | None = None  # v2 memory.stat on kernels that have it
+    node_pgmajfault: int | None = None
+    node_pswpin: int | None = None
+    vmswap_start: int | None = None  # bytes (VmSwap: anonymous memory only)
+    vmswap_end: int | None = None
+
+
+def swap_share(ev: SwapEvidence | None, smaps_swap: int) -> tuple[float | None, list[str]]:
+    """The share of the major faults that were swap-ins (None: no evidence), and what it rests on."""
+    notes: list[str] = []
+    if ev is None:
+        return None, notes
+    cg = f"cgroup {ev.cgroup_path}"
+    over = f" over {ev.seconds:.0f} s" if ev.seconds else ""
+    if ev.cgroup_pswpin is not None and ev.cgroup_pgmajfault:
+        share = min(1.0, ev.cgroup_pswpin / ev.cgroup_pgmajfault)
+        notes.append(f"{cg} memory.stat: pswpin +{ev.cgroup_pswpin:,} for pgmajfault +{ev.cgroup_pgmajfault:,}{over}")
+        return share, notes
+    ra, rf = ev.cgroup_refault_anon, ev.cgroup_refault_file
+    base = ev.cgroup_pgmajfault or 0
+    # A swap-in finds the page's shadow entry and counts as an anon refault; so the group's major
+    # faults without anon refaults were file reads (cold ones are no refaults at all).
+    if ra is not None and (base > 0 or ra > 0 or (rf or 0) > 0):
+        share = min(1.0, ra / base) if base > 0 else ra / (ra + (rf or 0))
+        notes.append(f"{cg} memory.stat: workingset_refault_anon +{ra:,}, workingset_refault_file +{rf or 0:,}, "
+                     f"pgmajfault +{base:,}{over}")
+        return share, notes
+    mine, node = ev.process_majflt or 0, ev.node_pgmajfault or 0
+    if node > 0 and mine >= NODE_DOMINANT * node and ev.node_pswpin is not None:
+        share = min(1.0, ev.node_pswpin / node)
+        notes.append(f"node /proc/vmstat: pswpin +{ev.node_pswpin:,} for pgmajfault +{node:,}{over}; "
+                     f"this process caused {min(mine / node, 1):.0%} of them")
+        return share, notes
+    if ev.vmswap_start is not None and ev.vmswap_end is not None and ev.vmswap_start > ev.vmswap_end:
+        back = (ev.vmswap_start - ev.vmswap_end) // PAGE
+        notes.append(f"VmSwap fell from {ev.vmswap_start // 1024:,} to {ev.vmswap_end // 1024:,} KiB{over}: "
+                     f"at least {back:,} pages came back from swap")
+        return (min(1.0, back / mine) if mine else None), notes
+    if smaps_swap > 0:
+        notes.append(f"{smaps_swap // 1024:,} KiB of the process is swapped out (smaps Swap) and nothing "
+                     "separates swap-ins from file reads (read_bytes counts both)")
+        return None, notes
+    return None, notes
+
+
+def estimate_sources(
+    major_faults: int,
+    read_bytes: int | None,
+    smaps: list[SmapsEntry] | None,
+    evidence: SwapEvidence | None = None,
+) -> list[Source]:
     if major_faults <= 0:
         return []
-    file_faults = min(major_faults, (read_bytes or 0) // PAGE) if read_bytes is not None else 0
-    rest = major_faults - file_faults
     swapped = [e for e in (smaps or []) if e.swap_bytes > 0]
     swap_total = sum(e.swap_bytes for e in swapped)
+    share, notes = swap_share(evidence, swap_total)
+    if share is None:
+        # No counter separates them: faults can only be swap-ins when something is swapped out.
+        share = 1.0 if swap_total > 0 else 0.0
+        if swap_total == 0:
+            notes.append("nothing of the process is swapped out: the faults can only be file reads")
+    swap_faults = round(major_faults * share)
+    file_faults = major_faults - swap_faults
+    if read_bytes is not None:
+        notes.append(f"read_bytes +{read_bytes // 1024:,} KiB (/proc/PID/io; counts swap-ins too)")
     sources: list[Source] = []
-    if rest > 0 and swap_total > 0:
+    if swap_faults > 0:
         by_kind: dict[tuple[SourceKind, str | None], int] = {}
         for e in swapped:
             kind = classify(e.mapping)
@@ -34,28 +115,30 @@ def estimate_sources(major_faults: int, read_bytes: int | None, smaps: list[Smap
                 kind = SourceKind.SWAP
             key = (kind, e.mapping.path or None if kind is SourceKind.SHMEM else None)
             by_kind[key] = by_kind.get(key, 0) + e.swap_bytes
-        for (kind, path), swap_bytes in sorted(by_kind.items(), key=lambda kv: -kv[1])[:MAX_LISTED]:
-            faults = round(rest * swap_bytes / swap_total)
+        ranked = sorted(by_kind.items(), key=lambda kv: -kv[1])[:MAX_LISTED]
+        listed = sum(b for _, b in ranked) or 1
+        if not ranked:
+            sources.append(Source(kind=SourceKind.SWAP, faults=swap_faults, share=0.0, estimated=True,
+                                  note="nothing is swapped out at the end of the window", evidence=list(notes)))
+        for (kind, path), swap_bytes in ranked:
             sources.append(Source(
-                kind=kind, path=path, faults=faults, share=0.0, estimated=True,
-                note=f"{swap_bytes // 1024:,} KiB of it is swapped out",
+                kind=kind, path=path, faults=round(swap_faults * swap_bytes / listed), share=0.0, estimated=True,
+                note=f"{swap_bytes // 1024:,} KiB of it is swapped out", evidence=list(notes),
             ))
-    elif rest > 0:
-        file_faults = major_faults  # nothing swapped out: the faults can only be file reads
     if file_faults > 0:
         big = sorted(
             (e for e in (smaps or []) if classify(e.mapping) in (SourceKind.FILE, SourceKind.CODE)),
             key=lambda e: -(e.mapping.end - e.mapping.start),
         )
-        names = []
+        names: list[str] = []
         for e in big:
             if e.mapping.path not in names:
                 names.append(e.mapping.path)
             if len(names) == MAX_LISTED:
                 break
-        note = "read_bytes from /proc/PID/io; largest file mappings: " + ", ".join(names) if names else None
+        note = "largest file mappings: " + ", ".join(names) if names else None
         sources.append(Source(kind=SourceKind.FILE, path=None, faults=file_faults, share=0.0,
-                              estimated=True, note=note))
+                              estimated=True, note=note, evidence=list(notes)))
     total = sum(s.faults for s in sources) or 1
     for s in sources:
         s.share = round(s.faults / total, 4)

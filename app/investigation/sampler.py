@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from app.collectors.cgroupmem import read_cgroup_memory
 from app.collectors.procfs import ProcFS
+from app.models import CgroupMemory
+from app.parsers.cgroup import host_view
 from app.parsers.procfs import MapEntry, ProcStat
+
+from .estimate import SwapEvidence
 
 # Bounds: how many processes get a maps/io snapshot when first seen faulting, per tick and in all.
 MAX_SNAPSHOTS_PER_TICK = 64
@@ -34,6 +40,9 @@ class ProcessTrack:
     maps: list[list[MapEntry]] = field(default_factory=list)  # snapshots, oldest first
     io_first: dict[str, int] | None = None
     io_first_tick: int = 0
+    # Swap-vs-file evidence at the first snapshot (procfs backend): VmSwap and the memory cgroup's counters.
+    vmswap_first: int | None = None
+    cgroup_first: CgroupMemory | None = None
 
     @property
     def major_faults(self) -> int:
@@ -47,8 +56,10 @@ class ProcessTrack:
 class Sampler:
     """Takes one sample a tick; thread-safe marks for the tracer's start and stop."""
 
-    def __init__(self, procfs: ProcFS, pids: list[int] | None = None) -> None:
+    def __init__(self, procfs: ProcFS, pids: list[int] | None = None, cgroup_root: Path | None = None) -> None:
         self.procfs = procfs
+        self.cgroup_root = cgroup_root  # None: no cgroup evidence for the procfs estimates
+        self._cgroup_tick: tuple[int, dict[str, CgroupMemory | None]] = (-1, {})
         self.only = set(pids) if pids else None
         self.tracks: dict[int, ProcessTrack] = {}
         self.node_vmstat: list[dict[str, int]] = []
@@ -155,8 +166,74 @@ class Sampler:
         if track.io_first is None:
             track.io_first = self.procfs.io(pid)
             track.io_first_tick = self.ticks
+            track.vmswap_first = self._vmswap(pid)
+            track.cgroup_first = self._cgroup_memory(pid)
         self.snapshotted += 1
         return True
+
+    def _vmswap(self, pid: int) -> int | None:
+        read = getattr(self.procfs, "read_text", None)  # test doubles of ProcFS may not have it
+        text = read(f"{pid}/status") if read is not None else None
+        for line in (text or "").splitlines():
+            if line.startswith("VmSwap:"):
+                parts = line.split()
+                return int(parts[1]) * 1024 if len(parts) >= 2 and parts[1].isdigit() else None
+        return None
+
+    def _cgroup_memory(self, pid: int) -> CgroupMemory | None:
+        """The process's memory cgroup counters, read once per group per tick (bounded by the snapshots)."""
+        if self.cgroup_root is None:
+            return None
+        ref = self.procfs.cgroup(pid)
+        if ref is None or ref.path in ("", "/"):
+            return None
+        ref = host_view(ref)  # "/../kubepods/..." from inside a cgroup namespace
+        tick, cache = self._cgroup_tick
+        if tick != self.ticks:
+            cache = {}
+            self._cgroup_tick = (self.ticks, cache)
+        key = f"{ref.version}:{ref.path}"
+        if key not in cache:
+            cache[key] = read_cgroup_memory(self.cgroup_root, ref)
+        return cache[key]
+
+    def swap_evidence(self, track: ProcessTrack) -> SwapEvidence | None:
+        """Counter deltas from the process's first snapshot to now, to tell swap-ins from file reads."""
+        if track.io_first is None or track.exited:
+            return None
+        since = track.io_first_tick
+        mine = sum(track.series[since:]) if since > 0 else track.major_faults
+        vm = self.node_vmstat
+        first_vm = vm[min(since, len(vm) - 1)] if vm else {}
+        last_vm = vm[-1] if vm else {}
+
+        def node(key: str) -> int | None:
+            if key not in last_vm or key not in first_vm:
+                return None
+            return max(0, last_vm[key] - first_vm[key])
+
+        a, b = track.cgroup_first, self._cgroup_memory(track.pid)
+        same = a is not None and b is not None and a.path == b.path
+
+        def cg(key: str) -> int | None:
+            if not same:
+                return None
+            x, y = getattr(a, key), getattr(b, key)
+            return max(0, y - x) if x is not None and y is not None else None
+
+        return SwapEvidence(
+            seconds=float(max(0, self.ticks - since)),
+            process_majflt=mine,
+            cgroup_path=b.path if same and b is not None else None,
+            cgroup_pgmajfault=cg("pgmajfault"),
+            cgroup_refault_anon=cg("workingset_refault_anon"),
+            cgroup_refault_file=cg("workingset_refault_file"),
+            cgroup_pswpin=cg("pswpin"),
+            node_pgmajfault=node("pgmajfault"),
+            node_pswpin=node("pswpin"),
+            vmswap_start=track.vmswap_first,
+            vmswap_end=self._vmswap(track.pid),
+        )
 
     def final_snapshot(self, pids: list[int]) -> None:
         """Maps at the end, for the processes that will be reported."""

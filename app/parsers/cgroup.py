@@ -3,7 +3,8 @@
 /proc/PID/cgroup, one line per hierarchy:  hierarchy-ID:controller-list:cgroup-path
   v2 (unified):  0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/cri-containerd-<id>.scope
   v1:            10:memory:/kubepods/burstable/pod<uid>/<id>
-  hybrid hosts:  both; the memory controller is then on v1 and the 0:: line is often "/" or a service.
+  hybrid hosts:  both; the memory controller is then on v1 (the "memory" line), and the 0:: line is "/",
+                 a service, or the same group mirrored into a unified tree without controllers.
 
 Path shapes, by cgroup driver and runtime (the id is 64 hex digits):
   systemd driver:  kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_with_underscores>.slice/<scope>
@@ -117,11 +118,12 @@ def parse_cgroup(text: str) -> CgroupRef:
         raise ValueError("empty /proc/PID/cgroup")
 
     mem = v1.get("memory")
-    v2_pod = _from_path(v2)[0] if v2 is not None else None
-    # Quirk: on hybrid hosts (v1 controllers plus a 0:: line) the memory controller is on v1, and
-    # the 0:: path is "/" or a service (coroot's fixture: v1 says kubepods/..., 0:: says
-    # /reserved.slice/containerd.service). Use the v1 memory path then.
-    if mem is not None and (v2 is None or v2 == "/" or v2_pod is None):
+    # A controller is bound to one hierarchy at a time: a v1 line listing "memory" means the memory
+    # controller is on v1, whatever the 0:: line says. Quirk: on hybrid hosts (v1 controllers plus a
+    # 0:: line) that line is "/" or a service (coroot's fixture: v1 says kubepods/..., 0:: says
+    # /reserved.slice/containerd.service), or, with the systemd driver, the same pod group mirrored
+    # into a unified tree that has no controllers: memory.* files exist only on the v1 side.
+    if mem is not None:
         path, version = mem, 1
     elif v2 is not None:
         path, version = v2, 2

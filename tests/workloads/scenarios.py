@@ -1,0 +1,433 @@
+"""Workloads of the diagnosis scenario matrix (tests/test_scenarios.py, bench row "diagnosis accuracy").
+
+Each one faults for a single known reason, in cgroups made for it and removed afterwards:
+
+    with scenario_workload("reread", cgroup=unique_parent() + "/job", limit_mb=64, data=tmp / "d.bin") as p:
+        ...   # a 128 MiB file re-read through mmap inside a 64 MiB memory cgroup
+
+Cgroups are made in one place, scenario_cgroups(): v1 memory groups through memory_cgroup() of
+tests/workloads (every directory it made is removed, deepest first) and, for the hybrid layout, the
+same path in the unified tree at /sys/fs/cgroup/unified. Kubepods-shaped paths always sit under a
+unique parent, pfi-test-<pid>-<n>/..., never at a hierarchy root (on a real node that is the kubelet's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import (
+    CGROUP_MEMORY_ROOT,
+    WorkloadProcess,
+    _await_ready,
+    _counter,
+    _kill,
+    _register,
+    _start,
+    _unregister,
+    binary,
+    memory_cgroup,
+    swap_enabled,
+)
+
+UNIFIED_ROOT = Path("/sys/fs/cgroup/unified")
+FILE_MB = 128
+LIMIT_MB = 64
+KINDS = ("reread", "reread-swapped", "text", "text-drop", "shm", "anon")
+SWAPPED_ANON_MB = 48  # reread-swapped: anonymous memory touched once, swapped out by the file reads
+
+POD_UID = "b5812e37-ce78-41e2-9d8d-d93a88e481d6"  # a pod of tests/fixtures/kubelet/podlist-minikube-...json
+CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5"
+
+
+def unique_parent() -> str:
+    return f"pfi-test-{os.getpid()}-{next(_counter)}"
+
+
+def pod_path(layout: str) -> str:
+    """A kubepods-shaped container path under a unique parent: 'cgroupfs' (v1 driver shape) or
+    'systemd' (the systemd driver's slices, as on hybrid hosts)."""
+    if layout == "cgroupfs":
+        return f"{unique_parent()}/kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"
+    uid = POD_UID.replace("-", "_")
+    return (f"{unique_parent()}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/"
+            f"cri-containerd-{CONTAINER_ID}.scope")
+
+
+@contextlib.contextmanager
+def _unified_group(name: str) -> Iterator[Path]:
+    """The same path in the unified (v2, no controllers) tree; directories made here removed afterwards."""
+    if not (UNIFIED_ROOT / "cgroup.procs").exists():
+        raise RuntimeError(f"no unified cgroup tree at {UNIFIED_ROOT}")
+    created: list[Path] = []
+    cur = UNIFIED_ROOT
+    for part in Path(name.strip("/")).parts:
+        cur = cur / part
+        if not cur.exists():
+            cur.mkdir()
+            created.append(cur)
+
+    def undo() -> None:
+        for d in reversed(created):
+            for pid in (d / "cgroup.procs").read_text().split() if d.exists() else []:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        raise
+                    time.sleep(0.05)
+
+    key = _register(undo)
+    try:
+        yield cur
+    finally:
+        _unregister(key)
+        undo()
+
+
+@contextlib.contextmanager
+def scenario_cgroups(
+    name: str, limit_mb: int | None, pod_limit_mb: int | None = None, unified: bool = False
+) -> Iterator[list[Path]]:
+    """The groups a scenario process goes into: v1 memory `name` (limit_mb on it; pod_limit_mb on its
+    parent, the pod level), and with unified=True the same path in the unified tree (hybrid layout).
+    Yields the groups' cgroup.procs directories."""
+    with contextlib.ExitStack() as stack:
+        if pod_limit_mb is not None:
+            stack.enter_context(memory_cgroup(str(Path(name).parent), pod_limit_mb))
+        groups = [stack.enter_context(memory_cgroup(name, limit_mb))]
+        if unified:
+            groups.append(stack.enter_context(_unified_group(name)))
+        yield groups
+
+
+def _data_file(path: Path, size_mb: int, fill: bytes | None) -> None:
+    """size_mb of real data (random, or `fill` repeated), written back so fadvise can drop it."""
+    with open(path, "wb") as f:
+        for _ in range(size_mb):
+            f.write(os.urandom(1 << 20) if fill is None else fill * (1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def scenario_workload(
+    kind: str,
+    *,
+    cgroup: str | None,
+    limit_mb: int | None = LIMIT_MB,
+    pod_limit_mb: int | None = None,
+    unified: bool = False,
+    data: Path | None = None,
+    size_mb: int = FILE_MB,
+) -> Iterator[WorkloadProcess]:
+    """One scenario process (kind in KINDS), moved into its cgroups (cgroup=None: stays where the test
+    runs, no limit) before it touches memory. `data`: the file for reread/text (made here, removed)."""
+    if kind not in KINDS:
+        raise ValueError(kind)
+    with contextlib.ExitStack() as stack:
+        if kind in ("shm", "anon", "reread-swapped"):
+            stack.enter_context(swap_enabled())
+        if kind == "anon":
+            exe, args = binary("swap_faults"), [str(size_mb), "anon"]
+        else:
+            exe = binary("scenario_faults")
+            if kind == "shm":
+                shm = Path(f"/dev/shm/pfi-test-{os.getpid()}-{next(_counter)}")
+                stack.callback(shm.unlink, missing_ok=True)
+                args = ["shm", str(shm), str(size_mb)]
+            else:
+                assert data is not None, "reread/text need a data file"
+                _data_file(data, size_mb, b"\xc3" if kind.startswith("text") else None)  # 0xC3: x86 "ret"
+                stack.callback(data.unlink, missing_ok=True)
+                args = (["text", str(data), "drop"] if kind == "text-drop" else
+                        ["reread", str(data), str(SWAPPED_ANON_MB)] if kind == "reread-swapped" else [kind, str(data)])
+        groups = stack.enter_context(scenario_cgroups(cgroup, limit_mb, pod_limit_mb, unified)) if cgroup else []
+        proc = _start(f"pfi-workload-{kind}", exe, args, wait_for_go=True)
+        proc.kind = kind
+        proc.cgroup = groups[0] if groups else None
+        key = _register(lambda: _kill(proc))
+        stack.callback(_kill, proc)
+        stack.callback(_unregister, key)
+        for g in groups:
+            (g / "cgroup.procs").write_text(str(proc.pid))
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        _await_ready(proc)
+        yield proc
+
+
+NODE_FILES = ("vmstat", "meminfo", "pressure/memory", "pressure/io")
+PID_FILES = ("stat", "status", "io", "smaps", "maps", "cmdline", "cgroup")
+CGROUP_FILES = ("memory.stat", "memory.usage_in_bytes", "memory.limit_in_bytes")
+
+
+def capture_proc_tree(pid: int, out: Path, ticks: int = 5, cgroup: Path | None = None) -> None:
+    """Copy the procfs files the engine reads (node: vmstat, meminfo, PSI; the process's stat, status,
+    io, smaps, maps, cmdline, cgroup) once a second into out/tick<N>/ as a procfs-shaped tree; with
+    `cgroup` (a v1 memory group) also its memory.{stat,usage_in_bytes,limit_in_bytes} into
+    out/tick<N>/cgroupfs/memory/<its path>. Used to record tests/fixtures/proc-captures (SOURCES.md)."""
+    for n in range(ticks):
+        t0 = time.monotonic()
+        d = out / f"tick{n}"
+        files = [(Path(f"/proc/{rel}"), d / rel) for rel in [*NODE_FILES, *(f"{pid}/{f}" for f in PID_FILES)]]
+        if cgroup is not None:
+            rel = cgroup.relative_to(CGROUP_MEMORY_ROOT)
+            files += [(cgroup / f, d / "cgroupfs" / "memory" / rel / f) for f in CGROUP_FILES]
+        for src, dst in files:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+
+
+# --- the matrix ----------------------------------------------------------------------------------------
+
+WINDOW = 3.0
+CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "proc-captures"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled scenario: the workload, where it runs, and the verdict it must get."""
+
+    name: str
+    kind: str  # "cold" (file_fault_workload), one of KINDS, or "replay" (a captured procfs tree)
+    tracer: str  # "auto" (an exact tracer here) or "procfs"
+    cause: str
+    source: str  # the dominant source kind of the process
+    subject: str  # "host" or "pod"
+    layout: str = "host"  # "none" (the test's own cgroup), "host" (pfi-test-*/job), "cgroupfs", "hybrid"
+    limit_mb: int | None = LIMIT_MB
+    pod_limit_mb: int | None = None
+    say: str = ""  # must be in the verdict's summary
+    cgroup_root_broken: bool = False  # PFI_CGROUP_ROOT points at an empty folder: the limit is unreadable
+    capture: str = ""  # replay rows: tests/fixtures/proc-captures/<capture>
+    derive: tuple[str, ...] = ()  # replay rows: SYNTHETIC changes to the capture (see _derive)
+
+
+ROWS = [
+    Row("cold mmap reads, no limit", "cold", "auto", "cold_file_reads", "file", "host", layout="none",
+        limit_mb=None, say="cold reads of"),
+    Row("cold mmap reads, no limit", "cold", "procfs", "cold_file_reads", "file", "host", layout="none",
+        limit_mb=None),
+    Row("file re-read at 64 MiB", "reread", "auto", "container_memory_limit", "file", "host",
+        say="its memory cgroup /pfi-test-"),
+    Row("file re-read at 64 MiB", "reread", "procfs", "container_memory_limit", "file", "host"),
+    Row("file at 64 MiB, 48 MiB anon swapped out", "reread-swapped", "procfs", "container_memory_limit", "file",
+        "host"),
+    Row("anon swapping at 64 MiB", "anon", "auto", "container_memory_limit", "swap", "host",
+        say="its memory cgroup /pfi-test-"),
+    Row("anon swapping at 64 MiB", "anon", "procfs", "container_memory_limit", "swap", "host"),
+    Row("/dev/shm swapping at 64 MiB", "shm", "auto", "shmem_swap", "shmem", "host", say="/dev/shm/pfi-test-"),
+    Row("/dev/shm swapping at 64 MiB", "shm", "procfs", "shmem_swap", "shmem", "host"),
+    Row("program text at 64 MiB", "text", "auto", "container_memory_limit", "code", "host",
+        say="its own program code"),
+    Row("program text, no limit", "text-drop", "auto", "code_refaults", "code", "host", layout="none",
+        limit_mb=None),
+    Row("pod v1: anon at container limit", "anon", "auto", "container_memory_limit", "swap", "pod",
+        layout="cgroupfs", say="the container runs at"),
+    Row("pod v1: anon at container limit", "anon", "procfs", "container_memory_limit", "swap", "pod",
+        layout="cgroupfs", say="the container runs at"),
+    Row("pod hybrid: file at pod limit", "reread", "auto", "container_memory_limit", "file", "pod",
+        layout="hybrid", limit_mb=None, pod_limit_mb=LIMIT_MB, say="pod-level memory limit"),
+    Row("pod hybrid: anon at container limit", "anon", "procfs", "container_memory_limit", "swap", "pod",
+        layout="hybrid", say="the container runs at"),
+    Row("anon at limit, cgroup unreadable", "anon", "auto", "swap", "swap", "host", cgroup_root_broken=True,
+        say="could not be read"),
+    # Captured procfs trees (PFI_PROC_ROOT), replayed a tick a second; see tests/fixtures/SOURCES.md.
+    Row("captured: file at limit, anon swapped out", "replay", "procfs", "container_memory_limit", "file", "host",
+        capture="mixed-at-limit", say="its memory cgroup /pfi-test-"),
+    Row("captured: swap-in after the limit went", "replay", "procfs", "swap", "swap", "host",
+        capture="limit-raised", derive=("no-limit",), say="swapped out earlier"),
+    Row("captured node: MemAvailable 3%", "replay", "procfs", "node_memory_pressure", "swap", "host",
+        capture="anon-at-limit", derive=("no-limit", "available-3%"), say="of the node's memory is available"),
+    Row("captured node: kswapd reclaiming", "replay", "procfs", "node_memory_pressure", "swap", "host",
+        capture="anon-at-limit", derive=("no-limit", "available-12%", "kswapd"), say="reclaims node-wide"),
+    Row("captured: file, anon swapped out, quiet node", "replay", "procfs", "cold_file_reads", "file", "host",
+        capture="mixed-at-limit", derive=("no-limit", "quiet-node"), say="cold reads of"),
+]
+
+
+@dataclass
+class Outcome:
+    row: Row
+    cause: str = "-"
+    source: str = "-"
+    subject: str = "-"
+    tracer: str = "-"
+    summary: str = ""
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _derive(src: Path, dst: Path, derive: tuple[str, ...], first: Path) -> None:
+    """One captured tick `src` into `dst`, with the row's SYNTHETIC changes (`first`: tick 0):
+    'no-limit': the process's cgroup lines set to "/" (a process without a memory limit of its own);
+    'available-N%': MemAvailable set to N% of MemTotal (MemFree to half of that);
+    'kswapd': pgscan_kswapd/pgsteal_kswapd rising by 2x/1x what the node swapped out since tick 0;
+    'quiet-node': the node's pgmajfault rising by the process's own majflt only and pswpin flat (the
+    faults of the other test runs on the machine taken out: a node where this process is the faulter).
+    Everything else is the capture as it was."""
+    import shutil
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    if "no-limit" in derive:
+        for cg in dst.glob("[0-9]*/cgroup"):
+            cg.write_text("".join(f"{line.rsplit(':', 1)[0]}:/\n" for line in cg.read_text().splitlines()))
+    for d in derive:
+        if d.startswith("available-"):
+            pct = int(d.removeprefix("available-").rstrip("%"))
+            mem = (dst / "meminfo").read_text().splitlines()
+            total = next(int(line.split()[1]) for line in mem if line.startswith("MemTotal:"))
+            avail = total * pct // 100
+            (dst / "meminfo").write_text("".join(
+                f"MemAvailable:   {avail} kB\n" if line.startswith("MemAvailable:") else
+                f"MemFree:        {avail // 2} kB\n" if line.startswith("MemFree:") else line + "\n"
+                for line in mem))
+    if "quiet-node" in derive:
+        def majflt_of(tick: Path) -> int:
+            stat = next(tick.glob("[0-9]*/stat")).read_text()
+            return int(stat[stat.rindex(")") + 2:].split()[9])
+
+        vm0 = dict(line.split() for line in (first / "vmstat").read_text().splitlines())
+        vm = dict(line.split() for line in (dst / "vmstat").read_text().splitlines())
+        vm["pgmajfault"] = str(int(vm0["pgmajfault"]) + majflt_of(dst) - majflt_of(first))
+        vm["pswpin"] = vm0["pswpin"]
+        (dst / "vmstat").write_text("".join(f"{k} {v}\n" for k, v in vm.items()))
+    if "kswapd" in derive:
+        vm0 = dict(line.split() for line in (first / "vmstat").read_text().splitlines())
+        vm = dict(line.split() for line in (dst / "vmstat").read_text().splitlines())
+        out = int(vm["pswpout"]) - int(vm0["pswpout"])
+        vm["pgscan_kswapd"] = str(int(vm["pgscan_kswapd"]) + 2 * out)
+        vm["pgsteal_kswapd"] = str(int(vm["pgsteal_kswapd"]) + out)
+        (dst / "vmstat").write_text("".join(f"{k} {v}\n" for k, v in vm.items()))
+
+
+@contextlib.contextmanager
+def _replay(tmp: Path, row: Row) -> Iterator[Path]:
+    """A procfs-shaped tree (with the captured cgroup files under <tree>/cgroupfs) that steps through
+    the capture's ticks once a second, half a second ahead of the engine's samples."""
+    import threading
+
+    ticks = sorted((CAPTURES / row.capture).glob("tick*"), key=lambda p: int(p.name[4:]))
+    if not ticks:
+        raise RuntimeError(f"no capture at {CAPTURES / row.capture}")
+    root = tmp / "proc"
+    _derive(ticks[0], root, row.derive, ticks[0])
+    stop = threading.Event()
+
+    def step() -> None:
+        t0 = time.monotonic()
+        for n, src in enumerate(ticks[1:], start=1):
+            if stop.wait(max(0.0, t0 + n - 0.5 - time.monotonic())):
+                return
+            staged = tmp / f"stage-{n}"
+            _derive(src, staged, row.derive, ticks[0])
+            for f in staged.rglob("*"):
+                if f.is_file():
+                    os.replace(f, root / f.relative_to(staged))  # whole files at once: no half-written reads
+
+    th = threading.Thread(target=step, daemon=True)
+    th.start()
+    try:
+        yield root
+    finally:
+        stop.set()
+        th.join(5)
+
+
+def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, window: float = WINDOW) -> Outcome:
+    """Run one scenario and check the verdict against the row: cause, source, subject, wording, and
+    that the node is not blamed when the node's own evidence says it is fine."""
+    from app.config import Settings
+    from app.investigation.diagnose import dominant, node_pressure
+    from app.investigation.engine import investigate
+
+    from . import file_fault_workload
+
+    kw: dict[str, Any] = {"kubelet_url": None, "apiserver_fallback": False, **(settings_kw or {})}
+    kw["tracer"] = row.tracer
+    out = Outcome(row)
+    t0 = time.monotonic()
+    tmp.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        pids: list[int] | None
+        if row.kind == "replay":
+            kw["proc_root"] = stack.enter_context(_replay(tmp, row))
+            kw["cgroup_root"] = kw["proc_root"] / "cgroupfs"
+            pids = None
+        else:
+            if row.kind == "cold":
+                proc = stack.enter_context(file_fault_workload(tmp / "cold.bin", size_mb=64))
+            else:
+                cgroup = (None if row.layout == "none" else f"{unique_parent()}/job" if row.layout == "host"
+                          else pod_path("cgroupfs" if row.layout == "cgroupfs" else "systemd"))
+                proc = stack.enter_context(scenario_workload(
+                    row.kind, cgroup=cgroup, limit_mb=row.limit_mb, pod_limit_mb=row.pod_limit_mb,
+                    unified=row.layout == "hybrid", data=tmp / f"{row.kind}.bin"))
+            if row.cgroup_root_broken:
+                (tmp / "empty-cgroupfs").mkdir(exist_ok=True)
+                kw["cgroup_root"] = tmp / "empty-cgroupfs"
+            pids = [proc.pid]
+        report = investigate(Settings(**kw), seconds=window, pids=pids)
+    out.seconds = time.monotonic() - t0
+    out.tracer = report.tracer.backend
+    if not report.processes:
+        out.problems.append(f"no process reported (warnings: {report.warnings})")
+        return out
+    top = report.processes[0]
+    kind, _, _ = dominant(top)
+    v = top.verdict
+    out.cause = v.cause.value if v else "-"
+    out.source = kind.value if kind else "-"
+    out.subject = "pod" if top.pod is not None else "host"
+    out.summary = v.summary if v else ""
+    for what, want, got in (("cause", row.cause, out.cause), ("source", row.source, out.source),
+                            ("subject", row.subject, out.subject)):
+        if want != got:
+            out.problems.append(f"{what} {got}, expected {want}")
+    if row.say and row.say not in out.summary:
+        out.problems.append(f"summary lacks {row.say!r}")
+    if row.tracer == "procfs" and not all(s.estimated and s.evidence for s in top.sources):
+        out.problems.append("procfs sources must be estimated and list their evidence")
+    if row.cause != "node_memory_pressure":
+        if node_pressure(report.node_stats) is not None:
+            out.problems.append(f"the node itself is under pressure now: {node_pressure(report.node_stats)}")
+        elif out.cause == "node_memory_pressure" or "node is short" in out.summary:
+            out.problems.append("blames the node although the node's evidence says it is fine")
+    if row.subject == "pod" and (top.cgroup_memory is None or top.cgroup_memory.version != 1):
+        out.problems.append("pod's memory not read from the v1 memory hierarchy")
+    return out
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """The accuracy table: one line per row, expected vs got."""
+    lines = [f"{'scenario':44} {'tracer':14} {'cause':24} {'source':7} {'subject':7} ok",
+             "-" * 104]
+    for o in outcomes:
+        r = o.row
+        def cell(want: str, got: str) -> str:
+            return got if want == got else f"{got}!={want}"
+        lines.append(f"{r.name:44} {o.tracer:14} {cell(r.cause, o.cause):24} {cell(r.source, o.source):7} "
+                     f"{cell(r.subject, o.subject):7} {'yes' if o.ok else 'NO: ' + '; '.join(o.problems)}")
+    good = sum(o.ok for o in outcomes)
+    lines.append(f"diagnosis accuracy {good}/{len(outcomes)}")
+    return "\n".join(lines)
