@@ -15,6 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.tracers.registry import make_tracer
+from tests import netguard
 from tests.proctree import ReplayTree
 from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
 from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
@@ -23,6 +24,24 @@ pytest_plugins = ["tests.scenario_report"]  # prints the diagnosis scenario matr
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Loopback only, in this process and in every Python subprocess a test starts (tests/netguard.py).
+netguard.install()
+_GUARD_SITE = str(Path(__file__).parent / "netguard_site")
+_ROOT = str(Path(__file__).parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_GUARD_SITE, _ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in (_GUARD_SITE, _ROOT))]
+)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only() -> Iterator[None]:
+    """Fail any test whose code tried to reach beyond loopback (the guard refused it)."""
+    netguard.take()
+    yield
+    tried = netguard.take()
+    if tried:
+        pytest.fail(f"the test tried to connect beyond loopback (refused): {', '.join(sorted(set(tried)))[:500]}")
 
 
 @pytest.fixture

@@ -54,6 +54,9 @@ def make_settings(tmp_path: Path, **kw: Any) -> Settings:
         "cooldown_seconds": 600,
         "sink_backoff_seconds": 0.01,
         "apiserver_url": None,
+        # The recorder would ask the kubelet (built from node_ip) about every pod-shaped cgroup it
+        # finds on this machine; tests of the recorder turn it on themselves.
+        "recorder_interval_seconds": 0,
     }
     base.update(kw)
     return Settings(**base)

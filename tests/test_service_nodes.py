@@ -239,7 +239,7 @@ def test_kube_peers(tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple
 def test_kube_peers_without_rbac_for_nodes_and_with_a_failing_api(
     tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
 ) -> None:
-    stand, fake = apiserver([_pod("node-b", "10.244.1.5", "10.0.3.8")])
+    stand, fake = apiserver([_pod("node-b", "127.0.1.5", "10.0.3.8")])
     fake.forbid.add("/api/v1/nodes")
 
     async def go() -> None:
@@ -305,7 +305,7 @@ def _alerts(nodes: list[str], label: str = "node") -> dict[str, Any]:
 def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
     tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
 ) -> None:
-    stand, _ = apiserver([_pod("node-b", "10.244.1.5", "10.0.3.8")])
+    stand, _ = apiserver([_pod("node-b", "127.0.1.5", "10.0.3.8")])
     settings = _settings(tmp_path, stand, certs, max_alerts_per_request=1000)
     with LiveServer(create_app(settings, investigator=FakeEngine(), token=TOKEN)) as live, \
             httpx.Client(base_url=live.url, timeout=60) as client:
@@ -354,7 +354,7 @@ def test_the_webhook_answers_fast_when_the_api_server_never_does(
 def test_label_values_never_reach_a_selector(
     tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
 ) -> None:
-    stand, _ = apiserver([_pod("node-b", "10.244.1.5", "10.0.3.8")])
+    stand, _ = apiserver([_pod("node-b", "127.0.1.5", "10.0.3.8")])
     settings = _settings(tmp_path, stand, certs)
     with LiveServer(create_app(settings, investigator=FakeEngine(), token=TOKEN)) as live, \
             httpx.Client(base_url=live.url, timeout=60) as client:
