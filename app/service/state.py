@@ -63,17 +63,17 @@ def local_identity(settings: Settings) -> NodeIdentity:
 
 def real_investigator(settings: Settings) -> Investigator:
     """The engine, imported when first used (tests inject a fake and never import it), with one pod
-    resolver for the service's life so its kubelet PodList cache outlives a single investigation."""
-    resolver: Any = None
+    directory for the service's life so its kubelet PodList cache outlives a single investigation."""
+    pods: Any = None
 
     def run(*args: Any, **kwargs: Any) -> Report:
-        nonlocal resolver
-        from app.collectors.kubelet import PodResolver
+        nonlocal pods
+        from app.collectors.kubelet import PodDirectory
         from app.investigation.engine import investigate
 
-        if resolver is None:
-            resolver = PodResolver(settings)
-        return investigate(*args, resolver=resolver, **kwargs)
+        if pods is None:
+            pods = PodDirectory(settings)
+        return investigate(*args, pods=pods, **kwargs)
 
     return run
 

@@ -79,7 +79,9 @@ def btf_path(settings: Settings) -> Path:
     return settings.sysfs_root / "kernel/btf/vmlinux"
 
 
-def resolve(settings: Settings) -> tuple[str | None, str]:
+def find_bpftrace(settings: Settings) -> tuple[str | None, str]:
+    """The bpftrace binary to run (a PATH lookup of settings.bpftrace_path) and "", or None and why it
+    cannot run (not found, or not root)."""
     bt = shutil.which(settings.bpftrace_path)
     if bt is None:
         return (
@@ -116,7 +118,7 @@ def test_load(settings: Settings, bt: str, program: str) -> tuple[bool, str]:
 
 
 def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, str]:
-    bt, why = resolve(settings)
+    bt, why = find_bpftrace(settings)
     if bt is None:
         return False, why
     btf = btf_path(settings)
@@ -129,7 +131,7 @@ def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, 
 
 
 def run(settings: Settings, request: TraceRequest, result: TraceResult, program: str) -> TraceResult:
-    bt, why = resolve(settings)
+    bt, why = find_bpftrace(settings)
     if bt is None:
         result.errors.append(why)
         return result

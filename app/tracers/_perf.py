@@ -43,7 +43,8 @@ STOP_GRACE = 10.0  # SIGINT -> perf writes its header and exits
 CANCEL_PARSE_SECONDS = 5.0  # after a cancel, parse at most this much longer
 
 
-def resolve_binary(path: str) -> str | None:
+def find_perf(path: str) -> str | None:
+    """The perf binary to run (a PATH lookup of `path`), or None when there is none."""
     return shutil.which(path)
 
 
@@ -144,7 +145,7 @@ def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[
 
 
 def available(settings: Settings, event_args: list[str]) -> tuple[bool, str]:
-    perf = resolve_binary(settings.perf_path)
+    perf = find_perf(settings.perf_path)
     if perf is None:
         return False, f"perf binary not found: {settings.perf_path!r} (settings.perf_path / PFI_PERF_PATH)"
     if problem := paranoid_problem(settings):
@@ -188,7 +189,7 @@ def run(
     script_fields: str | None,
 ) -> TraceResult:
     """Record event_args for the window, then parse `perf script -F script_fields` into result."""
-    perf = resolve_binary(settings.perf_path)
+    perf = find_perf(settings.perf_path)
     if perf is None:
         result.errors.append(f"perf binary not found: {settings.perf_path!r}")
         return result

@@ -1,0 +1,112 @@
+"""Fault addresses -> what backs them (a file, swap, shared memory, program code).
+
+Pure: takes the traced pages of one process and the maps snapshots taken of it, newest tried first
+(an address must be looked up in a snapshot that held it: a mapping may have been unmapped since).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from app.models import OffsetRange, Source, SourceKind
+from app.parsers.procfs import MapEntry, find_mapping
+
+HOT_RANGE_BYTES = 1 << 20  # hot ranges are reported at 1 MiB granularity
+MAX_HOT_RANGES = 5
+MAX_SOURCES = 20
+
+# tmpfs-backed shared memory: its pages come back from swap, not from a disk file.
+_SHMEM_PREFIXES = ("/dev/shm/", "/memfd:", "/SYSV", "/run/shm/")
+
+
+def mapping_kind(entry: MapEntry | None) -> SourceKind:
+    """The kind of memory a mapping is. Anonymous memory can only fault major when swapped out."""
+    if entry is None:
+        return SourceKind.UNKNOWN
+    path = entry.path
+    if path.startswith(_SHMEM_PREFIXES):
+        return SourceKind.SHMEM
+    if path == "" or path in ("[heap]", "[stack]") or path.startswith(("[anon", "[stack:")):
+        return SourceKind.SWAP
+    if path.startswith("["):  # [vdso], [vvar], [vsyscall], [uprobes]: kernel-provided pages
+        return SourceKind.UNKNOWN
+    if entry.is_exec:
+        return SourceKind.CODE
+    return SourceKind.FILE
+
+
+# What one source is: (kind, path, device, inode); anonymous memory leaves device and inode out.
+_SourceKey = tuple[SourceKind, str | None, str | None, int | None]
+
+
+@dataclass
+class _Acc:
+    kind: SourceKind
+    path: str | None
+    device: str | None
+    inode: int | None
+    faults: int = 0
+
+
+def sources_from_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> list[Source]:
+    """Group one process's traced pages ({page address: faults}) into sources, biggest first."""
+    total = sum(pages.values())
+    if total <= 0:
+        return []
+    accs: dict[_SourceKey, _Acc] = {}
+    offsets: dict[_SourceKey, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    newest_first = list(reversed(snapshots))
+    for page, count in pages.items():
+        entry = None
+        for snap in newest_first:
+            entry = find_mapping(snap, page)
+            if entry is not None:
+                break
+        kind = mapping_kind(entry)
+        if entry is None:
+            key: _SourceKey = (kind, None, None, None)
+        elif kind is SourceKind.SWAP:
+            # One source for all anonymous memory, named after the region when it has a name.
+            key = (kind, entry.path or None, None, None)
+        else:
+            key = (kind, entry.path, entry.dev, entry.inode)
+        acc = accs.get(key)
+        if acc is None:
+            acc = accs[key] = _Acc(kind, key[1], key[2], key[3])
+        acc.faults += count
+        if entry is not None and kind in (SourceKind.FILE, SourceKind.CODE, SourceKind.SHMEM):
+            offset = entry.offset + (page - entry.start)
+            offsets[key][offset // HOT_RANGE_BYTES] += count
+    ordered = sorted(accs.items(), key=lambda kv: (-kv[1].faults, str(kv[1].path)))
+    sources = []
+    for key, acc in ordered[:MAX_SOURCES]:
+        sources.append(
+            Source(
+                kind=acc.kind, path=acc.path, device=acc.device, inode=acc.inode,
+                faults=acc.faults, share=round(acc.faults / total, 4),
+                hot_ranges=hot_ranges(offsets.get(key, {})),
+            )
+        )
+    rest = ordered[MAX_SOURCES:]
+    if rest:
+        faults = sum(a.faults for _, a in rest)
+        sources.append(Source(kind=SourceKind.UNKNOWN, path=None, faults=faults,
+                              share=round(faults / total, 4), note=f"{len(rest)} smaller sources folded"))
+    return sources
+
+
+def hot_ranges(buckets: dict[int, int]) -> list[OffsetRange]:
+    """The busiest 1 MiB buckets, adjacent ones merged, in file order."""
+    if not buckets:
+        return []
+    top = sorted(buckets.items(), key=lambda kv: -kv[1])[:MAX_HOT_RANGES]
+    top.sort()
+    merged: list[OffsetRange] = []
+    for bucket, faults in top:
+        start, end = bucket * HOT_RANGE_BYTES, (bucket + 1) * HOT_RANGE_BYTES
+        if merged and merged[-1].end == start:
+            merged[-1] = OffsetRange(start=merged[-1].start, end=end, faults=merged[-1].faults + faults)
+        else:
+            merged.append(OffsetRange(start=start, end=end, faults=faults))
+    return merged
