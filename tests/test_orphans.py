@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["perf-major", "bpftrace-major"]
 INTO_WINDOW = 4.0
 AFTER_KILL = 2.0
-NO_PDEATHSIG = "import app.tracers._proc as p; p.PDEATHSIG = 0; "  # a predecessor whose tracers escape
+NO_PDEATHSIG = "import app.tracers._supervise as p; p.PDEATHSIG = 0; "  # a predecessor whose tracers escape
 
 
 def _need(*names: str) -> None:
