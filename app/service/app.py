@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
 from app.service.api import api, public
-from app.service.flight import Investigator
 from app.service.payload import PayloadError
 from app.service.peers import PeerDirectory
+from app.service.scheduler import Investigator
 from app.service.state import ServiceState
 from app.service.store import ReportStore
 
