@@ -461,7 +461,7 @@ def test_sinks_carry_the_lead_up():
 def test_text_output_shows_the_lead_up_or_why_not():
     from rich.console import Console
 
-    from app.investigation.text import render
+    from app.render_text import render
 
     console = Console(width=160, record=True)
     render(_stopped_report(), console)

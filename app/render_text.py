@@ -1,4 +1,4 @@
-"""The report as text for a terminal (rich)."""
+"""The report as text for a terminal (rich): what `pagefault-inspector investigate` prints."""
 
 from __future__ import annotations
 
