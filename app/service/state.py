@@ -101,7 +101,6 @@ class ServiceState:
         investigator: Investigator | None = None,
         store: ReportStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        kube_transport: httpx.AsyncBaseTransport | None = None,
         peers: PeerDirectory | None = None,
         token: str | None = None,
     ) -> ServiceState:
@@ -124,7 +123,7 @@ class ServiceState:
         client = httpx.AsyncClient(
             transport=transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
         )
-        kube = KubeApi.from_settings(settings, kube_transport)
+        kube = KubeApi.from_settings(settings)
         state = cls(
             settings=settings,
             tokens=tokens,
