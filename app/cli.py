@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _investigate(settings: Settings, args: Any) -> int:
     from app.investigation.engine import investigate
-    from app.investigation.text import render
+    from app.render_text import render
 
     updates: dict[str, Any] = {}
     if args.tracer:

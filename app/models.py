@@ -71,6 +71,15 @@ class OwnerRef(BaseModel):
     name: str
 
 
+def pod_display(namespace: str | None, name: str | None, uid: str, *, short: bool = False) -> str:
+    """How a pod is printed everywhere (terminal, pages, sinks, verdicts): `namespace/name` ('?' for a
+    namespace not known); a pod whose name was not found by its uid (`uid <uid>`, or when `short`, the
+    first 8 characters and a note, for the pages)."""
+    if name:
+        return f"{namespace or '?'}/{name}"
+    return f"pod {uid[:8]}… (name unresolved)" if short else f"uid {uid}"
+
+
 class PodRef(BaseModel):
     namespace: str | None = None
     name: str | None = None
@@ -82,6 +91,10 @@ class PodRef(BaseModel):
     owner: OwnerRef | None = None
     static: bool = False
     resolved_by: Literal["kubelet", "apiserver", "cgroup"] = "cgroup"
+
+    def display(self, *, short: bool = False) -> str:
+        """`namespace/name`, or the uid when the name is not known (see pod_display)."""
+        return pod_display(self.namespace, self.name, self.uid, short=short)
 
 
 class Pressure(BaseModel):
@@ -232,6 +245,10 @@ class HistoryPod(BaseModel):
     name: str | None = None
     uid: str
     container: str | None = None
+
+    def display(self, *, short: bool = False) -> str:
+        """`namespace/name`, or the uid when the name is not known (see pod_display)."""
+        return pod_display(self.namespace, self.name, self.uid, short=short)
 
 
 class HistoryCgroup(BaseModel):

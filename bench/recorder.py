@@ -35,9 +35,9 @@ TARGET_CPU_PCT, TARGET_MIB = 0.5, 10.0
 
 
 class _Names:
-    """A resolver that names every pod at once (steady state: lookups are cached per cgroup)."""
+    """A pods that names every pod at once (steady state: lookups are cached per cgroup)."""
 
-    def resolve(self, ref):  # type: ignore[no-untyped-def]
+    def pod_for(self, ref):  # type: ignore[no-untyped-def]
         from app.models import PodRef
 
         return PodRef(namespace="bench", name=f"pod-{ref.pod_uid[:8]}", uid=ref.pod_uid,
@@ -101,7 +101,7 @@ def measure_synthetic(workdir: Path) -> dict:
         return t
 
     cpu: list[float] = []
-    rec = FaultRecorder(base, proc, interval=INTERVAL, retention=RETENTION, resolver=_Names(), clock=lambda: clock[0])
+    rec = FaultRecorder(base, proc, interval=INTERVAL, retention=RETENTION, pods=_Names(), clock=lambda: clock[0])
     t = fill(rec, cpu)  # CPU: without tracemalloc (it slows every allocation)
     from datetime import UTC, datetime, timedelta
 
@@ -114,7 +114,7 @@ def measure_synthetic(workdir: Path) -> dict:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    rec2 = FaultRecorder(base, proc, interval=INTERVAL, retention=RETENTION, resolver=_Names(), clock=lambda: clock[0])
+    rec2 = FaultRecorder(base, proc, interval=INTERVAL, retention=RETENTION, pods=_Names(), clock=lambda: clock[0])
     fill(rec2, [])
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
@@ -153,7 +153,7 @@ def measure_real(samples: int = 20) -> dict:
 
     with real_v1_groups() as parent:
         rec = FaultRecorder(Path("/sys/fs/cgroup"), Path("/proc"), interval=INTERVAL, retention=RETENTION,
-                            resolver=_Names())
+                            pods=_Names())
         first = rec.sample()
         cpu = []
         for _ in range(samples):

@@ -203,7 +203,7 @@ def service(
 ) -> Iterator[tuple[httpx.Client, FakeEngine]]:
     """The API app of one node, served for real on loopback; yields a client for it."""
     engine = engine or FakeEngine()
-    app_kw = {k: kw.pop(k) for k in ("store", "transport", "kube_transport", "peers") if k in kw}
+    app_kw = {k: kw.pop(k) for k in ("store", "transport", "peers") if k in kw}
     app = create_app(make_settings(tmp_path, **kw), investigator=engine, token=TOKEN, **app_kw)
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=10) as client:
         yield client, engine

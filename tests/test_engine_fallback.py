@@ -98,7 +98,7 @@ def test_investigate_under_capabilities_is_exact(caps: list[str], file_workload:
 def _perf_wrapper(tmp_path: Path, window_start: str) -> str:
     """A perf that is the real one for the probe (`perf record ... -- true`) and does `window_start`
     when a window starts (perf record with --control)."""
-    real = _perf.resolve_binary("perf")
+    real = _perf.find_perf("perf")
     assert real
     path = tmp_path / "perf"
     path.write_text(

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from app.collectors.kubelet import PodResolver, kubelet_url
+from app.collectors.kubelet import PodDirectory, kubelet_url
 from app.config import Settings
 from app.models import OwnerRef
 from app.parsers.cgroup import parse_cgroup
@@ -79,16 +79,16 @@ APISERVER_CGROUP = parse_cgroup(
 
 def test_verified_tls_with_ca(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca))
-    index, attribution = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca))
+    index, attribution = pods.index()
     assert attribution.source == "kubelet" and attribution.error is None
     assert index is not None and len(index.pods) == 24
-    ref = resolver.resolve(APISERVER_CGROUP)
+    ref = pods.pod_for(APISERVER_CGROUP)
     assert ref is not None
     assert (ref.namespace, ref.name, ref.container, ref.static, ref.resolved_by) == (
         "kube-system", "kube-apiserver-datagen-1-35", "kube-apiserver", True, "kubelet")
     assert ref.container_id == "88e37f75c461dd32860815f6490cabf0edd2e77f835d1b2625142b3d98d52f27"
-    hpa = resolver.resolve(parse_cgroup(
+    hpa = pods.pod_for(parse_cgroup(
         "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3ea3ef66_5f89_43b7_b88b_6ee26f5b18a4.slice/"
         "cri-containerd-77bb57d9a0006a5ac95a6fa541b2f2a646943143fe1d906aaf70a392d9a62b83.scope"))
     assert hpa is not None and (hpa.namespace, hpa.name, hpa.container, hpa.owner) == (
@@ -98,14 +98,14 @@ def test_verified_tls_with_ca(tmp_path: Path, certs: Certs, serve, no_apiserver_
 
 def test_cache_hit_within_cache_seconds(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_cache_seconds=30))
-    first, _ = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_cache_seconds=30))
+    first, _ = pods.index()
     for _ in range(5):
-        again, attribution = resolver.index()
-        resolver.resolve(APISERVER_CGROUP)
+        again, attribution = pods.index()
+        pods.pod_for(APISERVER_CGROUP)
         assert again is first and attribution.source == "kubelet"
     assert len(kubelet.requests) == 1
-    uncached = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_cache_seconds=0))
+    uncached = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_cache_seconds=0))
     uncached.index()
     uncached.index()
     assert len(kubelet.requests) == 3
@@ -120,8 +120,8 @@ def test_wrong_ca_fails_clearly_and_falls_back(  # type: ignore[no-untyped-def]
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True,
                          **_sa(sa_dir))
-    resolver = PodResolver(settings)
-    index, attribution = resolver.index()
+    pods = PodDirectory(settings)
+    index, attribution = pods.index()
     assert attribution.source == "apiserver", attribution.error
     assert attribution.error is not None and attribution.error.startswith("kubelet TLS error:")
     assert "unable to get local issuer certificate" in attribution.error or "verify" in attribution.error
@@ -130,39 +130,39 @@ def test_wrong_ca_fails_clearly_and_falls_back(  # type: ignore[no-untyped-def]
     # The API server was asked for this node's pods only.
     (request,) = api.requests
     assert parse_qs(urlsplit(request).query) == {"fieldSelector": [f"spec.nodeName={NODE}"]}
-    ref = resolver.resolve(APISERVER_CGROUP)
+    ref = pods.pod_for(APISERVER_CGROUP)
     assert ref is not None and ref.resolved_by == "apiserver" and ref.name == "kube-apiserver-datagen-1-35"
 
 
 def test_wrong_ca_without_fallback(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True,
+    pods = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.wrong_ca, apiserver_fallback=True,
                                      apiserver_token_file=tmp_path / "no-token"))
-    index, attribution = resolver.index()
+    index, attribution = pods.index()
     assert index is None and attribution.source == "none"
     assert attribution.error is not None and attribution.error.startswith("kubelet TLS error:")
     # Nothing resolves through a list, but the cgroup still gives the pod UID, container and QoS.
-    ref = resolver.resolve(APISERVER_CGROUP)
+    ref = pods.pod_for(APISERVER_CGROUP)
     assert ref is not None and ref.resolved_by == "cgroup" and ref.name is None
     assert (ref.uid, ref.qos_class, ref.runtime) == ("8ac8c3a9ee4d182b8d934f20e971ada7", "Burstable", "containerd")
     # A plain docker container outside Kubernetes is not a pod.
-    assert resolver.resolve(parse_cgroup("0::/system.slice/docker-" + "a" * 64 + ".scope")) is None
-    assert resolver.resolve(None) is None
+    assert pods.pod_for(parse_cgroup("0::/system.slice/docker-" + "a" * 64 + ".scope")) is None
+    assert pods.pod_for(None) is None
 
 
 def test_system_cas_reject_self_signed(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35))
-    _, attribution = PodResolver(_settings(tmp_path, kubelet.url)).index()
+    _, attribution = PodDirectory(_settings(tmp_path, kubelet.url)).index()
     assert attribution.source == "none" and attribution.error is not None
     assert attribution.error.startswith("kubelet TLS error:")
 
 
 def test_skip_verify(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_GKE))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_insecure_skip_tls_verify=True))
-    index, attribution = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_insecure_skip_tls_verify=True))
+    index, attribution = pods.index()
     assert attribution.source == "kubelet" and index is not None, attribution.error
-    ref = resolver.resolve(parse_cgroup(
+    ref = pods.pod_for(parse_cgroup(
         "10:memory:/kubepods/pod0faa708c-da09-11e9-b8b8-42010af002dd/"
         "6eaa4782de428f5ea639e33a837ed47aa9fa9e6969f8cb23e39ff788a751ce7d"))
     assert ref is not None
@@ -171,13 +171,13 @@ def test_skip_verify(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None
 
 def test_wrong_token_401(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", "the-right-token", PODLIST_1_35))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca))
-    index, attribution = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca))
+    index, attribution = pods.index()
     assert index is None and attribution.source == "none"
     assert attribution.error == "kubelet answered 401 Unauthorized (the token was not accepted)"
     # A missing token file says so.
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_token_file=tmp_path / "none")
-    _, attribution = PodResolver(settings).index()
+    _, attribution = PodDirectory(settings).index()
     assert attribution.error == "kubelet answered 401 Unauthorized (no token was sent)"
 
 
@@ -185,35 +185,35 @@ def test_timeout(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) ->
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, delay=2.0))
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=0.3)
     t = time.monotonic()
-    index, attribution = PodResolver(settings).index()
+    index, attribution = PodDirectory(settings).index()
     assert time.monotonic() - t < 1.5
     assert index is None and attribution.error == "kubelet timed out after 0.3s"
 
 
 def test_response_size_bounded(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35))
-    resolver = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca), max_response_bytes=64 * 1024)
-    index, attribution = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca), max_response_bytes=64 * 1024)
+    index, attribution = pods.index()
     assert index is None and attribution.error is not None
     assert attribution.error.startswith("kubelet response larger than")
 
 
 def test_not_a_podlist(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, json.dumps({"kind": "Status", "code": 500}).encode()))
-    _, attribution = PodResolver(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca)).index()
+    _, attribution = PodDirectory(_settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca)).index()
     assert attribution.error is not None and attribution.error.startswith("kubelet sent no PodList")
 
 
 def test_connection_refused(tmp_path: Path, no_apiserver_env: None) -> None:
-    _, attribution = PodResolver(_settings(tmp_path, "https://127.0.0.1:1", kubelet_insecure_skip_tls_verify=True)).index()
+    _, attribution = PodDirectory(_settings(tmp_path, "https://127.0.0.1:1", kubelet_insecure_skip_tls_verify=True)).index()
     assert attribution.source == "none" and attribution.error is not None
     assert attribution.error.startswith("kubelet unreachable:")
 
 
 def test_neither_configured(tmp_path: Path, no_apiserver_env: None) -> None:
-    resolver = PodResolver(_settings(tmp_path, None, apiserver_fallback=True))
-    assert resolver.index() == (None, resolver.index()[1])
-    assert resolver.index()[1].model_dump() == {"source": "none", "error": "no kubelet URL configured"}
+    pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True))
+    assert pods.index() == (None, pods.index()[1])
+    assert pods.index()[1].model_dump() == {"source": "none", "error": "no kubelet URL configured"}
 
 
 def test_apiserver_only(  # type: ignore[no-untyped-def]
@@ -223,14 +223,14 @@ def test_apiserver_only(  # type: ignore[no-untyped-def]
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_GKE))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
-    resolver = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir)))
-    index, attribution = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir)))
+    index, attribution = pods.index()
     assert attribution.model_dump() == {"source": "apiserver", "error": "no kubelet URL configured"}
     assert index is not None and len(index.pods) == 9
     # The API server rejecting the token is reported after the kubelet's reason.
     (sa_dir / "token").write_text("wrong")
     again = _settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir))
-    _, attribution = PodResolver(again).index()
+    _, attribution = PodDirectory(again).index()
     assert attribution.source == "none"
     assert attribution.error == ("no kubelet URL configured; API server answered 401 Unauthorized "
                                  f"(the token was not accepted) to pods on node {GKE_NODE}: Unauthorized")
@@ -244,11 +244,11 @@ def test_ipv6_kubelet_reached_through_node_ip(tmp_path: Path, certs: Certs, serv
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, host="::1"))
     settings = _settings(tmp_path, None, kubelet_ca_file=certs.ca, node_ip="::1", kubelet_port=kubelet.port)
     assert kubelet_url(settings) == f"https://[::1]:{kubelet.port}"
-    resolver = PodResolver(settings)
-    ref = resolver.resolve(APISERVER_CGROUP)
+    pods = PodDirectory(settings)
+    ref = pods.pod_for(APISERVER_CGROUP)
     assert ref is not None and (ref.namespace, ref.name, ref.resolved_by) == (
         "kube-system", "kube-apiserver-datagen-1-35", "kubelet")
-    assert resolver.index()[1].model_dump() == {"source": "kubelet", "error": None}
+    assert pods.index()[1].model_dump() == {"source": "kubelet", "error": None}
     assert kubelet.requests == ["/pods"]
     # The default port, and a list of node IPs (dual stack: the first is used).
     assert kubelet_url(Settings(node_ip="fd00::5, 10.0.3.7", kubelet_url=None)) == "https://[fd00::5]:10250"
@@ -265,7 +265,7 @@ def test_ipv6_kubelet_reached_through_node_ip(tmp_path: Path, certs: Certs, serv
     ("kubelet:10250", "must start with https://"),
 ])
 def test_bad_kubelet_url_is_an_attribution_error(tmp_path: Path, url: str, reason: str, no_apiserver_env: None) -> None:
-    index, attribution = PodResolver(_settings(tmp_path, url)).index()
+    index, attribution = PodDirectory(_settings(tmp_path, url)).index()
     assert index is None and attribution.source == "none"
     assert attribution.error is not None and attribution.error.startswith("kubelet URL") and reason in attribution.error
 
@@ -275,7 +275,7 @@ def test_trickling_kubelet_ends_at_the_overall_deadline(tmp_path: Path, certs: C
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, trickle=2.0))
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=3.0)
     t = time.monotonic()
-    index, attribution = PodResolver(settings).index()
+    index, attribution = PodDirectory(settings).index()
     took = time.monotonic() - t
     assert index is None and attribution.error == "kubelet timed out after 3s"
     assert 2.9 < took < 4.5, took
@@ -287,7 +287,7 @@ def test_silent_kubelet_and_silent_apiserver(tmp_path: Path, certs: Certs, serve
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=1.0,
                          apiserver_fallback=True, apiserver_url=api.url, apiserver_timeout_seconds=1.0, **_sa(sa_dir))
     t = time.monotonic()
-    index, attribution = PodResolver(settings).index()
+    index, attribution = PodDirectory(settings).index()
     assert time.monotonic() - t < 3.5
     assert index is None and attribution.error == (
         f"kubelet timed out after 1s; API server timed out after 1s (pods on node {NODE})")
@@ -298,14 +298,14 @@ def test_apiserver_wrong_ca_and_missing_ca(tmp_path: Path, certs: Certs, serve, 
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
     wrong = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=api.url,
                       apiserver_token_file=sa_dir / "token", apiserver_ca_file=certs.wrong_ca)
-    _, attribution = PodResolver(wrong).index()
+    _, attribution = PodDirectory(wrong).index()
     assert attribution.source == "none" and attribution.error is not None
     assert attribution.error.startswith("no kubelet URL configured; API server TLS error:")
     missing = wrong.model_copy(update={"apiserver_ca_file": tmp_path / "nope.crt"})
-    _, attribution = PodResolver(missing).index()
+    _, attribution = PodDirectory(missing).index()
     assert attribution.error == f"no kubelet URL configured; API server CA file {tmp_path / 'nope.crt'} does not exist"
     garbage = wrong.model_copy(update={"apiserver_url": "https://fd00::1:6443"})
-    _, attribution = PodResolver(garbage).index()
+    _, attribution = PodDirectory(garbage).index()
     assert attribution.error is not None and "an IPv6 address needs brackets" in attribution.error
 
 
@@ -314,10 +314,10 @@ def test_apiserver_answer_for_another_node_is_dropped(tmp_path: Path, certs: Cer
     none of them may name a process here."""
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_GKE))
     settings = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=api.url, **_sa(sa_dir))
-    resolver = PodResolver(settings)
-    index, attribution = resolver.index()
+    pods = PodDirectory(settings)
+    index, attribution = pods.index()
     assert attribution.source == "apiserver" and index is not None and index.pods == []
-    ref = resolver.resolve(parse_cgroup(
+    ref = pods.pod_for(parse_cgroup(
         "10:memory:/kubepods/pod0faa708c-da09-11e9-b8b8-42010af002dd/"
         "6eaa4782de428f5ea639e33a837ed47aa9fa9e6969f8cb23e39ff788a751ce7d"))
     assert ref is not None and ref.resolved_by == "cgroup" and ref.name is None
@@ -327,7 +327,7 @@ def test_node_name_that_is_not_dns1123_is_never_sent(tmp_path: Path, certs: Cert
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
     settings = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=api.url,
                          node_name="x,metadata.name!=y", **_sa(sa_dir))
-    _, attribution = PodResolver(settings).index()
+    _, attribution = PodDirectory(settings).index()
     assert attribution.error == ("no kubelet URL configured; node name 'x,metadata.name!=y' is not a "
                                  "DNS-1123 name: not sent to the API server")
     assert api.requests == []
@@ -342,14 +342,14 @@ def test_apiserver_through_a_kubeconfig(tmp_path: Path, certs: Certs, serve, no_
         "users": [{"name": "u", "user": {"token": SA_TOKEN}}],
         "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}],
     }))
-    resolver = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig))
-    index, attribution = resolver.index()
+    pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig))
+    index, attribution = pods.index()
     assert attribution.source == "apiserver" and index is not None and len(index.pods) == 24
     (request,) = api.requests
     assert parse_qs(urlsplit(request).query) == {"fieldSelector": [f"spec.nodeName={NODE}"]}
     broken = tmp_path / "broken"
     broken.write_text("clusters: [")
-    _, attribution = PodResolver(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=broken)).index()
+    _, attribution = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=broken)).index()
     assert attribution.error is not None and "API server configuration (kubeconfig) unusable" in attribution.error
 
 

@@ -60,7 +60,7 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
     add("app.parsers.procfs", "import app.service.state")  # a parser reaching up
     add("app.investigation.diagnose", "import app.service.store")  # the investigation reaching the service
     add("app.tracers.perf_major", "import app.tracers.bpftrace_major")  # one backend using another
-    add("app.tracers._proc", "import app.tracers.registry")  # a shared helper knowing the backends
+    add("app.tracers._supervise", "import app.tracers.registry")  # a shared helper knowing the backends
     add("app.collectors.kubelet", "import kubernetes")  # the kubernetes client outside its module
     add("app.collectors.apiserver", "import kubernetes")  # ...and inside it: allowed
 
@@ -72,7 +72,7 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
         "app.parsers.procfs -> app.service.state",
         "app.investigation.diagnose -> app.service.store",
         "app.tracers.perf_major -> app.tracers.bpftrace_major",
-        "app.tracers._proc -> app.tracers.registry",
+        "app.tracers._supervise -> app.tracers.registry",
         "app.collectors.kubelet -> kubernetes",
     ):
         assert broken in out, f"{broken} not reported:\n{out[-6000:]}"

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["perf-major", "bpftrace-major"]
 INTO_WINDOW = 4.0
 AFTER_KILL = 2.0
-NO_PDEATHSIG = "import app.tracers._proc as p; p.PDEATHSIG = 0; "  # a predecessor whose tracers escape
+NO_PDEATHSIG = "import app.tracers._supervise as p; p.PDEATHSIG = 0; "  # a predecessor whose tracers escape
 
 
 def _need(*names: str) -> None:
@@ -246,7 +246,7 @@ def test_bpftrace_program_ends_itself(file_workload: WorkloadProcess) -> None:
     """The self-exit probe: a program nobody stops ends after its N seconds, printing its maps."""
     _need("bpftrace-major")
     settings = Settings()
-    bt, _ = _bpftrace.resolve(settings)
+    bt, _ = _bpftrace.find_bpftrace(settings)
     assert bt
     text = _bpftrace.program_text("major_faults.bt", None, exit_after=2)
     assert "interval:s:2 { exit(); }" in text

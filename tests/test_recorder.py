@@ -1,5 +1,5 @@
 """The flight recorder's ring, cgroup discovery and the verdict that reads the lead-up. Pure: synthetic
-cgroup trees under tmp_path (shaped like real v1 and v2 nodes), a fake clock and a fake resolver."""
+cgroup trees under tmp_path (shaped like real v1 and v2 nodes), a fake clock and a fake pod directory."""
 
 from __future__ import annotations
 
@@ -91,14 +91,14 @@ V2_A2 = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_A.
 V2_B = f"/kubepods.slice/kubepods-pod{UID_B.replace('-', '_')}.slice/cri-containerd-{CID_3}.scope"
 
 
-class Resolver:
+class FakePods:
     """Names pods like the kubelet would; counts lookups."""
 
     def __init__(self, names: dict[str, tuple[str, str, str]]) -> None:
         self.names = names  # container id -> (namespace, pod, container)
         self.calls: list[str] = []
 
-    def resolve(self, ref: CgroupRef | None) -> PodRef | None:
+    def pod_for(self, ref: CgroupRef | None) -> PodRef | None:
         assert ref is not None and ref.pod_uid
         self.calls.append(ref.container_id or "")
         hit = self.names.get(ref.container_id or "")
@@ -116,9 +116,9 @@ class Clock:
         return self.t
 
 
-def _recorder(node: Node, resolver=None, interval=10.0, retention=60.0, **kw) -> tuple[FaultRecorder, Clock]:
+def _recorder(node: Node, pods=None, interval=10.0, retention=60.0, **kw) -> tuple[FaultRecorder, Clock]:
     clock = Clock()
-    rec = FaultRecorder(node.cg, node.proc, interval=interval, retention=retention, resolver=resolver,
+    rec = FaultRecorder(node.cg, node.proc, interval=interval, retention=retention, pods=pods,
                         clock=clock, **kw)
     return rec, clock
 
@@ -173,7 +173,7 @@ def test_series_follow_names_across_restarts_and_gone_pods(tmp_path):
     n = Node(tmp_path, 2)
     n.set(V2_A1, 1000)  # existed before the recorder: a baseline, not faults
     n.set("/system.slice/cron.service", 0)
-    res = Resolver({CID_1: ("billing", "nightly-report", "report"), CID_2: ("billing", "nightly-report", "report")})
+    res = FakePods({CID_1: ("billing", "nightly-report", "report"), CID_2: ("billing", "nightly-report", "report")})
     n.node(5000)
     rec, clock = _recorder(n, res)
     assert rec.sample().node_delta == 0, "the first reading is a baseline"
@@ -214,7 +214,7 @@ def test_series_follow_names_across_restarts_and_gone_pods(tmp_path):
 def test_retention_ages_out_and_frees_gone_series(tmp_path):
     n = Node(tmp_path, 1)
     n.set(f"/kubepods/burstable/pod{UID_A}/{CID_1}", 0)
-    rec, clock = _recorder(n, Resolver({CID_1: ("ns", "p", "c")}), interval=10, retention=60)
+    rec, clock = _recorder(n, FakePods({CID_1: ("ns", "p", "c")}), interval=10, retention=60)
     assert rec.slots == 7 and rec.retention == 60
     rec.sample()
     n.set(f"/kubepods/burstable/pod{UID_A}/{CID_1}", 500)
@@ -266,7 +266,7 @@ def test_counter_reset_new_group_and_series_cap(tmp_path):
 
 def test_unnamed_pod_is_asked_again_and_renamed(tmp_path):
     n = Node(tmp_path, 2)
-    res = Resolver({})
+    res = FakePods({})
     rec, clock = _recorder(n, res)
     rec.sample()
     n.set(V2_B, 70)  # the kubelet does not list it yet
@@ -461,7 +461,7 @@ def test_sinks_carry_the_lead_up():
 def test_text_output_shows_the_lead_up_or_why_not():
     from rich.console import Console
 
-    from app.investigation.text import render
+    from app.render_text import render
 
     console = Console(width=160, record=True)
     render(_stopped_report(), console)
@@ -475,7 +475,7 @@ def test_text_output_shows_the_lead_up_or_why_not():
 
 def test_restart_named_late_joins_the_containers_series(tmp_path):
     n = Node(tmp_path, 2)
-    res = Resolver({CID_1: ("shop", "cart-0", "cart")})
+    res = FakePods({CID_1: ("shop", "cart-0", "cart")})
     rec, clock = _recorder(n, res)
     rec.sample()
     n.set(V2_A1, 100)

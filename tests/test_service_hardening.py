@@ -20,7 +20,7 @@ import pytest
 
 from app.config import Settings
 from app.models import Report, Trigger
-from app.service import flight, state
+from app.service import scheduler, state
 from app.service.app import create_app, create_ui_app, ui_exposure_warning
 from app.service.logs import JsonFormatter, SafeTextFormatter
 from app.service.store import ReportStore
@@ -157,7 +157,7 @@ def test_sink_delivery_pending_at_stop_is_made_after_restart(tmp_path: Path) -> 
 def test_a_stage_past_its_deadline_gives_a_failed_report_and_the_next_alert_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flight, "CANCEL_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(scheduler, "CANCEL_GRACE_SECONDS", 0.5)
     stuck = threading.Event()
     release = threading.Event()
 

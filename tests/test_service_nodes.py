@@ -16,7 +16,7 @@ import pytest
 
 from app.service.app import create_app
 from app.service.kube import KubeApi
-from app.service.nodes import NodeIdentity, Resolution, names_match, resolve_node, split_host
+from app.service.nodes import NodeIdentity, Resolution, names_match, node_for_alert, split_host
 from app.service.peers import KubePeers, parse_static_peers
 from tests.service_support import AUTH, TOKEN, FakeEngine, LiveServer, firing, make_settings, wait_for
 from tests.tls_standin import ApiServer, Certs, StandIn
@@ -116,8 +116,8 @@ CASES: list[tuple[str, dict[str, str], Resolution]] = [
 
 
 @pytest.mark.parametrize(("labels", "expected"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_resolve_node(labels: dict[str, str], expected: Resolution) -> None:
-    assert resolve_node(labels, LOCAL, OTHERS) == expected
+def test_node_for_alert(labels: dict[str, str], expected: Resolution) -> None:
+    assert node_for_alert(labels, LOCAL, OTHERS) == expected
 
 
 @pytest.mark.parametrize(
@@ -275,13 +275,13 @@ def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path
         "import asyncio, sys\n"
         "from app.config import Settings\n"
         "from app.service.state import ServiceState\n"
-        "from app.collectors.kubelet import PodResolver\n"
+        "from app.collectors.kubelet import PodDirectory\n"
         "async def main():\n"
         f"    s = Settings(data_dir={str(tmp_path / 'd')!r}, namespace='pfi', peer_label_selector='app=pfi',\n"
         "                 kubernetes_events=True, apiserver_url='https://127.0.0.1:1')\n"
         "    state = await ServiceState.start(s, token='t' * 24)\n"
         "    await asyncio.sleep(0.2)\n"
-        "    PodResolver(s.model_copy(update={'apiserver_fallback': False})).index()\n"
+        "    PodDirectory(s.model_copy(update={'apiserver_fallback': False})).index()\n"
         "    print('kubernetes' in sys.modules, state.kube is not None, len(state.sinks))\n"
         "    await state.stop()\n"
         "asyncio.run(main())\n"
@@ -369,6 +369,6 @@ def test_label_values_never_reach_a_selector(
 
 
 def test_invalid_node_label_falls_through_to_a_valid_one() -> None:
-    res = resolve_node({"node": "x,metadata.name!=y", "instance": "10.0.3.7:9100"}, LOCAL, OTHERS)
+    res = node_for_alert({"node": "x,metadata.name!=y", "instance": "10.0.3.7:9100"}, LOCAL, OTHERS)
     assert res == Resolution("local", LOCAL.name, "instance", "10.0.3.7:9100")
-    assert resolve_node({"node": "a b"}, LOCAL, OTHERS) == Resolution("invalid", None, "node", "a b")
+    assert node_for_alert({"node": "a b"}, LOCAL, OTHERS) == Resolution("invalid", None, "node", "a b")

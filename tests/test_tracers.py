@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from app.config import Settings
-from app.tracers import _bpftrace, _proc
+from app.tracers import _bpftrace, _supervise
 from app.tracers.base import TraceRequest, TraceResult
 from app.tracers.registry import ORDER, make_tracer, probe, select
 from tests.workloads import WorkloadProcess, majflt, swap_workload
@@ -101,7 +101,7 @@ def processes_running(marker: str) -> list[int]:
 
 
 def assert_nothing_left() -> None:
-    assert _proc.live_count() == 0
+    assert _supervise.live_count() == 0
     left = [(p.pid, _cmd(p)) for p in tracer_children()]
     assert not left, f"tracer processes left behind: {left}"
 
@@ -201,7 +201,7 @@ def test_every_bt_program_passes_a_dry_run() -> None:
     for program in programs:
         # bpftrace 0.17: -d is its dry run (parse, semantic checks, codegen; nothing attached)
         res = subprocess.run([bt, "-d", str(program)], capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, f"{program.name}: {_proc.first_error_line(res.stderr)}"
+        assert res.returncode == 0, f"{program.name}: {_supervise.first_error_line(res.stderr)}"
         head = program.read_text().split("*/")[0]
         assert "Example output" in head and "Needs:" in head, f"{program.name}: header comment"
 

@@ -25,7 +25,7 @@ from app.models import Attribution, PodRef
 from app.parsers.cgroup import CgroupRef
 from app.parsers.kubelet import PodIndex, parse_podlist
 
-__all__ = ["PodResolver", "kubelet_url"]
+__all__ = ["PodDirectory", "kubelet_url"]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _QOS_NAMES = {"guaranteed": "Guaranteed", "burstable": "Burstable", "besteffort": "BestEffort"}
@@ -51,7 +51,7 @@ def kubelet_url(settings: Settings) -> str | None:
     return host_url(ips[0], settings.kubelet_port) if ips else None
 
 
-class PodResolver:
+class PodDirectory:
     """Pod lookups for one node, with the PodList cached."""
 
     def __init__(self, settings: Settings, *, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
@@ -161,7 +161,7 @@ class PodResolver:
         with self._lock:
             self._cached = None
 
-    def resolve(self, ref: CgroupRef | None) -> PodRef | None:
+    def pod_for(self, ref: CgroupRef | None) -> PodRef | None:
         """The pod of a cgroup; from the cgroup path alone (resolved_by 'cgroup') when no list names it."""
         if ref is None or (ref.pod_uid is None and ref.container_id is None):
             return None

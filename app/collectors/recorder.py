@@ -17,7 +17,7 @@ Units never nest, so their counts add up (discover_units):
     group that has units below it (v1 allows that) are counted by the node's series only.
 
 Series: one per container *by name* (namespace/pod/container, looked up once per new cgroup through
-the PodResolver and cached), so a container that restarts (a new cgroup) continues its series and a
+the PodDirectory and cached), so a container that restarts (a new cgroup) continues its series and a
 pod that is gone keeps it until it ages out of the retention. Host groups are keyed by path.
 
 Memory is fixed: `slots` intervals (retention / interval, at most MAX_SLOTS) of 4-byte counts for the
@@ -64,8 +64,8 @@ LOOKUP_RETRIES = 4  # a pod the kubelet did not name yet is asked again, this ma
 LOOKUP_BACKOFF_TICKS = (1, 3, 6, 12)
 
 
-class Resolver(Protocol):
-    def resolve(self, ref: CgroupRef | None) -> PodRef | None: ...
+class PodLookup(Protocol):
+    def pod_for(self, ref: CgroupRef | None) -> PodRef | None: ...
 
 
 # --- where the counters are -----------------------------------------------------------------------
@@ -191,7 +191,7 @@ class _Group:
     key: str
     last: int | None = None  # the counter at the last read
     lookups: int = 0
-    retry_tick: int | None = None  # ask the resolver again at this tick (pod not named yet)
+    retry_tick: int | None = None  # ask the pod directory again at this tick (pod not named yet)
     born: int = 0  # the tick it was found at
 
 
@@ -237,7 +237,7 @@ class FaultRecorder:
         *,
         interval: float,
         retention: float,
-        resolver: Resolver | None = None,
+        pods: PodLookup | None = None,
         max_series: int = MAX_SERIES,
         max_dirs: int = MAX_DIRS,
         clock: Callable[[], float] = time.time,
@@ -249,7 +249,7 @@ class FaultRecorder:
         self.interval = float(interval)
         self.slots = max(2, min(MAX_SLOTS, math.ceil(retention / interval) + 1))
         self.retention = (self.slots - 1) * self.interval
-        self.resolver = resolver
+        self.pods = pods
         self.max_series = max_series
         self.max_dirs = max_dirs
         self.clock = clock
@@ -298,10 +298,10 @@ class FaultRecorder:
 
     def _lookup(self, unit: Unit) -> tuple[str, HistoryPod | None]:
         pod: PodRef | None = None
-        if unit.ref is not None and unit.ref.pod_uid is not None and self.resolver is not None:
+        if unit.ref is not None and unit.ref.pod_uid is not None and self.pods is not None:
             try:
-                pod = self.resolver.resolve(unit.ref)
-            except Exception as exc:  # a resolver bug must not stop the recorder
+                pod = self.pods.pod_for(unit.ref)
+            except Exception as exc:  # a pod directory bug must not stop the recorder
                 log.warning("pod lookup for %s failed: %s", unit.path, exc)
         return _key_of(unit, pod)
 

@@ -30,9 +30,9 @@ def _mib(n: int | None) -> str:
 def who(p: ProcessReport) -> str:
     if p.pod and p.pod.name:
         c = f" container {p.pod.container}" if p.pod.container else ""
-        return f"pod {p.pod.namespace}/{p.pod.name}{c}"
+        return f"pod {p.pod.display()}{c}"
     if p.pod:
-        return f"pod uid {p.pod.uid}"
+        return f"pod {p.pod.display()}"
     return f"host process {p.comm} (pid {p.pid})"
 
 

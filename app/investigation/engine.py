@@ -1,4 +1,4 @@
-"""The timed investigation of one node: rank, trace, resolve, attribute, diagnose.
+"""The timed investigation of one node: rank, trace, find the sources, attribute, diagnose.
 
 Blocking; the CLI calls it directly and the service in a worker thread. The tracer runs in its own
 thread for the window while this thread samples procfs once a second.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.collectors.cgroupmem import cgroup_memory_problem, read_cgroup_memory
-from app.collectors.kubelet import PodResolver
+from app.collectors.kubelet import PodDirectory
 from app.collectors.procfs import ProcFS
 from app.config import Settings
 from app.models import (
@@ -35,8 +35,8 @@ from app.tracers.registry import candidates, make_tracer, mark_failed
 
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
-from .resolve import resolve_pages
 from .sampler import ProcessTrack, Sampler
+from .sources import sources_from_pages
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def investigate(
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
     procfs: ProcFS | None = None,
-    resolver: PodResolver | None = None,
+    pods: PodDirectory | None = None,
     tracers: Sequence[Tracer] | None = None,
 ) -> Report:
     """Investigate this node for `seconds`.
@@ -298,7 +298,7 @@ def investigate(
     sampler.final_snapshot([t.pid for t in chosen])
 
     node_stats = collect_node_stats(procfs, sampler, elapsed)
-    resolver = resolver or PodResolver(settings)
+    pods = pods or PodDirectory(settings)
     attribution = Attribution()
     need_pods = False
     refs: dict[int, CgroupRef | None] = {}
@@ -306,7 +306,7 @@ def investigate(
         ref = refs[t.pid] = procfs.cgroup(t.pid)
         need_pods = need_pods or bool(ref and ref.pod_uid)
     if need_pods:
-        _, attribution = resolver.index()
+        _, attribution = pods.index()
         if attribution.error:
             warnings.append(f"pod names: {attribution.error}")
 
@@ -315,7 +315,7 @@ def investigate(
     processes: list[ProcessReport] = []
     for t in chosen:
         processes.append(
-            build_process(settings, procfs, sampler, t, trace, refs.get(t.pid), resolver, mem_cache,
+            build_process(settings, procfs, sampler, t, trace, refs.get(t.pid), pods, mem_cache,
                           elapsed, my_mnt_ns)
         )
     for p in processes:
@@ -349,7 +349,7 @@ def build_process(
     t: ProcessTrack,
     trace: TraceResult,
     ref: CgroupRef | None,
-    resolver: PodResolver,
+    pods: PodDirectory,
     mem_cache: dict[str, CgroupMemory | None],
     elapsed: float,
     my_mnt_ns: str | None,
@@ -365,11 +365,11 @@ def build_process(
         read_rate = read_bytes / max(elapsed - t.io_first_tick, 1.0)
     smaps = None
     if pages:
-        sources = resolve_pages(pages, t.maps)
+        sources = sources_from_pages(pages, t.maps)
     else:
         smaps = procfs.smaps(t.pid) if not t.exited else None
         sources = estimate_sources(t.major_faults, read_bytes, smaps, sampler.swap_evidence(t))
-    pod = resolver.resolve(ref) if ref is not None and ref.pod_uid else None
+    pod = pods.pod_for(ref) if ref is not None and ref.pod_uid else None
     mem = None
     if ref is not None and ref.path not in ("", "/"):
         key = f"{ref.version}:{ref.path}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from app.models import Source, SourceKind
 from app.parsers.procfs import SmapsEntry
 
-from .resolve import classify
+from .sources import mapping_kind
 
 PAGE = 4096
 MAX_LISTED = 5
@@ -110,7 +110,7 @@ def estimate_sources(
     if swap_faults > 0:
         by_kind: dict[tuple[SourceKind, str | None], int] = {}
         for e in swapped:
-            kind = classify(e.mapping)
+            kind = mapping_kind(e.mapping)
             if kind not in (SourceKind.SWAP, SourceKind.SHMEM):
                 kind = SourceKind.SWAP
             key = (kind, e.mapping.path or None if kind is SourceKind.SHMEM else None)
@@ -127,7 +127,7 @@ def estimate_sources(
             ))
     if file_faults > 0:
         big = sorted(
-            (e for e in (smaps or []) if classify(e.mapping) in (SourceKind.FILE, SourceKind.CODE)),
+            (e for e in (smaps or []) if mapping_kind(e.mapping) in (SourceKind.FILE, SourceKind.CODE)),
             key=lambda e: -(e.mapping.end - e.mapping.start),
         )
         names: list[str] = []

@@ -58,11 +58,9 @@ def lead_up_since(trigger: Trigger, until: datetime) -> datetime:
 
 
 def who(c: HistoryCgroup) -> str:
-    if c.pod is not None and c.pod.name:
-        container = f" container {c.pod.container}" if c.pod.container else ""
-        return f"pod {c.pod.namespace}/{c.pod.name}{container}"
     if c.pod is not None:
-        return f"pod uid {c.pod.uid}"
+        container = f" container {c.pod.container}" if c.pod.name and c.pod.container else ""
+        return f"pod {c.pod.display()}{container}"
     return f"cgroup {c.cgroup}"
 
 

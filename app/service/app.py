@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
 from app.service.api import api, public
-from app.service.flight import Investigator
 from app.service.payload import PayloadError
 from app.service.peers import PeerDirectory
+from app.service.scheduler import Investigator
 from app.service.state import ServiceState
 from app.service.store import ReportStore
 
@@ -149,12 +149,12 @@ def create_app(
     investigator: Investigator | None = None,
     store: ReportStore | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    kube_transport: httpx.AsyncBaseTransport | None = None,
     peers: PeerDirectory | None = None,
     token: str | None = None,
 ) -> FastAPI:
     """The API app. Seams for tests: `investigator` (the engine), `store`, `transport` (outbound
-    HTTP: forwarding, sinks, peers), `kube_transport` (the API server), `peers`, `token`."""
+    HTTP: forwarding, sinks, peers), `peers`, `token`. The API server is reached through
+    PFI_APISERVER_URL (tests point it at a TLS stand-in)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -164,7 +164,6 @@ def create_app(
             investigator=investigator,
             store=store,
             transport=transport,
-            kube_transport=kube_transport,
             peers=peers,
             token=token,
         )

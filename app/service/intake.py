@@ -25,7 +25,7 @@ from app.service.nodes import (
     Resolution,
     as_ip,
     host_is_valid,
-    resolve_node,
+    node_for_alert,
     split_host,
 )
 from app.service.payload import IncomingAlert, ParsedPayload
@@ -70,12 +70,12 @@ def _pending_node(res: Resolution) -> str:
 
 
 def _surely_local(alert: IncomingAlert, local: NodeIdentity) -> bool:
-    """The first node label present names this node: no other node can win (resolve_node takes the
+    """The first node label present names this node: no other node can win (node_for_alert takes the
     first label naming a known node, this one first), so no directory is needed."""
     first = next((v for v in (alert.labels.get(k, "").strip() for k in NODE_LABELS) if v), None)
     if first is None or not host_is_valid(split_host(first)):
         return False
-    res = resolve_node(alert.labels, local, [])
+    res = node_for_alert(alert.labels, local, [])
     return res.kind == "local" and res.value == first
 
 
@@ -87,7 +87,7 @@ async def _route(
     out: list[_Decision] = []
     pending: dict[str, list[IncomingAlert]] = {}  # node (name or IP) -> its alerts, looked up once
     for alert in alerts:
-        res = resolve_node(alert.labels, local, others)
+        res = node_for_alert(alert.labels, local, others)
         if res.kind == "none":
             out.append(_Decision(alert, "ignore", reason="no node label (node, nodename, kubernetes_node or instance)"))
         elif res.kind == "invalid":
@@ -112,7 +112,7 @@ async def _route(
     if unknown_ips:  # the refreshed list may know the node's addresses now
         others = await peers.nodes()
         for alert in unknown_ips:
-            res = resolve_node(alert.labels, local, others)
+            res = node_for_alert(alert.labels, local, others)
             peer = await peers.peer_for_node(res.node) if res.kind == "remote" and res.node else None
             if res.kind == "local":
                 out.append(_Decision(alert, "local"))
@@ -238,7 +238,7 @@ def _apply(
         if alert.status == "firing":
             sub = state.scheduler.submit(trigger, alert.key)
         else:
-            sub = state.scheduler.resolve(alert.key)
+            sub = state.scheduler.on_alert_resolved(alert.key)
         if sub.action == "ignored":
             ignore(alert, sub.reason)
             continue

@@ -41,11 +41,8 @@ class KubeApi:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, transport: object = None) -> KubeApi | None:
-        """None when there is no API server to talk to (not in a cluster, none configured).
-        `transport` is gone (tests use TLS stand-ins); it must be None."""
-        if transport is not None:
-            raise TypeError("KubeApi no longer takes an httpx transport: point PFI_APISERVER_URL at a stand-in")
+    def from_settings(cls, settings: Settings) -> KubeApi | None:
+        """None when there is no API server to talk to (not in a cluster, none configured)."""
         config = ApiServerConfig.from_settings(settings)
         return cls(ApiServer(config)) if config is not None else None
 

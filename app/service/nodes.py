@@ -87,7 +87,7 @@ def host_is_valid(host: str) -> bool:
     return as_ip(host) is not None or is_node_name(host.lower().rstrip("."))
 
 
-def resolve_node(labels: dict[str, str], local: NodeIdentity, others: list[NodeIdentity]) -> Resolution:
+def node_for_alert(labels: dict[str, str], local: NodeIdentity, others: list[NodeIdentity]) -> Resolution:
     """Find the node in the labels, in the order of NODE_LABELS; the first label whose value names
     a known node (this one first) wins. When none does, the first present label names an unknown
     node; with no node label at all the kind is "none". A value that is neither an IP nor a

@@ -103,7 +103,7 @@ class RecorderService:
         settings: Settings,
         registry: CollectorRegistry,
         *,
-        resolver: Any = None,
+        pods: Any = None,
         on_watch: Callable[[Trigger], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -111,16 +111,16 @@ class RecorderService:
         self.enabled = settings.recorder_interval_seconds > 0
         self.recorder: FaultRecorder | None = None
         if self.enabled:
-            if resolver is None:
-                from app.collectors.kubelet import PodResolver
+            if pods is None:
+                from app.collectors.kubelet import PodDirectory
 
-                resolver = PodResolver(settings)
+                pods = PodDirectory(settings)
             self.recorder = FaultRecorder(
                 settings.cgroup_root,
                 settings.proc_root,
                 interval=settings.recorder_interval_seconds,
                 retention=settings.recorder_retention_seconds,
-                resolver=resolver,
+                pods=pods,
             )
         self.watch = WatchState(settings.watch_threshold, settings.watch_for_seconds)
         self.on_watch = on_watch

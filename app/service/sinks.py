@@ -71,7 +71,7 @@ def _who(p: ProcessReport) -> str:
     pod = p.pod
     where = ""
     if pod is not None and pod.name:
-        where = f" in {pod.namespace or '?'}/{pod.name}" + (f" ({pod.container})" if pod.container else "")
+        where = f" in {pod.display()}" + (f" ({pod.container})" if pod.container else "")
     elif p.host_process:
         where = " (host)"
     return f"{p.comm} [{p.pid}]{where}"

@@ -26,12 +26,12 @@ import httpx
 from app.config import Settings
 from app.models import Report
 from app.service.auth import TokenWatcher, load_token
-from app.service.flight import Investigation, Investigator, Scheduler, running_report
 from app.service.kube import KubeApi
 from app.service.metrics import Metrics
 from app.service.nodes import NodeIdentity, as_ip
 from app.service.peers import PeerDirectory, make_peer_directory
 from app.service.recorder import RecorderService
+from app.service.scheduler import Investigation, Investigator, Scheduler, running_report
 from app.service.sinks import Sink, deliver_with_retry, make_sinks
 from app.service.store import ReportStore
 
@@ -63,17 +63,17 @@ def local_identity(settings: Settings) -> NodeIdentity:
 
 def real_investigator(settings: Settings) -> Investigator:
     """The engine, imported when first used (tests inject a fake and never import it), with one pod
-    resolver for the service's life so its kubelet PodList cache outlives a single investigation."""
-    resolver: Any = None
+    directory for the service's life so its kubelet PodList cache outlives a single investigation."""
+    pods: Any = None
 
     def run(*args: Any, **kwargs: Any) -> Report:
-        nonlocal resolver
-        from app.collectors.kubelet import PodResolver
+        nonlocal pods
+        from app.collectors.kubelet import PodDirectory
         from app.investigation.engine import investigate
 
-        if resolver is None:
-            resolver = PodResolver(settings)
-        return investigate(*args, resolver=resolver, **kwargs)
+        if pods is None:
+            pods = PodDirectory(settings)
+        return investigate(*args, pods=pods, **kwargs)
 
     return run
 
@@ -101,7 +101,6 @@ class ServiceState:
         investigator: Investigator | None = None,
         store: ReportStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        kube_transport: httpx.AsyncBaseTransport | None = None,
         peers: PeerDirectory | None = None,
         token: str | None = None,
     ) -> ServiceState:
@@ -124,7 +123,7 @@ class ServiceState:
         client = httpx.AsyncClient(
             transport=transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
         )
-        kube = KubeApi.from_settings(settings, kube_transport)
+        kube = KubeApi.from_settings(settings)
         state = cls(
             settings=settings,
             tokens=tokens,

@@ -24,9 +24,9 @@ from pydantic import ValidationError
 
 from app.models import Report
 from app.service.deps import StateDep
-from app.service.flight import Investigation
 from app.service.intake import peer_client
 from app.service.peers import Peer, PeerClient, PeerError
+from app.service.scheduler import Investigation
 from app.service.state import ServiceState
 from app.service.store import ReportSummary
 from app.service.ui.render import (

@@ -26,7 +26,7 @@ from pathlib import Path
 from app.config import Settings
 from app.parsers.bpftrace import BpftraceFaults, is_ready
 from app.tracers import _kernel, leftovers
-from app.tracers._proc import Managed, first_error_line, hold_window, run_quick
+from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -79,7 +79,9 @@ def btf_path(settings: Settings) -> Path:
     return settings.sysfs_root / "kernel/btf/vmlinux"
 
 
-def resolve(settings: Settings) -> tuple[str | None, str]:
+def find_bpftrace(settings: Settings) -> tuple[str | None, str]:
+    """The bpftrace binary to run (a PATH lookup of settings.bpftrace_path) and "", or None and why it
+    cannot run (not found, or not root)."""
     bt = shutil.which(settings.bpftrace_path)
     if bt is None:
         return (
@@ -116,7 +118,7 @@ def test_load(settings: Settings, bt: str, program: str) -> tuple[bool, str]:
 
 
 def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, str]:
-    bt, why = resolve(settings)
+    bt, why = find_bpftrace(settings)
     if bt is None:
         return False, why
     btf = btf_path(settings)
@@ -129,7 +131,7 @@ def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, 
 
 
 def run(settings: Settings, request: TraceRequest, result: TraceResult, program: str) -> TraceResult:
-    bt, why = resolve(settings)
+    bt, why = find_bpftrace(settings)
     if bt is None:
         result.errors.append(why)
         return result
@@ -157,7 +159,7 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
         # Ends itself if nobody stops it (its owner was killed): the window + the grace after attaching.
         path.write_text(program_text(program, kernel_pids, exit_after=request.seconds + settings.tracer_exit_grace_seconds))
         argv = [bt, "-f", "json", str(path)]
-        with Managed(
+        with SupervisedProcess(
             argv, env=bpftrace_env(keys), max_output_bytes=request.max_output_bytes, workdir=tmp,
             proc_root=settings.proc_root,
             # Not niced: the counting runs in the kernel in the faulting task; bpftrace itself only reports

@@ -34,7 +34,7 @@ from app.config import Settings
 from app.parsers.perf import FaultCounts
 from app.parsers.perfdata import iter_samples, read_header
 from app.tracers import _kernel, leftovers
-from app.tracers._proc import Managed, first_error_line, hold_window, run_quick
+from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
 STARTUP_TIMEOUT = 15.0  # perf reading /proc for every task of a big node takes a while
@@ -43,7 +43,8 @@ STOP_GRACE = 10.0  # SIGINT -> perf writes its header and exits
 CANCEL_PARSE_SECONDS = 5.0  # after a cancel, parse at most this much longer
 
 
-def resolve_binary(path: str) -> str | None:
+def find_perf(path: str) -> str | None:
+    """The perf binary to run (a PATH lookup of `path`), or None when there is none."""
     return shutil.which(path)
 
 
@@ -144,7 +145,7 @@ def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[
 
 
 def available(settings: Settings, event_args: list[str]) -> tuple[bool, str]:
-    perf = resolve_binary(settings.perf_path)
+    perf = find_perf(settings.perf_path)
     if perf is None:
         return False, f"perf binary not found: {settings.perf_path!r} (settings.perf_path / PFI_PERF_PATH)"
     if problem := paranoid_problem(settings):
@@ -155,7 +156,7 @@ def available(settings: Settings, event_args: list[str]) -> tuple[bool, str]:
     return True, f"{perf} records {' '.join(event_args)}" + (f" ({why})" if why else "")
 
 
-def _command(rec: Managed, ctl_fd: int, ack_fd: int, cmd: str, timeout: float) -> bool:
+def _command(rec: SupervisedProcess, ctl_fd: int, ack_fd: int, cmd: str, timeout: float) -> bool:
     """Send a control command to perf and wait for its ack (perf writes "ack\\n", sometimes with a
     NUL before it)."""
     os.write(ctl_fd, f"{cmd}\n".encode())
@@ -188,7 +189,7 @@ def run(
     script_fields: str | None,
 ) -> TraceResult:
     """Record event_args for the window, then parse `perf script -F script_fields` into result."""
-    perf = resolve_binary(settings.perf_path)
+    perf = find_perf(settings.perf_path)
     if perf is None:
         result.errors.append(f"perf binary not found: {settings.perf_path!r}")
         return result
@@ -233,7 +234,7 @@ def run(
             ]  # fmt: skip
 
         for attempt in range(MAX_SHRINK_RETRIES + 1):
-            rec = Managed(argv(pages), max_output_bytes=1024 * 1024, workdir=tmp,
+            rec = SupervisedProcess(argv(pages), max_output_bytes=1024 * 1024, workdir=tmp,
                           memlock_bytes=plan.memlock_bytes, proc_root=settings.proc_root)
             try:
                 rec.start()
@@ -377,7 +378,7 @@ def _script(perf: str, data: str, fields: str, request: TraceRequest, result: Tr
     t0 = time.monotonic()
     argv = [perf, "script", "-i", data, "-F", fields, "--show-lost-events"]
     limit = max(60.0, 2 * request.seconds)
-    with Managed(
+    with SupervisedProcess(
         argv,
         max_output_bytes=request.max_output_bytes,
         on_line=lambda b: counts.feed(b.decode("utf-8", "replace")),

@@ -42,7 +42,7 @@ class BpftraceKprobeTracer:
         return None
 
     def available(self) -> tuple[bool, str]:
-        bt, why = _bpftrace.resolve(self.settings)
+        bt, why = _bpftrace.find_bpftrace(self.settings)
         if bt is None:
             return False, why
         if no := self._no_kprobes():

@@ -18,8 +18,7 @@ HISTORY_CHART_TOP = 6
 def history_label(c: HistoryCgroup) -> str:
     if c.pod is None:
         return c.cgroup
-    name = f"{c.pod.namespace or '?'}/{c.pod.name}" if c.pod.name else f"pod {c.pod.uid[:8]}… (name unresolved)"
-    return name + (f" · {c.pod.container}" if c.pod.container else "")
+    return c.pod.display(short=True) + (f" · {c.pod.container}" if c.pod.container else "")
 
 
 def build_history_chart(report: Report, top: int = HISTORY_CHART_TOP) -> Chart | None:

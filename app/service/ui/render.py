@@ -182,11 +182,7 @@ def _safe_url(url: str | None) -> str:
 
 
 def _pod_label(p: ProcessReport) -> str | None:
-    if p.pod is None:
-        return None
-    if p.pod.name:
-        return f"{p.pod.namespace or '?'}/{p.pod.name}"
-    return f"pod {p.pod.uid[:8]}… (name unresolved)"
+    return None if p.pod is None else p.pod.display(short=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from app.investigation.diagnose import diagnose_process, diagnose_report
 from app.investigation.estimate import SwapEvidence, estimate_sources
-from app.investigation.resolve import classify, resolve_pages
+from app.investigation.sources import mapping_kind, sources_from_pages
 from app.models import (
     Cause,
     CgroupMemory,
@@ -51,16 +51,16 @@ def cat_maps():
 )
 def test_classify_jvm_mappings(jvm_maps, address, kind, path):
     entry = find_mapping(jvm_maps, address)
-    assert classify(entry) is kind
+    assert mapping_kind(entry) is kind
     assert (entry.path if entry else None) == path
 
 
 def test_classify_kernel_pages_and_stack(cat_maps):
-    assert classify(find_mapping(cat_maps, 0x7FFE921DD000)) is SourceKind.UNKNOWN  # [vdso]
-    assert classify(find_mapping(cat_maps, 0xFFFFFFFFFF600000)) is SourceKind.UNKNOWN  # [vsyscall]
-    assert classify(find_mapping(cat_maps, 0x7FFE9215C000 + 8)) is SourceKind.SWAP  # [stack]
+    assert mapping_kind(find_mapping(cat_maps, 0x7FFE921DD000)) is SourceKind.UNKNOWN  # [vdso]
+    assert mapping_kind(find_mapping(cat_maps, 0xFFFFFFFFFF600000)) is SourceKind.UNKNOWN  # [vsyscall]
+    assert mapping_kind(find_mapping(cat_maps, 0x7FFE9215C000 + 8)) is SourceKind.SWAP  # [stack]
     # rwxs: a shared writable executable file mapping is still program code
-    assert classify(find_mapping(cat_maps, 0x55680AE29000)) is SourceKind.CODE
+    assert mapping_kind(find_mapping(cat_maps, 0x55680AE29000)) is SourceKind.CODE
 
 
 def test_resolve_groups_by_file_with_hot_ranges(jvm_maps):
@@ -68,7 +68,7 @@ def test_resolve_groups_by_file_with_hot_ranges(jvm_maps):
     pages = {jar + i * 4096: 3 for i in range(10)}  # 30 faults in the jar
     pages[0x5612BC2E1000] = 5  # heap
     pages[0x7FECBC84A000] = 1  # memfd
-    sources = resolve_pages(pages, [jvm_maps])
+    sources = sources_from_pages(pages, [jvm_maps])
     assert [s.kind for s in sources] == [SourceKind.FILE, SourceKind.SWAP, SourceKind.SHMEM]
     top = sources[0]
     assert top.path == "/usr/local/app/agent/dd-java-agent.jar"
@@ -81,12 +81,12 @@ def test_resolve_groups_by_file_with_hot_ranges(jvm_maps):
 
 def test_resolve_uses_older_snapshot_for_unmapped_address(jvm_maps, cat_maps):
     # The address is gone from the newest snapshot (cat's maps) but held in the older one.
-    sources = resolve_pages({0x7FEC6F317000: 7}, [jvm_maps, cat_maps])
+    sources = sources_from_pages({0x7FEC6F317000: 7}, [jvm_maps, cat_maps])
     assert sources[0].kind is SourceKind.FILE and sources[0].path == "/usr/lib/locale/locale-archive"
 
 
 def test_resolve_empty():
-    assert resolve_pages({}, []) == []
+    assert sources_from_pages({}, []) == []
 
 
 def test_estimate_without_addresses_prefers_swap_evidence():

@@ -1,8 +1,8 @@
 """Running a tracer process so that it can never outlive its caller.
 
-`Managed` starts a command in its own process group at a lower CPU priority, drains its stdout on a
-thread into a bounded buffer (or a line callback), keeps the head of its stderr, and on exit from
-the `with` block, whatever the reason (deadline, cancel, an exception, KeyboardInterrupt), stops it:
+`SupervisedProcess` starts a command in its own process group at a lower CPU priority, drains its
+stdout on a thread into a bounded buffer (or a line callback), keeps the head of its stderr, and on
+exit from the `with` block, whatever the reason (deadline, cancel, an exception, KeyboardInterrupt), stops it:
 SIGINT, then SIGTERM, then SIGKILL to the whole group, and reaps it. An atexit hook kills whatever is
 still running when the interpreter exits.
 
@@ -36,7 +36,7 @@ from app.tracers import leftovers
 if TYPE_CHECKING:
     from app.tracers.base import TraceRequest
 
-_live: set[Managed] = set()
+_live: set[SupervisedProcess] = set()
 _live_lock = threading.Lock()
 
 STDERR_KEEP = 64 * 1024
@@ -102,7 +102,7 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-class Managed:
+class SupervisedProcess:
     def __init__(
         self,
         argv: Sequence[str],
@@ -138,7 +138,7 @@ class Managed:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> Managed:
+    def start(self) -> SupervisedProcess:
         """Start the process; raises OSError (e.g. FileNotFoundError) when it cannot be run."""
         parent, deathsig, memlock = os.getpid(), PDEATHSIG, self.memlock_bytes
 
@@ -172,7 +172,7 @@ class Managed:
             t.start()
         return self
 
-    def __enter__(self) -> Managed:
+    def __enter__(self) -> SupervisedProcess:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -326,7 +326,8 @@ def run_quick(
 ) -> tuple[int, str, str]:
     """Run a short command (a probe, a dry run); (returncode, stdout, stderr); -1 when it could not
     be started or timed out. Never leaves the process behind."""
-    m = Managed(argv, env=env, nice=0, max_output_bytes=1024 * 1024, workdir=workdir, memlock_bytes=memlock_bytes)
+    m = SupervisedProcess(argv, env=env, nice=0, max_output_bytes=1024 * 1024, workdir=workdir,
+                          memlock_bytes=memlock_bytes)
     try:
         m.start()
     except OSError as e:
@@ -356,7 +357,7 @@ def _kill_all() -> None:
             m.wait(2)
 
 
-def hold_window(rec: Managed, request: TraceRequest) -> float:
+def hold_window(rec: SupervisedProcess, request: TraceRequest) -> float:
     """The tracing window, once the tracer is live: call on_start, then wait request.seconds, until
     request.cancel, or until the tracer exits by itself (the caller reads rec.poll() to tell).
     Returns when the window started."""

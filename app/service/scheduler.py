@@ -237,7 +237,7 @@ class Scheduler:
         self._wake.set()
         return Submitted("queued", inv.id, "investigation queued")
 
-    def resolve(self, key: str) -> Submitted:
+    def on_alert_resolved(self, key: str) -> Submitted:
         for inv in list(self._queue):
             if key not in inv.keys:
                 continue

@@ -20,7 +20,7 @@ MAX_SOURCES = 20
 _SHMEM_PREFIXES = ("/dev/shm/", "/memfd:", "/SYSV", "/run/shm/")
 
 
-def classify(entry: MapEntry | None) -> SourceKind:
+def mapping_kind(entry: MapEntry | None) -> SourceKind:
     """The kind of memory a mapping is. Anonymous memory can only fault major when swapped out."""
     if entry is None:
         return SourceKind.UNKNOWN
@@ -49,7 +49,7 @@ class _Acc:
     faults: int = 0
 
 
-def resolve_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> list[Source]:
+def sources_from_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> list[Source]:
     """Group one process's traced pages ({page address: faults}) into sources, biggest first."""
     total = sum(pages.values())
     if total <= 0:
@@ -63,7 +63,7 @@ def resolve_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> lis
             entry = find_mapping(snap, page)
             if entry is not None:
                 break
-        kind = classify(entry)
+        kind = mapping_kind(entry)
         if entry is None:
             key: _SourceKey = (kind, None, None, None)
         elif kind is SourceKind.SWAP:

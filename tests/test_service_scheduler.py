@@ -1,4 +1,4 @@
-"""Single flight per node: join, dedupe, cooldown, HA duplicates, resolve, queue bound, shutdown."""
+"""Single flight per node: join, dedupe, cooldown, HA duplicates, resolved alerts, queue bound, shutdown."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report as text for a terminal (rich)."""
+"""The report as text for a terminal (rich): what `pagefault-inspector investigate` prints."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ def sparkline(series: list[int], width: int = 30) -> str:
 def _pod(p: ProcessReport) -> str:
     if p.pod is None:
         return "(host)"
-    name = f"{p.pod.namespace}/{p.pod.name}" if p.pod.name else f"uid {p.pod.uid}"
-    return f"{name}\n{p.pod.container or ''}".rstrip()
+    return f"{p.pod.display()}\n{p.pod.container or ''}".rstrip()
 
 
 def _sources(p: ProcessReport, limit: int = 3) -> str:
@@ -77,8 +76,7 @@ def render(report: Report, console: Console) -> None:
 def _history_who(c: HistoryCgroup) -> str:
     if c.pod is None:
         return c.cgroup
-    name = f"{c.pod.namespace}/{c.pod.name}" if c.pod.name else f"uid {c.pod.uid}"
-    return f"{name}\n{c.pod.container or ''}".rstrip()
+    return f"{c.pod.display()}\n{c.pod.container or ''}".rstrip()
 
 
 def render_history(report: Report, console: Console) -> None:
