@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,16 +14,9 @@ import pytest
 
 from app.config import Settings
 from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from tests.service_support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from app.service.server import split_listen
 from tests.service_support import bind_loopback, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,20 +23,6 @@ def _free_port() -> int:
     port = int(s.getsockname()[1])
     s.close()
     return port
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
-        (":9000", ("0.0.0.0", 9000)),
-        ("[::]:8080", ("::", 8080)),
-        ("127.0.0.1", ("127.0.0.1", 1)),
-        ("fd00::1", ("fd00::1", 1)),
-    ],
-)
-def test_split_listen(address: str, expected: tuple[str, int]) -> None:
-    assert split_listen(address, 1) == expected
 
 
 def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
