@@ -13,20 +13,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.service_support import bind_loopback, wait_for
+from tests.service_support import bind_loopback, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    s = bind_loopback()
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
 def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
-    api, ui = _free_port(), _free_port()
+    api, ui = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(
         PFI_LISTEN_ADDRESS=f"127.0.0.1:{api}",
@@ -98,7 +91,7 @@ def test_serve_exits_nonzero_when_the_port_is_taken(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(
         PFI_LISTEN_ADDRESS=f"127.0.0.1:{port}",
-        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{_free_port()}",
+        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
         PFI_DATA_DIR=str(tmp_path / "d"),
         PYTHONPATH=str(ROOT),
     )
