@@ -8,6 +8,8 @@ import copy
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -199,6 +201,18 @@ def bind_loopback() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def run_serve(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """serve() in a fresh Python with this environment, run to its exit (for start-up failures: the
+    exit code and what it wrote to stderr)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from app.service.server import serve; serve()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

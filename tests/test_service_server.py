@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service_support import bind_loopback, free_port, wait_for
+from tests.service_support import bind_loopback, free_port, run_serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,13 +96,7 @@ def test_serve_exits_nonzero_when_the_port_is_taken(tmp_path: Path) -> None:
         PYTHONPATH=str(ROOT),
     )
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", "from app.service.server import serve; serve()"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_serve(env)
     finally:
         busy.close()
     assert out.returncode != 0
