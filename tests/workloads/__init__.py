@@ -381,6 +381,17 @@ def _await_ready(proc: WorkloadProcess, timeout: float = READY_TIMEOUT) -> None:
     proc.start, proc.end = int(m.group(1), 16), int(m.group(2), 16)
 
 
+def _release(proc: WorkloadProcess, groups: list[Path]) -> None:
+    """Move a workload started with wait_for_go into its cgroups before it allocates anything, then
+    let it go and wait until it says it is faulting."""
+    for g in groups:
+        (g / "cgroup.procs").write_text(str(proc.pid))
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+    _await_ready(proc)
+
+
 def majflt(pid: int) -> int:
     """majflt of a process (field 12 of /proc/PID/stat, counted after the last ')')."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -597,12 +608,7 @@ def swap_workload(
         proc.kind, proc.cgroup = kind, group
         key = _register(lambda: _kill(proc))
         try:
-            # Into the group before it allocates anything, then let it go.
-            (group / "cgroup.procs").write_text(str(proc.pid))
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            _await_ready(proc)
+            _release(proc, [group])
             yield proc
         finally:
             _unregister(key)

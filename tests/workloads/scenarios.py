@@ -24,10 +24,10 @@ from typing import Any
 from . import (
     CGROUP_MEMORY_ROOT,
     WorkloadProcess,
-    _await_ready,
     _counter,
     _kill,
     _register,
+    _release,
     _start,
     _unregister,
     binary,
@@ -145,12 +145,7 @@ def scenario_workload(
         key = _register(lambda: _kill(proc))
         stack.callback(_kill, proc)
         stack.callback(_unregister, key)
-        for g in groups:
-            (g / "cgroup.procs").write_text(str(proc.pid))
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-        _await_ready(proc)
+        _release(proc, groups)
         yield proc
 
 
