@@ -165,6 +165,13 @@ def measure_real(samples: int = 20) -> dict:
             "first_sample_s": first.duration}
 
 
+def _cpu_row(res: Results, what: str, cpu_per_sample_s: float, note: str) -> None:
+    """The recorder's CPU per sample as a share of a core at its interval, against the target."""
+    pct = cpu_per_sample_s / INTERVAL * 100
+    res.add(Row("8 recorder", f"CPU, {what}, every {INTERVAL:g} s", pct, "% of a core", None, None,
+                f"< {TARGET_CPU_PCT} %", status(pct < TARGET_CPU_PCT), note))
+
+
 def section_recorder(res: Results, workdir: Path) -> None:
     log("[8] flight recorder at 300 containers")
     try:
@@ -172,11 +179,9 @@ def section_recorder(res: Results, workdir: Path) -> None:
     except Exception as e:  # noqa: BLE001
         res.failed("8 recorder", "synthetic 300 containers", e)
         return
-    pct = s["cpu_per_sample_s"] / INTERVAL * 100
-    res.add(Row("8 recorder", f"CPU, {s['groups']} groups (300 containers + 30 services, synthetic v2), every "
-                f"{INTERVAL:g} s", pct, "% of a core", None, None, f"< {TARGET_CPU_PCT} %", status(pct < TARGET_CPU_PCT),
-                f"{s['cpu_per_sample_s'] * 1000:.1f} ms CPU per sample (median), first sweep with pod lookups "
-                f"{s['first_sample_s'] * 1000:.0f} ms"))
+    _cpu_row(res, f"{s['groups']} groups (300 containers + 30 services, synthetic v2)",
+             s["cpu_per_sample_s"], f"{s['cpu_per_sample_s'] * 1000:.1f} ms CPU per sample (median), first sweep "
+             f"with pod lookups {s['first_sample_s'] * 1000:.0f} ms")
     res.add(Row("8 recorder", f"memory with the ring full ({s['slots'] - 1} intervals = {RETENTION:g} s, "
                 f"{s['series']} series)", s["held_mib"], "MiB", None, None, f"< {TARGET_MIB:g} MiB",
                 status(s["held_mib"] < TARGET_MIB), "tracemalloc: what the recorder holds"))
@@ -189,10 +194,8 @@ def section_recorder(res: Results, workdir: Path) -> None:
     except Exception as e:  # noqa: BLE001
         res.failed("8 recorder", "CPU, real v1 memory cgroups", e)
         return
-    pct = r["cpu_per_sample_s"] / INTERVAL * 100
-    res.add(Row("8 recorder", f"CPU, {r['groups']} real v1 memory cgroups ({r['ours']} made for this), every "
-                f"{INTERVAL:g} s", pct, "% of a core", None, None, f"< {TARGET_CPU_PCT} %", status(pct < TARGET_CPU_PCT),
-                f"{r['cpu_per_sample_s'] * 1000:.1f} ms CPU per sample (median of 20); the kernel builds each memory.stat"))
+    _cpu_row(res, f"{r['groups']} real v1 memory cgroups ({r['ours']} made for this)", r["cpu_per_sample_s"],
+             f"{r['cpu_per_sample_s'] * 1000:.1f} ms CPU per sample (median of 20); the kernel builds each memory.stat")
 
 
 def main() -> int:

@@ -1,11 +1,15 @@
 """Shared helpers for the service tests (no tests here): a fake engine at our own seam, report
-documents built from app.models, fixture payloads, and a loopback HTTP receiver that records."""
+documents built from app.models, fixture payloads, and a loopback HTTP receiver that records; also
+the loopback-port and tracer-availability helpers other tests share."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -34,6 +39,7 @@ from app.models import (
     utcnow,
 )
 from app.service.app import create_app
+from app.tracers.registry import make_tracer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
 TOKEN = "test-token-0123456789abcdef"
@@ -195,6 +201,36 @@ def bind_loopback() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def run_serve(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """serve() in a fresh Python with this environment, run to its exit (for start-up failures: the
+    exit code and what it wrote to stderr)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from app.service.server import serve; serve()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    """A loopback port free at this moment, for a server started in a subprocess."""
+    s = bind_loopback()
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def require_tracers(*names: str, settings: Settings | None = None) -> None:
+    """Skip the test unless it runs as root and every named tracer backend is usable here."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    for name in names:
+        ok, why = make_tracer(name, settings or Settings()).available()
+        if not ok:
+            pytest.skip(f"{name} not available here: {why}")
 
 
 @contextmanager

@@ -7,13 +7,12 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.workloads import CGROUP_MEMORY_ROOT, cleanup_dead_runs, starttime
+from tests.workloads import CGROUP_MEMORY_ROOT, cleanup_dead_runs, rmdir_when_free, starttime
 
 REPO = Path(__file__).resolve().parent.parent
 POD = "pod3f5e2a1b-9c8d-4e7f-a6b5-0c1d2e3f4a5b"
@@ -70,14 +69,8 @@ def _decoy() -> Iterator[tuple[Path, int]]:
         for d in (group, *group.parents):
             if d == CGROUP_MEMORY_ROOT:
                 break
-            for _ in range(40):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            with contextlib.suppress(OSError):
+                rmdir_when_free(d, tries=40)
 
 
 def test_cleanup_removes_only_what_a_crashed_run_recorded(root_required, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from app.investigation.engine import investigate
 from app.tracers import _bpftrace, _kernel, _perf
 from app.tracers.registry import make_tracer, select
 from tests.capset import CAP_NAMES, run_under_caps
+from tests.service_support import require_tracers
 from tests.workloads import WorkloadProcess
 
 pytestmark = pytest.mark.root
@@ -40,15 +41,6 @@ def _settings(**kw: object) -> Settings:
     return Settings(**kw)  # type: ignore[arg-type]
 
 
-def _need(*names: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    for name in names:
-        ok, why = make_tracer(name, Settings()).available()
-        if not ok:
-            pytest.skip(f"{name} not available here: {why}")
-
-
 def _process(doc: dict, pid: int) -> dict:  # type: ignore[type-arg]
     rows = [p for p in doc["processes"] if p["pid"] == pid]
     assert rows, f"workload {pid} not in the report: {[(p['pid'], p['comm']) for p in doc['processes']]}"
@@ -62,7 +54,7 @@ def _process(doc: dict, pid: int) -> dict:  # type: ignore[type-arg]
     "caps", [AL2023, PRIVILEGED_WITHOUT_IPC_LOCK], ids=["al2023-preset", "privileged-minus-ipc-lock"]
 )
 def test_investigate_under_capabilities_is_exact(caps: list[str], file_workload: WorkloadProcess) -> None:
-    _need("perf-major")
+    require_tracers("perf-major")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(PFI_APISERVER_FALLBACK="false", PFI_TRACER="auto")
     res = run_under_caps(
@@ -115,7 +107,7 @@ def _perf_wrapper(tmp_path: Path, window_start: str) -> str:
 def test_perf_failing_at_window_start_falls_back_to_bpftrace(
     tmp_path: Path, file_workload: WorkloadProcess
 ) -> None:
-    _need("perf-major", "bpftrace-major")
+    require_tracers("perf-major", "bpftrace-major")
     perf = _perf_wrapper(tmp_path, "echo 'Error: simulated failure at window start' >&2; exit 1")
     settings = _settings(perf_path=perf)
     assert make_tracer("perf-major", settings).available()[0], "the probe must pass: only the window fails"
@@ -145,7 +137,7 @@ def test_perf_recording_nothing_gets_a_fresh_window_on_bpftrace(
 ) -> None:
     """perf runs the window but counts an event that never fires here (alignment-faults): nothing
     recorded while majflt rose, so bpftrace-major traces a fresh, shorter window."""
-    _need("perf-major", "bpftrace-major")
+    require_tracers("perf-major", "bpftrace-major")
     perf = _perf_wrapper(tmp_path, 'set -- $(echo "$@" | sed "s/ major-faults / alignment-faults /")')
     report = investigate(_settings(perf_path=perf), seconds=WINDOW, pids=[file_workload.pid])
     t = report.tracer
@@ -247,7 +239,7 @@ def test_map_keys_fit_the_container_limit(tmp_path: Path) -> None:
 def test_memory_sized_map_reports_its_bound_reached(tmp_path: Path, file_workload: WorkloadProcess) -> None:
     """A container with 2 MiB left: the maps get 4,096 keys, fewer than the 16,384 pages the workload
     faults on; the report says the bound was cut and reached, and the exact total still counts all."""
-    _need("bpftrace-major")
+    require_tracers("bpftrace-major")
     tight = _fake_cgroup_tree(tmp_path, limit=512 << 20, usage=510 << 20)
     report = investigate(_settings(cgroup_root=tight, tracer="bpftrace-major"), seconds=2.5,
                          pids=[file_workload.pid])

@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,16 +14,9 @@ import pytest
 
 from app.config import Settings
 from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from tests.service_support import run_serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -192,13 +183,7 @@ def test_serve_bad_listen_address_is_one_clear_line(tmp_path: Path) -> None:
         PFI_DATA_DIR=str(tmp_path / "data"),
         PYTHONPATH=str(ROOT),
     )
-    out = subprocess.run(
-        [sys.executable, "-c", "from app.service.server import serve; serve()"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_serve(env)
     assert out.returncode == 1
     assert "cannot listen on PFI_LISTEN_ADDRESS=[::1:8080: listen address '[::1:8080': '[' without ']'" in out.stderr
     assert "Traceback" not in out.stderr

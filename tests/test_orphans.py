@@ -26,8 +26,7 @@ import pytest
 
 from app.config import Settings
 from app.tracers import _bpftrace, leftovers
-from app.tracers.registry import make_tracer
-from tests.service_support import bind_loopback, wait_for
+from tests.service_support import free_port, require_tracers, wait_for
 from tests.workloads import WorkloadProcess
 
 pytestmark = pytest.mark.root
@@ -37,22 +36,6 @@ BACKENDS = ["perf-major", "bpftrace-major"]
 INTO_WINDOW = 4.0
 AFTER_KILL = 2.0
 NO_PDEATHSIG = "import app.tracers._supervise as p; p.PDEATHSIG = 0; "  # a predecessor whose tracers escape
-
-
-def _need(*names: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    for name in names:
-        ok, why = make_tracer(name, Settings()).available()
-        if not ok:
-            pytest.skip(f"{name} not available here: {why}")
-
-
-def _free_port() -> int:
-    s = bind_loopback()
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def _env(tmpdir: Path, **extra: str) -> dict[str, str]:
@@ -127,7 +110,7 @@ def _kill_into_windows(runs: dict[str, tuple[Path, subprocess.Popen]]) -> dict[s
 
 
 def _start_serve(tmpdir: Path, tracer: str, *, prelude: str = "") -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
-    api, ui = _free_port(), _free_port()
+    api, ui = free_port(), free_port()
     env = _env(tmpdir, PFI_LISTEN_ADDRESS=f"127.0.0.1:{api}", PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{ui}",
                PFI_TRACER=tracer, PFI_INVESTIGATION_SECONDS="30", PFI_DATA_DIR=str(tmpdir / "data"))
     proc = subprocess.Popen([sys.executable, "-c", prelude + "from app.service.server import serve; serve()"],
@@ -169,7 +152,7 @@ def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_
     A fifth run plays a predecessor whose perf escapes (no PR_SET_PDEATHSIG): killed the same way,
     its perf keeps recording, re-parented to init; the next `serve` in that TMPDIR stops it and
     removes its folder at start-up."""
-    _need(*BACKENDS)
+    require_tracers(*BACKENDS)
     runs: dict[str, tuple[Path, subprocess.Popen]] = {}  # type: ignore[type-arg]
     with _cleanup(tmp_path):
         try:
@@ -244,7 +227,7 @@ def test_leftovers_leaves_live_owners_and_unowned_folders_alone(tmp_path: Path) 
 
 def test_bpftrace_program_ends_itself(file_workload: WorkloadProcess) -> None:
     """The self-exit probe: a program nobody stops ends after its N seconds, printing its maps."""
-    _need("bpftrace-major")
+    require_tracers("bpftrace-major")
     settings = Settings()
     bt, _ = _bpftrace.find_bpftrace(settings)
     assert bt

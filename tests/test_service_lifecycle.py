@@ -23,19 +23,12 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.service_support import bind_loopback, wait_for
+from tests.service_support import bind_loopback, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "lifecycle-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NODE = "node-life"
-
-
-def _free_port() -> int:
-    s = bind_loopback()
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def _ok(url: str) -> bool:
@@ -63,11 +56,11 @@ def _alert(alertname: str = "NodeMemoryMajorPagesFaults", fingerprint: str = "fp
 def serve_process(tmp_path: Path, argv: list[str], **env_extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    api = _free_port()
+    api = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(
         PFI_LISTEN_ADDRESS=f"127.0.0.1:{api}",
-        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{_free_port()}",
+        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
         PFI_DATA_DIR=str(tmp_path / "data"),
         PFI_NODE_NAME=NODE,
         PFI_NODE_IP="10.0.77.1",

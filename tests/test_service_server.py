@@ -12,37 +12,14 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from app.service.server import split_listen
-from tests.service_support import bind_loopback, wait_for
+from tests.service_support import bind_loopback, free_port, run_serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    s = bind_loopback()
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
-        (":9000", ("0.0.0.0", 9000)),
-        ("[::]:8080", ("::", 8080)),
-        ("127.0.0.1", ("127.0.0.1", 1)),
-        ("fd00::1", ("fd00::1", 1)),
-    ],
-)
-def test_split_listen(address: str, expected: tuple[str, int]) -> None:
-    assert split_listen(address, 1) == expected
-
-
 def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
-    api, ui = _free_port(), _free_port()
+    api, ui = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(
         PFI_LISTEN_ADDRESS=f"127.0.0.1:{api}",
@@ -114,18 +91,12 @@ def test_serve_exits_nonzero_when_the_port_is_taken(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(
         PFI_LISTEN_ADDRESS=f"127.0.0.1:{port}",
-        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{_free_port()}",
+        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
         PFI_DATA_DIR=str(tmp_path / "d"),
         PYTHONPATH=str(ROOT),
     )
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", "from app.service.server import serve; serve()"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_serve(env)
     finally:
         busy.close()
     assert out.returncode != 0

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.tracers import _bpftrace, _supervise
 from app.tracers.base import TraceRequest, TraceResult
 from app.tracers.registry import ORDER, make_tracer, probe, select
+from tests.service_support import require_tracers
 from tests.workloads import WorkloadProcess, majflt, swap_workload
 
 EXACT = ["perf-major", "bpftrace-major"]
@@ -28,14 +29,6 @@ pytestmark = pytest.mark.root
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def require(name: str, settings: Settings | None = None) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    ok, why = make_tracer(name, settings or Settings()).available()
-    if not ok:
-        pytest.skip(f"{name} not available here: {why}")
 
 
 class Window:
@@ -130,7 +123,7 @@ def swap_proc() -> Iterator[WorkloadProcess]:
 
 @pytest.mark.parametrize("name", EXACT)
 def test_exact_backend_node_wide_on_file_faults(name: str, file_workload: WorkloadProcess) -> None:
-    require(name)
+    require_tracers(name)
     w = Window(file_workload.pid)
     t0 = time.monotonic()
     r = make_tracer(name, Settings()).run(w.request(WINDOW, None))
@@ -152,7 +145,7 @@ def test_exact_backend_node_wide_on_file_faults(name: str, file_workload: Worklo
 
 @pytest.mark.parametrize("name", EXACT)
 def test_exact_backend_on_swap_faults(name: str, swap_proc: WorkloadProcess) -> None:
-    require(name)
+    require_tracers(name)
     w = Window(swap_proc.pid)
     r = make_tracer(name, Settings()).run(w.request(WINDOW, [swap_proc.pid]))
     assert not r.errors, r.errors
@@ -168,7 +161,7 @@ def test_exact_backend_on_swap_faults(name: str, swap_proc: WorkloadProcess) -> 
 
 
 def test_perf_tracepoint_sees_at_least_the_major_faults(file_workload: WorkloadProcess) -> None:
-    require("perf-tracepoint")
+    require_tracers("perf-tracepoint")
     w = Window(file_workload.pid)
     r = make_tracer("perf-tracepoint", Settings()).run(w.request(3.0, [file_workload.pid]))
     assert not r.errors, r.errors
@@ -181,7 +174,7 @@ def test_perf_tracepoint_sees_at_least_the_major_faults(file_workload: WorkloadP
 
 def test_small_page_bound_reports_drops(file_workload: WorkloadProcess) -> None:
     """A map with room for 4,096 pages on a 16,384-page file: the rest is counted as dropped."""
-    require("bpftrace-major")
+    require_tracers("bpftrace-major")
     w = Window(file_workload.pid)
     r = make_tracer("bpftrace-major", Settings()).run(w.request(2.0, [file_workload.pid], max_pages=4096))
     assert r.dropped > 0
@@ -240,7 +233,7 @@ def test_probe_lists_every_backend_with_a_reason() -> None:
 
 
 def test_perf_missing_falls_back_to_bpftrace() -> None:
-    require("bpftrace-major")
+    require_tracers("bpftrace-major")
     tracer, reason, skipped = select(Settings(perf_path="/nonexistent/perf"))
     assert tracer.name == "bpftrace-major"
     reasons = {s.backend: s.reason for s in skipped}
@@ -288,7 +281,7 @@ def test_failing_bpftrace_run_does_not_crash(tmp_path: Path) -> None:
 
 
 def test_forced_unavailable_backend_falls_back_and_says_why() -> None:
-    require("perf-major")
+    require_tracers("perf-major")
     if make_tracer("bpftrace-kprobe", Settings()).available()[0]:
         pytest.skip("kprobes work here")
     tracer, reason, skipped = select(Settings(tracer="bpftrace-kprobe"))
@@ -308,7 +301,7 @@ def test_forced_available_backend_is_used() -> None:
 
 @pytest.mark.parametrize("name", EXACT)
 def test_cancel_mid_window_stops_the_tracer(name: str) -> None:
-    require(name)
+    require_tracers(name)
     w = Window()
     req = w.request(30.0, None)
     threading.Timer(1.5, req.cancel.set).start()
@@ -335,7 +328,7 @@ def test_procfs_honours_window_and_cancel() -> None:
 @pytest.mark.parametrize("name", EXACT)
 def test_exception_in_caller_still_reaps_the_tracer(name: str) -> None:
     """KeyboardInterrupt raised from on_start (the caller's code) propagates, and the tracer dies."""
-    require(name)
+    require_tracers(name)
 
     def boom() -> None:
         raise KeyboardInterrupt

@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from app.models import Pressure
 from app.parsers.cgroup import CgroupRef, parse_cgroup
@@ -33,6 +35,8 @@ from app.parsers.procfs import (
 )
 
 __all__ = ["ProcFS"]
+
+_T = TypeVar("_T")
 
 # Errors that mean "this process is gone", not a bug. ESRCH (ProcessLookupError) comes from reads of
 # a /proc/PID file whose process exited after open().
@@ -137,41 +141,28 @@ class ProcFS:
             out[st.pid] = st
         return out
 
-    def maps(self, pid: int) -> list[MapEntry] | None:
-        text = self.read_text(f"{pid}/maps")
-        if text is None:
+    def _parsed(self, relpath: str, parse: Callable[[str], _T], *, empty_parses: bool) -> _T | None:
+        """A file under the root through its parser; None when it cannot be read or does not parse
+        (ValueError), and when it is empty unless `empty_parses` (a kernel thread's maps: no mappings)."""
+        text = self.read_text(relpath)
+        if text is None or (not text and not empty_parses):
             return None
         try:
-            return parse_maps(text)
+            return parse(text)
         except ValueError:
             return None
+
+    def maps(self, pid: int) -> list[MapEntry] | None:
+        return self._parsed(f"{pid}/maps", parse_maps, empty_parses=True)
 
     def smaps(self, pid: int) -> list[SmapsEntry] | None:
-        text = self.read_text(f"{pid}/smaps")
-        if text is None:
-            return None
-        try:
-            return parse_smaps(text)
-        except ValueError:
-            return None
+        return self._parsed(f"{pid}/smaps", parse_smaps, empty_parses=True)
 
     def cgroup(self, pid: int) -> CgroupRef | None:
-        text = self.read_text(f"{pid}/cgroup")
-        if not text:
-            return None
-        try:
-            return parse_cgroup(text)
-        except ValueError:
-            return None
+        return self._parsed(f"{pid}/cgroup", parse_cgroup, empty_parses=False)
 
     def status(self, pid: int) -> ProcStatus | None:
-        text = self.read_text(f"{pid}/status")
-        if not text:
-            return None
-        try:
-            return parse_status(text)
-        except ValueError:
-            return None
+        return self._parsed(f"{pid}/status", parse_status, empty_parses=False)
 
     def mnt_ns(self, pid: int | str) -> str | None:
         """The mount namespace a process is in, as its ns/mnt link names it ('mnt:[4026531832]');

@@ -49,21 +49,6 @@ GRACEFUL_SECONDS = 10
 KEEP_ALIVE_SECONDS = 120
 
 
-def split_listen(address: str, default_port: int) -> tuple[str, int]:
-    """`0.0.0.0:8080`, `[::]:8080`, `:8080`, `127.0.0.1` -> (host, port)."""
-    address = address.strip()
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.lstrip(":")
-        return host, int(port) if port else default_port
-    if address.count(":") == 1:
-        host, port = address.split(":")
-        return host or "0.0.0.0", int(port) if port else default_port
-    if address.count(":") > 1:  # a bare IPv6 address
-        return address, default_port
-    return address or "0.0.0.0", default_port
-
-
 def _url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 

@@ -180,17 +180,34 @@ def _rmdir_tree(top: Path) -> bool:
     """Remove a cgroup folder and its children, deepest first; True when it is gone."""
     dirs = sorted((d for d in [top, *top.rglob("*")] if d.is_dir()), key=lambda d: -len(d.parts))
     for d in dirs:
-        for _ in range(40):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    break
-                time.sleep(0.05)  # a killed task takes a moment to leave its group
+        with contextlib.suppress(OSError):  # left as it is; the result says it is still there
+            rmdir_when_free(d, tries=40)
     return not top.exists()
+
+
+def rmdir_when_free(d: Path, tries: int) -> None:
+    """Remove an empty cgroup folder, waiting (tries x 50 ms at most) while the kernel says EBUSY: a
+    killed task takes a moment to leave its group. Already gone is fine; other errors raise."""
+    for _ in range(tries):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.05)
+
+
+def remove_groups(created: list[Path]) -> None:
+    """Kill what is left in each cgroup folder made here and remove the folders, deepest (last made)
+    first."""
+    for d in reversed(created):
+        for pid in (d / "cgroup.procs").read_text().split() if d.exists() else []:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        rmdir_when_free(d, tries=100)
 
 
 def cleanup_dead_runs(root: Path | None = None, log: Callable[[str], None] = print) -> None:
@@ -362,6 +379,17 @@ def _await_ready(proc: WorkloadProcess, timeout: float = READY_TIMEOUT) -> None:
     if not m:
         raise RuntimeError(f"workload said {buf!r}")
     proc.start, proc.end = int(m.group(1), 16), int(m.group(2), 16)
+
+
+def _release(proc: WorkloadProcess, groups: list[Path]) -> None:
+    """Move a workload started with wait_for_go into its cgroups before it allocates anything, then
+    let it go and wait until it says it is faulting."""
+    for g in groups:
+        (g / "cgroup.procs").write_text(str(proc.pid))
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+    _await_ready(proc)
 
 
 def majflt(pid: int) -> int:
@@ -548,20 +576,7 @@ def memory_cgroup(name: str, limit_mb: int | None) -> Iterator[Path]:
             created.append(cur)
 
     def undo() -> None:
-        for d in reversed(created):  # deepest first
-            for pid in (d / "cgroup.procs").read_text().split() if d.exists() else []:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY:
-                        raise
-                    time.sleep(0.05)
+        remove_groups(created)
         if not created or not created[0].exists():
             forget(rec)
 
@@ -593,12 +608,7 @@ def swap_workload(
         proc.kind, proc.cgroup = kind, group
         key = _register(lambda: _kill(proc))
         try:
-            # Into the group before it allocates anything, then let it go.
-            (group / "cgroup.procs").write_text(str(proc.pid))
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            _await_ready(proc)
+            _release(proc, [group])
             yield proc
         finally:
             _unregister(key)

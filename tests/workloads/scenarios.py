@@ -14,9 +14,7 @@ unique parent, pfi-test-<pid>-<n>/..., never at a hierarchy root (on a real node
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,14 +24,15 @@ from typing import Any
 from . import (
     CGROUP_MEMORY_ROOT,
     WorkloadProcess,
-    _await_ready,
     _counter,
     _kill,
     _register,
+    _release,
     _start,
     _unregister,
     binary,
     memory_cgroup,
+    remove_groups,
     swap_enabled,
 )
 
@@ -74,28 +73,12 @@ def _unified_group(name: str) -> Iterator[Path]:
             cur.mkdir()
             created.append(cur)
 
-    def undo() -> None:
-        for d in reversed(created):
-            for pid in (d / "cgroup.procs").read_text().split() if d.exists() else []:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY:
-                        raise
-                    time.sleep(0.05)
-
-    key = _register(undo)
+    key = _register(lambda: remove_groups(created))
     try:
         yield cur
     finally:
         _unregister(key)
-        undo()
+        remove_groups(created)
 
 
 @contextlib.contextmanager
@@ -162,12 +145,7 @@ def scenario_workload(
         key = _register(lambda: _kill(proc))
         stack.callback(_kill, proc)
         stack.callback(_unregister, key)
-        for g in groups:
-            (g / "cgroup.procs").write_text(str(proc.pid))
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-        _await_ready(proc)
+        _release(proc, groups)
         yield proc
 
 

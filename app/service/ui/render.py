@@ -12,6 +12,7 @@ its labels are written by the template, so they are escaped like everything else
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -235,21 +236,21 @@ def _tick_label(v: float) -> str:
     return f"{v:,.0f}" if v == int(v) else f"{v:g}"
 
 
-def build_chart(report: Report, top: int = CHART_TOP) -> Chart | None:
-    procs = [p for p in report.processes[:top] if p.series]
-    node_series = list(report.node_stats.series)
-    if not procs:
-        return None
+def chart_frame(
+    n: int,
+    peak: float,
+    x_ticks: int,
+    x_tick_label: Callable[[int], str],
+    x_label: str = Chart.x_label,
+    y_label: str = Chart.y_label,
+) -> tuple[Chart, Callable[..., ChartLine]]:
+    """An empty chart for series of up to n points, its y axis from 0 to a round number at or above
+    peak (ticks included) and about x_ticks x ticks labelled by x_tick_label(point index); with the
+    function that turns a series into a line on it: line(series, label, colour, dash, is_node=False)."""
     width, height = 760, 300
     left, right, top_px, bottom = 84, 16, 16, 50
     plot_w = width - left - right
     plot_h = height - top_px - bottom
-    n = max(len(p.series) for p in procs)
-    if node_series:
-        n = max(n, len(node_series))
-    peak = max(max(p.series) for p in procs)
-    if node_series:
-        peak = max(peak, max(node_series))
     step = _nice_step(max(peak, 1), 5)
     y_max = step * max(1, math.ceil(max(peak, 1) / step))
     x_span = max(1, n - 1)
@@ -260,20 +261,34 @@ def build_chart(report: Report, top: int = CHART_TOP) -> Chart | None:
     def y_of(v: float) -> float:
         return round(top_px + plot_h * (1 - v / y_max), 1)
 
-    chart = Chart(width, height, left, right, top_px, bottom)
+    chart = Chart(width, height, left, right, top_px, bottom, x_label=x_label, y_label=y_label)
     v = 0.0
     while v <= y_max + 1e-9:
         chart.y_ticks.append((y_of(v), _tick_label(v)))
         v += step
-    xstep = max(1, int(_nice_step(x_span, 8)))
-    for i in range(0, n, xstep):
-        chart.x_ticks.append((x_of(i), f"{i}"))
+    for i in range(0, n, max(1, int(_nice_step(x_span, x_ticks)))):
+        chart.x_ticks.append((x_of(i), x_tick_label(i)))
 
-    def line(series: list[int], label: str, colour: str, dash: str, is_node: bool = False) -> ChartLine:
+    def line(series: Sequence[float], label: str, colour: str, dash: str, is_node: bool = False) -> ChartLine:
         pts = " ".join(f"{x_of(i)},{y_of(val)}" for i, val in enumerate(series))
         marker = (x_of(0), y_of(series[0])) if len(series) == 1 else None
-        return ChartLine(label, colour, dash, pts, len(series), max(series), is_node, marker)
+        return ChartLine(label, colour, dash, pts, len(series), round(max(series)), is_node, marker)
 
+    return chart, line
+
+
+def build_chart(report: Report, top: int = CHART_TOP) -> Chart | None:
+    procs = [p for p in report.processes[:top] if p.series]
+    node_series = list(report.node_stats.series)
+    if not procs:
+        return None
+    n = max(len(p.series) for p in procs)
+    if node_series:
+        n = max(n, len(node_series))
+    peak = max(max(p.series) for p in procs)
+    if node_series:
+        peak = max(peak, max(node_series))
+    chart, line = chart_frame(n, peak, 8, str)
     if node_series:
         chart.lines.append(line(node_series, "node total (pgmajfault)", NODE_COLOUR, "3 3", True))
     for idx, p in enumerate(procs):
