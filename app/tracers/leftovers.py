@@ -8,7 +8,9 @@ every tracer started in it. Tracers run with the folder as their working directo
 A folder whose owner is gone belonged to a killed predecessor (`kill -9` of `investigate` or
 `serve`). `reap()` stops the tracers of such folders and removes them: a tracer is stopped only if
 the owner file names it (same pid and start time) or its working directory is that folder; never by
-process name. Folders without an owner file are never touched.
+process name. Folders without an owner file are never touched, nor folders or owner files that are
+not ours: $TMPDIR is shared, so a folder owned by another user, writable by group or other, a symlink,
+or holding such an owner file may have been planted to name a process for us to kill.
 
     python -m app.tracers.leftovers [--dry-run] [--tmpdir DIR] [--json]
 
@@ -24,6 +26,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -37,6 +40,7 @@ OWNER_FILE = "pfi-owner.json"
 PREFIXES = ("pfi-perf-", "pfi-bt-")  # the folders the tracers make (probes included)
 MAX_FOLDERS = 10_000  # bound on what one reap looks at
 MAX_TRACERS_PER_FOLDER = 64
+MAX_OWNER_BYTES = 1024 * 1024  # an owner file is a few hundred bytes
 _write_lock = threading.Lock()
 
 
@@ -63,7 +67,7 @@ def alive(pid: int, start: int | None, proc_root: Path = Path("/proc")) -> bool:
 
 def make_workdir(prefix: str, proc_root: Path = Path("/proc")) -> str:
     """A fresh folder under $TMPDIR with the owner file written into it."""
-    tmp = tempfile.mkdtemp(prefix=prefix)
+    tmp = tempfile.mkdtemp(prefix=prefix)  # mode 0700, owned by this euid: what reap() insists on
     me = os.getpid()
     _write(Path(tmp), {"owner": {"pid": me, "starttime": starttime(me, proc_root)}, "tracers": []})
     return tmp
@@ -84,18 +88,61 @@ def record_tracer(workdir: str, pid: int, proc_root: Path = Path("/proc")) -> No
 
 def _write(folder: Path, doc: dict) -> None:  # type: ignore[type-arg]
     tmp = folder / f".{OWNER_FILE}.{os.getpid()}.{threading.get_ident()}"
-    tmp.write_text(json.dumps(doc))
+    # 0600 whatever the umask: reap() ignores owner files that group or other could write.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(json.dumps(doc))
     os.replace(tmp, folder / OWNER_FILE)
 
 
-def read_owner(folder: Path) -> dict | None:  # type: ignore[type-arg]
+def _parse_owner(text: str | bytes) -> dict | None:  # type: ignore[type-arg]
     try:
-        doc = json.loads((folder / OWNER_FILE).read_text())
-    except (OSError, ValueError):
+        doc = json.loads(text)
+    except ValueError:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("owner"), dict):
         return None
     return doc
+
+
+def read_owner(folder: Path) -> dict | None:  # type: ignore[type-arg]
+    try:
+        return _parse_owner((folder / OWNER_FILE).read_text())
+    except OSError:
+        return None
+
+
+def _private(st: os.stat_result, kind: int) -> bool:
+    """Of that file type, owned by this euid, not writable by group or other."""
+    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def read_own_owner(folder: Path) -> dict | None:  # type: ignore[type-arg]
+    """The owner file of folder, only if folder and file are both ours as make_workdir makes them
+    (owned by this euid, not writable by group or other, no symlink on the way): only such a file
+    may name processes for reap() to stop. None for anything else."""
+    try:
+        lst = os.lstat(folder)
+        if not _private(lst, stat.S_IFDIR):
+            return None
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        dst = os.fstat(dfd)
+        if (dst.st_dev, dst.st_ino) != (lst.st_dev, lst.st_ino) or not _private(dst, stat.S_IFDIR):
+            return None  # swapped after the lstat
+        fd = os.open(OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as f:
+            if not _private(os.fstat(f.fileno()), stat.S_IFREG):
+                return None
+            data = f.read(MAX_OWNER_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    return _parse_owner(data) if len(data) <= MAX_OWNER_BYTES else None
 
 
 @dataclass
@@ -158,11 +205,9 @@ def reap(tmpdir: str | Path | None = None, proc_root: Path = Path("/proc"), dry_
     me = os.getpid()
     for name in names:
         folder = base / name
-        if folder.is_symlink() or not folder.is_dir():
-            continue
-        doc = read_owner(folder)
+        doc = read_own_owner(folder)
         if doc is None:
-            continue  # not made by this tool, or its owner file is not written yet
+            continue  # not made by this tool (or not by this user), or its owner file is not written yet
         owner = doc["owner"]
         try:
             owner_pid = int(owner.get("pid"))
