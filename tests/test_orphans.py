@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,11 +229,11 @@ def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_
 
 def test_leftovers_leaves_live_owners_and_unowned_folders_alone(tmp_path: Path) -> None:
     """No root needed: only folders with an owner file whose owner is gone are removed."""
-    mine = Path(leftovers.make_workdir("pfi-perf-", Path("/proc")))
+    mine = Path(leftovers.make_workdir("pfi-perf-"))
     mine = mine.rename(tmp_path / mine.name)  # owned by this live process
     unowned = tmp_path / "pfi-bt-unowned"  # no owner file: not ours to judge
     unowned.mkdir()
-    dead = Path(leftovers.make_workdir("pfi-bt-", Path("/proc")))
+    dead = Path(leftovers.make_workdir("pfi-bt-"))
     dead = dead.rename(tmp_path / dead.name)
     doc = leftovers.read_owner(dead)
     assert doc is not None
@@ -321,3 +322,37 @@ def test_reap_acts_only_on_folders_and_owner_files_of_this_user(tmp_path: Path) 
             with contextlib.suppress(ProcessLookupError):
                 v.kill()
             v.wait()
+
+
+def test_reap_judges_owners_in_the_real_proc_not_a_captured_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PFI_PROC_ROOT at a captured (here: empty) tree, owners and tracers are still looked up in
+    the real /proc, where the signals go: a live run's folder survives the engine's reap at start and
+    `python -m app.tracers.leftovers`, and a dead owner's folder still goes."""
+    from app.investigation.engine import investigate
+
+    empty = tmp_path / "captured"
+    (empty / "proc").mkdir(parents=True)
+    (empty / "cgroup").mkdir()
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    live = Path(leftovers.make_workdir("pfi-perf-"))  # owned by this live process
+    assert live.parent == work
+    dead = Path(leftovers.make_workdir("pfi-bt-"))
+    doc = leftovers.read_owner(dead)
+    assert doc is not None
+    doc["owner"] = {"pid": os.getpid(), "starttime": 1}  # this pid, another start time: gone
+    (dead / leftovers.OWNER_FILE).write_text(json.dumps(doc))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PFI_PROC_ROOT": str(empty / "proc")}
+    res = subprocess.run([sys.executable, "-m", "app.tracers.leftovers", "--tmpdir", str(work), "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["folders"] == [str(dead)]
+    assert live.exists() and not dead.exists()
+
+    settings = Settings(proc_root=empty / "proc", cgroup_root=empty / "cgroup", kubelet_url=None,
+                        apiserver_fallback=False)
+    report = investigate(settings, seconds=0.2, tracers=[])
+    assert live.exists(), "the engine's reap removed the folder of a live run"
+    assert not any("leftovers" in w for w in report.warnings), report.warnings

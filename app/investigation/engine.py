@@ -202,7 +202,7 @@ def investigate(
     started_at = utcnow()
     warnings: list[str] = []
 
-    reaped = leftovers.reap(proc_root=settings.proc_root)  # what a killed predecessor left behind
+    reaped = leftovers.reap()  # what a killed predecessor left behind
     if reaped.folders or reaped.tracers:
         warnings.append(f"leftovers of a killed investigation: {reaped.summary()}")
     if tracers is None:

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.tracers import leftovers
@@ -114,7 +113,6 @@ class SupervisedProcess:
         cwd: str | None = None,
         workdir: str | None = None,
         memlock_bytes: int | None = None,
-        proc_root: Path = Path("/proc"),
     ) -> None:
         self.argv = list(argv)
         self.max_output_bytes = max_output_bytes
@@ -124,7 +122,6 @@ class SupervisedProcess:
         self.cwd = cwd or workdir
         self.workdir = workdir  # a leftovers.make_workdir folder: the tracer is recorded in its owner file
         self.memlock_bytes = memlock_bytes  # raise RLIMIT_MEMLOCK to this in the child (needs CAP_SYS_RESOURCE)
-        self.proc_root = proc_root
         self.proc: subprocess.Popen[bytes] | None = None
         self.output_bytes = 0  # all stdout bytes the process wrote, kept or not
         self.truncated = False  # stdout went past max_output_bytes; the rest was discarded
@@ -159,7 +156,7 @@ class SupervisedProcess:
             _live.add(self)
         if self.workdir is not None:
             with contextlib.suppress(OSError):
-                leftovers.record_tracer(self.workdir, self.proc.pid, self.proc_root)
+                leftovers.record_tracer(self.workdir, self.proc.pid)
         if self.nice:
             # Bounded CPU: tracing must not starve the node it investigates.
             with contextlib.suppress(OSError):
