@@ -7,14 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from app.config import Settings
+from app.investigation import engine
 from app.investigation.engine import investigate
 from app.models import Cause, SourceKind
+from app.tracers import leftovers
+from app.tracers._supervise import SupervisedProcess
+from app.tracers.base import TraceRequest, TraceResult
 
 WINDOW = 4.0
 
@@ -418,6 +423,7 @@ _DENIED_ENGINE = """
 import json, sys
 from pathlib import Path
 from app.config import Settings
+from app.investigation import engine
 from app.investigation.engine import investigate
 from app.tracers.procfs_only import ProcfsTracer
 root, pid = Path(sys.argv[1]), int(sys.argv[2])
@@ -452,3 +458,70 @@ def test_captured_tree_unreadable_io_is_a_report_warning() -> None:
         assert "CAP_SYS_PTRACE" in denied[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Stubborn:
+    """A tracer that ignores its stop: its process ignores SIGINT and SIGTERM and run() waits for it
+    to end (or, with in_python, sleeps in Python past every deadline)."""
+
+    exact = True
+
+    def __init__(self, name: str, in_python: float = 0.0) -> None:
+        self.name = name
+        self.in_python = in_python
+        self.pid: int | None = None
+        self.start: int | None = None
+        self.began: float | None = None
+        self.returned: float | None = None
+
+    def available(self) -> tuple[bool, str]:
+        return True, "test stub"
+
+    def run(self, request: TraceRequest) -> TraceResult:
+        self.began = time.monotonic()
+        if request.on_start:
+            request.on_start()
+        try:
+            if self.in_python:
+                time.sleep(self.in_python)
+            else:
+                with SupervisedProcess(["sh", "-c", "trap '' INT TERM; exec sleep 60"], nice=0) as p:
+                    self.pid, self.start = p.pid, leftovers.starttime(p.pid)
+                    p.wait(60)  # ignores request.cancel
+        finally:
+            self.returned = time.monotonic()
+        return TraceResult(backend=self.name, exact=True)
+
+
+@pytest.fixture
+def short_grace(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "TRACER_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the engine's reap looks only here
+    return _settings(kubelet_url=None)
+
+
+def test_a_tracer_that_ignores_its_stop_is_killed_before_the_report(short_grace) -> None:
+    stub = _Stubborn("stubborn")
+    try:
+        report = investigate(short_grace, seconds=0.3, pids=[os.getpid()], tracers=[stub])
+        assert stub.pid is not None
+        assert not leftovers.alive(stub.pid, stub.start), "the tracer process outlived its investigation"
+        assert stub.returned is not None, "the tracer thread still ran when the report came back"
+        assert any("did not stop" in w and "killed the process group of its 1 process" in w
+                   for w in report.warnings), report.warnings
+    finally:
+        if stub.pid is not None and leftovers.alive(stub.pid, stub.start):
+            os.kill(stub.pid, signal.SIGKILL)
+
+
+def test_the_next_investigation_waits_for_a_previous_tracer_thread(short_grace, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "STRAGGLER_WAIT_SECONDS", 10.0)
+    stuck = _Stubborn("stuck", in_python=4.0)  # no process to kill: only its thread overruns (~2 s past the report)
+    first = investigate(short_grace, seconds=0.3, pids=[os.getpid()], tracers=[stuck])
+    assert stuck.returned is None
+    assert any("its thread still runs" in w for w in first.warnings), first.warnings
+    second_tracer = _Stubborn("second", in_python=0.01)
+    second = investigate(short_grace, seconds=0.3, pids=[os.getpid()], tracers=[second_tracer])
+    assert stuck.returned is not None and second_tracer.began is not None
+    assert second_tracer.began >= stuck.returned, "two investigations' tracers ran side by side"
+    assert any("waited" in w and "previous investigation" in w for w in second.warnings), second.warnings

@@ -15,8 +15,10 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,11 +212,11 @@ def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_
 
 def test_leftovers_leaves_live_owners_and_unowned_folders_alone(tmp_path: Path) -> None:
     """No root needed: only folders with an owner file whose owner is gone are removed."""
-    mine = Path(leftovers.make_workdir("pfi-perf-", Path("/proc")))
+    mine = Path(leftovers.make_workdir("pfi-perf-"))
     mine = mine.rename(tmp_path / mine.name)  # owned by this live process
     unowned = tmp_path / "pfi-bt-unowned"  # no owner file: not ours to judge
     unowned.mkdir()
-    dead = Path(leftovers.make_workdir("pfi-bt-", Path("/proc")))
+    dead = Path(leftovers.make_workdir("pfi-bt-"))
     dead = dead.rename(tmp_path / dead.name)
     doc = leftovers.read_owner(dead)
     assert doc is not None
@@ -240,3 +242,100 @@ def test_bpftrace_program_ends_itself(file_workload: WorkloadProcess) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     assert 2.0 <= took < 10, took
     assert '"@total"' in res.stdout  # exit() prints the maps like SIGINT does
+
+
+def test_reap_acts_only_on_folders_and_owner_files_of_this_user(tmp_path: Path) -> None:
+    """$TMPDIR is shared: any local user can plant pfi-perf-x/pfi-owner.json naming a dead owner and
+    any process (pid + start time, both readable in /proc). reap (run as root by investigate, serve and
+    cleanup) must not stop such a process: only folders and owner files owned by this euid, not
+    writable by group or other, reached without symlinks, are trusted. Our own leftover still goes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown to another user)")
+    nobody, me = 65534, os.geteuid()
+    elsewhere = tmp_path / "elsewhere"  # not a pfi- name: reap does not list it
+    elsewhere.mkdir(mode=0o700)
+    base = tmp_path / "tmp"
+    base.mkdir()
+    victims = [subprocess.Popen(["sleep", "60"]) for _ in range(6)]
+    try:
+        def doc(victim: subprocess.Popen[bytes]) -> str:
+            return json.dumps({"owner": {"pid": os.getpid(), "starttime": 1},  # a dead owner (start time)
+                               "tracers": [{"pid": victim.pid, "starttime": leftovers.starttime(victim.pid)}]})
+
+        def plant(folder: Path, victim: subprocess.Popen[bytes], uid: int, file_uid: int, mode: int = 0o700) -> Path:
+            folder.mkdir()
+            owner = folder / leftovers.OWNER_FILE
+            owner.write_text(doc(victim))
+            owner.chmod(0o600)
+            os.chown(owner, file_uid, file_uid)
+            folder.chmod(mode)
+            os.chown(folder, uid, uid)
+            return folder
+
+        planted = [
+            plant(base / "pfi-perf-nobody", victims[0], nobody, nobody),  # another user's folder and file
+            plant(base / "pfi-bt-nobodyfile", victims[1], me, nobody),  # our folder, another user's file
+            plant(base / "pfi-perf-open", victims[2], me, me, mode=0o777),  # writable by anyone
+            plant(base / "pfi-bt-groupw", victims[3], me, me, mode=0o770),  # writable by the group
+        ]
+        linked = plant(elsewhere / "ours", victims[4], me, me)
+        (base / "pfi-perf-link").symlink_to(linked)  # a symlink to a folder that would qualify
+        filelink = base / "pfi-bt-filelink"
+        filelink.mkdir(mode=0o700)
+        (elsewhere / "doc.json").write_text(doc(victims[4]))
+        (filelink / leftovers.OWNER_FILE).symlink_to(elsewhere / "doc.json")  # owner file is a symlink
+
+        own = Path(leftovers.make_workdir("pfi-perf-"))
+        own = own.rename(base / own.name)
+        assert stat.S_IMODE(own.stat().st_mode) == 0o700
+        assert stat.S_IMODE((own / leftovers.OWNER_FILE).stat().st_mode) == 0o600
+        leftovers.record_tracer(str(own), victims[5].pid)
+        d = leftovers.read_owner(own)
+        assert d is not None
+        d["owner"] = {"pid": os.getpid(), "starttime": 1}  # this pid, another start time: its owner is gone
+        (own / leftovers.OWNER_FILE).write_text(json.dumps(d))
+
+        res = leftovers.reap(base)
+        assert [v.poll() for v in victims[:5]] == [None] * 5, "reap stopped a process named by a planted file"
+        assert all(f.exists() for f in planted) and filelink.exists() and linked.exists()
+        assert res.folders == [str(own)] and not own.exists()
+        assert res.tracers == [victims[5].pid] and victims[5].wait(5) == -signal.SIGTERM
+    finally:
+        for v in victims:
+            with contextlib.suppress(ProcessLookupError):
+                v.kill()
+            v.wait()
+
+
+def test_reap_judges_owners_in_the_real_proc_not_a_captured_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PFI_PROC_ROOT at a captured (here: empty) tree, owners and tracers are still looked up in
+    the real /proc, where the signals go: a live run's folder survives the engine's reap at start and
+    `python -m app.tracers.leftovers`, and a dead owner's folder still goes."""
+    from app.investigation.engine import investigate
+
+    empty = tmp_path / "captured"
+    (empty / "proc").mkdir(parents=True)
+    (empty / "cgroup").mkdir()
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    live = Path(leftovers.make_workdir("pfi-perf-"))  # owned by this live process
+    assert live.parent == work
+    dead = Path(leftovers.make_workdir("pfi-bt-"))
+    doc = leftovers.read_owner(dead)
+    assert doc is not None
+    doc["owner"] = {"pid": os.getpid(), "starttime": 1}  # this pid, another start time: gone
+    (dead / leftovers.OWNER_FILE).write_text(json.dumps(doc))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PFI_PROC_ROOT": str(empty / "proc")}
+    res = subprocess.run([sys.executable, "-m", "app.tracers.leftovers", "--tmpdir", str(work), "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["folders"] == [str(dead)]
+    assert live.exists() and not dead.exists()
+
+    settings = Settings(proc_root=empty / "proc", cgroup_root=empty / "cgroup", kubelet_url=None,
+                        apiserver_fallback=False)
+    report = investigate(settings, seconds=0.2, tracers=[])
+    assert live.exists(), "the engine's reap removed the folder of a live run"
+    assert not any("leftovers" in w for w in report.warnings), report.warnings

@@ -5,6 +5,7 @@ missing; never passes silently."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from app.config import Settings
-from app.tracers import _bpftrace, _supervise
+from app.tracers import _bpftrace, _supervise, leftovers
 from app.tracers.base import TraceRequest, TraceResult
 from app.tracers.registry import ORDER, make_tracer, probe, select
 from tests.service_support import require_tracers
@@ -361,3 +362,30 @@ def test_tracer_ignoring_sigint_is_killed_at_the_deadline(
     assert any("no maps" in e for e in r.errors)
     assert_nothing_left()
     assert processes_running(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("how", ["signal", "stop"])
+def test_signal_and_stop_reach_the_group_after_its_leader_exited(how: str) -> None:
+    """A tracer's leader that exits leaves what it forked in its process group: signal() and stop()
+    still reach them (they used to skip the group once the leader was gone)."""
+    m = _supervise.SupervisedProcess(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], nice=0)
+    child = start = None
+    try:
+        m.start()
+        line = m.wait_for_line(lambda b: b.strip().isdigit(), 5)
+        assert line is not None
+        child = int(line)
+        start = leftovers.starttime(child)
+        assert m.wait(5) == 0 and leftovers.alive(child, start), "the leader should be gone, its sleep alive"
+        if how == "signal":
+            m.signal(signal.SIGTERM)
+        else:
+            m.stop(grace=1)
+        deadline = time.monotonic() + 3
+        while leftovers.alive(child, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not leftovers.alive(child, start), f"{how}() left the leader's child running"
+    finally:
+        m.stop(grace=1)
+        if child is not None and leftovers.alive(child, start):
+            os.kill(child, signal.SIGKILL)

@@ -29,7 +29,7 @@ from app.models import (
 )
 from app.parsers.cgroup import CgroupRef, host_view
 from app.parsers.procfs import redact_argv, redact_comm
-from app.tracers import leftovers
+from app.tracers import _supervise, leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, make_tracer, mark_failed
 
@@ -45,6 +45,30 @@ TRACER_GRACE_SECONDS = 15.0  # how long after the window a tracer may take to st
 MIN_FALLBACK_SECONDS = 2.0  # a fallback tracer gets at least this long; with less left, a fresh window
 FALLBACK_SECONDS_MAX = 10.0  # a fresh window is half the window, between the two
 SILENT_MIN_FAULTS = 20  # majflt rise in the traced processes that a working tracer cannot have missed
+KILL_JOIN_SECONDS = 5.0  # after killing an overrunning tracer's processes, how long its thread may take to end
+STRAGGLER_WAIT_SECONDS = 30.0  # how long an investigation waits for a previous run's tracer thread
+# Tracer threads of earlier runs still running after their processes were killed: the next
+# investigation waits (bounded) for them, so two runs' tracers never trace side by side.
+_stragglers: list[threading.Thread] = []
+_stragglers_lock = threading.Lock()
+
+
+def _wait_for_stragglers(limit: float) -> str | None:
+    """Wait up to limit s for the tracer threads of earlier runs; a report warning, or None."""
+    with _stragglers_lock:
+        threads = [t for t in _stragglers if t.is_alive()]
+    if not threads:
+        return None
+    t0 = time.monotonic()
+    for t in threads:
+        t.join(max(0.0, t0 + limit - time.monotonic()))
+    with _stragglers_lock:
+        _stragglers[:] = [t for t in _stragglers if t.is_alive()]
+        left = len(_stragglers)
+    waited = time.monotonic() - t0
+    if left:
+        return f"the tracer thread of a previous investigation still runs after waiting {waited:.1f} s for it"
+    return f"waited {waited:.1f} s for the tracer of a previous investigation to end"
 
 
 @dataclass
@@ -202,7 +226,10 @@ def investigate(
     started_at = utcnow()
     warnings: list[str] = []
 
-    reaped = leftovers.reap(proc_root=settings.proc_root)  # what a killed predecessor left behind
+    straggler = _wait_for_stragglers(STRAGGLER_WAIT_SECONDS)
+    if straggler:
+        warnings.append(straggler)
+    reaped = leftovers.reap()  # what a killed predecessor left behind
     if reaped.folders or reaped.tracers:
         warnings.append(f"leftovers of a killed investigation: {reaped.summary()}")
     if tracers is None:
@@ -265,7 +292,17 @@ def investigate(
         tracer_stop.set()
         thread.join(TRACER_GRACE_SECONDS)
         if thread.is_alive():
-            warnings.append(f"tracer {run.current} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s")
+            # Still not stopped (ignores its stop, or a parse past its deadline): kill what it started,
+            # so no tracer process of this run outlives it or traces alongside the next run.
+            killed = _supervise.kill_started_by(thread)
+            thread.join(min(KILL_JOIN_SECONDS, TRACER_GRACE_SECONDS))
+            msg = (f"tracer {run.current} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s: "
+                   f"killed the process group of its {killed} process(es)")
+            if thread.is_alive():
+                with _stragglers_lock:
+                    _stragglers.append(thread)
+                msg += "; its thread still runs, the next investigation waits for it"
+            warnings.append(msg)
     report_progress(0.92, "resolving")
 
     tracer, trace, reason, skipped = run.outcome(reason, skipped)

@@ -185,7 +185,7 @@ def serve(settings: Settings | None = None, *, investigator: Callable[..., Repor
     _setup_logging(settings)
     settings = settings or Settings()
     bound = _listen(settings)  # a bad address or a port in use fails before anything else
-    leftovers.reap(proc_root=settings.proc_root)  # tracers and folders of a killed predecessor
+    leftovers.reap()  # tracers and folders of a killed predecessor
     source = load_token(settings)
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))

@@ -98,7 +98,7 @@ def test_load(settings: Settings, bt: str, program: str) -> tuple[bool, str]:
     proves parsing, BTF, the verifier, the maps' memory and attaching, not just the syntax
     (bpftrace 0.17's -d dry run does not load anything). ("", or the map-size note) on success."""
     keys, note = plan_keys(settings, settings.tracer_max_pages)
-    tmp = leftovers.make_workdir("pfi-bt-probe-", settings.proc_root)
+    tmp = leftovers.make_workdir("pfi-bt-probe-")
     try:
         path = Path(tmp) / program
         text = program_text(program, None, exit_after=30)
@@ -153,7 +153,7 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     result.map_keys, result.map_keys_wanted = keys, request.max_pages
     if note:
         result.notes.append(note)
-    tmp = leftovers.make_workdir("pfi-bt-", settings.proc_root)
+    tmp = leftovers.make_workdir("pfi-bt-")
     try:
         path = Path(tmp) / program
         # Ends itself if nobody stops it (its owner was killed): the window + the grace after attaching.
@@ -161,7 +161,6 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
         argv = [bt, "-f", "json", str(path)]
         with SupervisedProcess(
             argv, env=bpftrace_env(keys), max_output_bytes=request.max_output_bytes, workdir=tmp,
-            proc_root=settings.proc_root,
             # Not niced: the counting runs in the kernel in the faulting task; bpftrace itself only reports
             # "attached" and handles SIGINT, and a niced bpftrace on a busy node did both seconds late, so
             # it counted faults outside [on_start, on_stop] (3x the majflt of a 2 s window, measured).

@@ -128,7 +128,7 @@ def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[
     """Record `true` with the event and the ring buffer and lock limit the run will use: proves the
     binary runs, the event opens and the buffers can be mapped here."""
     plan = plan_ring(settings)
-    tmp = leftovers.make_workdir("pfi-perf-probe-", settings.proc_root)
+    tmp = leftovers.make_workdir("pfi-perf-probe-")
     try:
         rc, _, err = run_quick(
             [perf, "record", *event_args, "-m", str(plan.pages), "-B", "-N", "--no-bpf-event", "-q",
@@ -210,7 +210,7 @@ def run(
     if plan.memlock_bytes is not None:
         result.memlock_raised_bytes = plan.memlock_bytes
         result.notes.append(plan.note)
-    tmp = leftovers.make_workdir("pfi-perf-", settings.proc_root)
+    tmp = leftovers.make_workdir("pfi-perf-")
     fds: list[int] = []
     try:
         ctl, ack, data = f"{tmp}/ctl", f"{tmp}/ack", f"{tmp}/perf.data"
@@ -235,7 +235,7 @@ def run(
 
         for attempt in range(MAX_SHRINK_RETRIES + 1):
             rec = SupervisedProcess(argv(pages), max_output_bytes=1024 * 1024, workdir=tmp,
-                          memlock_bytes=plan.memlock_bytes, proc_root=settings.proc_root)
+                          memlock_bytes=plan.memlock_bytes)
             try:
                 rec.start()
                 enabled = _command(rec, ctl_fd, ack_fd, "enable", STARTUP_TIMEOUT)

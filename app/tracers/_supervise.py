@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.tracers import leftovers
@@ -114,7 +113,6 @@ class SupervisedProcess:
         cwd: str | None = None,
         workdir: str | None = None,
         memlock_bytes: int | None = None,
-        proc_root: Path = Path("/proc"),
     ) -> None:
         self.argv = list(argv)
         self.max_output_bytes = max_output_bytes
@@ -124,7 +122,6 @@ class SupervisedProcess:
         self.cwd = cwd or workdir
         self.workdir = workdir  # a leftovers.make_workdir folder: the tracer is recorded in its owner file
         self.memlock_bytes = memlock_bytes  # raise RLIMIT_MEMLOCK to this in the child (needs CAP_SYS_RESOURCE)
-        self.proc_root = proc_root
         self.proc: subprocess.Popen[bytes] | None = None
         self.output_bytes = 0  # all stdout bytes the process wrote, kept or not
         self.truncated = False  # stdout went past max_output_bytes; the rest was discarded
@@ -132,6 +129,8 @@ class SupervisedProcess:
         self.stderr = b""
         self.callback_error: BaseException | None = None
         self.killed_with: str | None = None  # the strongest signal stop() needed, if any
+        self.started_by: threading.Thread | None = None  # the thread that called start()
+        self._leader_start: int | None = None  # start time of the group leader (its pid is the pgid)
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stdout_done = threading.Event()
@@ -155,11 +154,13 @@ class SupervisedProcess:
             )
 
         self.proc = _spawner.spawn(make)
+        self.started_by = threading.current_thread()
+        self._leader_start = leftovers.starttime(self.proc.pid)
         with _live_lock:
             _live.add(self)
         if self.workdir is not None:
             with contextlib.suppress(OSError):
-                leftovers.record_tracer(self.workdir, self.proc.pid, self.proc_root)
+                leftovers.record_tracer(self.workdir, self.proc.pid)
         if self.nice:
             # Bounded CPU: tracing must not starve the node it investigates.
             with contextlib.suppress(OSError):
@@ -187,9 +188,17 @@ class SupervisedProcess:
         return None if self.proc is None else self.proc.poll()
 
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
+        """Signal the whole process group, also after the leader exited: what it forked lives on in it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            # Reaped: the group id stays reserved while a member lives; a process now holding that pid
+            # (another start time) means the group is empty and the number was reused: leave it alone.
+            now = leftovers.starttime(self.proc.pid)
+            if now is not None and now != self._leader_start:
+                return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float | None) -> int | None:
         if self.proc is None:
@@ -215,6 +224,7 @@ class SupervisedProcess:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 self.proc.wait()
+            self.signal(signal.SIGKILL)  # the rest of its group (what it forked), if any
             for t in self._threads:
                 t.join(timeout=5)
             for s in (self.proc.stdout, self.proc.stderr):
@@ -355,6 +365,16 @@ def _kill_all() -> None:
         with contextlib.suppress(Exception):
             m.signal(signal.SIGKILL)
             m.wait(2)
+
+
+def kill_started_by(thread: threading.Thread) -> int:
+    """SIGKILL the process group of every running process that `thread` started (a tracer thread
+    that did not stop in time); how many."""
+    with _live_lock:
+        procs = [m for m in _live if m.started_by is thread]
+    for m in procs:
+        m.signal(signal.SIGKILL)
+    return len(procs)
 
 
 def hold_window(rec: SupervisedProcess, request: TraceRequest) -> float:
