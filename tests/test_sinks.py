@@ -193,3 +193,54 @@ def test_payloads_are_bounded_and_link_to_the_ui(tmp_path: Path) -> None:
         and len(KubeEventsSink.targets(host_only)) == 1
     )
     asyncio.run(client.aclose())
+
+
+HTTP_LOGGERS = ("httpx", "httpcore")
+
+
+@pytest.fixture
+def serve_logging() -> Any:
+    """Logging configured the way `serve` does (app.service.logs.configure at INFO) into a buffer;
+    the root logger and the http client loggers are put back afterwards."""
+    import io
+
+    from app.service import logs
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logs._configured,
+             {n: logging.getLogger(n).level for n in HTTP_LOGGERS})
+    for n in HTTP_LOGGERS:
+        logging.getLogger(n).setLevel(logging.NOTSET)
+    logs._configured = False
+    buf = io.StringIO()
+    try:
+        assert logs.configure("text", logging.INFO, buf)
+        yield buf
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logs._configured = saved[2]
+        for n, level in saved[3].items():
+            logging.getLogger(n).setLevel(level)
+
+
+def test_slack_url_not_in_serve_logs(tmp_path: Path, serve_logging: Any) -> None:
+    """httpx logs each request's URL at INFO; with serve's logging, a real Slack delivery over real
+    httpx to a loopback receiver leaves neither the URL path nor its secret in any log line."""
+    with Recorder() as slack:
+        url = f"{slack.url}/services/{SLACK_SECRET}"
+        settings = make_settings(tmp_path, slack_webhook_url=url)
+
+        async def go() -> Any:
+            async with httpx.AsyncClient() as client:
+                return await deliver_with_retry(SlackSink(settings, client), make_report("node-a"), attempts=1, backoff=0)
+
+        result = asyncio.run(go())
+    assert result.ok and slack.requests[0]["path"] == f"/services/{SLACK_SECRET}"
+    logging.getLogger("app.test").info("delivered")  # the buffer does capture INFO lines
+    text = serve_logging.getvalue()
+    assert "delivered" in text
+    assert SLACK_SECRET not in text and "/services/" not in text

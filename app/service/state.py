@@ -25,6 +25,7 @@ import httpx
 
 from app.config import Settings
 from app.models import Report
+from app.service import logs
 from app.service.auth import TokenWatcher, load_token
 from app.service.kube import KubeApi
 from app.service.metrics import Metrics
@@ -116,9 +117,7 @@ class ServiceState:
             )
             await asyncio.to_thread(store.open)
         # httpx logs every request's URL at INFO; a Slack webhook URL is a credential.
-        for name in ("httpx", "httpcore"):
-            if logging.getLogger(name).level == logging.NOTSET:
-                logging.getLogger(name).setLevel(logging.WARNING)
+        logs.quiet_http_clients()
         metrics = Metrics()
         client = httpx.AsyncClient(
             transport=transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
