@@ -325,6 +325,44 @@ def test_token_file_rewritten_or_swapped_like_the_kubelet_is_reread(tmp_path: Pa
         assert client.get("/api/v1/reports", headers={"Authorization": "Bearer"}).status_code == 401
 
 
+def test_token_rewritten_with_same_size_and_mtime_is_noticed_and_short_tokens_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cp -p` / `rsync -t` keep size and mtime: stat shows no change, the timed re-read (hash) does.
+    A reload to a token shorter than the minimum keeps the last good token and says why."""
+    from app.service import auth
+    from app.service.auth import MIN_TOKEN_LENGTH, TokenWatcher
+
+    monkeypatch.setattr(auth, "RECHECK_SECONDS", 0.3, raising=False)  # the service's default is 3 s
+    path = tmp_path / "token"
+    path.write_text("aaaaaaaaaaaaaaaaaaaaaaaa\n")
+    watcher = TokenWatcher("aaaaaaaaaaaaaaaaaaaaaaaa", path)
+    st = path.stat()
+    staged = tmp_path / "staged"
+    staged.write_text("bbbbbbbbbbbbbbbbbbbbbbbb\n")
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(path, "r+b") as f:  # rewrite in place like cp -p: same inode, same size, then same mtime
+        f.write(staged.read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    assert watcher.token == "aaaaaaaaaaaaaaaaaaaaaaaa"  # within the interval: stat only
+    time.sleep(0.4)
+    assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"
+
+    # A 1-character token (and one just under the minimum) is refused; the last good one stays.
+    caplog.set_level(logging.WARNING, logger="app.service.auth")
+    for short in ("x", "c" * (MIN_TOKEN_LENGTH - 1)):
+        path.write_text(short + "\n")
+        time.sleep(0.4)
+        assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "app.service.auth"]
+    assert any(f"shorter than {MIN_TOKEN_LENGTH} characters; keeping the last good token" in m for m in warnings)
+    # A good new token after that is taken.
+    path.write_text("d" * MIN_TOKEN_LENGTH + "\n")
+    assert watcher.token == "d" * MIN_TOKEN_LENGTH
+
+
 # ---------------------------------------------------------------------------------------------
 # 11. private data on the node
 
