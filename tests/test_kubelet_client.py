@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -428,3 +430,61 @@ def test_investigate_with_a_trickling_kubelet_ends_in_time(  # type: ignore[no-u
     ran = datetime.fromisoformat(report["finished_at"]) - datetime.fromisoformat(report["started_at"])
     assert ran.total_seconds() < WINDOW + 10, ran
     assert took < WINDOW + 20, took
+
+
+# --- the API server's deadline also covers connect; no token over http --------------------------------
+
+
+def _full_accept_queue() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback listener (backlog 0, never accepting) whose accept queue is filled: the kernel
+    drops further SYNs, so a new connect() hangs in SYN retries (minutes)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    for _ in range(8):  # more than the queue takes; the extra ones stay in SYN_SENT
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(listener.getsockname())
+        fillers.append(s)
+    time.sleep(0.2)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:  # the queue really is full: a plain connect does not complete
+        with pytest.raises(TimeoutError):
+            probe.connect(listener.getsockname())
+    finally:
+        probe.close()
+    return listener, fillers
+
+
+def test_apiserver_deadline_covers_a_connect_that_never_completes(tmp_path: Path, sa_dir: Path) -> None:
+    from app.collectors.apiserver import ApiServer, ApiServerConfig, ApiServerError
+
+    listener, fillers = _full_accept_queue()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        api = ApiServer(ApiServerConfig("PFI_APISERVER_URL", url, sa_dir / "token", sa_dir / "ca.crt", None, 2.0))
+        outcome: list[BaseException | object] = []
+
+        def run() -> None:
+            try:
+                outcome.append(api.list_nodes())
+            except BaseException as exc:  # noqa: BLE001 - recorded and checked below
+                outcome.append(exc)
+
+        t = time.monotonic()
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(6.0)
+        took = time.monotonic() - t
+        assert not worker.is_alive(), "list_nodes() still blocked in connect 6 s into a 2 s deadline"
+        assert took < 3.0, took
+        (exc,) = outcome
+        assert isinstance(exc, ApiServerError)
+        assert str(exc) in ("API server timed out after 2s (nodes)", "API server timed out after 2s"), str(exc)
+        api.close()
+    finally:
+        listener.close()  # a connect still pending gets its RST now
+        for s in fillers:
+            s.close()

@@ -12,7 +12,11 @@ Which API server, and how to reach it, is decided here and nowhere else (`ApiSer
 Calls: pods of a node (`spec.nodeName` field selector, the node name checked as DNS-1123 first and
 the answer's `nodeName` checked after), pods of a namespace by label selector, nodes, and
 events.k8s.io/v1 Events. Every call has an overall deadline of `PFI_APISERVER_TIMEOUT_SECONDS`
-(connect + TLS + headers + body) and fails with `ApiServerError` carrying a short reason. Answers are
+(connect + TLS + headers + body) and fails with `ApiServerError` carrying a short reason. The
+deadline's timer can only shut sockets that exist, so each call also carries that many seconds as
+urllib3's connect and read timeouts (`_request_timeout`): a server whose accept queue is full (SYNs
+dropped) ends the call at the deadline too. Host-name resolution (getaddrinfo) is not bounded by
+either: it is bounded by the resolver's own timeout and attempts (resolv.conf). Answers are
 read as raw JSON (no model classes: a PodList of a busy node deserialises 20x faster that way).
 The client is synchronous; the service calls it through `app.service.kube` in worker threads.
 """
@@ -173,6 +177,10 @@ class ApiServer:
                 self._client = self._build()
             return self._client
 
+    def _timeouts(self) -> tuple[float, float]:
+        """(connect, read) for urllib3: the deadline's timer cannot shut a socket still connecting."""
+        return (self.config.timeout, self.config.timeout)
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -230,7 +238,8 @@ class ApiServer:
             from kubernetes.client import CoreV1Api
 
             return CoreV1Api(c).list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", _preload_content=False
+                field_selector=f"spec.nodeName={node}", _preload_content=False,
+                _request_timeout=self._timeouts(),
             )
 
         body = self._call(f"pods on node {node}", call)
@@ -247,7 +256,8 @@ class ApiServer:
             from kubernetes.client import CoreV1Api
 
             return CoreV1Api(c).list_namespaced_pod(
-                namespace, label_selector=label_selector, _preload_content=False
+                namespace, label_selector=label_selector, _preload_content=False,
+                _request_timeout=self._timeouts(),
             )
 
         return dict(self._call(f"pods {label_selector} in {namespace}", call) or {})
@@ -256,7 +266,7 @@ class ApiServer:
         def call(c: Any) -> Any:
             from kubernetes.client import CoreV1Api
 
-            return CoreV1Api(c).list_node(_preload_content=False)
+            return CoreV1Api(c).list_node(_preload_content=False, _request_timeout=self._timeouts())
 
         return dict(self._call("nodes", call) or {})
 
@@ -267,7 +277,9 @@ class ApiServer:
             from kubernetes.client import EventsV1Api
 
             api: Any = EventsV1Api(c)  # a dict body: the client validates it into its model
-            return api.create_namespaced_event(namespace, event, _preload_content=False)
+            return api.create_namespaced_event(
+                namespace, event, _preload_content=False, _request_timeout=self._timeouts()
+            )
 
         return dict(self._call(f"an Event in {namespace}", call) or {})
 
