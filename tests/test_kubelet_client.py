@@ -7,6 +7,7 @@ by it, and a second, unrelated CA to play "the wrong CA".
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -488,3 +490,68 @@ def test_apiserver_deadline_covers_a_connect_that_never_completes(tmp_path: Path
         listener.close()  # a connect still pending gets its RST now
         for s in fillers:
             s.close()
+
+
+def test_no_token_over_plain_http(tmp_path: Path, sa_dir: Path, certs: Certs,
+                                  caplog: pytest.LogCaptureFixture, no_apiserver_env: None) -> None:
+    """PFI_APISERVER_URL=http://... with a service-account token: refused with a reason, nothing sent.
+    A kubeconfig with insecure-skip-tls-verify works but is logged, once."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(dict(self.headers))
+            body = b'{"kind":"PodList","items":[]}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=url, **_sa(sa_dir))
+        index, attribution = PodDirectory(settings).index()
+        assert index is None and attribution.error is not None
+        assert "is http://: refusing to send the service-account token in clear text" in attribution.error
+        assert seen == []
+        kubeconfig = tmp_path / "kubeconfig-http"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "c", "cluster": {"server": url}}],
+            "users": [{"name": "u", "user": {"token": SA_TOKEN}}],
+            "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}],
+        }))
+        _, attribution = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig)).index()
+        assert attribution.error is not None and "in clear text" in attribution.error
+        assert seen == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_kubeconfig_skipping_tls_verify_is_logged_once(tmp_path: Path, certs: Certs, serve,  # type: ignore[no-untyped-def]
+                                                       caplog: pytest.LogCaptureFixture, no_apiserver_env: None) -> None:
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
+    kubeconfig = tmp_path / "kubeconfig-insecure"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "c", "cluster": {"server": api.url, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": SA_TOKEN}}],
+        "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    caplog.set_level(logging.WARNING, logger="app.collectors.apiserver")
+    settings = _settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig, kubelet_cache_seconds=0.0)
+    for _ in range(2):
+        index, attribution = PodDirectory(settings).index()
+        assert attribution.source == "apiserver", attribution.error
+        assert index is not None and len(index.pods) == 24
+    warnings = [r.getMessage() for r in caplog.records if "insecure-skip-tls-verify" in r.getMessage()]
+    assert warnings == [f"kubeconfig {kubeconfig} sets insecure-skip-tls-verify: the API server's certificate "
+                        "is not checked, and the token goes to whoever answers"]
