@@ -150,6 +150,50 @@ def test_sink_delivery_pending_at_stop_is_made_after_restart(tmp_path: Path) -> 
         assert again.requests == []
 
 
+def test_more_than_one_batch_of_outbox_rows_is_all_delivered_after_restart(tmp_path: Path) -> None:
+    """150 reports left in the outbox (a crash during a storm): all go out after the restart, each once,
+    not only the first batch of 100."""
+    store = ReportStore(tmp_path / "data")
+    assert store.open()
+    ids = []
+    for _ in range(150):
+        r = make_report("node-a")
+        assert store.put(r, [], outbox=["webhook"])
+        ids.append(r.id)
+    assert len(store.outbox(limit=1000)) == 150
+    store.close()
+    with Recorder() as up, service(tmp_path, report_webhook_url=f"{up.url}/hook") as (client, _):
+        wait_for(lambda: len(up.requests) >= 150, timeout=30, what="150 resumed deliveries")
+        time.sleep(0.3)
+        assert sorted(r["body"]["id"] for r in up.requests) == sorted(ids)
+    again = ReportStore(tmp_path / "data")
+    assert again.open()
+    assert again.outbox() == []
+    again.close()
+
+
+def test_delivery_refused_for_too_much_background_work_is_retried_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_finished's delivery refused by `spawn` (too many background tasks) leaves the outbox row;
+    the periodic resume delivers it while the service runs, not at the next restart."""
+    monkeypatch.setattr(state, "OUTBOX_RETRY_SECONDS", 0.5, raising=False)
+    with Recorder() as up, service(tmp_path, report_webhook_url=f"{up.url}/hook") as (client, _):
+        time.sleep(0.3)  # the start's resume has run (nothing to do)
+        monkeypatch.setattr(state, "MAX_BACKGROUND_TASKS", 0)  # every new background task is refused
+        client.post("/api/v1/alerts", json=firing({"node": "node-a"}), headers=AUTH)
+        (row,) = wait_for(lambda: reports(client), what="report")
+        wait_for(lambda: any("background work refused (" in r.getMessage() and f"sinks-{row['id']}" in r.getMessage()
+                             for r in caplog.records), what="the refused delivery")
+        doc = wait_for(lambda: (d := _doc(client, row["id"]))["sinks"] and d, timeout=5, what="a resumed delivery")
+        assert [(s["sink"], s["ok"]) for s in doc["sinks"]] == [("webhook", True)]
+        assert [q["body"]["id"] for q in up.requests] == [row["id"]]
+    again = ReportStore(tmp_path / "data")
+    assert again.open()
+    assert again.outbox() == []
+    again.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. stage deadlines
 
