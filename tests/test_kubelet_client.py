@@ -7,13 +7,17 @@ by it, and a second, unrelated CA to play "the wrong CA".
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -428,3 +432,126 @@ def test_investigate_with_a_trickling_kubelet_ends_in_time(  # type: ignore[no-u
     ran = datetime.fromisoformat(report["finished_at"]) - datetime.fromisoformat(report["started_at"])
     assert ran.total_seconds() < WINDOW + 10, ran
     assert took < WINDOW + 20, took
+
+
+# --- the API server's deadline also covers connect; no token over http --------------------------------
+
+
+def _full_accept_queue() -> tuple[socket.socket, list[socket.socket]]:
+    """A loopback listener (backlog 0, never accepting) whose accept queue is filled: the kernel
+    drops further SYNs, so a new connect() hangs in SYN retries (minutes)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    for _ in range(8):  # more than the queue takes; the extra ones stay in SYN_SENT
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(listener.getsockname())
+        fillers.append(s)
+    time.sleep(0.2)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:  # the queue really is full: a plain connect does not complete
+        with pytest.raises(TimeoutError):
+            probe.connect(listener.getsockname())
+    finally:
+        probe.close()
+    return listener, fillers
+
+
+def test_apiserver_deadline_covers_a_connect_that_never_completes(tmp_path: Path, sa_dir: Path) -> None:
+    from app.collectors.apiserver import ApiServer, ApiServerConfig, ApiServerError
+
+    listener, fillers = _full_accept_queue()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        api = ApiServer(ApiServerConfig("PFI_APISERVER_URL", url, sa_dir / "token", sa_dir / "ca.crt", None, 2.0))
+        outcome: list[BaseException | object] = []
+
+        def run() -> None:
+            try:
+                outcome.append(api.list_nodes())
+            except BaseException as exc:  # noqa: BLE001 - recorded and checked below
+                outcome.append(exc)
+
+        t = time.monotonic()
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(6.0)
+        took = time.monotonic() - t
+        assert not worker.is_alive(), "list_nodes() still blocked in connect 6 s into a 2 s deadline"
+        assert took < 3.0, took
+        (exc,) = outcome
+        assert isinstance(exc, ApiServerError)
+        assert str(exc) in ("API server timed out after 2s (nodes)", "API server timed out after 2s"), str(exc)
+        api.close()
+    finally:
+        listener.close()  # a connect still pending gets its RST now
+        for s in fillers:
+            s.close()
+
+
+def test_no_token_over_plain_http(tmp_path: Path, sa_dir: Path, certs: Certs,
+                                  caplog: pytest.LogCaptureFixture, no_apiserver_env: None) -> None:
+    """PFI_APISERVER_URL=http://... with a service-account token: refused with a reason, nothing sent.
+    A kubeconfig with insecure-skip-tls-verify works but is logged, once."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(dict(self.headers))
+            body = b'{"kind":"PodList","items":[]}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = _settings(tmp_path, None, apiserver_fallback=True, apiserver_url=url, **_sa(sa_dir))
+        index, attribution = PodDirectory(settings).index()
+        assert index is None and attribution.error is not None
+        assert "is http://: refusing to send the service-account token in clear text" in attribution.error
+        assert seen == []
+        kubeconfig = tmp_path / "kubeconfig-http"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "c", "cluster": {"server": url}}],
+            "users": [{"name": "u", "user": {"token": SA_TOKEN}}],
+            "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}],
+        }))
+        _, attribution = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig)).index()
+        assert attribution.error is not None and "in clear text" in attribution.error
+        assert seen == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_kubeconfig_skipping_tls_verify_is_logged_once(tmp_path: Path, certs: Certs, serve,  # type: ignore[no-untyped-def]
+                                                       caplog: pytest.LogCaptureFixture, no_apiserver_env: None) -> None:
+    api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_1_35))
+    kubeconfig = tmp_path / "kubeconfig-insecure"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "c", "cluster": {"server": api.url, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": SA_TOKEN}}],
+        "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    caplog.set_level(logging.WARNING, logger="app.collectors.apiserver")
+    settings = _settings(tmp_path, None, apiserver_fallback=True, kubeconfig=kubeconfig, kubelet_cache_seconds=0.0)
+    for _ in range(2):
+        index, attribution = PodDirectory(settings).index()
+        assert attribution.source == "apiserver", attribution.error
+        assert index is not None and len(index.pods) == 24
+    warnings = [r.getMessage() for r in caplog.records if "insecure-skip-tls-verify" in r.getMessage()]
+    assert warnings == [f"kubeconfig {kubeconfig} sets insecure-skip-tls-verify: the API server's certificate "
+                        "is not checked, and the token goes to whoever answers"]

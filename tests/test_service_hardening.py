@@ -150,6 +150,50 @@ def test_sink_delivery_pending_at_stop_is_made_after_restart(tmp_path: Path) -> 
         assert again.requests == []
 
 
+def test_more_than_one_batch_of_outbox_rows_is_all_delivered_after_restart(tmp_path: Path) -> None:
+    """150 reports left in the outbox (a crash during a storm): all go out after the restart, each once,
+    not only the first batch of 100."""
+    store = ReportStore(tmp_path / "data")
+    assert store.open()
+    ids = []
+    for _ in range(150):
+        r = make_report("node-a")
+        assert store.put(r, [], outbox=["webhook"])
+        ids.append(r.id)
+    assert len(store.outbox(limit=1000)) == 150
+    store.close()
+    with Recorder() as up, service(tmp_path, report_webhook_url=f"{up.url}/hook") as (client, _):
+        wait_for(lambda: len(up.requests) >= 150, timeout=30, what="150 resumed deliveries")
+        time.sleep(0.3)
+        assert sorted(r["body"]["id"] for r in up.requests) == sorted(ids)
+    again = ReportStore(tmp_path / "data")
+    assert again.open()
+    assert again.outbox() == []
+    again.close()
+
+
+def test_delivery_refused_for_too_much_background_work_is_retried_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_finished's delivery refused by `spawn` (too many background tasks) leaves the outbox row;
+    the periodic resume delivers it while the service runs, not at the next restart."""
+    monkeypatch.setattr(state, "OUTBOX_RETRY_SECONDS", 0.5, raising=False)
+    with Recorder() as up, service(tmp_path, report_webhook_url=f"{up.url}/hook") as (client, _):
+        time.sleep(0.3)  # the start's resume has run (nothing to do)
+        monkeypatch.setattr(state, "MAX_BACKGROUND_TASKS", 0)  # every new background task is refused
+        client.post("/api/v1/alerts", json=firing({"node": "node-a"}), headers=AUTH)
+        (row,) = wait_for(lambda: reports(client), what="report")
+        wait_for(lambda: any("background work refused (" in r.getMessage() and f"sinks-{row['id']}" in r.getMessage()
+                             for r in caplog.records), what="the refused delivery")
+        doc = wait_for(lambda: (d := _doc(client, row["id"]))["sinks"] and d, timeout=5, what="a resumed delivery")
+        assert [(s["sink"], s["ok"]) for s in doc["sinks"]] == [("webhook", True)]
+        assert [q["body"]["id"] for q in up.requests] == [row["id"]]
+    again = ReportStore(tmp_path / "data")
+    assert again.open()
+    assert again.outbox() == []
+    again.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. stage deadlines
 
@@ -323,6 +367,44 @@ def test_token_file_rewritten_or_swapped_like_the_kubelet_is_reread(tmp_path: Pa
         (secret / "..2026_12_02_b" / "token").write_text("")
         assert _status(client, "third-token-0123456789xyz") == 200
         assert client.get("/api/v1/reports", headers={"Authorization": "Bearer"}).status_code == 401
+
+
+def test_token_rewritten_with_same_size_and_mtime_is_noticed_and_short_tokens_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cp -p` / `rsync -t` keep size and mtime: stat shows no change, the timed re-read (hash) does.
+    A reload to a token shorter than the minimum keeps the last good token and says why."""
+    from app.service import auth
+    from app.service.auth import MIN_TOKEN_LENGTH, TokenWatcher
+
+    monkeypatch.setattr(auth, "RECHECK_SECONDS", 0.3, raising=False)  # the service's default is 3 s
+    path = tmp_path / "token"
+    path.write_text("aaaaaaaaaaaaaaaaaaaaaaaa\n")
+    watcher = TokenWatcher("aaaaaaaaaaaaaaaaaaaaaaaa", path)
+    st = path.stat()
+    staged = tmp_path / "staged"
+    staged.write_text("bbbbbbbbbbbbbbbbbbbbbbbb\n")
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(path, "r+b") as f:  # rewrite in place like cp -p: same inode, same size, then same mtime
+        f.write(staged.read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    assert watcher.token == "aaaaaaaaaaaaaaaaaaaaaaaa"  # within the interval: stat only
+    time.sleep(0.4)
+    assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"
+
+    # A 1-character token (and one just under the minimum) is refused; the last good one stays.
+    caplog.set_level(logging.WARNING, logger="app.service.auth")
+    for short in ("x", "c" * (MIN_TOKEN_LENGTH - 1)):
+        path.write_text(short + "\n")
+        time.sleep(0.4)
+        assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "app.service.auth"]
+    assert any(f"shorter than {MIN_TOKEN_LENGTH} characters; keeping the last good token" in m for m in warnings)
+    # A good new token after that is taken.
+    path.write_text("d" * MIN_TOKEN_LENGTH + "\n")
+    assert watcher.token == "d" * MIN_TOKEN_LENGTH
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from tests.service_support import (
     service,
     wait_for,
 )
+from tests.tls_standin import ApiServer, Certs, StandIn
 
 SLACK_SECRET = "T0000/B0000/XXXXsecretXXXX"
 
@@ -39,12 +41,15 @@ def _full(client: httpx.Client, rid: str) -> dict[str, Any]:
     return dict(client.get(f"/api/v1/reports/{rid}", headers=AUTH).json())
 
 
-def test_every_sink_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_every_sink_end_to_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, certs: Certs, serve: Callable[[StandIn], StandIn]
+) -> None:
     token = tmp_path / "sa-token"
-    token.write_text("sa-token\n")
+    token.write_text("sa-token-0123456789\n")
+    api = ApiServer([])  # the token goes over TLS only (an http:// API server URL is refused)
+    kube = serve(StandIn("", "sa-token-0123456789", routes=api))
     with (
         Recorder() as am,
-        Recorder() as kube,
         Recorder(fail_first=2) as slack,  # fails twice, then takes it
         Recorder() as hook,
         caplog.at_level(logging.DEBUG),
@@ -53,6 +58,7 @@ def test_every_sink_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture)
             alertmanager_url=am.url,
             kubernetes_events=True,
             apiserver_url=kube.url,
+            apiserver_ca_file=certs.ca,
             apiserver_token_file=token,
             slack_webhook_url=f"{slack.url}/services/{SLACK_SECRET}",
             report_webhook_url=f"{hook.url}/hook",
@@ -90,12 +96,11 @@ def test_every_sink_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         assert alert["startsAt"] < alert["endsAt"] and alert["generatorURL"] == ann["report_url"]
 
         # Kubernetes Events (events.k8s.io/v1): the Node and the culprit Pod (the host process gets none).
-        assert [r["path"] for r in kube.requests] == [
-            "/apis/events.k8s.io/v1/namespaces/default/events",
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
+        assert kube.requests == [
+            "POST /apis/events.k8s.io/v1/namespaces/default/events",
+            "POST /apis/events.k8s.io/v1/namespaces/shop/events",
         ]
-        node_ev, pod_ev = (r["body"] for r in kube.requests)
-        assert kube.requests[0]["headers"]["authorization"] == "Bearer sa-token"  # as the kubernetes client sends it
+        node_ev, pod_ev = api.events  # the stand-in took them with the bearer token only
         assert node_ev["regarding"]["kind"] == "Node" and node_ev["regarding"]["name"] == "node-a"
         assert pod_ev["regarding"] == {
             "apiVersion": "v1",
@@ -193,3 +198,54 @@ def test_payloads_are_bounded_and_link_to_the_ui(tmp_path: Path) -> None:
         and len(KubeEventsSink.targets(host_only)) == 1
     )
     asyncio.run(client.aclose())
+
+
+HTTP_LOGGERS = ("httpx", "httpcore")
+
+
+@pytest.fixture
+def serve_logging() -> Any:
+    """Logging configured the way `serve` does (app.service.logs.configure at INFO) into a buffer;
+    the root logger and the http client loggers are put back afterwards."""
+    import io
+
+    from app.service import logs
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logs._configured,
+             {n: logging.getLogger(n).level for n in HTTP_LOGGERS})
+    for n in HTTP_LOGGERS:
+        logging.getLogger(n).setLevel(logging.NOTSET)
+    logs._configured = False
+    buf = io.StringIO()
+    try:
+        assert logs.configure("text", logging.INFO, buf)
+        yield buf
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logs._configured = saved[2]
+        for n, level in saved[3].items():
+            logging.getLogger(n).setLevel(level)
+
+
+def test_slack_url_not_in_serve_logs(tmp_path: Path, serve_logging: Any) -> None:
+    """httpx logs each request's URL at INFO; with serve's logging, a real Slack delivery over real
+    httpx to a loopback receiver leaves neither the URL path nor its secret in any log line."""
+    with Recorder() as slack:
+        url = f"{slack.url}/services/{SLACK_SECRET}"
+        settings = make_settings(tmp_path, slack_webhook_url=url)
+
+        async def go() -> Any:
+            async with httpx.AsyncClient() as client:
+                return await deliver_with_retry(SlackSink(settings, client), make_report("node-a"), attempts=1, backoff=0)
+
+        result = asyncio.run(go())
+    assert result.ok and slack.requests[0]["path"] == f"/services/{SLACK_SECRET}"
+    logging.getLogger("app.test").info("delivered")  # the buffer does capture INFO lines
+    text = serve_logging.getvalue()
+    assert "delivered" in text
+    assert SLACK_SECRET not in text and "/services/" not in text

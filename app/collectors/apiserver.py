@@ -12,7 +12,14 @@ Which API server, and how to reach it, is decided here and nowhere else (`ApiSer
 Calls: pods of a node (`spec.nodeName` field selector, the node name checked as DNS-1123 first and
 the answer's `nodeName` checked after), pods of a namespace by label selector, nodes, and
 events.k8s.io/v1 Events. Every call has an overall deadline of `PFI_APISERVER_TIMEOUT_SECONDS`
-(connect + TLS + headers + body) and fails with `ApiServerError` carrying a short reason. Answers are
+(connect + TLS + headers + body) and fails with `ApiServerError` carrying a short reason. The
+deadline's timer can only shut sockets that exist, so each call also carries that many seconds as
+urllib3's connect and read timeouts (`_request_timeout`): a server whose accept queue is full (SYNs
+dropped) ends the call at the deadline too. Host-name resolution (getaddrinfo) is not bounded by
+either: it is bounded by the resolver's own timeout and attempts (resolv.conf).
+
+A token is never sent over plain http (`http://` URL or kubeconfig server with credentials): the
+call fails with a reason instead. A kubeconfig with `insecure-skip-tls-verify` is logged once. Answers are
 read as raw JSON (no model classes: a PodList of a busy node deserialises 20x faster that way).
 The client is synchronous; the service calls it through `app.service.kube` in worker threads.
 """
@@ -20,6 +27,7 @@ The client is synchronous; the service calls it through `app.service.kube` in wo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -39,7 +47,10 @@ __all__ = [
     "service_account_namespace",
 ]
 
+log = logging.getLogger(__name__)
+
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_warned_insecure: set[str] = set()  # kubeconfigs already logged for insecure-skip-tls-verify
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
 _STATUS_HINTS = {
@@ -158,6 +169,11 @@ class ApiServer:
         except Exception as exc:  # ConfigException, YAML errors, unreadable files
             raise ApiServerError(f"API server configuration ({c.source}) unusable: {exc}") from None
         cfg.retries = False  # one attempt per call: the deadline is the caller's
+        _refuse_cleartext_credentials(cfg, c)
+        if c.kubeconfig is not None and cfg.verify_ssl is False and str(c.kubeconfig) not in _warned_insecure:
+            _warned_insecure.add(str(c.kubeconfig))
+            log.warning("kubeconfig %s sets insecure-skip-tls-verify: the API server's certificate is not "
+                        "checked, and the token goes to whoever answers", c.kubeconfig)
         if c.ca_file is not None and not c.ca_file.exists():
             raise ApiServerError(f"API server CA file {c.ca_file} does not exist")
         try:
@@ -172,6 +188,10 @@ class ApiServer:
             if self._client is None:
                 self._client = self._build()
             return self._client
+
+    def _timeouts(self) -> tuple[float, float]:
+        """(connect, read) for urllib3: the deadline's timer cannot shut a socket still connecting."""
+        return (self.config.timeout, self.config.timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -230,7 +250,8 @@ class ApiServer:
             from kubernetes.client import CoreV1Api
 
             return CoreV1Api(c).list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", _preload_content=False
+                field_selector=f"spec.nodeName={node}", _preload_content=False,
+                _request_timeout=self._timeouts(),
             )
 
         body = self._call(f"pods on node {node}", call)
@@ -247,7 +268,8 @@ class ApiServer:
             from kubernetes.client import CoreV1Api
 
             return CoreV1Api(c).list_namespaced_pod(
-                namespace, label_selector=label_selector, _preload_content=False
+                namespace, label_selector=label_selector, _preload_content=False,
+                _request_timeout=self._timeouts(),
             )
 
         return dict(self._call(f"pods {label_selector} in {namespace}", call) or {})
@@ -256,7 +278,7 @@ class ApiServer:
         def call(c: Any) -> Any:
             from kubernetes.client import CoreV1Api
 
-            return CoreV1Api(c).list_node(_preload_content=False)
+            return CoreV1Api(c).list_node(_preload_content=False, _request_timeout=self._timeouts())
 
         return dict(self._call("nodes", call) or {})
 
@@ -267,9 +289,26 @@ class ApiServer:
             from kubernetes.client import EventsV1Api
 
             api: Any = EventsV1Api(c)  # a dict body: the client validates it into its model
-            return api.create_namespaced_event(namespace, event, _preload_content=False)
+            return api.create_namespaced_event(
+                namespace, event, _preload_content=False, _request_timeout=self._timeouts()
+            )
 
         return dict(self._call(f"an Event in {namespace}", call) or {})
+
+
+def _refuse_cleartext_credentials(cfg: Any, c: ApiServerConfig) -> None:
+    """ApiServerError when credentials (a token, basic auth, a token file) would go over http://."""
+    host = str(cfg.host or "")
+    if not host.lower().startswith("http://"):
+        return
+    creds = bool(cfg.api_key) or cfg.refresh_api_key_hook is not None or bool(cfg.username) or (
+        c.token_file is not None)
+    if creds:
+        where = "PFI_APISERVER_URL" if c.source == "PFI_APISERVER_URL" else f"the {c.source} server"
+        raise ApiServerError(
+            f"API server URL {host} ({where}) is http://: refusing to send the service-account token in "
+            "clear text; use https://"
+        )
 
 
 def event_body(

@@ -5,16 +5,22 @@ generated into the data dir (mode 0600) and reused on the next start.
 
 Rotation: `TokenWatcher` stats the file on each use (a few microseconds) and re-reads it when its
 identity changes (device, inode, size, mtime): a rewrite in place and the kubelet's atomic swap of
-the `..data` symlink both count. A file that became empty or unreadable keeps the last good token
-(logged once), so a half-finished rotation never locks Alertmanager out.
+the `..data` symlink both count. A rewrite that keeps size and mtime (`cp -p`, `rsync -t`) does not
+change the identity, so the file is also re-read and its hash compared every `RECHECK_SECONDS`.
+A file that became empty, unreadable or holds a token shorter than `MIN_TOKEN_LENGTH` keeps the
+last good token (logged once), so a half-finished or mistaken rotation never locks Alertmanager out
+nor lets a guessable token in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 
 GENERATED_TOKEN_NAME = "webhook-token"
 MIN_TOKEN_LENGTH = 16
+RECHECK_SECONDS = 3.0  # re-read and hash the token file at most this often even if stat shows no change
 
 
 @dataclass(frozen=True)
@@ -84,11 +91,22 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 class TokenWatcher:
     """The current webhook token. `path=None`: a fixed token (tests, a token passed in)."""
 
-    def __init__(self, token: str, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        path: Path | None = None,
+        *,
+        recheck_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._token = token
         self.path = path
         self._seen = _identity(path) if path is not None else None
+        self._digest: bytes | None = None  # of the file's bytes last read
         self._problem: str | None = None
+        self._recheck = RECHECK_SECONDS if recheck_seconds is None else recheck_seconds
+        self._clock = clock
+        self._next_check = clock() + self._recheck
 
     @classmethod
     def from_source(cls, source: TokenSource) -> TokenWatcher:
@@ -99,21 +117,37 @@ class TokenWatcher:
         if self.path is None:
             return self._token
         ident = _identity(self.path)
-        if ident is not None and ident != self._seen:
+        now = self._clock()
+        if ident is not None and (ident != self._seen or now >= self._next_check):
+            self._next_check = now + self._recheck
             self._reload(ident)
         return self._token
 
     def _reload(self, ident: tuple[int, int, int, int]) -> None:
         assert self.path is not None
         try:
-            token = self.path.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            self._complain(f"cannot read {self.path}: {exc}")
+            return
+        digest = hashlib.sha256(raw).digest()
+        if digest == self._digest:  # the timer's re-read of an unchanged file: nothing to do
+            self._seen = ident
+            self._problem = None
+            return
+        try:
+            token = raw.decode().strip()
+        except UnicodeDecodeError as exc:
             self._complain(f"cannot read {self.path}: {exc}")
             return
         if not token:
             self._complain(f"{self.path} is empty")
             return
+        if len(token) < MIN_TOKEN_LENGTH:
+            self._complain(f"the token in {self.path} is shorter than {MIN_TOKEN_LENGTH} characters")
+            return
         self._seen = ident
+        self._digest = digest
         self._problem = None
         if token != self._token:
             self._token = token

@@ -63,6 +63,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)  # ASCII: no raw control or bidi character reaches the reader
 
 
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_clients() -> None:
+    """httpx logs every request's full URL at INFO (`HTTP Request: POST https://hooks.slack.com/
+    services/T…/B…/SECRET`); a Slack webhook URL is a credential. WARNING and above only, also
+    under --verbose."""
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure(fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = None) -> bool:
     """Set up the root logger once (later calls do nothing and return False)."""
     global _configured
@@ -78,5 +89,6 @@ def configure(fmt: str = "text", level: int = logging.INFO, stream: TextIO | Non
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    quiet_http_clients()
     _configured = True
     return True

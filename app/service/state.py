@@ -6,7 +6,9 @@ single-flight scheduler, and a retry loop for reports the store could not write 
 
 Reports go to the sinks through the store's outbox: the report and one outbox row per sink are
 written together; each sink's result is written with the removal of its row. Deliveries left over
-by a stop or a crash resume at the next start. `stop` cancels the running investigation (no tracer
+by a stop or a crash resume at the next start, and every `OUTBOX_RETRY_SECONDS` after that (a
+delivery refused for too much background work, a batch beyond the first): each run drains the
+outbox batch by batch, a bounded number of batches. `stop` cancels the running investigation (no tracer
 is left running; a stuck one is left behind with a report saying so), gives sink deliveries a
 moment (the outbox keeps the rest), writes what waits and closes everything: well inside the
 chart's termination grace period whatever a neighbour does.
@@ -25,6 +27,7 @@ import httpx
 
 from app.config import Settings
 from app.models import Report
+from app.service import logs
 from app.service.auth import TokenWatcher, load_token
 from app.service.kube import KubeApi
 from app.service.metrics import Metrics
@@ -41,6 +44,9 @@ MAX_BACKGROUND_TASKS = 256
 STORE_RETRY_SECONDS = 10.0
 STOP_SINKS_SECONDS = 3.0  # sink deliveries still retrying then stay in the outbox for the next start
 STOP_TASKS_SECONDS = 10.0  # other background work (forwarding alerts) has no outbox: it gets longer
+OUTBOX_RETRY_SECONDS = 45.0  # rows still in the outbox (not being delivered) are resumed this often
+OUTBOX_BATCH = 100  # reports a batch of one resume run
+OUTBOX_BATCHES = 50  # batches a run at most: 5000 reports, then the next run
 DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is not posted
 
 
@@ -92,6 +98,7 @@ class ServiceState:
     scheduler: Scheduler = field(init=False)
     recorder: RecorderService | None = None  # the flight recorder and watch mode (issue 12)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    delivering: set[str] = field(default_factory=set)  # report ids whose delivery runs (resume skips them)
 
     @classmethod
     async def start(
@@ -116,9 +123,7 @@ class ServiceState:
             )
             await asyncio.to_thread(store.open)
         # httpx logs every request's URL at INFO; a Slack webhook URL is a credential.
-        for name in ("httpx", "httpcore"):
-            if logging.getLogger(name).level == logging.NOTSET:
-                logging.getLogger(name).setLevel(logging.WARNING)
+        logs.quiet_http_clients()
         metrics = Metrics()
         client = httpx.AsyncClient(
             transport=transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
@@ -143,7 +148,7 @@ class ServiceState:
         state.spawn(state._store_retry_loop(), "store-retry")
         state.scheduler.on_started = state.on_started  # a `running` row as each investigation starts
         if state.sinks:
-            state.spawn(state._resume_outbox(), "sinks-resume")
+            state.spawn(state._outbox_loop(), "outbox-resume")
         state._update_store_gauges()
         log.info(
             "service for node %s: %d sink(s) %s; store %s",
@@ -198,10 +203,16 @@ class ServiceState:
             report = report.model_copy(update={"joined": list(inv.triggers[1:])})
         deliver = bool(self.sinks) and report.status in DELIVER_STATUSES
         outbox = [k.name for k in self.sinks] if deliver else []
-        await asyncio.to_thread(self.store.put, report, inv.triggers, outbox=outbox)
+        if deliver:  # from now on the outbox resume leaves it to the task below
+            self.delivering.add(report.id)
+        try:
+            await asyncio.to_thread(self.store.put, report, inv.triggers, outbox=outbox)
+        except BaseException:
+            self.delivering.discard(report.id)
+            raise
         self._update_store_gauges()
-        if deliver:
-            self.spawn(self.deliver(report, list(inv.triggers)), f"sinks-{report.id}")
+        if deliver and not self.spawn(self.deliver(report, list(inv.triggers)), f"sinks-{report.id}"):
+            self.delivering.discard(report.id)  # refused: the periodic outbox resume delivers it
 
     async def deliver(self, report: Report, triggers: list[Any], sinks: list[Sink] | None = None) -> Report:
         """Deliver to each sink (retried); each result is written with the removal of its outbox
@@ -219,29 +230,53 @@ class ServiceState:
                 await asyncio.to_thread(self.store.delivered, current, triggers, [sink.name])
                 self._update_store_gauges()
 
-        await asyncio.gather(*(one(k) for k in (self.sinks if sinks is None else sinks)))
+        self.delivering.add(report.id)
+        try:
+            await asyncio.gather(*(one(k) for k in (self.sinks if sinks is None else sinks)))
+        finally:
+            self.delivering.discard(report.id)
         return current
 
+    async def _outbox_loop(self) -> None:
+        """Resume at the start, then every OUTBOX_RETRY_SECONDS for rows still waiting."""
+        while True:
+            await self._resume_outbox()
+            await asyncio.sleep(OUTBOX_RETRY_SECONDS)
+
     async def _resume_outbox(self) -> None:
-        """Deliveries a previous process did not finish (stopped, or killed) are made now."""
+        """Deliveries not done (a previous process stopped or was killed, a delivery was refused) are
+        made now: batch after batch until the outbox holds only rows being delivered or seen in this run
+        (at most OUTBOX_BATCHES batches; the rest waits for the next run)."""
         try:
-            left = await asyncio.to_thread(self.store.outbox)
             by_name = {k.name: k for k in self.sinks}
-            for rid, names in left:
-                report = await asyncio.to_thread(self.store.get, rid)
-                triggers = await asyncio.to_thread(self.store.triggers, rid)
-                if report is None:
-                    continue
-                gone = [n for n in names if n not in by_name]
-                if gone:  # a sink no longer configured: nothing to deliver to
-                    log.warning("report %s: sink(s) %s no longer configured; not delivered", rid, gone)
-                    await asyncio.to_thread(self.store.delivered, report, triggers, gone)
-                todo = [by_name[n] for n in names if n in by_name]
-                if todo:
-                    log.info("report %s: resuming delivery to %s", rid, [k.name for k in todo])
-                    await self.deliver(report, triggers, todo)
+            seen: set[str] = set()
+            for _ in range(OUTBOX_BATCHES):
+                left = await asyncio.to_thread(self.store.outbox, OUTBOX_BATCH, seen | self.delivering)
+                if not left:
+                    break
+                await self._resume_batch(left, by_name, seen)
         except Exception:
             log.exception("resuming sink deliveries failed; they stay in the outbox")
+
+    async def _resume_batch(
+        self, left: list[tuple[str, list[str]]], by_name: dict[str, Sink], seen: set[str]
+    ) -> None:
+        for rid, names in left:
+            seen.add(rid)
+            if rid in self.delivering:  # began since the batch was read
+                continue
+            report = await asyncio.to_thread(self.store.get, rid)
+            triggers = await asyncio.to_thread(self.store.triggers, rid)
+            if report is None:
+                continue
+            gone = [n for n in names if n not in by_name]
+            if gone:  # a sink no longer configured: nothing to deliver to
+                log.warning("report %s: sink(s) %s no longer configured; not delivered", rid, gone)
+                await asyncio.to_thread(self.store.delivered, report, triggers, gone)
+            todo = [by_name[n] for n in names if n in by_name]
+            if todo:
+                log.info("report %s: resuming delivery to %s", rid, [k.name for k in todo])
+                await self.deliver(report, triggers, todo)
 
     # --- readiness and shutdown ----------------------------------------------------------------
     def readiness(self) -> list[str]:
@@ -256,7 +291,7 @@ class ServiceState:
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.stop)
         await self.scheduler.stop()
-        pending = {t for t in self.tasks if not t.get_name().startswith("store-retry")}
+        pending = {t for t in self.tasks if not t.get_name().startswith(("store-retry", "outbox-resume"))}
         budget = {True: STOP_SINKS_SECONDS, False: STOP_TASKS_SECONDS}
         loop = asyncio.get_running_loop()
         start = loop.time()

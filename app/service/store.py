@@ -21,6 +21,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -384,14 +385,18 @@ class ReportStore:
             conn.execute("DELETE FROM outbox WHERE report_id NOT IN (SELECT id FROM reports)")
 
     # --- the outbox -------------------------------------------------------------------------
-    def outbox(self, limit: int = 100) -> list[tuple[str, list[str]]]:
-        """Deliveries not done yet (oldest first): (report id, sink names)."""
+    def outbox(self, limit: int = 100, exclude: Collection[str] = ()) -> list[tuple[str, list[str]]]:
+        """Deliveries not done yet (oldest first): (report id, sink names), at most `limit` reports,
+        none of those in `exclude` (being delivered, or already tried by the caller)."""
         with self._lock:
             if self._conn is None:
                 return []
             try:
                 rows = self._conn.execute(
-                    "SELECT report_id, sink FROM outbox ORDER BY created_at, report_id LIMIT ?", (limit * 8,)
+                    "SELECT report_id, sink FROM outbox"
+                    " WHERE report_id NOT IN (SELECT value FROM json_each(?))"
+                    " ORDER BY created_at, report_id LIMIT ?",
+                    (json.dumps(sorted(exclude)), limit * 8),
                 ).fetchall()
             except sqlite3.Error as exc:
                 self._fail("cannot read", exc)
