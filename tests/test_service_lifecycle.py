@@ -64,6 +64,7 @@ def serve_process(tmp_path: Path, argv: list[str], **env_extra: str) -> Iterator
         PFI_DATA_DIR=str(tmp_path / "data"),
         PFI_NODE_NAME=NODE,
         PFI_NODE_IP="10.0.77.1",
+        PFI_KUBELET_URL="https://127.0.0.1:1",  # never the made-up node IP
         PFI_WEBHOOK_TOKEN_FILE=str(token_file),
         PFI_TRACER="procfs",
         PYTHONPATH=str(ROOT),

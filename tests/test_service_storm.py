@@ -105,6 +105,8 @@ def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
             settings = Settings(
                 node_name=names[i],
                 node_ip=ips[i],
+                # Node IPs are made up: the kubelet is never looked for there (closed loopback port).
+                kubelet_url="https://127.0.0.1:1",
                 data_dir=tmp_path / names[i],
                 static_peers=peers,
                 apiserver_url=None,
