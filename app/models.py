@@ -127,6 +127,7 @@ class CgroupMemory(BaseModel):
     # Added for issue 9: where the limit comes from, and v2 swap counters.
     limit_path: str | None = None  # the cgroup whose limit max_bytes is (this one, or the pod's above it)
     high_path: str | None = None  # the cgroup whose memory.high high_bytes is (v2)
+    high_usage_bytes: int | None = None  # memory.current of high_path (what its memory.high is compared with)
     pswpin: int | None = None  # v2 memory.stat (newer kernels): pages swapped in, cumulative
     pswpout: int | None = None
 

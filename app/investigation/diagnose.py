@@ -91,11 +91,15 @@ def near_limit(mem: CgroupMemory | None) -> bool:
 
 def high_binds(mem: CgroupMemory | None) -> bool:
     """memory.high (v2) below the limit, and usage at it: the kernel throttles and reclaims there."""
-    if mem is None or mem.high_bytes is None or mem.current_bytes is None:
+    if mem is None or mem.high_bytes is None:
+        return False
+    # Compare the usage of the level that has the memory.high (the pod's, say), not the container's own.
+    usage = mem.high_usage_bytes if mem.high_usage_bytes is not None else mem.current_bytes
+    if usage is None:
         return False
     if mem.max_bytes is not None and mem.high_bytes >= mem.max_bytes:
         return False
-    return mem.current_bytes >= NEAR_LIMIT * mem.high_bytes
+    return usage >= NEAR_LIMIT * mem.high_bytes
 
 
 def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
