@@ -130,6 +130,7 @@ class CgroupMemory(BaseModel):
     high_usage_bytes: int | None = None  # memory.current of high_path (what its memory.high is compared with)
     pswpin: int | None = None  # v2 memory.stat (newer kernels): pages swapped in, cumulative
     pswpout: int | None = None
+    zswpin: int | None = None  # v2 memory.stat (with zswap): pages loaded back from zswap; not in pswpin
 
 
 Confidence = Literal["high", "medium", "low"]  # how sure a verdict is

@@ -246,3 +246,12 @@ def test_ancestor_memory_high_compared_with_the_ancestors_usage(tmp_path: Path) 
     mem = read_cgroup_memory(tmp_path, ref)
     assert mem is not None and mem.high_usage_bytes == 20 << 20
     assert not high_binds(mem)
+
+
+def test_v2_zswpin_read_from_memory_stat(tmp_path: Path) -> None:
+    ref = parse_cgroup(V2_CGROUP)
+    group = _lay_v2(tmp_path, ref, "max\n")
+    with (group / "memory.stat").open("a") as f:
+        f.write("zswpin 37\nzswpout 90\n")  # SYNTHETIC lines, as kernels with zswap print them (6.1+)
+    mem = read_cgroup_memory(tmp_path, ref)
+    assert mem is not None and mem.zswpin == 37

@@ -234,3 +234,22 @@ def test_node_reclaim_blames_the_node():
                      pgscan_kswapd_per_second=20000, pgscan_direct_per_second=0)
     v = diagnose_process(_proc([Source(kind=SourceKind.CODE, path="/bin/x", faults=10, share=1.0)]), node)
     assert v.cause is Cause.NODE_MEMORY_PRESSURE and "20,000 pages/s scanned" in v.summary
+
+
+def test_estimate_counts_zswap_loads_as_swap_ins():
+    """A swap-in served from zswap counts zswpin, not pswpin (mm/zswap.c zswap_load); both are major
+    faults. With zswap on, pswpin stays 0 while the process swaps."""
+    smaps = parse_smaps((FIX / "smaps-alertmanager-vmflags-trailing-space.txt").read_text())
+    cg = SwapEvidence(process_majflt=100, cgroup_path="/k", cgroup_pgmajfault=100, cgroup_pswpin=0,
+                      cgroup_zswpin=80, cgroup_refault_anon=80)
+    srcs = estimate_sources(100, 0, smaps, cg)
+    assert sum(s.faults for s in srcs if s.kind is SourceKind.SWAP) == 80
+    assert "zswpin +80" in srcs[0].evidence[0]
+    # the node's counters, from a real /proc/vmstat of this kernel (it has zswpin) and a later one
+    from app.parsers.procfs import parse_vmstat
+
+    first = parse_vmstat((FIX / "vmstat-captured-here.txt").read_text())
+    assert "zswpin" in first
+    node = SwapEvidence(process_majflt=900, node_pgmajfault=1000, node_pswpin=0, node_zswpin=500)
+    srcs = estimate_sources(900, 0, smaps, node)
+    assert sum(s.faults for s in srcs if s.kind is SourceKind.SWAP) == 450

@@ -125,6 +125,7 @@ def _v2(base: Path, rel: str, path: str) -> CgroupMemory | None:
         high_usage_bytes=high[2] if high else None,
         pswpin=stat.get("pswpin"),
         pswpout=stat.get("pswpout"),
+        zswpin=stat.get("zswpin"),
     )
 
 
