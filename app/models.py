@@ -162,6 +162,9 @@ class ProcessReport(BaseModel):
     paths_in_container: bool = False  # source paths are as the container sees them
     sources: list[Source] = Field(default_factory=list)
     cgroup_memory: CgroupMemory | None = None
+    # How much its memory cgroup's workingset_refault_file rose while the process was watched (pages
+    # the cgroup's page cache had evicted and read again); None: not measured (see the verdict's evidence).
+    cgroup_file_refaults: int | None = None
     rss_bytes: int | None = None
     swap_bytes: int | None = None
     read_bytes_per_second: float | None = None
