@@ -127,8 +127,10 @@ class CgroupMemory(BaseModel):
     # Added for issue 9: where the limit comes from, and v2 swap counters.
     limit_path: str | None = None  # the cgroup whose limit max_bytes is (this one, or the pod's above it)
     high_path: str | None = None  # the cgroup whose memory.high high_bytes is (v2)
+    high_usage_bytes: int | None = None  # memory.current of high_path (what its memory.high is compared with)
     pswpin: int | None = None  # v2 memory.stat (newer kernels): pages swapped in, cumulative
     pswpout: int | None = None
+    zswpin: int | None = None  # v2 memory.stat (with zswap): pages loaded back from zswap; not in pswpin
 
 
 Confidence = Literal["high", "medium", "low"]  # how sure a verdict is
@@ -160,6 +162,9 @@ class ProcessReport(BaseModel):
     paths_in_container: bool = False  # source paths are as the container sees them
     sources: list[Source] = Field(default_factory=list)
     cgroup_memory: CgroupMemory | None = None
+    # How much its memory cgroup's workingset_refault_file rose while the process was watched (pages
+    # the cgroup's page cache had evicted and read again); None: not measured (see the verdict's evidence).
+    cgroup_file_refaults: int | None = None
     rss_bytes: int | None = None
     swap_bytes: int | None = None
     read_bytes_per_second: float | None = None

@@ -221,3 +221,37 @@ def test_real_hybrid_tree_pod_in_v1_memory_and_unified(tmp_path: Path) -> None:
         finally:
             child.kill()
             child.wait()
+
+
+def test_ancestor_memory_high_compared_with_the_ancestors_usage(tmp_path: Path) -> None:
+    """v2: the pod has memory.high 100 MiB and uses 99 MiB; the container (no high of its own) uses 10 MiB.
+    The pod's high binds: its usage, not the container's, is what the kernel throttles on; and the
+    other way round, a container near the pod's high number but a pod far below it does not bind."""
+    from app.investigation.diagnose import high_binds
+
+    ref = parse_cgroup(V2_CGROUP)
+    group = _lay_v2(tmp_path, ref, "max\n")
+    pod = group.parent
+    (group / "memory.current").write_text(f"{10 << 20}\n")  # SYNTHETIC values, as the kernel prints them
+    (group / "memory.high").write_text("max\n")
+    (pod / "memory.max").write_text("max\n")
+    (pod / "memory.high").write_text(f"{100 << 20}\n")
+    (pod / "memory.current").write_text(f"{99 << 20}\n")
+    mem = read_cgroup_memory(tmp_path, ref)
+    assert mem is not None and mem.high_path == "/" + str(pod.relative_to(tmp_path))
+    assert (mem.current_bytes, mem.high_bytes, mem.high_usage_bytes) == (10 << 20, 100 << 20, 99 << 20)
+    assert high_binds(mem)
+    (group / "memory.current").write_text(f"{99 << 20}\n")
+    (pod / "memory.current").write_text(f"{20 << 20}\n")  # impossible for a real pod; isolates the compare
+    mem = read_cgroup_memory(tmp_path, ref)
+    assert mem is not None and mem.high_usage_bytes == 20 << 20
+    assert not high_binds(mem)
+
+
+def test_v2_zswpin_read_from_memory_stat(tmp_path: Path) -> None:
+    ref = parse_cgroup(V2_CGROUP)
+    group = _lay_v2(tmp_path, ref, "max\n")
+    with (group / "memory.stat").open("a") as f:
+        f.write("zswpin 37\nzswpout 90\n")  # SYNTHETIC lines, as kernels with zswap print them (6.1+)
+    mem = read_cgroup_memory(tmp_path, ref)
+    assert mem is not None and mem.zswpin == 37

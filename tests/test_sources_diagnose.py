@@ -234,3 +234,62 @@ def test_node_reclaim_blames_the_node():
                      pgscan_kswapd_per_second=20000, pgscan_direct_per_second=0)
     v = diagnose_process(_proc([Source(kind=SourceKind.CODE, path="/bin/x", faults=10, share=1.0)]), node)
     assert v.cause is Cause.NODE_MEMORY_PRESSURE and "20,000 pages/s scanned" in v.summary
+
+
+def test_estimate_counts_zswap_loads_as_swap_ins():
+    """A swap-in served from zswap counts zswpin, not pswpin (mm/zswap.c zswap_load); both are major
+    faults. With zswap on, pswpin stays 0 while the process swaps."""
+    smaps = parse_smaps((FIX / "smaps-alertmanager-vmflags-trailing-space.txt").read_text())
+    cg = SwapEvidence(process_majflt=100, cgroup_path="/k", cgroup_pgmajfault=100, cgroup_pswpin=0,
+                      cgroup_zswpin=80, cgroup_refault_anon=80)
+    srcs = estimate_sources(100, 0, smaps, cg)
+    assert sum(s.faults for s in srcs if s.kind is SourceKind.SWAP) == 80
+    assert "zswpin +80" in srcs[0].evidence[0]
+    # the node's counters, from a real /proc/vmstat of this kernel (it has zswpin) and a later one
+    from app.parsers.procfs import parse_vmstat
+
+    first = parse_vmstat((FIX / "vmstat-captured-here.txt").read_text())
+    assert "zswpin" in first
+    node = SwapEvidence(process_majflt=900, node_pgmajfault=1000, node_pswpin=0, node_zswpin=500)
+    srcs = estimate_sources(900, 0, smaps, node)
+    assert sum(s.faults for s in srcs if s.kind is SourceKind.SWAP) == 450
+
+
+# Measured on this machine (kernel 6.18, v1 memory group with a 64 MiB limit, tests/workloads
+# scenario_faults reread of a 128 MiB file, one page a fault): total_workingset_refault_file stays 0
+# for the first pass (~32k faults, the group at its limit from 2 s on) and rises 1:1 with the major
+# faults from the second pass on. The first pass is cold reads, the second the limit's doing.
+FIRST_PASS_REFAULTS, SECOND_PASS_REFAULTS = 0, 9_278  # the latter: one second of the second pass
+
+
+def test_cold_reads_in_a_full_container_are_not_blamed_on_the_limit():
+    first = _proc([Source(kind=SourceKind.FILE, path="/data/index.bin", faults=10, share=1.0)], LIMITED, POD)
+    first.cgroup_file_refaults = FIRST_PASS_REFAULTS
+    v = diagnose_process(first, NodeStats())
+    assert v.cause is Cause.COLD_FILE_READS
+    assert v.summary.startswith("cold reads of /data/index.bin through mmap by pod shop/cart-cache-7d9f")
+    assert "the container runs at 98% of its 64 MiB memory limit" in v.summary
+    assert any("workingset_refault_file) rose by only 0" in e for e in v.evidence)
+    assert any("raising the limit helps only if" in a for a in v.advice)
+    # the same faults with the group's file refaults rising: the limit evicts what it reads again
+    second = first.model_copy(update={"cgroup_file_refaults": SECOND_PASS_REFAULTS})
+    v = diagnose_process(second, NodeStats())
+    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT and "re-reads /data/index.bin" in v.summary
+    assert any("rose by 9,278 over the window" in e for e in v.evidence)
+    # code: first reads of a program's text at a full limit are cold reads too
+    code = _proc([Source(kind=SourceKind.CODE, path="/app/bin", faults=10, share=1.0)], LIMITED, POD)
+    code.cgroup_file_refaults = 0
+    assert diagnose_process(code, NodeStats()).summary.startswith("cold reads of its program code")
+
+
+def test_limit_rule_without_the_refault_counter_says_so():
+    old_kernel = LIMITED.model_copy(update={"workingset_refault_file": None})
+    p = _proc([Source(kind=SourceKind.FILE, path="/d", faults=10, share=1.0)], old_kernel, POD)
+    v = diagnose_process(p, NodeStats())
+    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT  # today's behaviour, and it says on what
+    assert any("memory.stat has no workingset_refault_file" in e and "blamed because usage is at it" in e
+               for e in v.evidence)
+    counted = LIMITED.model_copy(update={"workingset_refault_file": 5})
+    v = diagnose_process(_proc([Source(kind=SourceKind.FILE, path="/d", faults=10, share=1.0)], counted, POD),
+                         NodeStats())
+    assert v.cause is Cause.CONTAINER_MEMORY_LIMIT and any("not measured over the window" in e for e in v.evidence)

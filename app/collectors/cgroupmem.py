@@ -122,8 +122,10 @@ def _v2(base: Path, rel: str, path: str) -> CgroupMemory | None:
         pressure=pressure,
         limit_path=limit_path,
         high_path=high[0] if high else None,
+        high_usage_bytes=high[2] if high else None,
         pswpin=stat.get("pswpin"),
         pswpout=stat.get("pswpout"),
+        zswpin=stat.get("zswpin"),
     )
 
 

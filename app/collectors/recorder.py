@@ -21,7 +21,8 @@ the PodDirectory and cached), so a container that restarts (a new cgroup) contin
 pod that is gone keeps it until it ages out of the retention. Host groups are keyed by path.
 
 Memory is fixed: `slots` intervals (retention / interval, at most MAX_SLOTS) of 4-byte counts for the
-node and for at most MAX_SERIES series; the oldest gone series are dropped first when full.
+node and for at most MAX_SERIES series. A series is made on its group's first fault (idle groups take
+no slot); when full, the oldest gone series are dropped first, then live ones idle for the retention.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ class _Group:
 
     unit: Unit
     key: str
+    pod: HistoryPod | None = None  # what its series is named (made on its first fault)
     last: int | None = None  # the counter at the last read
     lookups: int = 0
     retry_tick: int | None = None  # ask the pod directory again at this tick (pod not named yet)
@@ -288,6 +290,9 @@ class FaultRecorder:
         if len(self._series) >= self.max_series:
             gone = [s for s in self._series.values() if s.live_paths == 0]
             if not gone:
+                # Live but idle: nothing it recorded is left in the ring (it faults again: a new series).
+                gone = [s for s in self._series.values() if s.upto <= self._tick - self.slots]
+            if not gone:
                 self.dropped_series += 1
                 return None
             oldest = min(gone, key=lambda s: s.upto)
@@ -308,13 +313,13 @@ class FaultRecorder:
     def _rekey(self, group: _Group, key: str, pod: HistoryPod | None) -> None:
         """A group first recorded under its pod UID is now named: move (or add) its series."""
         old = self._series.get(group.key)
-        group.key = key
+        group.key, group.pod = key, pod
         new = self._series.get(key)
         if old is None or old.live_paths > 1:
             # Nothing recorded yet, or another cgroup still feeds the old series: its data stays.
+            # (A series is made on the group's first fault, not here.)
             if old is not None:
                 old.live_paths -= 1
-            new = new or self._new_series(key, group.unit.path, pod)
             if new is not None:
                 new.live_paths += 1
                 new.cgroup = group.unit.path
@@ -391,6 +396,7 @@ class FaultRecorder:
             self._node_last = node
 
         deltas: dict[str, int] = {}
+        feeders: dict[str, _Group] = {}  # a group behind each key with faults (names a new series)
         if self.layout is None:
             errors.append(f"no memory cgroup hierarchy under {self.cgroup_root}: only the node is recorded")
         if truncated:
@@ -405,11 +411,13 @@ class FaultRecorder:
             group = self._groups.get(unit.path)
             if group is None:
                 key, pod = names[unit.path]
-                group = _Group(unit, key, lookups=1, born=tick)
+                group = _Group(unit, key, pod, lookups=1, born=tick)
                 if not _named(pod) and LOOKUP_RETRIES > 0:
                     group.retry_tick = tick + LOOKUP_BACKOFF_TICKS[0]
                 self._groups[unit.path] = group
-                s = self._series.get(key) or self._new_series(key, unit.path, pod)
+                # Only join a series that exists: one is made on the first fault, so idle groups
+                # (a thousand empty ones) do not fill MAX_SERIES before the pods that fault.
+                s = self._series.get(key)
                 if s is not None:
                     s.live_paths += 1
                     s.cgroup = unit.path
@@ -437,14 +445,25 @@ class FaultRecorder:
             group.last = value
             if delta:
                 deltas[group.key] = deltas.get(group.key, 0) + delta
+                feeders.setdefault(group.key, group)
 
         self._times[slot] = now
         self._node[slot] = min(U32, node_delta)
         self._tick = tick
+        paths_of: dict[str, int] | None = None
         for key, delta in deltas.items():
             s = self._series.get(key)
-            if s is not None:
-                self._put(s, tick, min(U32, delta))
+            if s is None:  # the first fault of this key: now it gets a series
+                g = feeders[key]
+                s = self._new_series(key, g.unit.path, g.pod)
+                if s is None:
+                    continue
+                if paths_of is None:
+                    paths_of = {}
+                    for other in self._groups.values():
+                        paths_of[other.key] = paths_of.get(other.key, 0) + 1
+                s.live_paths = paths_of.get(key, 0)
+            self._put(s, tick, min(U32, delta))
         # Series whose every readable interval aged out and whose cgroups are gone free their slot.
         oldest = tick - self.slots + 1
         for key in [k for k, s in self._series.items() if s.live_paths == 0 and s.upto <= oldest]:

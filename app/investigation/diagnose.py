@@ -7,7 +7,10 @@ direct reclaim scanning, allocation stalls; a cgroup reclaiming at its own limit
 together with the swap-out it does. Memory PSI rises when one cgroup thrashes against its limit, so it
 is shown as context and never decides. Rules, in order (docs/diagnosis.md):
 
-  R1 limit binds        -> container_memory_limit (swap, file, code) or shmem_swap (shmem)
+  R1 limit binds        -> container_memory_limit (swap, file, code) or shmem_swap (shmem); for file and
+                           code only when the cgroup's file refaults rose over the window (or the kernel
+                           does not count them): page cache filling a limit is normal, and first reads
+                           at a full limit are cold_file_reads
   R2 node evidence      -> node_memory_pressure (swap, shmem, code); file reads get a note
   R3 limit unreadable   -> the kind's cause, saying the limit could not be read and why, low confidence
   R4 otherwise by kind  -> swap / shmem_swap / code_refaults / cold_file_reads / unknown
@@ -21,6 +24,7 @@ NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the group's own me
 NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short of memory
 NODE_RECLAIM_SCAN = 100.0  # pages/s scanned by kswapd + direct reclaim: the node reclaims globally
 PSI_MEMORY_STALL = 5.0  # percent (avg10): shown as context only
+REFAULT_RISE = 0.05  # file refaults in the cgroup per major fault of the process: the limit evicts what it reads
 
 
 def _mib(n: int | None) -> str:
@@ -91,11 +95,15 @@ def near_limit(mem: CgroupMemory | None) -> bool:
 
 def high_binds(mem: CgroupMemory | None) -> bool:
     """memory.high (v2) below the limit, and usage at it: the kernel throttles and reclaims there."""
-    if mem is None or mem.high_bytes is None or mem.current_bytes is None:
+    if mem is None or mem.high_bytes is None:
+        return False
+    # Compare the usage of the level that has the memory.high (the pod's, say), not the container's own.
+    usage = mem.high_usage_bytes if mem.high_usage_bytes is not None else mem.current_bytes
+    if usage is None:
         return False
     if mem.max_bytes is not None and mem.high_bytes >= mem.max_bytes:
         return False
-    return mem.current_bytes >= NEAR_LIMIT * mem.high_bytes
+    return usage >= NEAR_LIMIT * mem.high_bytes
 
 
 def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
@@ -163,7 +171,32 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
                  + (", files left in /dev/shm" if kind is SourceKind.SHMEM else "") + ") and bound it",
                  "or stop it from swapping (memory.swap.max=0, or Kubernetes swapBehavior NoSwap)"],
             )
+        refaults = p.cgroup_file_refaults
         subject = "its own program code" if kind is SourceKind.CODE else f"{path or 'its files'}"
+        if refaults is not None and refaults < max(1.0, REFAULT_RISE * p.major_faults):
+            # Reading a large file fills the group to its limit with page cache; that alone evicts
+            # nothing the process reads again. No refaults: these are first reads.
+            evidence.append(f"{clause}, but its file refaults (workingset_refault_file) rose by only {refaults:,} "
+                            f"over the window for {p.major_faults:,} major faults: the limit is full of page "
+                            "cache the kernel reclaims, and evicts nothing this process reads again")
+            cold = "its program code" if kind is SourceKind.CODE else path or "files"
+            return verdict(
+                f"cold reads of {cold} through mmap by {who(p)} at {rate:,.0f} pages/s: first reads; {clause}, "
+                "but with page cache it reclaims, and nothing it evicted is read again",
+                Cause.COLD_FILE_READS,
+                ["expected for a one-off scan of a large file, or a process that just started: no action if it stops",
+                 "its memory is at the limit with page cache, which is normal; raising the limit helps only if "
+                 "the same pages are read again (the cgroup's workingset_refault_file rises)",
+                 "for sequential scans, read with read(2) or madvise(MADV_SEQUENTIAL) so read-ahead fetches larger chunks"],
+            )
+        if refaults is None:
+            why = ("this kernel's memory.stat has no workingset_refault_file" if mem.workingset_refault_file is None
+                   else "they were not measured over the window (the process was not snapshotted, or it moved)")
+            evidence.append(f"whether the page cache evicts what this process reads again is not known: {why}; "
+                            "the limit is blamed because usage is at it")
+        else:
+            evidence.append(f"its cgroup's file refaults (workingset_refault_file) rose by {refaults:,} over the "
+                            "window: pages the limit evicted are read again")
         return verdict(
             f"{who(p)} re-reads {subject} from disk at {rate:,.0f} pages/s because {clause}: "
             "the kernel keeps evicting its page cache",

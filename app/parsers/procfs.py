@@ -483,7 +483,7 @@ REDACTED = "***"
 _SECRET_SUBSTRINGS = (
     "passw", "passphrase", "secret", "token", "credential", "apikey", "accesskey", "privatekey",
     "authkey", "sessionkey", "signingkey", "encryptionkey", "masterkey", "licensekey", "cookie",
-    "authorization", "bearer", "connectionstring", "dsn",
+    "authorization", "bearer", "connectionstring", "dsn", "userpass",
 )
 # ... and whole words of the name (split at -, _, . and camelCase).
 _SECRET_WORDS = {"key", "pass", "pwd", "pw", "auth", "sig", "signature", "jwt", "psk", "otp", "creds"}
@@ -505,7 +505,8 @@ def _is_secret_name(name: str) -> bool:
 
 
 # scheme://user:password@host  ->  scheme://user:***@host   (also in the middle of a string)
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]*):(?P<pw>[^/\s@]*)@")
+# The password runs to the last @ of the authority: in user:p@ss@host it is p@ss.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]*):(?P<pw>[^/?#\s]*)@")
 # scheme://longtoken@host: a token used as the user name (GitHub, GitLab and similar)
 _URL_USERTOKEN = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]{16,})@")
 # ?token=...&password=...  in URLs
@@ -526,10 +527,12 @@ _COLON = re.compile(
     r"(?P<name>(?<![\w.\-/:])[A-Za-z_][\w.\-]*)(?P<sep>\s*:(?!//)\s*)(?P<val>\"[^\"]*\"?|'[^']*'?|[^\s'\",}]+)"
 )
 _SCHEMES = {"bearer", "basic", "digest", "token", "negotiate", "apikey"}
-# Tokens that are secrets wherever they stand (GitHub, GitLab, Slack, AWS access key ids).
+# Tokens that are secrets wherever they stand (GitHub, GitLab, Slack, AWS access key ids, Slack webhooks).
 _KNOWN_TOKEN = re.compile(
     r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{16,}|glpat-[A-Za-z0-9_\-]{16,}"
-    r"|xox[abposre]-[A-Za-z0-9\-]{8,}|AKIA[0-9A-Z]{16})"
+    r"|xox[abposre]-[A-Za-z0-9\-]{8,}|AKIA[0-9A-Z]{16}"
+    # Slack incoming webhooks: the URL path is the secret (hooks.slack.com/services/T../B../xxx)
+    r"|(?<=hooks\.slack\.com/services/)[A-Za-z0-9_/\-]{8,})"
 )
 # Shell words that end one command and start another; wrappers that run the next word.
 _SHELL_SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "{", "}", "then", "do", "else", "!"}
@@ -661,7 +664,11 @@ def _redact_tokens(argv: list[str], prog_arg: str, *, nested: bool = False) -> l
     out: list[str] = []
     secret_next = False  # the next argument is a secret value
     user_next = False  # the next argument is curl's user:password
+    prev = ""
     for arg in argv:
+        # the argument after sh's -c (-lc, -ec ...) is a command line
+        shell_next = prev.startswith("-") and not prev.startswith("--") and prev.endswith("c") and len(prev) <= 4
+        prev = arg
         if user_next:
             user_next = False
             if ":" in arg:
@@ -682,6 +689,21 @@ def _redact_tokens(argv: list[str], prog_arg: str, *, nested: bool = False) -> l
             if not arg.startswith("-") or short_opts or (not arg.startswith("--") and len(arg) > 2):
                 out.append(_mask(arg))
                 continue
+        # Program-specific short options first: the generic rule below would take "-pMyPassw0rd"
+        # (a "pass" name) for a flag and mask the next argument instead.
+        if mysql and arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
+            out.append(f"-p{REDACTED}")  # mysql -phunter2 (a separate "-p db" is the prompt + a database)
+            continue
+        if short_opts and arg in short_opts:
+            out.append(arg)
+            secret_next = True
+            continue
+        if short_opts and any(arg.startswith(o) and len(arg) > len(o) for o in short_opts):
+            out.append(f"{arg[:2]}{REDACTED}")  # sshpass -phunter2, redis-cli -apw
+            continue
+        if not nested and shell_next and any(c.isspace() for c in arg):
+            out.append(_redact_string(arg))  # sh -c "PGPASSWORD=x psql ...": a command line, not NAME=value
+            continue
         name, eq, value = arg.partition("=")
         if eq and value and _LONG_FLAG.match(name) and _is_secret_name(name):
             out.append(f"{name}={REDACTED}")  # --password=hunter2 (the whole rest, spaces included)
@@ -708,16 +730,6 @@ def _redact_tokens(argv: list[str], prog_arg: str, *, nested: bool = False) -> l
         if low in ("bearer", "basic") and not nested:  # in strings the _BEARER pattern did it
             out.append(arg)
             secret_next = True
-            continue
-        if mysql and arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
-            out.append(f"-p{REDACTED}")  # mysql -phunter2 (a separate "-p db" is the prompt + a database)
-            continue
-        if short_opts and arg in short_opts:
-            out.append(arg)
-            secret_next = True
-            continue
-        if short_opts and any(arg.startswith(o) and len(arg) > len(o) for o in short_opts):
-            out.append(f"{arg[:2]}{REDACTED}")  # sshpass -phunter2
             continue
         if curl and arg in ("-u", "--user", "-U", "--proxy-user"):
             out.append(arg)

@@ -332,6 +332,19 @@ def _replay(tmp: Path, row: Row) -> Iterator[Path]:
         th.join(5)
 
 
+def _past_first_pass(proc: Any, timeout: float = 20.0) -> None:
+    """Wait until a reread (or text) workload has faulted in every page of its file once: the first pass
+    is cold reads (nothing refaults, the group just fills with page cache), only later passes re-read
+    what the limit evicted (the cgroup's workingset_refault_file rises): what the limit rows are about."""
+    pages = (proc.end - proc.start) // os.sysconf("SC_PAGE_SIZE")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        if int(stat[stat.rindex(")") + 2:].split()[9]) >= pages:
+            return
+        time.sleep(0.1)
+
+
 def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, window: float = WINDOW) -> Outcome:
     """Run one scenario and check the verdict against the row: cause, source, subject, wording, and
     that the node is not blamed when the node's own evidence says it is fine."""
@@ -361,6 +374,8 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
                 proc = stack.enter_context(scenario_workload(
                     row.kind, cgroup=cgroup, limit_mb=row.limit_mb, pod_limit_mb=row.pod_limit_mb,
                     unified=row.layout == "hybrid", data=tmp / f"{row.kind}.bin"))
+                if row.kind in ("reread", "reread-swapped", "text") and (row.limit_mb or row.pod_limit_mb):
+                    _past_first_pass(proc)
             if row.cgroup_root_broken:
                 (tmp / "empty-cgroupfs").mkdir(exist_ok=True)
                 kw["cgroup_root"] = tmp / "empty-cgroupfs"
