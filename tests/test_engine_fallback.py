@@ -250,7 +250,14 @@ def test_memory_sized_map_reports_its_bound_reached(tmp_path: Path, file_workloa
     assert any("sized to 4,096 keys" in n for n in t.notes) and any("bound of 4,096 keys was reached" in n
                                                                      for n in t.notes)
     top = report.processes[0]
-    assert top.traced_majflt and abs(top.traced_faults - top.traced_majflt) <= 0.10 * top.traced_majflt
+    overran = [e for e in t.errors if "did not exit within" in e or "to stop after the window" in e]
+    if overran:
+        # Seen once in a full suite run: bpftrace took its whole exit grace to act on SIGINT, so it
+        # counted for 30 s more than the window. Then the report must say so, not claim the counts.
+        assert "include faults after" in overran[0]
+        assert any("reported errors" in w for w in report.warnings), report.warnings
+        return
+    assert top.traced_majflt and abs(top.traced_faults - top.traced_majflt) <= 0.10 * top.traced_majflt, t.errors
 
 
 class _DiesEarly:
