@@ -41,7 +41,11 @@ def render(report: Report, console: Console) -> None:
     v = report.verdict
     title = f"{report.node}: {report.window_seconds:.0f} s, {report.tracer.backend}"
     advice = "\n".join(f"• {a}" for a in v.advice)
-    console.print(Panel(Group(Text(v.summary, style="bold"), Text(advice)), title=title,
+    why = "\n".join(f"  {e}" for e in v.evidence)
+    body = [Text(v.summary, style="bold"), Text(advice)]
+    if why:
+        body.append(Text("why:\n" + why, style="dim"))
+    console.print(Panel(Group(*body), title=title,
                         subtitle=f"cause: {v.cause.value}, confidence: {v.confidence}"))
     ns = report.node_stats
     console.print(

@@ -374,3 +374,31 @@ def test_index_links_never_run_script(url, ok):
         if t == "a" and a["href"] != "/"
     ]
     assert hrefs == [url.strip() if ok else "#"]
+
+
+def test_the_verdicts_evidence_is_shown_on_the_page_and_in_the_terminal():
+    """What the verdict rests on (diagnose.py's evidence) is on the page and in the text output, and so
+    is what an estimated source was inferred from."""
+    import io
+
+    from rich.console import Console
+
+    from app.investigation.diagnose import diagnose_process, diagnose_report
+    from app.render_text import render
+
+    r = file_fault_report()
+    for p in r.processes:
+        p.verdict = diagnose_process(p, r.node_stats)
+    r.verdict = diagnose_report(r.processes, r.node_stats, r.window_seconds)
+    assert r.verdict.evidence  # the real rules gave their reasons
+    top = r.processes[0]
+    top.sources[0] = top.sources[0].model_copy(update={"estimated": True, "evidence": ["cgroup refaults: 0 anon"]})
+    text = text_of(render_report_page(r))
+    assert "Why: the evidence" in text
+    for e in r.verdict.evidence:
+        assert e in text
+    assert "from: cgroup refaults: 0 anon" in text
+    buf = io.StringIO()
+    render(r, Console(file=buf, width=200, color_system=None))
+    out = buf.getvalue()
+    assert "why:" in out and r.verdict.evidence[0][:60] in out
