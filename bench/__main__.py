@@ -154,8 +154,8 @@ def section_tracing(res: Results, seconds: float, workdir: Path, default: str | 
     for wl in ("file", "swap", "mixed"):
         log(f"[1-3] {wl} workload: {WORKLOADS[wl]}")
         traced = base = None
-        for attempt in (1, 2):  # once more if something else killed the workload (a shared machine's
-            try:                # cleanup script: `pkill -f pfi-workload`)
+        for attempt in (1, 2):  # once more if something outside this run killed the workload
+            try:
                 if wl == "file":
                     cm = workloads.file_fault_workload(workdir / "file-faults.bin", 64)
                 elif wl == "swap":

@@ -149,10 +149,13 @@ def test_a_live_run_is_left_alone(tmp_path: Path) -> None:
     os.kill(me, 0)
 
 
-def test_no_stop_by_name_in_scripts_or_tests() -> None:
-    """pkill/killall match every process with the name on the node, other users' included."""
+def test_no_stop_by_name_in_scripts_tests_bench_or_app() -> None:
+    """Stopping processes by name reaches every process of that name on the node, other users' and
+    other pods' included: what a run started is stopped by its PID. This file is the one place that
+    names the tools, to look for them."""
     offenders = []
-    for path in [*REPO.joinpath("scripts").rglob("*"), *REPO.joinpath("tests").rglob("*.py"), REPO / "test.sh"]:
+    for path in [*REPO.joinpath("scripts").rglob("*"), *REPO.joinpath("tests").rglob("*.py"),
+                 *REPO.joinpath("bench").rglob("*.py"), *REPO.joinpath("app").rglob("*.py"), REPO / "test.sh"]:
         if path.is_file() and path != Path(__file__).resolve():
             text = path.read_text(errors="replace")
             offenders += [f"{path.relative_to(REPO)}: {w}" for w in ("pkill", "killall") if w in text]
