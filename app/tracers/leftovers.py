@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.parsers.procfs import ProcStat, parse_stat
+
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "pfi-owner.json"
@@ -48,25 +50,25 @@ _write_lock = threading.Lock()
 PROC = Path("/proc")
 
 
-def starttime(pid: int, proc_root: Path = PROC) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks after boot), or None when the process is gone."""
+def _stat(pid: int, proc_root: Path = PROC) -> ProcStat | None:
     try:
-        text = (proc_root / str(pid) / "stat").read_text()
-        return int(text.rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return parse_stat((proc_root / str(pid) / "stat").read_text())
+    except (OSError, ValueError):
         return None
 
 
+def starttime(pid: int, proc_root: Path = PROC) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks after boot), or None when the process is gone."""
+    st = _stat(pid, proc_root)
+    return None if st is None else st.starttime
+
+
 def alive(pid: int, start: int | None, proc_root: Path = PROC) -> bool:
-    now = starttime(pid, proc_root)
-    if now is None:
-        return False
+    st = _stat(pid, proc_root)
     # A zombie is as good as gone: it holds nothing and cannot be stopped.
-    with contextlib.suppress(OSError, IndexError):
-        state = (proc_root / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):
-            return False
-    return start is None or now == start
+    if st is None or st.state in ("Z", "X"):
+        return False
+    return start is None or st.starttime == start
 
 
 def make_workdir(prefix: str) -> str:

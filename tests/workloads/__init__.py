@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from app.tracers import leftovers
+
 HERE = Path(__file__).resolve().parent
 BIN_DIR = HERE / "bin"
 CGROUP_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
@@ -70,11 +72,7 @@ class WorkloadProcess(subprocess.Popen):  # type: ignore[type-arg]
 
 def starttime(pid: int, proc: Path = Path("/proc")) -> int | None:
     """Field 22 of /proc/PID/stat (clock ticks after boot): with the pid, it names one process."""
-    try:
-        text = (proc / str(pid) / "stat").read_text()
-        return int(text[text.rindex(")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    return leftovers.starttime(pid, proc)
 
 
 def _alive(pid: int, start: int | None) -> bool:
