@@ -16,6 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
+# The tracer backends' names, in the order "auto" tries them (exact major faults first, estimates
+# last). Written out here so that the settings need not import the backends (which import the
+# settings); app.tracers.registry refuses to load when its backends' names differ from these.
+TRACER_NAMES: tuple[str, ...] = ("perf-major", "bpftrace-major", "bpftrace-kprobe", "perf-tracepoint", "procfs")
+TRACER_AUTO = "auto"  # the first backend of TRACER_NAMES that works here
+TRACER_CHOICES: tuple[str, ...] = (TRACER_AUTO, *TRACER_NAMES)  # what PFI_TRACER and --tracer accept
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PFI_", extra="ignore")
@@ -56,7 +63,7 @@ class Settings(BaseSettings):
     # --- the investigation: how long, which tracer, and its bounds -------------------------------
     tracer: str = Field(
         default="auto",
-        description="Tracer backend: 'auto' (the first of app.tracers.registry.ORDER that works here,"
+        description="Tracer backend: 'auto' (the first of TRACER_NAMES that works here,"
         " exact major faults first) or one backend's name, tried first with the others as fallback.",
     )
     investigation_seconds: float = Field(
@@ -348,12 +355,8 @@ class Settings(BaseSettings):
     @field_validator("tracer")
     @classmethod
     def _known_tracer(cls, name: str) -> str:
-        # The registry is the one list of backends. It is imported here, when the value is checked,
-        # not at the top: the backends import this module (.importlinter names this one import).
-        from app.tracers.registry import CHOICES
-
-        if name not in CHOICES:
-            raise ValueError(f"unknown tracer {name!r}; one of {', '.join(CHOICES)}")
+        if name not in TRACER_CHOICES:
+            raise ValueError(f"unknown tracer {name!r}; one of {', '.join(TRACER_CHOICES)}")
         return name
 
     # --- the flight recorder and watch mode ---------------------------------------------------------

@@ -65,12 +65,14 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
     add("app.service.report_store", "import app.service.ui.render")  # a service wing reaching up
     add("app.service.cluster.kube", "import app.service.delivery.sinks")  # ...and another
     add("app.service.newroom", "import app.models")  # a new room of the service in no layer
+    add("app.newtop", "import app.models")  # a new top-level module in no layer
+    add("app.investigation.engine", "import app.tracers._perf")  # a private module used from outside
     add("app.collectors.apiserver", "import kubernetes")  # ...and inside it: allowed
 
     res = _lint_imports(tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-6000:]
-    assert "Contracts: 0 kept, 4 broken." in out, out[-6000:]
+    assert "Contracts: 0 kept, 5 broken." in out, out[-6000:]
     for broken in (
         "app.parsers.procfs -> app.service.state",
         "app.investigation.diagnose -> app.service.report_store",
@@ -80,6 +82,55 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
         "app.service.report_store -> app.service.ui.render",
         "app.service.cluster.kube -> app.service.delivery.sinks",
         "app.service.newroom",
+        "app.newtop",
+        "app.investigation.engine -> app.tracers._perf",
     ):
         assert broken in out, f"{broken} not reported:\n{out[-6000:]}"
     assert "app.collectors.apiserver -> kubernetes" not in out
+
+
+def test_an_ignore_that_matches_nothing_fails(tmp_path: Path):
+    """A stale `ignore_imports` line (the import it excused is gone) fails the contracts instead of
+    waiting to excuse the next import that matches it."""
+    shutil.copytree(ROOT / "app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    text = (ROOT / ".importlinter").read_text()
+    stale = "    app.collectors.apiserver -> kubernetes\n"
+    assert stale in text
+    (tmp_path / ".importlinter").write_text(text.replace(stale, stale + "    app.parsers.perf -> kubernetes\n"))
+    res = _lint_imports(tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-6000:]
+    assert "app.parsers.perf -> kubernetes" in out, out[-6000:]
+
+
+def test_every_private_module_is_guarded():
+    """Each `_name` module of app is in the private-modules contract (a new one cannot slip past)."""
+    text = (ROOT / ".importlinter").read_text()
+    contract = text.split("[importlinter:contract:private-modules]", 1)[1].split("[importlinter:", 1)[0]
+    forbidden = contract.split("forbidden_modules =", 1)[1].split("allow_indirect_imports", 1)[0].split()
+    private = sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in (ROOT / "app").rglob("_*.py")
+        if not p.name.startswith("__")
+    )
+    assert private and sorted(forbidden) == private
+
+
+def test_house_has_no_circles_and_no_arrow_up():
+    """scripts/house_measure.py (grimp, which import-linter ships) over app: no import circles, no
+    import from a lower layer to a higher one (also inside functions), no private module used from
+    outside its package, every module in a layer."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "house_measure.py"), str(ROOT)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    for line in (
+        "import circles (modules importing each other, directly or round a loop): 0",
+        "arrows that run back up (a lower layer importing a higher one): 0",
+        "private modules imported from outside their package: 0",
+        "modules in no layer: 0",
+    ):
+        assert line in out, out[-4000:]

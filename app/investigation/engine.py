@@ -29,9 +29,9 @@ from app.models import (
 )
 from app.parsers.cgroup import CgroupRef, host_view
 from app.parsers.procfs import redact_argv, redact_comm
-from app.tracers import _supervise, leftovers
+from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
-from app.tracers.registry import candidates, make_tracer, mark_failed
+from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
@@ -214,8 +214,9 @@ def investigate(
 
     `tracers`: the backends to try, in order (None: the registry's choice, then the other exact
     backends that work here). When one fails to start, dies inside the window or records nothing
-    while the processes' majflt rose, the next one traces the rest of the window (or a fresh window
-    of FALLBACK_SECONDS when too little is left); the report lists the failed attempts in
+    while the processes' majflt rose, the next one traces the rest of the window (or, with less than
+    MIN_FALLBACK_SECONDS left, a fresh one of half the window, between MIN_FALLBACK_SECONDS and
+    FALLBACK_SECONDS_MAX); the report lists the failed attempts in
     `tracer.skipped`. When every one fails, sources are estimated from procfs and the report says so.
     """
     window = float(seconds if seconds is not None else settings.investigation_seconds)
@@ -294,7 +295,7 @@ def investigate(
         if thread.is_alive():
             # Still not stopped (ignores its stop, or a parse past its deadline): kill what it started,
             # so no tracer process of this run outlives it or traces alongside the next run.
-            killed = _supervise.kill_started_by(thread)
+            killed = kill_started_by(thread)
             thread.join(min(KILL_JOIN_SECONDS, TRACER_GRACE_SECONDS))
             msg = (f"tracer {run.current} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s: "
                    f"killed the process group of its {killed} process(es)")

@@ -4,8 +4,9 @@
 a forced backend that does not work here falls back to the others in ORDER and says why. Every
 backend not used is returned in `skipped` with its reason, for the report.
 
-This is the one list of backends. Each backend's name is its class's `name`; the settings' check of
-PFI_TRACER, the CLI's `--tracer` choices and the tests take the names from ORDER here.
+This is the one list of backends. Each backend's name is its class's `name`; the settings keep the
+names as a literal (app.config.TRACER_NAMES, so that they need not import the backends) and this module
+refuses to load when the two lists differ.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.config import Settings
+from app.config import TRACER_AUTO, TRACER_NAMES, Settings
 from app.models import SkippedBackend
+from app.tracers._supervise import kill_started_by
 from app.tracers.base import Tracer
 from app.tracers.bpftrace_kprobe import BpftraceKprobeTracer
 from app.tracers.bpftrace_major import BpftraceMajorTracer
@@ -23,7 +25,9 @@ from app.tracers.perf_major import PerfMajorTracer
 from app.tracers.perf_tracepoint import PerfTracepointTracer
 from app.tracers.procfs_only import ProcfsTracer
 
-AUTO = "auto"  # settings.tracer: the first backend in ORDER that works here
+__all__ = ["AUTO", "CHOICES", "ORDER", "candidates", "check_names", "kill_started_by", "make_tracer", "mark_failed", "probe", "select"]
+
+AUTO = TRACER_AUTO  # settings.tracer: the first backend in ORDER that works here
 
 # Every backend, in the order "auto" tries them: exact major faults first, estimates last.
 _BACKENDS: dict[str, Callable[[Settings], Tracer]] = {
@@ -32,6 +36,15 @@ _BACKENDS: dict[str, Callable[[Settings], Tracer]] = {
 }
 ORDER: list[str] = list(_BACKENDS)
 CHOICES: tuple[str, ...] = (AUTO, *ORDER)  # what settings.tracer (PFI_TRACER, --tracer) accepts
+
+
+def check_names(order: list[str], names: tuple[str, ...]) -> None:
+    """The backends here and the names the settings accept are one list, in one order."""
+    if tuple(order) != names:
+        raise RuntimeError(f"tracer backends {order} differ from app.config.TRACER_NAMES {list(names)}")
+
+
+check_names(ORDER, TRACER_NAMES)
 
 
 def make_tracer(name: str, settings: Settings) -> Tracer:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from app.models import HistoryCgroup, Report
-from app.service.ui.render import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
+from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 
 __all__ = ["HISTORY_CHART_TOP", "build_history_chart", "history_label"]
 
