@@ -94,9 +94,9 @@ def _investigate(settings: Settings, args: Any) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    from app.investigation.lead_up import NO_HISTORY_CLI
+    from app.investigation.report import CLI_LEAD_UP, build_report
 
-    report = report.model_copy(update={"history_reason": NO_HISTORY_CLI})  # the recorder is the service's
+    report = build_report(report, report_id=report.id, triggers=[], lead_up=CLI_LEAD_UP)
     if args.format == "json":
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:

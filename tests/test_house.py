@@ -3,11 +3,18 @@ that fails without its fix."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from app.config import TRACER_CHOICES, TRACER_NAMES, Settings
+from app.investigation.lead_up import NO_HISTORY_CLI
+from app.investigation.report import CLI_LEAD_UP, LeadUp, build_report
+from app.models import Cause, History, HistoryCgroup, HistoryPod, Trigger
 from app.tracers import registry
+from tests.service_support import AUTH, FakeEngine, firing, make_report, reports, service, wait_for
 
 
 def test_settings_name_the_registry_backends_in_order():
@@ -41,3 +48,62 @@ def test_settings_load_without_the_tracers():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+# --- one place builds a report --------------------------------------------------------------------
+
+
+def _stopped_history(started: datetime) -> History:
+    """A lead-up whose top container made 8,400 faults/s and stopped before the window."""
+    since = started - timedelta(minutes=30)
+    series = [0, 0] + [8400 * 60] * 12 + [0] * 16
+    pod = HistoryPod(namespace="billing", name="nightly-report", uid="u-1", container="report")
+    cg = HistoryCgroup(cgroup="/kubepods/pod-u-1/c1", pod=pod, major_faults=sum(series), series=series,
+                       last_active_at=since + timedelta(minutes=14))
+    return History(interval_seconds=60, since=since, until=started, node_series=series,
+                   node_major_faults=sum(series), cgroups=[cg])
+
+
+def test_build_report_puts_id_alerts_and_lead_up_together():
+    first = Trigger(kind="alert", fingerprint="fp1", starts_at="2026-12-02T10:20:00Z")
+    joined = Trigger(kind="alert", fingerprint="fp2")
+    result = make_report("node-a", Trigger(kind="alert", fingerprint="fp1"))
+    quiet = result.model_copy(update={"processes": []})
+    history = _stopped_history(result.started_at)
+
+    report = build_report(quiet, report_id="r-1", triggers=[first, joined], lead_up=LeadUp(history))
+    assert report.id == "r-1"
+    assert report.trigger == first and report.joined == [joined]
+    assert report.history == history and report.history_reason is None
+    assert report.verdict.cause == Cause.STOPPED_BEFORE_WINDOW  # the verdict reads the lead-up
+    assert "billing/nightly-report" in report.verdict.summary
+    assert quiet.id != "r-1" and quiet.history is None  # the engine's result is left as it was
+
+    none = build_report(result, report_id="r-2", triggers=[first], lead_up=LeadUp(None, "no history yet"))
+    assert (none.id, none.joined, none.history, none.history_reason) == ("r-2", [], None, "no history yet")
+    assert none.verdict == result.verdict
+
+
+def test_cli_report_says_why_it_has_no_lead_up():
+    result = make_report("node-a")
+    report = build_report(result, report_id=result.id, triggers=[], lead_up=CLI_LEAD_UP)
+    assert report.trigger == result.trigger and report.id == result.id
+    assert report.history is None and report.history_reason == NO_HISTORY_CLI
+
+
+def test_service_report_carries_the_recorders_reason_and_who_joined(tmp_path: Path) -> None:
+    """Through the service: the stored document has its id, the alerts that joined and why there is no
+    lead-up (the recorder is off in these tests), all set by the one builder."""
+    engine = FakeEngine(hold=True)
+    with service(tmp_path, engine) as (client, _):
+        first = client.post("/api/v1/alerts", json=firing({"node": "node-a"}, fingerprint="fp1"), headers=AUTH).json()
+        wait_for(engine.started.is_set, what="engine start")
+        client.post("/api/v1/alerts", json=firing({"node": "node-a"}, fingerprint="fp2"), headers=AUTH)
+        engine.release.set()
+        rid = first["accepted"][0]["id"]
+        wait_for(lambda: reports(client), what="report")
+        doc = client.get(f"/api/v1/reports/{rid}", headers=AUTH).json()
+    assert doc["id"] == rid
+    assert doc["trigger"]["fingerprint"] == "fp1" and [t["fingerprint"] for t in doc["joined"]] == ["fp2"]
+    assert doc["history"] is None
+    assert doc["history_reason"] == "no history: the recorder is off (PFI_RECORDER_INTERVAL_SECONDS=0)"

@@ -133,7 +133,7 @@ def _advice(c: HistoryCgroup, start: datetime, end: datetime) -> list[str]:
 
 def apply_history(report: Report, history: History | None) -> Report:
     """The report with its history set and, when the window did not explain the lead-up, a verdict
-    that names the lead-up's top container."""
+    that names the lead-up's top container (app.investigation.report.build_report calls it)."""
     report = report.model_copy(update={"history": history, "history_reason": None if history else report.history_reason})
     if history is None or not history.cgroups or report.status != "complete":
         return report

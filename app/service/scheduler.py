@@ -47,12 +47,15 @@ from datetime import datetime
 from typing import Any, Literal
 
 from app.config import Settings
+from app.investigation.report import LeadUp, build_report
 from app.models import Cause, Report, TracerInfo, Trigger, Verdict, new_report_id, utcnow
 from app.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Investigator = Callable[..., Report]
+LeadUpReader = Callable[[Trigger, datetime], LeadUp]  # the flight recorder's lead-up to a trigger
+NO_LEAD_UP = LeadUp(None, "no history: no flight recorder in this service")
 RECENT_MAX = 10_000  # cooldown keys remembered
 WINDOW_GRACE_SECONDS = 5.0  # the engine probes tracers before its window starts
 # The engine reports its window as progress 0..0.9 and resolving/diagnosing as the rest.
@@ -109,7 +112,6 @@ OnStarted = Callable[[Investigation], Awaitable[None]]
 
 def failed_report(
     inv: Investigation,
-    settings: Settings,
     error: str,
     *,
     status: Literal["failed", "cancelled"] = "failed",
@@ -157,10 +159,12 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_started: OnStarted | None = None,
+        lead_up: LeadUpReader | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
         self._investigator = investigator
+        self._lead_up = lead_up
         self._on_finished = on_finished
         self.on_started = on_started  # settable after construction (the service sets it at start)
         self._metrics = metrics
@@ -358,7 +362,7 @@ class Scheduler:
             where,
             len(self._left_behind),
         )
-        return failed_report(inv, self.settings, error, status=status, summary=summary)
+        return failed_report(inv, error, status=status, summary=summary)
 
     async def _investigate(self, inv: Investigation) -> None:
         inv.state = "running"
@@ -380,17 +384,17 @@ class Scheduler:
             progress=functools.partial(self._progress, inv),
         )
         try:
-            report = await self._run_in_thread(inv, call)
-            if not isinstance(report, Report):
-                raise TypeError(f"the investigator returned {type(report).__name__}, not a Report")
+            result = await self._run_in_thread(inv, call)
+            if not isinstance(result, Report):
+                raise TypeError(f"the investigator returned {type(result).__name__}, not a Report")
         except Exception as exc:  # the engine's failure becomes a failed report, never a crash
             log.exception("investigation %s failed", inv.id)
-            report = failed_report(inv, self.settings, f"{type(exc).__name__}: {str(exc)[:500]}")
+            result = failed_report(inv, f"{type(exc).__name__}: {str(exc)[:500]}")
         duration = self._clock() - inv.started_mono
         inv.progress = 1.0
-        inv.state = "finishing"
+        inv.state = "finishing"  # no alert joins it from now on
         inv.message = "storing the report"
-        report = report.model_copy(update={"id": inv.id})
+        report = build_report(result, report_id=inv.id, triggers=inv.triggers, lead_up=await self._read_lead_up(result))
         self._metrics.investigations.labels(outcome=report.status, backend=report.tracer.backend).inc()
         self._metrics.duration.observe(duration)
         try:
@@ -406,6 +410,19 @@ class Scheduler:
                 self._recent.popitem(last=False)
         inv.state = "cancelled" if report.status == "cancelled" else "done"
         log.info("investigation %s %s in %.1fs", inv.id, report.status, duration)
+
+    async def _read_lead_up(self, result: Report) -> LeadUp:
+        """The recorder's lead-up to the investigation's alert, read in a worker thread (it holds the
+        recorder's lock) within the stage deadline."""
+        if self._lead_up is None:
+            return NO_LEAD_UP
+        until = result.finished_at or utcnow()
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._lead_up, result.trigger, until), self.settings.stage_deadline_seconds
+            )
+        except TimeoutError:
+            return LeadUp(None, "no history: reading the recorder took too long")
 
     async def stop(self, timeout: float = CANCEL_GRACE_SECONDS + 10.0) -> None:
         """Cancel what is queued and running, wait (bounded) for the running one to come back with

@@ -141,8 +141,13 @@ class ServiceState:
             local=local_identity(settings),
         )
         state.recorder = RecorderService(settings, metrics.registry)
-        investigate = state.recorder.wrap(investigator or real_investigator(settings))  # + the lead-up
-        state.scheduler = Scheduler(settings, investigate, state.on_finished, metrics)
+        state.scheduler = Scheduler(
+            settings,
+            investigator or real_investigator(settings),
+            state.on_finished,
+            metrics,
+            lead_up=state.recorder.lead_up,
+        )
         state.scheduler.start()
         state.recorder.connect(state.scheduler.submit)
         state.spawn(state._store_retry_loop(), "store-retry")
@@ -199,8 +204,6 @@ class ServiceState:
         self._update_store_gauges()
 
     async def on_finished(self, inv: Investigation, report: Report) -> None:
-        if len(inv.triggers) > 1:
-            report = report.model_copy(update={"joined": list(inv.triggers[1:])})
         deliver = bool(self.sinks) and report.status in DELIVER_STATUSES
         outbox = [k.name for k in self.sinks] if deliver else []
         if deliver:  # from now on the outbox resume leaves it to the task below

@@ -4,9 +4,8 @@ watch mode (issue 12).
 - `RecorderService.start()` runs app.collectors.flight_recorder.FaultRecorder every
   PFI_RECORDER_INTERVAL_SECONDS in a daemon thread (file reads and kubelet lookups block; never on the
   event loop). `stop()` ends it (bounded).
-- `wrap(investigator)` returns an investigator that, after the engine's report, cuts the lead-up out
-  of the ring (app.investigation.lead_up.lead_up_since) and applies it (apply_history) in the same
-  worker thread.
+- `lead_up(trigger, until)` cuts the lead-up out of the ring (app.investigation.lead_up.lead_up_since)
+  for the scheduler, which builds the report with it (app.investigation.report.build_report).
 - Watch mode (PFI_WATCH_THRESHOLD > 0): when the recorded node rate stays above the threshold for
   PFI_WATCH_FOR_SECONDS, a Trigger(kind="watch", rate, since) is submitted to the scheduler on the
   event loop under one key per node, so the single flight, its cooldown and the sinks treat it like
@@ -29,8 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.collectors.flight_recorder import FaultRecorder, Tick
 from app.config import Settings
-from app.investigation.lead_up import apply_history, lead_up_since
-from app.models import Report, Trigger, utcnow
+from app.investigation.lead_up import lead_up_since
+from app.investigation.report import LeadUp
+from app.models import Trigger, utcnow
 
 __all__ = ["RecorderMetrics", "RecorderService", "WatchState", "watch_submitter"]
 
@@ -195,28 +195,18 @@ class RecorderService:
 
     # --- reports -------------------------------------------------------------------------------------
 
-    def attach(self, report: Report) -> Report:
-        """The report with the lead-up (and the verdict that reads it); never raises."""
+    def lead_up(self, trigger: Trigger, until: datetime) -> LeadUp:
+        """What the ring holds of the lead-up to `trigger` (for build_report); never raises."""
         if self.recorder is None:
-            return report.model_copy(
-                update={"history_reason": "no history: the recorder is off (PFI_RECORDER_INTERVAL_SECONDS=0)"}
-            )
-        until = report.finished_at or utcnow()
+            return LeadUp(None, "no history: the recorder is off (PFI_RECORDER_INTERVAL_SECONDS=0)")
         try:
-            history = self.recorder.history(lead_up_since(report.trigger, until), until, HISTORY_TOP)
+            history = self.recorder.history(lead_up_since(trigger, until), until, HISTORY_TOP)
         except Exception as exc:
             log.exception("reading the recorder's history failed")
-            return report.model_copy(update={"history_reason": f"no history: {type(exc).__name__}"})
+            return LeadUp(None, f"no history: {type(exc).__name__}")
         if history is None:
-            return report.model_copy(update={"history_reason": "no history yet: the recorder has no sample in the lead-up"})
-        return apply_history(report, history)
-
-    def wrap(self, investigator: Callable[..., Report]) -> Callable[..., Report]:
-        def run(*args: Any, **kwargs: Any) -> Report:
-            report = investigator(*args, **kwargs)
-            return self.attach(report) if isinstance(report, Report) else report
-
-        return run
+            return LeadUp(None, "no history yet: the recorder has no sample in the lead-up")
+        return LeadUp(history)
 
 
 def watch_submitter(loop: asyncio.AbstractEventLoop, submit: Callable[[Trigger, str], Any], node: str,
