@@ -39,8 +39,8 @@ OLD_TO_NEW = {
 LAYERS: list[list[str]] = [
     ["app.cli"],
     ["app.service.web"],
-    ["app.service.ui"],
-    ["app.service.alerts", "app.service.deps"],
+    ["app.service.ui", "app.service.alerts"],
+    ["app.service.deps"],
     ["app.service.state"],
     ["app.service.delivery", "app.service.scheduler", "app.service.watch"],
     ["app.service.cluster", "app.service.report_store"],

@@ -13,6 +13,8 @@ from app.config import TRACER_CHOICES, TRACER_NAMES, Settings
 from app.investigation.lead_up import NO_HISTORY_CLI
 from app.investigation.report import CLI_LEAD_UP, LeadUp, build_report
 from app.models import Cause, History, HistoryCgroup, HistoryPod, Trigger
+from app.service.alerts.intake import Accepted, AlertsAnswer, Forwarded, Ignored, Outcomes
+from app.service.alerts.payload import IncomingAlert
 from app.tracers import registry
 from tests.service_support import AUTH, FakeEngine, firing, make_report, reports, service, wait_for
 
@@ -107,3 +109,23 @@ def test_service_report_carries_the_recorders_reason_and_who_joined(tmp_path: Pa
     assert doc["trigger"]["fingerprint"] == "fp1" and [t["fingerprint"] for t in doc["joined"]] == ["fp2"]
     assert doc["history"] is None
     assert doc["history_reason"] == "no history: the recorder is off (PFI_RECORDER_INTERVAL_SECONDS=0)"
+
+
+# --- alert handling answers in types ----------------------------------------------------------------
+
+
+def test_alerts_answer_is_typed_and_keeps_the_webhook_shape():
+    a = IncomingAlert("firing", {"alertname": "NodeMemoryMajorPagesFaults", "node": "n1"}, "fp1", "t0", {})
+    b = IncomingAlert("resolved", {"alertname": "Other"}, "fp2", "t1", {})
+    outcomes = Outcomes(accepted=[Accepted(a, "n1", "queued", "r-1", "investigation queued")])
+    outcomes.add(Outcomes(forwarded=[Forwarded(a, "n2")], ignored=[Ignored(b, "not ours")]))
+    base_a = {"fingerprint": "fp1", "alertname": "NodeMemoryMajorPagesFaults", "status": "firing"}
+    base_b = {"fingerprint": "fp2", "alertname": "Other", "status": "resolved"}
+    assert AlertsAnswer("n1", outcomes).as_dict() == {
+        "node": "n1",
+        "accepted": [{**base_a, "node": "n1", "action": "queued", "id": "r-1", "reason": "investigation queued"}],
+        "forwarded": [{**base_a, "node": "n2"}],
+        "ignored": [{**base_b, "reason": "not ours"}],
+    }
+    later = AlertsAnswer("n1", Outcomes(), deferred=[Ignored(a, "slow lookup")], warnings=["w"]).as_dict()
+    assert later["deferred"] == [{**base_a, "reason": "slow lookup"}] and later["warnings"] == ["w"]

@@ -31,7 +31,7 @@ from app.service import logs
 from app.service.auth import TokenWatcher, load_token
 from app.service.cluster.kube import KubeApi
 from app.service.cluster.nodes import NodeIdentity, as_ip
-from app.service.cluster.peers import PeerDirectory, make_peer_directory
+from app.service.cluster.peers import PeerClient, PeerDirectory, make_peer_directory
 from app.service.delivery.sinks import Sink, deliver_with_retry, make_sinks
 from app.service.metrics import Metrics
 from app.service.report_store import ReportStore
@@ -168,6 +168,17 @@ class ServiceState:
     def token(self) -> str:
         """The webhook token now (re-read when its file changed)."""
         return self.tokens.token
+
+    def peer_client(self) -> PeerClient:
+        """The client for the other nodes' inspectors (forwarding alerts, fetching their reports)."""
+        s = self.settings
+        return PeerClient(
+            self.client,
+            lambda: self.token,
+            local_node=self.local.name,
+            forward_timeout=s.forward_timeout_seconds,
+            fetch_timeout=s.peer_fetch_timeout_seconds,
+        )
 
     # --- background work -------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> bool:

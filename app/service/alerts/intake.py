@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.models import Trigger, utcnow
@@ -29,10 +29,21 @@ from app.service.cluster.nodes import (
     node_for_alert,
     split_host,
 )
-from app.service.cluster.peers import FORWARDED_HEADER, Peer, PeerClient, PeerDirectory
+from app.service.cluster.peers import FORWARDED_HEADER, Peer, PeerDirectory
+from app.service.scheduler import Action
 from app.service.state import ServiceState
 
-__all__ = ["FORWARDED_HEADER", "ROUTE_BUDGET_SECONDS", "forward", "handle_alerts", "peer_client"]
+__all__ = [
+    "FORWARDED_HEADER",
+    "ROUTE_BUDGET_SECONDS",
+    "Accepted",
+    "AlertsAnswer",
+    "Forwarded",
+    "Ignored",
+    "Outcomes",
+    "forward",
+    "handle_alerts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,80 @@ ROUTE_BUDGET_SECONDS = 1.0
 
 def _base(alert: IncomingAlert) -> dict[str, Any]:
     return {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Taken by this node's scheduler: what it did (queued, joined, duplicate...) and the investigation."""
+
+    alert: IncomingAlert
+    node: str
+    action: Action
+    id: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**_base(self.alert), "node": self.node, "action": self.action, "id": self.id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """Handed to the inspector on `node` (in the background)."""
+
+    alert: IncomingAlert
+    node: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**_base(self.alert), "node": self.node}
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Not taken, and why; also an alert whose routing goes on in the background (deferred)."""
+
+    alert: IncomingAlert
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**_base(self.alert), "reason": self.reason}
+
+
+@dataclass
+class Outcomes:
+    """What happened to a batch of alerts."""
+
+    accepted: list[Accepted] = field(default_factory=list)
+    forwarded: list[Forwarded] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
+
+    def add(self, other: Outcomes) -> None:
+        self.accepted += other.accepted
+        self.forwarded += other.forwarded
+        self.ignored += other.ignored
+
+
+@dataclass
+class AlertsAnswer:
+    """The webhook's answer: every alert of the call in one of the lists."""
+
+    node: str
+    outcomes: Outcomes
+    deferred: list[Ignored] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        o = self.outcomes
+        answer: dict[str, Any] = {
+            "node": self.node,
+            "accepted": [a.as_dict() for a in o.accepted],
+            "forwarded": [f.as_dict() for f in o.forwarded],
+            "ignored": [i.as_dict() for i in o.ignored],
+        }
+        if self.deferred:
+            answer["deferred"] = [d.as_dict() for d in self.deferred]
+        if self.warnings:
+            answer["warnings"] = list(self.warnings)
+        return answer
 
 
 def _trigger(alert: IncomingAlert, forwarded_from: str | None) -> Trigger:
@@ -128,53 +213,38 @@ def _no_inspector(peers: PeerDirectory, node: str) -> str:
     return f"{why} ({peers.error})" if peers.error else why
 
 
-async def handle_alerts(
-    state: ServiceState, parsed: ParsedPayload, forwarded_from: str | None
-) -> dict[str, Any]:
-    accepted: list[dict[str, Any]] = []
-    forwarded: list[dict[str, Any]] = []
-    ignored: list[dict[str, Any]] = []
-    deferred: list[dict[str, Any]] = []
+async def handle_alerts(state: ServiceState, parsed: ParsedPayload, forwarded_from: str | None) -> AlertsAnswer:
+    outcomes = Outcomes()
+    deferred: list[Ignored] = []
     names = state.settings.alertname_set()
     metrics = state.metrics.alerts
 
     wanted = [a for a in parsed.alerts if a.alertname in names]
     for alert in parsed.alerts:
         if alert.alertname not in names:
-            ignored.append({**_base(alert), "reason": (
-                f"alertname {alert.alertname!r} is not one of PFI_ALERTNAMES ({', '.join(sorted(names))})")})
+            outcomes.ignored.append(Ignored(alert, (
+                f"alertname {alert.alertname!r} is not one of PFI_ALERTNAMES ({', '.join(sorted(names))})")))
             metrics.labels(outcome="ignored").inc()
     here = [_Decision(a, "local") for a in wanted if _surely_local(a, state.local)]
     wanted = [a for a in wanted if not _surely_local(a, state.local)]
-    _apply(state, parsed, here, forwarded_from, accepted, forwarded, ignored)
+    outcomes.add(_apply(state, parsed, here, forwarded_from))
     if wanted:
         task = asyncio.get_running_loop().create_task(_route(state.peers, state.local, wanted, forwarded_from))
         done, _ = await asyncio.wait({task}, timeout=ROUTE_BUDGET_SECONDS)
         if task in done:
-            _apply(state, parsed, _decisions(task, wanted), forwarded_from, accepted, forwarded, ignored)
+            outcomes.add(_apply(state, parsed, _decisions(task, wanted), forwarded_from))
         elif state.spawn(_apply_later(state, parsed, task, wanted, forwarded_from), "route-alerts"):
             reason = (f"the node lookup (API server) takes longer than {ROUTE_BUDGET_SECONDS:g}s: "
                       "accepted or forwarded in the background, see the logs")
             for alert in wanted:
-                deferred.append({**_base(alert), "reason": reason})
+                deferred.append(Ignored(alert, reason))
                 metrics.labels(outcome="deferred").inc()
         else:
             task.cancel()
             for alert in wanted:
-                ignored.append({**_base(alert), "reason": "too much background work: node lookup refused"})
+                outcomes.ignored.append(Ignored(alert, "too much background work: node lookup refused"))
                 metrics.labels(outcome="ignored").inc()
-
-    answer: dict[str, Any] = {
-        "node": state.local.name,
-        "accepted": accepted,
-        "forwarded": forwarded,
-        "ignored": ignored,
-    }
-    if deferred:
-        answer["deferred"] = deferred
-    if parsed.warnings:
-        answer["warnings"] = parsed.warnings
-    return answer
+    return AlertsAnswer(state.local.name, outcomes, deferred, list(parsed.warnings))
 
 
 def _decisions(task: asyncio.Task[list[_Decision]], wanted: list[IncomingAlert]) -> list[_Decision]:
@@ -197,13 +267,10 @@ async def _apply_later(
     except asyncio.CancelledError:
         task.cancel()
         raise
-    accepted: list[dict[str, Any]] = []
-    forwarded: list[dict[str, Any]] = []
-    ignored: list[dict[str, Any]] = []
-    _apply(state, parsed, _decisions(task, wanted), forwarded_from, accepted, forwarded, ignored)
+    done = _apply(state, parsed, _decisions(task, wanted), forwarded_from)
     log.info(
         "deferred routing of %d alert(s): %d accepted, %d forwarded, %d ignored",
-        len(wanted), len(accepted), len(forwarded), len(ignored),
+        len(wanted), len(done.accepted), len(done.forwarded), len(done.ignored),
     )
 
 
@@ -212,16 +279,15 @@ def _apply(
     parsed: ParsedPayload,
     decisions: list[_Decision],
     forwarded_from: str | None,
-    accepted: list[dict[str, Any]],
-    forwarded: list[dict[str, Any]],
-    ignored: list[dict[str, Any]],
-) -> None:
+) -> Outcomes:
+    """Carry the decisions out: submit to the scheduler, forward (in the background), or ignore."""
+    out = Outcomes()
     metrics = state.metrics.alerts
     to_peer: dict[str, tuple[Peer, list[IncomingAlert]]] = {}
     unrouted: dict[str, int] = {}
 
     def ignore(alert: IncomingAlert, reason: str) -> None:
-        ignored.append({**_base(alert), "reason": reason})
+        out.ignored.append(Ignored(alert, reason))
         metrics.labels(outcome="ignored").inc()
 
     for d in decisions:
@@ -242,15 +308,7 @@ def _apply(
         if sub.action == "ignored":
             ignore(alert, sub.reason)
             continue
-        accepted.append(
-            {
-                **_base(alert),
-                "node": state.local.name,
-                "action": sub.action,
-                "id": sub.investigation_id,
-                "reason": sub.reason,
-            }
-        )
+        out.accepted.append(Accepted(alert, state.local.name, sub.action, sub.investigation_id, sub.reason))
         metrics.labels(outcome=sub.action).inc()
     for reason, n in unrouted.items():  # one line per node, not one per alert
         log.warning("%d alert(s): %s", n, reason)
@@ -259,29 +317,18 @@ def _apply(
         body = {**parsed.envelope, "alerts": [a.raw for a in alerts]}
         if state.spawn(forward(state, peer, body), f"forward-{peer.node}"):
             for a in alerts:
-                forwarded.append({**_base(a), "node": peer.node})
+                out.forwarded.append(Forwarded(a, peer.node))
                 metrics.labels(outcome="forwarded").inc()
         else:
             for a in alerts:
                 ignore(a, f"forwarding backlog full: alert for node {peer.node} not forwarded")
-
-
-def peer_client(state: ServiceState) -> PeerClient:
-    """The client for peers, from the few things of the service it needs."""
-    s = state.settings
-    return PeerClient(
-        state.client,
-        lambda: state.token,
-        local_node=state.local.name,
-        forward_timeout=s.forward_timeout_seconds,
-        fetch_timeout=s.peer_fetch_timeout_seconds,
-    )
+    return out
 
 
 async def forward(state: ServiceState, peer: Peer, body: dict[str, Any]) -> bool:
     """Forward alerts to a peer (PeerClient.forward), counted and logged."""
     n = len(body.get("alerts", []))
-    problem = await peer_client(state).forward(peer, body)
+    problem = await state.peer_client().forward(peer, body)
     if problem is None:
         log.info("forwarded %d alert(s) to the inspector on node %s (%s)", n, peer.node, peer.url)
         state.metrics.forwards.labels(outcome="ok").inc()

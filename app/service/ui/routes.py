@@ -23,7 +23,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from app.models import Report
-from app.service.alerts.intake import peer_client
 from app.service.cluster.peers import Peer, PeerClient, PeerError
 from app.service.deps import StateDep
 from app.service.report_store import ReportSummary
@@ -108,7 +107,7 @@ async def index(state: StateDep) -> HTMLResponse:
     running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
     unreachable: list[str] = []
     peers = await state.peers.peers()
-    client = peer_client(state)
+    client = state.peer_client()
     results = await asyncio.gather(*(_peer_index(client, p) for p in peers), return_exceptions=True)
     for peer, result in zip(peers, results, strict=True):
         if isinstance(result, BaseException):
@@ -144,7 +143,7 @@ async def _find(
     if node:
         peers = [p for p in peers if p.node == node]
 
-    client = peer_client(state)
+    client = state.peer_client()
 
     async def ask(peer: Peer) -> Report | dict[str, Any] | None:
         try:

@@ -93,11 +93,11 @@ async def post_alerts(
         ", ".join(repr(n[:100]) for n in names[:3]),
         " and more" if len(names) > 3 else "",
         f" forwarded by {forwarded_from!r}" if forwarded_from else "",
-        len(answer["accepted"]),
-        len(answer["forwarded"]),
-        len(answer["ignored"]),
+        len(answer.outcomes.accepted),
+        len(answer.outcomes.forwarded),
+        len(answer.outcomes.ignored),
     )
-    return JSONResponse(answer, status_code=202)
+    return JSONResponse(answer.as_dict(), status_code=202)
 
 
 @api.get("/reports")
