@@ -3,6 +3,8 @@ that fails without its fix."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,11 +14,23 @@ from pydantic import ValidationError
 from app.config import TRACER_CHOICES, TRACER_NAMES, Settings
 from app.investigation.lead_up import NO_HISTORY_CLI
 from app.investigation.report import CLI_LEAD_UP, LeadUp, build_report
-from app.models import Cause, History, HistoryCgroup, HistoryPod, Trigger
+from app.models import Cause, History, HistoryCgroup, HistoryPod, Report, Trigger
 from app.service.alerts.intake import Accepted, AlertsAnswer, Forwarded, Ignored, Outcomes
 from app.service.alerts.payload import IncomingAlert
+from app.service.delivery.outbox import Outbox
+from app.service.metrics import Metrics
+from app.service.report_store import ReportStore
 from app.tracers import registry
-from tests.service_support import AUTH, FakeEngine, firing, make_report, reports, service, wait_for
+from tests.service_support import (
+    AUTH,
+    FakeEngine,
+    firing,
+    make_report,
+    make_settings,
+    reports,
+    service,
+    wait_for,
+)
 
 
 def test_settings_name_the_registry_backends_in_order():
@@ -129,3 +143,91 @@ def test_alerts_answer_is_typed_and_keeps_the_webhook_shape():
     }
     later = AlertsAnswer("n1", Outcomes(), deferred=[Ignored(a, "slow lookup")], warnings=["w"]).as_dict()
     assert later["deferred"] == [{**base_a, "reason": "slow lookup"}] and later["warnings"] == ["w"]
+
+
+# --- the outbox owns its deliveries; the store's gauges are read at scrape time ------------------------
+
+
+class _Sink:
+    """A sink that records what it got; `hang` makes every delivery wait until cancelled."""
+
+    name = "webhook"
+
+    def __init__(self, hang: bool = False) -> None:
+        self.hang = hang
+        self.got: list[str] = []
+
+    async def deliver(self, report: Report) -> str:
+        if self.hang:
+            await asyncio.Event().wait()
+        self.got.append(report.id)
+        return "ok"
+
+
+def test_outbox_stop_cancels_late_deliveries_and_the_next_outbox_resumes_them(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = ReportStore(tmp_path / "data")
+    assert store.open()
+    report = make_report("node-a")
+
+    async def first() -> float:
+        box = Outbox(settings, store, [_Sink(hang=True)], Metrics())
+        box.start()
+        await box.send(report, [])
+        assert report.id in box.delivering
+        t0 = time.monotonic()
+        await box.stop(0.2)
+        return time.monotonic() - t0
+
+    assert asyncio.run(first()) < 2.0
+    assert store.outbox() == [(report.id, ["webhook"])]  # kept for the next start
+
+    sink = _Sink()
+
+    async def second() -> None:
+        box = Outbox(settings, store, [sink], Metrics())
+        box.start()  # resumes at once
+        for _ in range(100):
+            if sink.got:
+                break
+            await asyncio.sleep(0.02)
+        await box.stop(1.0)
+
+    asyncio.run(second())
+    assert sink.got == [report.id]
+    assert store.outbox() == []
+    stored = store.get(report.id)
+    assert stored is not None and [(r.sink, r.ok) for r in stored.sinks] == [("webhook", True)]
+    store.close()
+
+
+def test_outbox_sends_no_cancelled_report(tmp_path: Path) -> None:
+    store = ReportStore(tmp_path / "data")
+    assert store.open()
+    sink = _Sink()
+    cancelled = make_report("node-a", status="cancelled")
+
+    async def run() -> None:
+        box = Outbox(make_settings(tmp_path), store, [sink], Metrics())
+        await box.send(cancelled, [])
+        await box.stop(1.0)
+
+    asyncio.run(run())
+    assert sink.got == [] and store.outbox() == [] and store.get(cancelled.id) is not None
+    store.close()
+
+
+def test_store_gauges_are_read_when_scraped(tmp_path: Path) -> None:
+    """A change of the store that no call site reports (a report set aside, the store failing) shows in
+    the next scrape of /metrics."""
+    store = ReportStore(tmp_path / "data")
+    assert store.open()
+    with service(tmp_path, store=store) as (client, _):
+        before = client.get("/metrics").text
+        assert "pfi_store_ready 1.0" in before and "pfi_store_set_aside_reports 0.0" in before
+        store.set_aside = 3
+        store.reason = "cannot write: disk I/O error"
+        after = client.get("/metrics").text
+        assert "pfi_store_ready 0.0" in after and "pfi_store_set_aside_reports 3.0" in after
+        store.reason = None
+        assert "pfi_store_ready 1.0" in client.get("/metrics").text

@@ -21,6 +21,7 @@ import pytest
 from app.config import Settings
 from app.models import Report, Trigger
 from app.service import scheduler, state
+from app.service.delivery import outbox
 from app.service.logs import JsonFormatter, SafeTextFormatter
 from app.service.report_store import ReportStore
 from app.service.ui.guard import ui_exposure_warning
@@ -176,15 +177,15 @@ def test_more_than_one_batch_of_outbox_rows_is_all_delivered_after_restart(tmp_p
 def test_delivery_refused_for_too_much_background_work_is_retried_without_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """on_finished's delivery refused by `spawn` (too many background tasks) leaves the outbox row;
-    the periodic resume delivers it while the service runs, not at the next restart."""
-    monkeypatch.setattr(state, "OUTBOX_RETRY_SECONDS", 0.5, raising=False)
+    """A delivery refused by the outbox (too many deliveries running) leaves the outbox row; the
+    periodic resume delivers it while the service runs, not at the next restart."""
+    monkeypatch.setattr(outbox, "OUTBOX_RETRY_SECONDS", 0.5)
     with Recorder() as up, service(tmp_path, report_webhook_url=f"{up.url}/hook") as (client, _):
         time.sleep(0.3)  # the start's resume has run (nothing to do)
-        monkeypatch.setattr(state, "MAX_BACKGROUND_TASKS", 0)  # every new background task is refused
+        monkeypatch.setattr(outbox, "MAX_DELIVERIES", 0)  # every new delivery is refused
         client.post("/api/v1/alerts", json=firing({"node": "node-a"}), headers=AUTH)
         (row,) = wait_for(lambda: reports(client), what="report")
-        wait_for(lambda: any("background work refused (" in r.getMessage() and f"sinks-{row['id']}" in r.getMessage()
+        wait_for(lambda: any("delivery refused (" in r.getMessage() and f"report {row['id']} stays" in r.getMessage()
                              for r in caplog.records), what="the refused delivery")
         doc = wait_for(lambda: (d := _doc(client, row["id"]))["sinks"] and d, timeout=5, what="a resumed delivery")
         assert [(s["sink"], s["ok"]) for s in doc["sinks"]] == [("webhook", True)]

@@ -3,7 +3,12 @@ process, as in the tests, must not collide)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 DURATION_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
@@ -45,20 +50,52 @@ class Metrics:
         self.queue_depth = Gauge(
             "pfi_queue_depth", "Investigations queued or running on this node", registry=r
         )
-        self.store_ready = Gauge(
-            "pfi_store_ready", "1 when the report store can be written, else 0", registry=r
-        )
-        self.store_pending = Gauge(
-            "pfi_store_pending_reports",
-            "Reports kept in memory because the store could not be written",
-            registry=r,
-        )
-
-        self.store_set_aside = Gauge(
-            "pfi_store_set_aside_reports",
-            "Reports the store could not serialise (set aside, logged) since the start",
-            registry=r,
-        )
+    def watch_store(self, store: StoreState) -> None:
+        """The store's gauges, read from `store` at each scrape."""
+        self.registry.register(StoreCollector(store))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StoreState(Protocol):
+    """What the store's gauges read (app.service.report_store.ReportStore)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    set_aside: int
+
+
+class StoreCollector(Collector):
+    """The report store's gauges, computed when /metrics is scraped: they cannot go stale whichever
+    code path changed the store."""
+
+    def __init__(self, store: StoreState) -> None:
+        self.store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(ready=0, pending=0, set_aside=0))
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.store
+        return iter(self._families(ready=1 if s.ready else 0, pending=s.pending, set_aside=s.set_aside))
+
+    @staticmethod
+    def _families(*, ready: int, pending: int, set_aside: int) -> list[Metric]:
+        return [
+            GaugeMetricFamily("pfi_store_ready", "1 when the report store can be written, else 0", value=ready),
+            GaugeMetricFamily(
+                "pfi_store_pending_reports",
+                "Reports kept in memory because the store could not be written",
+                value=pending,
+            ),
+            GaugeMetricFamily(
+                "pfi_store_set_aside_reports",
+                "Reports the store could not serialise (set aside, logged) since the start",
+                value=set_aside,
+            ),
+        ]
