@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
+API_PORT = 8080  # the webhook and JSON API's port when PFI_LISTEN_ADDRESS names none
+UI_PORT = 8081  # the report pages' port when PFI_UI_LISTEN_ADDRESS names none
+
 # The tracer backends' names, in the order "auto" tries them (exact major faults first, estimates
 # last). Written out here so that the settings need not import the backends (which import the
 # settings); app.tracers.registry refuses to load when its backends' names differ from these.

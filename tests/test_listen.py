@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.service.web.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from app.parsers.address import AddressError, client_host, parse_listen_address
+from app.service.web.listen import listen_socket
 from tests.service_support import run_serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,12 +60,12 @@ def test_parse_listen_address(address: str, expected: tuple[str, int]) -> None:
     ],
 )
 def test_bad_listen_address_says_why(address: str, reason: str) -> None:
-    with pytest.raises(ListenAddressError, match=reason):
+    with pytest.raises(AddressError, match=reason):
         parse_listen_address(address, 8080)
 
 
 def test_no_port_without_default() -> None:
-    with pytest.raises(ListenAddressError, match="has no port"):
+    with pytest.raises(AddressError, match="has no port"):
         parse_listen_address("[::]")
 
 

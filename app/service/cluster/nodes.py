@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.collectors.apiserver import is_node_name
+from app.parsers.address import AddressError, split_host_port
 
 NODE_LABELS = ("node", "nodename", "kubernetes_node", "instance")
 
@@ -40,14 +41,12 @@ class Resolution:
 
 def split_host(value: str) -> str:
     """`10.0.3.7:9100` -> `10.0.3.7`; `[fd00::1]:9100` -> `fd00::1`; `node-a:9100` -> `node-a`;
-    a bare IPv6 address stays whole."""
-    v = value.strip()
-    if v.startswith("["):
-        end = v.find("]")
-        return v[1:end] if end > 0 else v.strip("[]")
-    if v.count(":") == 1:
-        return v.split(":", 1)[0]
-    return v  # a name, an IPv4 address, or a bare IPv6 address (several colons)
+    a bare IPv6 address stays whole; an unreadable one (`[fd00::1`) is returned as it is (and is
+    then no valid host)."""
+    try:
+        return split_host_port(value)[0]
+    except AddressError:
+        return value.strip()
 
 
 def as_ip(host: str) -> str | None:

@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import httpx
 
-from app.config import Settings
+from app.config import UI_PORT, Settings
 from app.investigation.lead_up import culprit_labels, describe_history
 from app.models import ProcessReport, Report, SinkResult, utcnow
+from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
 from app.service.cluster.kube import KubeApi, KubeError, event_body
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,13 @@ def report_url(settings: Settings, report_id: str) -> str:
     """`PFI_PUBLIC_URL` when set, else the UI address (what `kubectl port-forward` reaches)."""
     base = settings.public_url
     if not base:
-        host, _, port = settings.ui_listen_address.rpartition(":")
-        if host in ("", "0.0.0.0", "::", "[::]"):
-            host = "127.0.0.1"
-        base = f"http://{host}:{port}"
+        try:
+            host, port = parse_listen_address(settings.ui_listen_address, UI_PORT)
+        except AddressError:  # serve refuses to start with it; a report made elsewhere names the default
+            host, port = "127.0.0.1", UI_PORT
+        if host in (ALL_INTERFACES, "0.0.0.0"):
+            host = "127.0.0.1"  # kubectl port-forward listens there
+        base = f"http://{client_host(host)}:{port}"
     return f"{base.rstrip('/')}/reports/{report_id}"
 
 

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from app.config import Settings
+from app.config import UI_PORT, Settings
+from app.parsers.address import ALL_INTERFACES, AddressError, parse_listen_address, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +32,28 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
 
 def _host_only(value: str) -> str:
-    """`Host` header or address -> the lowercased name, without port or IPv6 brackets."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1:].partition("]")[0]
-    if value.count(":") == 1:
-        return value.partition(":")[0]
-    return value
+    """`Host` header or address -> the lowercased name, without port or IPv6 brackets ('' when it
+    cannot be read)."""
+    try:
+        return split_host_port(value)[0].lower()
+    except AddressError:
+        return ""
+
+
+def _ui_listen_host(settings: Settings) -> str | None:
+    """The UI's listen host (ALL_INTERFACES for `*`, `:port`, `[::]`); None when the address cannot
+    be read (serve refuses to start then)."""
+    try:
+        return parse_listen_address(settings.ui_listen_address, UI_PORT)[0].lower()
+    except AddressError:
+        return None
 
 
 def allowed_ui_hosts(settings: Settings) -> frozenset[str]:
     """Loopback names, the UI's own listen address and PFI_PUBLIC_URL's host."""
     names = set(LOOPBACK_NAMES)
-    listen = settings.ui_listen_address.strip()
-    host = _host_only(listen.rpartition(":")[0] if not listen.startswith("[") else listen)
-    if host and host not in ("0.0.0.0", "::"):
+    host = _ui_listen_host(settings)
+    if host and host not in (ALL_INTERFACES, "0.0.0.0"):
         names.add(host)
     if settings.public_url:
         public_host = urlsplit(settings.public_url).hostname
@@ -56,13 +64,12 @@ def allowed_ui_hosts(settings: Settings) -> frozenset[str]:
 
 def ui_exposure_warning(settings: Settings) -> str | None:
     """A warning when the token-free UI listens beyond loopback; None when it does not."""
-    listen = settings.ui_listen_address.strip()
-    host = _host_only(listen.rpartition(":")[0] if not listen.startswith("[") else listen)
-    if host_allowed(host, LOOPBACK_NAMES):
+    host = _ui_listen_host(settings)
+    if host is not None and host_allowed(host, LOOPBACK_NAMES):
         return None
     return (
-        f"the report UI listens on {listen}, beyond loopback, and has no token: anyone who reaches "
-        "that address reads every report (command lines, pod names). Keep PFI_UI_LISTEN_ADDRESS on "
+        f"the report UI listens on {settings.ui_listen_address.strip()}, beyond loopback, and has no token: anyone who "
+        "reaches that address reads every report (command lines, pod names). Keep PFI_UI_LISTEN_ADDRESS on "
         "127.0.0.1 and use kubectl port-forward"
     )
 

@@ -1,5 +1,5 @@
-"""Listen addresses: `PFI_LISTEN_ADDRESS` / `PFI_UI_LISTEN_ADDRESS` in any common form, and the
-listening socket for it.
+"""The listening socket for a listen address (`PFI_LISTEN_ADDRESS` / `PFI_UI_LISTEN_ADDRESS`, read
+by app.parsers.address.parse_listen_address).
 
 `[::]` (the default) is dual stack: one IPv6 socket with IPV6_V6ONLY off, so the webhook and the
 probes answer on an IPv6 pod IP and on an IPv4 one (and on 127.0.0.1 and ::1). uvicorn's own binding
@@ -10,74 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import socket
 
+from app.parsers.address import ALL_INTERFACES
+
 log = logging.getLogger(__name__)
-
-ALL_INTERFACES = "::"
-
-
-class ListenAddressError(ValueError):
-    """A listen address that cannot be read; the message says which and why."""
-
-
-def _port(text: str, address: str, default_port: int | None) -> int:
-    if text == "":
-        if default_port is None:
-            raise ListenAddressError(f"listen address {address!r} has no port")
-        return default_port
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ListenAddressError(f"listen address {address!r}: port {text!r} is not a number 0-65535")
-    return int(text)
-
-
-def _host(text: str, address: str) -> str:
-    if text in ("", "*"):
-        return ALL_INTERFACES
-    if ":" in text:
-        try:
-            ipaddress.IPv6Address(text.split("%", 1)[0])
-        except ValueError:
-            raise ListenAddressError(f"listen address {address!r}: {text!r} is not an IPv6 address") from None
-        return text
-    if any(c.isspace() or c in "/[]" for c in text):
-        raise ListenAddressError(f"listen address {address!r}: {text!r} is not a host name or address")
-    return text
-
-
-def parse_listen_address(address: str, default_port: int | None = None) -> tuple[str, int]:
-    """`[::]:8080`, `[::]`, `::`, `[fd00::1]:8080`, `fd00::1`, `0.0.0.0:8080`, `:8080`, `*:8080`,
-    `host:port`, `host` -> (host, port). An empty host (`:8080`) means every interface, dual stack
-    (`::`). A bare IPv6 address has no port (its last group would be ambiguous): write `[addr]:port`.
-    Raises ListenAddressError with the reason for anything else. Pure: no name resolution."""
-    text = address.strip()
-    if not text:
-        raise ListenAddressError("listen address is empty")
-    if text.startswith("["):
-        inner, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ListenAddressError(f"listen address {address!r}: '[' without ']'")
-        if rest and not rest.startswith(":"):
-            raise ListenAddressError(f"listen address {address!r}: expected ':port' after ']'")
-        if ":" not in inner:
-            raise ListenAddressError(f"listen address {address!r}: brackets hold an IPv6 address, not {inner!r}")
-        return _host(inner, address), _port(rest[1:], address, default_port)
-    if text.count(":") > 1:  # a bare IPv6 address
-        return _host(text, address), _port("", address, default_port)
-    host, sep, port = text.partition(":")
-    return _host(host, address), _port(port if sep else "", address, default_port)
-
-
-def client_host(host: str) -> str:
-    """The host part of a URL that reaches a server listening on `host` from this machine."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == ALL_INTERFACES:
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
 
 def listen_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     """A bound, listening TCP socket for (host, port) as parse_listen_address returns them.

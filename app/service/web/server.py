@@ -32,13 +32,14 @@ from datetime import UTC, datetime
 import uvicorn
 from fastapi import FastAPI
 
-from app.config import Settings
+from app.config import API_PORT, UI_PORT, Settings
 from app.models import Report
+from app.parsers.address import AddressError, client_host, parse_listen_address
 from app.service import logs
 from app.service.auth import TokenSource, load_token
 from app.service.ui.guard import ui_exposure_warning
 from app.service.web.app import create_app, create_ui_app
-from app.service.web.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from app.service.web.listen import listen_socket
 from app.tracers import leftovers
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ def _url(host: str, port: int) -> str:
 
 
 def first_run_message(settings: Settings, source: TokenSource) -> str:
-    host, port = parse_listen_address(settings.listen_address, 8080)
-    ui_host, ui_port = parse_listen_address(settings.ui_listen_address, 8081)
+    host, port = parse_listen_address(settings.listen_address, API_PORT)
+    ui_host, ui_port = parse_listen_address(settings.ui_listen_address, UI_PORT)
     sample = {
         "version": "4",
         "status": "firing",
@@ -120,13 +121,13 @@ def _listen(settings: Settings) -> list[tuple[str, int, socket.socket]]:
     line and exit 1 (the socket already bound is closed)."""
     bound: list[tuple[str, int, socket.socket]] = []
     for name, address, default in (
-        ("PFI_LISTEN_ADDRESS", settings.listen_address, 8080),
-        ("PFI_UI_LISTEN_ADDRESS", settings.ui_listen_address, 8081),
+        ("PFI_LISTEN_ADDRESS", settings.listen_address, API_PORT),
+        ("PFI_UI_LISTEN_ADDRESS", settings.ui_listen_address, UI_PORT),
     ):
         try:
             host, port = parse_listen_address(address, default)
             bound.append((host, port, listen_socket(host, port)))
-        except (ListenAddressError, OSError) as exc:
+        except (AddressError, OSError) as exc:
             for _, _, sock in bound:
                 sock.close()
             log.error("cannot listen on %s=%s: %s", name, address, exc)
