@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's ValidationError names the bad variable
+    except (ValidationError, SettingsError) as exc:  # they name the bad variable; a bug gets its traceback
         _fail(f"bad setting: {exc}")
         return 2
     if args.command == "investigate":

@@ -36,7 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.collectors.fetch import Deadline, FetchError, check_url, describe, host_url, read_body, track
+from app.collectors.fetch import (
+    TRANSPORT_ERRORS,
+    Deadline,
+    FetchError,
+    check_url,
+    describe,
+    host_url,
+    read_body,
+    track,
+)
 from app.config import Settings
 
 __all__ = [
@@ -128,8 +137,10 @@ class ApiServer:
     # --- the client ------------------------------------------------------------------------------
 
     def _build(self) -> Any:
+        import yaml  # type: ignore[import-untyped]  # kubernetes reads kubeconfig with it; no stubs here
         from kubernetes import client as k8s
         from kubernetes import config as k8s_config
+        from kubernetes.config.config_exception import ConfigException
 
         c = self.config
         cfg: Any = k8s.Configuration()
@@ -166,7 +177,7 @@ class ApiServer:
                         refresh(cfg)
         except FetchError as exc:
             raise ApiServerError(str(exc)) from None
-        except Exception as exc:  # ConfigException, YAML errors, unreadable files
+        except (ConfigException, yaml.YAMLError, OSError, ValueError) as exc:  # a bad or unreadable kubeconfig
             raise ApiServerError(f"API server configuration ({c.source}) unusable: {exc}") from None
         cfg.retries = False  # one attempt per call: the deadline is the caller's
         _refuse_cleartext_credentials(cfg, c)
@@ -178,7 +189,7 @@ class ApiServer:
             raise ApiServerError(f"API server CA file {c.ca_file} does not exist")
         try:
             api_client = k8s.ApiClient(cfg)
-        except Exception as exc:  # an unreadable CA file, a bad client key
+        except (OSError, ValueError) as exc:  # an unreadable CA file, a bad client key (ssl.SSLError is an OSError)
             raise ApiServerError(f"API server TLS settings unusable: {exc}") from None
         track(api_client.rest_client.pool_manager)
         return api_client
@@ -231,7 +242,7 @@ class ApiServer:
                 ) from None
             except FetchError as exc:
                 raise ApiServerError(str(exc)) from None
-            except Exception as exc:  # urllib3/ssl/socket errors; the deadline's shutdown
+            except TRANSPORT_ERRORS as exc:  # urllib3/ssl/socket errors; the deadline's shutdown
                 raise ApiServerError(describe(exc, who, deadline) + f" ({what})") from None
         try:
             return json.loads(body)

@@ -11,6 +11,7 @@ crash. No token ever appears in a reason.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import socket
 import ssl
@@ -173,6 +174,12 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         yield e
         reason = getattr(e, "reason", None)
         e = reason if isinstance(reason, BaseException) else (e.__cause__ or e.__context__)
+
+
+# What a request fails with when the network, TLS, the peer or the deadline is the cause (urllib3's
+# errors, which wrap most; http.client's; socket and TLS errors, which are OSErrors). Anything else
+# raised around a request is our own bug and surfaces with its traceback.
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
 def describe(exc: BaseException, who: str, deadline: Deadline) -> str:

@@ -27,7 +27,6 @@ no slot); when full, the oldest gone series are dropped first, then live ones id
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -54,7 +53,6 @@ __all__ = [
     "read_counter",
 ]
 
-log = logging.getLogger(__name__)
 
 MAX_SLOTS = 8640  # intervals kept (a day at 10 s)
 MAX_SERIES = 1024  # containers and host groups with a series
@@ -304,10 +302,9 @@ class FaultRecorder:
     def _lookup(self, unit: Unit) -> tuple[str, HistoryPod | None]:
         pod: PodRef | None = None
         if unit.ref is not None and unit.ref.pod_uid is not None and self.pods is not None:
-            try:
-                pod = self.pods.pod_for(unit.ref)
-            except Exception as exc:  # a pod directory bug must not stop the recorder
-                log.warning("pod lookup for %s failed: %s", unit.path, exc)
+            # The directory reports an unreachable kubelet in its attribution, never by raising: what
+            # it raises is a bug, and the sample fails with its traceback (the service logs it).
+            pod = self.pods.pod_for(unit.ref)
         return _key_of(unit, pod)
 
     def _rekey(self, group: _Group, key: str, pod: HistoryPod | None) -> None:

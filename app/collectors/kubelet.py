@@ -19,7 +19,16 @@ from pathlib import Path
 import urllib3
 
 from app.collectors.apiserver import ApiServer, ApiServerConfig, ApiServerError
-from app.collectors.fetch import Deadline, FetchError, check_url, describe, host_url, read_body, track
+from app.collectors.fetch import (
+    TRANSPORT_ERRORS,
+    Deadline,
+    FetchError,
+    check_url,
+    describe,
+    host_url,
+    read_body,
+    track,
+)
 from app.config import Settings
 from app.models import Attribution, PodRef
 from app.parsers.cgroup import CgroupRef
@@ -107,9 +116,7 @@ class PodDirectory:
                     reason = f"{resp.status} {resp.reason or ''}".strip()
                     raise FetchError(f"{who} answered {reason}" + (f" ({hint})" if hint else ""))
                 body = read_body(resp, who, self.max_response_bytes)
-            except FetchError:
-                raise
-            except Exception as exc:  # urllib3, ssl, socket; the deadline shutting the socket
+            except TRANSPORT_ERRORS as exc:  # urllib3, ssl, socket; the deadline shutting the socket
                 raise FetchError(describe(exc, who, deadline)) from None
             finally:
                 pool.clear()
@@ -156,10 +163,6 @@ class PodDirectory:
             index, attribution = self._fetch()
             self._cached = (time.monotonic(), index, attribution)
             return index, attribution
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._cached = None
 
     def pod_for(self, ref: CgroupRef | None) -> PodRef | None:
         """The pod of a cgroup; from the cgroup path alone (resolved_by 'cgroup') when no list names it."""
