@@ -365,3 +365,29 @@ def test_a_pod_directory_bug_fails_the_recorder_sample(tmp_path: Path) -> None:
     rec = FaultRecorder(n.cg, n.proc, interval=10, retention=60, pods=BrokenPods())
     with pytest.raises(ZeroDivisionError):
         rec.sample()
+
+
+# --- one pod directory ---------------------------------------------------------------------------------
+
+
+def test_the_engine_and_the_recorder_share_one_pod_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One kubelet PodList cache per service: the flight recorder's lookups and the investigations'
+    go to the same directory (there were two, each asking the kubelet)."""
+    import app.investigation.engine
+    from app.service.state import ServiceState
+
+    seen: list[object] = []
+    monkeypatch.setattr(app.investigation.engine, "investigate", lambda *a, pods, **k: seen.append(pods))
+    settings = make_settings(tmp_path, recorder_interval_seconds=5, cgroup_root=tmp_path / "no-cgroups")
+
+    async def run() -> None:
+        state = await ServiceState.start(settings, store=None, token="t" * 32)
+        try:
+            assert state.recorder is not None and state.recorder.recorder is not None
+            assert state.recorder.recorder.pods is state.pods
+            state.scheduler._investigator(settings)  # what the scheduler runs for an alert
+            assert seen == [state.pods]
+        finally:
+            await state.stop()
+
+    asyncio.run(run())

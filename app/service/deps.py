@@ -1,4 +1,5 @@
-"""The routes' dependencies, declared once (STYLE #8). Tests swap them with
+"""The routes' dependencies (the service state, the bearer token), declared once here so that every
+route of the API and the UI asks for them the same way. Tests swap them with
 `app.dependency_overrides` when they need to."""
 
 from __future__ import annotations

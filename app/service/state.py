@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from app.collectors.kubelet import PodDirectory
 from app.config import Settings
 from app.models import Report
 from app.service import logs
@@ -61,18 +62,14 @@ def local_identity(settings: Settings) -> NodeIdentity:
     return NodeIdentity(settings.node_name, frozenset(ips))
 
 
-def real_investigator(settings: Settings) -> Investigator:
-    """The engine, imported when first used (tests inject a fake and never import it), with one pod
-    directory for the service's life so its kubelet PodList cache outlives a single investigation."""
-    pods: Any = None
+def real_investigator(pods: PodDirectory) -> Investigator:
+    """The engine, imported when first used (tests inject a fake and never import it), with the
+    service's one pod directory, whose kubelet PodList cache outlives a single investigation and is
+    shared with the flight recorder."""
 
     def run(*args: Any, **kwargs: Any) -> Report:
-        nonlocal pods
-        from app.collectors.kubelet import PodDirectory
         from app.investigation.engine import investigate
 
-        if pods is None:
-            pods = PodDirectory(settings)
         return investigate(*args, pods=pods, **kwargs)
 
     return run
@@ -89,6 +86,7 @@ class ServiceState:
     peers: PeerDirectory
     sinks: list[Sink]
     outbox: Outbox
+    pods: PodDirectory  # one kubelet PodList cache for the investigations and the flight recorder
     local: NodeIdentity
     scheduler: Scheduler = field(init=False)
     recorder: RecorderService | None = None  # the flight recorder and watch mode (issue 12)
@@ -136,12 +134,13 @@ class ServiceState:
             peers=peers if peers is not None else make_peer_directory(settings, kube),
             sinks=sinks,
             outbox=Outbox(settings, store, sinks, metrics),
+            pods=PodDirectory(settings),
             local=local_identity(settings),
         )
-        state.recorder = RecorderService(settings, metrics.registry)
+        state.recorder = RecorderService(settings, metrics.registry, state.pods)
         state.scheduler = Scheduler(
             settings,
-            investigator or real_investigator(settings),
+            investigator or real_investigator(state.pods),
             state.on_finished,
             metrics,
             lead_up=state.recorder.lead_up,

@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.collectors.flight_recorder import FaultRecorder, Tick
+from app.collectors.flight_recorder import FaultRecorder, PodLookup, Tick
 from app.config import Settings
 from app.investigation.lead_up import lead_up_since
 from app.investigation.report import LeadUp
@@ -102,8 +102,8 @@ class RecorderService:
         self,
         settings: Settings,
         registry: CollectorRegistry,
+        pods: PodLookup | None,
         *,
-        pods: Any = None,
         on_watch: Callable[[Trigger], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -111,10 +111,6 @@ class RecorderService:
         self.enabled = settings.recorder_interval_seconds > 0
         self.recorder: FaultRecorder | None = None
         if self.enabled:
-            if pods is None:
-                from app.collectors.kubelet import PodDirectory
-
-                pods = PodDirectory(settings)
             self.recorder = FaultRecorder(
                 settings.cgroup_root,
                 settings.proc_root,
