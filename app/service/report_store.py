@@ -7,7 +7,7 @@ runs after each write.
 
 When the file is corrupt or cannot be written, the store says so (`ready`/`reason`, used by
 /readyz, and a log line) and keeps the reports it could not write in memory (bounded), retrying
-them on the next write and from the service's retry loop: reports in flight are not lost to a
+them on the next write and from the service's retry loop: reports on their way are not lost to a
 full disk or a read-only mount. It never deletes or replaces a file it cannot read.
 
 Synchronous; the service calls it through `asyncio.to_thread`. A lock serialises the connection.

@@ -8,7 +8,7 @@ watch mode (issue 12).
   for the scheduler, which builds the report with it (app.investigation.report.build_report).
 - Watch mode (PFI_WATCH_THRESHOLD > 0): when the recorded node rate stays above the threshold for
   PFI_WATCH_FOR_SECONDS, a Trigger(kind="watch", rate, since) is submitted to the scheduler on the
-  event loop under one key per node, so the single flight, its cooldown and the sinks treat it like
+  event loop under one key per node, so the scheduler, its cooldown and the sinks treat it like
   an alert: repeats while it runs or within the cooldown are duplicates.
 """
 
@@ -63,7 +63,7 @@ class RecorderMetrics:
         self.series = Gauge("pfi_recorder_series", "Containers and host groups with a series in the ring", registry=r)
         self.watch = Counter(
             "pfi_watch_triggers",
-            "Watch-mode triggers (node rate above PFI_WATCH_THRESHOLD long enough), by what the single flight did",
+            "Watch-mode triggers (node rate above PFI_WATCH_THRESHOLD long enough), by what the scheduler did",
             ["outcome"],
             registry=r,
         )

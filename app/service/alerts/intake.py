@@ -1,5 +1,5 @@
-"""What happens to each alert of a webhook call: ignored (and why), handed to this node's single
-flight, or forwarded to the inspector on its node. Never investigates; forwarding runs in the
+"""What happens to each alert of a webhook call: ignored (and why), handed to this node's
+scheduler, or forwarded to the inspector on its node. Never investigates; forwarding runs in the
 background (the answer stays fast).
 
 An alert whose first node label names this node is taken at once. Routing the others needs the

@@ -4,7 +4,7 @@ A finished report and one outbox row per sink are written together (`send`); eac
 written with the removal of its row as soon as that sink is done. Deliveries left over by a stop or
 a crash resume at the start, and every OUTBOX_RETRY_SECONDS after that (a delivery refused for too
 many deliveries running, a batch beyond the first): each run drains the outbox batch by batch, a
-bounded number of batches. `stop` ends the resume loop, gives deliveries in flight a moment and
+bounded number of batches. `stop` ends the resume loop, gives running deliveries a moment and
 cancels the rest: their rows stay in the outbox for the next start.
 """
 
@@ -136,7 +136,7 @@ class Outbox:
                 await self.deliver(report, triggers, todo)
 
     async def stop(self, grace: float) -> None:
-        """End the resume loop; wait up to `grace` seconds for deliveries in flight, cancel the rest
+        """End the resume loop; wait up to `grace` seconds for running deliveries, cancel the rest
         (their rows stay in the outbox for the next start)."""
         if self._resume_task is not None:
             self._resume_task.cancel()

@@ -7,7 +7,7 @@ event loop, sharing one ServiceState.
 SIGTERM/SIGINT: the running investigation is cancelled at once (the engine stops its tracer), both
 servers stop taking requests, the cancelled report is written (one stuck in a neighbour, e.g. a
 kubelet trickling its answer, is left behind after a few seconds with a report saying so), sink
-deliveries in flight get a moment (the outbox keeps the rest for the next start), and the process
+deliveries still running get a moment (the outbox keeps the rest for the next start), and the process
 exits 0. A watchdog ends the process after `PFI_SHUTDOWN_SECONDS` (50) whatever happens, inside
 the chart's terminationGracePeriodSeconds (60).
 
