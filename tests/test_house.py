@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -391,3 +391,32 @@ def test_the_engine_and_the_recorder_share_one_pod_directory(tmp_path: Path, mon
             await state.stop()
 
     asyncio.run(run())
+
+
+def test_service_report_carries_the_recorders_lead_up(tmp_path: Path) -> None:
+    """With the recorder on, the scheduler reads its lead-up and the one builder puts it in the report."""
+    from tests.test_recorder import V2_B, Node
+
+    n = Node(tmp_path / "node", 2)
+    n.set(V2_B, 0)
+    with service(tmp_path, recorder_interval_seconds=0.5, cgroup_root=n.cg, proc_root=n.proc,
+                 kubelet_url="https://127.0.0.1:1", apiserver_fallback=False) as (client, _):
+        def samples() -> float:
+            for line in client.get("/metrics").text.splitlines():
+                if line.startswith("pfi_recorder_samples_total "):
+                    return float(line.split()[1])
+            return 0.0
+
+        wait_for(lambda: samples() >= 2, what="two recorder samples")
+        n.set(V2_B, 5000)
+        n.node(5000)
+        wait_for(lambda: samples() >= 4, what="the burst recorded")
+        starts = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        answer = client.post("/api/v1/alerts", json=firing({"node": "node-a"}, starts=starts), headers=AUTH).json()
+        rid = answer["accepted"][0]["id"]
+        wait_for(lambda: reports(client), what="report")
+        doc = client.get(f"/api/v1/reports/{rid}", headers=AUTH).json()
+    assert doc["history_reason"] is None, doc["history_reason"]
+    h = doc["history"]
+    assert h is not None and h["node_major_faults"] == 5000
+    assert h["cgroups"] and h["cgroups"][0]["major_faults"] == 5000
