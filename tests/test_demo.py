@@ -133,3 +133,15 @@ def test_leftovers_of_a_killed_demo_are_removed_only_when_their_owner_is_gone(tm
     assert notes == [f"removed file {files / dead}.bin left by an earlier demo"]
     (base / dead / "child").rmdir()
     assert reap_leftovers(base, files) == [f"removed cgroup {base / dead} left by an earlier demo"]
+
+
+def test_a_quiet_investigation_points_at_the_demo() -> None:
+    """The first run on a node where nothing faults ends with where to see a finding (on stderr: the
+    report on stdout stays the report). The node is a captured idle tree, so other test runs' faults
+    do not count."""
+    env = dict(ENV, PFI_PROC_ROOT=str(REPO / "tests/fixtures/proc-captures/idle/tick0"))
+    res = subprocess.run([sys.executable, "-m", "app.cli", "investigate", "--seconds", "1", "--tracer", "procfs"],
+                         capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    assert res.returncode == 0, res.stderr
+    assert "cause: no_major_faults" in res.stdout and "demo" not in res.stdout
+    assert "nothing faults here: `pagefault-inspector demo` (as root) shows a finding" in res.stderr
