@@ -145,3 +145,26 @@ def test_a_quiet_investigation_points_at_the_demo() -> None:
     assert res.returncode == 0, res.stderr
     assert "cause: no_major_faults" in res.stdout and "demo" not in res.stdout
     assert "nothing faults here: `pagefault-inspector demo` (as root) shows a finding" in res.stderr
+
+
+def test_the_demo_finds_the_memory_controller_on_v1_hybrid_and_v2(tmp_path: Path) -> None:
+    """Where the demo makes its group: v1 memory/ (also on hybrid hosts, where unified/ has no
+    controllers), else the v2 tree whose cgroup.controllers lists memory (root or unified/)."""
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "unified").mkdir()
+    (v1 / "unified" / "cgroup.controllers").write_text("")  # hybrid: the unified tree has no controllers
+    assert memory_hierarchy(v1) == (1, v1 / "memory")
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    assert memory_hierarchy(v2) == (2, v2)
+    unified = tmp_path / "unified-memory"
+    (unified / "unified").mkdir(parents=True)
+    (unified / "unified" / "cgroup.controllers").write_text("memory pids\n")
+    assert memory_hierarchy(unified) == (2, unified / "unified")
+    none = tmp_path / "none"
+    none.mkdir()
+    (none / "cgroup.controllers").write_text("cpu pids\n")
+    assert memory_hierarchy(none) is None
