@@ -142,7 +142,7 @@ def _rate(r: float) -> str:
 
 
 def _seen(p: ProcessReport) -> str:
-    """What one process's faults were, in a few words: 'sleep (pid 7) 3 major faults (0.3/s) on /usr/bin/sleep'."""
+    """What one process's faults were, in a few words: 'sleep (pid 7): 3 major faults (0.3/s) on /usr/bin/sleep'."""
     kind, share, path = dominant(p)
     on = f" on {path}" if path else f", {share:.0%} {kind.value}" if kind else ""
     name = who(p).removeprefix("host process ")
@@ -350,9 +350,9 @@ def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: flo
             if share < 0.5:
                 summary += f" (the top process causes {min(share, 1):.0%} of the node's major faults)"
             if share < SMALL_SHARE:  # a real finding about this process, but not what makes the node fault
-                return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence="low",
-                               evidence=[*v.evidence, f"it causes {share:.0%} of the node's "
-                                         f"{node.pgmajfault_per_second:,.0f} major faults/s: the rest is elsewhere"])
+                return v.model_copy(update={"summary": summary, "confidence": "low", "evidence": [
+                    *v.evidence, f"it causes {share:.0%} of the node's {node.pgmajfault_per_second:,.0f} major "
+                    "faults/s: the rest is elsewhere"]})
         return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence, evidence=v.evidence)
     if node.pgmajfault > 0:
         return Verdict(
