@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import mmap
 import os
 import re
@@ -246,21 +245,6 @@ def _ready(proc: subprocess.Popen[bytes], stop: threading.Event) -> None:
         raise DemoError(f"the workload said {buf[:200]!r}")
 
 
-def _rmdir_cgroup(group: Path, tries: int = 100) -> None:
-    """rmdir a cgroup, waiting (tries x 50 ms) while a killed task is still leaving it."""
-    for _ in range(tries):
-        try:
-            group.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.05)
-    group.rmdir()
-
-
 def undo(made: Made) -> None:
     """Remove what the demo made: its process (its own session: nothing else is in it), then its cgroup
     (only removed when empty: the kernel refuses otherwise), then its file."""
@@ -278,8 +262,12 @@ def undo(made: Made) -> None:
                 with contextlib.suppress(OSError):
                     stream.close()
     if made.cgroup is not None:
+        from app.collectors.cgroupmem import rmdir_when_free
+
         try:
-            _rmdir_cgroup(made.cgroup)
+            rmdir_when_free(made.cgroup, tries=100)
+            if made.cgroup.exists():
+                made.left.append(f"cgroup {made.cgroup}: still busy after 5 s")
         except OSError as e:
             made.left.append(f"cgroup {made.cgroup}: {e.strerror or e}")
     if made.file is not None:
