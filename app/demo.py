@@ -83,6 +83,7 @@ def main(settings: Settings, seconds: float | None = None) -> int:
         stop.set()  # every wait below checks it; cleanup runs with the handler still in place
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    t0 = time.monotonic()
     made = Made()
     report: Report | None = None
     code = 0
@@ -107,7 +108,8 @@ def main(settings: Settings, seconds: float | None = None) -> int:
     gone += [f"cgroup {made.cgroup}"] if made.cgroup else []
     gone += [f"file {made.file}"] if made.file else []
     if gone:
-        _say(f"removed {', '.join(gone)}" + (f"; could not remove: {'; '.join(made.left)}" if made.left else ""))
+        _say(f"removed {', '.join(gone)}" + (f"; could not remove: {'; '.join(made.left)}" if made.left else "")
+             + f" ({time.monotonic() - t0:.1f} s in all)")
     if got:
         _say(f"stopped by {signal.Signals(got[0]).name}")
         return 128 + got[0]
@@ -280,6 +282,7 @@ def undo(made: Made) -> None:
 def reap_leftovers(base: Path, directory: Path) -> list[str]:
     """Remove what an earlier demo killed with SIGKILL left: pfi-demo-<pid>-<starttime> cgroups (only
     when empty) under base and regular files of that name in directory, once that process is gone."""
+    from app.collectors.cgroupmem import rmdir_when_free
     from app.tracers.leftovers import alive
 
     notes = []
@@ -295,8 +298,9 @@ def reap_leftovers(base: Path, directory: Path) -> list[str]:
             p = where / name
             with contextlib.suppress(OSError):
                 if where == base and p.is_dir():
-                    p.rmdir()
-                    notes.append(f"removed cgroup {p} left by an earlier demo")
+                    rmdir_when_free(p, tries=20)  # its workload may still be leaving it (killed with the demo)
+                    if not p.exists():
+                        notes.append(f"removed cgroup {p} left by an earlier demo")
                 elif where == directory and os.path.isfile(p) and not os.path.islink(p):
                     p.unlink()
                     notes.append(f"removed file {p} left by an earlier demo")

@@ -61,7 +61,7 @@ def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> Non
     assert f"host process pfi-demo (pid {pid}) re-reads {file} from disk" in out, out
     assert f"its memory cgroup /{cgroup.name} runs at" in out and "of its 64 MiB limit" in out, out
     assert "workingset_refault_file) rose by" in out  # the evidence: pages the limit evicted are read again
-    assert f"removed process {pid}, cgroup {cgroup}, file {file}" in res.stderr
+    assert f"removed process {pid}, cgroup {cgroup}, file {file} (" in res.stderr
     _gone(pid, None, cgroup, file)
     assert took < 30, f"the demo took {took:.1f} s (the issue's budget: 30 s)"
 
@@ -168,3 +168,46 @@ def test_the_demo_finds_the_memory_controller_on_v1_hybrid_and_v2(tmp_path: Path
     none.mkdir()
     (none / "cgroup.controllers").write_text("cpu pids\n")
     assert memory_hierarchy(none) is None
+
+
+def test_a_demo_killed_with_sigkill_leaves_no_process_and_the_next_one_removes_the_rest() -> None:
+    """SIGKILL cannot be caught: the workload dies with the demo (PR_SET_PDEATHSIG); the empty cgroup
+    and the file stay until the next demo, which removes them since their owner is gone."""
+    from app.demo import DEFAULT_DIR, reap_leftovers
+
+    _needs_root()
+    proc = subprocess.Popen(CMD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd="/",
+                            start_new_session=True)
+    record_process(proc)
+    try:
+        assert proc.stderr is not None
+        err = b""
+        deadline = time.monotonic() + 60
+        while b"re-reads it through mmap" not in err:
+            assert time.monotonic() < deadline and proc.poll() is None, err.decode()
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                err += os.read(proc.stderr.fileno(), 4096)
+        pid, cgroup, file = _made(err.decode())
+        start = starttime(pid)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        forget_process(proc)
+    deadline = time.monotonic() + 10
+    while alive(pid, start):
+        assert time.monotonic() < deadline, f"the workload {pid} outlived the demo killed with SIGKILL"
+        time.sleep(0.05)
+    try:
+        assert cgroup.exists() and file.exists()  # what only the next demo can remove
+        notes = reap_leftovers(cgroup.parent, DEFAULT_DIR)
+        assert f"removed cgroup {cgroup} left by an earlier demo" in notes
+        assert f"removed file {file} left by an earlier demo" in notes
+        _gone(pid, start, cgroup, file)
+    finally:  # whatever failed above, nothing of this test's demo stays
+        from app.collectors.cgroupmem import rmdir_when_free
+
+        rmdir_when_free(cgroup, tries=40)
+        file.unlink(missing_ok=True)
