@@ -91,7 +91,7 @@ def main(settings: Settings, seconds: float | None = None) -> int:
         report = _run(settings, seconds or WINDOW_SECONDS, stop, made)
     except Stopped:
         pass
-    except DemoError as e:
+    except (DemoError, OSError) as e:  # OSError: a read-only /sys/fs/cgroup, no /var/tmp, a full disk...
         sys.stderr.write(f"pagefault-inspector demo: {e}\n")
         code = 1
     finally:
