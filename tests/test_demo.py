@@ -211,3 +211,14 @@ def test_a_demo_killed_with_sigkill_leaves_no_process_and_the_next_one_removes_t
 
         rmdir_when_free(cgroup, tries=40)
         file.unlink(missing_ok=True)
+
+
+def test_demo_without_a_memory_controller_says_so_and_makes_nothing(tmp_path: Path) -> None:
+    _needs_root()
+    before = sorted(p.name for p in Path("/var/tmp").glob("pfi-demo-*"))
+    res = subprocess.run(CMD, capture_output=True, text=True, timeout=60, cwd="/",
+                         env=dict(ENV, PFI_CGROUP_ROOT=str(tmp_path)))
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.splitlines() == [f"pagefault-inspector demo: no memory cgroup controller under {tmp_path} "
+                                       "(v1 memory/ or a v2 tree whose cgroup.controllers lists memory)"]
+    assert sorted(p.name for p in Path("/var/tmp").glob("pfi-demo-*")) == before
