@@ -75,6 +75,9 @@ def main(settings: Settings, seconds: float | None = None) -> int:
         sys.stderr.write("pagefault-inspector demo: needs root: it makes a memory cgroup with a 64 MiB limit "
                          "and traces its workload's page faults (run it as root, e.g. sudo ./run.sh demo)\n")
         return 1
+    if seconds is not None and not 0 < seconds <= 60:
+        sys.stderr.write("pagefault-inspector demo: --seconds must be in (0, 60]\n")
+        return 2
     got: list[int] = []
     stop = threading.Event()
 
