@@ -141,12 +141,16 @@ def _rate(r: float) -> str:
     return f"{r:,.1f}" if r < 10 else f"{r:,.0f}"
 
 
+def _faults(n: int) -> str:
+    return f"{n:,} major fault{'' if n == 1 else 's'}"
+
+
 def _seen(p: ProcessReport) -> str:
     """What one process's faults were, in a few words: 'sleep (pid 7): 3 major faults (0.3/s) on /usr/bin/sleep'."""
     kind, share, path = dominant(p)
     on = f" on {path}" if path else f", {share:.0%} {kind.value}" if kind else ""
     name = who(p).removeprefix("host process ")
-    return f"{name}: {p.major_faults:,} major faults ({_rate(p.major_faults_per_second)}/s){on}"
+    return f"{name}: {_faults(p.major_faults)} ({_rate(p.major_faults_per_second)}/s){on}"
 
 
 def quiet_process(p: ProcessReport, node: NodeStats, noise_floor: float) -> Verdict | None:
@@ -159,7 +163,7 @@ def quiet_process(p: ProcessReport, node: NodeStats, noise_floor: float) -> Verd
     node_said = ("the node is under it too" if node_rate < noise_floor
                  else f"the node's {node_rate:,.0f} major faults/s come from elsewhere")
     return Verdict(
-        summary=f"{who(p)} had {p.major_faults:,} major faults ({_rate(rate)}/s) in the window, under the noise "
+        summary=f"{who(p)} had {_faults(p.major_faults)} ({_rate(rate)}/s) in the window, under the noise "
         f"floor of {noise_floor:,.0f}/s: no finding",
         cause=Cause.QUIET,
         confidence="high",
@@ -186,7 +190,7 @@ def quiet_node(processes: list[ProcessReport], node: NodeStats, window: float, n
         advice=["nothing to do: a few major faults a second are programs starting and files read for the first time",
                 "if the alert fired, it has stopped: investigate while it fires (or with the service's watch mode)"],
         confidence="high",
-        evidence=[f"node {node.pgmajfault:,} major faults in {window:.0f} s ({_rate(node.pgmajfault_per_second)}/s); "
+        evidence=[f"node {_faults(node.pgmajfault)} in {window:.0f} s ({_rate(node.pgmajfault_per_second)}/s); "
                   f"noise floor {noise_floor:,.0f}/s (PFI_NOISE_FLOOR)"] + [_seen(p) for p in faulted[:3]],
     )
 
