@@ -41,6 +41,18 @@ def _made(stderr: str) -> tuple[int, Path, Path]:
     return int(started[1]), Path(started[2]), Path(writing[1])
 
 
+def _until(proc: subprocess.Popen[bytes], marker: str) -> bytes:
+    """The demo's stderr until it says `marker` (it is still running then)."""
+    assert proc.stderr is not None
+    err = b""
+    deadline = time.monotonic() + 60
+    while marker.encode() not in err:
+        assert time.monotonic() < deadline and proc.poll() is None, err.decode()
+        if select.select([proc.stderr], [], [], 0.5)[0]:
+            err += os.read(proc.stderr.fileno(), 4096)
+    return err
+
+
 def _gone(pid: int, start: int | None, cgroup: Path, file: Path) -> None:
     assert not alive(pid, start), f"the demo's workload {pid} is still running"
     assert not cgroup.exists(), f"the demo's cgroup {cgroup} is still there"
@@ -76,13 +88,7 @@ def test_demo_interrupted_mid_run_removes_what_it_made(signum: signal.Signals, a
                             start_new_session=True)
     record_process(proc)
     try:
-        assert proc.stderr is not None
-        err = b""
-        deadline = time.monotonic() + 60
-        while after.encode() not in err:
-            assert time.monotonic() < deadline and proc.poll() is None, err.decode()
-            if select.select([proc.stderr], [], [], 0.5)[0]:
-                err += os.read(proc.stderr.fileno(), 4096)
+        err = _until(proc, after)
         pid, cgroup, file = _made(err.decode())
         start = starttime(pid)
         assert alive(pid, start) and cgroup.exists() and file.exists()  # all there while it runs
@@ -180,14 +186,7 @@ def test_a_demo_killed_with_sigkill_leaves_no_process_and_the_next_one_removes_t
                             start_new_session=True)
     record_process(proc)
     try:
-        assert proc.stderr is not None
-        err = b""
-        deadline = time.monotonic() + 60
-        while b"re-reads it through mmap" not in err:
-            assert time.monotonic() < deadline and proc.poll() is None, err.decode()
-            if select.select([proc.stderr], [], [], 0.5)[0]:
-                err += os.read(proc.stderr.fileno(), 4096)
-        pid, cgroup, file = _made(err.decode())
+        pid, cgroup, file = _made(_until(proc, "re-reads it through mmap").decode())
         start = starttime(pid)
         proc.kill()
         proc.wait()
