@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from app.config import Settings
+from app.models import Cause
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="which tracer backends work here, and why not")
     probe.add_argument("--format", choices=["text", "json"], default="text")
     sub.add_parser("serve", help="run the Alertmanager webhook receiver and the report pages")
+    demo = sub.add_parser("demo", help="as root: fault a workload of its own at a 64 MiB memory limit, "
+                          "investigate it, print the report, remove what it made")
+    demo.add_argument("--seconds", type=float, help="length of the window (default 5)")
     return p
 
 
@@ -54,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return _investigate(settings, args)
     if args.command == "probe":
         return _probe(settings, args.format)
+    if args.command == "demo":
+        from app.demo import main as demo
+
+        return demo(settings, args.seconds)
     from app.service import logs
     from app.service.web.server import serve
 
@@ -103,6 +111,9 @@ def _investigate(settings: Settings, args: Any) -> int:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:
         render(report, Console())
+        if report.verdict.cause in (Cause.QUIET, Cause.NO_MAJOR_FAULTS):
+            Console(stderr=True).print("[dim]nothing faults here: `pagefault-inspector demo` (as root) shows a "
+                                       "finding on a workload of its own[/dim]")
     return 130 if report.status == "cancelled" else 0
 
 

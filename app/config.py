@@ -15,6 +15,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# node-exporter's node-mixin: NodeMemoryMajorPagesFaults fires on
+# rate(node_vmstat_pgmajfault{job="node-exporter"}[5m]) > 500 for 15m (memoryMajorPagesFaultsThreshold: 500).
+ALERT_MAJOR_FAULTS_PER_SECOND = 500.0
 
 API_PORT = 8080  # the webhook and JSON API's port when PFI_LISTEN_ADDRESS names none
 UI_PORT = 8081  # the report pages' port when PFI_UI_LISTEN_ADDRESS names none
@@ -113,6 +116,16 @@ class Settings(BaseSettings):
         description="bpftrace programs exit by themselves this many seconds after their window, even if"
         " nobody stops them (the inspector was SIGKILLed). 60: far past any normal hand-over, short"
         " enough that a forgotten probe costs little.",
+    )
+
+    noise_floor: float = Field(
+        default=ALERT_MAJOR_FAULTS_PER_SECOND / 10,
+        ge=0,
+        description="Major faults/s under which a window is noise, not a finding: a node under it is"
+        " reported as quiet (cause 'quiet': its rate and top processes, no advice), and a process under"
+        " it never gets a cause (program loads, a handful of cold reads). 50: a tenth of the 500/s at"
+        " which node-mixin's NodeMemoryMajorPagesFaults fires (rate(node_vmstat_pgmajfault[5m]) > 500);"
+        " set it to a tenth of your alert rule's threshold. 0: every fault counts (docs/diagnosis.md).",
     )
 
     # --- pod names: the kubelet, and the API server as fallback ----------------------------------

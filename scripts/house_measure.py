@@ -38,6 +38,7 @@ OLD_TO_NEW = {
 # entries are siblings (an import between two of them is not counted as running up).
 LAYERS: list[list[str]] = [
     ["app.cli"],
+    ["app.demo"],
     ["app.service.web"],
     ["app.service.ui", "app.service.alerts"],
     ["app.service.deps"],

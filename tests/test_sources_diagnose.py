@@ -154,8 +154,73 @@ def test_verdict_estimated_is_low_confidence():
 def test_report_verdict_without_processes():
     quiet = diagnose_report([], NodeStats(), 30)
     assert quiet.cause is Cause.NO_MAJOR_FAULTS
-    busy = diagnose_report([], NodeStats(pgmajfault=600, pgmajfault_per_second=20), 30)
-    assert busy.cause is Cause.UNKNOWN and "20 major faults/s" in busy.summary
+    busy = diagnose_report([], NodeStats(pgmajfault=18_000, pgmajfault_per_second=600), 30)
+    assert busy.cause is Cause.UNKNOWN and "600 major faults/s" in busy.summary
+    # under the noise floor (a tenth of the alert's 500/s) the node is quiet, not a mystery
+    trickle = diagnose_report([], NodeStats(pgmajfault=600, pgmajfault_per_second=20), 30)
+    assert trickle.cause is Cause.QUIET and "the node is quiet: 20 major faults/s" in trickle.summary
+
+
+def _cold(comm: str, pid: int, faults: int, seconds: float = 10, path: str = "/usr/bin/sleep") -> ProcessReport:
+    return ProcessReport(pid=pid, comm=comm, major_faults=faults, major_faults_per_second=faults / seconds,
+                         sources=[Source(kind=SourceKind.FILE, path=path, faults=faults, share=1.0)])
+
+
+def test_the_first_run_on_a_quiet_node_says_quiet():
+    """Issue 17's first run: a few program loads on an idle node gave 'cold reads of /usr/bin/sleep ...
+    confidence high, give the node more memory'. Under the noise floor: quiet, what was seen, no advice
+    to add memory, and no process gets a cause."""
+    from app.config import Settings
+
+    assert Settings().noise_floor == 500 / 10  # tied to node-mixin's NodeMemoryMajorPagesFaults (> 500)
+    node = NodeStats(pgmajfault=31, pgmajfault_per_second=3.1, mem_total_bytes=100, mem_available_bytes=95)
+    procs = [_cold("sleep", 9165, 12), _cold("python", 7596, 9, path="/usr/lib/python3.11/lib-dynload/pyexpat.so")]
+    for p in procs:
+        p.verdict = diagnose_process(p, node)
+        assert p.verdict.cause is Cause.QUIET, p.verdict.summary
+        assert "under the noise floor of 50/s: no finding" in p.verdict.summary and not p.verdict.advice
+    assert "/usr/bin/sleep" in procs[0].verdict.evidence[0]
+    v = diagnose_report(procs, node, 10)
+    assert v.cause is Cause.QUIET and v.confidence == "high"
+    assert v.summary.startswith("the node is quiet: 3.1 major faults/s over the 10 s window, under the noise floor "
+                                "of 50/s; the most: sleep (pid 9165): 12 major faults (1.2/s) on /usr/bin/sleep")
+    assert not any("memory" in a for a in v.advice)
+    assert any("pyexpat.so" in e for e in v.evidence)  # the top processes are still listed
+    # a trickle at ~10/s from one process (its own pages dropped): still quiet, node and process
+    trickle = _cold("pfi-workload", 4242, 100)
+    trickle.verdict = diagnose_process(trickle, NodeStats(pgmajfault=104, pgmajfault_per_second=10.4))
+    assert trickle.verdict.cause is Cause.QUIET
+    assert diagnose_report([trickle], NodeStats(pgmajfault=104, pgmajfault_per_second=10.4), 10).cause is Cause.QUIET
+    # the floor is a setting: 0 makes every fault count again (but a handful is never high confidence)
+    counted = diagnose_process(_cold("sleep", 9165, 12), node, noise_floor=0)
+    assert counted.cause is Cause.COLD_FILE_READS and counted.confidence == "medium"
+
+
+def test_a_busy_node_with_no_process_above_the_floor_has_no_culprit():
+    """The node is above the floor but every process is under it (many small or short-lived faulters):
+    no process is blamed; the headline says the faults are spread, low confidence."""
+    node = NodeStats(pgmajfault=6000, pgmajfault_per_second=600)
+    procs = [_cold("sh", 11, 300), _cold("sleep", 12, 200)]
+    for p in procs:
+        p.verdict = diagnose_process(p, node)
+        assert p.verdict.cause is Cause.QUIET and "come from elsewhere" in p.verdict.evidence[1]
+    v = diagnose_report(procs, node, 10)
+    assert v.cause is Cause.UNKNOWN and v.confidence == "low"
+    assert "no process made 50/s or more (the most: sh (pid 11): 300 major faults (30/s)" in v.summary
+
+
+def test_a_culprit_making_a_small_share_of_a_busy_node_is_low_confidence():
+    """A process above the floor that makes 2% of the node's faults keeps its cause, but the headline
+    says how little of the node it explains, at low confidence."""
+    node = NodeStats(pgmajfault=100_000, pgmajfault_per_second=10_000)
+    procs = [_cold("indexer", 21, 2000, path="/data/idx"), _cold("sh", 22, 300)]
+    for p in procs:
+        p.verdict = diagnose_process(p, node)
+    assert procs[0].verdict.cause is Cause.COLD_FILE_READS and procs[0].verdict.confidence == "high"
+    v = diagnose_report(procs, node, 10)
+    assert v.cause is Cause.COLD_FILE_READS and v.confidence == "low"
+    assert "(the top process causes 2% of the node's major faults)" in v.summary
+    assert any("the rest is elsewhere" in e for e in v.evidence)
 
 
 def test_estimate_swap_from_cgroup_refaults_although_read_bytes_counts_swap_ins():

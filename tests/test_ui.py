@@ -402,3 +402,22 @@ def test_the_verdicts_evidence_is_shown_on_the_page_and_in_the_terminal():
     render(r, Console(file=buf, width=200, color_system=None))
     out = buf.getvalue()
     assert "why:" in out and r.verdict.evidence[0][:60] in out
+
+
+def test_a_quiet_report_reads_as_quiet_on_the_page():
+    """Issue 17: the real quiet verdict (diagnose.py, node under the noise floor) is labelled as such,
+    in the calm colour, and its top process is still listed."""
+    from app.investigation.diagnose import diagnose_process, diagnose_report
+    from app.models import NodeStats
+
+    r = host_report()
+    node = NodeStats(pgmajfault=31, pgmajfault_per_second=3.1, series=[3] * 10)
+    top = r.processes[0].model_copy(update={"major_faults": 12, "major_faults_per_second": 1.2, "series": [1] * 10})
+    top.verdict = diagnose_process(top, node)
+    r = r.model_copy(update={"node_stats": node, "processes": [top], "window_seconds": 10,
+                             "verdict": diagnose_report([top], node, 10)})
+    html = render_report_page(r)
+    text = text_of(html)
+    assert "Quiet node" in text and "the node is quiet: 3.1 major faults/s" in text
+    assert 'class="card verdict none"' in html
+    assert top.comm in text

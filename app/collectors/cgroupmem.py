@@ -11,13 +11,16 @@ v1 files (under <root>/memory/<path>):
 
 from __future__ import annotations
 
+import errno
+import time
 from pathlib import Path
 
 from app.models import CgroupMemory
 from app.parsers.cgroup import CgroupRef, parse_memory_stat
 from app.parsers.procfs import parse_pressure
 
-__all__ = ["cgroup_memory_problem", "read_cgroup_memory", "read_cgroup_memory_why"]
+__all__ = ["cgroup_memory_problem", "memory_hierarchy", "read_cgroup_memory", "read_cgroup_memory_why",
+           "rmdir_when_free"]
 
 # Quirk: v1 prints "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE, e.g. 9223372036854771712 with 4 KiB
 # pages (LONG_MAX rounded down to a page); other page sizes give other values. Anything this close
@@ -181,6 +184,33 @@ def _v2_bases(root: Path) -> list[Path]:
         if controllers is not None and "memory" in controllers.split():
             out.append(base)
     return out
+
+
+def memory_hierarchy(cgroup_root: Path) -> tuple[int, Path] | None:
+    """Where new memory cgroups go on this machine: (1, <root>/memory) when the memory controller is on
+    v1 (v1 and hybrid hosts: a controller is bound to one hierarchy), else (2, the v2 tree whose
+    cgroup.controllers lists memory: <root>, or <root>/unified). None: no memory controller."""
+    root = Path(cgroup_root)
+    if (root / "memory" / "memory.limit_in_bytes").exists():
+        return 1, root / "memory"
+    bases = _v2_bases(root)
+    return (2, bases[0]) if bases else None
+
+
+def rmdir_when_free(d: Path, tries: int) -> None:
+    """Remove an empty cgroup folder, waiting (tries x 50 ms at most) while the kernel says EBUSY: a
+    killed task takes a moment to leave its group. Already gone is fine; other errors raise; still
+    busy after the tries, it is left (the caller checks whether it exists)."""
+    for _ in range(tries):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.05)
 
 
 def read_cgroup_memory(cgroup_root: Path, ref: CgroupRef) -> CgroupMemory | None:

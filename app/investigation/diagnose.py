@@ -14,6 +14,10 @@ is shown as context and never decides. Rules, in order (docs/diagnosis.md):
   R2 node evidence      -> node_memory_pressure (swap, shmem, code); file reads get a note
   R3 limit unreadable   -> the kind's cause, saying the limit could not be read and why, low confidence
   R4 otherwise by kind  -> swap / shmem_swap / code_refaults / cold_file_reads / unknown
+
+Before them, the noise floor (Settings.noise_floor, a tenth of the alert's 500/s): a process under it
+gets `quiet` and no cause; a node under it gets the report verdict `quiet` (or no_major_faults), with
+what was seen and no advice. A handful of faults never gives a cause with high confidence.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short
 NODE_RECLAIM_SCAN = 100.0  # pages/s scanned by kswapd + direct reclaim: the node reclaims globally
 PSI_MEMORY_STALL = 5.0  # percent (avg10): shown as context only
 REFAULT_RISE = 0.05  # file refaults in the cgroup per major fault of the process: the limit evicts what it reads
+NOISE_FLOOR = 50.0  # major faults/s: Settings.noise_floor's default (a tenth of the alert's 500/s)
+MIN_FAULTS_HIGH = 100  # a process with fewer major faults in the window never gets a cause with high confidence
+SMALL_SHARE = 0.10  # the top process makes less of the node's faults than this: the headline is low confidence
 
 
 def _mib(n: int | None) -> str:
@@ -130,18 +137,83 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
             "or move the process out of that cgroup")
 
 
-def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | None = None) -> Verdict:
+def _rate(r: float) -> str:
+    return f"{r:,.1f}" if r < 10 else f"{r:,.0f}"
+
+
+def _faults(n: int) -> str:
+    return f"{n:,} major fault{'' if n == 1 else 's'}"
+
+
+def _seen(p: ProcessReport) -> str:
+    """What one process's faults were, in a few words: 'sleep (pid 7): 3 major faults (0.3/s) on /usr/bin/sleep'."""
+    kind, share, path = dominant(p)
+    on = f" on {path}" if path else f", {share:.0%} {kind.value}" if kind else ""
+    name = who(p).removeprefix("host process ")
+    return f"{name}: {_faults(p.major_faults)} ({_rate(p.major_faults_per_second)}/s){on}"
+
+
+def quiet_process(p: ProcessReport, node: NodeStats, noise_floor: float) -> Verdict | None:
+    """`quiet` when the process faults under the noise floor: a handful of faults is no finding, whatever
+    they landed on (a program starting, a library loaded once). None: it is above the floor."""
+    rate = p.major_faults_per_second
+    if rate >= noise_floor:
+        return None
+    node_rate = max(node.pgmajfault_per_second, rate)
+    node_said = ("the node is under it too" if node_rate < noise_floor
+                 else f"the node's {node_rate:,.0f} major faults/s come from elsewhere")
+    return Verdict(
+        summary=f"{who(p)} had {_faults(p.major_faults)} ({_rate(rate)}/s) in the window, under the noise "
+        f"floor of {noise_floor:,.0f}/s: no finding",
+        cause=Cause.QUIET,
+        confidence="high",
+        evidence=[_seen(p), f"noise floor {noise_floor:,.0f} major faults/s (PFI_NOISE_FLOOR); {node_said}"],
+    )
+
+
+def quiet_node(processes: list[ProcessReport], node: NodeStats, window: float, noise_floor: float) -> Verdict | None:
+    """The report's `quiet` verdict when the node faults under the noise floor: what was seen (the node's
+    rate, the top processes), and no advice to change memory. None: the node is above the floor."""
+    rate = max(node.pgmajfault_per_second, sum(p.major_faults_per_second for p in processes))
+    if rate >= noise_floor:
+        return None
+    faulted = [p for p in processes if p.major_faults > 0]
+    if node.pgmajfault <= 0 and not faulted:
+        return None  # nothing at all: no_major_faults
+    summary = (f"the node is quiet: {_rate(rate)} major faults/s over the {window:.0f} s window, under the noise "
+               f"floor of {noise_floor:,.0f}/s")
+    if faulted:
+        summary += f"; the most: {_seen(faulted[0])}"
+    return Verdict(
+        summary=summary,
+        cause=Cause.QUIET,
+        advice=["nothing to do: a few major faults a second are programs starting and files read for the first time",
+                "if the alert fired, it has stopped: investigate while it fires (or with the service's watch mode)"],
+        confidence="high",
+        evidence=[f"node {_faults(node.pgmajfault)} in {window:.0f} s ({_rate(node.pgmajfault_per_second)}/s); "
+                  f"noise floor {noise_floor:,.0f}/s (PFI_NOISE_FLOOR)"] + [_seen(p) for p in faulted[:3]],
+    )
+
+
+def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | None = None,
+                     noise_floor: float = NOISE_FLOOR) -> Verdict:
     """The verdict for one process. limit_problem: why its memory cgroup could not be read (None: it
-    could, or the process is in the root cgroup where no cgroup limit applies)."""
+    could, or the process is in the root cgroup where no cgroup limit applies). noise_floor: major
+    faults/s under which the process gets `quiet` and no cause (Settings.noise_floor)."""
     rate = p.major_faults_per_second
     if p.major_faults <= 0:
         return Verdict(summary=f"{who(p)} had no major faults in the window", cause=Cause.NO_MAJOR_FAULTS,
                        confidence="high")
+    # Q: under the noise floor, before every cause.
+    if (quiet := quiet_process(p, node, noise_floor)) is not None:
+        return quiet
     kind, share, path = dominant(p)
     mem = p.cgroup_memory
     pressure = node_pressure(node)
     estimated = any(s.estimated for s in p.sources)
     confidence: Confidence = "low" if estimated else ("high" if share >= 0.8 else "medium")
+    if confidence == "high" and p.major_faults < MIN_FAULTS_HIGH:
+        confidence = "medium"  # a handful of faults is never a sure finding
     evidence = [f"{share:.0%} of the faults are {kind.value if kind else 'unresolved'}"
                 + (" (estimated from procfs counters)" if estimated else "")]
     if mem is not None:
@@ -257,8 +329,23 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     )
 
 
-def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: float) -> Verdict:
+def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: float,
+                    noise_floor: float = NOISE_FLOOR) -> Verdict:
     """The report's headline: the top process's verdict, or what the node alone shows."""
+    # Q: the node under the noise floor, before any process's cause.
+    if (quiet := quiet_node(processes, node, window, noise_floor)) is not None:
+        return quiet
+    if processes and (v := processes[0].verdict) is not None and v.cause is Cause.QUIET:
+        top = processes[0]
+        return Verdict(
+            summary=f"the node had {node.pgmajfault_per_second:,.0f} major faults/s, but no process made "
+            f"{noise_floor:,.0f}/s or more (the most: {_seen(top)}): the faults are spread over many processes, "
+            "short-lived ones, or kernel threads",
+            cause=Cause.UNKNOWN,
+            advice=["investigate for longer, or with a larger --top, while the alert is firing"],
+            confidence="low",
+            evidence=[_seen(p) for p in processes[:3]],
+        )
     if processes and (v := processes[0].verdict) is not None:
         top = processes[0]
         summary = v.summary
@@ -266,6 +353,10 @@ def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: flo
             share = top.major_faults / max(node.pgmajfault, 1)
             if share < 0.5:
                 summary += f" (the top process causes {min(share, 1):.0%} of the node's major faults)"
+            if share < SMALL_SHARE:  # a real finding about this process, but not what makes the node fault
+                return v.model_copy(update={"summary": summary, "confidence": "low", "evidence": [
+                    *v.evidence, f"it causes {share:.0%} of the node's {node.pgmajfault_per_second:,.0f} major "
+                    "faults/s: the rest is elsewhere"]})
         return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence, evidence=v.evidence)
     if node.pgmajfault > 0:
         return Verdict(

@@ -358,7 +358,8 @@ def investigate(
         )
     for p in processes:
         p.verdict = diagnose_process(
-            p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory))
+            p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
+            noise_floor=settings.noise_floor)
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()
@@ -374,7 +375,7 @@ def investigate(
         tracer=tracer_info,
         node_stats=node_stats,
         processes=processes,
-        verdict=diagnose_report(processes, node_stats, elapsed),
+        verdict=diagnose_report(processes, node_stats, elapsed, noise_floor=settings.noise_floor),
         attribution=attribution,
         warnings=warnings,
     )

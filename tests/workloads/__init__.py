@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -39,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from app.collectors.cgroupmem import rmdir_when_free
 from app.tracers import leftovers
 
 HERE = Path(__file__).resolve().parent
@@ -181,21 +181,6 @@ def _rmdir_tree(top: Path) -> bool:
         with contextlib.suppress(OSError):  # left as it is; the result says it is still there
             rmdir_when_free(d, tries=40)
     return not top.exists()
-
-
-def rmdir_when_free(d: Path, tries: int) -> None:
-    """Remove an empty cgroup folder, waiting (tries x 50 ms at most) while the kernel says EBUSY: a
-    killed task takes a moment to leave its group. Already gone is fine; other errors raise."""
-    for _ in range(tries):
-        try:
-            d.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.05)
 
 
 def remove_groups(created: list[Path]) -> None:

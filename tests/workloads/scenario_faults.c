@@ -7,6 +7,9 @@
  *        scenario_faults text PATH [drop]   execute code from a file mapping (PATH filled with 0xC3 "ret"):
  *                                           call one instruction in every page, forever; "drop" throws
  *                                           the pages away after each pass (cold code reads, no limit)
+ *        scenario_faults text PATH drop RATE  the same, RATE pages a second, each one dropped right after
+ *                                           its call: a trickle of cold code reads, as programs starting
+ *                                           now and then make
  *        scenario_faults shm PATH SIZE_MB   a /dev/shm (tmpfs) file of SIZE_MB written, then re-written
  *                                           in a scattered order forever (swaps at a smaller limit)
  *
@@ -65,6 +68,7 @@ int main(int argc, char **argv) {
     size_t size = (size_t)st.st_size;
     int text = strcmp(mode, "text") == 0;
     int drop = text && argc > 3 && strcmp(argv[3], "drop") == 0;
+    long rate = drop && argc > 4 ? atol(argv[4]) : 0; /* pages a second at most; 0: as fast as it goes */
     if (!text && argc > 3) { /* reread ANON_MB: anonymous memory touched once, then left alone */
         size_t anon = (size_t)atol(argv[3]) << 20;
         volatile unsigned char *a = mmap(NULL, anon, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -87,6 +91,11 @@ int main(int argc, char **argv) {
         for (size_t off = 0; off < size; off += page) {
             if (text) ((void (*)(void))(m + off))(); /* an instruction fetch from the file's page */
             else sum += m[off];
+            if (rate > 0) { /* every call a cold read: the page cache may hold the file in one large folio */
+                madvise((void *)m, size, MADV_DONTNEED);
+                posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+                usleep((useconds_t)(1000000 / rate));
+            }
         }
         if (drop) {
             madvise((void *)m, size, MADV_DONTNEED);

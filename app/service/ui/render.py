@@ -85,6 +85,7 @@ CAUSE_LABELS = {
     Cause.CODE_REFAULTS.value: "Program code refaulting",
     Cause.SHMEM_SWAP.value: "Shared memory back from swap",
     Cause.NO_MAJOR_FAULTS.value: "No major faults",
+    Cause.QUIET.value: "Quiet node",
     Cause.UNKNOWN.value: "Unknown cause",
 }
 
