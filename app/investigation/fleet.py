@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from app.investigation.diagnose import dominant
 from app.models import Cause, ProcessReport, Report
@@ -32,6 +32,7 @@ from app.models import Cause, ProcessReport, Report
 __all__ = [
     "ALSO_ON_WINDOW",
     "NODE_LINKS_MAX",
+    "SCHEMA_VERSION",
     "SORT_KEYS",
     "NodeLink",
     "NodeWorkload",
@@ -47,6 +48,7 @@ __all__ = [
     "workload_of",
 ]
 
+SCHEMA_VERSION = "1.0"  # of the rows `GET /api/v1/workloads` answers with; add fields freely
 ALSO_ON_WINDOW = timedelta(hours=1)  # "also on N other nodes" counts reports this recent
 NODE_LINKS_MAX = 3  # links to one node's reports kept in a row (its newest)
 NAMES_IN_TEXT = 3  # node names written out in "also on 11 other nodes: a, b, c, ..."
@@ -68,6 +70,7 @@ class Workload(BaseModel):
     cgroup: str | None = None  # host processes: the cgroup (a systemd unit's, usually)
     comm: str | None = None  # the culprit's command name, as last seen
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def label(self) -> str:
         """How the row is named on pages and in chat: `Deployment shop/cart`, `pod shop/cart-0`,

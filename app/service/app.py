@@ -7,6 +7,7 @@ made by `create_ui_app(api_app)` reads the same state: both run in one process a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
 from app.service.api import api, public
+from app.service.fleet import also_on
 from app.service.payload import PayloadError
 from app.service.peers import PeerDirectory
 from app.service.scheduler import Investigator
@@ -167,6 +169,7 @@ def create_app(
             peers=peers,
             token=token,
         )
+        state.fleet_note = functools.partial(also_on, state)
         app.state.svc = state
         try:
             yield

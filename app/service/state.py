@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,8 @@ class ServiceState:
     recorder: RecorderService | None = None  # the flight recorder and watch mode (issue 12)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     delivering: set[str] = field(default_factory=set)  # report ids whose delivery runs (resume skips them)
+    # "also on 11 other nodes: ..." for a report's sinks (app.service.fleet.also_on, set by the app)
+    fleet_note: Callable[[Report], Awaitable[str]] | None = None
 
     @classmethod
     async def start(
@@ -221,9 +223,11 @@ class ServiceState:
         current = report
         lock = asyncio.Lock()
 
-        async def one(sink: Sink) -> None:
+        async def one(sink: Sink, fleet: str) -> None:
             nonlocal current
-            r = await deliver_with_retry(sink, report, attempts=s.sink_attempts, backoff=s.sink_backoff_seconds)
+            r = await deliver_with_retry(
+                sink, report, attempts=s.sink_attempts, backoff=s.sink_backoff_seconds, fleet=fleet
+            )
             self.metrics.sink_deliveries.labels(sink=r.sink, outcome="ok" if r.ok else "failed").inc()
             async with lock:
                 current = current.model_copy(update={"sinks": [*current.sinks, r]})
@@ -232,7 +236,8 @@ class ServiceState:
 
         self.delivering.add(report.id)
         try:
-            await asyncio.gather(*(one(k) for k in (self.sinks if sinks is None else sinks)))
+            fleet = await self.fleet_note(report) if self.fleet_note is not None else ""
+            await asyncio.gather(*(one(k, fleet) for k in (self.sinks if sinks is None else sinks)))
         finally:
             self.delivering.discard(report.id)
         return current

@@ -17,6 +17,7 @@ Synchronous; the service calls it through `asyncio.to_thread`. A lock serialises
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -542,7 +543,7 @@ class ReportStore:
 
     def workloads(
         self, *, since: datetime | None = None, key: str | None = None, limit: int = WORKLOADS_MAX
-    ) -> list[NodeWorkload]:
+    ) -> builtins.list[NodeWorkload]:
         """This store's reports grouped by the workload they blame (app.investigation.fleet), the
         most recently seen first, at most `limit` workloads; only reports started at or after
         `since`, only workload `key` when given. Indexed on (workload_key, started_at): "reports
@@ -556,7 +557,7 @@ class ReportStore:
         if since is not None:
             where += " AND started_at >= ?"
             params.append(_ts(since))
-        out: list[NodeWorkload] = []
+        out: builtins.list[NodeWorkload] = []
         with self._lock:
             if self._conn is None or self.workloads_reason is not None:
                 return []
@@ -600,13 +601,16 @@ class ReportStore:
                 return []
         return out
 
-    def count(self) -> int:
+    def count(self, *, finished: bool = False) -> int:
+        """Reports held (stored and waiting in memory); `finished`: not the `running` rows."""
         with self._lock:
+            pending = sum(1 for r, _, _ in self._pending.values() if not finished or r.status != "running")
             if self._conn is None:
-                return len(self._pending)
+                return pending
+            sql = "SELECT count(*) FROM reports" + (" WHERE status != 'running'" if finished else "")
             try:
-                stored = int(self._conn.execute("SELECT count(*) FROM reports").fetchone()[0])
+                stored = int(self._conn.execute(sql).fetchone()[0])
             except sqlite3.Error as exc:
                 self._fail("cannot read", exc)
                 stored = 0
-            return stored + len(self._pending)
+            return stored + pending
