@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from app.investigation.fleet import also_on_text, facts_of, merge, node_rows, sort_rows, workload_of
 from app.models import Cause, PodRef, Report, Verdict, utcnow
-from app.service.store import DB_NAME, ReportStore
+from app.service.report_store import DB_NAME, ReportStore
 from tests.e2e.sample_reports import empty_report, file_fault_report, host_report, swap_report
 
 

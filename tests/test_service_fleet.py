@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 
 from app.models import utcnow
-from app.service.app import create_app
-from app.service.store import ReportStore
+from app.service.report_store import ReportStore
+from app.service.web.app import create_app
 from tests.e2e.sample_reports import file_fault_report
 from tests.service_support import (
     AUTH,

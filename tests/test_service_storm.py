@@ -23,8 +23,8 @@ import httpx
 
 from app.config import Settings
 from app.models import Report, utcnow
-from app.service.app import create_app
-from app.service.store import ReportStore
+from app.service.report_store import ReportStore
+from app.service.web.app import create_app
 from tests.e2e.sample_reports import file_fault_report
 from tests.service_support import AUTH, TOKEN, Instance, listening_socket, wait_for
 

@@ -233,7 +233,7 @@ def _utc(dt: datetime) -> datetime:
 
 def node_rows(node: str, reports: Iterable[tuple[str, datetime, ReportFacts]]) -> list[NodeWorkload]:
     """One node's reports (id, started_at, facts) -> one row a workload, newest first. For reports
-    held in memory; the store computes the same rows in SQL (app.service.store)."""
+    held in memory; the store computes the same rows in SQL (app.service.report_store)."""
     rows: dict[str, NodeWorkload] = {}
     for rid, started, facts in sorted(reports, key=lambda r: _utc(r[1]), reverse=True):
         started = _utc(started)

@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 from app.investigation.fleet import ALSO_ON_WINDOW, NodeWorkload, WorkloadRow, also_on_text, facts_of, merge
 from app.models import Report, utcnow
-from app.service.intake import peer_client
-from app.service.peers import Peer, PeerError
+from app.service.alerts.intake import peer_client
+from app.service.cluster.peers import Peer, PeerError
+from app.service.report_store import WORKLOADS_MAX
 from app.service.state import ServiceState
-from app.service.store import WORKLOADS_MAX
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from starlette.requests import ClientDisconnect
 
 from app.investigation.fleet import SCHEMA_VERSION as WORKLOADS_VERSION
 from app.investigation.fleet import SORT_KEYS, sort_rows
+from app.service.alerts.intake import FORWARDED_HEADER, handle_alerts
+from app.service.alerts.payload import PayloadError, parse_payload
 from app.service.deps import StateDep, TokenRequired
 from app.service.fleet import fleet
-from app.service.intake import FORWARDED_HEADER, handle_alerts
-from app.service.payload import PayloadError, parse_payload
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from pydantic import ValidationError
 
 from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
 from app.models import Report
+from app.service.alerts.intake import peer_client
+from app.service.cluster.peers import Peer, PeerError
 from app.service.deps import StateDep
 from app.service.fleet import Fleet, ask_peers, fleet
-from app.service.intake import peer_client
-from app.service.peers import Peer, PeerError
+from app.service.report_store import ReportSummary
 from app.service.scheduler import Investigation
 from app.service.state import ServiceState
-from app.service.store import ReportSummary
 from app.service.ui.fleet import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
 from app.service.ui.render import (
     IndexRow,
