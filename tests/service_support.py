@@ -352,6 +352,12 @@ class Instance:
         self.thread.start()
         wait_for(lambda: all(s.started for s in self.servers) or not self.thread.is_alive(), what="start")
         assert all(s.started for s in self.servers)
+        # FastAPI builds a route's parameter models at its first request, and the routers are
+        # module-level objects shared by every instance of this process: built concurrently by
+        # several instances' threads at once, pydantic warns (an error under our filterwarnings).
+        # One process serves one instance in production; here each instance builds them in turn.
+        for path in ("/api/v1/workloads?scope=node", "/api/v1/investigations"):
+            httpx.get(self.url + path, headers=AUTH, timeout=30)
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,17 +15,15 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from app.config import Settings
-from app.models import Report, utcnow
 from app.service.report_store import ReportStore
 from app.service.web.app import create_app
-from tests.e2e.sample_reports import file_fault_report
+from tests.e2e.sample_reports import deployment_pod_report
 from tests.service_support import AUTH, TOKEN, Instance, listening_socket, wait_for
 
 N = 12
@@ -33,24 +31,6 @@ COPIES = 10
 WINDOW = 2.0
 DEPLOYMENT_NODES = [1, 2, 4, 6, 7, 9, 11]  # nodes running a pod of search/search-indexer
 DEPLOYMENT_KEY = "workload:search/Deployment/search-indexer"
-
-
-def _deployment_report(node: str, i: int) -> Report:
-    """The sample report of a search-indexer pod, as node `node` stored it some minutes ago."""
-    r = file_fault_report()
-    top = r.processes[0]
-    assert top.pod is not None
-    pod = top.pod.model_copy(update={"name": f"search-indexer-7d9f8b6c5-{i:05d}", "uid": f"8a1f2c3d-0000-4000-8000-{i:012d}"})
-    started = utcnow() - timedelta(minutes=5 + i)
-    return r.model_copy(
-        update={
-            "id": f"seed{i:02d}",
-            "node": node,
-            "started_at": started,
-            "finished_at": started + timedelta(seconds=31),
-            "processes": [top.model_copy(update={"pod": pod}), *r.processes[1:]],
-        }
-    )
 
 
 def _alert(i: int, copy: int) -> dict[str, Any]:
@@ -69,7 +49,7 @@ def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
     rng = random.Random(10)
     for i in DEPLOYMENT_NODES:
         seeded = ReportStore(tmp_path / f"storm-{i:02d}")
-        assert seeded.open() and seeded.put(_deployment_report(f"storm-{i:02d}", i))
+        assert seeded.open() and seeded.put(deployment_pod_report(f"storm-{i:02d}", i))
         seeded.close()
     socks = [listening_socket() for _ in range(N)]
     urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]

@@ -14,15 +14,15 @@ from app.service.ui.render import CAUSE_LABELS, _env
 __all__ = ["FLEET_NODES_SHOWN", "FleetPage", "FleetRow", "NodeLinkRow", "render_fleet_page"]
 
 FLEET_NODES_SHOWN = 12  # node links written in a row; the rest is counted ("and 988 more")
-COLUMNS = [  # (sort key or '', heading)
+COLUMNS = [  # (sort key or '', heading); one column may hold two sort links
     ("workload", "workload"),
     ("nodes", "nodes"),
     ("reports", "reports"),
-    ("first_seen", "first seen (UTC)"),
+    ("first_seen", "first seen"),
     ("last_seen", "last seen (UTC)"),
     ("cause", "dominant cause"),
     ("", "faults on"),
-    ("", "latest recommendation"),
+    ("", "recommendation"),
 ]
 
 
