@@ -183,3 +183,63 @@ def test_a_store_file_from_before_the_workload_columns_gets_them(tmp_path: Path)
     assert check.execute("SELECT count(*) FROM reports WHERE workload_key IS NULL").fetchone()[0] == 0
     assert json.loads(check.execute("SELECT workload FROM reports WHERE id = ?", (new.id,)).fetchone()[0])["cause"]
     check.close()
+
+
+def test_fleet_page_escapes_what_reports_hold():
+    from datetime import UTC, datetime
+
+    from app.service.ui.fleet import FleetPage, FleetRow, NodeLinkRow, render_fleet_page
+    from tests.e2e.sample_reports import HOSTILE, hostile_report
+
+    r = hostile_report().model_copy(update={"started_at": datetime(2026, 12, 4, tzinfo=UTC)})
+    f = facts_of(r)
+    assert f is not None
+    (row,) = merge(node_rows(r.node, [(r.id, r.started_at, f)]))
+    html = render_fleet_page(
+        FleetPage(
+            rows=[
+                FleetRow(
+                    label=row.workload.label,
+                    kind=row.workload.kind,
+                    key=row.workload.key,
+                    nodes=[NodeLinkRow(node=r.node, url="javascript:alert(1)")],
+                    node_count=1,
+                    reports=1,
+                    first_seen=row.first_seen,
+                    last_seen=row.last_seen,
+                    cause=row.cause,
+                    causes="",
+                    fault_kind=row.fault_kind,
+                    file=row.file,
+                    summary=row.summary,
+                    command=HOSTILE,
+                )
+            ],
+            total=1,
+            nodes=1,
+            sort="last_seen",
+            descending=True,
+            offset=0,
+            page_size=100,
+        )
+    )
+    assert "<script" not in html and "javascript:" not in html
+    assert "&lt;script&gt;" in html and "pod ns&lt;i&gt;/pod&lt;script&gt;" in html
+
+
+def test_summaries_name_the_other_nodes(tmp_path: Path):
+    import httpx
+
+    from app.service.delivery.sinks import AlertmanagerSink, SlackSink
+    from tests.service_support import make_settings
+
+    settings = make_settings(tmp_path, alertmanager_url="http://am", slack_webhook_url="http://s")
+    client = httpx.AsyncClient()
+    r = file_fault_report()
+    note = also_on_text([f"node-{i:02d}" for i in range(11)])
+    alert = AlertmanagerSink(settings, client).alert(r, note)
+    assert alert["annotations"]["summary"] == f"{r.verdict.summary} ({note})"
+    assert alert["annotations"]["also_on"] == note
+    assert "also_on" not in AlertmanagerSink(settings, client).alert(r)["annotations"]
+    text = SlackSink(settings, client).message(r, note)["blocks"][0]["text"]["text"]
+    assert "The same workload also on 11 other nodes: node-00, node-01, node-02, ..." in text
