@@ -202,7 +202,7 @@ async def workloads(
 def _page(status: int, title: str, text: str) -> HTMLResponse:
     body = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href='/'>All reports</a></p></body></html>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href='/reports'>All reports</a></p></body></html>"
     )
     return HTMLResponse(body, status_code=status)
 
