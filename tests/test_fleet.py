@@ -47,6 +47,9 @@ def test_the_workload_a_report_blames():
     w = workload_of(unit)
     assert w is not None and (w.key, w.label) == ("cgroup:/system.slice/postgresql.service", "unit postgresql.service")
     assert workload_of(empty_report()) is None and facts_of(empty_report()) is None  # a quiet node blames nothing
+    listed = host_report()  # processes listed for context under a quiet verdict are not blamed either
+    listed.verdict = listed.verdict.model_copy(update={"cause": Cause.NO_MAJOR_FAULTS})
+    assert workload_of(listed) is None
     nameless = swap_report()
     nameless.processes[0].pod = PodRef(uid="aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
     w = workload_of(nameless)

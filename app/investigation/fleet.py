@@ -13,7 +13,8 @@ The culprit of a report is its top process, or, when the verdict names the recor
 - a pod without one (or not resolved): the pod, `pod:<ns>/<name>` (`pod-uid:<uid>` without a name);
 - a host process: its cgroup (a systemd unit is its cgroup), `cgroup:<path>`; without a cgroup,
   its command name, `comm:<comm>`.
-A report with no process (a quiet node) blames nothing and has no workload.
+A report with no process, or whose verdict says the node is quiet (`quiet`, `no_major_faults`:
+its top processes are listed for context, not blamed), blames nothing and has no workload.
 
 Every list here is bounded by its caller's limits (rows, nodes named, links kept).
 """
@@ -52,6 +53,8 @@ SCHEMA_VERSION = "1.0"  # of the rows `GET /api/v1/workloads` answers with; add 
 ALSO_ON_WINDOW = timedelta(hours=1)  # "also on N other nodes" counts reports this recent
 NODE_LINKS_MAX = 3  # links to one node's reports kept in a row (its newest)
 NAMES_IN_TEXT = 3  # node names written out in "also on 11 other nodes: a, b, c, ..."
+# Causes that blame nobody: the quiet verdict (read as text: it may be newer than this module's Cause).
+QUIET_CAUSES = frozenset({"quiet", str(Cause.NO_MAJOR_FAULTS)})
 KEY_MAX = 600  # a key longer than this (a pathological cgroup path) is cut: it stays one row
 
 
@@ -179,7 +182,7 @@ def workload_of(report: Report) -> Workload | None:
             return Workload(key=_cut(f"cgroup:{top.cgroup}"), kind="host", cgroup=top.cgroup)
         key = f"pod:{pod.namespace or ''}/{pod.name}" if pod.name else f"pod-uid:{pod.uid}"
         return Workload(key=_cut(key), kind="pod", namespace=pod.namespace, pod=pod.name)
-    if not report.processes:
+    if not report.processes or str(report.verdict.cause) in QUIET_CAUSES:
         return None
     return _process_workload(report.processes[0])
 
