@@ -41,6 +41,7 @@ LAYERS: list[list[str]] = [
     ["app.demo"],
     ["app.service.web"],
     ["app.service.ui", "app.service.alerts"],
+    ["app.service.fleet"],
     ["app.service.deps"],
     ["app.service.state"],
     ["app.service.delivery", "app.service.scheduler", "app.service.watch"],

@@ -4,6 +4,7 @@ the loopback-port and tracer-availability helpers other tests share."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -38,7 +39,8 @@ from app.models import (
     Verdict,
     utcnow,
 )
-from app.service.web.app import create_app
+from app.service.web.app import create_app, create_ui_app
+from app.service.web.server import KEEP_ALIVE_SECONDS
 from app.tracers.registry import make_tracer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
@@ -314,3 +316,53 @@ class Recorder:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def listening_socket() -> socket.socket:
+    """A loopback port that is ours from now on: listening at once and without SO_REUSEADDR
+    (a port merely bound with SO_REUSEADDR can be handed to another process's bind(0) meanwhile)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    return sock
+
+
+class Instance:
+    """One inspector as `serve` runs it: the API and the UI app, two uvicorn servers in one event
+    loop (the UI reaches peers through the API app's HTTP client, which belongs to that loop)."""
+
+    def __init__(self, api_app: FastAPI, api_sock: socket.socket) -> None:
+        self.socks = [api_sock, listening_socket()]
+        self.url, self.ui_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
+        ui_app = create_ui_app(api_app)
+        self.servers = [
+            uvicorn.Server(
+                uvicorn.Config(
+                    app, log_level="warning", lifespan=ls, access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS
+                )
+            )
+            for app, ls in ((api_app, "on"), (ui_app, "off"))
+        ]
+        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self.servers, self.socks, strict=True)))
+
+    def __enter__(self) -> Instance:
+        self.thread.start()
+        wait_for(lambda: all(s.started for s in self.servers) or not self.thread.is_alive(), what="start")
+        assert all(s.started for s in self.servers)
+        # FastAPI builds a route's parameter models at its first request, and the routers are
+        # module-level objects shared by every instance of this process: built concurrently by
+        # several instances' threads at once, pydantic warns (an error under our filterwarnings).
+        # One process serves one instance in production; here each instance builds them in turn.
+        for path in ("/api/v1/workloads?scope=node", "/api/v1/investigations"):
+            httpx.get(self.url + path, headers=AUTH, timeout=30)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for srv in self.servers:
+            srv.should_exit = True
+        self.thread.join(timeout=30)
+        for s in self.socks:
+            s.close()

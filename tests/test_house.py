@@ -158,7 +158,7 @@ class _Sink:
         self.hang = hang
         self.got: list[str] = []
 
-    async def deliver(self, report: Report) -> str:
+    async def deliver(self, report: Report, fleet: str = "") -> str:
         if self.hang:
             await asyncio.Event().wait()
         self.got.append(report.id)

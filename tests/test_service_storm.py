@@ -10,10 +10,8 @@ on that node; every instance's UI lists all twelve. Only the HTTP API and settin
 
 from __future__ import annotations
 
-import asyncio
 import random
-import socket
-import threading
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -21,61 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
 from app.config import Settings
-from app.service.web.app import create_app, create_ui_app
-from app.service.web.server import KEEP_ALIVE_SECONDS
-from tests.service_support import AUTH, TOKEN, wait_for
+from app.service.report_store import ReportStore
+from app.service.web.app import create_app
+from tests.e2e.sample_reports import deployment_pod_report
+from tests.service_support import AUTH, TOKEN, Instance, listening_socket, wait_for
 
 N = 12
 COPIES = 10
 WINDOW = 2.0
-
-
-def _listening() -> socket.socket:
-    """A loopback port that is ours from now on: listening at once and without SO_REUSEADDR
-    (a port merely bound with SO_REUSEADDR can be handed to another process's bind(0) meanwhile)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    return sock
-
-
-class Instance:
-    """One inspector as `serve` runs it: the API and the UI app, two uvicorn servers in one event
-    loop (the UI reaches peers through the API app's HTTP client, which belongs to that loop)."""
-
-    def __init__(self, api_app: FastAPI, api_sock: socket.socket) -> None:
-        self.socks = [api_sock, _listening()]
-        self.url, self.ui_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
-        ui_app = create_ui_app(api_app)
-        self.servers = [
-            uvicorn.Server(
-                uvicorn.Config(
-                    app, log_level="warning", lifespan=ls, access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS
-                )
-            )
-            for app, ls in ((api_app, "on"), (ui_app, "off"))
-        ]
-        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
-
-    async def _main(self) -> None:
-        await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self.servers, self.socks, strict=True)))
-
-    def __enter__(self) -> Instance:
-        self.thread.start()
-        wait_for(lambda: all(s.started for s in self.servers) or not self.thread.is_alive(), what="start")
-        assert all(s.started for s in self.servers)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for srv in self.servers:
-            srv.should_exit = True
-        self.thread.join(timeout=30)
-        for s in self.socks:
-            s.close()
+DEPLOYMENT_NODES = [1, 2, 4, 6, 7, 9, 11]  # nodes running a pod of search/search-indexer
+DEPLOYMENT_KEY = "workload:search/Deployment/search-indexer"
 
 
 def _alert(i: int, copy: int) -> dict[str, Any]:
@@ -92,7 +47,11 @@ def _alert(i: int, copy: int) -> dict[str, Any]:
 
 def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
     rng = random.Random(10)
-    socks = [_listening() for _ in range(N)]
+    for i in DEPLOYMENT_NODES:
+        seeded = ReportStore(tmp_path / f"storm-{i:02d}")
+        assert seeded.open() and seeded.put(deployment_pod_report(f"storm-{i:02d}", i))
+        seeded.close()
+    socks = [listening_socket() for _ in range(N)]
     urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
     names = [f"storm-{i:02d}" for i in range(N)]
     ips = [f"10.0.9.{i + 1}" for i in range(N)]
@@ -141,8 +100,12 @@ def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
         assert sum(len(a["accepted"]) + len(a["forwarded"]) for a in answers) == N * COPIES
         assert [i for a in answers for i in a["ignored"]] == []
 
-        def done(i: int) -> bool:
+        def alerted(i: int) -> list[dict[str, Any]]:
             rows = apis[i].get("/api/v1/reports", headers=AUTH).json()["reports"]
+            return [r for r in rows if not r["id"].startswith("seed")]
+
+        def done(i: int) -> bool:
+            rows = alerted(i)
             return bool(rows) and all(r["status"] == "complete" for r in rows)
 
         wait_for(lambda: all(done(i) for i in range(N)), timeout=40, what="a report on every node")
@@ -156,15 +119,39 @@ def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
         for i, client in enumerate(apis):
             resp = client.get("/api/v1/reports", headers=AUTH)
             statuses.append(resp.status_code)
-            rows = resp.json()["reports"]
+            rows = [r for r in resp.json()["reports"] if not r["id"].startswith("seed")]
             assert [(r["node"], r["status"]) for r in rows] == [(names[i], "complete")], rows
             assert rows[0]["backend"] == "procfs"
             assert rows[0]["alertname"] == "NodeMemoryMajorPagesFaults"
             ids[names[i]] = rows[0]["id"]
 
-        # Any instance's UI lists every node's report (its own and the eleven peers').
+        # Any instance's API and fleet page: the Deployment is one row naming its seven nodes.
+        deployment_nodes = [names[i] for i in DEPLOYMENT_NODES]
+        for i, (client, ui) in enumerate(zip(apis, uis, strict=True)):
+            resp = client.get("/api/v1/workloads", headers=AUTH)
+            statuses.append(resp.status_code)
+            doc = resp.json()
+            assert doc["unreachable"] == [], doc["unreachable"]
+            rows = [w for w in doc["workloads"] if w["workload"]["key"] == DEPLOYMENT_KEY]
+            assert len(rows) == 1, doc["workloads"]
+            assert rows[0]["nodes"] == deployment_nodes and rows[0]["reports"] == len(DEPLOYMENT_NODES)
+            assert rows[0]["workload"]["label"] == "Deployment search/search-indexer"
+            page = httpx.get(f"{ui}/", timeout=30)  # reports of twelve nodes: the landing page is the fleet
+            statuses.append(page.status_code)
+            assert "Workloads across the fleet" in page.text and 'id="unreachable"' not in page.text
+            found = re.findall(rf'<tr class="workload" data-key="{DEPLOYMENT_KEY}">(.*?)</tr>', page.text, re.S)
+            assert len(found) == 1, f"{ui}: {len(found)} rows of the Deployment"
+            cell = re.search(r'<td class="nodes".*?</td>', found[0], re.S)
+            assert cell is not None
+            listed = re.findall(r'<a href="/reports/(seed\d\d)(?:\?node=([^"]+))?">([^<]+)</a>', cell.group(0))
+            assert sorted(n for _, _, n in listed) == deployment_nodes, listed
+            for rid, node_param, node in listed:  # each node's report, linked from every instance
+                assert rid == f"seed{names.index(node):02d}"
+                assert node_param == ("" if node == names[i] else node)
+
+        # Any instance's report list still lists every node's report (its own and the eleven peers').
         for ui in uis:
-            page = httpx.get(f"{ui}/", timeout=30)
+            page = httpx.get(f"{ui}/reports", timeout=30)
             statuses.append(page.status_code)
             assert page.status_code == 200
             missing = [n for n, rid in ids.items() if rid not in page.text]

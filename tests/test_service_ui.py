@@ -70,7 +70,7 @@ def test_index_lists_every_node_and_pages_come_from_the_peer(tmp_path: Path) -> 
 
         engine_b.release.set()
         wait_for(lambda: reports(c["b"]), what="report on B")
-        index = c["ui"].get("/")
+        index = c["ui"].get("/reports")
         assert f"/reports/{rid_b}?node=node-b" in index.text
         # The finished report of B, fetched from B through A's UI (with and without ?node=).
         for url in (f"/reports/{rid_b}?node=node-b", f"/reports/{rid_b}"):

@@ -16,6 +16,7 @@ from tests.e2e.sample_reports import (
     T0,
     empty_report,
     file_fault_report,
+    host_report,
     hostile_report,
     index_row,
     swap_report,
@@ -162,3 +163,92 @@ def test_hostile_report_runs_nothing(base_url, tmp_path):
         page.goto(f"{base_url}/index.html")
         page.wait_for_timeout(300)
     assert dialogs == [] and errors == []
+
+
+FLEET_N = 12
+FLEET_DEPLOYMENT_NODES = [1, 2, 4, 6, 7, 9, 11]  # as in the storm test
+
+
+def _seed_fleet(tmp: Path) -> list[str]:
+    """Store files of twelve nodes, as an earlier run left them: seven hold a report of one of
+    search/search-indexer's pods; node 3 a swapping pod without an owner; nodes 0 and 5 a host
+    unit (postgresql.service)."""
+    from app.service.report_store import ReportStore
+    from tests.e2e.sample_reports import deployment_pod_report
+
+    names = [f"fleet-{i:02d}" for i in range(FLEET_N)]
+    for i, node in enumerate(names):
+        docs = []
+        if i in FLEET_DEPLOYMENT_NODES:
+            docs.append(deployment_pod_report(node, i))
+        if i == 3:
+            docs.append(swap_report().model_copy(update={"node": node, "id": "redis03"}))
+        if i in (0, 5):
+            unit = host_report()
+            unit.processes[0].cgroup = "/system.slice/postgresql.service"
+            docs.append(unit.model_copy(update={"node": node, "id": f"pg{i:02d}"}))
+        store = ReportStore(tmp / node / "data")
+        assert store.open()
+        for d in docs:
+            assert store.put(d)
+        store.close()
+    return names
+
+
+def test_fleet_page_one_row_per_workload_on_every_instance(tmp_path, shots):
+    """Twelve real instances (API + UI in one loop each, peers over loopback HTTP): each one's fleet
+    page, opened in Chromium without JavaScript, shows the Deployment as one row naming its seven
+    nodes; a node link opens that node's report through the instance; a column head sorts."""
+    from contextlib import ExitStack
+
+    from app.service.web.app import create_app
+    from tests.service_support import TOKEN, Instance, listening_socket, make_settings
+
+    names = _seed_fleet(tmp_path)
+    socks = [listening_socket() for _ in names]
+    urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    want = [names[i] for i in FLEET_DEPLOYMENT_NODES]
+    with ExitStack() as stack:
+        uis = []
+        for i, node in enumerate(names):
+            peers = ",".join(f"{names[j]}={urls[j]}" for j in range(FLEET_N) if j != i)
+            settings = make_settings(tmp_path / node, node_name=node, static_peers=peers, peer_fetch_timeout_seconds=10)
+            uis.append(stack.enter_context(Instance(create_app(settings, token=TOKEN), socks[i])).ui_url)
+        ctx = stack.enter_context(browser_context(tmp_path / "profile", javascript=False, height=1000))
+        page = ctx.new_page()
+        for i, ui in enumerate(uis):
+            resp = page.goto(f"{ui}/")  # reports of several nodes: the landing page is the fleet
+            assert resp is not None and resp.ok
+            assert page.locator("h1").inner_text() == "Workloads across the fleet"
+            unreachable = page.locator("#unreachable")
+            assert unreachable.count() == 0, unreachable.inner_text()
+            rows = page.locator("tr.workload")
+            assert rows.count() == 3
+            labels = [rows.nth(k).locator("b.label").inner_text() for k in range(3)]
+            assert labels.count("Deployment search/search-indexer") == 1, labels
+            dep = page.locator("tr.workload", has_text="Deployment search/search-indexer")
+            assert dep.is_visible()
+            assert sorted(dep.locator("td.nodes li a").all_inner_texts()) == want
+            assert dep.locator("td.nodes b.num").inner_text() == "7"
+            assert dep.locator("td").nth(2).inner_text() == "7"  # reports
+            assert "Container memory limit" in dep.locator("td.cause").inner_text()
+            assert "/data/index.bin" in dep.inner_text()
+            _no_horizontal_overflow(page)
+            if i == 0:
+                page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
+                shutil.copy(tmp_path / "fleet.png", shots / "fleet-1280.png")
+                if Path("/work/coord").is_dir():
+                    shutil.copy(tmp_path / "fleet.png", "/work/coord/fleet.png")
+        # sorted by nodes, fewest first: the swapping pod (one node) heads the list
+        page.get_by_role("link", name="nodes").click()
+        page.wait_for_url("**/workloads?sort=nodes&order=desc")
+        assert page.locator("tr.workload b.label").first.inner_text() == "Deployment search/search-indexer"
+        page.get_by_role("link", name="nodes ▼").click()
+        page.wait_for_url("**/workloads?sort=nodes&order=asc")
+        assert page.locator("tr.workload b.label").first.inner_text() == "pod cache/redis-0"
+        # a node's link opens that node's report, fetched from its peer
+        page.locator("tr.workload", has_text="Deployment search/search-indexer").get_by_role("link", name=names[9]).click()
+        page.wait_for_url(f"**/reports/seed09?node={names[9]}")
+        assert "search-indexer-7d9f8b6c5-00009" in page.locator("#verdict").inner_text() or page.get_by_text(
+            "search-indexer-7d9f8b6c5-00009"
+        ).first.is_visible()

@@ -1,7 +1,9 @@
 """The report store: one SQLite file under the data dir (the chart mounts a host path there).
 
 One table, one row a report: `id, node, started_at, finished_at, status, summary, json` (+ the
-alerts that triggered or joined it, `triggers`). WAL journal; every write is one transaction
+alerts that triggered or joined it, `triggers`; the workload the report blames, `workload_key`
+indexed with `started_at`, and its facts, `workload`: app.investigation.fleet). A store file
+written before the workload columns existed gets them at open, filled from each report's JSON. WAL journal; every write is one transaction
 (`INSERT OR REPLACE`), so a report is either fully there or not at all. Retention by count and age
 runs after each write.
 
@@ -15,6 +17,7 @@ Synchronous; the service calls it through `asyncio.to_thread`. A lock serialises
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from app.investigation.fleet import NODE_LINKS_MAX, NodeLink, NodeWorkload, ReportFacts, facts_of
 from app.models import Report, Trigger
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,9 @@ CREATE TABLE IF NOT EXISTS reports (
     status TEXT NOT NULL,
     summary TEXT NOT NULL,
     json TEXT NOT NULL,
-    triggers TEXT NOT NULL DEFAULT '[]'
+    triggers TEXT NOT NULL DEFAULT '[]',
+    workload_key TEXT,
+    workload TEXT
 );
 CREATE INDEX IF NOT EXISTS reports_started ON reports (started_at DESC);
 CREATE INDEX IF NOT EXISTS reports_node_started ON reports (node, started_at DESC);
@@ -56,6 +62,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 DIR_MODE = 0o700  # the store holds command lines: the data dir and its files are private
 FILE_MODE = 0o600
+# After the migration adds the columns (an index on a missing column would fail the schema script).
+WORKLOAD_INDEX = "CREATE INDEX IF NOT EXISTS reports_workload ON reports (workload_key, started_at DESC)"
+WORKLOAD_COLUMNS = ("workload_key", "workload")
+BACKFILL_BATCH = 200  # rows filled per transaction when an old store file gets the workload columns
+NO_WORKLOAD = ""  # workload_key of a report that blames nothing (filled: not to be looked at again)
+WORKLOADS_MAX = 1000  # rows one node's store answers at most (newest workloads first)
 INTERRUPTED = (
     "The service stopped while this investigation ran (a crash, an OOM kill or SIGKILL): "
     "no result was recorded."
@@ -149,6 +161,14 @@ def private_file(path: Path) -> None:
         os.chmod(path, FILE_MODE)
 
 
+def _workload_columns(report: Report) -> tuple[str, str | None]:
+    """(workload_key, workload facts JSON) of a report; NO_WORKLOAD and None when it blames nothing."""
+    facts = facts_of(report)
+    if facts is None:
+        return NO_WORKLOAD, None
+    return facts.workload.key, facts.model_dump_json(exclude_none=True)
+
+
 class ReportStore:
     def __init__(
         self,
@@ -171,6 +191,7 @@ class ReportStore:
         self.set_aside = 0  # reports that could not be serialised at all (counted, logged, skipped)
         self.interrupted: list[str] = []  # ids marked failed at open: they were running at a crash
         self._checked_interrupted = False  # only at the first open: later ones may see our own rows
+        self.workloads_reason: str | None = None  # why the fleet view cannot read this store
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -218,6 +239,11 @@ class ReportStore:
             conn.close()
             self._fail("unusable", exc)
             return False
+        try:
+            self._migrate_workloads(conn)
+        except sqlite3.Error as exc:  # read-only: reports are read and listed, the fleet view waits
+            self.workloads_reason = f"report store {self.path}: no workload columns yet: {exc}"
+            log.warning("%s", self.workloads_reason)
         if not self._checked_interrupted:
             try:
                 self._mark_interrupted(conn)
@@ -228,6 +254,41 @@ class ReportStore:
         self.reason = None
         log.info("report store at %s", self.path)
         return True
+
+    def _migrate_workloads(self, conn: sqlite3.Connection) -> None:
+        """A store file from before the fleet view: add the workload columns and their index, then
+        fill them from each report's JSON, BACKFILL_BATCH rows a transaction (the table holds at
+        most the retention's count). Rows written since fill themselves at write."""
+        have = {row[1] for row in conn.execute("PRAGMA table_info(reports)")}
+        missing = [c for c in WORKLOAD_COLUMNS if c not in have]
+        if missing:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                for column in missing:
+                    conn.execute(f"ALTER TABLE reports ADD COLUMN {column} TEXT")
+            log.info("report store %s: added the column(s) %s", self.path, ", ".join(missing))
+        conn.execute(WORKLOAD_INDEX)
+        filled = 0
+        while True:
+            rows = conn.execute(
+                "SELECT id, json FROM reports WHERE workload_key IS NULL LIMIT ?", (BACKFILL_BATCH,)
+            ).fetchall()
+            if not rows:
+                break
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                for rid, doc in rows:
+                    try:
+                        key, facts = _workload_columns(Report.model_validate_json(doc))
+                    except ValueError:
+                        key, facts = NO_WORKLOAD, None  # unreadable: listed as it is, in no workload
+                    conn.execute(
+                        "UPDATE reports SET workload_key = ?, workload = ? WHERE id = ?", (key, facts, rid)
+                    )
+            filled += len(rows)
+        if filled:
+            log.info("report store %s: workload of %d stored report(s) filled in", self.path, filled)
+        self.workloads_reason = None
 
     def _make_private(self) -> None:
         """The data dir 0700, the database 0600 (SQLite gives its -wal and -shm files the database's
@@ -333,7 +394,15 @@ class ReportStore:
                         str(exc)[:200].encode("utf-8", "backslashreplace").decode(),
                     )
                     continue
-                self._write(self._conn, report, doc, trig, outbox, self._outbox_done.get(rid, set()))
+                self._write(
+                    self._conn,
+                    report,
+                    doc,
+                    trig,
+                    outbox,
+                    self._outbox_done.get(rid, set()),
+                    workload=self.workloads_reason is None,
+                )
                 del self._pending[rid]
                 self._outbox_done.pop(rid, None)
             self._retain(self._conn)
@@ -345,23 +414,33 @@ class ReportStore:
 
     @staticmethod
     def _write(
-        conn: sqlite3.Connection, report: Report, doc: str, trig: str, outbox: list[str], done: set[str]
+        conn: sqlite3.Connection,
+        report: Report,
+        doc: str,
+        trig: str,
+        outbox: list[str],
+        done: set[str],
+        *,
+        workload: bool = True,
     ) -> None:
+        row: tuple[Any, ...] = (
+            report.id,
+            report.node,
+            _ts(report.started_at),
+            _ts(report.finished_at),
+            report.status,
+            report.verdict.summary[:2000],
+            doc,
+            trig,
+        )
+        columns = "id, node, started_at, finished_at, status, summary, json, triggers"
+        if workload:  # the columns exist (the migration ran)
+            row += _workload_columns(report)
+            columns += ", workload_key, workload"
         with conn:  # one transaction
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
-                "INSERT OR REPLACE INTO reports (id, node, started_at, finished_at, status, summary, json,"
-                " triggers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    report.id,
-                    report.node,
-                    _ts(report.started_at),
-                    _ts(report.finished_at),
-                    report.status,
-                    report.verdict.summary[:2000],
-                    doc,
-                    trig,
-                ),
+                f"INSERT OR REPLACE INTO reports ({columns}) VALUES ({', '.join('?' * len(row))})", row
             )
             now = _ts(datetime.now(UTC))
             for sink in outbox:
@@ -462,13 +541,76 @@ class ReportStore:
         out.sort(key=lambda s: s.started_at, reverse=True)
         return out[:limit]
 
-    def count(self) -> int:
+    def workloads(
+        self, *, since: datetime | None = None, key: str | None = None, limit: int = WORKLOADS_MAX
+    ) -> builtins.list[NodeWorkload]:
+        """This store's reports grouped by the workload they blame (app.investigation.fleet), the
+        most recently seen first, at most `limit` workloads; only reports started at or after
+        `since`, only workload `key` when given. Indexed on (workload_key, started_at): "reports
+        of workload W in the last hour" reads W's recent rows only. Finished reports only; the
+        ones waiting in memory for a broken store are not grouped until written."""
+        where = "workload_key IS NOT NULL AND workload_key != '' AND status != 'running'"
+        params: list[Any] = []
+        if key is not None:
+            where += " AND workload_key = ?"
+            params.append(key)
+        if since is not None:
+            where += " AND started_at >= ?"
+            params.append(_ts(since))
+        out: builtins.list[NodeWorkload] = []
         with self._lock:
-            if self._conn is None:
-                return len(self._pending)
+            if self._conn is None or self.workloads_reason is not None:
+                return []
             try:
-                stored = int(self._conn.execute("SELECT count(*) FROM reports").fetchone()[0])
+                groups = self._conn.execute(
+                    f"SELECT workload_key, node, count(*), min(started_at), max(started_at) FROM reports"
+                    f" WHERE {where} GROUP BY workload_key, node ORDER BY max(started_at) DESC LIMIT ?",
+                    (*params, limit),
+                ).fetchall()
+                for wkey, node, n, first, last in groups:
+                    latest = self._conn.execute(
+                        f"SELECT id, started_at, workload FROM reports WHERE {where}"
+                        " AND workload_key = ? AND node = ? ORDER BY started_at DESC LIMIT ?",
+                        (*params, wkey, node, NODE_LINKS_MAX),
+                    ).fetchall()
+                    causes = self._conn.execute(
+                        f"SELECT json_extract(workload, '$.cause'), count(*) FROM reports WHERE {where}"
+                        " AND workload_key = ? AND node = ? GROUP BY 1",
+                        (*params, wkey, node),
+                    ).fetchall()
+                    if not latest:
+                        continue
+                    facts = ReportFacts.model_validate_json(latest[0][2])
+                    out.append(
+                        NodeWorkload(
+                            workload=facts.workload,
+                            node=node,
+                            reports=int(n),
+                            first_seen=datetime.fromisoformat(first),
+                            last_seen=datetime.fromisoformat(last),
+                            causes={str(c): int(k) for c, k in causes if c},
+                            latest=facts,
+                            links=[
+                                NodeLink(node=node, report_id=rid, started_at=datetime.fromisoformat(at))
+                                for rid, at, _ in latest
+                            ],
+                        )
+                    )
+            except sqlite3.Error as exc:
+                self._fail("cannot read", exc)
+                return []
+        return out
+
+    def count(self, *, finished: bool = False) -> int:
+        """Reports held (stored and waiting in memory); `finished`: not the `running` rows."""
+        with self._lock:
+            pending = sum(1 for r, _, _ in self._pending.values() if not finished or r.status != "running")
+            if self._conn is None:
+                return pending
+            sql = "SELECT count(*) FROM reports" + (" WHERE status != 'running'" if finished else "")
+            try:
+                stored = int(self._conn.execute(sql).fetchone()[0])
             except sqlite3.Error as exc:
                 self._fail("cannot read", exc)
                 stored = 0
-            return stored + len(self._pending)
+            return stored + pending

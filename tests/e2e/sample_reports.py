@@ -359,6 +359,29 @@ def hostile_report() -> Report:
     )
 
 
+def deployment_pod_report(node: str, i: int, minutes_ago: float | None = None) -> Report:
+    """file_fault_report as node `node` stored it: pod i of Deployment search/search-indexer (the
+    fleet view's one-Deployment-on-many-nodes case), id `seed<i>`, started some minutes ago."""
+    from app.models import utcnow
+
+    r = file_fault_report()
+    top = r.processes[0]
+    assert top.pod is not None
+    pod = top.pod.model_copy(
+        update={"name": f"search-indexer-7d9f8b6c5-{i:05d}", "uid": f"8a1f2c3d-0000-4000-8000-{i:012d}"}
+    )
+    started = utcnow() - timedelta(minutes=5 + i if minutes_ago is None else minutes_ago)
+    return r.model_copy(
+        update={
+            "id": f"seed{i:02d}",
+            "node": node,
+            "started_at": started,
+            "finished_at": started + timedelta(seconds=31),
+            "processes": [top.model_copy(update={"pod": pod}), *r.processes[1:]],
+        }
+    )
+
+
 SAMPLES = {
     "file": file_fault_report,
     "swap": swap_report,

@@ -11,7 +11,7 @@ Three directories behind one small interface:
 - `StaticPeers`: a fixed list (`PFI_STATIC_PEERS`), for machines without Kubernetes and the tests.
 - `NoPeers`: a single machine.
 
-`PeerClient`: forward alerts to a peer, list its reports and investigations, get one report. It
+`PeerClient`: forward alerts to a peer, list its reports, workloads and investigations, get one report. It
 needs an httpx client, the token and the timeouts, nothing else of the service.
 """
 
@@ -22,7 +22,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import httpx
 
@@ -307,6 +309,21 @@ class PeerClient:
         doc = await self._get(peer, f"/api/v1/reports?limit={limit}")
         rows = doc.get("reports") if isinstance(doc, dict) else None
         return [r for r in rows or [] if isinstance(r, dict)]
+
+    async def workloads(
+        self, peer: Peer, *, since: datetime | None, key: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The peer's own reports grouped by workload (`scope=node`: it does not ask its peers in
+        turn), and how many reports it holds."""
+        params: dict[str, str | int] = {"scope": "node", "limit": limit}
+        if since is not None:
+            params["since"] = since.astimezone(UTC).isoformat()
+        if key is not None:
+            params["key"] = key
+        doc = await self._get(peer, "/api/v1/workloads?" + urlencode(params))
+        rows = doc.get("workloads") if isinstance(doc, dict) else None
+        count = doc.get("reports") if isinstance(doc, dict) else None
+        return [r for r in rows or [] if isinstance(r, dict)], count if isinstance(count, int) else 0
 
     async def investigations(self, peer: Peer) -> list[dict[str, Any]]:
         doc = await self._get(peer, "/api/v1/investigations")

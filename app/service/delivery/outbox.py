@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from app.config import Settings
@@ -41,6 +41,8 @@ class Outbox:
         self.delivering: set[str] = set()  # report ids whose delivery runs (resume skips them)
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._resume_task: asyncio.Task[None] | None = None
+        # "also on 11 other nodes: ..." for a report's sinks (app.service.fleet.also_on, set by the app)
+        self.fleet_note: Callable[[Report], Awaitable[str]] | None = None
 
     def start(self) -> None:
         """Resume what a previous process left, then every OUTBOX_RETRY_SECONDS (with sinks only)."""
@@ -80,9 +82,11 @@ class Outbox:
         current = report
         lock = asyncio.Lock()
 
-        async def one(sink: Sink) -> None:
+        async def one(sink: Sink, fleet: str) -> None:
             nonlocal current
-            r = await deliver_with_retry(sink, report, attempts=s.sink_attempts, backoff=s.sink_backoff_seconds)
+            r = await deliver_with_retry(
+                sink, report, attempts=s.sink_attempts, backoff=s.sink_backoff_seconds, fleet=fleet
+            )
             self.metrics.sink_deliveries.labels(sink=r.sink, outcome="ok" if r.ok else "failed").inc()
             async with lock:
                 current = current.model_copy(update={"sinks": [*current.sinks, r]})
@@ -90,7 +94,8 @@ class Outbox:
 
         self.delivering.add(report.id)
         try:
-            await asyncio.gather(*(one(k) for k in (self.sinks if sinks is None else sinks)))
+            fleet = await self.fleet_note(report) if self.fleet_note is not None else ""
+            await asyncio.gather(*(one(k, fleet) for k in (self.sinks if sinks is None else sinks)))
         finally:
             self.delivering.discard(report.id)
         return current

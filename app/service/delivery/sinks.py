@@ -1,7 +1,8 @@
 """Post each finished report back where the team looks.
 
-Each sink is one small class with `name` and `async deliver(report) -> detail` that raises
-SinkError on failure; `deliver_with_retry` retries it with exponential backoff (bounded attempts)
+Each sink is one small class with `name` and `async deliver(report, fleet) -> detail` that raises
+SinkError on failure (`fleet`: "also on 11 other nodes: a, b, c, ..." when the workload the report
+blames had reports on other nodes in the last hour, else ''; app.service.fleet.also_on); `deliver_with_retry` retries it with exponential backoff (bounded attempts)
 and returns the SinkResult that goes into `report.sinks`.
 
 - Alertmanager (`PFI_ALERTMANAGER_URL`): `POST /api/v2/alerts` with one `MajorPageFaultsReport`
@@ -50,7 +51,7 @@ class SinkError(Exception):
 class Sink(Protocol):
     name: str
 
-    async def deliver(self, report: Report) -> str: ...
+    async def deliver(self, report: Report, fleet: str = "") -> str: ...
 
 
 def report_url(settings: Settings, report_id: str) -> str:
@@ -100,6 +101,11 @@ def describe_top(report: Report, n: int = 3, limit: int = DESCRIPTION_MAX) -> st
     return _bounded("\n".join(lines), limit)
 
 
+def _with_fleet(summary: str, fleet: str) -> str:
+    """The verdict, and where else its workload had reports: `... (also on 11 other nodes: a, b, ...)`."""
+    return f"{summary} ({fleet})" if fleet else summary
+
+
 def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
@@ -125,7 +131,7 @@ class AlertmanagerSink:
         self.settings = settings
         self.client = client
 
-    def alert(self, report: Report) -> dict[str, Any]:
+    def alert(self, report: Report, fleet: str = "") -> dict[str, Any]:
         labels = {
             "alertname": REPORT_ALERTNAME,
             "severity": "info",
@@ -148,8 +154,9 @@ class AlertmanagerSink:
         return {
             "labels": labels,
             "annotations": {
-                "summary": _bounded(report.verdict.summary, DESCRIPTION_MAX),
+                "summary": _bounded(_with_fleet(report.verdict.summary, fleet), DESCRIPTION_MAX),
                 "description": describe_top(report),
+                **({"also_on": _bounded(fleet, DESCRIPTION_MAX)} if fleet else {}),
                 "report_url": url,
                 **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_history(report)) else {}),
             },
@@ -158,9 +165,9 @@ class AlertmanagerSink:
             "generatorURL": url,
         }
 
-    async def deliver(self, report: Report) -> str:
+    async def deliver(self, report: Report, fleet: str = "") -> str:
         await _post(
-            self.client, self.url, [self.alert(report)], self.settings.sink_timeout_seconds, "alertmanager"
+            self.client, self.url, [self.alert(report, fleet)], self.settings.sink_timeout_seconds, "alertmanager"
         )
         return "MajorPageFaultsReport alert posted"
 
@@ -219,7 +226,7 @@ class KubeEventsSink:
             event_time=utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         )
 
-    async def deliver(self, report: Report) -> str:
+    async def deliver(self, report: Report, fleet: str = "") -> str:
         done = self._done.setdefault(report.id, set())
         if len(self._done) > 100:
             self._done.pop(next(iter(self._done)))
@@ -253,10 +260,12 @@ class SlackSink:
         self.settings = settings
         self.client = client
 
-    def message(self, report: Report) -> dict[str, Any]:
+    def message(self, report: Report, fleet: str = "") -> dict[str, Any]:
         url = report_url(self.settings, report.id)
         title = f"Major page faults on {report.node}"
         summary = _slack_escape(_bounded(report.verdict.summary, 1500))
+        if fleet:
+            summary += "\n_" + _slack_escape(_bounded(f"The same workload {fleet}", 500)) + "_"
         top = _slack_escape(describe_top(report, 3, 2500))
         return {
             # The fallback text is mrkdwn too (notifications show it): escaped like the blocks, so a
@@ -286,8 +295,8 @@ class SlackSink:
             ],
         }
 
-    async def deliver(self, report: Report) -> str:
-        await _post(self.client, self._url, self.message(report), self.settings.sink_timeout_seconds, "slack")
+    async def deliver(self, report: Report, fleet: str = "") -> str:
+        await _post(self.client, self._url, self.message(report, fleet), self.settings.sink_timeout_seconds, "slack")
         return "posted"
 
 
@@ -300,7 +309,7 @@ class WebhookSink:
         self.settings = settings
         self.client = client
 
-    async def deliver(self, report: Report) -> str:
+    async def deliver(self, report: Report, fleet: str = "") -> str:
         body = report.model_dump(mode="json")
         await _post(self.client, self._url, body, self.settings.sink_timeout_seconds, "webhook")
         return "report posted"
@@ -328,13 +337,14 @@ async def deliver_with_retry(
     *,
     attempts: int,
     backoff: float,
+    fleet: str = "",
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> SinkResult:
     """Try up to `attempts` times, waiting backoff, 2*backoff, 4*backoff... between tries."""
     detail = ""
     for attempt in range(1, attempts + 1):
         try:
-            detail = await sink.deliver(report)
+            detail = await sink.deliver(report, fleet)
         except SinkError as exc:
             detail = str(exc)
             log.warning(

@@ -1,8 +1,12 @@
 """The UI address's routes (loopback by default: reached through `kubectl port-forward`).
 
-- `GET /`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
-  (with the token, bounded time, asked concurrently); a peer that does not answer is listed as
-  unreachable. Running and queued investigations of every node are shown with their progress.
+- `GET /`: the fleet page when reports come from more than one node, else the report list.
+- `GET /workloads?sort=&order=&offset=`: the fleet page: every node's reports grouped by the
+  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet).
+- `GET /reports`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
+  (with the token, bounded time, asked concurrently: app.service.fleet.ask_peers); a peer that does
+  not answer is listed as unreachable. Running and queued investigations of every node are shown
+  with their progress.
 - `GET /reports/{id}`: the report page; a report of another node is fetched from its pod
   (`?node=` says which, else every peer is asked); a running investigation shows its progress.
 - `GET /reports/{id}.json`: the document.
@@ -16,18 +20,22 @@ import asyncio
 import html
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
+from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
 from app.models import Report
-from app.service.cluster.peers import Peer, PeerClient, PeerError
+from app.service.cluster.peers import Peer, PeerError
 from app.service.deps import StateDep
+from app.service.fleet import Fleet, ask_peers, fleet
 from app.service.report_store import ReportSummary
 from app.service.scheduler import Investigation
 from app.service.state import ServiceState
+from app.service.ui.fleet import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
 from app.service.ui.render import (
     IndexRow,
     RunningRow,
@@ -40,6 +48,7 @@ ui = APIRouter()
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_LIMIT = 200
+FLEET_PAGE = 100  # workloads a fleet page shows; the rest are on the next pages
 
 
 def _dt(value: Any) -> datetime:
@@ -95,36 +104,104 @@ def _running_row(d: dict[str, Any]) -> RunningRow:
     )
 
 
-async def _peer_index(peers: PeerClient, peer: Peer) -> tuple[list[IndexRow], list[RunningRow]]:
-    reports, running = await asyncio.gather(peers.reports(peer, INDEX_LIMIT), peers.investigations(peer))
-    return [_index_row(s, local=False) for s in reports], [_running_row(d) for d in running]
-
-
-@ui.get("/", response_class=HTMLResponse)
-async def index(state: StateDep) -> HTMLResponse:
+async def _index_page(state: ServiceState) -> HTMLResponse:
+    """The reports of every node, newest first (peers asked as app.service.fleet.ask_peers does)."""
     local: list[ReportSummary] = await asyncio.to_thread(state.store.list, limit=INDEX_LIMIT)
     rows = [_index_row(s.as_dict(), local=True) for s in local]
     running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
-    unreachable: list[str] = []
-    peers = await state.peers.peers()
     client = state.peer_client()
-    results = await asyncio.gather(*(_peer_index(client, p) for p in peers), return_exceptions=True)
-    for peer, result in zip(peers, results, strict=True):
-        if isinstance(result, BaseException):
-            reason = str(result) if isinstance(result, PeerError) else type(result).__name__
-            unreachable.append(f"{peer.node} ({reason})")
-            continue
-        rows.extend(result[0])
-        running.extend(result[1])
-    if state.peers.error:
-        unreachable.append(f"peer list: {state.peers.error}")
+
+    async def ask(peer: Peer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        reports, active = await asyncio.gather(client.reports(peer, INDEX_LIMIT), client.investigations(peer))
+        return reports, active
+
+    answers, unreachable = await ask_peers(state, ask)
+    for _peer, (reports, active) in answers:
+        rows.extend(_index_row(s, local=False) for s in reports)
+        running.extend(_running_row(d) for d in active)
     return HTMLResponse(render_index_page(rows, running=running, unreachable=unreachable))
+
+
+def _causes_text(causes: dict[str, int]) -> str:
+    if len(causes) < 2:
+        return ""
+    ordered = sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{c.replace('_', ' ')} {n}" for c, n in ordered)
+
+
+def _fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
+    rec = row.recommendation
+    return FleetRow(
+        label=row.workload.label,
+        kind=row.workload.kind,
+        key=row.workload.key,
+        nodes=[
+            NodeLinkRow(
+                node=link.node,
+                url=f"/reports/{link.report_id}"
+                + ("" if link.node == local_node else "?" + urlencode({"node": link.node})),
+            )
+            for link in row.links[:FLEET_NODES_SHOWN]
+        ],
+        node_count=len(row.nodes),
+        reports=row.reports,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        cause=row.cause,
+        causes=_causes_text(row.causes),
+        fault_kind=row.fault_kind,
+        file=row.file,
+        summary=row.summary,
+        limit_bytes=rec.recommended_limit_bytes if rec else None,
+        command=rec.command if rec else None,
+    )
+
+
+def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
+    ordered = sort_rows(found.rows, sort, descending=order == "desc")
+    page = FleetPage(
+        rows=[_fleet_row(r, state.local.name) for r in ordered[offset : offset + FLEET_PAGE]],
+        total=len(ordered),
+        nodes=found.nodes_with_reports,
+        sort=sort,
+        descending=order == "desc",
+        offset=offset,
+        page_size=FLEET_PAGE,
+        unreachable=found.unreachable,
+    )
+    return HTMLResponse(render_fleet_page(page))
+
+
+SortParam = Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")]
+OrderParam = Annotated[Literal["desc", "asc"], Query()]
+OffsetParam = Annotated[int, Query(ge=0, le=1_000_000)]
+
+
+@ui.get("/", response_class=HTMLResponse)
+async def landing(state: StateDep) -> HTMLResponse:
+    """The fleet page when reports come from more than one node, else the report list."""
+    found = await fleet(state)
+    if found.nodes_with_reports > 1:
+        return _fleet_page(state, found, "last_seen", "desc", 0)
+    return await _index_page(state)
+
+
+@ui.get("/reports", response_class=HTMLResponse)
+async def index(state: StateDep) -> HTMLResponse:
+    return await _index_page(state)
+
+
+@ui.get("/workloads", response_class=HTMLResponse)
+async def workloads(
+    state: StateDep, sort: SortParam = "last_seen", order: OrderParam = "desc", offset: OffsetParam = 0
+) -> HTMLResponse:
+    return _fleet_page(state, await fleet(state), sort, order, offset)
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
     body = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href='/'>All reports</a></p></body></html>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href='/reports'>All reports</a></p></body></html>"
     )
     return HTMLResponse(body, status_code=status)
 

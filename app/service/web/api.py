@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
+from app.investigation.fleet import SCHEMA_VERSION as WORKLOADS_VERSION
+from app.investigation.fleet import SORT_KEYS, sort_rows
 from app.service.alerts.intake import FORWARDED_HEADER, handle_alerts
 from app.service.alerts.payload import PayloadError, parse_payload
 from app.service.deps import StateDep, TokenRequired
+from app.service.fleet import fleet
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,43 @@ async def get_report(state: StateDep, report_id: str) -> Response:
         if report is None:
             raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
     return Response(report.model_dump_json(), media_type="application/json")
+
+
+@api.get("/workloads")
+async def list_workloads(
+    state: StateDep,
+    scope: Literal["fleet", "node"] = "fleet",
+    sort: Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")] = "last_seen",
+    order: Literal["desc", "asc"] = "desc",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    since: datetime | None = None,
+    key: Annotated[str | None, Query(max_length=700)] = None,
+) -> dict[str, Any]:
+    """Reports grouped by the workload they blame (docs/service.md). `scope=fleet`: every node's,
+    merged, one row a workload, paged by `offset`; `scope=node`: this node's store only (what
+    peers ask each other), at most `limit` workloads, newest first."""
+    if since is not None and since.tzinfo is None:
+        raise HTTPException(422, "since: give a time zone (e.g. 2026-12-04T15:00:00Z)")
+    base = {"schema_version": WORKLOADS_VERSION, "node": state.local.name, "scope": scope}
+    if scope == "node":
+        rows, count = await asyncio.gather(
+            asyncio.to_thread(state.store.workloads, since=since, key=key, limit=limit),
+            asyncio.to_thread(state.store.count, finished=True),
+        )
+        return {**base, "reports": count, "workloads": [r.model_dump(mode="json") for r in rows]}
+    found = await fleet(state, since=since, key=key)
+    ordered = sort_rows(found.rows, sort, descending=order == "desc")
+    page = ordered[offset : offset + limit]
+    return {
+        **base,
+        "total": len(ordered),
+        "offset": offset,
+        "limit": limit,
+        "next_offset": offset + limit if offset + limit < len(ordered) else None,
+        "unreachable": found.unreachable,
+        "workloads": [r.model_dump(mode="json") for r in page],
+    }
 
 
 @api.get("/investigations")

@@ -7,6 +7,7 @@ made by `create_ui_app(api_app)` reads the same state: both run in one process a
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.config import Settings
 from app.service.alerts.payload import PayloadError
 from app.service.cluster.peers import PeerDirectory
+from app.service.fleet import also_on
 from app.service.report_store import ReportStore
 from app.service.scheduler import Investigator
 from app.service.state import ServiceState
@@ -81,6 +83,7 @@ def create_app(
             peers=peers,
             token=token,
         )
+        state.outbox.fleet_note = functools.partial(also_on, state)
         app.state.svc = state
         try:
             yield
