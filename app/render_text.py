@@ -7,6 +7,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from app.investigation.recommend import command_line, headline
 from app.models import HistoryCgroup, ProcessReport, Report
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -43,6 +44,9 @@ def render(report: Report, console: Console) -> None:
     advice = "\n".join(f"• {a}" for a in v.advice)
     why = "\n".join(f"  {e}" for e in v.evidence)
     body = [Text(v.summary, style="bold"), Text(advice)]
+    if (rec := v.recommendation) is not None:
+        body.append(Text("limit: " + headline(rec) + "\n  " + command_line(rec), style="bold"))
+        body.append(Text("\n".join(f"  {b}" for b in rec.basis), style="dim"))
     if why:
         body.append(Text("why:\n" + why, style="dim"))
     console.print(Panel(Group(*body), title=title,

@@ -20,6 +20,7 @@ import urllib3
 
 from app.collectors.apiserver import ApiServer, ApiServerConfig, ApiServerError
 from app.collectors.fetch import Deadline, FetchError, check_url, describe, host_url, read_body, track
+from app.collectors.owners import OwnerResolver
 from app.config import Settings
 from app.models import Attribution, PodRef
 from app.parsers.cgroup import CgroupRef
@@ -61,6 +62,7 @@ class PodDirectory:
         self._cached: tuple[float, PodIndex | None, Attribution] | None = None
         config = ApiServerConfig.from_settings(settings) if settings.apiserver_fallback else None
         self._apiserver = ApiServer(config) if config is not None else None
+        self.owners = OwnerResolver(self._apiserver)  # pods' owner chains (issue 16)
 
     # --- the kubelet ---------------------------------------------------------------------------
 

@@ -266,7 +266,8 @@ def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: flo
             share = top.major_faults / max(node.pgmajfault, 1)
             if share < 0.5:
                 summary += f" (the top process causes {min(share, 1):.0%} of the node's major faults)"
-        return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence, evidence=v.evidence)
+        return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence, evidence=v.evidence,
+                       recommendation=v.recommendation)
     if node.pgmajfault > 0:
         return Verdict(
             summary=f"the node had {node.pgmajfault_per_second:,.0f} major faults/s but no process's majflt rose: "

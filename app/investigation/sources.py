@@ -110,3 +110,56 @@ def hot_ranges(buckets: dict[int, int]) -> list[OffsetRange]:
         else:
             merged.append(OffsetRange(start=start, end=end, faults=faults))
     return merged
+
+
+# A distinct page, by what backs it: (dev, inode, page offset in the file) for file, code and shmem pages
+# (the same page of a file is one page whichever process maps it), (pid, page address) for anonymous memory.
+PageKey = tuple[str, int, int]
+
+
+@dataclass
+class DistinctPages:
+    """One process's (or, merged, one cgroup's) distinct faulted pages, by kind (issue 16: how much memory
+    the group was missing). Bounded by the tracer's page map (TraceRequest.max_pages)."""
+
+    file: set[PageKey]
+    code: set[PageKey]
+    shmem: set[PageKey]
+    anon: set[tuple[int, int]]
+    unknown: int = 0
+    names: dict[tuple[str, int], str] | None = None  # (dev, inode) -> path, for the basis lines
+
+    def count(self) -> int:
+        return len(self.file) + len(self.code) + len(self.shmem) + len(self.anon) + self.unknown
+
+    def merge(self, other: DistinctPages) -> None:
+        self.file |= other.file
+        self.code |= other.code
+        self.shmem |= other.shmem
+        self.anon |= other.anon
+        self.unknown += other.unknown
+        if other.names:
+            self.names = {**(self.names or {}), **other.names}
+
+
+def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntry]]) -> DistinctPages:
+    """The distinct pages behind one process's traced faults ({page address: faults})."""
+    out = DistinctPages(set(), set(), set(), set(), names={})
+    newest_first = list(reversed(snapshots))
+    for page in pages:
+        entry = None
+        for snap in newest_first:
+            entry = find_mapping(snap, page)
+            if entry is not None:
+                break
+        kind = mapping_kind(entry)
+        if entry is None or kind is SourceKind.UNKNOWN:
+            out.unknown += 1
+        elif kind is SourceKind.SWAP:
+            out.anon.add((pid, page))
+        else:
+            key = (entry.dev, entry.inode, (entry.offset + page - entry.start) >> 12)
+            {SourceKind.FILE: out.file, SourceKind.CODE: out.code, SourceKind.SHMEM: out.shmem}[kind].add(key)
+            if out.names is not None:
+                out.names.setdefault((entry.dev, entry.inode), entry.path)
+    return out

@@ -28,6 +28,7 @@ import httpx
 
 from app.config import Settings
 from app.investigation.history import culprit_labels, describe_history
+from app.investigation.recommend import verdict_text
 from app.models import ProcessReport, Report, SinkResult, utcnow
 from app.service.kube import KubeApi, KubeError, event_body
 
@@ -144,7 +145,7 @@ class AlertmanagerSink:
         return {
             "labels": labels,
             "annotations": {
-                "summary": _bounded(report.verdict.summary, DESCRIPTION_MAX),
+                "summary": _bounded(verdict_text(report.verdict), DESCRIPTION_MAX),
                 "description": describe_top(report),
                 "report_url": url,
                 **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_history(report)) else {}),
@@ -176,7 +177,7 @@ class KubeEventsSink:
             (
                 "default",
                 {"apiVersion": "v1", "kind": "Node", "name": report.node, "uid": report.node},
-                report.verdict.summary,
+                verdict_text(report.verdict),
             )
         ]
         seen: set[tuple[str, str]] = set()
@@ -196,7 +197,7 @@ class KubeEventsSink:
             }
             if pod.container:
                 obj["fieldPath"] = f"spec.containers{{{pod.container}}}"
-            message = p.verdict.summary if p.verdict else report.verdict.summary
+            message = verdict_text(p.verdict or report.verdict)
             out.append((pod.namespace, obj, message))
             if len(seen) >= MAX_EVENT_PODS:
                 break
@@ -252,7 +253,7 @@ class SlackSink:
     def message(self, report: Report) -> dict[str, Any]:
         url = report_url(self.settings, report.id)
         title = f"Major page faults on {report.node}"
-        summary = _slack_escape(_bounded(report.verdict.summary, 1500))
+        summary = _slack_escape(_bounded(verdict_text(report.verdict), 1500))
         top = _slack_escape(describe_top(report, 3, 2500))
         return {
             # The fallback text is mrkdwn too (notifications show it): escaped like the blocks, so a
