@@ -38,7 +38,7 @@ from app.models import (
     Verdict,
     utcnow,
 )
-from app.service.app import create_app
+from app.service.web.app import create_app
 from app.tracers.registry import make_tracer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
@@ -207,7 +207,7 @@ def run_serve(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedP
     """serve() in a fresh Python with this environment, run to its exit (for start-up failures: the
     exit code and what it wrote to stderr)."""
     return subprocess.run(
-        [sys.executable, "-c", "from app.service.server import serve; serve()"],
+        [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
         env=env,
         capture_output=True,
         text=True,

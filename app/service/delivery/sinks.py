@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import httpx
 
 from app.config import Settings
-from app.investigation.history import culprit_labels, describe_history
+from app.investigation.lead_up import culprit_labels, describe_history
 from app.investigation.recommend import verdict_text
 from app.models import ProcessReport, Report, SinkResult, utcnow
-from app.service.kube import KubeApi, KubeError, event_body
+from app.service.cluster.kube import KubeApi, KubeError, event_body
 
 log = logging.getLogger(__name__)
 
