@@ -68,9 +68,8 @@ def add_recommendations(
         pages = trace.faults.get(p.pid)
         g = groups.get(key)
         if g is None:
-            g = groups[key] = Group(pages=None, faults=0, traced_faults=0, growth={})
+            g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
-        g.traced_faults += trace.totals.get(p.pid, 0)
         if pages and t is not None:
             mine = distinct_pages(p.pid, pages, t.maps)
             if g.pages is None:

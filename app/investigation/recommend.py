@@ -10,8 +10,9 @@ and the margin is wider. The limit to set is
 
 at least 16 MiB above the current limit, capped at what the node can give (allocatable when known, else
 MemTotal), saying so when capped. `at_least` when the window did not see the whole working set: new
-distinct pages still appeared in its last quarter (perf's sample times), or, without times, most pages
-faulted only once (bpftrace) or the faults could not cover the memory that faults (procfs).
+distinct pages still appeared in its last quarter (perf's sample times; without times, bpftrace, that is
+not known) and fewer than half the pages were faulted again (the access never came around to them), or,
+with procfs, the faults could not cover the memory that faults.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ MARGIN_EXACT = 0.10
 MARGIN_ESTIMATED = 0.25
 GROWTH_TAIL = 0.25  # the last quarter of the window...
 GROWTH_SHARE = 0.05  # ...bringing more than 5% of the distinct pages: still growing
-ONCE_RATIO = 1.5  # untimed exact tracer: faults per distinct page under this: most pages were seen once
+CAME_BACK = 0.5  # share of distinct pages faulted again at which the window saw the access come around
 MIN_STEP = 16 * MIB  # never recommend less than the current limit plus this
 
 
@@ -75,7 +76,6 @@ class Group:
 
     pages: DistinctPages | None  # None: no fault addresses (procfs)
     faults: int  # major faults of its processes over the window
-    traced_faults: int  # fault events the tracer attributed to them
     growth: dict[int, int]  # second of the window -> distinct pages first seen then (empty: unknown)
     bound_bytes: int | None = None  # procfs: size of the memory that faults (smaps), an upper bound
 
@@ -135,16 +135,20 @@ def recommend(
         missing = distinct * PAGE
         margin = MARGIN_EXACT
         basis += _kinds_line(group.pages, seconds, backend)
-        if group.growth:
-            at_least = still_growing(group.growth, seconds, distinct)
-            basis.append("new distinct pages were still faulted in the window's last quarter: it did not see "
-                         "the whole working set" if at_least else
-                         "no new distinct pages in the window's last quarter: the working set was seen whole")
+        came_back = group.pages.again / max(distinct, 1)
+        growing = still_growing(group.growth, seconds, distinct) if group.growth else None
+        # Seen whole: no new pages at the end, or most pages faulted again (the access came around to them:
+        # in a group thrashing at its limit, pages that stayed resident a while keep trickling in as new).
+        at_least = came_back < CAME_BACK and growing is not False
+        again = f"{came_back:.0%} of them were faulted again in the window"
+        if growing is None:
+            basis.append(f"{again} (no sample times): " + ("the window may not have seen them all" if at_least
+                                                           else "it saw the working set come around"))
+        elif growing:
+            basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
+                ": it did not see the whole working set" if at_least else ": it saw the working set come around"))
         else:
-            at_least = group.traced_faults < ONCE_RATIO * distinct
-            basis.append(f"{group.traced_faults:,} faults on {distinct:,} distinct pages" + (
-                ": most pages faulted once, so the window may not have seen them all (no sample times)"
-                if at_least else ": the pages were faulted again, so the window saw the working set"))
+            basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
         confidence: Confidence = "medium" if at_least else "high"
     else:
         faulted = group.faults * PAGE
@@ -265,12 +269,12 @@ def command(pod: PodRef | None, rec: Recommendation, version: int) -> tuple[str 
 
 
 def owner_text(owner: OwnerRef | None) -> str | None:
-    """`Deployment web (via ReplicaSet web-5d8f)`, for the pages and the terminal."""
+    """`Deployment/web (via ReplicaSet/web-5d8f)`, for the pages and the terminal."""
     if owner is None:
         return None
-    text = f"{owner.kind} {owner.name}"
+    text = f"{owner.kind}/{owner.name}"
     if owner.via is not None:
-        text += f" (via {owner.via.kind} {owner.via.name})"
+        text += f" (via {owner.via.kind}/{owner.via.name})"
     if not owner.resolved and owner.note:
         text += f"; {owner.note}"
     return text

@@ -128,6 +128,7 @@ class DistinctPages:
     anon: set[tuple[int, int]]
     unknown: int = 0
     names: dict[tuple[str, int], str] | None = None  # (dev, inode) -> path, for the basis lines
+    again: int = 0  # pages faulted more than once in the window: the access came around to them again
 
     def count(self) -> int:
         return len(self.file) + len(self.code) + len(self.shmem) + len(self.anon) + self.unknown
@@ -138,6 +139,7 @@ class DistinctPages:
         self.shmem |= other.shmem
         self.anon |= other.anon
         self.unknown += other.unknown
+        self.again += other.again
         if other.names:
             self.names = {**(self.names or {}), **other.names}
 
@@ -146,7 +148,8 @@ def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntr
     """The distinct pages behind one process's traced faults ({page address: faults})."""
     out = DistinctPages(set(), set(), set(), set(), names={})
     newest_first = list(reversed(snapshots))
-    for page in pages:
+    for page, count in pages.items():
+        out.again += count > 1
         entry = None
         for snap in newest_first:
             entry = find_mapping(snap, page)

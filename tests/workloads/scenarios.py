@@ -388,8 +388,8 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
             if proves(row):
                 window = max(window, whole_pass_window(proc.pid))
         report = investigate(Settings(**kw), seconds=window, pids=pids)
-        if row.kind != "replay" and report.processes:
-            check_recommendation(row, proc, report.processes[0], out)
+        if report.processes:
+            check_recommendation(row, None if row.kind == "replay" else proc, report.processes[0], out)
     out.seconds = time.monotonic() - t0
     out.tracer = report.tracer.backend
     if not report.processes:
