@@ -67,6 +67,9 @@ def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monk
     if row.subject == "pod":
         # named by the kubelet (TLS stand-in), not only by the cgroup's uid
         assert "scraper/e2e-statefulset-0" in out.summary, out.summary
+        if out.recommended_mib is not None:  # issue 16: the command changes the pod's owner, quoted
+            assert out.command and out.command.startswith("kubectl -n scraper ") and " e2e-statefulset" in \
+                out.command.replace("/", " "), out.command
 
 
 def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ class OwnerResolver:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str, str], tuple[float, tuple[str, str, str | None] | None]] = {}
         self._allocatable: tuple[float, int | None, str | None] | None = None
+        self._down: str | None = None  # the last resolve() found the API server unreachable: skip the node read
 
     def _lookup(self, namespace: str, kind: str, name: str) -> tuple[str, str, str | None] | None:
         key = (namespace, kind, name)
@@ -72,6 +73,7 @@ class OwnerResolver:
         """Replace each pod's owner by the top of its chain where the API server tells (in place)."""
         calls = 0
         failure: str | None = None if self.api is not None else "no API server configured"
+        self._down = None
         for pod in pods:
             owner = pod.owner
             if owner is None or pod.namespace is None or owner.resolved:
@@ -85,6 +87,8 @@ class OwnerResolver:
                     top = self._lookup(pod.namespace, direct.kind, direct.name)
                 except ApiServerError as exc:
                     failure = str(exc)
+                    if "timed out" in failure or "unreachable" in failure:
+                        self._down = failure  # one deadline spent is enough: allocatable() does not wait again
                 else:
                     if top is None:  # a bare ReplicaSet or Job: it is the top
                         pod.owner = direct.model_copy(update={"resolved": True, "note": None})
@@ -104,6 +108,8 @@ class OwnerResolver:
                 return self._allocatable[1], self._allocatable[2]
         if self.api is None:
             return None, "no API server configured"
+        if self._down is not None:
+            return None, self._down
         try:
             doc = self.api.read_node(node)
             value = ((doc.get("status") or {}).get("allocatable") or {}).get("memory")

@@ -49,6 +49,15 @@ class _Acc:
     faults: int = 0
 
 
+def lookup(newest_first: list[list[MapEntry]], page: int) -> MapEntry | None:
+    """The mapping that held `page` in the newest maps snapshot that had one."""
+    for snap in newest_first:
+        entry = find_mapping(snap, page)
+        if entry is not None:
+            return entry
+    return None
+
+
 def sources_from_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> list[Source]:
     """Group one process's traced pages ({page address: faults}) into sources, biggest first."""
     total = sum(pages.values())
@@ -58,11 +67,7 @@ def sources_from_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -
     offsets: dict[_SourceKey, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     newest_first = list(reversed(snapshots))
     for page, count in pages.items():
-        entry = None
-        for snap in newest_first:
-            entry = find_mapping(snap, page)
-            if entry is not None:
-                break
+        entry = lookup(newest_first, page)
         kind = mapping_kind(entry)
         if entry is None:
             key: _SourceKey = (kind, None, None, None)
@@ -150,11 +155,7 @@ def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntr
     newest_first = list(reversed(snapshots))
     for page, count in pages.items():
         out.again += count > 1
-        entry = None
-        for snap in newest_first:
-            entry = find_mapping(snap, page)
-            if entry is not None:
-                break
+        entry = lookup(newest_first, page)
         kind = mapping_kind(entry)
         if entry is None or kind is SourceKind.UNKNOWN:
             out.unknown += 1

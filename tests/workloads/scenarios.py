@@ -255,6 +255,7 @@ class Outcome:
     at_least: bool = False
     rate_before: float | None = None
     rate_after: float | None = None
+    command: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -491,7 +492,7 @@ def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
     if rec is None:
         out.problems.append("a limit verdict without a recommendation")
         return
-    out.recommended_mib, out.at_least = rec.recommended_limit_bytes >> 20, rec.at_least
+    out.recommended_mib, out.at_least, out.command = rec.recommended_limit_bytes >> 20, rec.at_least, rec.command
     if not proves(row):
         return
     cap = 2 * workload_mb(row) + 32
