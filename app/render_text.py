@@ -26,7 +26,8 @@ def sparkline(series: list[int], width: int = 30) -> str:
 def _pod(p: ProcessReport) -> str:
     if p.pod is None:
         return "(host)"
-    return f"{p.pod.display()}\n{p.pod.container or ''}".rstrip()
+    owner = f"\n{p.pod.owner.kind}/{p.pod.owner.name}" if p.pod.owner else ""
+    return f"{p.pod.display()}\n{p.pod.container or ''}".rstrip() + owner
 
 
 def _sources(p: ProcessReport, limit: int = 3) -> str:

@@ -5,6 +5,7 @@ workloads (apply it, the faults stop) is in the scenario matrix (tests/test_scen
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 import json
@@ -134,6 +135,22 @@ def test_procfs_estimate_is_bounded_and_wider() -> None:
     assert rec2 is not None and rec2.at_least  # 20 MiB of faults cannot have covered 128 MiB
 
 
+def test_read_ahead_counts_what_the_cgroup_read_back() -> None:
+    """Program code comes back through read-ahead: 150 faults, but the cgroup's file refaults say 1.2 GiB
+    came back; the faulting file's 128 MiB mapping is counted, not the 150 faulted pages."""
+    p = _limited(kind=SourceKind.CODE)
+    p.cgroup_file_refaults = 320_000
+    code_map = dataclasses.replace(FILE_MAP, perms="r-xp")
+    pages = distinct_pages(4242, {code_map.start + i * 4096: 1 for i in range(150)}, [[code_map]])
+    assert (len(pages.code), pages.mapped_bytes()) == (150, 128 * MIB)
+    rec = recommend(p, Group(pages=pages, faults=150, growth={0: 150}), NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 224 * MIB  # (128 + 64) x 1.1
+    assert any("read-ahead" in b for b in rec.basis)
+    p.cgroup_file_refaults = 16_000  # 62 MiB came back: not yet the whole 128 MiB
+    rec = recommend(p, Group(pages=pages, faults=150, growth={0: 150}), NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and rec.at_least
+
+
 def test_capped_at_the_node_and_said() -> None:
     small = NodeStats(mem_total_bytes=1000 * MIB)
     group = Group(pages=_pages(file_pages=32768), faults=1, growth={0: 32768})
@@ -147,7 +164,9 @@ def test_capped_at_the_node_and_said() -> None:
 
 def test_never_at_or_below_the_current_limit_and_rounded() -> None:
     group = Group(pages=_pages(file_pages=10), faults=10, growth={0: 10})
-    rec = recommend(_limited(usage=60 * MIB), group, NODE, seconds=8.0, backend="perf-major")
+    p = _limited(usage=60 * MIB)
+    p.cgroup_file_refaults = 10
+    rec = recommend(p, group, NODE, seconds=8.0, backend="perf-major")
     assert rec is not None and rec.recommended_limit_bytes == 80 * MIB  # 64 + 16
     assert [round_up(n) for n in (1, 16 * MIB, 16 * MIB + 1)] == [16 * MIB, 16 * MIB, 32 * MIB]
 
@@ -335,6 +354,7 @@ def test_shown_in_terminal_page_and_sinks(tmp_path: Path) -> None:
     out = io.StringIO()
     render(report, Console(file=out, width=250))
     assert want in out.getvalue() and "--limits=memory=224Mi" in out.getvalue()
+    assert "Deployment/cart-cache" in out.getvalue().split("┃ pid")[1]  # the owner in the pod's cell
     page = html.unescape(render_report_page(report))
     assert want in page and "--limits=memory=224Mi" in page
     assert "Deployment/cart-cache (via ReplicaSet/cart-cache-7d9f)" in page  # the owner next to the pod

@@ -4,7 +4,8 @@ How (docs/diagnosis.md, "The recommendation"): the memory a group is missing is 
 in. With an exact tracer that is the group's distinct faulted pages (file, code and shmem pages by file and
 offset, so a page two processes fault counts once; anonymous pages by process and address); with procfs
 alone it is estimated from the major-fault count, bounded by the size of the memory that faults (smaps),
-and the margin is wider. The limit to set is
+and the margin is wider. File pages that came back through read-ahead (no fault each) are counted from
+the cgroup's workingset_refault_file, bounded by the faulting files' mapped size. The limit to set is
 
     round_up_16MiB((distinct faulted + resident now) x (1 + margin)),  margin 10% exact, 25% estimated
 
@@ -44,6 +45,7 @@ MARGIN_EXACT = 0.10
 MARGIN_ESTIMATED = 0.25
 GROWTH_TAIL = 0.25  # the last quarter of the window...
 GROWTH_SHARE = 0.05  # ...bringing more than 5% of the distinct pages: still growing
+READAHEAD_RATIO = 4  # cgroup file refaults per major fault above which read-ahead brought most pages in
 CAME_BACK = 0.5  # share of distinct pages faulted again at which the window saw the access come around
 MIN_STEP = 16 * MIB  # never recommend less than the current limit plus this
 
@@ -135,20 +137,35 @@ def recommend(
         missing = distinct * PAGE
         margin = MARGIN_EXACT
         basis += _kinds_line(group.pages, seconds, backend)
-        came_back = group.pages.again / max(distinct, 1)
-        growing = still_growing(group.growth, seconds, distinct) if group.growth else None
-        # Seen whole: no new pages at the end, or most pages faulted again (the access came around to them:
-        # in a group thrashing at its limit, pages that stayed resident a while keep trickling in as new).
-        at_least = came_back < CAME_BACK and growing is not False
-        again = f"{came_back:.0%} of them were faulted again in the window"
-        if growing is None:
-            basis.append(f"{again} (no sample times): " + ("the window may not have seen them all" if at_least
-                                                           else "it saw the working set come around"))
-        elif growing:
-            basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
-                ": it did not see the whole working set" if at_least else ": it saw the working set come around"))
+        file_pages = len(group.pages.file) + len(group.pages.code)
+        refaults = p.cgroup_file_refaults
+        mapped = group.pages.mapped_bytes()
+        if file_pages and refaults is not None and refaults > READAHEAD_RATIO * max(group.faults, 1) and mapped:
+            # Read-ahead and fault-around bring file pages in without a major fault each (program code:
+            # hundreds of pages a fault here), so the faulted pages undercount what the group read back.
+            # The cgroup's refaults say how much came back; the faulting files' mappings bound it.
+            counted = max(file_pages * PAGE, min(refaults * PAGE, mapped))
+            missing += counted - file_pages * PAGE
+            at_least = refaults * PAGE < mapped
+            basis.append(f"the cgroup read back {mib(refaults * PAGE)} of file pages (workingset_refault_file) for "
+                         f"{group.faults:,} major faults: read-ahead brings pages in without a fault each, so "
+                         f"{mib(counted)} of the faulting files' {mib(mapped)} mapped is counted"
+                         + ("; the window did not see all of it come back" if at_least else ""))
         else:
-            basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
+            came_back = group.pages.again / max(distinct, 1)
+            growing = still_growing(group.growth, seconds, distinct) if group.growth else None
+            # Seen whole: no new pages at the end, or most pages faulted again (the access came around to
+            # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
+            at_least = came_back < CAME_BACK and growing is not False
+            again = f"{came_back:.0%} of them were faulted again in the window"
+            if growing is None:
+                basis.append(f"{again} (no sample times): " + ("the window may not have seen them all" if at_least
+                                                               else "it saw the working set come around"))
+            elif growing:
+                basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
+                    ": it did not see the whole working set" if at_least else ": it saw the working set come around"))
+            else:
+                basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
         confidence: Confidence = "medium" if at_least else "high"
     else:
         faulted = group.faults * PAGE

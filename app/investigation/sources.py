@@ -134,6 +134,10 @@ class DistinctPages:
     unknown: int = 0
     names: dict[tuple[str, int], str] | None = None  # (dev, inode) -> path, for the basis lines
     again: int = 0  # pages faulted more than once in the window: the access came around to them again
+    mapped: dict[tuple[str, int], int] | None = None  # (dev, inode) -> the largest mapping of it that faulted, bytes
+
+    def mapped_bytes(self) -> int:
+        return sum((self.mapped or {}).values())
 
     def count(self) -> int:
         return len(self.file) + len(self.code) + len(self.shmem) + len(self.anon) + self.unknown
@@ -145,13 +149,16 @@ class DistinctPages:
         self.anon |= other.anon
         self.unknown += other.unknown
         self.again += other.again
+        for k, size in (other.mapped or {}).items():
+            self.mapped = self.mapped or {}
+            self.mapped[k] = max(size, self.mapped.get(k, 0))
         if other.names:
             self.names = {**(self.names or {}), **other.names}
 
 
 def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntry]]) -> DistinctPages:
     """The distinct pages behind one process's traced faults ({page address: faults})."""
-    out = DistinctPages(set(), set(), set(), set(), names={})
+    out = DistinctPages(set(), set(), set(), set(), names={}, mapped={})
     newest_first = list(reversed(snapshots))
     for page, count in pages.items():
         out.again += count > 1
@@ -166,4 +173,7 @@ def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntr
             {SourceKind.FILE: out.file, SourceKind.CODE: out.code, SourceKind.SHMEM: out.shmem}[kind].add(key)
             if out.names is not None:
                 out.names.setdefault((entry.dev, entry.inode), entry.path)
+            if out.mapped is not None and kind is not SourceKind.SHMEM:
+                fid = (entry.dev, entry.inode)
+                out.mapped[fid] = max(out.mapped.get(fid, 0), entry.end - entry.start)
     return out

@@ -386,7 +386,7 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
                 (tmp / "empty-cgroupfs").mkdir(exist_ok=True)
                 kw["cgroup_root"] = tmp / "empty-cgroupfs"
             pids = [proc.pid]
-            if proves(row):
+            if proves(row) and row.kind != "text":  # text: read-ahead, a pass is many pages a fault
                 window = max(window, whole_pass_window(proc.pid))
         report = investigate(Settings(**kw), seconds=window, pids=pids)
         if report.processes:
@@ -440,7 +440,7 @@ def table(outcomes: list[Outcome]) -> str:
 # --- issue 16: the recommended limit, proved by applying it ------------------------------------------
 
 LIMIT_CAUSES = ("container_memory_limit", "shmem_swap")
-PROVED_KINDS = ("reread", "anon", "shm")
+PROVED_KINDS = ("reread", "anon", "shm", "text")
 WHOLE_PASS_MAX = 24.0  # the longest window a proved row investigates for
 WARMUP_MAX = 30.0  # the longest wait for the warm-up pass after the limit is raised
 AFTER_SECONDS = 3.0  # the major-fault rate after is measured over this long
