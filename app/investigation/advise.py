@@ -70,14 +70,14 @@ def add_recommendations(
         if g is None:
             g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
-        if pages and t is not None:
+        if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
             mine = distinct_pages(p.pid, pages, t.maps)
             if g.pages is None:
                 g.pages = DistinctPages(set(), set(), set(), set(), names={})
             g.pages.merge(mine)
             for sec, n in trace.new_pages.get(p.pid, {}).items():
                 g.growth[sec] = g.growth.get(sec, 0) + n
-        elif not trace.faults:
+        elif not trace.faults or not trace.exact:
             kinds = {s.kind.value for s in p.sources if s.faults}
             bound = faulting_bound(procfs.smaps(p.pid) if not p.exited_during_window else None, kinds)
             g.bound_bytes = (g.bound_bytes or 0) + bound if bound else g.bound_bytes

@@ -173,7 +173,8 @@ def recommend(
         missing = min(faulted, bound) if bound else faulted
         at_least = bound is None or faulted < bound
         margin = MARGIN_ESTIMATED
-        basis.append(f"estimate (procfs, no fault addresses): {group.faults:,} major faults ({mib(faulted)}) in "
+        how = "procfs" if backend == "procfs" else f"{backend} is not exact"
+        basis.append(f"estimate ({how}, no fault addresses used): {group.faults:,} major faults ({mib(faulted)}) in "
                      f"{seconds:.0f} s" + (f", bounded by the {mib(bound)} of memory that faults (smaps)" if bound else "")
                      + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
         confidence = "low"

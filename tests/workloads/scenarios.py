@@ -463,11 +463,11 @@ def _majflt(pid: int) -> int:
 
 def whole_pass_window(pid: int, mb: int = FILE_MB) -> float:
     """A window that sees one whole pass over the workload's memory at its current fault rate (measured
-    over 1 s; twice that, WINDOW to WHOLE_PASS_MAX): a user told `at_least` investigates longer too."""
+    over 2 s; 2.5x that, WINDOW to WHOLE_PASS_MAX): a user told `at_least` investigates longer too."""
     f0 = _majflt(pid)
-    time.sleep(1.0)
-    rate = max(1, _majflt(pid) - f0)
-    return min(WHOLE_PASS_MAX, max(WINDOW, 2 * (mb << 20) / 4096 / rate))
+    time.sleep(2.0)
+    rate = max(1.0, (_majflt(pid) - f0) / 2.0)
+    return min(WHOLE_PASS_MAX, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
 
 
 def recommendation_cell(o: Outcome) -> str:
@@ -498,8 +498,10 @@ def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
     cap = 2 * workload_mb(row) + 32
     if out.recommended_mib > cap:
         out.problems.append(f"recommends {out.recommended_mib} MiB: more than 2x the workload + 32 MiB ({cap} MiB)")
-    if rec.at_least:
-        out.problems.append("at_least although the window covered a whole pass over the workload's memory")
+    # A window whose faults covered the workload's pages twice saw it whole (load on a shared machine can
+    # slow the faults below the rate measured before the window: then at_least is the honest answer).
+    if rec.at_least and top.major_faults >= 2 * (workload_mb(row) << 20) // 4096:
+        out.problems.append(f"at_least although the window's {top.major_faults:,} faults covered the workload twice")
     group = CGROUP_MEMORY_ROOT / (rec.cgroup or "").strip("/")
     ours = CGROUP_MEMORY_ROOT / proc.cgroup.relative_to(CGROUP_MEMORY_ROOT).parts[0]  # pfi-test-<pid>-<n>
     if not group.is_relative_to(ours) or not (group / "memory.limit_in_bytes").exists():
