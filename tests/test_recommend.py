@@ -364,3 +364,25 @@ def test_shown_in_terminal_page_and_sinks(tmp_path: Path) -> None:
     assert want in alert["annotations"]["summary"]
     assert all(want in msg for _, _, msg in KubeEventsSink.targets(report))
     assert want in json.dumps(SlackSink(settings, None).message(report))  # type: ignore[arg-type]
+
+
+def test_subjects_and_knobs_follow_the_limit_that_binds() -> None:
+    """A container's own limit, the pod's (the container has none), a v2 host cgroup, and memory.high
+    below the limit (v2): each names its knob, and a host unit gets the matching systemd property."""
+    group = Group(pages=_pages(file_pages=32768, times=2), faults=70_000, growth={0: 32768})
+    own = recommend(_limited(_pod(OwnerRef(kind="StatefulSet", name="db", resolved=True))), group, NODE,
+                    seconds=8, backend="perf-major")
+    assert own is not None and (own.subject, own.knob) == ("container", "resources.limits.memory")
+    pod_level = recommend(_limited(_pod(OwnerRef(kind="StatefulSet", name="db", resolved=True)), path="/kp/pod1/c1",
+                                   limit_path="/kp/pod1"), group, NODE, seconds=8, backend="perf-major")
+    assert pod_level is not None and (pod_level.subject, pod_level.knob, pod_level.cgroup) == (
+        "pod", "spec.resources.limits.memory", "/kp/pod1")
+    assert pod_level.command is not None and "patch statefulset db" in pod_level.command
+    v2 = recommend(_limited(version=2, path="/system.slice/db.service"), group, NODE, seconds=8, backend="perf-major")
+    assert v2 is not None and v2.knob == "memory.max" and v2.command == "systemctl set-property db.service MemoryMax=224M"
+    high = _limited(version=2, path="/system.slice/db.service", usage=60 * MIB, limit=1024 * MIB)
+    assert high.cgroup_memory is not None
+    high.cgroup_memory.high_bytes, high.cgroup_memory.high_path = 64 * MIB, "/system.slice/db.service"
+    rec = recommend(high, group, NODE, seconds=8, backend="perf-major")
+    assert rec is not None and (rec.knob, rec.current_limit_bytes) == ("memory.high", 64 * MIB)
+    assert rec.command == "systemctl set-property db.service MemoryHigh=208M"  # (128 + 60) x 1.1 -> 208
