@@ -130,7 +130,13 @@ def recommend(
     assert mem is not None
     high = high_binds(mem)
     current = mem.high_bytes if high else mem.max_bytes
-    resident = mem.current_bytes or 0
+    # What is resident at the level whose limit binds (the pod's usage for a pod-level limit).
+    if high:
+        resident = mem.high_usage_bytes if mem.high_usage_bytes is not None else mem.current_bytes or 0
+    elif mem.usage_ratio is not None and mem.max_bytes:
+        resident = int(mem.usage_ratio * mem.max_bytes)
+    else:
+        resident = mem.current_bytes or 0
     basis: list[str] = []
     if group.pages is not None:
         distinct = group.pages.count()
@@ -181,7 +187,7 @@ def recommend(
     if p.cgroup_file_refaults is not None:
         basis.append(f"the cgroup's workingset_refault_file rose by {p.cgroup_file_refaults:,} pages "
                      f"({mib(p.cgroup_file_refaults * PAGE)}) in the window")
-    basis.append(f"resident now: {mib(resident)} in cgroup {mem.path}, limit {mib(current)}"
+    basis.append(f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}"
                  + (" (memory.high)" if high else ""))
     wanted = round_up(int((missing + resident) * (1 + margin)))
     if current is not None and wanted < current + MIN_STEP:
