@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.1"  # 1.1: Report.history, history_reason; Trigger kind "watch"
+SCHEMA_VERSION = "1.2"  # 1.1: Report.history, history_reason; Trigger kind "watch"
+# 1.2: Verdict.recommendation (the memory limit to set, issue 16); OwnerRef.api_version, resolved, via, note
 
 
 def new_report_id() -> str:
@@ -68,8 +69,16 @@ class Source(BaseModel):
 
 
 class OwnerRef(BaseModel):
+    """The workload that owns a pod: after owner resolution the TOP-LEVEL one (Deployment, StatefulSet,
+    DaemonSet, CronJob), or the pod's own controller (ReplicaSet, Job...) when the chain could not be
+    followed (`resolved` False, `note` says why)."""
+
     kind: str
     name: str
+    api_version: str | None = None
+    resolved: bool = False  # True: the top of the chain is known (followed, or nothing above it)
+    via: OwnerRef | None = None  # the pod's direct controller when it is not `kind/name` (a ReplicaSet)
+    note: str | None = None  # how the owner was found, or why the chain stops here
 
 
 def pod_display(namespace: str | None, name: str | None, uid: str, *, short: bool = False) -> str:
@@ -137,12 +146,32 @@ class CgroupMemory(BaseModel):
 Confidence = Literal["high", "medium", "low"]  # how sure a verdict is
 
 
+class Recommendation(BaseModel):
+    """The memory limit that makes the faults stop (issue 16; computed in app/investigation/recommend.py,
+    how: docs/diagnosis.md). In every verdict that blames a limit."""
+
+    resource: Literal["memory"] = "memory"
+    subject: Literal["container", "pod", "cgroup"]
+    knob: str  # "resources.limits.memory", "spec.resources.limits.memory", "memory.max", "memory.limit_in_bytes", "memory.high"
+    cgroup: str | None = None  # the cgroup whose limit it is (limit_path)
+    current_limit_bytes: int | None = None
+    recommended_limit_bytes: int
+    at_least: bool = False  # the window did not see the whole working set: distinct pages still growing at its end
+    capped: str | None = None  # why it is lower than computed (the node's MemTotal or allocatable)
+    basis: list[str] = Field(default_factory=list, description="the evidence lines it rests on")
+    confidence: Confidence = "medium"
+    command: str | None = None  # what to run, quoted for a POSIX shell
+    command_reason: str | None = None  # why there is no command, or what to know before running it
+    owner: OwnerRef | None = None  # the workload the command changes
+
+
 class Verdict(BaseModel):
     summary: str
     cause: Cause
     advice: list[str] = Field(default_factory=list)
     confidence: Confidence = "medium"
     evidence: list[str] = Field(default_factory=list, description="the facts the verdict rests on")
+    recommendation: Recommendation | None = None  # set when the verdict blames a memory limit
 
 
 class ProcessReport(BaseModel):

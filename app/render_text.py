@@ -7,6 +7,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from app.investigation.recommend import command_line, headline
 from app.models import HistoryCgroup, ProcessReport, Report
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -25,7 +26,8 @@ def sparkline(series: list[int], width: int = 30) -> str:
 def _pod(p: ProcessReport) -> str:
     if p.pod is None:
         return "(host)"
-    return f"{p.pod.display()}\n{p.pod.container or ''}".rstrip()
+    owner = f"\n{p.pod.owner.kind}/{p.pod.owner.name}" if p.pod.owner else ""
+    return f"{p.pod.display()}\n{p.pod.container or ''}".rstrip() + owner
 
 
 def _sources(p: ProcessReport, limit: int = 3) -> str:
@@ -43,6 +45,9 @@ def render(report: Report, console: Console) -> None:
     advice = "\n".join(f"• {a}" for a in v.advice)
     why = "\n".join(f"  {e}" for e in v.evidence)
     body = [Text(v.summary, style="bold"), Text(advice)]
+    if (rec := v.recommendation) is not None:
+        body.append(Text("limit: " + headline(rec) + "\n  " + command_line(rec), style="bold"))
+        body.append(Text("\n".join(f"  {b}" for b in rec.basis), style="dim"))
     if why:
         body.append(Text("why:\n" + why, style="dim"))
     console.print(Panel(Group(*body), title=title,

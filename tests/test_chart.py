@@ -53,6 +53,8 @@ BASE_RULES = [
     ([""], ["nodes/pods"], ["get"]),
     ([""], ["pods"], ["get", "list"]),
     ([""], ["nodes"], ["get", "list"]),
+    (["apps"], ["replicasets"], ["get"]),  # owner chains for a recommendation's command (issue 16)
+    (["batch"], ["jobs"], ["get"]),
 ]
 EVENTS_RULE = (["", "events.k8s.io"], ["events"], ["create", "patch"])
 NODES_PROXY_RULE = ([""], ["nodes/proxy"], ["get"])

@@ -9,10 +9,8 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from app.investigation.fleet import also_on_text, facts_of, merge, node_rows, sort_rows, workload_of
-from app.models import Cause, PodRef, Report, Verdict, utcnow
+from app.models import Cause, PodRef, Recommendation, Report, utcnow
 from app.service.report_store import DB_NAME, ReportStore
 from tests.e2e.sample_reports import empty_report, file_fault_report, host_report, swap_report
 
@@ -62,16 +60,10 @@ def test_facts_name_the_fault_kind_file_and_recommendation():
     assert (f.cause, f.fault_kind, f.file) == ("container_memory_limit", "file", "/data/index.bin")
     assert f.recommendation is None  # reports from before the advice's recommendation
 
-    class Rec(BaseModel):  # the advice helper's model, read by name
-        recommended_limit_bytes: int
-        command: str
-
-    class VerdictWithAdvice(Verdict):
-        recommendation: Rec | None = None
-
     r = file_fault_report()
     cmd = "kubectl -n search set resources deployment/search-indexer -c indexer --limits=memory=1536Mi"
-    r.verdict = VerdictWithAdvice(**r.verdict.model_dump(), recommendation=Rec(recommended_limit_bytes=1536 << 20, command=cmd))
+    r.verdict = r.verdict.model_copy(update={"recommendation": Recommendation(
+        subject="container", knob="resources.limits.memory", recommended_limit_bytes=1536 << 20, command=cmd)})
     f = facts_of(r)
     assert f is not None and f.recommendation is not None
     assert (f.recommendation.recommended_limit_bytes, f.recommendation.command) == (1536 << 20, cmd)

@@ -95,8 +95,10 @@ def test_verified_tls_with_ca(tmp_path: Path, certs: Certs, serve, no_apiserver_
     hpa = pods.pod_for(parse_cgroup(
         "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3ea3ef66_5f89_43b7_b88b_6ee26f5b18a4.slice/"
         "cri-containerd-77bb57d9a0006a5ac95a6fa541b2f2a646943143fe1d906aaf70a392d9a62b83.scope"))
-    assert hpa is not None and (hpa.namespace, hpa.name, hpa.container, hpa.owner) == (
-        "scraper", "e2e-hpa-6cd8d99884-tggnr", "php-apache", OwnerRef(kind="ReplicaSet", name="e2e-hpa-6cd8d99884"))
+    assert hpa is not None and hpa.owner is not None and hpa.owner.via is not None
+    assert (hpa.namespace, hpa.name, hpa.container, hpa.owner.kind, hpa.owner.name, hpa.owner.via) == (
+        "scraper", "e2e-hpa-6cd8d99884-tggnr", "php-apache", "Deployment", "e2e-hpa",
+        OwnerRef(kind="ReplicaSet", name="e2e-hpa-6cd8d99884", api_version="apps/v1"))
     assert kubelet.requests == ["/pods"]
 
 

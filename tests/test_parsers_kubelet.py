@@ -51,10 +51,20 @@ def test_containerd_init_container_and_waiting_container() -> None:
                          qos_class="BestEffort")
 
 
-def test_replicaset_owner_is_reported_as_is() -> None:
-    index = load("podlist-containerd-init-container-running.json")
-    coredns = index.by_uid["23476f2c-61e0-11e9-bc12-02f121c1eeb4"]
-    assert coredns.owner == OwnerRef(kind="ReplicaSet", name="coredns-747dbcf5df")
+def test_replicaset_owner_is_the_deployment_by_its_template_hash() -> None:
+    """A ReplicaSet named `<deployment>-<pod-template-hash>` (the label on the pod): the Deployment is the
+    owner, inferred and said so, with the ReplicaSet kept as `via` (the API server confirms it later)."""
+    hpa = load("podlist-minikube-1.35-containerd-2.2-static-pods-all-qos.json").by_uid[
+        "3ea3ef66-5f89-43b7-b88b-6ee26f5b18a4"]
+    assert hpa.owner is not None
+    assert (hpa.owner.kind, hpa.owner.name, hpa.owner.resolved) == ("Deployment", "e2e-hpa", False)
+    assert hpa.owner.via == OwnerRef(kind="ReplicaSet", name="e2e-hpa-6cd8d99884", api_version="apps/v1",
+                                     resolved=False)
+    assert "pod-template-hash" in (hpa.owner.note or "")
+    # Without the label (an older capture) the ReplicaSet stays, not followed, and says what it needs.
+    coredns = load("podlist-containerd-init-container-running.json").by_uid["23476f2c-61e0-11e9-bc12-02f121c1eeb4"]
+    assert coredns.owner is not None and (coredns.owner.kind, coredns.owner.resolved) == ("ReplicaSet", False)
+    assert "needs the API server" in (coredns.owner.note or "")
     assert coredns.node_name == "ci-pierremargueritte"
 
 
@@ -70,8 +80,9 @@ def test_gke_static_pod_pending_without_status() -> None:
                                              "docker")
     cassandra = index.lookup(None, "6eaa4782de428f5ea639e33a837ed47aa9fa9e6969f8cb23e39ff788a751ce7d")
     assert cassandra is not None
-    assert (cassandra.name, cassandra.container, cassandra.qos_class, cassandra.owner) == (
-        "cassandra-0", "cassandra", "Guaranteed", OwnerRef(kind="StatefulSet", name="cassandra"))
+    assert cassandra.owner is not None
+    assert (cassandra.name, cassandra.container, cassandra.qos_class, cassandra.owner.kind, cassandra.owner.name,
+            cassandra.owner.resolved) == ("cassandra-0", "cassandra", "Guaranteed", "StatefulSet", "cassandra", True)
 
 
 def test_minikube_1_35_static_pods_by_config_hash() -> None:
@@ -87,7 +98,7 @@ def test_minikube_1_35_static_pods_by_config_hash() -> None:
     assert (ref.namespace, ref.name, ref.container, ref.static, ref.runtime) == (
         "kube-system", "kube-apiserver-datagen-1-35", "kube-apiserver", True, "containerd")
     job = index.lookup("0961a396-5fff-45fe-a970-19b2aac96e5d", None)
-    assert job is not None and job.owner == OwnerRef(kind="Job", name="e2e-failjob") and job.container is None
+    assert job is not None and job.owner is not None and (job.owner.kind, job.owner.name) == ("Job", "e2e-failjob") and job.container is None
 
 
 def test_mirror_pod_uid_differs_from_config_hash() -> None:
@@ -112,7 +123,9 @@ def test_lookup_container_first_then_uid_and_normalisation() -> None:
     # systemd-driver underscores and upper case are normalised.
     ref = index.lookup("E4CF2A32_153C_40C1_A997_D2F29196DFC3", None)
     assert ref is not None and ref.name == "e2e-kube-state-metrics-887cff974-4jr26"
-    assert ref.owner == OwnerRef(kind="ReplicaSet", name="e2e-kube-state-metrics-887cff974")
+    assert ref.owner is not None and ref.owner.via is not None
+    assert (ref.owner.kind, ref.owner.name) == ("Deployment", "e2e-kube-state-metrics")
+    assert ref.owner.via.name == "e2e-kube-state-metrics-887cff974"
     # An unknown container of a known pod (e.g. the sandbox): the pod, no container name.
     ref = index.lookup("e4cf2a32-153c-40c1-a997-d2f29196dfc3", "a" * 64)
     assert ref is not None and ref.container is None and ref.container_id == "a" * 64

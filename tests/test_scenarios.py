@@ -67,6 +67,9 @@ def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monk
     if row.subject == "pod":
         # named by the kubelet (TLS stand-in), not only by the cgroup's uid
         assert "scraper/e2e-statefulset-0" in out.summary, out.summary
+        if out.recommended_mib is not None:  # issue 16: the command changes the pod's owner, quoted
+            assert out.command and out.command.startswith("kubectl -n scraper ") and " e2e-statefulset" in \
+                out.command.replace("/", " "), out.command
 
 
 def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:
@@ -96,3 +99,28 @@ def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:
     assert top.cgroup_file_refaults is not None and top.cgroup_file_refaults < 0.05 * top.major_faults
     assert top.verdict is not None and top.verdict.cause.value == "cold_file_reads", top.verdict.summary
     assert "first reads" in top.verdict.summary
+
+
+@pytest.mark.parametrize("tracer", ["auto", "procfs"])
+def test_short_window_says_at_least(tracer: str, tmp_path: Path) -> None:
+    """Issue 16: a 1 s window on a 128 MiB re-read at a 64 MiB limit sees only part of the working set
+    (one pass takes several seconds here): the recommendation must say `at_least`, and still be above
+    the current limit."""
+    from app.investigation.engine import investigate
+    from tests.workloads.scenarios import LIMIT_MB, _past_first_pass, scenario_workload, unique_parent
+
+    row = Row("short window", "reread", tracer, "container_memory_limit", "file", "host")
+    if reason := _skip_reason(row):
+        pytest.skip(reason)
+    with scenario_workload("reread", cgroup=f"{unique_parent()}/job", data=tmp_path / "d.bin") as proc:
+        _past_first_pass(proc)
+        report = investigate(Settings(tracer=tracer, kubelet_url=None, apiserver_fallback=False), seconds=1.0,
+                             pids=[proc.pid])
+    top = report.processes[0]
+    assert top.verdict is not None and top.verdict.cause.value == "container_memory_limit", top.verdict
+    rec = top.verdict.recommendation
+    assert rec is not None and rec.at_least, rec
+    assert rec.recommended_limit_bytes > LIMIT_MB << 20
+    from app.investigation.recommend import headline
+
+    assert " to at least " in headline(rec)

@@ -115,6 +115,7 @@ class ApiServer:
         self.events: list[dict[str, Any]] = []
         self.forbid: set[str] = set()
         self.fail_events: dict[str, int] = {}  # namespace -> how many 500s to answer first
+        self.objects: dict[str, dict[str, Any]] = {}  # path -> one object answered to GET (a ReplicaSet, a Node)
 
     def _list(self, kind: str, items: list[dict[str, Any]], query: dict[str, str]) -> tuple[int, bytes]:
         try:
@@ -133,6 +134,8 @@ class ApiServer:
         if path in self.forbid:
             return 403, status(403, "Forbidden", f'forbidden: cannot access "{path}"')
         parts = path.strip("/").split("/")
+        if method == "GET" and path in self.objects:
+            return 200, json.dumps(self.objects[path]).encode()
         if method == "GET" and path == "/api/v1/pods":
             return self._list("PodList", self.pods, query)
         if method == "GET" and len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":

@@ -285,6 +285,35 @@ class ApiServer:
 
         return dict(self._call(f"pods {label_selector} in {namespace}", call) or {})
 
+    def read_controller(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
+        """One ReplicaSet (apps/v1) or Job (batch/v1), raw: its metadata.ownerReferences name what owns it
+        (issue 16: the workload a recommendation's command changes). RBAC: get on replicasets / jobs."""
+
+        def call(c: Any) -> Any:
+            from kubernetes.client import AppsV1Api, BatchV1Api
+
+            if kind == "ReplicaSet":
+                return AppsV1Api(c).read_namespaced_replica_set(
+                    name, namespace, _preload_content=False, _request_timeout=self._timeouts())
+            return BatchV1Api(c).read_namespaced_job(
+                name, namespace, _preload_content=False, _request_timeout=self._timeouts())
+
+        if kind not in ("ReplicaSet", "Job"):
+            raise ApiServerError(f"{kind} is not followed to its owner")
+        return dict(self._call(f"{kind} {namespace}/{name}", call) or {})
+
+    def read_node(self, node: str) -> dict[str, Any]:
+        """One Node, raw (its status.allocatable caps a recommended limit). RBAC: get on nodes."""
+        if not is_node_name(node):
+            raise ApiServerError(f"node name {node!r} is not a DNS-1123 name: not sent to the API server")
+
+        def call(c: Any) -> Any:
+            from kubernetes.client import CoreV1Api
+
+            return CoreV1Api(c).read_node(node, _preload_content=False, _request_timeout=self._timeouts())
+
+        return dict(self._call(f"node {node}", call) or {})
+
     def list_nodes(self) -> dict[str, Any]:
         def call(c: Any) -> Any:
             from kubernetes.client import CoreV1Api

@@ -29,6 +29,7 @@ from app.collectors.fetch import (
     read_body,
     track,
 )
+from app.collectors.owners import OwnerResolver
 from app.config import Settings
 from app.models import Attribution, PodRef
 from app.parsers.cgroup import CgroupRef
@@ -70,6 +71,7 @@ class PodDirectory:
         self._cached: tuple[float, PodIndex | None, Attribution] | None = None
         config = ApiServerConfig.from_settings(settings) if settings.apiserver_fallback else None
         self._apiserver = ApiServer(config) if config is not None else None
+        self.owners = OwnerResolver(self._apiserver)  # pods' owner chains (issue 16)
 
     # --- the kubelet ---------------------------------------------------------------------------
 

@@ -357,7 +357,7 @@ def diagnose_report(processes: list[ProcessReport], node: NodeStats, window: flo
                 return v.model_copy(update={"summary": summary, "confidence": "low", "evidence": [
                     *v.evidence, f"it causes {share:.0%} of the node's {node.pgmajfault_per_second:,.0f} major "
                     "faults/s: the rest is elsewhere"]})
-        return Verdict(summary=summary, cause=v.cause, advice=v.advice, confidence=v.confidence, evidence=v.evidence)
+        return v.model_copy(update={"summary": summary})
     if node.pgmajfault > 0:
         return Verdict(
             summary=f"the node had {node.pgmajfault_per_second:,.0f} major faults/s but no process's majflt rose: "

@@ -33,6 +33,7 @@ from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
+from .advise import add_recommendations
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
 from .sampler import ProcessTrack, Sampler
@@ -360,6 +361,8 @@ def investigate(
         p.verdict = diagnose_process(
             p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
             noise_floor=settings.noise_floor)
+    add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
+                        owners=getattr(pods, "owners", None), node_name=settings.node_name)
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()

@@ -188,23 +188,15 @@ def workload_of(report: Report) -> Workload | None:
 
 
 def _recommendation(report: Report) -> Recommendation | None:
-    """`verdict.recommendation` (the advice's model: `recommended_limit_bytes`, `command`) of the
-    report, else of its top process; read by name so that reports without it still work."""
+    """The limit and command of `verdict.recommendation` of the report, else of its top process."""
     verdicts = [report.verdict]
     if report.processes and report.processes[0].verdict is not None:
         verdicts.append(report.processes[0].verdict)
     for v in verdicts:
-        rec: Any = getattr(v, "recommendation", None)
-        if rec is None:
-            continue
-        limit = getattr(rec, "recommended_limit_bytes", None)
-        command = getattr(rec, "command", None)
-        out = Recommendation(
-            recommended_limit_bytes=limit if isinstance(limit, int) else None,
-            command=command[:500] if isinstance(command, str) and command else None,
-        )
-        if out.recommended_limit_bytes is not None or out.command:
-            return out
+        if v.recommendation is not None:
+            rec = v.recommendation
+            return Recommendation(recommended_limit_bytes=rec.recommended_limit_bytes,
+                                  command=rec.command[:500] if rec.command else None)
     return None
 
 

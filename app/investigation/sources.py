@@ -49,6 +49,15 @@ class _Acc:
     faults: int = 0
 
 
+def lookup(newest_first: list[list[MapEntry]], page: int) -> MapEntry | None:
+    """The mapping that held `page` in the newest maps snapshot that had one."""
+    for snap in newest_first:
+        entry = find_mapping(snap, page)
+        if entry is not None:
+            return entry
+    return None
+
+
 def sources_from_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -> list[Source]:
     """Group one process's traced pages ({page address: faults}) into sources, biggest first."""
     total = sum(pages.values())
@@ -58,11 +67,7 @@ def sources_from_pages(pages: dict[int, int], snapshots: list[list[MapEntry]]) -
     offsets: dict[_SourceKey, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     newest_first = list(reversed(snapshots))
     for page, count in pages.items():
-        entry = None
-        for snap in newest_first:
-            entry = find_mapping(snap, page)
-            if entry is not None:
-                break
+        entry = lookup(newest_first, page)
         kind = mapping_kind(entry)
         if entry is None:
             key: _SourceKey = (kind, None, None, None)
@@ -110,3 +115,65 @@ def hot_ranges(buckets: dict[int, int]) -> list[OffsetRange]:
         else:
             merged.append(OffsetRange(start=start, end=end, faults=faults))
     return merged
+
+
+# A distinct page, by what backs it: (dev, inode, page offset in the file) for file, code and shmem pages
+# (the same page of a file is one page whichever process maps it), (pid, page address) for anonymous memory.
+PageKey = tuple[str, int, int]
+
+
+@dataclass
+class DistinctPages:
+    """One process's (or, merged, one cgroup's) distinct faulted pages, by kind (issue 16: how much memory
+    the group was missing). Bounded by the tracer's page map (TraceRequest.max_pages)."""
+
+    file: set[PageKey]
+    code: set[PageKey]
+    shmem: set[PageKey]
+    anon: set[tuple[int, int]]
+    unknown: int = 0
+    names: dict[tuple[str, int], str] | None = None  # (dev, inode) -> path, for the basis lines
+    again: int = 0  # pages faulted more than once in the window: the access came around to them again
+    mapped: dict[tuple[str, int], int] | None = None  # (dev, inode) -> the largest mapping of it that faulted, bytes
+
+    def mapped_bytes(self) -> int:
+        return sum((self.mapped or {}).values())
+
+    def count(self) -> int:
+        return len(self.file) + len(self.code) + len(self.shmem) + len(self.anon) + self.unknown
+
+    def merge(self, other: DistinctPages) -> None:
+        self.file |= other.file
+        self.code |= other.code
+        self.shmem |= other.shmem
+        self.anon |= other.anon
+        self.unknown += other.unknown
+        self.again += other.again
+        for k, size in (other.mapped or {}).items():
+            self.mapped = self.mapped or {}
+            self.mapped[k] = max(size, self.mapped.get(k, 0))
+        if other.names:
+            self.names = {**(self.names or {}), **other.names}
+
+
+def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntry]]) -> DistinctPages:
+    """The distinct pages behind one process's traced faults ({page address: faults})."""
+    out = DistinctPages(set(), set(), set(), set(), names={}, mapped={})
+    newest_first = list(reversed(snapshots))
+    for page, count in pages.items():
+        out.again += count > 1
+        entry = lookup(newest_first, page)
+        kind = mapping_kind(entry)
+        if entry is None or kind is SourceKind.UNKNOWN:
+            out.unknown += 1
+        elif kind is SourceKind.SWAP:
+            out.anon.add((pid, page))
+        else:
+            key = (entry.dev, entry.inode, (entry.offset + page - entry.start) >> 12)
+            {SourceKind.FILE: out.file, SourceKind.CODE: out.code, SourceKind.SHMEM: out.shmem}[kind].add(key)
+            if out.names is not None:
+                out.names.setdefault((entry.dev, entry.inode), entry.path)
+            if out.mapped is not None and kind is not SourceKind.SHMEM:
+                fid = (entry.dev, entry.inode)
+                out.mapped[fid] = max(out.mapped.get(fid, 0), entry.end - entry.start)
+    return out

@@ -100,14 +100,32 @@ def _ref(pod: PodInfo, c: ContainerInfo | None, container_id: str | None) -> Pod
     )
 
 
+TOP_LEVEL = ("Deployment", "StatefulSet", "DaemonSet", "CronJob")  # nothing above them in the usual chains
+FOLLOWED = ("ReplicaSet", "Job")  # owned in turn by a Deployment / a CronJob: followed via the API server
+TEMPLATE_HASH = "pod-template-hash"
+
+
 def _owner(metadata: dict[str, Any]) -> OwnerRef | None:
+    """The pod's owning workload as far as the PodList tells: its controller reference, and for a
+    ReplicaSet whose name is `<deployment>-<pod-template-hash label>`, the Deployment (inferred from the
+    name; app.collectors.owners confirms it with the API server when it can)."""
     refs = [r for r in metadata.get("ownerReferences") or [] if isinstance(r, dict) and r.get("kind")]
-    # The controller reference names what manages the pod (a ReplicaSet for a Deployment's pods:
-    # the Deployment is not visible from the pod, so the ReplicaSet is reported as is).
     ctrl = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
     if ctrl is None:
         return None
-    return OwnerRef(kind=str(ctrl["kind"]), name=str(ctrl.get("name") or ""))
+    kind, name = str(ctrl["kind"]), str(ctrl.get("name") or "")
+    api_version = str(ctrl["apiVersion"]) if ctrl.get("apiVersion") else None
+    direct = OwnerRef(kind=kind, name=name, api_version=api_version, resolved=kind not in FOLLOWED)
+    labels = metadata.get("labels") or {}
+    template_hash = str(labels.get(TEMPLATE_HASH) or "") if isinstance(labels, dict) else ""
+    if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+        return OwnerRef(kind="Deployment", name=name[: -len(template_hash) - 1], api_version="apps/v1",
+                        via=direct, note="Deployment inferred from the ReplicaSet's name and the pod's "
+                        "pod-template-hash label (not confirmed with the API server)")
+    if kind in FOLLOWED:
+        direct.note = (f"the {kind}'s own owner (a {'Deployment' if kind == 'ReplicaSet' else 'CronJob'}, if any) "
+                       "is not in the pod's metadata: it needs the API server")
+    return direct
 
 
 def _containers(spec: dict[str, Any], status: dict[str, Any]) -> list[ContainerInfo]:

@@ -68,6 +68,10 @@ class FaultCounts:
     lost: int = 0  # PERF_RECORD_LOST: samples the kernel could not hand to perf
     unparsed: int = 0
     pages: int = 0
+    # When each pid's distinct pages were first seen: pid -> second since the first timed sample -> new
+    # pages (issue 16: is the working set still growing at the window's end?). Bounded by pids x seconds.
+    new_pages: dict[int, dict[int, int]] = field(default_factory=dict)
+    first_ns: int | None = None
 
     def feed(self, line: str) -> None:
         # Fast path for the common "comm pid addr" line (comm may hold spaces: split from the
@@ -93,7 +97,7 @@ class FaultCounts:
             return
         self.add_sample(rec.pid, rec.comm, rec.address)
 
-    def add_sample(self, pid: int, comm: str, address: int) -> None:
+    def add_sample(self, pid: int, comm: str, address: int, time_ns: int | None = None) -> None:
         self.events += 1
         self.totals[pid] = self.totals.get(pid, 0) + 1
         if pid not in self.comms and comm.strip():
@@ -107,8 +111,21 @@ class FaultCounts:
         elif self.pages < self.max_pages:
             per_pid[page] = 1
             self.pages += 1
+            if time_ns is not None:
+                self._first_seen(pid, time_ns)
         else:
             self.dropped += 1
+
+
+    def _first_seen(self, pid: int, time_ns: int) -> None:
+        if self.first_ns is None:
+            self.first_ns = time_ns
+        second = min(max(0, (time_ns - self.first_ns) // 1_000_000_000), MAX_SECONDS)
+        per_pid = self.new_pages.setdefault(pid, {})
+        per_pid[second] = per_pid.get(second, 0) + 1
+
+
+MAX_SECONDS = 86_400  # the growth series' last bucket: a window is never this long
 
 
 def parse_script(lines: Iterable[str], max_pages: int = 262_144) -> FaultCounts:

@@ -89,6 +89,12 @@ def read_header(buf: PerfBytes) -> PerfData:
 
 def iter_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int]]:
     """(pid, tid, addr) of every sample record; COMM and LOST records update `info` on the way."""
+    for pid, tid, _time, addr in iter_timed_samples(buf, info):
+        yield pid, tid, addr
+
+
+def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int | None, int]]:
+    """(pid, tid, time in ns or None when not sampled, addr) of every sample record, as iter_samples."""
     sample_type = info.default_sample_type
     identifier = bool(sample_type & SAMPLE_IDENTIFIER)
     off, end = info.data_offset, info.data_offset + info.data_size
@@ -114,10 +120,12 @@ def iter_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int
                     pos += 8
                 pid, tid = _U32x2.unpack_from(buf, pos)
                 pos += 8
+                when = None
                 if st & SAMPLE_TIME:
+                    (when,) = _U64.unpack_from(buf, pos)
                     pos += 8
                 (addr,) = _U64.unpack_from(buf, pos)
-                yield pid, tid, addr
+                yield pid, tid, when, addr
         elif rtype == RECORD_COMM and size >= _REC.size + 9:
             pid, _tid = _U32x2.unpack_from(buf, body)
             raw = bytes(buf[body + 8 : min(nxt, body + 8 + 16)])

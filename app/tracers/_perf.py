@@ -32,7 +32,7 @@ from typing import cast
 
 from app.config import Settings
 from app.parsers.perf import FaultCounts
-from app.parsers.perfdata import iter_samples, read_header
+from app.parsers.perfdata import iter_timed_samples, read_header
 from app.tracers import _kernel, leftovers
 from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
@@ -331,6 +331,7 @@ def _fill(result: TraceResult, counts: FaultCounts, t0: float) -> None:
     result.events = counts.events
     result.dropped = counts.dropped
     result.lost = counts.lost
+    result.new_pages = counts.new_pages
     if counts.lost:
         result.errors.append(f"the kernel lost {counts.lost} samples (ring buffer full)")
     result.parse_seconds = time.monotonic() - t0
@@ -349,8 +350,8 @@ def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
         with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             buf = cast(bytes, mapped)  # the parser slices and unpacks: an mmap does both like bytes
             info = read_header(buf)
-            for n, (pid, _tid, addr) in enumerate(iter_samples(buf, info)):
-                counts.add_sample(pid, "", addr)
+            for n, (pid, _tid, when, addr) in enumerate(iter_timed_samples(buf, info)):
+                counts.add_sample(pid, "", addr, when)
                 if n & 0xFFFF == 0 and request.cancel.is_set() and time.monotonic() - t0 > CANCEL_PARSE_SECONDS:
                     result.truncated = True
                     result.errors.append("cancelled while reading perf.data: parsed only part of it")

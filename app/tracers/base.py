@@ -38,6 +38,9 @@ class TraceResult:
     map_keys_wanted: int | None = None  # what it would have used with no memory limit
     map_full: bool = False  # the page map reached map_keys: pages were dropped
     notes: list[str] = field(default_factory=list)  # limits met and how the tracer was fitted to them
+    # pid -> second of the window -> distinct pages first faulted in that second (backends with sample
+    # times: perf-major); empty when the backend cannot tell (bpftrace prints its maps once, at the end).
+    new_pages: dict[int, dict[int, int]] = field(default_factory=dict)
 
     def add(self, pid: int, address: int, count: int = 1) -> None:
         page = address & PAGE_MASK

@@ -265,6 +265,12 @@ class Outcome:
     summary: str = ""
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # issue 16: the recommended limit, and for proved rows the process's major faults/s before and after it
+    recommended_mib: int | None = None
+    at_least: bool = False
+    rate_before: float | None = None
+    rate_after: float | None = None
+    command: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -398,7 +404,11 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
                 (tmp / "empty-cgroupfs").mkdir(exist_ok=True)
                 kw["cgroup_root"] = tmp / "empty-cgroupfs"
             pids = [proc.pid]
+            if proves(row) and row.kind != "text":  # text: read-ahead, a pass is many pages a fault
+                window = max(window, whole_pass_window(proc.pid))
         report = investigate(Settings(**kw), seconds=window, pids=pids)
+        if report.processes:
+            check_recommendation(row, None if row.kind == "replay" else proc, report.processes[0], out)
     out.seconds = time.monotonic() - t0
     out.tracer = report.tracer.backend
     if row.report_cause:
@@ -443,14 +453,104 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
 
 def table(outcomes: list[Outcome]) -> str:
     """The accuracy table: one line per row, expected vs got."""
-    lines = [f"{'scenario':44} {'tracer':14} {'cause':24} {'source':7} {'subject':7} ok",
-             "-" * 104]
+    lines = [f"{'scenario':44} {'tracer':14} {'cause':24} {'source':7} {'subject':7} {'limit (faults/s)':27} ok",
+             "-" * 132]
     for o in outcomes:
         r = o.row
         def cell(want: str, got: str) -> str:
             return got if want == got else f"{got}!={want}"
         lines.append(f"{r.name:44} {o.tracer:14} {cell(r.cause, o.cause):24} {cell(r.source, o.source):7} "
-                     f"{cell(r.subject, o.subject):7} {'yes' if o.ok else 'NO: ' + '; '.join(o.problems)}")
+                     f"{cell(r.subject, o.subject):7} {recommendation_cell(o):27} "
+                     f"{'yes' if o.ok else 'NO: ' + '; '.join(o.problems)}")
     good = sum(o.ok for o in outcomes)
     lines.append(f"diagnosis accuracy {good}/{len(outcomes)}")
     return "\n".join(lines)
+
+
+# --- issue 16: the recommended limit, proved by applying it ------------------------------------------
+
+LIMIT_CAUSES = ("container_memory_limit", "shmem_swap")
+PROVED_KINDS = ("reread", "anon", "shm", "text")
+WHOLE_PASS_MAX = 24.0  # the longest window a proved row investigates for
+WARMUP_MAX = 30.0  # the longest wait for the warm-up pass after the limit is raised
+AFTER_SECONDS = 3.0  # the major-fault rate after is measured over this long
+
+
+def proves(row: Row) -> bool:
+    """Rows whose recommendation the matrix applies: a real workload at a readable limit."""
+    return (row.kind in PROVED_KINDS and row.cause in LIMIT_CAUSES and row.layout != "none"
+            and not row.cgroup_root_broken)
+
+
+def workload_mb(row: Row) -> int:
+    return FILE_MB + (SWAPPED_ANON_MB if row.kind == "reread-swapped" else 0)
+
+
+def _majflt(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[9])
+
+
+def whole_pass_window(pid: int, mb: int = FILE_MB) -> float:
+    """A window that sees one whole pass over the workload's memory at its current fault rate (measured
+    over 2 s; 2.5x that, WINDOW to WHOLE_PASS_MAX): a user told `at_least` investigates longer too."""
+    f0 = _majflt(pid)
+    time.sleep(2.0)
+    rate = max(1.0, (_majflt(pid) - f0) / 2.0)
+    return min(WHOLE_PASS_MAX, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
+
+
+def recommendation_cell(o: Outcome) -> str:
+    if o.recommended_mib is None:
+        return "-"
+    cell = f"{'>=' if o.at_least else ''}{o.recommended_mib} MiB"
+    if o.rate_before is not None and o.rate_after is not None:
+        cell += f" ({o.rate_before:,.0f}->{o.rate_after:,.0f})"
+    return cell
+
+
+def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
+    """A limit verdict carries a recommendation (and nothing else does); on proved rows, apply it to the
+    cgroup whose limit binds, wait out one warm-up pass, and check the major faults fell by >= 90% and
+    the limit is not wasteful (<= 2x the workload + 32 MiB)."""
+    rec = top.verdict.recommendation if top.verdict else None
+    cause = top.verdict.cause.value if top.verdict else "-"
+    if cause not in LIMIT_CAUSES or row.cgroup_root_broken:
+        if rec is not None:
+            out.problems.append(f"a {cause} verdict carries a recommendation")
+        return
+    if rec is None:
+        out.problems.append("a limit verdict without a recommendation")
+        return
+    out.recommended_mib, out.at_least, out.command = rec.recommended_limit_bytes >> 20, rec.at_least, rec.command
+    if not proves(row):
+        return
+    cap = 2 * workload_mb(row) + 32
+    if out.recommended_mib > cap:
+        out.problems.append(f"recommends {out.recommended_mib} MiB: more than 2x the workload + 32 MiB ({cap} MiB)")
+    # A window whose faults covered the workload's pages twice saw it whole (load on a shared machine can
+    # slow the faults below the rate measured before the window: then at_least is the honest answer).
+    if rec.at_least and top.major_faults >= 2 * (workload_mb(row) << 20) // 4096:
+        out.problems.append(f"at_least although the window's {top.major_faults:,} faults covered the workload twice")
+    group = CGROUP_MEMORY_ROOT / (rec.cgroup or "").strip("/")
+    ours = CGROUP_MEMORY_ROOT / proc.cgroup.relative_to(CGROUP_MEMORY_ROOT).parts[0]  # pfi-test-<pid>-<n>
+    if not group.is_relative_to(ours) or not (group / "memory.limit_in_bytes").exists():
+        out.problems.append(f"the recommendation names cgroup {rec.cgroup}, not one this test made")
+        return
+    out.rate_before = top.major_faults_per_second
+    (group / "memory.limit_in_bytes").write_text(str(rec.recommended_limit_bytes))
+    t0 = time.monotonic()
+    start = last = _majflt(proc.pid)
+    pages = (workload_mb(row) << 20) // 4096
+    while time.monotonic() - t0 < WARMUP_MAX:  # one warm-up pass: it has read its memory back once
+        time.sleep(1.0)
+        now = _majflt(proc.pid)
+        if now - start >= pages or now - last <= 0.01 * out.rate_before:
+            break
+        last = now
+    f0 = _majflt(proc.pid)
+    time.sleep(AFTER_SECONDS)
+    out.rate_after = (_majflt(proc.pid) - f0) / AFTER_SECONDS
+    if out.rate_after > 0.1 * out.rate_before:
+        out.problems.append(f"at the recommended {out.recommended_mib} MiB the process still faults "
+                            f"{out.rate_after:,.0f}/s (before: {out.rate_before:,.0f}/s): less than a 90% drop")

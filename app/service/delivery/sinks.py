@@ -29,6 +29,7 @@ import httpx
 
 from app.config import UI_PORT, Settings
 from app.investigation.lead_up import culprit_labels, describe_history
+from app.investigation.recommend import verdict_text
 from app.models import ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
 from app.service.cluster.kube import KubeApi, KubeError, event_body
@@ -154,7 +155,7 @@ class AlertmanagerSink:
         return {
             "labels": labels,
             "annotations": {
-                "summary": _bounded(_with_fleet(report.verdict.summary, fleet), DESCRIPTION_MAX),
+                "summary": _bounded(_with_fleet(verdict_text(report.verdict), fleet), DESCRIPTION_MAX),
                 "description": describe_top(report),
                 **({"also_on": _bounded(fleet, DESCRIPTION_MAX)} if fleet else {}),
                 "report_url": url,
@@ -187,7 +188,7 @@ class KubeEventsSink:
             (
                 "default",
                 {"apiVersion": "v1", "kind": "Node", "name": report.node, "uid": report.node},
-                report.verdict.summary,
+                verdict_text(report.verdict),
             )
         ]
         seen: set[tuple[str, str]] = set()
@@ -207,7 +208,7 @@ class KubeEventsSink:
             }
             if pod.container:
                 obj["fieldPath"] = f"spec.containers{{{pod.container}}}"
-            message = p.verdict.summary if p.verdict else report.verdict.summary
+            message = verdict_text(p.verdict or report.verdict)
             out.append((pod.namespace, obj, message))
             if len(seen) >= MAX_EVENT_PODS:
                 break
@@ -263,7 +264,7 @@ class SlackSink:
     def message(self, report: Report, fleet: str = "") -> dict[str, Any]:
         url = report_url(self.settings, report.id)
         title = f"Major page faults on {report.node}"
-        summary = _slack_escape(_bounded(report.verdict.summary, 1500))
+        summary = _slack_escape(_bounded(verdict_text(report.verdict), 1500))
         if fleet:
             summary += "\n_" + _slack_escape(_bounded(f"The same workload {fleet}", 500)) + "_"
         top = _slack_escape(describe_top(report, 3, 2500))

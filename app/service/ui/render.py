@@ -20,6 +20,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from app.investigation.recommend import headline, owner_text
 from app.models import Cause, ProcessReport, Report, Source, SourceKind
 from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 from app.service.ui.lead_up_chart import build_history_chart, history_label
@@ -295,6 +296,8 @@ def _env() -> Environment:
         source_bar=source_bar,
         hot_ranges=_hot_ranges,
         cause_label=lambda c: CAUSE_LABELS.get(str(c), str(c).replace("_", " ")),
+        rec_headline=headline,
+        owner_text=owner_text,
         kind_colours=KIND_COLOURS,
         kind_labels=KIND_LABELS,
         kind_order=KIND_ORDER,

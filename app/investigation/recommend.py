@@ -1,0 +1,330 @@
+"""The memory limit that makes a limit's faults stop, and the command that sets it (issue 16). Pure.
+
+How (docs/diagnosis.md, "The recommendation"): the memory a group is missing is what it had to read back
+in. With an exact tracer that is the group's distinct faulted pages (file, code and shmem pages by file and
+offset, so a page two processes fault counts once; anonymous pages by process and address); with procfs
+alone it is estimated from the major-fault count, bounded by the size of the memory that faults (smaps),
+and the margin is wider. File pages that came back through read-ahead (no fault each) are counted from
+the cgroup's workingset_refault_file, bounded by the faulting files' mapped size. The limit to set is
+
+    round_up_16MiB((distinct faulted + resident now) x (1 + margin)),  margin 10% exact, 25% estimated
+
+at least 16 MiB above the current limit, capped at what the node can give (allocatable when known, else
+MemTotal), saying so when capped. `at_least` when the window did not see the whole working set: new
+distinct pages still appeared in its last quarter (perf's sample times; without times, bpftrace, that is
+not known) and fewer than half the pages were faulted again (the access never came around to them), or,
+with procfs, the faults could not cover the memory that faults.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from app.models import (
+    Cause,
+    CgroupMemory,
+    Confidence,
+    NodeStats,
+    OwnerRef,
+    PodRef,
+    ProcessReport,
+    Recommendation,
+    Verdict,
+)
+
+from .diagnose import high_binds, near_limit
+from .sources import DistinctPages
+
+PAGE = 4096
+MIB = 1 << 20
+ROUND = 16 * MIB  # a size people write
+MARGIN_EXACT = 0.10
+MARGIN_ESTIMATED = 0.25
+GROWTH_TAIL = 0.25  # the last quarter of the window...
+GROWTH_SHARE = 0.05  # ...bringing more than 5% of the distinct pages: still growing
+READAHEAD_RATIO = 4  # cgroup file refaults per major fault above which read-ahead brought most pages in
+CAME_BACK = 0.5  # share of distinct pages faulted again at which the window saw the access come around
+MIN_STEP = 16 * MIB  # never recommend less than the current limit plus this
+
+
+def mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / MIB:,.0f} MiB"
+
+
+def round_up(n: int, step: int = ROUND) -> int:
+    return max(step, -(-n // step) * step)
+
+
+def blames_limit(p: ProcessReport) -> bool:
+    """The verdict puts the faults on a memory limit (container, pod, host cgroup, memory.high)."""
+    v, mem = p.verdict, p.cgroup_memory
+    return bool(v and mem and v.cause in (Cause.CONTAINER_MEMORY_LIMIT, Cause.SHMEM_SWAP)
+                and (near_limit(mem) or high_binds(mem)))
+
+
+def limit_key(mem: CgroupMemory) -> str:
+    """The cgroup whose limit binds: processes under it share one recommendation."""
+    if high_binds(mem):
+        return mem.high_path or mem.path
+    return mem.limit_path or mem.path
+
+
+@dataclass
+class Group:
+    """What was measured for one limited cgroup (its processes' evidence merged)."""
+
+    pages: DistinctPages | None  # None: no fault addresses (procfs)
+    faults: int  # major faults of its processes over the window
+    growth: dict[int, int]  # second of the window -> distinct pages first seen then (empty: unknown)
+    bound_bytes: int | None = None  # procfs: size of the memory that faults (smaps), an upper bound
+
+
+def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> bool:
+    """New distinct pages in the window's last quarter (at least its last second) > 5% of them all."""
+    if distinct <= 0:
+        return True
+    tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
+    tail = sum(n for s, n in growth.items() if s >= tail_from)
+    return tail > GROWTH_SHARE * distinct
+
+
+def _kinds_line(pages: DistinctPages, seconds: float, backend: str) -> list[str]:
+    out = []
+    names = pages.names or {}
+
+    def top_files(keys: set[tuple[str, int, int]]) -> str:
+        per: dict[tuple[str, int], int] = {}
+        for dev, ino, _ in keys:
+            per[(dev, ino)] = per.get((dev, ino), 0) + 1
+        ordered = sorted(per.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(names.get(k, f"inode {k[1]}") for k, _ in ordered[:2])
+        return shown + (f" and {len(ordered) - 2} more" if len(ordered) > 2 else "")
+
+    for label, keys in (("file", pages.file), ("program code", pages.code), ("shared memory", pages.shmem)):
+        if keys:
+            out.append(f"{mib(len(keys) * PAGE)} of distinct {label} pages of {top_files(keys)} read back in "
+                       f"{seconds:.0f} s, exact ({backend})")
+    if pages.anon:
+        procs = len({pid for pid, _ in pages.anon})
+        out.append(f"{mib(len(pages.anon) * PAGE)} of distinct anonymous pages swapped back in by {procs} "
+                   f"process{'es' if procs > 1 else ''} in {seconds:.0f} s, exact ({backend})")
+    return out
+
+
+def recommend(
+    p: ProcessReport,
+    group: Group,
+    node: NodeStats,
+    *,
+    seconds: float,
+    backend: str,
+    allocatable_bytes: int | None = None,
+) -> Recommendation | None:
+    """The limit for the cgroup whose limit binds on p (None when p's verdict blames no limit)."""
+    if not blames_limit(p):
+        return None
+    mem = p.cgroup_memory
+    assert mem is not None
+    high = high_binds(mem)
+    current = mem.high_bytes if high else mem.max_bytes
+    # What is resident at the level whose limit binds (the pod's usage for a pod-level limit).
+    if high:
+        resident = mem.high_usage_bytes if mem.high_usage_bytes is not None else mem.current_bytes or 0
+    elif mem.usage_ratio is not None and mem.max_bytes:
+        resident = int(mem.usage_ratio * mem.max_bytes)
+    else:
+        resident = mem.current_bytes or 0
+    basis: list[str] = []
+    if group.pages is not None:
+        distinct = group.pages.count()
+        missing = distinct * PAGE
+        margin = MARGIN_EXACT
+        basis += _kinds_line(group.pages, seconds, backend)
+        file_pages = len(group.pages.file) + len(group.pages.code)
+        refaults = p.cgroup_file_refaults
+        mapped = group.pages.mapped_bytes()
+        if file_pages and refaults is not None and refaults > READAHEAD_RATIO * max(group.faults, 1) and mapped:
+            # Read-ahead and fault-around bring file pages in without a major fault each (program code:
+            # hundreds of pages a fault here), so the faulted pages undercount what the group read back.
+            # The cgroup's refaults say how much came back; the faulting files' mappings bound it.
+            counted = max(file_pages * PAGE, min(refaults * PAGE, mapped))
+            missing += counted - file_pages * PAGE
+            at_least = refaults * PAGE < mapped
+            basis.append(f"the cgroup read back {mib(refaults * PAGE)} of file pages (workingset_refault_file) for "
+                         f"{group.faults:,} major faults: read-ahead brings pages in without a fault each, so "
+                         f"{mib(counted)} of the faulting files' {mib(mapped)} mapped is counted"
+                         + ("; the window did not see all of it come back" if at_least else ""))
+        else:
+            came_back = group.pages.again / max(distinct, 1)
+            growing = still_growing(group.growth, seconds, distinct) if group.growth else None
+            # Seen whole: no new pages at the end, or most pages faulted again (the access came around to
+            # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
+            at_least = came_back < CAME_BACK and growing is not False
+            again = f"{came_back:.0%} of them were faulted again in the window"
+            if growing is None:
+                basis.append(f"{again} (no sample times): " + ("the window may not have seen them all" if at_least
+                                                               else "it saw the working set come around"))
+            elif growing:
+                basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
+                    ": it did not see the whole working set" if at_least else ": it saw the working set come around"))
+            else:
+                basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
+        confidence: Confidence = "medium" if at_least else "high"
+    else:
+        faulted = group.faults * PAGE
+        bound = group.bound_bytes
+        missing = min(faulted, bound) if bound else faulted
+        at_least = bound is None or faulted < bound
+        margin = MARGIN_ESTIMATED
+        how = "procfs" if backend == "procfs" else f"{backend} is not exact"
+        basis.append(f"estimate ({how}, no fault addresses used): {group.faults:,} major faults ({mib(faulted)}) in "
+                     f"{seconds:.0f} s" + (f", bounded by the {mib(bound)} of memory that faults (smaps)" if bound else "")
+                     + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
+        confidence = "low"
+    if p.cgroup_file_refaults is not None:
+        basis.append(f"the cgroup's workingset_refault_file rose by {p.cgroup_file_refaults:,} pages "
+                     f"({mib(p.cgroup_file_refaults * PAGE)}) in the window")
+    basis.append(f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}"
+                 + (" (memory.high)" if high else ""))
+    wanted = round_up(int((missing + resident) * (1 + margin)))
+    if current is not None and wanted < current + MIN_STEP:
+        wanted = round_up(current + MIN_STEP)
+    capped = None
+    cap, cap_what = ((allocatable_bytes, "the node's allocatable memory") if allocatable_bytes
+                     else (node.mem_total_bytes, "the node's MemTotal"))
+    if cap and wanted > cap:
+        capped = f"capped at {cap_what} ({mib(cap)}); it needs about {mib(wanted)}: move it to a larger node"
+        wanted = cap // ROUND * ROUND or cap
+    basis.append(f"({mib(missing)} read back + {mib(resident)} resident) x {1 + margin:.2f}, rounded up to 16 MiB"
+                 + (f" = {mib(wanted)}" if not capped else ""))
+    subject, knob = _subject(p, mem, high)
+    rec = Recommendation(
+        subject=subject, knob=knob, cgroup=limit_key(mem), current_limit_bytes=current,
+        recommended_limit_bytes=wanted, at_least=at_least, capped=capped, basis=basis, confidence=confidence,
+        owner=p.pod.owner if p.pod else None,
+    )
+    rec.command, rec.command_reason = command(p.pod, rec, mem.version)
+    return rec
+
+
+def _subject(p: ProcessReport, mem: CgroupMemory, high: bool) -> tuple[Literal["container", "pod", "cgroup"], str]:
+    where = (mem.high_path or mem.path) if high else (mem.limit_path or mem.path)
+    if p.pod is not None:
+        if where == mem.path:
+            return "container", "resources.limits.memory"
+        return "pod", "spec.resources.limits.memory"
+    if high:
+        return "cgroup", "memory.high"
+    return "cgroup", "memory.max" if mem.version == 2 else "memory.limit_in_bytes"
+
+
+_SET_RESOURCES = {"Deployment": "deployment", "StatefulSet": "statefulset", "DaemonSet": "daemonset",
+                  "ReplicaSet": "replicaset", "ReplicationController": "replicationcontroller"}
+_TEMPLATE = {"Deployment": ("spec", "template"), "StatefulSet": ("spec", "template"),
+             "DaemonSet": ("spec", "template"), "CronJob": ("spec", "jobTemplate", "spec", "template")}
+
+
+def _nest(path: tuple[str, ...], leaf: object) -> object:
+    for key in reversed(path):
+        leaf = {key: leaf}
+    return leaf
+
+
+def _kubectl(*args: str) -> str:
+    return shlex.join(["kubectl", *args])
+
+
+def command(pod: PodRef | None, rec: Recommendation, version: int) -> tuple[str | None, str | None]:
+    """(the command that sets rec, None) or (None, why there is none / what to do instead). Quoted with
+    shlex for a POSIX shell: names come from the cluster and a cgroup path from the node."""
+    n = rec.recommended_limit_bytes
+    qty = f"{n // MIB}Mi"
+    if pod is None:
+        path = rec.cgroup or "/"
+        unit = path.rstrip("/").rsplit("/", 1)[-1]
+        prop = "MemoryHigh" if rec.knob == "memory.high" else "MemoryMax"
+        if unit.endswith((".service", ".scope", ".slice")):
+            return shlex.join(["systemctl", "set-property", unit, f"{prop}={n // MIB}M"]), None
+        file = f"/sys/fs/cgroup{'/memory' if version == 1 else ''}{path.rstrip('/')}/{rec.knob}"
+        return f"echo {n} > {shlex.quote(file)}", (
+            "not a systemd unit: written to the cgroup file, lost when whatever made the group re-creates it")
+    if not pod.name or not pod.namespace:
+        return None, (f"the pod (uid {pod.uid}) could not be named (no kubelet or API server answer): set "
+                      f"{rec.knob}: {qty} where it is defined")
+    container = pod.container
+    if pod.static:
+        return None, (f"static pod {pod.namespace}/{pod.name}: edit its manifest on the node (the kubelet's "
+                      "staticPodPath, usually /etc/kubernetes/manifests/) and set "
+                      + (f"resources.limits.memory: {qty} on container {container}" if rec.subject == "container"
+                         else f"spec.resources.limits.memory: {qty}"))
+    owner = pod.owner
+    if owner is None:
+        return None, (f"bare pod {pod.namespace}/{pod.name} (no owner): its resources cannot be changed in "
+                      f"place; re-create it with {rec.knob}: {qty}")
+    ns = pod.namespace
+    kind = owner.kind
+    note = None if owner.resolved else owner.note
+    if rec.subject == "container" and container and kind in _SET_RESOURCES:
+        cmd = _kubectl("-n", ns, "set", "resources", f"{_SET_RESOURCES[kind]}/{owner.name}", "-c", container,
+                       f"--limits=memory={qty}")
+        if kind in ("ReplicaSet", "ReplicationController"):
+            note = (note + "; " if note else "") + (f"a {kind} does not replace its running pods: delete pod "
+                                                    f"{pod.name} after this (or change its Deployment)")
+        return cmd, note
+    if kind in _TEMPLATE:
+        import json
+
+        if rec.subject == "container":
+            if not container:
+                return None, f"the container's name is not known: set resources.limits.memory: {qty} on it in {kind}/{owner.name}"
+            spec: object = {"containers": [{"name": container, "resources": {"limits": {"memory": qty}}}]}
+        else:
+            # A pod-level limit (PodLevelResources, Kubernetes 1.32+): spec.resources of the pod template.
+            spec = {"resources": {"limits": {"memory": qty}}}
+        patch = json.dumps(_nest((*_TEMPLATE[kind], "spec"), spec), separators=(",", ":"))
+        return _kubectl("-n", ns, "patch", kind.lower(), owner.name, "-p", patch), note
+    if kind == "Job":
+        return None, (f"Job {ns}/{owner.name}: a Job's pod template cannot be changed; set {rec.knob}: {qty} in its "
+                      "manifest (or its CronJob's jobTemplate) and re-create it" + (f" ({note})" if note else ""))
+    return None, f"owned by {kind} {owner.name}: set {rec.knob}: {qty} in its pod template"
+
+
+def owner_text(owner: OwnerRef | None) -> str | None:
+    """`Deployment/web (via ReplicaSet/web-5d8f)`, for the pages and the terminal."""
+    if owner is None:
+        return None
+    text = f"{owner.kind}/{owner.name}"
+    if owner.via is not None:
+        text += f" (via {owner.via.kind}/{owner.via.name})"
+    if not owner.resolved and owner.note:
+        text += f"; {owner.note}"
+    return text
+
+
+def headline(rec: Recommendation) -> str:
+    """One line, in MiB, for the terminal, the pages and the sinks' summaries."""
+    what = {"container": "the container's memory limit", "pod": "the pod's memory limit"}.get(
+        rec.subject, f"{rec.knob} of cgroup {rec.cgroup}")
+    size = f"{'at least ' if rec.at_least else ''}{mib(rec.recommended_limit_bytes)}"
+    now = f" (now {mib(rec.current_limit_bytes)})" if rec.current_limit_bytes is not None else ""
+    line = f"set {what} to {size}{now}"
+    if rec.owner is not None:
+        line += f" on {rec.owner.kind} {rec.owner.name}"
+    if rec.capped:
+        line += f"; {rec.capped}"
+    return line
+
+
+def verdict_text(v: Verdict) -> str:
+    """A verdict's summary with its recommendation, for the Alertmanager, Events and Slack summaries."""
+    rec = v.recommendation
+    if rec is None:
+        return v.summary
+    return f"{v.summary}. Fix: {headline(rec)}" + (f": {rec.command}" if rec.command else "")
+
+
+def command_line(rec: Recommendation) -> str:
+    return rec.command if rec.command else f"no command: {rec.command_reason or 'unknown'}"

@@ -1,0 +1,388 @@
+"""The recommended memory limit (issue 16): how it is computed, the command for each kind of owner, the
+owner chain through a TLS API server stand-in, the perf sample times that say whether pages still grew,
+and where a user sees it (terminal, report page, Alertmanager, Events, Slack). The proof on real
+workloads (apply it, the faults stop) is in the scenario matrix (tests/test_scenarios.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+import mmap
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from app.collectors.apiserver import ApiServer as ApiClient
+from app.collectors.apiserver import ApiServerConfig
+from app.collectors.owners import OwnerResolver, parse_quantity
+from app.investigation.recommend import (
+    Group,
+    command,
+    headline,
+    recommend,
+    round_up,
+    still_growing,
+    verdict_text,
+)
+from app.investigation.sources import DistinctPages, distinct_pages
+from app.models import (
+    Cause,
+    CgroupMemory,
+    NodeStats,
+    OwnerRef,
+    PodRef,
+    ProcessReport,
+    Recommendation,
+    Source,
+    SourceKind,
+    Verdict,
+)
+from app.parsers.perf import FaultCounts
+from app.parsers.perfdata import iter_timed_samples, read_header
+from app.parsers.procfs import MapEntry
+from tests.service_support import make_report, make_settings
+from tests.tls_standin import ApiServer, Certs, StandIn
+
+MIB = 1 << 20
+NODE = NodeStats(mem_total_bytes=24 * 1024 * MIB, mem_available_bytes=20 * 1024 * MIB)
+FILE_MAP = MapEntry(start=0x7F0000000000, end=0x7F0008000000, perms="r--s", offset=0, dev="08:01", inode=77,
+                    path="/data/index.bin")
+ANON_MAP = MapEntry(start=0x7E0000000000, end=0x7E0008000000, perms="rw-p", offset=0, dev="00:00", inode=0, path="")
+
+
+def _limited(pod: PodRef | None = None, *, usage: int = 64 * MIB, limit: int = 64 * MIB, version: int = 1,
+             path: str = "/pfi/job", limit_path: str | None = None, kind: SourceKind = SourceKind.FILE) -> ProcessReport:
+    mem = CgroupMemory(path=path, version=version, current_bytes=usage, max_bytes=limit,  # type: ignore[arg-type]
+                       usage_ratio=usage / limit, limit_path=limit_path or path)
+    cause = Cause.SHMEM_SWAP if kind is SourceKind.SHMEM else Cause.CONTAINER_MEMORY_LIMIT
+    return ProcessReport(pid=4242, comm="cache", major_faults=30_000, major_faults_per_second=10_000, pod=pod,
+                         host_process=pod is None, cgroup_memory=mem, cgroup_file_refaults=30_000,
+                         sources=[Source(kind=kind, path="/data/index.bin", faults=30_000, share=1.0)],
+                         verdict=Verdict(summary="re-reads /data/index.bin at its limit", cause=cause))
+
+
+def _pages(file_pages: int = 0, anon_pages: int = 0, times: int = 1) -> DistinctPages:
+    """Distinct pages each faulted `times` times in the window."""
+    pages = {FILE_MAP.start + i * 4096: times for i in range(file_pages)}
+    pages |= {ANON_MAP.start + i * 4096: times for i in range(anon_pages)}
+    return distinct_pages(4242, pages, [[ANON_MAP, FILE_MAP]])
+
+
+def _pod(owner: OwnerRef | None, *, container: str | None = "cache", static: bool = False) -> PodRef:
+    return PodRef(namespace="shop", name="cart-7d9f-x", uid="0f3c2a1e-0000-4000-8000-000000000001",
+                  container=container, owner=owner, static=static)
+
+
+# --- the computation ---------------------------------------------------------------------------------
+
+
+def test_exact_working_set_seen_whole() -> None:
+    """128 MiB of distinct file pages read back in a 64 MiB group, none new in the last quarter:
+    (128 + 64) x 1.1 = 211 -> 224 MiB, not at_least, high confidence, and the basis says why."""
+    growth = {0: 16384, 1: 12000, 2: 4384}  # all 32,768 pages first seen in the first 3 of 8 s
+    group = Group(pages=_pages(file_pages=32768, times=2), faults=80_000, growth=growth)
+    rec = recommend(_limited(), group, NODE, seconds=8.0, backend="perf-major")
+    assert rec is not None
+    assert rec.recommended_limit_bytes == 224 * MIB and not rec.at_least and rec.confidence == "high"
+    assert (rec.subject, rec.knob, rec.cgroup, rec.current_limit_bytes) == ("cgroup", "memory.limit_in_bytes",
+                                                                           "/pfi/job", 64 * MIB)
+    assert rec.basis[0] == "128 MiB of distinct file pages of /data/index.bin read back in 8 s, exact (perf-major)"
+    assert any("seen whole" in b for b in rec.basis)
+    assert rec.command == "echo 234881024 > /sys/fs/cgroup/memory/pfi/job/memory.limit_in_bytes"
+
+
+def test_still_growing_at_the_end_says_at_least() -> None:
+    growth = {0: 3000, 1: 3000, 2: 3000}
+    group = Group(pages=_pages(file_pages=9000), faults=9000, growth=growth)
+    rec = recommend(_limited(), group, NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and rec.at_least and rec.confidence == "medium"
+    # A group thrashing at its limit: pages that stayed resident a while trickle in as new to the end, but
+    # most pages came back a second time: the access came around, the working set was seen.
+    around = recommend(_limited(), Group(pages=_pages(file_pages=9000, times=2), faults=18000, growth=growth), NODE,
+                       seconds=3.0, backend="perf-major")
+    assert around is not None and not around.at_least and "come around" in around.basis[1]
+    assert headline(rec).startswith("set memory.limit_in_bytes of cgroup /pfi/job to at least ")
+    assert still_growing({0: 100}, 0.5, 100)  # a half-second window: everything it saw is its last quarter
+
+
+def test_untimed_tracer_judges_by_pages_faulted_again() -> None:
+    """bpftrace prints its maps once: no times. Pages faulted once -> the window may have missed some;
+    most faulted again -> the access came around: it saw the working set."""
+    once = Group(pages=_pages(anon_pages=1000), faults=1000, growth={})
+    again = Group(pages=_pages(anon_pages=1000, times=3), faults=3000, growth={})
+    p = _limited(kind=SourceKind.SWAP)
+    first, second = (recommend(p, g, NODE, seconds=3.0, backend="bpftrace-major") for g in (once, again))
+    assert first is not None and second is not None
+    assert first.at_least and not second.at_least
+    assert "anonymous pages swapped back in by 1 process" in second.basis[0]
+
+
+def test_procfs_estimate_is_bounded_and_wider() -> None:
+    """No addresses: the faults (here 195 MiB) bounded by the memory that faults (128 MiB), margin 25%:
+    (128 + 64) x 1.25 = 240 MiB, low confidence, said to be an estimate."""
+    group = Group(pages=None, faults=50_000, growth={}, bound_bytes=128 * MIB)
+    rec = recommend(_limited(), group, NODE, seconds=10.0, backend="procfs")
+    assert rec is not None and rec.recommended_limit_bytes == 240 * MIB
+    assert rec.confidence == "low" and not rec.at_least and rec.basis[0].startswith("estimate (procfs")
+    short = Group(pages=None, faults=5_000, growth={}, bound_bytes=128 * MIB)
+    rec2 = recommend(_limited(), short, NODE, seconds=1.0, backend="procfs")
+    assert rec2 is not None and rec2.at_least  # 20 MiB of faults cannot have covered 128 MiB
+
+
+def test_read_ahead_counts_what_the_cgroup_read_back() -> None:
+    """Program code comes back through read-ahead: 150 faults, but the cgroup's file refaults say 1.2 GiB
+    came back; the faulting file's 128 MiB mapping is counted, not the 150 faulted pages."""
+    p = _limited(kind=SourceKind.CODE)
+    p.cgroup_file_refaults = 320_000
+    code_map = dataclasses.replace(FILE_MAP, perms="r-xp")
+    pages = distinct_pages(4242, {code_map.start + i * 4096: 1 for i in range(150)}, [[code_map]])
+    assert (len(pages.code), pages.mapped_bytes()) == (150, 128 * MIB)
+    rec = recommend(p, Group(pages=pages, faults=150, growth={0: 150}), NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 224 * MIB  # (128 + 64) x 1.1
+    assert any("read-ahead" in b for b in rec.basis)
+    p.cgroup_file_refaults = 16_000  # 62 MiB came back: not yet the whole 128 MiB
+    rec = recommend(p, Group(pages=pages, faults=150, growth={0: 150}), NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and rec.at_least
+
+
+def test_capped_at_the_node_and_said() -> None:
+    small = NodeStats(mem_total_bytes=1000 * MIB)
+    group = Group(pages=_pages(file_pages=32768), faults=1, growth={0: 32768})
+    rec = recommend(_limited(usage=900 * MIB, limit=960 * MIB), group, small, seconds=8.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 992 * MIB  # MemTotal, down to 16 MiB
+    assert rec.capped and "MemTotal" in rec.capped and "larger node" in rec.capped
+    rec2 = recommend(_limited(usage=900 * MIB, limit=960 * MIB), group, NODE, seconds=8.0, backend="perf-major",
+                     allocatable_bytes=1024 * MIB)
+    assert rec2 is not None and rec2.recommended_limit_bytes == 1024 * MIB and "allocatable" in (rec2.capped or "")
+
+
+def test_never_at_or_below_the_current_limit_and_rounded() -> None:
+    group = Group(pages=_pages(file_pages=10), faults=10, growth={0: 10})
+    p = _limited(usage=60 * MIB)
+    p.cgroup_file_refaults = 10
+    rec = recommend(p, group, NODE, seconds=8.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 80 * MIB  # 64 + 16
+    assert [round_up(n) for n in (1, 16 * MIB, 16 * MIB + 1)] == [16 * MIB, 16 * MIB, 32 * MIB]
+
+
+def test_no_recommendation_without_a_limit_verdict() -> None:
+    p = _limited()
+    assert p.verdict is not None
+    p.verdict.cause = Cause.COLD_FILE_READS
+    assert recommend(p, Group(pages=None, faults=1, growth={}), NODE, seconds=3, backend="x") is None
+
+
+def test_file_pages_count_once_across_processes() -> None:
+    """The same file page faulted by two processes is one page of the group's working set; anonymous
+    pages are each process's own."""
+    a = distinct_pages(1, {FILE_MAP.start: 1, ANON_MAP.start: 1}, [[ANON_MAP, FILE_MAP]])
+    b = distinct_pages(2, {FILE_MAP.start: 1, ANON_MAP.start: 1}, [[ANON_MAP, FILE_MAP]])
+    a.merge(b)
+    assert (len(a.file), len(a.anon), a.count()) == (1, 2, 3)
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def _rec(subject: str = "container", knob: str = "resources.limits.memory", cgroup: str = "/kubepods/x") -> Recommendation:
+    return Recommendation(subject=subject, knob=knob, cgroup=cgroup, recommended_limit_bytes=224 * MIB)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kind", "want"), [
+    ("Deployment", "kubectl -n shop set resources deployment/cart -c cache --limits=memory=224Mi"),
+    ("StatefulSet", "kubectl -n shop set resources statefulset/cart -c cache --limits=memory=224Mi"),
+    ("DaemonSet", "kubectl -n shop set resources daemonset/cart -c cache --limits=memory=224Mi"),
+])
+def test_set_resources_for_workloads(kind: str, want: str) -> None:
+    cmd, why = command(_pod(OwnerRef(kind=kind, name="cart", resolved=True)), _rec(), 1)
+    assert (cmd, why) == (want, None)
+
+
+def test_cronjob_patches_the_job_template_and_pod_level_patches_spec_resources() -> None:
+    cmd, _ = command(_pod(OwnerRef(kind="CronJob", name="nightly", resolved=True)), _rec(), 1)
+    assert cmd is not None
+    argv = shlex.split(cmd)
+    assert argv[:6] == ["kubectl", "-n", "shop", "patch", "cronjob", "nightly"]
+    assert json.loads(argv[7]) == {"spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [
+        {"name": "cache", "resources": {"limits": {"memory": "224Mi"}}}]}}}}}}
+    cmd, _ = command(_pod(OwnerRef(kind="Deployment", name="cart", resolved=True)),
+                     _rec("pod", "spec.resources.limits.memory"), 1)
+    assert cmd is not None and json.loads(shlex.split(cmd)[-1]) == {
+        "spec": {"template": {"spec": {"resources": {"limits": {"memory": "224Mi"}}}}}}
+
+
+def test_static_bare_job_and_unnamed_pods_say_what_to_do() -> None:
+    cmd, why = command(_pod(None, static=True), _rec(), 1)
+    assert cmd is None and "/etc/kubernetes/manifests/" in (why or "") and "224Mi" in (why or "")
+    cmd, why = command(_pod(None), _rec(), 1)
+    assert cmd is None and (why or "").startswith("bare pod shop/cart-7d9f-x") and "re-create" in (why or "")
+    cmd, why = command(_pod(OwnerRef(kind="Job", name="once", resolved=True)), _rec(), 1)
+    assert cmd is None and "cannot be changed" in (why or "")
+    cmd, why = command(PodRef(uid="u-1"), _rec(), 1)
+    assert cmd is None and "could not be named" in (why or "")
+
+
+def test_inferred_owner_keeps_its_note() -> None:
+    owner = OwnerRef(kind="Deployment", name="cart", via=OwnerRef(kind="ReplicaSet", name="cart-7d9f"),
+                     note="Deployment inferred from the ReplicaSet's name")
+    cmd, why = command(_pod(owner), _rec(), 1)
+    assert cmd is not None and cmd.startswith("kubectl -n shop set resources deployment/cart") and "inferred" in (why or "")
+
+
+def test_host_cgroups_systemd_unit_or_the_file_quoted() -> None:
+    rec = _rec("cgroup", "memory.max", "/system.slice/db.service")
+    assert command(None, rec, 2) == ("systemctl set-property db.service MemoryMax=224M", None)
+    rec = _rec("cgroup", "memory.limit_in_bytes", "/batch/job 7;rm -rf x")
+    cmd, why = command(None, rec, 1)
+    assert cmd == "echo 234881024 > '/sys/fs/cgroup/memory/batch/job 7;rm -rf x/memory.limit_in_bytes'"
+    assert "not a systemd unit" in (why or "")
+
+
+# --- the owner chain through the API server -----------------------------------------------------------
+
+SA_TOKEN = "sa-token-owners-0123"
+
+
+def _resolver(tmp_path: Path, certs: Certs, stand: StandIn) -> OwnerResolver:
+    token = tmp_path / "sa-token"
+    token.write_text(SA_TOKEN)
+    settings = make_settings(tmp_path, apiserver_url=stand.url, apiserver_ca_file=certs.ca, apiserver_token_file=token)
+    config = ApiServerConfig.from_settings(settings)
+    assert config is not None
+    return OwnerResolver(ApiClient(config))
+
+
+def _owned(kind: str, name: str) -> dict[str, Any]:
+    return {"metadata": {"ownerReferences": [{"apiVersion": "apps/v1" if kind == "Deployment" else "batch/v1",
+                                              "kind": kind, "name": name, "controller": True}]}}
+
+
+def test_owner_chain_followed_and_cached(tmp_path: Path, certs: Certs, serve: Callable[[StandIn], StandIn]) -> None:
+    fake = ApiServer([])
+    fake.objects["/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f"] = _owned("Deployment", "cart")
+    fake.objects["/apis/batch/v1/namespaces/shop/jobs/nightly-29100"] = _owned("CronJob", "nightly")
+    fake.objects["/api/v1/nodes/node-a"] = {"status": {"allocatable": {"memory": "16279836Ki"}}}
+    stand = serve(StandIn("", SA_TOKEN, routes=fake))
+    resolver = _resolver(tmp_path, certs, stand)
+    rs = OwnerRef(kind="ReplicaSet", name="cart-7d9f")
+    pods = [_pod(rs), _pod(rs), _pod(OwnerRef(kind="Job", name="nightly-29100")),
+            _pod(OwnerRef(kind="StatefulSet", name="db", resolved=True))]
+    resolver.resolve(pods)
+    got = [(p.owner.kind, p.owner.name, p.owner.resolved, p.owner.via.name if p.owner.via else None)
+           for p in pods if p.owner]
+    assert got == [("Deployment", "cart", True, "cart-7d9f"), ("Deployment", "cart", True, "cart-7d9f"),
+                   ("CronJob", "nightly", True, "nightly-29100"), ("StatefulSet", "db", True, None)]
+    assert stand.requests.count("/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f") == 1  # cached
+    assert resolver.allocatable("node-a") == (16279836 * 1024, None)
+
+
+def test_owner_chain_refused_says_what_is_known(tmp_path: Path, certs: Certs,
+                                                serve: Callable[[StandIn], StandIn]) -> None:
+    fake = ApiServer([])
+    fake.forbid.add("/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f")
+    stand = serve(StandIn("", SA_TOKEN, routes=fake))
+    resolver = _resolver(tmp_path, certs, stand)
+    pods = [_pod(OwnerRef(kind="ReplicaSet", name="cart-7d9f")), _pod(OwnerRef(kind="Job", name="once"))]
+    resolver.resolve(pods)
+    assert pods[0].owner is not None and (pods[0].owner.kind, pods[0].owner.resolved) == ("ReplicaSet", False)
+    assert "403" in (pods[0].owner.note or "") and "RBAC" in (pods[0].owner.note or "")
+    assert pods[1].owner is not None and "403" in (pods[1].owner.note or "")  # not asked again after a refusal
+    assert stand.requests == ["/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f"]
+    no_api = OwnerResolver(None)
+    pod = _pod(OwnerRef(kind="Job", name="once"))
+    no_api.resolve([pod])
+    assert pod.owner is not None and "no API server configured" in (pod.owner.note or "")
+
+
+def test_parse_quantity() -> None:
+    assert [parse_quantity(q) for q in ("16279836Ki", "15Gi", "1e9", "128974848", "1.5Gi", "x")] == [
+        16279836 * 1024, 15 << 30, 10**9, 128974848, 3 << 29, None]
+
+
+# --- distinct pages over time: perf's sample times ----------------------------------------------------
+
+
+def test_perf_sample_times_give_new_pages_per_second() -> None:
+    """The captured perf.data (a file workload): every sample has a time; the pages first seen per
+    second add up to the distinct pages kept."""
+    path = Path(__file__).parent / "fixtures/tracers/perf-major-file-workload.data"
+    counts = FaultCounts()
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        info = read_header(buf)  # type: ignore[arg-type]
+        samples = list(iter_timed_samples(buf, info))  # type: ignore[arg-type]
+    assert samples and all(t is not None for _, _, t, _ in samples)
+    for pid, _tid, when, addr in samples:
+        counts.add_sample(pid, "", addr, when)
+    assert sum(sum(s.values()) for s in counts.new_pages.values()) == counts.pages > 0
+    synthetic = FaultCounts()
+    for i, (t, addr) in enumerate([(0, 0x1000), (int(0.5e9), 0x2000), (int(1.2e9), 0x1000), (int(2.1e9), 0x3000)]):
+        synthetic.add_sample(7, "w", addr + i * 0, t)
+    assert synthetic.new_pages == {7: {0: 2, 2: 1}}
+
+
+# --- where a user sees it -----------------------------------------------------------------------------
+
+
+def _report_with_recommendation() -> Any:
+    report = make_report("node-a")
+    top = report.processes[0]
+    assert top.verdict is not None and top.pod is not None
+    top.pod.owner = OwnerRef(kind="Deployment", name="cart-cache", resolved=True,
+                             via=OwnerRef(kind="ReplicaSet", name="cart-cache-7d9f"))
+    cmd = "kubectl -n shop set resources deployment/cart-cache -c cache --limits=memory=224Mi"
+    top.verdict.recommendation = Recommendation(
+        subject="container", knob="resources.limits.memory", cgroup="/kubepods/x", current_limit_bytes=64 * MIB,
+        recommended_limit_bytes=224 * MIB, basis=["128 MiB of distinct file pages of /data/index.bin read back"],
+        confidence="high", command=cmd, owner=top.pod.owner)
+    report.verdict = top.verdict
+    return report
+
+
+def test_shown_in_terminal_page_and_sinks(tmp_path: Path) -> None:
+    from app.render_text import render
+    from app.service.delivery.sinks import AlertmanagerSink, KubeEventsSink, SlackSink
+    from app.service.ui.render import render_report_page
+
+    report = _report_with_recommendation()
+    want = "set the container's memory limit to 224 MiB (now 64 MiB) on Deployment cart-cache"
+    out = io.StringIO()
+    render(report, Console(file=out, width=250))
+    assert want in out.getvalue() and "--limits=memory=224Mi" in out.getvalue()
+    assert "Deployment/cart-cache" in out.getvalue().split("┃ pid")[1]  # the owner in the pod's cell
+    page = html.unescape(render_report_page(report))
+    assert want in page and "--limits=memory=224Mi" in page
+    assert "Deployment/cart-cache (via ReplicaSet/cart-cache-7d9f)" in page  # the owner next to the pod
+    assert want in verdict_text(report.verdict)
+    settings = make_settings(tmp_path, alertmanager_url="http://127.0.0.1:9/", slack_webhook_url="http://127.0.0.1:9/x")
+    alert = AlertmanagerSink(settings, None).alert(report)  # type: ignore[arg-type]
+    assert want in alert["annotations"]["summary"]
+    assert all(want in msg for _, _, msg in KubeEventsSink.targets(report))
+    assert want in json.dumps(SlackSink(settings, None).message(report))  # type: ignore[arg-type]
+
+
+def test_subjects_and_knobs_follow_the_limit_that_binds() -> None:
+    """A container's own limit, the pod's (the container has none), a v2 host cgroup, and memory.high
+    below the limit (v2): each names its knob, and a host unit gets the matching systemd property."""
+    group = Group(pages=_pages(file_pages=32768, times=2), faults=70_000, growth={0: 32768})
+    own = recommend(_limited(_pod(OwnerRef(kind="StatefulSet", name="db", resolved=True))), group, NODE,
+                    seconds=8, backend="perf-major")
+    assert own is not None and (own.subject, own.knob) == ("container", "resources.limits.memory")
+    pod_level = recommend(_limited(_pod(OwnerRef(kind="StatefulSet", name="db", resolved=True)), path="/kp/pod1/c1",
+                                   limit_path="/kp/pod1"), group, NODE, seconds=8, backend="perf-major")
+    assert pod_level is not None and (pod_level.subject, pod_level.knob, pod_level.cgroup) == (
+        "pod", "spec.resources.limits.memory", "/kp/pod1")
+    assert pod_level.command is not None and "patch statefulset db" in pod_level.command
+    v2 = recommend(_limited(version=2, path="/system.slice/db.service"), group, NODE, seconds=8, backend="perf-major")
+    assert v2 is not None and v2.knob == "memory.max" and v2.command == "systemctl set-property db.service MemoryMax=224M"
+    high = _limited(version=2, path="/system.slice/db.service", usage=60 * MIB, limit=1024 * MIB)
+    assert high.cgroup_memory is not None
+    high.cgroup_memory.high_bytes, high.cgroup_memory.high_path = 64 * MIB, "/system.slice/db.service"
+    rec = recommend(high, group, NODE, seconds=8, backend="perf-major")
+    assert rec is not None and (rec.knob, rec.current_limit_bytes) == ("memory.high", 64 * MIB)
+    assert rec.command == "systemctl set-property db.service MemoryHigh=208M"  # (128 + 60) x 1.1 -> 208
