@@ -249,3 +249,23 @@ def test_slack_url_not_in_serve_logs(tmp_path: Path, serve_logging: Any) -> None
     text = serve_logging.getvalue()
     assert "delivered" in text
     assert SLACK_SECRET not in text and "/services/" not in text
+
+
+def test_a_quiet_report_is_a_normal_event_on_the_node_only(tmp_path: Path) -> None:
+    """The alert fired but the window found the node under the noise floor: the Node gets a Normal
+    Event saying so, and the pods merely listed (a handful of faults each) get no Warning."""
+    from app.models import Cause
+
+    settings = make_settings(tmp_path)
+    report = make_report("node-a")
+    assert any(p.pod is not None and p.major_faults > 0 for p in report.processes)
+    sink = KubeEventsSink(settings, api=None)  # type: ignore[arg-type]  # targets and bodies only
+    busy = sink.targets(report)
+    assert [o["kind"] for _, o, _ in busy] == ["Node", "Pod"]
+    assert sink.event(report, *busy[0])["type"] == "Warning"
+    quiet = report.model_copy(update={"verdict": report.verdict.model_copy(update={
+        "cause": Cause.QUIET, "summary": "the node is quiet: 3 major faults/s"})})
+    targets = sink.targets(quiet)
+    assert [o["kind"] for _, o, _ in targets] == ["Node"]
+    ev = sink.event(quiet, *targets[0])
+    assert ev["type"] == "Normal" and ev["note"].startswith("the node is quiet")

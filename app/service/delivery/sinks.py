@@ -8,7 +8,8 @@ and returns the SinkResult that goes into `report.sinks`.
 - Alertmanager (`PFI_ALERTMANAGER_URL`): `POST /api/v2/alerts` with one `MajorPageFaultsReport`
   alert (severity info; node + the top culprit's namespace/pod/container as labels, so the team's
   routes deliver it; a `report_id` label makes each report its own alert).
-- Kubernetes Events (`PFI_KUBERNETES_EVENTS`): a Warning `MajorPageFaults` Event on the Node and on
+- Kubernetes Events (`PFI_KUBERNETES_EVENTS`): a Warning `MajorPageFaults` Event (Normal, on the Node
+  only, when the report found the node quiet) on the Node and on
   each culprit Pod, through the API server.
 - Slack incoming webhook: verdict, top 3 processes, link.
 - Generic JSON webhook: the whole report document.
@@ -30,7 +31,7 @@ import httpx
 from app.config import UI_PORT, Settings
 from app.investigation.lead_up import culprit_labels, describe_history
 from app.investigation.recommend import verdict_text
-from app.models import ProcessReport, Report, SinkResult, utcnow
+from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
 from app.service.cluster.kube import KubeApi, KubeError, event_body
 
@@ -173,6 +174,11 @@ class AlertmanagerSink:
         return "MajorPageFaultsReport alert posted"
 
 
+def _quiet(report: Report) -> bool:
+    """A report that found the node quiet (under the noise floor, or no major faults at all)."""
+    return report.verdict.cause in (Cause.QUIET, Cause.NO_MAJOR_FAULTS)
+
+
 class KubeEventsSink:
     name = "kubernetes-events"
 
@@ -183,7 +189,8 @@ class KubeEventsSink:
 
     @staticmethod
     def targets(report: Report) -> list[tuple[str, dict[str, Any], str]]:
-        """(namespace, involvedObject, message) for the Node and each culprit Pod."""
+        """(namespace, involvedObject, message) for the Node and each culprit Pod (a quiet report blames
+        no pod: the Node only)."""
         out: list[tuple[str, dict[str, Any], str]] = [
             (
                 "default",
@@ -191,6 +198,8 @@ class KubeEventsSink:
                 verdict_text(report.verdict),
             )
         ]
+        if _quiet(report):
+            return out
         seen: set[tuple[str, str]] = set()
         for p in report.processes:
             pod = p.pod
@@ -225,6 +234,7 @@ class KubeEventsSink:
             controller=f"pagefault-inspector.io/{COMPONENT}",
             instance=report.node,
             event_time=utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            type_="Normal" if _quiet(report) else "Warning",
         )
 
     async def deliver(self, report: Report, fleet: str = "") -> str:
