@@ -216,8 +216,9 @@ def test_connection_refused(tmp_path: Path, no_apiserver_env: None) -> None:
 
 def test_neither_configured(tmp_path: Path, no_apiserver_env: None) -> None:
     pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True))
-    assert pods.index() == (None, pods.index()[1])
-    assert pods.index()[1].model_dump() == {"source": "none", "error": "no kubelet URL configured"}
+    index, attribution = pods.index()
+    assert index is None, "nothing to ask: no pod index, not an empty one"
+    assert attribution.model_dump() == {"source": "none", "error": "no kubelet URL configured"}
 
 
 def test_apiserver_only(  # type: ignore[no-untyped-def]

@@ -383,6 +383,10 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
         report = investigate(Settings(**kw), seconds=window, pids=pids)
     out.seconds = time.monotonic() - t0
     out.tracer = report.tracer.backend
+    if row.tracer == "auto" and not report.tracer.exact:
+        out.problems.append(f"auto ran {out.tracer}, not an exact tracer: {report.tracer.reason}")
+    elif row.tracer != "auto" and out.tracer != row.tracer:
+        out.problems.append(f"ran {out.tracer}, not {row.tracer}: {report.tracer.reason}")
     if not report.processes:
         out.problems.append(f"no process reported (warnings: {report.warnings})")
         return out
