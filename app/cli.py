@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "probe":
         return _probe(settings, args.format)
     from app.service import logs
-    from app.service.server import serve
+    from app.service.web.server import serve
 
     logs.configure(settings.log_format, logging.DEBUG if args.verbose else logging.INFO)
     serve(settings)
@@ -94,7 +94,7 @@ def _investigate(settings: Settings, args: Any) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    from app.investigation.history import NO_HISTORY_CLI
+    from app.investigation.lead_up import NO_HISTORY_CLI
 
     report = report.model_copy(update={"history_reason": NO_HISTORY_CLI})  # the recorder is the service's
     if args.format == "json":

@@ -82,7 +82,7 @@ def _write_counters(stats: list[Path], tick: int) -> None:
 
 
 def measure_synthetic(workdir: Path) -> dict:
-    from app.collectors.recorder import FaultRecorder, Tick
+    from app.collectors.flight_recorder import FaultRecorder, Tick
 
     base = workdir / "cgroup"
     proc = workdir / "proc"
@@ -149,7 +149,7 @@ def real_v1_groups(n_pods: int = PODS, per_pod: int = PER_POD) -> Iterator[Path]
 
 
 def measure_real(samples: int = 20) -> dict:
-    from app.collectors.recorder import FaultRecorder
+    from app.collectors.flight_recorder import FaultRecorder
 
     with real_v1_groups() as parent:
         rec = FaultRecorder(Path("/sys/fs/cgroup"), Path("/proc"), interval=INTERVAL, retention=RETENTION,

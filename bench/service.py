@@ -33,9 +33,9 @@ def _free_port() -> int:
 
 def available() -> tuple[bool, str]:
     try:
-        import app.service.server  # noqa: F401
+        import app.service.web.server  # noqa: F401
     except ImportError as e:
-        return False, f"app.service.server: {e}"
+        return False, f"app.service.web.server: {e}"
     return True, ""
 
 

@@ -36,7 +36,7 @@ from app.models import (
     Verdict,
     utcnow,
 )
-from app.service.app import create_app
+from app.service.web.app import create_app
 from tests.needs import require_marker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
@@ -207,7 +207,7 @@ def run_serve(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedP
     exit code and what it wrote to stderr)."""
     require_marker("servers", "`serve` in a subprocess")
     return subprocess.run(
-        [sys.executable, "-c", "from app.service.server import serve; serve()"],
+        [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
         env=env,
         capture_output=True,
         text=True,

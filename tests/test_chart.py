@@ -372,7 +372,7 @@ def test_kubelet_explicit_url_and_port(chart: Any) -> None:
 
 
 def test_listen_address_follows_the_port_and_parses(chart: Any) -> None:
-    from app.service.listen import parse_listen_address
+    from app.service.web.listen import parse_listen_address
 
     e = env(render(chart, {"port": 9090}))
     assert parse_listen_address(e["PFI_LISTEN_ADDRESS"]["value"]) == ("::", 9090)

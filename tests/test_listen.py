@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from app.service.web.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
 from tests.service_support import run_serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_serve_with_the_default_host_answers_on_127_0_0_1_and_ipv6_loopback(tmp_
         PYTHONPATH=str(ROOT),
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from app.service.server import serve; serve()"],
+        [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -115,7 +115,7 @@ def _start_serve(tmpdir: Path, tracer: str, *, prelude: str = "") -> tuple[subpr
     api, ui = free_port(), free_port()
     env = _env(tmpdir, PFI_LISTEN_ADDRESS=f"127.0.0.1:{api}", PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{ui}",
                PFI_TRACER=tracer, PFI_INVESTIGATION_SECONDS="30", PFI_DATA_DIR=str(tmpdir / "data"))
-    proc = subprocess.Popen([sys.executable, "-c", prelude + "from app.service.server import serve; serve()"],
+    proc = subprocess.Popen([sys.executable, "-c", prelude + "from app.service.web.server import serve; serve()"],
                             env=env, cwd=tmpdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return proc, f"http://127.0.0.1:{api}"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from app.models import HistoryCgroup, HistoryPod, PodRef, ProcessReport
 from app.render_text import _history_who, _pod
-from app.service.sinks import _who
-from app.service.ui.history import history_label
+from app.service.delivery.sinks import _who
+from app.service.ui.lead_up_chart import history_label
 from app.service.ui.render import _pod_label
 
 UID = "3ea3ef66-5f89-43b7-b88b-6ee26f5b18a4"

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from app.collectors.recorder import FaultRecorder, Layout, Tick, detect_layout, discover_units, read_counter
-from app.investigation.history import apply_history, lead_up_since
+from app.collectors.flight_recorder import (
+    FaultRecorder,
+    Layout,
+    Tick,
+    detect_layout,
+    discover_units,
+    read_counter,
+)
+from app.investigation.lead_up import apply_history, lead_up_since
 from app.models import (
     Cause,
     History,
@@ -23,7 +30,7 @@ from app.models import (
     Verdict,
 )
 from app.parsers.cgroup import CgroupRef
-from app.service.recorder import WatchState
+from app.service.watch import WatchState
 
 FIX = Path(__file__).parent / "fixtures"
 UID_A = "8712f785-1a3e-41ec-a00b-e2dcc77431cb"
@@ -441,7 +448,7 @@ def test_sinks_carry_the_lead_up():
     import httpx
 
     from app.config import Settings
-    from app.service.sinks import AlertmanagerSink, SlackSink
+    from app.service.delivery.sinks import AlertmanagerSink, SlackSink
 
     settings = Settings(alertmanager_url="http://am.invalid:9093", slack_webhook_url="https://hooks.invalid/x")
     client = httpx.AsyncClient()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from app.collectors.recorder import read_counter
+from app.collectors.flight_recorder import read_counter
 from tests.e2e.service import Service, run_service, service_missing
 from tests.e2e.stack import http_get, http_json, wait_for
 from tests.tls_standin import StandIn
@@ -193,7 +193,7 @@ def test_cli_report_says_no_history_exists():
     import subprocess
     import sys
 
-    from app.investigation.history import NO_HISTORY_CLI
+    from app.investigation.lead_up import NO_HISTORY_CLI
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env["PFI_APISERVER_FALLBACK"] = "false"

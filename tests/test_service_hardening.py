@@ -21,9 +21,10 @@ import pytest
 from app.config import Settings
 from app.models import Report, Trigger
 from app.service import scheduler, state
-from app.service.app import create_app, create_ui_app, ui_exposure_warning
 from app.service.logs import JsonFormatter, SafeTextFormatter
-from app.service.store import ReportStore
+from app.service.report_store import ReportStore
+from app.service.ui.guard import ui_exposure_warning
+from app.service.web.app import create_app, create_ui_app
 from tests.service_support import (
     AUTH,
     TOKEN,
@@ -299,14 +300,14 @@ def test_ui_beyond_loopback_warns(tmp_path: Path, address: str, warns: bool) -> 
 
 
 def _record(msg: str, *args: Any) -> logging.LogRecord:
-    return logging.LogRecord("app.service.intake", logging.WARNING, __file__, 1, msg, args, None)
+    return logging.LogRecord("app.service.alerts.intake", logging.WARNING, __file__, 1, msg, args, None)
 
 
 def test_log_lines_cannot_be_forged() -> None:
     forged = "node-x\r\n2026-12-02 04:00:00,000 ERROR app.service.auth: token leaked"
     text = SafeTextFormatter("%(levelname)s %(name)s: %(message)s").format(_record("alert for %s", forged))
     assert "\n" not in text and "\r" not in text
-    assert text == "WARNING app.service.intake: alert for node-x\\r\\n2026-12-02 04:00:00,000 ERROR app.service.auth: token leaked"
+    assert text == "WARNING app.service.alerts.intake: alert for node-x\\r\\n2026-12-02 04:00:00,000 ERROR app.service.auth: token leaked"
     line = JsonFormatter().format(_record("alert for %s \x1b[2J\u202e", forged))
     assert "\n" not in line and json.loads(line)["message"] == f"alert for {forged} \x1b[2J\u202e"
     assert "\x1b" not in line and "\u202e" not in line

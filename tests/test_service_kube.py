@@ -1,4 +1,4 @@
-"""The service's API-server calls (app.service.kube over app.collectors.apiserver) against a TLS
+"""The service's API-server calls (app.service.cluster.kube over app.collectors.apiserver) against a TLS
 API-server stand-in on loopback: Kubernetes Events (events.k8s.io/v1), deadlines, bad settings."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from app.collectors.apiserver import ApiServerConfig, event_body, service_account_namespace
-from app.service.kube import KubeApi, KubeError
-from app.service.sinks import KubeEventsSink, deliver_with_retry
+from app.service.cluster.kube import KubeApi, KubeError
+from app.service.delivery.sinks import KubeEventsSink, deliver_with_retry
 from tests.service_support import make_report, make_settings
 from tests.tls_standin import ApiServer, Certs, StandIn
 

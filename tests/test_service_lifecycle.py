@@ -114,7 +114,7 @@ def test_sigkill_mid_investigation_leaves_a_failed_report_after_restart(tmp_path
     assert "'Other\\r\\n2026-12-02" in err
     hangups = [line for line in err.splitlines() if "disconnected after" in line]
     assert len(hangups) == 1
-    assert re.search(r" INFO app\.service\.api: client 127\.0\.0\.1 disconnected after \d+ of 4000 body", hangups[0])
+    assert re.search(r" INFO app\.service\.web\.api: client 127\.0\.0\.1 disconnected after \d+ of 4000 body", hangups[0])
     assert "Traceback" not in err and "Exception in ASGI" not in err
 
     with serve_process(tmp_path, cli) as (proc, base):
@@ -171,7 +171,7 @@ class Trickler:
 
 STUCK_SCRIPT = """
 import sys, httpx
-from app.service.server import serve
+from app.service.web.server import serve
 
 def stuck(settings, *, progress=None, cancel=None, **kw):
     progress(0.95, "resolving pods (kubelet)")

@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.service.app import create_app
-from app.service.kube import KubeApi
-from app.service.nodes import NodeIdentity, Resolution, names_match, node_for_alert, split_host
-from app.service.peers import KubePeers, parse_static_peers
+from app.service.cluster.kube import KubeApi
+from app.service.cluster.nodes import NodeIdentity, Resolution, names_match, node_for_alert, split_host
+from app.service.cluster.peers import KubePeers, parse_static_peers
+from app.service.web.app import create_app
 from tests.service_support import AUTH, TOKEN, FakeEngine, LiveServer, firing, make_settings, wait_for
 from tests.tls_standin import ApiServer, Certs, StandIn
 

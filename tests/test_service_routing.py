@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.service.app import create_app
+from app.service.web.app import create_app
 from tests.service_support import (
     AUTH,
     TOKEN,
@@ -141,7 +141,7 @@ def test_peer_client_against_a_real_instance(tmp_path: Path) -> None:
     """PeerClient needs an httpx client, the token and timeouts: here against node-b's real API."""
     import asyncio
 
-    from app.service.peers import Peer, PeerClient, PeerError
+    from app.service.cluster.peers import Peer, PeerClient, PeerError
 
     with two_nodes(tmp_path) as nodes:
         b, _ = nodes["node-b"]

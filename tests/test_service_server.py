@@ -29,7 +29,7 @@ def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
         PYTHONPATH=str(ROOT),
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from app.service.server import serve; serve()"],
+        [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
         cwd=tmp_path,  # the default data dir ./.pfi-data lands here
         env=env,
         stdout=subprocess.PIPE,

@@ -25,8 +25,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.service.app import create_app, create_ui_app
-from app.service.server import KEEP_ALIVE_SECONDS
+from app.service.web.app import create_app, create_ui_app
+from app.service.web.server import KEEP_ALIVE_SECONDS
 from tests.service_support import AUTH, TOKEN, wait_for
 
 N = 12

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from app.service.app import create_app, create_ui_app
+from app.service.web.app import create_app, create_ui_app
 from tests.service_support import (
     AUTH,
     TOKEN,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.models import Report
-from app.service.sinks import (
+from app.service.delivery.sinks import (
     AlertmanagerSink,
     KubeEventsSink,
     SlackSink,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.models import Trigger
-from app.service.store import DB_NAME, ReportStore
+from app.service.report_store import DB_NAME, ReportStore
 from tests.service_support import AUTH, CAPTURED, fixture, make_report, reports, service, wait_for
 
 

@@ -21,7 +21,7 @@ either: it is bounded by the resolver's own timeout and attempts (resolv.conf).
 A token is never sent over plain http (`http://` URL or kubeconfig server with credentials): the
 call fails with a reason instead. A kubeconfig with `insecure-skip-tls-verify` is logged once. Answers are
 read as raw JSON (no model classes: a PodList of a busy node deserialises 20x faster that way).
-The client is synchronous; the service calls it through `app.service.kube` in worker threads.
+The client is synchronous; the service calls it through `app.service.cluster.kube` in worker threads.
 """
 
 from __future__ import annotations

@@ -29,14 +29,14 @@ from app.config import Settings
 from app.models import Report
 from app.service import logs
 from app.service.auth import TokenWatcher, load_token
-from app.service.kube import KubeApi
+from app.service.cluster.kube import KubeApi
+from app.service.cluster.nodes import NodeIdentity, as_ip
+from app.service.cluster.peers import PeerDirectory, make_peer_directory
+from app.service.delivery.sinks import Sink, deliver_with_retry, make_sinks
 from app.service.metrics import Metrics
-from app.service.nodes import NodeIdentity, as_ip
-from app.service.peers import PeerDirectory, make_peer_directory
-from app.service.recorder import RecorderService
+from app.service.report_store import ReportStore
 from app.service.scheduler import Investigation, Investigator, Scheduler, running_report
-from app.service.sinks import Sink, deliver_with_retry, make_sinks
-from app.service.store import ReportStore
+from app.service.watch import RecorderService
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def service_argv() -> list[str]:
 
 def service_missing() -> str | None:
     """Why the service cannot be started from this checkout yet, or None."""
-    for rel in ("app/service/server.py", "app/investigation/engine.py"):
+    for rel in ("app/service/web/server.py", "app/investigation/engine.py"):
         if not (REPO / rel).exists():
             return f"{rel} does not exist yet"
     return None

@@ -441,7 +441,7 @@ def render_report_page(report: Report) -> str:
             top=top,
             chart=build_chart(report),
             chart_top=CHART_TOP,
-            **_history_context(report),  # the flight recorder's lead-up (app/service/ui/history.py)
+            **_history_context(report),  # the flight recorder's lead-up (app/service/ui/lead_up_chart.py)
             refresh=report.status == "running",
             title=f"{report.verdict.summary} · {report.node}",
         )
@@ -449,7 +449,7 @@ def render_report_page(report: Report) -> str:
 
 
 def _history_context(report: Report) -> dict[str, object]:
-    from app.service.ui.history import build_history_chart, history_label
+    from app.service.ui.lead_up_chart import build_history_chart, history_label
 
     return {"history_chart": build_history_chart(report), "history_label": history_label}
 

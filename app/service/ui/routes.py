@@ -23,12 +23,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from app.models import Report
+from app.service.alerts.intake import peer_client
+from app.service.cluster.peers import Peer, PeerClient, PeerError
 from app.service.deps import StateDep
-from app.service.intake import peer_client
-from app.service.peers import Peer, PeerClient, PeerError
+from app.service.report_store import ReportSummary
 from app.service.scheduler import Investigation
 from app.service.state import ServiceState
-from app.service.store import ReportSummary
 from app.service.ui.render import (
     IndexRow,
     RunningRow,

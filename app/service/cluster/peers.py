@@ -28,8 +28,8 @@ import httpx
 
 from app.collectors.apiserver import is_node_name
 from app.config import Settings
-from app.service.kube import KubeApi, KubeError, service_account_namespace
-from app.service.nodes import NodeIdentity, as_ip, names_match
+from app.service.cluster.kube import KubeApi, KubeError, service_account_namespace
+from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.models import Trigger, utcnow
-from app.service.nodes import (
+from app.service.alerts.payload import IncomingAlert, ParsedPayload
+from app.service.cluster.nodes import (
     NODE_LABELS,
     NodeIdentity,
     Resolution,
@@ -28,8 +29,7 @@ from app.service.nodes import (
     node_for_alert,
     split_host,
 )
-from app.service.payload import IncomingAlert, ParsedPayload
-from app.service.peers import FORWARDED_HEADER, Peer, PeerClient, PeerDirectory
+from app.service.cluster.peers import FORWARDED_HEADER, Peer, PeerClient, PeerDirectory
 from app.service.state import ServiceState
 
 __all__ = ["FORWARDED_HEADER", "ROUTE_BUDGET_SECONDS", "forward", "handle_alerts", "peer_client"]

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
+from app.service.alerts.intake import FORWARDED_HEADER, handle_alerts
+from app.service.alerts.payload import PayloadError, parse_payload
 from app.service.deps import StateDep, TokenRequired
-from app.service.intake import FORWARDED_HEADER, handle_alerts
-from app.service.payload import PayloadError, parse_payload
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import httpx
 
 from app.config import Settings
-from app.investigation.history import culprit_labels, describe_history
+from app.investigation.lead_up import culprit_labels, describe_history
 from app.models import ProcessReport, Report, SinkResult, utcnow
-from app.service.kube import KubeApi, KubeError, event_body
+from app.service.cluster.kube import KubeApi, KubeError, event_body
 
 log = logging.getLogger(__name__)
 

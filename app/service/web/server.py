@@ -35,9 +35,10 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.models import Report
 from app.service import logs
-from app.service.app import create_app, create_ui_app, ui_exposure_warning
 from app.service.auth import TokenSource, load_token
-from app.service.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
+from app.service.ui.guard import ui_exposure_warning
+from app.service.web.app import create_app, create_ui_app
+from app.service.web.listen import ListenAddressError, client_host, listen_socket, parse_listen_address
 from app.tracers import leftovers
 
 log = logging.getLogger(__name__)

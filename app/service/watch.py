@@ -1,11 +1,11 @@
 """The flight recorder in the service: a sampling thread, the lead-up in every report, /metrics, and
 watch mode (issue 12).
 
-- `RecorderService.start()` runs app.collectors.recorder.FaultRecorder every
+- `RecorderService.start()` runs app.collectors.flight_recorder.FaultRecorder every
   PFI_RECORDER_INTERVAL_SECONDS in a daemon thread (file reads and kubelet lookups block; never on the
   event loop). `stop()` ends it (bounded).
 - `wrap(investigator)` returns an investigator that, after the engine's report, cuts the lead-up out
-  of the ring (app.investigation.history.lead_up_since) and applies it (apply_history) in the same
+  of the ring (app.investigation.lead_up.lead_up_since) and applies it (apply_history) in the same
   worker thread.
 - Watch mode (PFI_WATCH_THRESHOLD > 0): when the recorded node rate stays above the threshold for
   PFI_WATCH_FOR_SECONDS, a Trigger(kind="watch", rate, since) is submitted to the scheduler on the
@@ -27,9 +27,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.collectors.recorder import FaultRecorder, Tick
+from app.collectors.flight_recorder import FaultRecorder, Tick
 from app.config import Settings
-from app.investigation.history import apply_history, lead_up_since
+from app.investigation.lead_up import apply_history, lead_up_since
 from app.models import Report, Trigger, utcnow
 
 __all__ = ["RecorderMetrics", "RecorderService", "WatchState", "watch_submitter"]

@@ -1,0 +1,1 @@
+"""Reports out: the sinks (Slack, webhook, Alertmanager, Kubernetes Events) and their retries."""
