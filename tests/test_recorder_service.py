@@ -1,7 +1,7 @@
 """The flight recorder in the running service (`pagefault-inspector serve`, a real process), on real
 swap-in faults of a process in a kubepods-shaped memory cgroup, pods named by a TLS kubelet stand-in:
 
-- the culprit swaps for ~10 s and is stopped (its cgroup removed, like a finished CronJob pod); 3 s
+- the culprit swaps for ~7 s and is stopped (its cgroup removed, like a finished CronJob pod); 3 s
   later an alert arrives: the report's history names the pod with at least half of the faults its
   cgroup counted, and the verdict names it and says it stopped;
 - watch mode: with a low PFI_WATCH_THRESHOLD the service investigates by itself, the faulting process
@@ -113,7 +113,7 @@ def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
     with run_service(tmp_path / "svc", "recorder-test-token", kubelet) as svc:
         wait_for("two recorder samples", lambda: _metric(svc, "pfi_recorder_samples_total") >= 2, 20, 0.3, svc.tail)
         with swap_workload(size_mb=96, limit_mb=48, name=_cgroup_name(kubelet, CRON_A)) as proc:
-            time.sleep(10)
+            time.sleep(7)  # 7 one-second intervals: the history below needs 5 with faults
             os.kill(proc.pid, signal.SIGSTOP)  # no faults after this count: the history can hold no more
             time.sleep(1.5)  # the recorder's last sample of the running group (interval 1 s)
             key = b"total_pgmajfault" if (proc.cgroup / "memory.limit_in_bytes").exists() else b"pgmajfault"

@@ -47,7 +47,7 @@ def _skip_reason(row: Row) -> str | None:
 _REAL = (pytest.mark.root, pytest.mark.workloads)  # a real workload in cgroups made for it
 
 
-@pytest.mark.matrix
+@pytest.mark.matrix  # all rows, replayed ones too: the run's accuracy table is printed from one process
 @pytest.mark.parametrize(
     "row", [pytest.param(r, marks=() if r.kind == "replay" else _REAL) for r in ROWS],
     ids=[f"{r.name} [{r.tracer}]" for r in ROWS],

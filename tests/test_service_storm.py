@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -28,6 +29,8 @@ from app.config import Settings
 from app.service.web.app import create_app, create_ui_app
 from app.service.web.server import KEEP_ALIVE_SECONDS
 from tests.service_support import AUTH, TOKEN, wait_for
+
+pytestmark = [pytest.mark.storm, pytest.mark.servers]
 
 N = 12
 COPIES = 10
