@@ -185,7 +185,11 @@ def test_watch_mode_investigates_by_itself(kubelet, tmp_path):
     assert mine, ranked
     assert all(p["comm"] == "pfi-workload" for p in doc["processes"][: mine[0]]), ranked
     assert doc["processes"][mine[0]]["pod"]["name"] == "e2e-cronjob-29707814-h2f28"
-    assert doc["verdict"]["cause"] != "stopped_before_window", "the culprit is still running: the window sees it"
+    # Also when another run's workload outranks ours in the window: ours is in it, faulting, so a verdict
+    # that says our pod "then stopped" is false (seen on this shared machine: reported as a defect).
+    assert doc["verdict"]["cause"] != "stopped_before_window", (
+        f"the culprit is still running (rank {mine[0] + 1} in the window: {ranked[:5]}), yet the verdict says: "
+        f"{doc['verdict']['summary']}")
 
 
 def test_cli_report_says_no_history_exists():

@@ -65,6 +65,13 @@ EXACT_TOLERANCE = 0.02
 BPFTRACE_LATE_STOP = 0.08
 
 
+def stop_lagged(errors: list[str]) -> str | None:
+    """The tracer's own error saying it stopped counting late (bpftrace acting on SIGINT seconds after
+    the window, or killed at its exit grace), or None. Seen on this machine under a load average of
+    20-30: then its counts run past the window and the report must say so instead of matching majflt."""
+    return next((e for e in errors if "to stop after the window" in e or "did not exit within" in e), None)
+
+
 def exact_enough(traced: int, majflt: int, backend: str = "perf-major", tolerance: float = EXACT_TOLERANCE) -> bool:
     """An exact tracer's count is within `tolerance` of majflt (and majflt is not zero); bpftrace's
     may also be over by BPFTRACE_LATE_STOP."""
