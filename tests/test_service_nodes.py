@@ -314,7 +314,11 @@ def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
         # One alert first: the peer list is fetched (pods + nodes) and the kubernetes client
         # imported, so the timing below is the 1,000 alerts' own.
         first = client.post("/api/v1/alerts", json=_alerts(["node-b"]), headers=AUTH).json()
-        assert [f["node"] for f in first["forwarded"]] == ["node-b"], first
+        if first.get("deferred"):  # a loaded machine: that first lookup took over the webhook's 1 s
+            wait_for(lambda: 'pfi_alerts_received_total{outcome="forwarded"} 1.0' in client.get("/metrics").text,
+                     timeout=15, what="the deferred first alert forwarded")
+        else:
+            assert [f["node"] for f in first["forwarded"]] == ["node-b"], first
         t = time.monotonic()
         resp = client.post("/api/v1/alerts", json=_alerts([f"gone-{i}" for i in range(1000)]), headers=AUTH)
         took = time.monotonic() - t
