@@ -2,13 +2,35 @@
 # The whole test suite: installs what it needs, runs pytest, and cleans up the machine afterwards
 # (swap off, test cgroups removed, background processes ended) even when a test fails.
 # Run as root for the real-tracer tests; as another user those skip with the reason.
+#
+#   ./test.sh            the whole suite (what CI runs, .ci/run), in two passes: on 6 workers the tests
+#                        that start no real workload, tracer or browser (the service ones included: fake
+#                        engines on loopback ports of their own), then one at a time the real workloads and
+#                        tracers, the browser, the scenario matrix and the storm (their fault rates and
+#                        timings must not share the machine with each other)
+#   ./test.sh --fast     only the first kind (markers in pyproject.toml), for while you work: under a minute
+#   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/bootstrap.sh
 trap 'bash scripts/cleanup.sh' EXIT INT TERM
+pytest=(.venv/bin/python -m pytest)
+parallel=(-n 6)
 set +e
-.venv/bin/python -m pytest "$@"
-rc=$?
+if [ "${1:-}" = --fast ]; then
+  shift
+  "${pytest[@]}" -m "not (workloads or servers or browser)" "${parallel[@]}" "$@"
+  rc=$?
+elif [ $# -gt 0 ]; then
+  "${pytest[@]}" "$@"
+  rc=$?
+else
+  "${pytest[@]}" -m "not (workloads or browser or matrix or storm)" "${parallel[@]}"
+  rc=$?
+  "${pytest[@]}" -m "workloads or browser or matrix or storm"
+  rc2=$?
+  [ $rc -ne 0 ] || rc=$rc2
+fi
 set -e
 # pytest's 5 means "no tests collected": a suite that ran nothing must not pass.
 exit $rc

@@ -13,14 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.tracers.registry import make_tracer
 from tests import netguard
 from tests.proctree import ReplayTree
 from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
-from tests.workloads import CGROUP_MEMORY_ROOT, WorkloadProcess, file_fault_workload, swap_workload
+from tests.workloads import (
+    WorkloadProcess,
+    file_fault_workload,
+    memory_hierarchy,
+    no_memory_controller_reason,
+    swap_workload,
+)
 
-pytest_plugins = ["tests.scenario_report"]  # prints the diagnosis scenario matrix's accuracy table
+pytest_plugins = [
+    "tests.scenario_report",  # prints the diagnosis scenario matrix's accuracy table
+    "tests.strict",  # skips: which may, which fail (CI=true, broken tracers), the summary line
+]
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,6 +39,24 @@ _ROOT = str(Path(__file__).parent.parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [_GUARD_SITE, _ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in (_GUARD_SITE, _ROOT))]
 )
+
+
+# What a fixture needs is what every test that uses it needs (the markers of pyproject.toml; a test
+# that starts a workload, tracer, server or browser without its marker fails: tests/needs.py).
+_NEEDS_OF_FIXTURE = {
+    "root_required": ("root",),
+    "file_workload": ("workloads",),
+    "swap_workload": ("root", "workloads"),
+    "need_perf": ("root", "workloads"),
+    "need_bpftrace": ("root", "workloads"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            for marker in _NEEDS_OF_FIXTURE.get(name, ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +80,9 @@ def captured_tree(tmp_path: Path) -> ReplayTree:
 
 @pytest.fixture
 def root_required() -> None:
+    from tests.needs import require_marker
+
+    require_marker("root", "what needs root")
     if os.geteuid() != 0:
         pytest.skip("needs root (swap, cgroups, perf/bpftrace on the whole node)")
 
@@ -71,28 +99,26 @@ def file_workload(tmp_path: Path) -> Iterator[WorkloadProcess]:
 
 @pytest.fixture(name="swap_workload")
 def swap_workload_fixture(root_required: None) -> Iterator[WorkloadProcess]:
-    """A process touching 128 MiB of anonymous memory in a memory cgroup (pfi-test-swap-<pid>-<n>)
-    limited to 64 MiB: ~4-8k swap-in major faults/s. `.start`/`.end` is the mapping, `.cgroup` the group."""
+    """A process touching 128 MiB of anonymous memory in a memory cgroup (pfi-test-swap-<pid>-<n>, v1
+    or v2: tests/workloads memory_cgroup) limited to 64 MiB: ~4-8k swap-in major faults/s. `.start`/`.end` is the mapping, `.cgroup` the group."""
     for tool in ("gcc", "mkswap", "swapon", "swapoff"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not found: cannot run the swap workload")
-    if not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
-        pytest.skip(f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}")
+    if memory_hierarchy() is None:
+        pytest.skip(no_memory_controller_reason())
     with swap_workload(size_mb=128, limit_mb=64) as proc:
         yield proc
 
 
-def _need(name: str) -> None:
-    ok, reason = make_tracer(name, Settings()).available()
-    if not ok:
-        pytest.skip(f"{name} not available: {reason}")
-
-
 @pytest.fixture
 def need_perf(root_required: None) -> None:
-    _need("perf-major")
+    from tests.strict import need_tracer  # not at the top: tests.strict is a plugin (pytest_plugins)
+
+    need_tracer("perf-major")
 
 
 @pytest.fixture
 def need_bpftrace(root_required: None) -> None:
-    _need("bpftrace-major")
+    from tests.strict import need_tracer
+
+    need_tracer("bpftrace-major")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -42,6 +40,7 @@ from app.models import (
 from app.service.web.app import create_app, create_ui_app
 from app.service.web.server import KEEP_ALIVE_SECONDS
 from app.tracers.registry import make_tracer
+from tests.needs import require_marker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
 TOKEN = "test-token-0123456789abcdef"
@@ -186,6 +185,7 @@ class LiveServer:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
+        require_marker("servers", "a real uvicorn server")
         self.thread.start()
         wait_for(lambda: self.server.started or not self.thread.is_alive(), what="uvicorn start")
         if not self.server.started:
@@ -208,6 +208,7 @@ def bind_loopback() -> socket.socket:
 def run_serve(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """serve() in a fresh Python with this environment, run to its exit (for start-up failures: the
     exit code and what it wrote to stderr)."""
+    require_marker("servers", "`serve` in a subprocess")
     return subprocess.run(
         [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
         env=env,
@@ -226,13 +227,11 @@ def free_port() -> int:
 
 
 def require_tracers(*names: str, settings: Settings | None = None) -> None:
-    """Skip the test unless it runs as root and every named tracer backend is usable here."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    for name in names:
-        ok, why = make_tracer(name, settings or Settings()).available()
-        if not ok:
-            pytest.skip(f"{name} not available here: {why}")
+    """Every named tracer backend must work here: skips when not root or a tool is not installed,
+    FAILS with the probe's reason when an installed one does not work (tests/strict.py)."""
+    from tests.strict import need_tracer  # not at the top: tests.strict is a pytest plugin
+
+    need_tracer(*names, settings=settings)
 
 
 @contextmanager

@@ -336,6 +336,7 @@ def run_alertmanager(workdir: Path, config: Path) -> Any:
     return proc, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("snippet", ROUTED, ids=[s.id for s in ROUTED])
 def test_snippet_merged_into_the_stack_default_routes_to_the_service(
     snippet: Snippet, install: Install, tools: None, tmp_path: Path

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,31 +124,72 @@ def test_cleanup_removes_only_what_a_crashed_run_recorded(root_required, tmp_pat
         cleanup_dead_runs(state, log=lambda _m: None)  # whatever an assertion above left
 
 
+class _Sleeper:
+    """A `sleep 300` in its own session whose parent has exited (init reaps it, so a kill shows at
+    once): a process that a broken cleanup could kill, never this test's own."""
+
+    def __init__(self) -> None:
+        out = subprocess.run(["setsid", "sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], capture_output=True,
+                             text=True, timeout=10, check=True)
+        self.pid = int(out.stdout)
+        self.start = starttime(self.pid)
+
+    def alive(self) -> bool:
+        return self.start is not None and starttime(self.pid) == self.start and _alive(self.pid)
+
+    def gone_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.alive()
+
+
+@contextlib.contextmanager
+def _sleepers(n: int) -> Iterator[list[_Sleeper]]:
+    procs = [_Sleeper() for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.alive():
+                os.kill(p.pid, signal.SIGKILL)
+
+
 def test_cleanup_refuses_records_that_are_not_test_things(tmp_path: Path) -> None:
     """A damaged or hostile record never makes cleanup remove a real cgroup or kill a reused pid."""
-    dead_run = tmp_path / "999999999-1"  # no such process: a dead run
-    dead_run.mkdir(parents=True)
-    (dead_run / "cgroup-1").write_text("/sys/fs/cgroup/memory/kubepods\n")
-    (dead_run / "cgroup-2").write_text(f"/sys/fs/cgroup/memory/pfi-test-1-1/../decoy-{os.getpid()}\n")
-    me = os.getpid()
-    (dead_run / "proc-3").write_text(f"{me} {starttime(me) + 1} pfi-workload-file\n")  # pid reused since
-    (dead_run / "swap-4").write_text("/etc/passwd\n")
-    said: list[str] = []
-    cleanup_dead_runs(tmp_path, log=said.append)
-    assert _alive(me)  # not killed: same pid, other start time
-    assert sum("refusing" in m for m in said) == 3, said
-    assert Path("/etc/passwd").exists()
-    assert not dead_run.exists()  # its records are dealt with
+    with _sleepers(2) as (reused, recorded):
+        dead_run = tmp_path / "999999999-1"  # no such process: a dead run
+        dead_run.mkdir(parents=True)
+        (dead_run / "cgroup-1").write_text("/sys/fs/cgroup/memory/kubepods\n")
+        (dead_run / "cgroup-2").write_text(f"/sys/fs/cgroup/memory/pfi-test-1-1/../decoy-{os.getpid()}\n")
+        # pid reused since: same pid, another start time
+        (dead_run / "proc-3").write_text(f"{reused.pid} {reused.start + 1} pfi-workload-file\n")
+        (dead_run / "swap-4").write_text("/etc/passwd\n")
+        # the contrast: a process the dead run did start (pid and start time match) is stopped
+        (dead_run / "proc-5").write_text(f"{recorded.pid} {recorded.start} pfi-workload-file\n")
+        said: list[str] = []
+        cleanup_dead_runs(tmp_path, log=said.append)
+        assert reused.alive(), "killed a process whose pid was reused"
+        assert recorded.gone_within(5), "the dead run's own process was left running"
+        assert sum("refusing" in m for m in said) == 3, said
+        assert Path("/etc/passwd").exists()
+        assert not dead_run.exists()  # its records are dealt with
 
 
 def test_a_live_run_is_left_alone(tmp_path: Path) -> None:
-    me = os.getpid()
-    run = tmp_path / f"{me}-{starttime(me)}"
-    run.mkdir()
-    (run / "proc-1").write_text(f"{me} {starttime(me)} python\n")
-    cleanup_dead_runs(tmp_path, log=lambda _m: None)
-    assert (run / "proc-1").exists()
-    os.kill(me, 0)
+    """A run whose owner (pid and start time) still lives is not touched, its processes neither;
+    the same records under a dead owner are undone."""
+    with _sleepers(3) as (owner, child, orphan):
+        run = tmp_path / f"{owner.pid}-{starttime(owner.pid)}"
+        run.mkdir()
+        (run / "proc-1").write_text(f"{child.pid} {child.start} pfi-workload-file\n")
+        dead = tmp_path / f"{owner.pid}-{starttime(owner.pid) + 1}"  # that pid, another process: dead
+        dead.mkdir()
+        (dead / "proc-1").write_text(f"{orphan.pid} {orphan.start} pfi-workload-file\n")
+        cleanup_dead_runs(tmp_path, log=lambda _m: None)
+        assert (run / "proc-1").exists() and child.alive(), "a live run's process was stopped"
+        assert owner.alive()
+        assert orphan.gone_within(5) and not dead.exists(), "the dead run's process was left running"
 
 
 def test_no_stop_by_name_in_scripts_tests_bench_or_app() -> None:

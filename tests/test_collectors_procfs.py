@@ -243,6 +243,7 @@ def many_processes() -> Iterator[int]:
         shell.wait()
 
 
+@pytest.mark.workloads  # 5,000 real processes
 def test_sample_all_sees_every_process_at_5000(many_processes: int) -> None:
     """Correctness at scale; the speed against ps and psutil is measured in bench/ (row 4), not here."""
     sample = ProcFS().sample_all()

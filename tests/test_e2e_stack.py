@@ -18,7 +18,7 @@ from tests.e2e.stack import (
 )
 from tests.workloads import file_fault_workload
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.servers, pytest.mark.workloads, pytest.mark.timeout(120)]
 
 _missing = missing_binaries() + ([] if shutil.which("gcc") else ["gcc (builds the fault workload)"])
 if _missing:

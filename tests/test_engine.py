@@ -20,6 +20,8 @@ from app.models import Cause, SourceKind
 from app.tracers import leftovers
 from app.tracers._supervise import SupervisedProcess
 from app.tracers.base import TraceRequest, TraceResult
+from tests.service_support import require_tracers
+from tests.workloads import exact_enough, stop_lagged
 
 WINDOW = 4.0
 
@@ -37,13 +39,10 @@ def _top(report, pid):
     return top
 
 
-@pytest.mark.parametrize("backend", ["perf-major", "bpftrace-major"])
+# bpftrace-kprobe where kprobes work (EKS nodes); here it skips with the probe's reason (tests/strict.py)
+@pytest.mark.parametrize("backend", ["perf-major", "bpftrace-major", "bpftrace-kprobe"])
 def test_file_workload_is_top_with_its_file(backend, root_required, file_workload):
-    from app.tracers.registry import make_tracer
-
-    ok, why = make_tracer(backend, _settings()).available()
-    if not ok:
-        pytest.skip(f"{backend} not available: {why}")
+    require_tracers(backend)
     report = investigate(_settings(tracer=backend), seconds=WINDOW)
     assert report.tracer.backend == backend and report.tracer.exact
     top = _top(report, file_workload.pid)
@@ -55,7 +54,14 @@ def test_file_workload_is_top_with_its_file(backend, root_required, file_workloa
     assert src.hot_ranges, "a file source names its hot offset ranges"
     # exact backends: the traced count agrees with majflt over the tracer's own window
     assert top.traced_majflt, "the engine measured majflt at the tracer's start and stop"
-    assert abs(top.traced_faults - top.traced_majflt) <= 0.10 * top.traced_majflt
+    if (lagged := stop_lagged(report.tracer.errors)) is not None:
+        # bpftrace acted on SIGINT seconds late (seen here at a load average of 30: 13x majflt over a
+        # 4 s window): the report must say its counts run past the window, not match majflt.
+        assert backend.startswith("bpftrace") and "include faults after" in lagged, report.tracer.errors
+        assert any("reported errors" in w for w in report.warnings), report.warnings
+    else:
+        assert exact_enough(top.traced_faults, top.traced_majflt, backend), (
+            top.traced_faults, top.traced_majflt, report.tracer.errors)
     assert report.tracer.dropped == 0
     assert top.major_faults_per_second > 500
     assert len(top.series) >= int(WINDOW) - 1 and sum(top.series) <= top.major_faults
@@ -65,10 +71,11 @@ def test_file_workload_is_top_with_its_file(backend, root_required, file_workloa
 
 
 def test_swap_workload_is_swap(root_required, swap_workload):
-    report = investigate(_settings(), seconds=WINDOW)
+    require_tracers("perf-major")  # auto's first choice: the swap verdict rests on exact addresses
+    # the pid filter: on a shared machine another run's workload may fault more than this one
+    report = investigate(_settings(), seconds=WINDOW, pids=[swap_workload.pid])
+    assert report.tracer.backend == "perf-major", report.tracer
     top = _top(report, swap_workload.pid)
-    if report.tracer.backend == "procfs":
-        pytest.skip("no exact tracer here: " + "; ".join(s.reason for s in report.tracer.skipped))
     assert top.sources[0].kind is SourceKind.SWAP and top.sources[0].share >= 0.9
     # the cgroup it runs in is at its limit: the verdict says so
     assert top.cgroup_memory is not None and top.cgroup_memory.max_bytes == 64 << 20
@@ -111,7 +118,9 @@ def test_pid_filter_and_cancel(root_required, file_workload):
     report = investigate(_settings(), seconds=30, pids=[file_workload.pid], cancel=cancel)
     assert time.monotonic() - t0 < 20
     assert report.status == "cancelled"
-    assert [p.pid for p in report.processes] in ([file_workload.pid], [])
+    # 1.5 s of a file workload at thousands of faults/s: ranked, and alone (the pid filter)
+    assert [p.pid for p in report.processes] == [file_workload.pid], report.warnings
+    assert report.processes[0].major_faults > 0
     assert not _tracers_running({os.getpid()})
 
 
@@ -139,7 +148,7 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
 
 
 def test_cli_json_is_the_report_and_nothing_else(root_required, file_workload):
-    proc = _cli("investigate", "--seconds", "2", "--format", "json", "--top", "3")
+    proc = _cli("investigate", "--seconds", "2", "--format", "json", "--top", "3", "--pid", str(file_workload.pid))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     doc = json.loads(out)  # stdout holds the document alone
@@ -160,7 +169,12 @@ def test_cli_text_report_names_the_file(root_required, file_workload):
 
 def test_cli_sigterm_stops_cleanly(root_required, file_workload):
     proc = _cli("investigate", "--seconds", "60", "--format", "json")
-    time.sleep(2.5)
+    # SIGTERM in the window, once its tracer records (a fixed sleep raced the start-up on a loaded machine)
+    deadline = time.monotonic() + 30
+    while not _tracers_running({proc.pid}):
+        assert proc.poll() is None and time.monotonic() < deadline, "the investigation never started a tracer"
+        time.sleep(0.1)
+    time.sleep(1.0)  # past the probe's short-lived perf, into the window
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=40)
     assert proc.returncode == 130, err
@@ -194,6 +208,7 @@ CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5
 KUBELET_TOKEN = "engine-test-kubelet-token"
 
 
+@pytest.mark.workloads
 def test_process_in_pod_cgroup_is_named_through_tls_kubelet(root_required, certs, serve, tmp_path, monkeypatch):
     from tests.tls_standin import StandIn
     from tests.workloads import swap_workload
@@ -205,7 +220,8 @@ def test_process_in_pod_cgroup_is_named_through_tls_kubelet(root_required, certs
     token.write_text(KUBELET_TOKEN)
     settings = _settings(kubelet_url=kubelet.url, kubelet_token_file=token, kubelet_ca_file=certs.ca)
     with swap_workload(size_mb=96, limit_mb=48, name=f"kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}") as proc:
-        report = investigate(settings, seconds=3)
+        # the pid filter: on a shared machine another run's workload may fault more than this one
+        report = investigate(settings, seconds=3, pids=[proc.pid])
     assert kubelet.requests == ["/pods"]  # asked once, over TLS, with the token
     top = _top(report, proc.pid)
     assert report.attribution.source == "kubelet" and report.attribution.error is None

@@ -218,8 +218,9 @@ def test_connection_refused(tmp_path: Path, no_apiserver_env: None) -> None:
 
 def test_neither_configured(tmp_path: Path, no_apiserver_env: None) -> None:
     pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True))
-    assert pods.index() == (None, pods.index()[1])
-    assert pods.index()[1].model_dump() == {"source": "none", "error": "no kubelet URL configured"}
+    index, attribution = pods.index()
+    assert index is None, "nothing to ask: no pod index, not an empty one"
+    assert attribution.model_dump() == {"source": "none", "error": "no kubelet URL configured"}
 
 
 def test_apiserver_only(  # type: ignore[no-untyped-def]
@@ -400,6 +401,7 @@ def _top(report: dict[str, Any], pid: int) -> dict[str, Any]:
     return next(p for p in report["processes"] if p["pid"] == pid)
 
 
+@pytest.mark.workloads
 def test_investigate_with_an_unbracketed_ipv6_kubelet_url(tmp_path: Path, pod_process: int) -> None:
     """The chart's old `https://$(PFI_NODE_IP):10250` with an IPv6 node IP: a finding, exit 0."""
     _, report = _investigate(tmp_path, pod_process, PFI_KUBELET_URL="https://fd00::5:10250")
@@ -410,6 +412,7 @@ def test_investigate_with_an_unbracketed_ipv6_kubelet_url(tmp_path: Path, pod_pr
     assert pod["uid"] == DEPLOY_UID and pod["resolved_by"] == "cgroup"  # still named by its cgroup
 
 
+@pytest.mark.workloads
 def test_investigate_reaches_an_ipv6_kubelet_built_from_node_ip(  # type: ignore[no-untyped-def]
     tmp_path: Path, certs: Certs, serve, pod_process: int
 ) -> None:
@@ -423,6 +426,8 @@ def test_investigate_reaches_an_ipv6_kubelet_built_from_node_ip(  # type: ignore
     assert kubelet.requests == ["/pods"]
 
 
+@pytest.mark.servers
+@pytest.mark.workloads
 def test_investigate_with_a_trickling_kubelet_ends_in_time(  # type: ignore[no-untyped-def]
     tmp_path: Path, certs: Certs, serve, pod_process: int
 ) -> None:

@@ -34,6 +34,7 @@ def test_ruff_clean():
     assert res.returncode == 0, res.stdout[-4000:]
 
 
+@pytest.mark.mypy
 def test_mypy_strict_clean():
     res = subprocess.run(
         [_tool("mypy"), "--strict", "app"], cwd=ROOT, capture_output=True, text=True, timeout=300

@@ -130,6 +130,7 @@ def test_listen_socket_ipv4_only_refuses_ipv6() -> None:
         sock.close()
 
 
+@pytest.mark.servers
 def test_serve_with_the_default_host_answers_on_127_0_0_1_and_ipv6_loopback(tmp_path: Path) -> None:
     """`serve` with PFI_LISTEN_ADDRESS=[::]:PORT (the default's form; a free port instead of 8080):
     /healthz and the token-checked API answer on both loopbacks."""
@@ -177,6 +178,7 @@ def test_serve_with_the_default_host_answers_on_127_0_0_1_and_ipv6_loopback(tmp_
     assert f"API on http://[::]:{port}" in err
 
 
+@pytest.mark.servers
 def test_serve_bad_listen_address_is_one_clear_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
     env.update(

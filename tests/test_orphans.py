@@ -147,6 +147,7 @@ def _alert(base: str, token: str) -> None:
     assert r.status_code == 202, r.text
 
 
+@pytest.mark.servers
 def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_workload: WorkloadProcess) -> None:
     """`investigate` and `serve`, each with perf-major and with bpftrace-major (four runs at once, each
     with its own TMPDIR), SIGKILLed 4 s into their windows: 2 s later none of their tracers runs.

@@ -1,20 +1,25 @@
 """The flight recorder in the running service (`pagefault-inspector serve`, a real process), on real
 swap-in faults of a process in a kubepods-shaped memory cgroup, pods named by a TLS kubelet stand-in:
 
-- the culprit swaps for ~10 s and is stopped (its cgroup removed, like a finished CronJob pod); 3 s
+- the culprit swaps for ~7 s and is stopped (its cgroup removed, like a finished CronJob pod); 3 s
   later an alert arrives: the report's history names the pod with at least half of the faults its
   cgroup counted, and the verdict names it and says it stopped;
 - watch mode: with a low PFI_WATCH_THRESHOLD the service investigates by itself, the faulting process
   on top.
 
-Every cgroup is made under a unique pfi-test-<pid>-<n>/ parent and removed in teardown.
+Every cgroup is made under a unique pfi-test-<pid>-<n>/ parent and removed in teardown. The service's
+PFI_CGROUP_ROOT is a view whose memory/ is that parent: its recorder sees this test's groups only, so
+the workloads of other test runs on a shared machine never outrank ours in the lead-up (the ranking
+is then checked, never skipped when the machine is busy).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,32 +41,44 @@ _n = itertools.count(1)
 
 
 @pytest.fixture
-def kubelet(root_required, certs, serve, tmp_path, monkeypatch) -> dict[str, str]:
+def kubelet(root_required, certs, serve, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+    from tests.workloads import memory_cgroup, memory_hierarchy, no_memory_controller_reason
+
     if (why := service_missing()) is not None:
         pytest.skip(why)
     for tool in ("gcc", "mkswap", "swapon"):
         if not any((Path(d) / tool).exists() for d in os.environ.get("PATH", "/usr/sbin:/usr/bin").split(":")):
             pytest.skip(f"{tool} not found: cannot run the swap workload")
-    if not Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+    if (hierarchy := memory_hierarchy()) is None:
+        pytest.skip(no_memory_controller_reason())
     stand = serve(StandIn(path="/pods", token=TOKEN, body=PODLIST.read_bytes()))
     token = tmp_path / "kubelet-token"
     token.write_text(TOKEN)
-    return {
-        "PFI_KUBELET_URL": stand.url,
+    with memory_cgroup(f"pfi-test-{os.getpid()}-rec{next(_n)}", None) as parent:
+        if hierarchy.version == 2:
+            view = parent  # a v2 group is a cgroup root of its own (cgroup.controllers, memory.stat)
+        else:
+            view = tmp_path / "cgroup-view"
+            view.mkdir()
+            (view / "memory").symlink_to(parent, target_is_directory=True)
+        yield {
+            "PFI_CGROUP_ROOT": str(view),
+            "PFI_KUBELET_URL": stand.url,
         "PFI_KUBELET_TOKEN_FILE": str(token),
         "PFI_KUBELET_CA_FILE": str(certs.ca),
         "PFI_APISERVER_FALLBACK": "false",
         "PFI_TRACER": "procfs",
         "PFI_INVESTIGATION_SECONDS": "2",
         "PFI_RECORDER_INTERVAL_SECONDS": "1",
-        "PFI_NODE_NAME": f"pfi-test-node-{os.getpid()}",
-    }
+            "PFI_NODE_NAME": f"pfi-test-node-{os.getpid()}",
+        }
 
 
-def _cgroup_name(pod: tuple[str, str, str]) -> str:
+def _cgroup_name(env: dict[str, str], pod: tuple[str, str, str]) -> str:
     uid, cid, _ = pod
-    return f"pfi-test-{os.getpid()}-{next(_n)}/kubepods/burstable/pod{uid}/{cid}"
+    view = Path(env["PFI_CGROUP_ROOT"])
+    parent = (view / "memory").resolve().name if (view / "memory").is_symlink() else view.name
+    return f"{parent}/kubepods/burstable/pod{uid}/{cid}"
 
 
 def _metric(svc: Service, name: str) -> float:
@@ -86,15 +103,8 @@ def _label(c: dict) -> str:
     return f"{pod.get('namespace')}/{pod.get('name')}" if pod.get("name") else c["cgroup"]
 
 
-def _others_outrank(history: dict, ours: str) -> str | None:
-    """Another group (a concurrent test's workload on this shared machine) made more faults than ours."""
-    top = history["cgroups"][0] if history["cgroups"] else None
-    if top is not None and _label(top) != ours:
-        mine = sum(c["major_faults"] for c in history["cgroups"] if _label(c) == ours)
-        return f"{_label(top)} made {top['major_faults']:,} major faults in the lead-up, {ours} {mine:,}"
-    return None
-
-
+@pytest.mark.servers
+@pytest.mark.workloads
 def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
     from tests.workloads import swap_workload
 
@@ -102,9 +112,12 @@ def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
     node = kubelet["PFI_NODE_NAME"]
     with run_service(tmp_path / "svc", "recorder-test-token", kubelet) as svc:
         wait_for("two recorder samples", lambda: _metric(svc, "pfi_recorder_samples_total") >= 2, 20, 0.3, svc.tail)
-        with swap_workload(size_mb=96, limit_mb=48, name=_cgroup_name(CRON_A)) as proc:
-            time.sleep(10)
-            made = read_counter((proc.cgroup / "memory.stat").read_bytes(), b"total_pgmajfault")
+        with swap_workload(size_mb=96, limit_mb=48, name=_cgroup_name(kubelet, CRON_A)) as proc:
+            time.sleep(7)  # 7 one-second intervals: the history below needs 5 with faults
+            os.kill(proc.pid, signal.SIGSTOP)  # no faults after this count: the history can hold no more
+            time.sleep(1.5)  # the recorder's last sample of the running group (interval 1 s)
+            key = b"total_pgmajfault" if (proc.cgroup / "memory.limit_in_bytes").exists() else b"pgmajfault"
+            made = read_counter((proc.cgroup / "memory.stat").read_bytes(), key)
         # the process is killed and its cgroup removed: the pod is gone, like a CronJob's when it ends
         assert made and made > 1000, f"the workload made only {made} major faults"
         time.sleep(3)
@@ -130,12 +143,11 @@ def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
         "scraper", "e2e-cronjob-29707813-dhlr2", "compute-pi-digits"), "named through the TLS kubelet"
     assert c["gone"] and c["cgroup"].endswith(f"/kubepods/burstable/pod{uid}/{cid}")
     assert c["major_faults"] >= made / 2, f"history has {c['major_faults']:,} of the {made:,} faults the cgroup counted"
-    assert c["major_faults"] <= made * 1.05
+    assert c["major_faults"] <= made, "the recorder counted faults the cgroup never made"
     assert sum(1 for v in c["series"] if v > 0) >= 5, "one interval a second while it ran"
     last = datetime.fromisoformat(c["last_active_at"])
     assert last <= datetime.fromisoformat(doc["started_at"]), "it stopped before the window"
-    if (why := _others_outrank(h, name)) is not None:
-        pytest.skip(f"the machine was not quiet: {why}")
+    assert [_label(x) for x in h["cgroups"]][:1] == [name], "the recorder sees this test's groups only"
     v = doc["verdict"]
     assert v["cause"] == "stopped_before_window", v
     assert v["summary"].startswith(f"pod {name} container compute-pi-digits made "), v["summary"]
@@ -143,12 +155,14 @@ def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
     assert any("OOMKilled" in a for a in v["advice"])
 
 
+@pytest.mark.servers
+@pytest.mark.workloads
 def test_watch_mode_investigates_by_itself(kubelet, tmp_path):
     from tests.workloads import swap_workload
 
     uid, _, name = CRON_B
     env = {**kubelet, "PFI_WATCH_THRESHOLD": "500", "PFI_WATCH_FOR_SECONDS": "2"}
-    with swap_workload(size_mb=96, limit_mb=48, name=_cgroup_name(CRON_B)) as proc, \
+    with swap_workload(size_mb=96, limit_mb=48, name=_cgroup_name(kubelet, CRON_B)) as proc, \
             run_service(tmp_path / "svc", "recorder-test-token", env) as svc:
 
         def a_report() -> str | None:
@@ -163,13 +177,19 @@ def test_watch_mode_investigates_by_itself(kubelet, tmp_path):
     assert t["kind"] == "watch" and t["rate"] > 500, t
     assert datetime.fromisoformat(t["since"]) < datetime.fromisoformat(doc["started_at"])
     h = doc["history"]
-    assert any(c["pod"] and c["pod"]["uid"] == uid for c in h["cgroups"]), [_label(c) for c in h["cgroups"]]
-    if (why := _others_outrank(h, name)) is not None:
-        pytest.skip(f"the machine was not quiet: {why}")
-    top = doc["processes"][0]
-    assert top["pid"] == proc.pid, [(p["pid"], p["comm"], p["major_faults"]) for p in doc["processes"]]
-    assert top["pod"]["name"] == "e2e-cronjob-29707814-h2f28"
-    assert doc["verdict"]["cause"] != "stopped_before_window", "the culprit is still running: the window sees it"
+    assert [_label(c) for c in h["cgroups"]][:1] == [name], "the recorder sees this test's groups only"
+    # The window ranks every process of the node (/proc): on a shared machine another run's workload
+    # may fault more than ours. Ours is reported and named either way; above it only such workloads.
+    ranked = [(p["pid"], p["comm"], p["major_faults"]) for p in doc["processes"]]
+    mine = [i for i, p in enumerate(doc["processes"]) if p["pid"] == proc.pid]
+    assert mine, ranked
+    assert all(p["comm"] == "pfi-workload" for p in doc["processes"][: mine[0]]), ranked
+    assert doc["processes"][mine[0]]["pod"]["name"] == "e2e-cronjob-29707814-h2f28"
+    # Also when another run's workload outranks ours in the window: ours is in it, faulting, so a verdict
+    # that says our pod "then stopped" is false (seen on this shared machine: reported as a defect).
+    assert doc["verdict"]["cause"] != "stopped_before_window", (
+        f"the culprit is still running (rank {mine[0] + 1} in the window: {ranked[:5]}), yet the verdict says: "
+        f"{doc['verdict']['summary']}")
 
 
 def test_cli_report_says_no_history_exists():

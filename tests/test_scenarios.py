@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.tracers.registry import make_tracer
 from tests.scenario_report import OUTCOMES
-from tests.workloads import CGROUP_MEMORY_ROOT
+from tests.service_support import require_tracers
+from tests.workloads import CGROUP_MEMORY_ROOT, memory_hierarchy, no_memory_controller_reason
 from tests.workloads.scenarios import ROWS, UNIFIED_ROOT, Row, run_row
 
 KUBELET_TOKEN = "scenario-kubelet-token"
@@ -35,22 +35,29 @@ def _skip_reason(row: Row) -> str | None:
     for tool in ("gcc", *(("mkswap", "swapon", "swapoff") if row.kind in ("anon", "shm") else ())):
         if shutil.which(tool) is None:
             return f"{tool} not found"
-    if row.layout != "none" and not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
-        return f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}"
+    if row.layout in ("cgroupfs", "hybrid") and not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
+        return f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}: the v1 path (a {row.layout}-layout pod)"
     if row.layout == "hybrid" and not (UNIFIED_ROOT / "cgroup.procs").exists():
-        return f"no unified cgroup tree at {UNIFIED_ROOT}"
-    if row.tracer == "auto":
-        ok = any(make_tracer(n, Settings()).available()[0] for n in ("perf-major", "bpftrace-major"))
-        if not ok:
-            return "no exact tracer (perf-major, bpftrace-major) available"
+        return f"no unified cgroup tree at {UNIFIED_ROOT}: the v1 path (a hybrid-layout pod)"
+    if row.layout == "host" and memory_hierarchy() is None:
+        return no_memory_controller_reason()
     return None
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[f"{r.name} [{r.tracer}]" for r in ROWS])
+_REAL = (pytest.mark.root, pytest.mark.workloads)  # a real workload in cgroups made for it
+
+
+@pytest.mark.matrix  # all rows, replayed ones too: the run's accuracy table is printed from one process
+@pytest.mark.parametrize(
+    "row", [pytest.param(r, marks=() if r.kind == "replay" else _REAL) for r in ROWS],
+    ids=[f"{r.name} [{r.tracer}]" for r in ROWS],
+)
 def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     reason = _skip_reason(row)
     if reason:
         pytest.skip(reason)
+    if row.tracer == "auto":
+        require_tracers("perf-major")  # auto's first choice, and it works here: the row must run on it
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     kw: dict = {}
     if row.subject == "pod":
@@ -64,6 +71,7 @@ def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monk
     out = run_row(row, tmp_path / "row", kw)
     OUTCOMES.append(out)
     assert out.ok, f"{row.name} [{row.tracer}]: {'; '.join(out.problems)}\nsummary: {out.summary}"
+    assert out.tracer == ("perf-major" if row.tracer == "auto" else row.tracer), out.tracer
     if row.subject == "pod":
         # named by the kubelet (TLS stand-in), not only by the cgroup's uid
         assert "scraper/e2e-statefulset-0" in out.summary, out.summary
@@ -72,6 +80,9 @@ def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monk
                 out.command.replace("/", " "), out.command
 
 
+@pytest.mark.matrix
+@pytest.mark.root
+@pytest.mark.workloads
 def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:
     """The reviewer's case on this kernel: a 128 MiB file read through mmap in a 64 MiB group, watched
     during its first pass (no wait): the group sits at its limit with page cache but nothing is read
@@ -81,14 +92,14 @@ def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:
 
     if os.geteuid() != 0 or shutil.which("gcc") is None:
         pytest.skip("needs root (cgroups) and gcc")
-    if not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
-        pytest.skip(f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}")
+    if (hierarchy := memory_hierarchy()) is None:
+        pytest.skip(no_memory_controller_reason())
     # 256 MiB: the first pass (~8 s here) outlasts the wait for the full limit (~2 s) and the window.
     with scenario_workload("reread", cgroup=f"{unique_parent()}/job", limit_mb=LIMIT_MB,
                            data=tmp_path / "d.bin", size_mb=4 * LIMIT_MB) as proc:
         assert proc.cgroup is not None
         deadline = time.monotonic() + 15
-        while int((proc.cgroup / "memory.usage_in_bytes").read_text()) < 0.95 * (LIMIT_MB << 20):
+        while int((proc.cgroup / hierarchy.usage_file).read_text()) < 0.95 * (LIMIT_MB << 20):
             assert time.monotonic() < deadline, "the group never filled up to its limit"
             time.sleep(0.1)
         report = investigate(Settings(tracer="procfs", kubelet_url=None, apiserver_fallback=False), seconds=2.0,

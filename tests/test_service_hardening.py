@@ -58,6 +58,7 @@ def _doc(client: httpx.Client, rid: str) -> dict[str, Any]:
         ({"node": "node-a", "bad\ud800key": "v"}, "(its name)"),
     ],
 )
+@pytest.mark.servers
 def test_lone_surrogate_is_a_422_naming_the_field(tmp_path: Path, labels: dict[str, str], field: str) -> None:
     with service(tmp_path, cooldown_seconds=0) as (client, engine):
         body = firing(labels)
@@ -75,6 +76,7 @@ def test_lone_surrogate_is_a_422_naming_the_field(tmp_path: Path, labels: dict[s
         assert client.get("/readyz").json() == {"ready": True, "reasons": []}
 
 
+@pytest.mark.servers
 def test_control_characters_in_labels_are_stored_and_shown_as_escapes(tmp_path: Path) -> None:
     evil = "a\x00b\x1b[31mc\x07d\u202eevil.exe"
     settings = make_settings(tmp_path, cooldown_seconds=0)
@@ -107,6 +109,7 @@ def test_store_sets_aside_a_report_it_cannot_write_and_goes_on(tmp_path: Path) -
     store.close()
 
 
+@pytest.mark.servers
 def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Flaky(ReportStore):
         calls = 0
@@ -132,6 +135,7 @@ def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.Mo
 # 2. the sink outbox
 
 
+@pytest.mark.servers
 def test_sink_delivery_pending_at_stop_is_made_after_restart(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"sink_attempts": 20, "sink_backoff_seconds": 0.3}
     # The service stops (first) while the webhook still fails: no result, the outbox keeps it.
@@ -152,6 +156,7 @@ def test_sink_delivery_pending_at_stop_is_made_after_restart(tmp_path: Path) -> 
         assert again.requests == []
 
 
+@pytest.mark.servers
 def test_more_than_one_batch_of_outbox_rows_is_all_delivered_after_restart(tmp_path: Path) -> None:
     """150 reports left in the outbox (a crash during a storm): all go out after the restart, each once,
     not only the first batch of 100."""
@@ -174,6 +179,7 @@ def test_more_than_one_batch_of_outbox_rows_is_all_delivered_after_restart(tmp_p
     again.close()
 
 
+@pytest.mark.servers
 def test_delivery_refused_for_too_much_background_work_is_retried_without_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -200,6 +206,7 @@ def test_delivery_refused_for_too_much_background_work_is_retried_without_a_rest
 # 3. stage deadlines
 
 
+@pytest.mark.servers
 def test_a_stage_past_its_deadline_gives_a_failed_report_and_the_next_alert_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,6 +239,7 @@ def test_a_stage_past_its_deadline_gives_a_failed_report_and_the_next_alert_runs
 # 5. Slack
 
 
+@pytest.mark.servers
 def test_slack_fallback_text_is_escaped_like_the_blocks(tmp_path: Path) -> None:
     def engine(settings: Settings, **kw: Any) -> Report:
         report = make_report(settings.node_name, kw.get("trigger"))
@@ -253,6 +261,7 @@ def test_slack_fallback_text_is_escaped_like_the_blocks(tmp_path: Path) -> None:
 # 7. the UI: Host check, headers, exposure warning
 
 
+@pytest.mark.servers
 def test_ui_answers_only_loopback_or_configured_hosts_with_security_headers(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, public_url="https://pfi.example.org/")
     api_app = create_app(settings, investigator=FakeEngine(), token=TOKEN)
@@ -314,6 +323,7 @@ def test_log_lines_cannot_be_forged() -> None:
     assert "\x1b" not in line and "\u202e" not in line
 
 
+@pytest.mark.servers
 def test_client_disconnect_mid_body_is_one_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -343,6 +353,7 @@ def _status(client: httpx.Client, token: str) -> int:
     return client.get("/api/v1/reports", headers={"Authorization": f"Bearer {token}"}).status_code
 
 
+@pytest.mark.servers
 def test_token_file_rewritten_or_swapped_like_the_kubelet_is_reread(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     (secret / "..2026_12_02_a").mkdir(parents=True)
@@ -413,6 +424,7 @@ def test_token_rewritten_with_same_size_and_mtime_is_noticed_and_short_tokens_re
 # 11. private data on the node
 
 
+@pytest.mark.servers
 def test_data_dir_and_store_files_are_private_also_when_they_existed(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)

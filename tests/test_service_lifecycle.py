@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.service_support import bind_loopback, free_port, wait_for
+
+pytestmark = pytest.mark.servers  # `serve` in subprocesses, stopped by signals
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "lifecycle-token-0123456789"

@@ -268,6 +268,7 @@ def test_no_secret_in_requests(tmp_path: Path, certs: Certs, apiserver: Callable
     asyncio.run(go())
 
 
+@pytest.mark.servers
 def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path) -> None:
     """An idle service (in a cluster, Events on, peers by label) and `investigate` without the
     API-server fallback never import the kubernetes package."""
@@ -302,6 +303,7 @@ def _alerts(nodes: list[str], label: str = "node") -> dict[str, Any]:
     return body
 
 
+@pytest.mark.servers
 def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
     tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
 ) -> None:
@@ -312,7 +314,11 @@ def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
         # One alert first: the peer list is fetched (pods + nodes) and the kubernetes client
         # imported, so the timing below is the 1,000 alerts' own.
         first = client.post("/api/v1/alerts", json=_alerts(["node-b"]), headers=AUTH).json()
-        assert [f["node"] for f in first["forwarded"]] == ["node-b"], first
+        if first.get("deferred"):  # a loaded machine: that first lookup took over the webhook's 1 s
+            wait_for(lambda: 'pfi_alerts_received_total{outcome="forwarded"} 1.0' in client.get("/metrics").text,
+                     timeout=15, what="the deferred first alert forwarded")
+        else:
+            assert [f["node"] for f in first["forwarded"]] == ["node-b"], first
         t = time.monotonic()
         resp = client.post("/api/v1/alerts", json=_alerts([f"gone-{i}" for i in range(1000)]), headers=AUTH)
         took = time.monotonic() - t
@@ -326,6 +332,7 @@ def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
     assert took < 5.0, took
 
 
+@pytest.mark.servers
 def test_the_webhook_answers_fast_when_the_api_server_never_does(
     tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
 ) -> None:
@@ -351,6 +358,7 @@ def test_the_webhook_answers_fast_when_the_api_server_never_does(
     assert len(stand.requests) == 1  # one list asked, not one per alert
 
 
+@pytest.mark.servers
 def test_label_values_never_reach_a_selector(
     tmp_path: Path, certs: Certs, apiserver: Callable[..., tuple[StandIn, ApiServer]]
 ) -> None:

@@ -50,6 +50,7 @@ def two_nodes(tmp_path: Path, **kw: Any) -> Iterator[dict[str, tuple[httpx.Clien
         yield out
 
 
+@pytest.mark.servers
 def test_alert_for_b_posted_to_a_ends_as_a_report_on_b(tmp_path: Path) -> None:
     with two_nodes(tmp_path) as nodes:
         a, engine_a = nodes["node-a"]
@@ -79,6 +80,7 @@ def test_alert_for_b_posted_to_a_ends_as_a_report_on_b(tmp_path: Path) -> None:
         wait_for(lambda: len(reports(a)) == 1, what="report on A")
 
 
+@pytest.mark.servers
 def test_a_forwarded_alert_is_not_forwarded_again(tmp_path: Path) -> None:
     with two_nodes(tmp_path) as nodes:
         b, engine_b = nodes["node-b"]
@@ -102,6 +104,7 @@ def test_a_forwarded_alert_is_not_forwarded_again(tmp_path: Path) -> None:
         assert engine_b.calls[0]["trigger"].forwarded_from == "node-a"
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize(
     ("labels", "reason"),
     [
@@ -120,6 +123,7 @@ def test_unknown_node_gets_a_clear_answer(
     assert any(reason in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.servers
 def test_peer_down_is_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dead = bind_loopback()  # bound, never listening: connections are refused
     url = f"http://127.0.0.1:{dead.getsockname()[1]}"
@@ -137,6 +141,7 @@ def test_peer_down_is_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptu
     assert any("forwarding 1 alert(s) to node node-b" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.servers
 def test_peer_client_against_a_real_instance(tmp_path: Path) -> None:
     """PeerClient needs an httpx client, the token and timeouts: here against node-b's real API."""
     import asyncio

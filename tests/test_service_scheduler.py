@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.service_support import AUTH, FakeEngine, firing, reports, service, wait_for
+
+pytestmark = pytest.mark.servers  # every test here runs the service on loopback
 
 NODE = {"instance": "10.0.3.7:9100"}
 

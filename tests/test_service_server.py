@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.service_support import bind_loopback, free_port, run_serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.servers
 def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
     api, ui = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
@@ -84,6 +86,7 @@ def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
     assert rows == [(acc["id"], "cancelled")]
 
 
+@pytest.mark.servers
 def test_serve_exits_nonzero_when_the_port_is_taken(tmp_path: Path) -> None:
     busy = bind_loopback()
     busy.listen()

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from app.config import Settings
 from app.service.report_store import ReportStore
 from app.service.web.app import create_app
 from tests.e2e.sample_reports import deployment_pod_report
 from tests.service_support import AUTH, TOKEN, Instance, listening_socket, wait_for
+
+pytestmark = [pytest.mark.storm, pytest.mark.servers]
 
 N = 12
 COPIES = 10

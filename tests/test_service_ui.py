@@ -8,6 +8,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.service.web.app import create_app, create_ui_app
 from tests.service_support import (
@@ -47,6 +48,7 @@ def nodes_with_ui(tmp_path: Path, engine_b: FakeEngine) -> Iterator[dict[str, ht
         }
 
 
+@pytest.mark.servers
 def test_index_lists_every_node_and_pages_come_from_the_peer(tmp_path: Path) -> None:
     engine_b = FakeEngine(hold=True)
     with nodes_with_ui(tmp_path, engine_b) as c:

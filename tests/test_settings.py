@@ -36,13 +36,18 @@ def test_config_has_no_issue_notes():
     assert not re.search(r"\(issue \d+\)|[Aa]dded for", text)
 
 
+# Written out here, not built from the registry: the names a user types (PFI_TRACER, the chart, the
+# README) and the order "auto" tries them in are a promise; a renamed or reordered backend must fail here.
+KNOWN = ("auto", "perf-major", "bpftrace-major", "bpftrace-kprobe", "perf-tracepoint", "procfs")
+
+
 def test_backend_names_come_from_their_classes():
-    assert ("auto", *ORDER) == CHOICES
-    assert len(set(ORDER)) == len(ORDER) == 5
+    assert CHOICES == KNOWN
+    assert list(KNOWN[1:]) == ORDER
     assert [make_tracer(name, Settings()).name for name in ORDER] == ORDER
 
 
-@pytest.mark.parametrize("name", CHOICES)
+@pytest.mark.parametrize("name", KNOWN)
 def test_settings_accept_every_registry_name(name: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PFI_TRACER", name)
     assert Settings().tracer == name
@@ -54,7 +59,7 @@ def test_settings_refuse_an_unknown_tracer_naming_the_known_ones(monkeypatch: py
         Settings()
     message = str(err.value)
     assert "unknown tracer 'ftrace'" in message
-    assert all(name in message for name in CHOICES)
+    assert all(name in message for name in KNOWN)
 
 
 def test_cli_offers_the_registry_names():
@@ -64,17 +69,17 @@ def test_cli_offers_the_registry_names():
     assert res.returncode == 2
     offered = re.search(r"choose from (.*)\)", res.stderr)
     assert offered is not None, res.stderr
-    assert re.findall(r"'([^']+)'", offered.group(1)) == list(CHOICES)
+    assert re.findall(r"'([^']+)'", offered.group(1)) == list(KNOWN)
 
 
 def test_chart_schema_offers_the_registry_names():
     schema = json.loads((ROOT / "charts" / "pagefault-inspector" / "values.schema.json").read_text())
-    assert sorted(schema["properties"]["config"]["properties"]["tracer"]["enum"]) == sorted(CHOICES)
+    assert sorted(schema["properties"]["config"]["properties"]["tracer"]["enum"]) == sorted(KNOWN)
 
 
 def test_readme_names_every_backend():
     readme = (ROOT / "README.md").read_text()
     usage = re.search(r"--tracer ([a-z|-]+)\]", readme)
-    assert usage is not None and sorted(usage.group(1).split("|")) == sorted(CHOICES)
+    assert usage is not None and sorted(usage.group(1).split("|")) == sorted(KNOWN)
     table = set(re.findall(r"^\| `([a-z-]+)` \|", readme, flags=re.MULTILINE))
-    assert table == set(ORDER)
+    assert table == set(KNOWN[1:])

@@ -41,6 +41,7 @@ def _full(client: httpx.Client, rid: str) -> dict[str, Any]:
     return dict(client.get(f"/api/v1/reports/{rid}", headers=AUTH).json())
 
 
+@pytest.mark.servers
 def test_every_sink_end_to_end(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, certs: Certs, serve: Callable[[StandIn], StandIn]
 ) -> None:
@@ -133,6 +134,7 @@ def test_every_sink_end_to_end(
     assert not [r for r in caplog.records if SLACK_SECRET in r.getMessage()]
 
 
+@pytest.mark.servers
 def test_failing_sink_gives_up_after_bounded_attempts(tmp_path: Path) -> None:
     with (
         Recorder(status=500) as am,

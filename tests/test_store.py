@@ -114,6 +114,7 @@ def test_pending_is_bounded(tmp_path: Path) -> None:
     assert store.pending == 3
 
 
+@pytest.mark.servers
 def test_corrupt_store_makes_readyz_503_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -132,6 +133,7 @@ def test_corrupt_store_makes_readyz_503_and_logs(tmp_path: Path, caplog: pytest.
     assert any("not a database" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.servers
 def test_service_restart_keeps_reports(tmp_path: Path) -> None:
     with service(tmp_path) as (client, _):
         client.post("/api/v1/alerts", json=fixture(CAPTURED), headers=AUTH)

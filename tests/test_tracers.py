@@ -21,12 +21,21 @@ from app.tracers import _bpftrace, _supervise, leftovers
 from app.tracers.base import TraceRequest, TraceResult
 from app.tracers.registry import ORDER, make_tracer, probe, select
 from tests.service_support import require_tracers
-from tests.workloads import WorkloadProcess, majflt, swap_workload
+from tests.workloads import (
+    WorkloadProcess,
+    exact_enough,
+    majflt,
+    memory_hierarchy,
+    no_memory_controller_reason,
+    swap_workload,
+)
 
-EXACT = ["perf-major", "bpftrace-major"]
+# bpftrace-kprobe runs where kprobes work (EKS nodes); here it skips with the probe's reason, which
+# tests/strict.py expects only for a kernel built without kprobes.
+EXACT = ["perf-major", "bpftrace-major", "bpftrace-kprobe"]
 WINDOW = 5.0
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.workloads]
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -113,8 +122,8 @@ def report(name: str, workload: str, w: Window, r: TraceResult, traced: int, ins
 def swap_proc() -> Iterator[WorkloadProcess]:
     if os.geteuid() != 0:
         pytest.skip("needs root (swap, cgroups)")
-    if not Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup v1 memory controller")
+    if memory_hierarchy() is None:
+        pytest.skip(no_memory_controller_reason())
     with swap_workload(size_mb=128, limit_mb=64, name="pfi-test-tracers") as proc:
         yield proc
 
@@ -136,7 +145,7 @@ def test_exact_backend_node_wide_on_file_faults(name: str, file_workload: Worklo
     inside = in_range(r, file_workload)
     report(name, "file", w, r, traced, inside)
     assert w.delta > 1000, "the workload should fault steadily"
-    assert abs(traced - w.delta) <= 0.1 * w.delta
+    assert exact_enough(traced, w.delta, name), (traced, w.delta)
     assert inside >= 0.9 * traced
     assert r.dropped == 0
     assert r.comms[file_workload.pid] == "pfi-workload"
@@ -155,7 +164,7 @@ def test_exact_backend_on_swap_faults(name: str, swap_proc: WorkloadProcess) -> 
     inside = in_range(r, swap_proc)
     report(name, "swap", w, r, traced, inside)
     assert w.delta > 1000
-    assert abs(traced - w.delta) <= 0.1 * w.delta
+    assert exact_enough(traced, w.delta, name), (traced, w.delta)
     assert inside >= 0.9 * traced  # the anonymous mapping the workload swaps through
     assert r.dropped == 0
     assert_nothing_left()
@@ -178,9 +187,15 @@ def test_small_page_bound_reports_drops(file_workload: WorkloadProcess) -> None:
     require_tracers("bpftrace-major")
     w = Window(file_workload.pid)
     r = make_tracer("bpftrace-major", Settings()).run(w.request(2.0, [file_workload.pid], max_pages=4096))
-    assert r.dropped > 0
-    assert r.events == r.totals[file_workload.pid]
-    assert sum(r.faults[file_workload.pid].values()) + r.dropped == r.events
+    kept = r.faults[file_workload.pid]
+    # Checked against the kernel, not against each other (dropped is events - kept by construction):
+    # the per-pid total counts every fault majflt counts, the map holds its 4,096 pages and no more,
+    # and what it could not hold is the rest of majflt.
+    assert exact_enough(r.totals[file_workload.pid], w.delta, r.backend), (r.totals, w.delta)
+    assert len(kept) == 4096, len(kept)
+    assert all(file_workload.start <= page < file_workload.end for page in kept)
+    assert exact_enough(r.dropped, w.delta - sum(kept.values()), r.backend, tolerance=0.05), (r.dropped, w.delta, sum(kept.values()))
+    assert r.dropped > w.delta // 2, "16,384 pages faulted round and round, 4,096 kept: most are dropped"
     assert any("map of 4096 keys full" in e for e in r.errors)
 
 

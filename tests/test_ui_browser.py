@@ -22,11 +22,11 @@ from tests.e2e.sample_reports import (
     swap_report,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 _missing = chromium_missing()
 if _missing:
-    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"no browser: {_missing}")]
+    pytestmark.append(pytest.mark.skip(reason=f"no browser: {_missing}"))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from tests.service_support import (
 # auth
 
 
+@pytest.mark.servers
 def test_token_missing_wrong_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -104,6 +105,7 @@ def test_every_fixture_is_covered() -> None:
     assert names == set(CONFIGURED_IGNORED) | {CAPTURED}
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("name", sorted(CONFIGURED_IGNORED))
 def test_fixture_payloads_with_default_alertnames(tmp_path: Path, name: str) -> None:
     status, count, reason = CONFIGURED_IGNORED[name]
@@ -118,6 +120,7 @@ def test_fixture_payloads_with_default_alertnames(tmp_path: Path, name: str) -> 
     assert engine.calls == []
 
 
+@pytest.mark.servers
 def test_captured_nodememorymajorpagesfaults_is_accepted_for_this_node(tmp_path: Path) -> None:
     """The payload Debian's Alertmanager 0.25 sent here: `instance` is 127.0.0.1:31463 (a plain
     scrape job on this machine), which names this node."""
@@ -137,6 +140,7 @@ def test_captured_nodememorymajorpagesfaults_is_accepted_for_this_node(tmp_path:
     assert len(engine.calls) == 1
 
 
+@pytest.mark.servers
 def test_exporter_pod_labels_do_not_name_the_node(tmp_path: Path) -> None:
     """AlertmanagerFailedReload carries the exporter's pod/namespace/service labels; with that
     alertname configured, only `instance` (10.233.71.231:9093) is read, and no inspector runs there."""
@@ -154,6 +158,7 @@ def test_exporter_pod_labels_do_not_name_the_node(tmp_path: Path) -> None:
     assert engine.calls == []
 
 
+@pytest.mark.servers
 def test_no_node_labels_and_unknown_version(tmp_path: Path) -> None:
     """CPUThrottlingHigh has pod/namespace/container but no node label: ignored with the reason.
     The legacy version-0 payload is read (warning), its alerts without `instance` ignored."""
@@ -181,6 +186,7 @@ def test_no_node_labels_and_unknown_version(tmp_path: Path) -> None:
         assert [a["action"] for a in lb["accepted"]][0] == "queued"
 
 
+@pytest.mark.servers
 def test_unknown_version_that_does_not_fit_is_422(tmp_path: Path) -> None:
     with service(tmp_path) as (client, _):
         body = {"version": "5", "alerts": [{"labels": "not-a-map"}]}
@@ -227,6 +233,7 @@ def _bad_cases(max_body: int) -> list[tuple[str, bytes, int, str]]:
     ]
 
 
+@pytest.mark.servers
 def test_bad_input_is_4xx_with_a_reason(tmp_path: Path) -> None:
     max_body = 1024 * 1024
     with service(tmp_path, max_body_bytes=max_body) as (client, engine):
@@ -253,6 +260,7 @@ def test_bad_input_is_4xx_with_a_reason(tmp_path: Path) -> None:
     assert engine.calls == []
 
 
+@pytest.mark.servers
 def test_content_length_over_limit_is_refused_before_reading(tmp_path: Path) -> None:
     import socket
 
@@ -267,6 +275,7 @@ def test_content_length_over_limit_is_refused_before_reading(tmp_path: Path) -> 
         assert head.startswith("HTTP/1.1 413")
 
 
+@pytest.mark.servers
 def test_bad_query_parameters_are_422(tmp_path: Path) -> None:
     with service(tmp_path) as (client, _):
         for q in ("limit=0", "limit=501", "limit=abc"):
@@ -287,6 +296,7 @@ def _metric(text: str, line_start: str) -> float:
     return 0.0
 
 
+@pytest.mark.servers
 def test_read_api_filters_and_metrics_move(tmp_path: Path) -> None:
     with service(tmp_path) as (client, engine):
         m0 = client.get("/metrics").text
@@ -324,6 +334,7 @@ def test_read_api_filters_and_metrics_move(tmp_path: Path) -> None:
     assert len(engine.calls) == 2
 
 
+@pytest.mark.servers
 def test_engine_failure_is_a_failed_report_not_a_crash(tmp_path: Path) -> None:
     with service(tmp_path, FakeEngine(fail=True)) as (client, _):
         client.post("/api/v1/alerts", json=fixture(CAPTURED), headers=AUTH)

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from tests.service_support import AUTH, firing, reports, service, wait_for
 
+pytestmark = pytest.mark.servers
+
 # Text as an alert can carry it: valid JSON may hold lone surrogates ("\ud800", not encodable) and
 # any control character (NUL, ESC, BEL, CR/LF, U+202E).
 nasty_char = st.sampled_from(["\ud800", "\udfff", "\udc80", "\x00", "\x1b", "\x07", "\r", "\n", "\u202e", "\x7f"])
@@ -120,9 +122,15 @@ def test_still_serving_afterwards(client: httpx.Client, data_dir: Path) -> None:
 
 
 def test_report_kept_across_a_restart(running: tuple[httpx.Client, ExitStack], data_dir: Path) -> None:
+    """Also alone (pytest -k restart): its own alert's report, plus whatever the tests above stored."""
     client, stack = running
+    answer = client.post("/api/v1/alerts", json=firing({"node": "node-a"}, fingerprint="before-restart"),
+                         headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    rid = answer.json()["accepted"][0]["id"]
+    wait_for(lambda: client.get(f"/api/v1/reports/{rid}", headers=AUTH).status_code == 200, what="its report")
     before = {r["id"] for r in reports(client)}
-    assert before
+    assert rid in before
     stack.close()  # stop the service (its lifespan closes the store), then start it again
     with service(data_dir, cooldown_seconds=0) as (again, _):
         assert {r["id"] for r in reports(again)} >= before

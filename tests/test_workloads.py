@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import tests.workloads as workloads
 from app.config import Settings
 from app.parsers.cgroup import parse_cgroup
-from tests.conftest import _need as need_tool
-from tests.workloads import CGROUP_MEMORY_ROOT, SWAP_FILE, _swap_users, majflt, swap_workload
+from tests.strict import need_tracer
+from tests.workloads import SWAP_FILE, _swap_users, majflt, memory_cgroup, memory_hierarchy, swap_workload
 
 
 def _rate(pid: int, seconds: float = 1.0) -> float:
@@ -31,6 +32,94 @@ def _mapping_of(pid: int, start: int) -> str:
     raise AssertionError(f"{start:#x} not mapped in {pid}")
 
 
+# --- where the memory group goes: v1, hybrid, v2 (a fake cgroupfs, no root needed) ---------------------
+
+
+class FakeCgroupfs:
+    """What the kernel does on mkdir/rmdir in a cgroup v2 tree, as far as memory_cgroup relies on it:
+    a new group gets cgroup.procs and cgroup.subtree_control, and memory.max only when its parent's
+    subtree_control has memory; rmdir takes the files with it."""
+
+    def __init__(self, root: Path, root_controls: str = "cpu io memory pids") -> None:
+        self.root = root
+        root.mkdir()
+        (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+        (root / "cgroup.subtree_control").write_text(root_controls + "\n")
+        (root / "cgroup.procs").write_text("1\n")
+
+    def mkdir(self, path: Path) -> None:
+        path.mkdir()
+        (path / "cgroup.procs").write_text("")
+        (path / "cgroup.subtree_control").write_text("")
+        if "memory" in (path.parent / "cgroup.subtree_control").read_text().split():
+            (path / "memory.max").write_text("max\n")
+
+    def rmdir(self, path: Path, tries: int) -> None:
+        for f in path.iterdir():
+            if f.is_file():
+                f.unlink()
+        path.rmdir()
+
+
+def test_memory_group_on_a_v2_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the memory controller is on the unified tree (EKS AL2023 and BottleRocket nodes, Debian 12),
+    the group is made there: memory enabled for the children of every folder made on the way, the
+    limit in memory.max, everything made removed again."""
+    fs = FakeCgroupfs(tmp_path / "cgroup")
+    monkeypatch.setattr(workloads, "make_group", fs.mkdir)
+    monkeypatch.setattr(workloads, "rmdir_when_free", fs.rmdir)
+    h = memory_hierarchy(fs.root)
+    assert h is not None and (h.root, h.version, h.limit_file) == (fs.root, 2, "memory.max")
+    name = "kubepods/burstable/pod0f9a1c52/" + "ab" * 32
+    with memory_cgroup(name, 48, cgroup_root=fs.root) as group:
+        top = group.relative_to(fs.root).parts[0]
+        assert top.startswith("pfi-test-") and group == fs.root / top / name
+        assert (group / "memory.max").read_text() == str(48 << 20), "the limit, in the v2 file"
+        for d in (fs.root / top, *[fs.root / top / p for p in Path(name).parents if str(p) != "."]):
+            assert (d / "cgroup.subtree_control").read_text() == "+memory", d
+        assert (group / "cgroup.subtree_control").read_text() == "", "the leaf holds processes: no controllers"
+    assert not (fs.root / top).exists()
+    assert (fs.root / "cgroup.subtree_control").read_text() == "cpu io memory pids\n", "the root left alone"
+
+
+def test_memory_group_v2_root_without_memory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = FakeCgroupfs(tmp_path / "cgroup", root_controls="cpu io pids")
+    monkeypatch.setattr(workloads, "make_group", fs.mkdir)
+    with pytest.raises(RuntimeError, match="not enabled for the children of"), memory_cgroup("job", 48, fs.root):
+        pass
+    assert [p.name for p in fs.root.iterdir() if p.is_dir()] == []
+
+
+def test_memory_hierarchy_prefers_v1_and_says_when_there_is_none(tmp_path: Path) -> None:
+    hybrid = tmp_path / "hybrid"
+    (hybrid / "memory").mkdir(parents=True)
+    (hybrid / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (hybrid / "unified").mkdir()
+    (hybrid / "unified" / "cgroup.controllers").write_text("\n")  # the hybrid unified tree: no controllers
+    h = memory_hierarchy(hybrid)
+    assert h is not None and (h.root, h.version, h.limit_file, h.usage_file) == (
+        hybrid / "memory", 1, "memory.limit_in_bytes", "memory.usage_in_bytes")
+    v2_without_memory = tmp_path / "v2"
+    v2_without_memory.mkdir()
+    (v2_without_memory / "cgroup.controllers").write_text("cpu io pids\n")
+    assert memory_hierarchy(v2_without_memory) is None
+    assert memory_hierarchy(tmp_path / "nothing") is None
+
+
+def test_memory_group_here_is_where_the_controller_is() -> None:
+    """This machine's answer (v1 or hybrid: the memory hierarchy; v2: the unified root)."""
+    h = memory_hierarchy()
+    assert h is not None, workloads.no_memory_controller_reason()
+    if (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")).exists():
+        assert (h.root, h.version) == (Path("/sys/fs/cgroup/memory"), 1)
+    else:
+        assert (h.root, h.version) == (Path("/sys/fs/cgroup"), 2)
+
+
+# --- the workloads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.workloads
 def test_file_workload_faults_on_its_file(file_workload) -> None:
     proc = file_workload
     assert Path(f"/proc/{proc.pid}/comm").read_text().strip() == "pfi-workload"
@@ -41,28 +130,35 @@ def test_file_workload_faults_on_its_file(file_workload) -> None:
 
 def test_swap_workload_swaps_in_its_cgroup(swap_workload) -> None:
     proc = swap_workload
-    assert proc.cgroup is not None and proc.cgroup.parent == CGROUP_MEMORY_ROOT
+    hierarchy = memory_hierarchy()
+    assert hierarchy is not None
+    assert proc.cgroup is not None and proc.cgroup.parent == hierarchy.root
     assert proc.cgroup.name.startswith("pfi-test-swap-")
     assert str(proc.pid) in (proc.cgroup / "cgroup.procs").read_text().split()
-    assert int((proc.cgroup / "memory.limit_in_bytes").read_text()) == 64 << 20
+    assert int((proc.cgroup / hierarchy.limit_file).read_text()) == 64 << 20
     assert len(_mapping_of(proc.pid, proc.start).split()) == 5  # anonymous: no path
     assert _rate(proc.pid) > 1000
 
 
+@pytest.mark.workloads
 @pytest.mark.parametrize("kind", ["anon", "shmem"])
 def test_kubepods_shaped_cgroup_is_nested_and_removed_with_its_parents(root_required, kind: str) -> None:
     uid, cid = "0f9a1c52-7c1e-4b0e-9d0a-2f1e3c4d5e6f", "ab" * 32
     name = f"kubepods/burstable/pod{uid}/{cid}"
     with swap_workload(size_mb=96, limit_mb=48, name=name, kind=kind) as proc:
         cg = Path(f"/proc/{proc.pid}/cgroup").read_text()
+        hierarchy = memory_hierarchy()
+        assert hierarchy is not None
         # never at the root of the hierarchy, where a real kubelet's kubepods could be
-        m = re.search(rf":memory:/(pfi-test-\d+-\d+)/{re.escape(name)}\n", cg)
+        where = ":memory:" if hierarchy.version == 1 else "0::"
+        m = re.search(rf"^{'[0-9]+' if hierarchy.version == 1 else ''}{where}/(pfi-test-\d+-\d+)/{re.escape(name)}$", cg,
+                      re.MULTILINE)
         assert m, cg
-        parent = CGROUP_MEMORY_ROOT / m[1]
+        parent = hierarchy.root / m[1]
         assert proc.cgroup == parent / name
         # the parser still finds pod and container from the end of the path
         ref = parse_cgroup(cg)
-        assert (ref.pod_uid, ref.qos, ref.container_id, ref.version) == (uid, "burstable", cid, 1)
+        assert (ref.pod_uid, ref.qos, ref.container_id, ref.version) == (uid, "burstable", cid, hierarchy.version)
         if kind == "shmem":
             assert "memfd:pfi-workload-shmem" in _mapping_of(proc.pid, proc.start)
         pid = proc.pid
@@ -70,6 +166,7 @@ def test_kubepods_shaped_cgroup_is_nested_and_removed_with_its_parents(root_requ
     assert not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.workloads
 def test_nothing_left_after_a_failing_test(root_required) -> None:
     with pytest.raises(RuntimeError, match="boom"), swap_workload(size_mb=96, limit_mb=48) as proc:
         pid, group = proc.pid, proc.cgroup
@@ -90,8 +187,10 @@ def test_tool_fixtures_resolve(need_perf: None, need_bpftrace: None) -> None:
         assert res.returncode == 0 and name in res.stdout.lower(), res.stdout + res.stderr
 
 
-def test_tool_fixtures_skip_with_the_backends_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the tool cannot work, the fixture skips and says why in the backend's own words."""
+@pytest.mark.workloads
+def test_tool_fixtures_skip_with_the_backends_reason(root_required: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the tool is not installed, the fixture skips and says why in the backend's own words."""
     monkeypatch.setenv("PFI_PERF_PATH", "/nonexistent/pfi-test-perf")
+    monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"perf-major not available: .*/nonexistent/pfi-test-perf"):
-        need_tool("perf-major")
+        need_tracer("perf-major")

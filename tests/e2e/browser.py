@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.needs import require_marker
+
 CHROMIUM = os.environ.get("PFI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -57,6 +59,7 @@ def serve_dir(root: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def browser_context(user_data_dir: Path, *, javascript: bool = True, width: int = 1280, height: int = 900):
     """A persistent headless chromium context (its own profile dir), closed on exit."""
+    require_marker("browser", "headless Chromium")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     from playwright.sync_api import sync_playwright
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.needs import require_marker
 from tests.workloads import forget_process, record_process
 
 NODE_EXPORTER = os.environ.get("PFI_NODE_EXPORTER", "prometheus-node-exporter")
@@ -81,6 +82,7 @@ class Proc:
 
 def start_process(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
     """Start argv in its own session (process group), output to <workdir>/<name>.log."""
+    require_marker("servers", f"the real service {name}")
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
         p = subprocess.Popen(
