@@ -39,7 +39,6 @@ from app.models import (
 )
 from app.service.web.app import create_app, create_ui_app
 from app.service.web.server import KEEP_ALIVE_SECONDS
-from app.tracers.registry import make_tracer
 from tests.needs import require_marker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
@@ -348,6 +347,7 @@ class Instance:
         await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self.servers, self.socks, strict=True)))
 
     def __enter__(self) -> Instance:
+        require_marker("servers", "real uvicorn servers (an Instance)")
         self.thread.start()
         wait_for(lambda: all(s.started for s in self.servers) or not self.thread.is_alive(), what="start")
         assert all(s.started for s in self.servers)

@@ -59,6 +59,8 @@ def _gone(pid: int, start: int | None, cgroup: Path, file: Path) -> None:
     assert not file.exists(), f"the demo's file {file} is still there"
 
 
+@pytest.mark.root
+@pytest.mark.workloads
 def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> None:
     _needs_root()
     t0 = time.monotonic()
@@ -73,11 +75,20 @@ def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> Non
     assert f"host process pfi-demo (pid {pid}) re-reads {file} from disk" in out, out
     assert f"its memory cgroup /{cgroup.name} runs at" in out and "of its 64 MiB limit" in out, out
     assert "workingset_refault_file) rose by" in out  # the evidence: pages the limit evicted are read again
+    # the fix: a limit in MiB for that cgroup, big enough for the 128 MiB file and not wasteful (issue 16's
+    # bound: at most 2x the workload + 32 MiB), and the command that sets it
+    limit = re.search(rf"limit: set memory\.(?:limit_in_bytes|max) of cgroup /{re.escape(cgroup.name)} to "
+                      r"(?:at least )?([\d,]+) MiB", out)
+    assert limit is not None, out
+    assert 128 < int(limit.group(1).replace(",", "")) <= 2 * 128 + 32, limit.group(0)
+    assert re.search(rf"echo \d+ > {re.escape(str(cgroup))}/memory\.(?:limit_in_bytes|max)", out), out
     assert f"removed process {pid}, cgroup {cgroup}, file {file} (" in res.stderr
     _gone(pid, None, cgroup, file)
     assert took < 30, f"the demo took {took:.1f} s (the issue's budget: 30 s)"
 
 
+@pytest.mark.root
+@pytest.mark.workloads
 @pytest.mark.parametrize(("signum", "after"), [(signal.SIGINT, "re-reads it through mmap"),
                                               (signal.SIGTERM, "investigating for")])
 def test_demo_interrupted_mid_run_removes_what_it_made(signum: signal.Signals, after: str) -> None:
@@ -176,6 +187,8 @@ def test_the_demo_finds_the_memory_controller_on_v1_hybrid_and_v2(tmp_path: Path
     assert memory_hierarchy(none) is None
 
 
+@pytest.mark.root
+@pytest.mark.workloads
 def test_a_demo_killed_with_sigkill_leaves_no_process_and_the_next_one_removes_the_rest() -> None:
     """SIGKILL cannot be caught: the workload dies with the demo (PR_SET_PDEATHSIG); the empty cgroup
     and the file stay until the next demo, which removes them since their owner is gone."""

@@ -108,6 +108,7 @@ def test_cli_report_says_why_it_has_no_lead_up():
     assert report.history is None and report.history_reason == NO_HISTORY_CLI
 
 
+@pytest.mark.servers
 def test_service_report_carries_the_recorders_reason_and_who_joined(tmp_path: Path) -> None:
     """Through the service: the stored document has its id, the alerts that joined and why there is no
     lead-up (the recorder is off in these tests), all set by the one builder."""
@@ -218,6 +219,7 @@ def test_outbox_sends_no_cancelled_report(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.servers
 def test_store_gauges_are_read_when_scraped(tmp_path: Path) -> None:
     """A change of the store that no call site reports (a report set aside, the store failing) shows in
     the next scrape of /metrics."""
@@ -393,6 +395,7 @@ def test_the_engine_and_the_recorder_share_one_pod_directory(tmp_path: Path, mon
     asyncio.run(run())
 
 
+@pytest.mark.servers
 def test_service_report_carries_the_recorders_lead_up(tmp_path: Path) -> None:
     """With the recorder on, the scheduler reads its lead-up and the one builder puts it in the report."""
     from tests.test_recorder import V2_B, Node

@@ -112,6 +112,8 @@ def test_first_pass_at_a_full_limit_is_cold_reads(tmp_path: Path) -> None:
     assert "first reads" in top.verdict.summary
 
 
+@pytest.mark.root
+@pytest.mark.workloads
 @pytest.mark.parametrize("tracer", ["auto", "procfs"])
 def test_short_window_says_at_least(tracer: str, tmp_path: Path) -> None:
     """Issue 16: a 1 s window on a 128 MiB re-read at a 64 MiB limit sees only part of the working set
