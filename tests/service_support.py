@@ -341,7 +341,9 @@ class Instance:
             )
             for app, ls in ((api_app, "on"), (ui_app, "off"))
         ]
-        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        # the coroutine is made when the thread starts (in __enter__), so an Instance that is never entered
+        # leaves no un-awaited coroutine behind
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _main(self) -> None:
         await asyncio.gather(*(srv.serve(sockets=[s]) for srv, s in zip(self.servers, self.socks, strict=True)))

@@ -252,7 +252,10 @@ SA_TOKEN = "sa-token-owners-0123"
 def _resolver(tmp_path: Path, certs: Certs, stand: StandIn) -> OwnerResolver:
     token = tmp_path / "sa-token"
     token.write_text(SA_TOKEN)
-    settings = make_settings(tmp_path, apiserver_url=stand.url, apiserver_ca_file=certs.ca, apiserver_token_file=token)
+    # a generous deadline: these tests check what is followed and cached, not the deadline (the first call
+    # imports the kubernetes client, which takes seconds on a loaded 2-core machine)
+    settings = make_settings(tmp_path, apiserver_url=stand.url, apiserver_ca_file=certs.ca, apiserver_token_file=token,
+                             apiserver_timeout_seconds=30)
     config = ApiServerConfig.from_settings(settings)
     assert config is not None
     return OwnerResolver(ApiClient(config))
@@ -277,7 +280,8 @@ def test_owner_chain_followed_and_cached(tmp_path: Path, certs: Certs, serve: Ca
     got = [(p.owner.kind, p.owner.name, p.owner.resolved, p.owner.via.name if p.owner.via else None)
            for p in pods if p.owner]
     assert got == [("Deployment", "cart", True, "cart-7d9f"), ("Deployment", "cart", True, "cart-7d9f"),
-                   ("CronJob", "nightly", True, "nightly-29100"), ("StatefulSet", "db", True, None)]
+                   ("CronJob", "nightly", True, "nightly-29100"), ("StatefulSet", "db", True, None)], [
+        p.owner.note for p in pods if p.owner]
     assert stand.requests.count("/apis/apps/v1/namespaces/shop/replicasets/cart-7d9f") == 1  # cached
     assert resolver.allocatable("node-a") == (16279836 * 1024, None)
 

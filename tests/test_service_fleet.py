@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.models import utcnow
 from app.service.report_store import ReportStore
@@ -29,6 +30,8 @@ from tests.service_support import (
     reports,
     wait_for,
 )
+
+pytestmark = pytest.mark.servers  # real uvicorn instances on loopback
 
 POD_KEY = "pod:shop/cart-cache-7d9f"  # the pod of make_report (FakeEngine), no owner: the pod is the row
 

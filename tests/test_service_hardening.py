@@ -111,6 +111,8 @@ def test_store_sets_aside_a_report_it_cannot_write_and_goes_on(tmp_path: Path) -
 
 @pytest.mark.servers
 def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    healed = threading.Event()  # the disk comes back only when the test says so (no race with /readyz)
+
     class Flaky(ReportStore):
         calls = 0
 
@@ -118,6 +120,8 @@ def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.Mo
             Flaky.calls += 1
             if Flaky.calls <= 3:
                 raise RuntimeError("disk on fire")
+            if not healed.is_set():
+                return False
             self.reason = None
             return True
 
@@ -127,6 +131,9 @@ def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.Mo
     store.reason = "cannot write: disk I/O error"  # not ready: the loop retries
     with service(tmp_path, store=store) as (client, _):
         assert client.get("/readyz").status_code == 503
+        wait_for(lambda: Flaky.calls > 3, what="the retry loop past its three errors")
+        assert client.get("/readyz").status_code == 503  # still failing quietly: not ready
+        healed.set()
         wait_for(lambda: client.get("/readyz").status_code == 200, what="ready after the retries")
     assert Flaky.calls >= 4
 
