@@ -195,6 +195,7 @@ def _seed_fleet(tmp: Path) -> list[str]:
     return names
 
 
+@pytest.mark.servers  # twelve real instances on loopback
 def test_fleet_page_one_row_per_workload_on_every_instance(tmp_path, shots):
     """Twelve real instances (API + UI in one loop each, peers over loopback HTTP): each one's fleet
     page, opened in Chromium without JavaScript, shows the Deployment as one row naming its seven
