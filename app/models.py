@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = "1.2"  # 1.1: Report.history, history_reason; Trigger kind "watch"
-# 1.2: Verdict.recommendation (the memory limit to set, issue 16); OwnerRef.api_version, resolved, via, note
+# 1.2: Verdict.recommendation (the memory limit to set, issue 16); OwnerRef.api_version, resolved, via, note;
+#      Cause "quiet" (under the noise floor, issue 17); TracerInfo.counts_past_window
 
 
 def new_report_id() -> str:
@@ -210,6 +211,9 @@ class SkippedBackend(BaseModel):
 class TracerInfo(BaseModel):
     backend: str
     exact: bool  # True: every event is a major fault
+    # the tracer stopped late: its counts include faults after the window (still major faults, but the
+    # per-process counts and shares cover a longer time than the window)
+    counts_past_window: bool = False
     reason: str = ""  # why this backend
     skipped: list[SkippedBackend] = Field(default_factory=list)
     events: int = 0

@@ -71,7 +71,10 @@ def render(report: Report, console: Console) -> None:
             if p.verdict:
                 console.print(f"[bold]{p.pid} {p.comm}[/bold]: {p.verdict.summary}")
     t = report.tracer
-    line = f"tracer: {t.backend} ({'exact major faults' if t.exact else 'approximate'}): {t.reason}"
+    kind = "exact major faults" if t.exact else "approximate"
+    if t.counts_past_window:
+        kind += ", counted past the window"
+    line = f"tracer: {t.backend} ({kind}): {t.reason}"
     if t.events:
         line += f"; {t.events:,} events, {t.dropped:,} dropped"
     console.print(line)

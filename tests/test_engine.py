@@ -59,7 +59,9 @@ def test_file_workload_is_top_with_its_file(backend, root_required, file_workloa
         # 4 s window): the report must say its counts run past the window, not match majflt.
         assert backend.startswith("bpftrace") and "include faults after" in lagged, report.tracer.errors
         assert any("reported errors" in w for w in report.warnings), report.warnings
+        assert report.tracer.counts_past_window and any("stopped late" in w for w in report.warnings)
     else:
+        assert not report.tracer.counts_past_window
         assert exact_enough(top.traced_faults, top.traced_majflt, backend), (
             top.traced_faults, top.traced_majflt, report.tracer.errors)
     assert report.tracer.dropped == 0

@@ -259,6 +259,7 @@ def test_memory_sized_map_reports_its_bound_reached(tmp_path: Path, file_workloa
         # counted for 30 s more than the window. Then the report must say so, not claim the counts.
         assert "include faults after" in overran
         assert any("reported errors" in w for w in report.warnings), report.warnings
+        assert t.counts_past_window and any("stopped late" in w for w in report.warnings)
         return
     assert exact_enough(top.traced_faults, top.traced_majflt, t.backend), (top.traced_faults, top.traced_majflt, t.errors)
 

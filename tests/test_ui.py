@@ -421,3 +421,22 @@ def test_a_quiet_report_reads_as_quiet_on_the_page():
     assert "Quiet node" in text and "the node is quiet: 3.1 major faults/s" in text
     assert 'class="card verdict none"' in html
     assert top.comm in text
+
+
+def test_a_trace_counted_past_the_window_is_not_shown_as_plainly_exact():
+    """bpftrace that acted on its stop late kept counting after the window: the page and the terminal
+    say so next to 'exact major faults' (the counts are major faults, but not the window's)."""
+    import io
+
+    from rich.console import Console
+
+    from app.render_text import render
+
+    r = file_fault_report()
+    plain = text_of(render_report_page(r))
+    assert "exact major faults" in plain and "counted past the window" not in plain
+    r.tracer = r.tracer.model_copy(update={"exact": True, "counts_past_window": True})
+    assert "exact major faults, counted past the window" in text_of(render_report_page(r))
+    out = io.StringIO()
+    render(r, Console(file=out, width=300))
+    assert "(exact major faults, counted past the window)" in out.getvalue()

@@ -315,6 +315,7 @@ def investigate(
         backend=tracer.name, exact=tracer.exact, reason=reason, skipped=skipped,
         events=trace.events, dropped=trace.dropped, output_bytes=trace.output_bytes,
         truncated=trace.truncated, duration_seconds=round(trace.duration_seconds, 3), errors=trace.errors[:20],
+        counts_past_window=trace.counts_past_window,
         lost_samples=trace.lost, ring_buffer_pages=trace.ring_pages, ring_buffer_pages_wanted=trace.ring_pages_wanted,
         map_keys=trace.map_keys, map_keys_wanted=trace.map_keys_wanted, map_full=trace.map_full,
         notes=trace.notes[:20],
@@ -327,6 +328,9 @@ def investigate(
                         f"not {window:.0f} s")
     if trace.errors:
         warnings.append(f"tracer {tracer.name} reported errors; sources were estimated from procfs where it saw nothing")
+    if trace.counts_past_window:
+        warnings.append(f"tracer {tracer.name} stopped late: its counts include faults after the window, so "
+                        "traced counts and shares cover more than the window (majflt rates are the window's)")
     if trace.dropped:
         warnings.append(f"tracer {tracer.name} dropped {trace.dropped:,} of {trace.events:,} events: shares are from the rest")
     if not tracer.exact and tracer.name != "procfs":

@@ -194,11 +194,13 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
             lag = time.monotonic() - t_stop
             if rec.killed_with == "SIGINT" and lag > STOP_LAG_SECONDS:
                 # Its probes stay attached until it has printed: the counts run past the window's end.
+                result.counts_past_window = True
                 result.errors.append(
                     f"bpftrace took {lag:.1f}s to stop after the window: its counts include faults after it"
                 )
             if rec.killed_with in ("SIGTERM", "SIGKILL"):
                 # It kept its probes attached all that time: its counts run past the window's end.
+                result.counts_past_window = True
                 result.errors.append(
                     f"bpftrace did not exit within {EXIT_GRACE:.0f}s of SIGINT: killed with {rec.killed_with};"
                     " its counts include faults after the window"

@@ -30,6 +30,9 @@ class TraceResult:
     duration_seconds: float = 0.0
     parse_seconds: float = 0.0
     exited_early: bool = False  # the tracer process ended by itself inside the window (not the size bound)
+    # its probes stayed attached after the window (a stop acted on late, or killed): the counts include faults
+    # made after the window's end, so they are still major faults but no longer the window's
+    counts_past_window: bool = False
     lost: int = 0  # samples the kernel could not hand over (perf ring buffer full)
     ring_pages: int | None = None  # perf -m used (pages per CPU)
     ring_pages_wanted: int | None = None  # what it would have used with no lock limit
