@@ -30,7 +30,7 @@ from app.investigation.recommend import (
     still_growing,
     verdict_text,
 )
-from app.investigation.sources import DistinctPages, distinct_pages
+from app.investigation.sources import DistinctPages, distinct_pages, faulting_units
 from app.models import (
     Cause,
     CgroupMemory,
@@ -45,7 +45,7 @@ from app.models import (
 )
 from app.parsers.perf import FaultCounts
 from app.parsers.perfdata import iter_timed_samples, read_header
-from app.parsers.procfs import MapEntry
+from app.parsers.procfs import MapEntry, SmapsEntry
 from tests.service_support import make_report, make_settings
 from tests.tls_standin import ApiServer, Certs, StandIn
 
@@ -185,6 +185,92 @@ def test_file_pages_count_once_across_processes() -> None:
     b = distinct_pages(2, {FILE_MAP.start: 1, ANON_MAP.start: 1}, [[ANON_MAP, FILE_MAP]])
     a.merge(b)
     assert (len(a.file), len(a.anon), a.count()) == (1, 2, 3)
+
+
+def _smaps(entry: MapEntry, rss_mib: int, swap_mib: int = 0) -> SmapsEntry:
+    size = entry.end - entry.start
+    return SmapsEntry(mapping=entry, rss_bytes=rss_mib * MIB, swap_bytes=swap_mib * MIB, anonymous_bytes=0,
+                      shared_clean_bytes=0, private_clean_bytes=0, size_bytes=size)
+
+
+def test_resident_pages_of_the_faulting_file_count_once() -> None:
+    """The demo's case: a 128 MiB file re-read in a 64 MiB group, 60 MiB of it resident now (smaps). The
+    60 MiB resident are pages of the same file as the 128 MiB read back: the file needs 128 MiB, plus the
+    4 MiB of the group's resident memory that is not that file: (128 + 4) x 1.1 = 145 -> 160 MiB. The old
+    formula, (read back + resident) x 1.1, said 224 MiB: 40% more than the group needs."""
+    growth = {0: 16384, 1: 12000, 2: 4384}
+    group = Group(pages=_pages(file_pages=32768, times=2), faults=80_000, growth=growth,
+                  smaps={4242: [_smaps(FILE_MAP, 60)]})
+    rec = recommend(_limited(), group, NODE, seconds=8.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 160 * MIB and not rec.at_least
+    assert ("/data/index.bin needs 128 MiB: 128 MiB of its pages read back and 60 MiB of it resident now "
+            "(smaps Rss) are pages of the same 128 MiB mapped, counted once") in rec.basis
+    assert rec.basis[-1] == ("(128 MiB for the memory that faults + 4 MiB other resident) x 1.10, rounded up to "
+                             "16 MiB = 160 MiB")
+    assert "4 MiB of it outside the memory that faults" in rec.basis[-2]
+    # A window that saw only 40 MiB of it: 40 read back + 60 resident = 100 MiB of the file, below its size.
+    part = Group(pages=_pages(file_pages=10240), faults=10240, growth={0: 5120, 1: 5120},
+                 smaps={4242: [_smaps(FILE_MAP, 60)]})
+    rec = recommend(_limited(), part, NODE, seconds=2.0, backend="perf-major")
+    assert rec is not None and rec.at_least and rec.recommended_limit_bytes == 128 * MIB  # (100 + 4) x 1.1 = 114
+    assert any(b.startswith("/data/index.bin needs 100 MiB: 40 MiB of its pages read back + 60 MiB") for b in rec.basis)
+
+
+def test_a_shared_file_counts_its_resident_pages_once() -> None:
+    """Two processes map the same file and fault its pages; each maps 60 MiB of it resident. Those are the
+    same page-cache pages: the file is resident 60 MiB (the larger count, not 120), needs 128 MiB."""
+    a = distinct_pages(1, {FILE_MAP.start + i * 4096: 2 for i in range(16384)}, [[FILE_MAP]])
+    b = distinct_pages(2, {FILE_MAP.start + i * 4096: 2 for i in range(16384, 32768)}, [[FILE_MAP]])
+    a.merge(b)
+    group = Group(pages=a, faults=65536, growth={0: 32768}, smaps={1: [_smaps(FILE_MAP, 60)], 2: [_smaps(FILE_MAP, 58)]})
+    units = faulting_units(a, group.smaps)
+    assert [(u.distinct, u.resident_bytes, u.extent_bytes) for u in units] == [(32768, 60 * MIB, 128 * MIB)]
+    rec = recommend(_limited(), group, NODE, seconds=8.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 160 * MIB
+
+
+def test_anonymous_memory_needs_what_it_touched() -> None:
+    """128 MiB of anonymous memory in a 64 MiB group: 62 MiB resident, 66 MiB swapped out (smaps). Every
+    page it swapped back in is resident or swapped again: it needs Rss + Swap = 128 MiB, plus 2 MiB other:
+    (128 + 2) x 1.1 = 143 -> 144 MiB (the old formula: (128 + 64) x 1.1 -> 224 MiB)."""
+    group = Group(pages=_pages(anon_pages=32768, times=2), faults=70_000, growth={0: 32768},
+                  smaps={4242: [_smaps(ANON_MAP, 62, 66)]})
+    rec = recommend(_limited(kind=SourceKind.SWAP), group, NODE, seconds=8.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 144 * MIB
+    assert any("128 MiB touched (Rss + Swap), counted once" in b for b in rec.basis)
+    # A process gone by the window's end has no smaps: its pages count as read back, the old way.
+    gone = Group(pages=_pages(anon_pages=32768, times=2), faults=70_000, growth={0: 32768})
+    rec = recommend(_limited(kind=SourceKind.SWAP), gone, NODE, seconds=8.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 224 * MIB
+    assert any("its size is not known (no smaps)" in b for b in rec.basis)
+
+
+def test_procfs_estimate_takes_the_resident_pages_out_too() -> None:
+    """procfs: 195 MiB of faults bounded by the 128 MiB that faults, 60 MiB of which is resident now: the
+    faulting memory needs 128 MiB, 4 MiB other; the estimate keeps its 25%: 132 x 1.25 = 165 -> 176 MiB."""
+    group = Group(pages=None, faults=50_000, growth={}, bound_bytes=128 * MIB, bound_resident_bytes=60 * MIB)
+    rec = recommend(_limited(), group, NODE, seconds=10.0, backend="procfs")
+    assert rec is not None and rec.recommended_limit_bytes == 176 * MIB and rec.confidence == "low"
+    assert any("pages of the same memory" in b for b in rec.basis)
+
+
+def test_advice_names_the_recommended_number() -> None:
+    """The raise line reads as one piece of advice (its reason attached to it, the other way out on a line
+    of its own) and carries the recommendation's number."""
+    from app.investigation.diagnose import diagnose_process
+    from app.investigation.recommend import advise_number
+
+    p = _limited()
+    p.verdict = diagnose_process(p, NODE)
+    assert p.verdict.advice[:2] == [
+        "raise memory.limit_in_bytes of cgroup /pfi/job above the working set (now 64 MiB) so code and hot data "
+        "stay cached", "or move the process out of that cgroup"]
+    group = Group(pages=_pages(file_pages=32768, times=2), faults=80_000, growth={0: 32768},
+                  smaps={4242: [_smaps(FILE_MAP, 60)]})
+    p.verdict.recommendation = recommend(p, group, NODE, seconds=8.0, backend="perf-major")
+    advise_number(p.verdict)
+    assert p.verdict.advice[0] == ("raise memory.limit_in_bytes of cgroup /pfi/job to 160 MiB (the recommendation; "
+                                   "usage now 64 MiB) so code and hot data stay cached")
 
 
 # --- the command --------------------------------------------------------------------------------------

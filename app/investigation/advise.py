@@ -11,26 +11,27 @@ from app.models import NodeStats, ProcessReport
 from app.parsers.procfs import SmapsEntry
 from app.tracers.base import TraceResult
 
-from .recommend import Group, blames_limit, limit_key, recommend
+from .recommend import Group, advise_number, blames_limit, limit_key, recommend
 from .sampler import ProcessTrack
 from .sources import DistinctPages, distinct_pages, mapping_kind
 
 log = logging.getLogger(__name__)
 
 
-def faulting_bound(smaps: list[SmapsEntry] | None, kinds: set[str]) -> int | None:
-    """procfs: the size of the memory that can fault with the kinds that do (file and code: the file
+def faulting_bound(smaps: list[SmapsEntry] | None, kinds: set[str]) -> tuple[int | None, int]:
+    """procfs: (the size of the memory that can fault with the kinds that do (file and code: the file
     mappings' size; anonymous: resident + swapped; shmem: the shmem mappings' size), an upper bound on
-    the distinct pages the faults can have read."""
+    the distinct pages the faults can have read; how much of it is resident now (smaps Rss))."""
     if not smaps:
-        return None
-    total = 0
+        return None, 0
+    total = resident = 0
     for e in smaps:
         kind = mapping_kind(e.mapping).value
         if kind not in kinds:
             continue
         total += e.rss_bytes + e.swap_bytes if kind == "swap" else max(e.size_bytes, e.rss_bytes + e.swap_bytes)
-    return total or None
+        resident += e.rss_bytes
+    return total or None, resident
 
 
 def add_recommendations(
@@ -70,8 +71,11 @@ def add_recommendations(
         if g is None:
             g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
+        smaps = procfs.smaps(p.pid) if not p.exited_during_window else None
         if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
             mine = distinct_pages(p.pid, pages, t.maps)
+            if smaps:  # read at the window's end, like the cgroup's usage the resident pages are taken from
+                g.smaps[p.pid] = smaps
             if g.pages is None:
                 g.pages = DistinctPages(set(), set(), set(), set(), names={})
             g.pages.merge(mine)
@@ -79,10 +83,12 @@ def add_recommendations(
                 g.growth[sec] = g.growth.get(sec, 0) + n
         elif not trace.faults or not trace.exact:
             kinds = {s.kind.value for s in p.sources if s.faults}
-            bound = faulting_bound(procfs.smaps(p.pid) if not p.exited_during_window else None, kinds)
+            bound, rss = faulting_bound(smaps, kinds)
             g.bound_bytes = (g.bound_bytes or 0) + bound if bound else g.bound_bytes
+            g.bound_resident_bytes = (g.bound_resident_bytes or 0) + rss
     for p in limited:
         assert p.verdict is not None and p.cgroup_memory is not None
         g = groups[limit_key(p.cgroup_memory)]
         p.verdict.recommendation = recommend(p, g, node, seconds=span, backend=trace.backend,
                                              allocatable_bytes=allocatable)
+        advise_number(p.verdict)

@@ -113,8 +113,11 @@ def high_binds(mem: CgroupMemory | None) -> bool:
     return usage >= NEAR_LIMIT * mem.high_bytes
 
 
-def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
-    """(what binds, as a clause; advice naming the knob), true to the subject: container, pod, host cgroup."""
+def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str, str]:
+    """(what binds, as a clause; advice naming the knob to raise; the other way out, as advice), true to
+    the subject: container, pod, host cgroup. The raise line is a line of its own so a reason appended to
+    it ("so code and hot data stay cached") reads with the raise, and the recommendation (issue 16) can
+    put its number in it (app.investigation.advise)."""
     high = high_binds(mem)
     if high:
         size, where = _mib(mem.high_bytes), mem.high_path or mem.path
@@ -126,14 +129,14 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str]:
     if p.pod is not None:
         if own:
             return (f"the container runs at {pct}its {size} {knob}",
-                    f"raise the container's {knob} above its working set (now {_mib(mem.current_bytes)})")
+                    f"raise the container's {knob} above its working set (now {_mib(mem.current_bytes)})", "")
         return (f"the pod runs at {pct}its {size} pod-level {knob} (the container has none of its own)",
-                f"raise the pod's {knob} (set on {where}; the sum of its containers' limits), "
+                f"raise the pod's {knob} (set on {where}; the sum of its containers' limits)",
                 "or give the container a limit of its own")
     cg = f"its memory cgroup {mem.path}" if own else f"the memory cgroup {where} above its cgroup {mem.path}"
     file = ("memory.high" if high else "memory.max") if mem.version == 2 else "memory.limit_in_bytes"
     return (f"{cg} runs at {pct}its {size} {'memory.high' if high else 'limit'}",
-            f"raise {file} of cgroup {where} above the working set (now {_mib(mem.current_bytes)}), "
+            f"raise {file} of cgroup {where} above the working set (now {_mib(mem.current_bytes)})",
             "or move the process out of that cgroup")
 
 
@@ -233,12 +236,12 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
 
     # R1: the limit binds.
     if binds and mem is not None and kind in (SourceKind.SWAP, SourceKind.SHMEM, SourceKind.FILE, SourceKind.CODE):
-        clause, raise_it = limit_subject(p, mem)
+        clause, raise_it, other_way = limit_subject(p, mem)
         if swapish:
             return verdict(
                 f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s because {clause}",
                 Cause.CONTAINER_MEMORY_LIMIT if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
-                [raise_it,
+                [raise_it, *([other_way] if other_way else []),
                  "or find what grows its memory (a leak, an unbounded cache"
                  + (", files left in /dev/shm" if kind is SourceKind.SHMEM else "") + ") and bound it",
                  "or stop it from swapping (memory.swap.max=0, or Kubernetes swapBehavior NoSwap)"],
@@ -273,7 +276,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
             f"{who(p)} re-reads {subject} from disk at {rate:,.0f} pages/s because {clause}: "
             "the kernel keeps evicting its page cache",
             Cause.CONTAINER_MEMORY_LIMIT,
-            [raise_it + " so code and hot data stay cached",
+            [raise_it + " so code and hot data stay cached", *([other_way] if other_way else []),
              "or reduce its anonymous memory so the page cache has room"],
         )
 

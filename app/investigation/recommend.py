@@ -5,9 +5,12 @@ in. With an exact tracer that is the group's distinct faulted pages (file, code 
 offset, so a page two processes fault counts once; anonymous pages by process and address); with procfs
 alone it is estimated from the major-fault count, bounded by the size of the memory that faults (smaps),
 and the margin is wider. File pages that came back through read-ahead (no fault each) are counted from
-the cgroup's workingset_refault_file, bounded by the faulting files' mapped size. The limit to set is
+the cgroup's workingset_refault_file, bounded by the faulting files' mapped size. The pages read back and
+the pages resident now are largely the same memory, so they are united, not added: per faulting file (once
+across processes) or anonymous mapping (sources.faulting_units, from smaps at the window's end),
 
-    round_up_16MiB((distinct faulted + resident now) x (1 + margin)),  margin 10% exact, 25% estimated
+    need = min(extent, read back + resident of it);  other = resident - resident in those units
+    limit = round_up_16MiB((sum of need + other) x (1 + margin)),  margin 10% exact, 25% estimated
 
 at least 16 MiB above the current limit, capped at what the node can give (allocatable when known, else
 MemTotal), saying so when capped. `at_least` when the window did not see the whole working set: new
@@ -18,9 +21,10 @@ with procfs, the faults could not cover the memory that faults.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from app.models import (
@@ -34,9 +38,10 @@ from app.models import (
     Recommendation,
     Verdict,
 )
+from app.parsers.procfs import SmapsEntry
 
 from .diagnose import high_binds, near_limit
-from .sources import DistinctPages
+from .sources import DistinctPages, Unit, faulting_units
 
 PAGE = 4096
 MIB = 1 << 20
@@ -48,6 +53,7 @@ GROWTH_SHARE = 0.05  # ...bringing more than 5% of the distinct pages: still gro
 READAHEAD_RATIO = 4  # cgroup file refaults per major fault above which read-ahead brought most pages in
 CAME_BACK = 0.5  # share of distinct pages faulted again at which the window saw the access come around
 MIN_STEP = 16 * MIB  # never recommend less than the current limit plus this
+MAX_UNIT_LINES = 3  # basis lines for the biggest faulting mappings
 
 
 def mib(n: int | None) -> str:
@@ -80,6 +86,8 @@ class Group:
     faults: int  # major faults of its processes over the window
     growth: dict[int, int]  # second of the window -> distinct pages first seen then (empty: unknown)
     bound_bytes: int | None = None  # procfs: size of the memory that faults (smaps), an upper bound
+    smaps: dict[int, list[SmapsEntry]] = field(default_factory=dict)  # pid -> smaps at the window's end
+    bound_resident_bytes: int | None = None  # procfs: how much of the memory that faults is resident (Rss)
 
 
 def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> bool:
@@ -89,6 +97,26 @@ def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> b
     tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
     tail = sum(n for s, n in growth.items() if s >= tail_from)
     return tail > GROWTH_SHARE * distinct
+
+
+def union_need(units: list[Unit], resident: int) -> tuple[int, int]:
+    """(bytes the faulting memory needs, bytes of the group's resident memory that are part of it). Each
+    unit needs min(extent, read back + resident of it); the resident pages of the units are taken out of
+    the group's resident memory (never more than it) so that no page counts twice."""
+    return sum(u.need_bytes() for u in units), min(resident, sum(u.resident_bytes for u in units))
+
+
+def unit_line(u: Unit) -> str:
+    read, res, ext = u.distinct * PAGE, u.resident_bytes, u.extent_bytes
+    what = "touched (Rss + Swap)" if u.kind == "anon" else "mapped"
+    if ext is None:
+        return (f"{u.name} needs {mib(u.need_bytes())}: {mib(read)} of its pages read back"
+                + (f" + {mib(res)} resident now (smaps Rss)" if res else "; its size is not known (no smaps)"))
+    if u.need_bytes() < read + res:
+        return (f"{u.name} needs {mib(u.need_bytes())}: {mib(read)} of its pages read back and {mib(res)} of it "
+                f"resident now (smaps Rss) are pages of the same {mib(ext)} {what}, counted once")
+    return (f"{u.name} needs {mib(u.need_bytes())}: {mib(read)} of its pages read back + {mib(res)} resident now "
+            f"(smaps Rss), of {mib(ext)} {what}")
 
 
 def _kinds_line(pages: DistinctPages, seconds: float, backend: str) -> list[str]:
@@ -140,9 +168,9 @@ def recommend(
     basis: list[str] = []
     if group.pages is not None:
         distinct = group.pages.count()
-        missing = distinct * PAGE
         margin = MARGIN_EXACT
         basis += _kinds_line(group.pages, seconds, backend)
+        units = faulting_units(group.pages, group.smaps)
         file_pages = len(group.pages.file) + len(group.pages.code)
         refaults = p.cgroup_file_refaults
         mapped = group.pages.mapped_bytes()
@@ -151,12 +179,17 @@ def recommend(
             # hundreds of pages a fault here), so the faulted pages undercount what the group read back.
             # The cgroup's refaults say how much came back; the faulting files' mappings bound it.
             counted = max(file_pages * PAGE, min(refaults * PAGE, mapped))
-            missing += counted - file_pages * PAGE
             at_least = refaults * PAGE < mapped
             basis.append(f"the cgroup read back {mib(refaults * PAGE)} of file pages (workingset_refault_file) for "
                          f"{group.faults:,} major faults: read-ahead brings pages in without a fault each, so "
                          f"{mib(counted)} of the faulting files' {mib(mapped)} mapped is counted"
                          + ("; the window did not see all of it come back" if at_least else ""))
+            files = [u for u in units if u.kind in ("file", "code")]
+            extent = sum(u.extent_bytes if u.extent_bytes is not None else (group.pages.mapped or {}).get(
+                (str(u.key[1]), u.key[2]), 0) for u in files)
+            units = [u for u in units if u.kind not in ("file", "code")] + [Unit(
+                ("file", "", 0), "the faulting files" if len(files) > 1 else files[0].name, "file", counted // PAGE,
+                sum(u.resident_bytes for u in files), max(extent, counted))]
         else:
             came_back = group.pages.again / max(distinct, 1)
             growing = still_growing(group.growth, seconds, distinct) if group.growth else None
@@ -173,10 +206,15 @@ def recommend(
             else:
                 basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
         confidence: Confidence = "medium" if at_least else "high"
+        needed, in_units = union_need(units, resident)
+        basis += [unit_line(u) for u in units[:MAX_UNIT_LINES]]
+        if len(units) > MAX_UNIT_LINES:
+            rest = units[MAX_UNIT_LINES:]
+            basis.append(f"{len(rest)} more faulting mappings need {mib(sum(u.need_bytes() for u in rest))}")
     else:
         faulted = group.faults * PAGE
         bound = group.bound_bytes
-        missing = min(faulted, bound) if bound else faulted
+        read = min(faulted, bound) if bound else faulted
         at_least = bound is None or faulted < bound
         margin = MARGIN_ESTIMATED
         how = "procfs" if backend == "procfs" else f"{backend} is not exact"
@@ -184,12 +222,21 @@ def recommend(
                      f"{seconds:.0f} s" + (f", bounded by the {mib(bound)} of memory that faults (smaps)" if bound else "")
                      + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
         confidence = "low"
+        in_units = min(group.bound_resident_bytes or 0, resident)
+        needed = read + in_units
+        if bound:
+            needed = min(bound, needed)
+        if in_units:
+            basis.append(f"the memory that faults needs {mib(needed)}: {mib(read)} read back + {mib(in_units)} of it "
+                         "resident now (smaps Rss)" + (f", at most its {mib(bound)}" if bound else "")
+                         + ": the pages read back and the resident ones are pages of the same memory")
     if p.cgroup_file_refaults is not None:
         basis.append(f"the cgroup's workingset_refault_file rose by {p.cgroup_file_refaults:,} pages "
                      f"({mib(p.cgroup_file_refaults * PAGE)}) in the window")
+    other = resident - in_units
     basis.append(f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}"
-                 + (" (memory.high)" if high else ""))
-    wanted = round_up(int((missing + resident) * (1 + margin)))
+                 + (" (memory.high)" if high else "") + f"; {mib(other)} of it outside the memory that faults")
+    wanted = round_up(int((needed + other) * (1 + margin)))
     if current is not None and wanted < current + MIN_STEP:
         wanted = round_up(current + MIN_STEP)
     capped = None
@@ -198,8 +245,8 @@ def recommend(
     if cap and wanted > cap:
         capped = f"capped at {cap_what} ({mib(cap)}); it needs about {mib(wanted)}: move it to a larger node"
         wanted = cap // ROUND * ROUND or cap
-    basis.append(f"({mib(missing)} read back + {mib(resident)} resident) x {1 + margin:.2f}, rounded up to 16 MiB"
-                 + (f" = {mib(wanted)}" if not capped else ""))
+    basis.append(f"({mib(needed)} for the memory that faults + {mib(other)} other resident) x {1 + margin:.2f}, "
+                 "rounded up to 16 MiB" + (f" = {mib(wanted)}" if not capped else ""))
     subject, knob = _subject(p, mem, high)
     rec = Recommendation(
         subject=subject, knob=knob, cgroup=limit_key(mem), current_limit_bytes=current,
@@ -316,6 +363,27 @@ def headline(rec: Recommendation) -> str:
     if rec.capped:
         line += f"; {rec.capped}"
     return line
+
+
+_ABOVE = re.compile(r" above (?:its|the) working set \(now ([^)]*)\)")
+_POD_KNOB = re.compile(r"^(raise the pod's (?:memory limit|memory\.high))")
+
+
+def advise_number(v: Verdict) -> None:
+    """Put the recommendation's number into the verdict's "raise ..." advice (in place): "raise X of cgroup
+    Y to 160 MiB (the recommendation; usage now 64 MiB) so code and hot data stay cached"."""
+    rec = v.recommendation
+    if rec is None:
+        return
+    to = f" to {'at least ' if rec.at_least else ''}{mib(rec.recommended_limit_bytes)}"
+    for i, a in enumerate(v.advice):
+        if not a.startswith("raise "):
+            continue
+        new, n = _ABOVE.subn(lambda m: f"{to} (the recommendation; usage now {m.group(1)})", a, count=1)
+        if not n:
+            new, n = _POD_KNOB.subn(lambda m: m.group(1) + to + " (the recommendation)", a, count=1)
+        v.advice[i] = new
+        return
 
 
 def verdict_text(v: Verdict) -> str:

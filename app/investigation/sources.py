@@ -7,10 +7,11 @@ Pure: takes the traced pages of one process and the maps snapshots taken of it, 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app.models import OffsetRange, Source, SourceKind
-from app.parsers.procfs import MapEntry, find_mapping
+from app.parsers.procfs import MapEntry, SmapsEntry, find_mapping
 
 HOT_RANGE_BYTES = 1 << 20  # hot ranges are reported at 1 MiB granularity
 MAX_HOT_RANGES = 5
@@ -177,3 +178,86 @@ def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntr
                 fid = (entry.dev, entry.inode)
                 out.mapped[fid] = max(out.mapped.get(fid, 0), entry.end - entry.start)
     return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of memory that faulted (issue 16's union bound): a file, program file or shmem file by
+    (dev, inode), counted once across the group's processes; an anonymous mapping of one process; or the
+    pages no mapping explained. What the group needs of it is at most min(extent, distinct + resident):
+    the pages read back and the pages resident now overlap (both are pages of the same memory)."""
+
+    key: tuple[str, str | int, int]
+    name: str
+    kind: str  # "file" | "code" | "shmem" | "anon" | "unknown"
+    distinct: int  # distinct faulted pages of it in the window
+    resident_bytes: int = 0  # resident now (smaps Rss; for a file the most any one process maps)
+    extent_bytes: int | None = None  # the most of it the group can need (None: not known, no smaps)
+
+    def need_bytes(self) -> int:
+        union = self.distinct * 4096 + self.resident_bytes
+        return union if self.extent_bytes is None else min(self.extent_bytes, union)
+
+
+def _covered(ranges: list[tuple[int, int]]) -> int:
+    """Bytes covered by the union of [start, end) ranges."""
+    total, reach = 0, -1
+    for start, end in sorted(ranges):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+def faulting_units(pages: DistinctPages, smaps: Mapping[int, list[SmapsEntry]]) -> list[Unit]:
+    """The group's distinct faulted pages by the memory they belong to, each with what smaps (read at the
+    end of the window, per live process) says is resident of it now and how big it can get:
+    a file (file, code or shmem pages by dev and inode): resident = the most any one process has of it
+    mapped (Rss; a page of a shared file is one page however many map it: the larger of the processes'
+    counts, never their sum), extent = the file ranges the processes map, counted once;
+    an anonymous mapping (per process and mapping): resident = Rss, extent = Rss + Swap (every page it
+    touched is resident or swapped out). A unit smaps cannot place keeps extent None."""
+    fids: dict[tuple[str, int], list[int]] = {}  # (dev, inode) -> [file, code, shmem] page counts
+    for i, keys in enumerate((pages.file, pages.code, pages.shmem)):
+        for dev, ino, _ in keys:
+            fids.setdefault((dev, ino), [0, 0, 0])[i] += 1
+    resident: dict[tuple[str, int], int] = {}
+    ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    anon_entries: dict[int, tuple[list[MapEntry], dict[int, SmapsEntry]]] = {}
+    for pid, entries in smaps.items():
+        mine: dict[tuple[str, int], int] = {}
+        for e in entries:
+            m = e.mapping
+            fid = (m.dev, m.inode)
+            if fid in fids and m.inode:
+                mine[fid] = mine.get(fid, 0) + e.rss_bytes
+                ranges.setdefault(fid, []).append((m.offset, m.offset + (m.end - m.start)))
+        for fid, rss in mine.items():
+            resident[fid] = max(resident.get(fid, 0), rss)
+        anon_entries[pid] = ([e.mapping for e in entries], {e.mapping.start: e for e in entries})
+    names = pages.names or {}
+    units = []
+    for fid, (nf, nc, ns) in fids.items():
+        kind = "shmem" if ns >= max(nf, nc) else "code" if nc >= nf else "file"
+        span = _covered(ranges[fid]) if fid in ranges else None
+        units.append(Unit(("file", fid[0], fid[1]), names.get(fid, f"inode {fid[1]}"), kind, nf + nc + ns,
+                          resident.get(fid, 0), span))
+    anon: dict[tuple[str, int, int], list[int]] = {}  # key -> [distinct, resident, extent or -1]
+    for pid, page in pages.anon:
+        found = anon_entries.get(pid)
+        hit = find_mapping(found[0], page) if found else None
+        if found is None or hit is None:
+            key, res, ext = ("anon", pid, -1), 0, -1
+        else:
+            e = found[1][hit.start]
+            key, res, ext = ("anon", pid, m.start), e.rss_bytes, e.rss_bytes + e.swap_bytes
+        acc = anon.setdefault(key, [0, res, ext])
+        acc[0] += 1
+    for key, (n, res, ext) in anon.items():
+        name = f"anonymous memory of pid {key[1]}" + ("" if ext >= 0 else " (no longer mapped)")
+        units.append(Unit(key, name, "anon", n, res, ext if ext >= 0 else None))
+    if pages.unknown:
+        units.append(Unit(("unknown", "", 0), "pages no mapping explained", "unknown", pages.unknown))
+    units.sort(key=lambda u: -u.need_bytes())
+    return units
