@@ -234,6 +234,9 @@ def test_fleet_page_one_row_per_workload_on_every_instance(tmp_path, shots):
             assert dep.locator("td").nth(2).inner_text() == "7"  # reports
             assert "Container memory limit" in dep.locator("td.cause").inner_text()
             assert "/data/index.bin" in dep.inner_text()
+            # the latest recommendation: the limit and the command for the Deployment
+            assert "limit 1,536 MiB" in dep.inner_text(), dep.inner_text()
+            assert "set resources deployment/search-indexer -c indexer --limits=memory=1536Mi" in dep.inner_text()
             _no_horizontal_overflow(page)
             if i == 0:
                 page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)

@@ -22,6 +22,7 @@ from app.models import (
     PodRef,
     Pressure,
     ProcessReport,
+    Recommendation,
     Report,
     SinkResult,
     SkippedBackend,
@@ -371,13 +372,23 @@ def deployment_pod_report(node: str, i: int, minutes_ago: float | None = None) -
         update={"name": f"search-indexer-7d9f8b6c5-{i:05d}", "uid": f"8a1f2c3d-0000-4000-8000-{i:012d}"}
     )
     started = utcnow() - timedelta(minutes=5 + i if minutes_ago is None else minutes_ago)
+    # the limit verdict's recommendation, as app.investigation.recommend words it for a Deployment
+    rec = Recommendation(
+        subject="container", knob="resources.limits.memory", current_limit_bytes=1 << 30,
+        recommended_limit_bytes=1536 << 20, confidence="high", owner=pod.owner,
+        basis=["1,310 MiB of distinct file pages of /data/index.bin read back in 30 s, exact (perf-major)"],
+        command="kubectl -n search set resources deployment/search-indexer -c indexer --limits=memory=1536Mi",
+    )
+    verdict = r.verdict.model_copy(update={"recommendation": rec})
+    top_verdict = (top.verdict or r.verdict).model_copy(update={"recommendation": rec})
     return r.model_copy(
         update={
             "id": f"seed{i:02d}",
             "node": node,
             "started_at": started,
             "finished_at": started + timedelta(seconds=31),
-            "processes": [top.model_copy(update={"pod": pod}), *r.processes[1:]],
+            "verdict": verdict,
+            "processes": [top.model_copy(update={"pod": pod, "verdict": top_verdict}), *r.processes[1:]],
         }
     )
 

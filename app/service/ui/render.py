@@ -20,7 +20,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from app.investigation.recommend import headline, owner_text
+from app.investigation.recommend import headline, mib, owner_text
 from app.models import Cause, ProcessReport, Report, Source, SourceKind
 from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 from app.service.ui.lead_up_chart import build_history_chart, history_label
@@ -284,6 +284,7 @@ def _env() -> Environment:
         rate=_fmt_rate,
         pct=_fmt_pct,
         bytes=_fmt_bytes,
+        mib=mib,  # limits are written in MiB, as the recommendation says them
         dt=_fmt_dt,
         day=_fmt_day,
         clock=_fmt_clock,
