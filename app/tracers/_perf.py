@@ -11,6 +11,17 @@ SIGINT -> SIGTERM -> SIGKILL; what was written is still parsed), CPU (nice 10), 
 (`-m`, sized by CPU count; samples it loses are PERF_RECORD_LOST records, counted as dropped), and a
 deadline on `perf script` too.
 
+Whom perf records (`system_wide`): perf-major always records the whole node (`-a`, one event per CPU)
+and, when the request names processes, keeps only theirs while reading perf.data. Per-task events
+(`-p PID`) are switched in and out with their task at every context switch, and every major fault
+blocks its task once (a context switch per fault): measured here (KVM guest, kernel 6.18), a per-task
+software event added 9-17 us of the traced task's CPU per context switch, a per-CPU one ~0 (bench/
+perf_cost.py, the "context switch" rows), i.e. ~6% of a swap-in fault's ~150 us. The price of `-a`: other
+processes' major faults are written too (about 250 ns each, where they already wait for a disk read) and
+count against `--max-size`. `--synth=task`: of the processes already running perf writes only their
+names (COMM), not every mapping (measured at 5,000 processes: 1.3 MB instead of 17 MB); the reader
+needs the samples and the names.
+
 Lockable memory (`plan_ring`): without CAP_IPC_LOCK the ring buffers must fit perf_event_mlock_kb
 and RLIMIT_MEMLOCK (8 MiB in most containers), or `perf record` fails at window start with
 "Permission error mapping pages". With CAP_SYS_RESOURCE the child's RLIMIT_MEMLOCK is raised to what
@@ -124,14 +135,18 @@ def _mapping_refused(stderr: str) -> bool:
     return "mapping pages" in low or "mmap" in low and ("permission" in low or "cannot allocate" in low)
 
 
-def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[bool, str]:
+SYSTEM_WIDE_ARGS = ["--synth=task"]  # recording -a: the running processes' names, not their mappings
+
+
+def probe_record(settings: Settings, perf: str, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
     """Record `true` with the event and the ring buffer and lock limit the run will use: proves the
     binary runs, the event opens and the buffers can be mapped here."""
     plan = plan_ring(settings)
     tmp = leftovers.make_workdir("pfi-perf-probe-")
+    extra = SYSTEM_WIDE_ARGS if system_wide else []
     try:
         rc, _, err = run_quick(
-            [perf, "record", *event_args, "-m", str(plan.pages), "-B", "-N", "--no-bpf-event", "-q",
+            [perf, "record", *event_args, *extra, "-m", str(plan.pages), "-B", "-N", "--no-bpf-event", "-q",
              "-o", f"{tmp}/probe.data", "--", "true"],
             workdir=tmp, memlock_bytes=plan.memlock_bytes,
         )
@@ -144,13 +159,13 @@ def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[
     return False, f"perf record -m {plan.pages} failed: {line}" + (f" (kernel lockdown: {mode})" if mode else "")
 
 
-def available(settings: Settings, event_args: list[str]) -> tuple[bool, str]:
+def available(settings: Settings, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
     perf = find_perf(settings.perf_path)
     if perf is None:
         return False, f"perf binary not found: {settings.perf_path!r} (settings.perf_path / PFI_PERF_PATH)"
     if problem := paranoid_problem(settings):
         return False, problem
-    ok, why = probe_record(settings, perf, event_args)
+    ok, why = probe_record(settings, perf, event_args, system_wide)
     if not ok:
         return False, why
     return True, f"{perf} records {' '.join(event_args)}" + (f" ({why})" if why else "")
@@ -187,20 +202,27 @@ def run(
     result: TraceResult,
     event_args: list[str],
     script_fields: str | None,
+    system_wide: bool = False,
 ) -> TraceResult:
-    """Record event_args for the window, then parse `perf script -F script_fields` into result."""
+    """Record event_args for the window, then read perf.data natively (script_fields None) or parse
+    `perf script -F script_fields` into result. `system_wide`: record -a even for request.pids and
+    keep only their samples while reading (native reader only)."""
     perf = find_perf(settings.perf_path)
     if perf is None:
         result.errors.append(f"perf binary not found: {settings.perf_path!r}")
         return result
-    target: list[str] = ["-a"]
+    target: list[str] = ["-a", *(SYSTEM_WIDE_ARGS if system_wide else [])]
+    keep: set[int] | None = None  # the pids whose samples are kept (None: all)
     if request.pids is not None:
         live = _live_pids(request.pids, settings.proc_root)
         if not live:
             result.errors.append(f"none of the pids {request.pids} exist any more")
             _markers(request)
             return result
-        target = ["-p", ",".join(map(str, live))]
+        if system_wide and script_fields is None:
+            keep = set(live)
+        else:
+            target = ["-p", ",".join(map(str, live))]
 
     started = stopped = False
     t_start = t_stop = time.monotonic()
@@ -291,7 +313,7 @@ def run(
         if request.cancel.is_set():
             result.errors.append("cancelled: the window was cut short")
         if script_fields is None:
-            _read_native(data, request, result)
+            _read_native(data, request, result, keep)
         else:
             _script(perf, data, script_fields, request, result)
         if pages < plan.wanted:
@@ -336,9 +358,10 @@ def _fill(result: TraceResult, counts: FaultCounts, t0: float) -> None:
     result.parse_seconds = time.monotonic() - t0
 
 
-def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
+def _read_native(data: str, request: TraceRequest, result: TraceResult, keep: set[int] | None = None) -> None:
     """Read perf.data ourselves (app.parsers.perfdata): no `perf script`, whose perf 6.1 aborts the whole
-    run on one sample it cannot resolve on newer kernels; a bad record is skipped and counted."""
+    run on one sample it cannot resolve on newer kernels; a bad record is skipped and counted.
+    `keep`: only these pids' samples count (a system-wide recording for some processes)."""
     if _size(data) == 0:
         result.errors.append("perf wrote no data")
         return
@@ -350,7 +373,8 @@ def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
             buf = cast(bytes, mapped)  # the parser slices and unpacks: an mmap does both like bytes
             info = read_header(buf)
             for n, (pid, _tid, addr) in enumerate(iter_samples(buf, info)):
-                counts.add_sample(pid, "", addr)
+                if keep is None or pid in keep:
+                    counts.add_sample(pid, "", addr)
                 if n & 0xFFFF == 0 and request.cancel.is_set() and time.monotonic() - t0 > CANCEL_PARSE_SECONDS:
                     result.truncated = True
                     result.errors.append("cancelled while reading perf.data: parsed only part of it")
