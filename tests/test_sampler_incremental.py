@@ -49,6 +49,9 @@ class Snapshot:
     def listing(self) -> list[int]:
         return list(self.lines)
 
+    def names(self) -> set[str]:
+        return {str(p) for p in self.lines} | {"self", "vmstat"}
+
     def stat_bytes(self, pids: list[int]) -> dict[int, bytes]:
         self.reads += len(pids)
         return {p: self.lines[p] for p in pids if p in self.lines}

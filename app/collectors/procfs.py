@@ -119,6 +119,14 @@ class ProcFS:
             return []
         return [int(n) for n in names if n.isdigit()]
 
+    def names(self) -> set[str]:
+        """Every name in the root, pids and the rest ("self", "meminfo", ...): two listings are compared as
+        sets of names (in C) to find the processes that appeared and vanished in between."""
+        try:
+            return set(os.listdir(self._root_s))
+        except OSError:
+            return set()
+
     def stat_bytes(self, pids: Iterable[int]) -> dict[int, bytes]:
         """Raw /proc/PID/stat of each pid that still exists, the sampler's hot path: opened relative to
         one descriptor of the root (no walk of the root's path per file), read once, not decoded."""
