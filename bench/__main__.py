@@ -4,6 +4,7 @@ cost-growth.png (when matplotlib is importable). See docs/bench.md.
 
     --quick        shorter windows (2 s) and fewer repetitions, for a smoke test
     --only 1,4     run only some sections (1-3 share their runs; 7 reuses 1, 3 and 4)
+    --publish      also write the latest-run table into README.md and the full table into docs/bench.md
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import make_tracer, select
 from tests import workloads
 
-from . import parsing, recorder, scan, service, tracer_cost, tracing
+from . import parsing, recorder, scan, service, summary, tracer_cost, tracing
 from .common import MISSING, OUT, ROOT, Results, Row, elapsed, fmt, log, status
 from .diagnosis import section_diagnosis
 from .tracing import EXACT, METHODS, Run
@@ -67,6 +68,7 @@ def machine() -> dict:
         "bpftrace": version(["bpftrace", "--version"]),
         "python": platform.python_version(),
         "commit": commit,
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -519,7 +521,8 @@ def render(res: Results) -> str:
     m = res.meta
     head = (f"pagefault-inspector bench, {m.get('date')}: kernel {m.get('kernel')} {m.get('arch')}, "
             f"{m.get('nproc')} CPUs, {m.get('memory_gib')} GiB, {m.get('perf')}, {m.get('bpftrace')}, "
-            f"commit {m.get('commit')}; took {m.get('seconds', 0):.0f} s\n\n")
+            f"commit {m.get('commit')}; load average {m.get('loadavg')} at the start, {m.get('loadavg_end')} at the end; "
+            f"took {m.get('seconds', 0):.0f} s\n\n")
     out = [head, "| # | measurement | value | baseline | ratio | target | result | notes |",
            "|---|---|---|---|---|---|---|---|"]
     for r in res.rows:
@@ -595,6 +598,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter windows, for a smoke test")
     ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="sections to run, e.g. 1,4 (8: the flight recorder, 9: diagnosis accuracy)")
+    ap.add_argument("--publish", action="store_true",
+                    help="also write the results into README.md (the latest-run table) and docs/bench.md (the full table)")
     args = ap.parse_args()
     only = {int(x) for x in args.only.split(",") if x.strip()}
     if os.geteuid() != 0:
@@ -636,14 +641,24 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res.meta["seconds"] = elapsed()
+    res.meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if 7 in only and plot(res, OUT / "cost-growth.png"):
         res.meta["png"] = str(OUT / "cost-growth.png")
     text = render(res)
     (OUT / "results.md").write_text(text)
+    table = summary.readme_table(res)
+    (OUT / "readme-table.md").write_text(table)
+    if args.publish:
+        for path, markers, body in ((ROOT / "README.md", summary.README_MARKERS, table),
+                                    (ROOT / "docs" / "bench.md", summary.DOCS_MARKERS, f"```\n{text}```\n")):
+            if summary.splice(path, markers, body):
+                log(f"wrote the results into {path.relative_to(ROOT)}")
+            else:
+                log(f"{path.relative_to(ROOT)} has no {markers[0]} ... {markers[1]}: not written")
     (OUT / "results.json").write_text(json.dumps(
         {"meta": res.meta, "rows": [r.as_dict() for r in res.rows], "growth": res.growth}, indent=2, default=str))
     print(text)
-    log(f"done in {elapsed():.0f} s; wrote {OUT / 'results.md'} and results.json")
+    log(f"done in {elapsed():.0f} s; wrote {OUT / 'results.md'}, results.json and readme-table.md")
     return 0
 
 
