@@ -15,12 +15,10 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,31 +77,6 @@ def default_backend() -> str | None:
     except Exception as e:  # noqa: BLE001
         log(f"  auto selection failed: {e}")
         return None
-
-
-@contextlib.contextmanager
-def throttled(pid: int, duty: float, period: float = 0.02):
-    """Run the process only `duty` of the time (SIGSTOP/SIGCONT), to lower its fault rate."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            time.sleep(period * duty)
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(period * (1 - duty))
-            os.kill(pid, signal.SIGCONT)
-
-    t = threading.Thread(target=loop, daemon=True)
-    if duty < 1:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if duty < 1:
-            t.join()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def series(pid: int, methods: list[str], seconds: float, workdir: Path) -> tuple[list[Run], list[Run]]:
@@ -491,7 +464,7 @@ def section_growth_rate(res: Results, growth: list[dict], raw: dict, seconds: fl
         with workloads.file_fault_workload(workdir / "file-faults.bin", 64) as proc:
             time.sleep(1.0)
             for duty in (0.1, 0.4):
-                with throttled(proc.pid, duty):
+                with workloads.throttled(proc.pid, duty):
                     time.sleep(0.3)
                     traced, base = series(proc.pid, methods, seconds, workdir)
                 bases = [Run("untraced", seconds=1, majflt=int(statistics.mean([base[i].rate, base[i + 1].rate])))

@@ -111,7 +111,6 @@ def sampler_window(n_idle: int, seconds: int, workdir) -> dict:  # noqa: ANN001
     in turns, each second; the CPU time of every call of each (first, marks, ticks) is measured
     (thread CPU time, kernel time included)."""
     import statistics
-    import threading
 
     from app.config import Settings
     from app.investigation.sampler import Sampler
@@ -119,53 +118,37 @@ def sampler_window(n_idle: int, seconds: int, workdir) -> dict:  # noqa: ANN001
 
     out: dict = {}
     with sleepers(n_idle), workloads.file_fault_workload(workdir / "scan-a.bin", 64) as a, \
-            workloads.file_fault_workload(workdir / "scan-b.bin", 64) as b:
-        stop = threading.Event()
+            workloads.file_fault_workload(workdir / "scan-b.bin", 64) as b, workloads.throttled(b.pid, 0.25):
+        time.sleep(1.0)
+        fs = ProcFS()
+        every = Settings().scan_full_every_seconds
+        samplers = {"full": Sampler(FullScanView(fs)), "incremental": Sampler(fs, full_every=every)}  # type: ignore[arg-type]
+        cpu: dict[str, dict[str, list[float]]] = {k: {"first": [], "mark": [], "tick": [], "full tick": []}
+                                                 for k in samplers}
 
-        def throttle() -> None:  # b runs a quarter of the time: a lower, steady rate
-            while not stop.is_set():
-                time.sleep(0.005)
-                os.kill(b.pid, 19)  # SIGSTOP
-                time.sleep(0.015)
-                os.kill(b.pid, 18)  # SIGCONT
+        def timed(k: str, what: str, fn) -> None:  # noqa: ANN001
+            t0 = time.thread_time()
+            fn()
+            cpu[k][what].append(time.thread_time() - t0)
 
-        t = threading.Thread(target=throttle, daemon=True)
-        t.start()
-        try:
+        order = list(samplers)
+        for k in order:
+            timed(k, "first", samplers[k].first)
+        for k in order:
+            timed(k, "mark", lambda k=k: samplers[k].mark("start"))
+        for n in range(1, seconds + 1):
             time.sleep(1.0)
-            fs = ProcFS()
-            every = Settings().scan_full_every_seconds
-            samplers = {"full": Sampler(FullScanView(fs)), "incremental": Sampler(fs, full_every=every)}  # type: ignore[arg-type]
-            cpu: dict[str, dict[str, list[float]]] = {k: {"first": [], "mark": [], "tick": [], "full tick": []}
-                                                     for k in samplers}
-
-            def timed(k: str, what: str, fn) -> None:  # noqa: ANN001
-                t0 = time.thread_time()
-                fn()
-                cpu[k][what].append(time.thread_time() - t0)
-
-            order = list(samplers)
-            for k in order:
-                timed(k, "first", samplers[k].first)
-            for k in order:
-                timed(k, "mark", lambda k=k: samplers[k].mark("start"))
-            for n in range(1, seconds + 1):
-                time.sleep(1.0)
-                if n == seconds:
-                    for k in order:
-                        timed(k, "mark", lambda k=k: samplers[k].mark("stop"))
-                order.reverse()  # neither always goes first
+            if n == seconds:
                 for k in order:
-                    s = samplers[k]
-                    before = s.full_scans
-                    timed(k, "tick", lambda s=s, n=n: s.tick(full=n == seconds))
-                    if s.full_scans > before and k == "incremental":
-                        cpu[k]["full tick"].append(cpu[k]["tick"][-1])
-            procs = len(fs.listing())
-        finally:
-            stop.set()
-            t.join()
-            os.kill(b.pid, 18)
+                    timed(k, "mark", lambda k=k: samplers[k].mark("stop"))
+            order.reverse()  # neither always goes first
+            for k in order:
+                s = samplers[k]
+                before = s.full_scans
+                timed(k, "tick", lambda s=s, n=n: s.tick(full=n == seconds))
+                if s.full_scans > before and k == "incremental":
+                    cpu[k]["full tick"].append(cpu[k]["tick"][-1])
+        procs = len(fs.listing())
     for k, s in samplers.items():
         c = cpu[k]
         total = sum(c["first"]) + sum(c["mark"]) + sum(c["tick"])

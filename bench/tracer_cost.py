@@ -74,19 +74,30 @@ def _perf(pid: int, what: str, seconds: float, per_task: bool, workdir: Path) ->
             raise RuntimeError(f"perf did not start: {proc.stderr.read().decode()[:200] if proc.poll() is not None else 'no ack'}")  # type: ignore[union-attr]
         out = _measure(pid, what, seconds)
         _ctl(ctl_fd, ack_fd, "disable")
-        proc.send_signal(signal.SIGINT)
-        _, _, ru = os.wait4(proc.pid, 0)
-        proc.returncode = 0
-        out["tracer_ns"] = (ru.ru_utime + ru.ru_stime) * 1e9 / max(1, out["events"])
-        out["tracer_rss_mib"] = ru.ru_maxrss / 1024
-        return out
+        return _reap(proc, out)
     finally:
-        if proc.poll() is None and proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
         for fd in (ack_fd, ctl_fd):
             os.close(fd)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _reap(proc: subprocess.Popen, out: dict, drain: bool = False) -> dict:  # type: ignore[type-arg]
+    """SIGINT the tracer, wait for it, add its CPU per event and its peak RSS to `out`."""
+    proc.send_signal(signal.SIGINT)
+    if drain:
+        proc.stdout.read()  # type: ignore[union-attr]
+    _, _, ru = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    out["tracer_ns"] = (ru.ru_utime + ru.ru_stime) * 1e9 / max(1, out["events"])
+    out["tracer_rss_mib"] = ru.ru_maxrss / 1024
+    return out
+
+
+def _kill(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    if proc.returncode is None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _ctl(ctl_fd: int, ack_fd: int, cmd: str) -> bool:
@@ -117,17 +128,9 @@ def _bpftrace(pid: int, what: str, seconds: float, workdir: Path) -> dict:
             if b"pfi-ready" in line:
                 break
         out = _measure(pid, what, seconds)
-        proc.send_signal(signal.SIGINT)
-        proc.stdout.read()  # type: ignore[union-attr]
-        _, _, ru = os.wait4(proc.pid, 0)
-        proc.returncode = 0
-        out["tracer_ns"] = (ru.ru_utime + ru.ru_stime) * 1e9 / max(1, out["events"])
-        out["tracer_rss_mib"] = ru.ru_maxrss / 1024
-        return out
+        return _reap(proc, out, drain=True)
     finally:
-        if proc.poll() is None and proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
         for s in (proc.stdout, proc.stderr):
             s.close()  # type: ignore[union-attr]
         shutil.rmtree(d, ignore_errors=True)

@@ -16,7 +16,6 @@ import select
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 from app.collectors.procfs import ProcFS
 from app.investigation.sampler import HOT_TICKS, UNEXPLAINED_MIN, Sampler
 from app.parsers.procfs import MapEntry, ProcStat, parse_stat_bytes, parse_stat_counters
-from tests.workloads import WorkloadProcess, file_fault_workload
+from tests.workloads import WorkloadProcess, file_fault_workload, throttled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,29 +278,6 @@ def sleepers(n: int, tmp: Path) -> Iterator[int]:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def throttled(pid: int, duty: float, period: float = 0.02) -> Iterator[None]:
-    """Let the process run only `duty` of the time (SIGSTOP/SIGCONT): a lower, steady fault rate."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            time.sleep(period * duty)
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(period * (1 - duty))
-            os.kill(pid, signal.SIGCONT)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def test_equal_to_the_full_scan_among_5000_processes(tmp_path: Path) -> None:
