@@ -105,6 +105,8 @@ def line(pid: int, majflt: int, starttime: int = 100, minflt: int = 0, comm: str
 
 def compare(full: Sampler, inc: Sampler, exact_series: set[int] | None = None) -> None:
     """Same ranking, the same totals for every process, and the same per-second series where asked."""
+    full.pad_series()
+    inc.pad_series()
     assert [(t.pid, t.major_faults) for t in inc.ranked()] == [(t.pid, t.major_faults) for t in full.ranked()]
     for pid, f in full.tracks.items():
         i = inc.tracks[pid]
@@ -233,6 +235,40 @@ def test_without_a_node_counter_every_tick_is_a_full_scan() -> None:
     assert inc.full_scans == 3 and inc.tracks[2].series == [7, 7, 7]
 
 
+def test_no_listing_while_no_task_was_created() -> None:
+    """/proc/loadavg's last pid unchanged: nothing new can have started, the tick does not list /proc."""
+
+    class Counted(Snapshot):
+        def __init__(self) -> None:
+            super().__init__()
+            self.listings = 0
+            self.last_pid = 1000
+
+        def names(self) -> set[str]:
+            self.listings += 1
+            return super().names()
+
+        def read_text(self, rel: str) -> str | None:
+            return f"0.50 0.40 0.30 1/300 {self.last_pid}\n" if rel == "loadavg" else None
+
+    snap = Counted()
+    inc = Sampler(snap, full_every=60)  # type: ignore[arg-type]
+    idle = {pid: line(pid, 0) for pid in range(100, 300)}
+    snap.set({**idle, 1: line(1, 0)}, {"pgmajfault": 0})
+    inc.first()
+    listed = snap.listings
+    for n in range(1, 4):
+        snap.set({**idle, 1: line(1, 50 * n)}, {"pgmajfault": 50 * n})
+        inc.tick()
+    assert snap.listings == listed + 1  # tick 1 read everyone (1 was not hot yet); ticks 2 and 3 did not list
+    snap.last_pid = 1001  # a new process
+    snap.set({**idle, 1: line(1, 200), 1001: line(1001, 3, starttime=777)}, {"pgmajfault": 203})
+    inc.tick()
+    assert snap.listings == listed + 2
+    assert inc.tracks[1001].started_during_window and inc.tracks[1001].major_faults == 3
+    assert inc.ranked()[0].series == [50, 50, 50, 50]
+
+
 def test_the_tracer_marks_agree() -> None:
     snap = Snapshot()
     full, inc = Sampler(FullOnly(snap)), Sampler(snap)  # type: ignore[arg-type]
@@ -319,6 +355,8 @@ def test_equal_to_the_full_scan_among_5000_processes(tmp_path: Path) -> None:
     # process alive at the end counts the same, every other one no more, and the ranking of everything
     # above that bound is the same.
     bound = UNEXPLAINED_MIN * inc.full_every
+    full.pad_series()
+    inc.pad_series()
     for pid, f in full.tracks.items():
         i = inc.tracks[pid]
         assert (i.starttime, i.exited, len(i.series)) == (f.starttime, f.exited, len(f.series)), pid

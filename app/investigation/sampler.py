@@ -6,8 +6,9 @@ exit keep what was last seen of them.
 
 Incremental scan: reading /proc/PID/stat of every process costs ~25 ms per 1,000 processes, 13-25% of
 a core at 5,000 if done every second. So a tick lists /proc (the names that appeared and vanished since
-the last tick: new processes and exits, ~0.6 ms per 1,000) and reads only the new processes and those
-whose majflt rose in the last HOT_TICKS ticks; it reads
+the last tick: new processes and exits, ~1 ms per 1,000; not at all when /proc/loadavg says no task was
+created since) and reads only the new processes and those whose majflt rose in the last HOT_TICKS ticks;
+it reads
 every process (a full scan) when one of these holds:
   - `full_every` ticks have passed since the last full scan (settings.scan_full_every_seconds);
   - the node's pgmajfault (/proc/vmstat) rose by more than the processes read explain (UNEXPLAINED_MIN
@@ -94,7 +95,9 @@ class Sampler:
         self.snapshotted = 0
         self._hot: dict[int, int] = {}  # pid -> the last tick its majflt rose
         self._last_full = 0  # the last tick that read every process
-        self._listed: set[str] = set()  # the names in the procfs root at the last tick
+        self._listed: set[str] = set()  # the names in the procfs root at the last listing
+        self._last: int | None = None  # the last pid the kernel handed out then (/proc/loadavg): unchanged,
+        # no process or thread was created since, and the tick need not list /proc
         self.full_scans = 0  # ticks that read every process
         self.stat_reads = 0  # /proc/PID/stat files read by the ticks
 
@@ -165,7 +168,8 @@ class Sampler:
 
     def first(self) -> None:
         if self.incremental:
-            self._listed = self.procfs.names()  # before the read: what starts in between is read again at tick 1
+            self._last = self._last_pid()  # first, then the listing, then the read: what starts in between
+            self._listed = self.procfs.names()  # is read again at tick 1
         stats = self._sample()
         with self._lock:
             for pid, st in stats.items():
@@ -193,10 +197,16 @@ class Sampler:
             self.node_vmstat.append(vm)
             return
         vm = self.procfs.vmstat()  # first: the processes read next explain its rise
-        listed = self.procfs.names()
-        appeared = [int(n) for n in listed - self._listed if n.isdigit()]
-        vanished = [int(n) for n in self._listed - listed if n.isdigit()]
-        self._listed = listed
+        last = self._last_pid()
+        listed: set[str] | None = None
+        appeared: list[int] = []
+        vanished: list[int] = []
+        if last is None or last != self._last:  # a task was created since the last listing: list again
+            listed = self.procfs.names()
+            appeared = [int(n) for n in listed - self._listed if n.isdigit()]
+            vanished = [int(n) for n in self._listed - listed if n.isdigit()]
+            self._listed = listed
+        self._last = last
         with self._lock:
             tick = self.ticks + 1
             self._hot = {pid: at for pid, at in self._hot.items() if tick - at <= HOT_TICKS}
@@ -214,6 +224,8 @@ class Sampler:
                     or node - explained > max(UNEXPLAINED_MIN, UNEXPLAINED_SHARE * node))
         reads = len(read)
         if full:
+            if listed is None:
+                listed = self._listed = self.procfs.names()
             rest = [pid for pid in map(int, filter(str.isdigit, listed)) if pid not in raw]
             raw2 = self.procfs.stat_bytes(rest)
             reads += len(rest)
@@ -223,9 +235,14 @@ class Sampler:
                 self._last_full = tick
                 self.full_scans += 1
         with self._lock:
-            self.stat_reads += reads
-            self._pad()
+            self.stat_reads += reads  # (the idle tracks' zeros are added when read: ranked(), pad_series())
         self.node_vmstat.append(vm)
+
+    def _last_pid(self) -> int | None:
+        read = getattr(self.procfs, "read_text", None)
+        text = read("loadavg") if read is not None else None
+        fields = (text or "").split()
+        return int(fields[4]) if len(fields) >= 5 and fields[4].isdigit() else None
 
     def _fold(self, items: Iterable[tuple[int, ProcStat | bytes]], parse_all: bool) -> int:
         """Fold what this tick read into the tracks (under the lock); the majflt rise it saw.
@@ -246,7 +263,6 @@ class Sampler:
                         continue
                     if starttime == track.starttime and minflt == track.last.minflt and majflt == track.last.majflt:
                         track.exited = False  # (a read that failed once does not end a process)
-                        track.series.append(0)
                         continue
                     st = _parse(line)
                 if st is None:
@@ -267,6 +283,8 @@ class Sampler:
                 track.last = st
                 track.comm = st.comm
                 track.exited = False
+                if len(track.series) < tick - 1:  # the ticks it was not read in (idle): zeros
+                    track.series.extend([0] * (tick - 1 - len(track.series)))
             track.series.append(max(0, delta))
             if delta > 0:
                 seen += delta
@@ -281,12 +299,17 @@ class Sampler:
             if pid not in present and not track.exited:
                 track.exited = True
 
-    def _pad(self) -> None:
-        """Every track not read this tick (idle, or exited) gets a 0 for it."""
+    def _pad(self, tracks: Iterable[ProcessTrack] | None = None) -> None:
+        """The ticks a track was not read in (idle, or exited) get a 0 each (under the lock)."""
         tick = self.ticks
-        for track in self.tracks.values():
+        for track in self.tracks.values() if tracks is None else tracks:
             if len(track.series) < tick:
-                track.series.append(0)
+                track.series.extend([0] * (tick - len(track.series)))
+
+    def pad_series(self) -> None:
+        """Every track's series as long as the ticks (the incremental ticks leave idle ones short)."""
+        with self._lock:
+            self._pad()
 
     def _snapshot(self, pid: int) -> bool:
         """Keep a maps snapshot (and the io counters) of a process that faults; bounded."""
@@ -389,6 +412,7 @@ class Sampler:
     def ranked(self) -> list[ProcessTrack]:
         with self._lock:
             tracks = [t for t in self.tracks.values() if t.major_faults > 0]
+            self._pad(tracks)
         tracks.sort(key=lambda t: (-t.major_faults, t.pid))
         return tracks
 
