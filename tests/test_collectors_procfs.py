@@ -237,6 +237,16 @@ def many_processes() -> Iterator[int]:
     )
     try:
         assert shell.stdout is not None and shell.stdout.readline().strip() == "up"
+        # "up" means every child was forked, not that each has exec'd sleep yet: until then its comm is
+        # "sh", and a sample taken in between disagrees with a ps run after it
+        deadline = time.monotonic() + 60
+        while True:
+            comms = subprocess.run(["ps", "-s", str(shell.pid), "-o", "comm="], capture_output=True, text=True,
+                                   check=True).stdout.split()
+            if comms.count("sleep") >= N_PROCS:
+                break
+            assert time.monotonic() < deadline, f"only {comms.count('sleep')} of {N_PROCS} children run sleep"
+            time.sleep(0.1)
         yield shell.pid
     finally:
         os.killpg(shell.pid, signal.SIGKILL)

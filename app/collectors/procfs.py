@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -111,29 +111,56 @@ class ProcFS:
         except ValueError:
             return None
 
-    def sample_all(self) -> dict[int, ProcStat]:
-        """/proc/PID/stat of every process (kernel threads included), the once-a-second hot path.
+    def listing(self) -> list[int]:
+        """The pid of every process, unsorted (os.listdir: no DirEntry objects, the cheapest listing)."""
+        try:
+            names = os.listdir(self._root_s)
+        except OSError:
+            return []
+        return [int(n) for n in names if n.isdigit()]
 
-        os.scandir + os.open/os.read of raw bytes, no Path objects, no text decoding of the line.
-        """
-        out: dict[int, ProcStat] = {}
-        root = self._root_s
+    def names(self) -> set[str]:
+        """Every name in the root, pids and the rest ("self", "meminfo", ...): two listings are compared as
+        sets of names (in C) to find the processes that appeared and vanished in between."""
+        try:
+            return set(os.listdir(self._root_s))
+        except OSError:
+            return set()
+
+    def stat_bytes(self, pids: Iterable[int]) -> dict[int, bytes]:
+        """Raw /proc/PID/stat of each pid that still exists, the sampler's hot path: opened relative to
+        one descriptor of the root (no walk of the root's path per file), read once, not decoded."""
+        out: dict[int, bytes] = {}
         o_rdonly = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
         read, close, open_ = os.read, os.close, os.open
+        try:
+            root_fd = open_(self._root_s, o_rdonly | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return out
+        try:
+            for pid in pids:
+                try:
+                    fd = open_(f"{pid}/stat", o_rdonly, dir_fd=root_fd)
+                except OSError:
+                    continue  # gone (exited since it was listed)
+                try:
+                    data = read(fd, _STAT_READ)
+                except OSError:
+                    continue  # ESRCH: exited between open and read
+                finally:
+                    close(fd)
+                if data:
+                    out[pid] = data
+        finally:
+            close(root_fd)
+        return out
+
+    def sample_all(self) -> dict[int, ProcStat]:
+        """/proc/PID/stat of every process (kernel threads included), parsed; the sampler's full scan
+        reads `stat_bytes(listing())` and parses only what changed."""
+        out: dict[int, ProcStat] = {}
         parse = parse_stat_bytes
-        with os.scandir(root) as it:
-            names = [e.name for e in it if e.name[0].isdigit()]
-        for name in names:
-            try:
-                fd = open_(f"{root}/{name}/stat", o_rdonly)
-            except OSError:
-                continue  # exited between the listing and the open
-            try:
-                data = read(fd, _STAT_READ)
-            except OSError:
-                continue  # ESRCH: exited between open and read
-            finally:
-                close(fd)
+        for data in self.stat_bytes(self.listing()).values():
             try:
                 st = parse(data)
             except ValueError:

@@ -240,7 +240,7 @@ def investigate(
         cands = list(tracers) or [make_tracer("procfs", settings)]
         reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
     report_progress(0.0, f"tracing with {cands[0].name}")
-    sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root)
+    sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root, full_every=settings.scan_full_every_seconds)
     sampler.first()
 
     tracer_stop = threading.Event()  # set on cancel, or when the tracer overruns the window
@@ -260,7 +260,7 @@ def investigate(
         end = win.end
         if now >= end:
             if sampler.ticks == 0 or now - last_tick > 0.5:
-                sampler.tick()  # the last part-second (or a window under a second) gets its sample too
+                sampler.tick(full=True)  # the last part-second (or a window under a second) gets its sample too
                 last_tick = now
             sampled_end = max(sampled_end, min(now, end + 1.0))
             # The tracer stops and hands over; if it failed, a fallback may start a fresh window.
@@ -275,7 +275,8 @@ def investigate(
         if cancel.is_set():
             break
         if time.monotonic() >= next_tick:
-            sampler.tick()
+            # The window's last tick reads every process (the end's own tick below does too).
+            sampler.tick(full=win.end - time.monotonic() <= 0.6)
             last_tick = time.monotonic()
             next_tick += 1.0
             while next_tick <= last_tick:  # after a hand-over pause, do not catch up tick by tick

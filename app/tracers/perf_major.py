@@ -1,8 +1,9 @@
 """perf-major: exact major faults with their data addresses, from perf's software event.
 
-    perf record -e major-faults -c 1 -d  (-a | -p PID,PID)
+    perf record -e major-faults -c 1 -d -a --synth=task
 
-`major-faults` is counted in mm_account_fault(), where /proc/PID/stat majflt is counted too, so
+Always the whole node (per-CPU events); for some processes only theirs are kept while reading, as
+per-task events cost the traced task a lot at every context switch (see _perf). `major-faults` is counted in mm_account_fault(), where /proc/PID/stat majflt is counted too, so
 the two agree; `-c 1` samples every event, `-d` puts the faulting address into each sample. Only
 major faults are recorded. Needs perf and root (or CAP_PERFMON / perf_event_paranoid <= 0).
 """
@@ -24,8 +25,8 @@ class PerfMajorTracer:
         self.settings = settings
 
     def available(self) -> tuple[bool, str]:
-        return _perf.available(self.settings, EVENT_ARGS)
+        return _perf.available(self.settings, EVENT_ARGS, system_wide=True)
 
     def run(self, request: TraceRequest) -> TraceResult:
         result = TraceResult(backend=self.name, exact=self.exact)
-        return _perf.run(self.settings, request, result, EVENT_ARGS, None)  # perf.data read natively
+        return _perf.run(self.settings, request, result, EVENT_ARGS, None, system_wide=True)  # perf.data read natively

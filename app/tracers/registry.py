@@ -29,12 +29,25 @@ __all__ = ["AUTO", "CHOICES", "ORDER", "candidates", "check_names", "kill_starte
 
 AUTO = TRACER_AUTO  # settings.tracer: the first backend in ORDER that works here
 
-# Every backend, in the order "auto" tries them: exact major faults first, estimates last.
+# Every backend, in the order "auto" tries them: exact major faults first, estimates last, and among the
+# exact ones by measured cost (bench/tracer_cost.py and rows 1-3 of `python -m bench`, docs/bench.md): per
+# fault, both cost the faulting task about 0.2 us of CPU (perf-major writes a sample, bpftrace-major runs
+# its BPF program), and neither anything per context switch since perf-major records with per-CPU events;
+# perf-major has its counts ~10 ms after the window (perf.data read while it records) where bpftrace-major
+# needs ~0.2-0.5 s to print and parse its maps, and perf's process stays ~40 MiB where bpftrace compiles
+# with LLVM (~90 MiB, a few hundred on big programs) and holds per-CPU maps of tracer_max_pages keys.
 _BACKENDS: dict[str, Callable[[Settings], Tracer]] = {
     backend.name: backend
     for backend in (PerfMajorTracer, BpftraceMajorTracer, BpftraceKprobeTracer, PerfTracepointTracer, ProcfsTracer)
 }
 ORDER: list[str] = list(_BACKENDS)
+# Why auto puts each exact backend where it is (for the report's tracer line).
+WHY_FIRST = {
+    "perf-major": "exact; measured cheapest: ~0.2 us per fault in the faulting task, nothing per context switch, "
+                  "counts ~10 ms after the window, ~40 MiB",
+    "bpftrace-major": "exact; measured as cheap per fault as perf-major, but 0.2-0.5 s to hand over its maps after "
+                      "the window and LLVM's memory to compile",
+}
 CHOICES: tuple[str, ...] = (AUTO, *ORDER)  # what settings.tracer (PFI_TRACER, --tracer) accepts
 
 
@@ -118,7 +131,9 @@ def select(settings: Settings, *, fresh: bool = False) -> tuple[Tracer, str, lis
         if chosen is None and ok:
             chosen = tracer
             if forced is None:
-                reason = f"auto: first available of {', '.join(ORDER)}: {why}"
+                why_first = WHY_FIRST.get(name)
+                reason = (f"auto: first available of {', '.join(ORDER)} (ordered by measured cost)"
+                          + (f"; {name}: {why_first}" if why_first else "") + f": {why}")
             elif name == forced:
                 reason = f"forced by settings (tracer={forced}): {why}"
             else:

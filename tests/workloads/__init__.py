@@ -411,6 +411,32 @@ def majflt(pid: int) -> int:
     return int(text[text.rindex(")") + 2 :].split()[9])
 
 
+@contextlib.contextmanager
+def throttled(pid: int, duty: float, period: float = 0.02) -> Iterator[None]:
+    """Let the process run only `duty` of the time (SIGSTOP/SIGCONT every `period` s): a lower,
+    steady fault rate. It is left running (SIGCONT) afterwards."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            time.sleep(period * duty)
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(period * (1 - duty))
+            os.kill(pid, signal.SIGCONT)
+
+    t = threading.Thread(target=loop, daemon=True)
+    if duty < 1:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if duty < 1:
+            t.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 # --- file-backed faults ----------------------------------------------------------------------------
 
 
