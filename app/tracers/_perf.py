@@ -174,7 +174,8 @@ def available(settings: Settings, event_args: list[str], system_wide: bool = Fal
     ok, why = probe_record(settings, perf, event_args, system_wide)
     if not ok:
         return False, why
-    return True, f"{perf} records {' '.join(event_args)}" + (f" ({why})" if why else "")
+    args = [*event_args, "-a", *SYSTEM_WIDE_ARGS] if system_wide else event_args
+    return True, f"{perf} records {' '.join(args)}" + (f" ({why})" if why else "")
 
 
 _ctl_lock = threading.Lock()  # one command and its ack at a time (the window's thread, the tail's pings)
