@@ -34,7 +34,7 @@ MIN_FAULTS_HIGH = 100  # a process with fewer major faults in the window never g
 SMALL_SHARE = 0.10  # the top process makes less of the node's faults than this: the headline is low confidence
 
 
-def _mib(n: int | None) -> str:
+def mib(n: int | None) -> str:
     return "?" if n is None else f"{n / (1 << 20):,.0f} MiB"
 
 
@@ -85,7 +85,7 @@ def node_context(node: NodeStats) -> list[str]:
     out = []
     if node.mem_total_bytes and node.mem_available_bytes is not None:
         out.append(f"node MemAvailable {node.mem_available_bytes / node.mem_total_bytes:.0%} of "
-                   f"{_mib(node.mem_total_bytes)}")
+                   f"{mib(node.mem_total_bytes)}")
     if node.pgscan_kswapd_per_second is not None or node.pgscan_direct_per_second is not None:
         out.append(f"node reclaim: kswapd {node.pgscan_kswapd_per_second or 0:,.0f}, direct "
                    f"{node.pgscan_direct_per_second or 0:,.0f} pages/s scanned; swap-out "
@@ -120,23 +120,23 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str, str]:
     put its number in it (app.investigation.advise)."""
     high = high_binds(mem)
     if high:
-        size, where = _mib(mem.high_bytes), mem.high_path or mem.path
+        size, where = mib(mem.high_bytes), mem.high_path or mem.path
     else:
-        size, where = _mib(mem.max_bytes), mem.limit_path or mem.path
+        size, where = mib(mem.max_bytes), mem.limit_path or mem.path
     own = where == mem.path
     pct = f"{mem.usage_ratio:.0%} of " if mem.usage_ratio is not None and not high else ""
     knob = "memory.high" if high else "memory limit"
     if p.pod is not None:
         if own:
             return (f"the container runs at {pct}its {size} {knob}",
-                    f"raise the container's {knob} above its working set (now {_mib(mem.current_bytes)})", "")
+                    f"raise the container's {knob} above its working set (now {mib(mem.current_bytes)})", "")
         return (f"the pod runs at {pct}its {size} pod-level {knob} (the container has none of its own)",
                 f"raise the pod's {knob} (set on {where}; the sum of its containers' limits)",
                 "or give the container a limit of its own")
     cg = f"its memory cgroup {mem.path}" if own else f"the memory cgroup {where} above its cgroup {mem.path}"
     file = ("memory.high" if high else "memory.max") if mem.version == 2 else "memory.limit_in_bytes"
     return (f"{cg} runs at {pct}its {size} {'memory.high' if high else 'limit'}",
-            f"raise {file} of cgroup {where} above the working set (now {_mib(mem.current_bytes)})",
+            f"raise {file} of cgroup {where} above the working set (now {mib(mem.current_bytes)})",
             "or move the process out of that cgroup")
 
 
@@ -220,9 +220,9 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     evidence = [f"{share:.0%} of the faults are {kind.value if kind else 'unresolved'}"
                 + (" (estimated from procfs counters)" if estimated else "")]
     if mem is not None:
-        evidence.append(f"cgroup {mem.path} (v{mem.version}): {_mib(mem.current_bytes)} used, limit "
-                        + (f"{_mib(mem.max_bytes)} on {mem.limit_path or mem.path}" if mem.max_bytes else "none")
-                        + (f", memory.high {_mib(mem.high_bytes)}" if mem.high_bytes is not None else ""))
+        evidence.append(f"cgroup {mem.path} (v{mem.version}): {mib(mem.current_bytes)} used, limit "
+                        + (f"{mib(mem.max_bytes)} on {mem.limit_path or mem.path}" if mem.max_bytes else "none")
+                        + (f", memory.high {mib(mem.high_bytes)}" if mem.high_bytes is not None else ""))
     elif limit_problem:
         evidence.append(f"memory cgroup {p.cgroup} not readable: {limit_problem}")
     evidence += node_context(node)

@@ -40,7 +40,7 @@ from app.models import (
 )
 from app.parsers.procfs import SmapsEntry
 
-from .diagnose import high_binds, near_limit
+from .diagnose import high_binds, mib, near_limit
 from .sources import DistinctPages, Unit, faulting_units
 
 PAGE = 4096
@@ -54,10 +54,6 @@ READAHEAD_RATIO = 4  # cgroup file refaults per major fault above which read-ahe
 CAME_BACK = 0.5  # share of distinct pages faulted again at which the window saw the access come around
 MIN_STEP = 16 * MIB  # never recommend less than the current limit plus this
 MAX_UNIT_LINES = 3  # basis lines for the biggest faulting mappings
-
-
-def mib(n: int | None) -> str:
-    return "?" if n is None else f"{n / MIB:,.0f} MiB"
 
 
 def round_up(n: int, step: int = ROUND) -> int:

@@ -31,6 +31,7 @@ from . import (
     _start,
     _unregister,
     binary,
+    majflt,
     memory_cgroup,
     remove_groups,
     swap_enabled,
@@ -495,17 +496,12 @@ def workload_mb(row: Row) -> int:
     return FILE_MB + (SWAPPED_ANON_MB if row.kind == "reread-swapped" else 0)
 
 
-def _majflt(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[9])
-
-
 def whole_pass_window(pid: int, mb: int = FILE_MB) -> float:
     """A window that sees one whole pass over the workload's memory at its current fault rate (measured
     over 1 s; 2.5x that, WINDOW to WHOLE_PASS_MAX): a user told `at_least` investigates longer too."""
-    f0 = _majflt(pid)
+    f0 = majflt(pid)
     time.sleep(1.0)
-    rate = max(1.0, float(_majflt(pid) - f0))
+    rate = max(1.0, float(majflt(pid) - f0))
     return min(WHOLE_PASS_MAX, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
 
 
@@ -552,17 +548,17 @@ def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
     out.rate_before = top.major_faults_per_second
     (group / "memory.limit_in_bytes").write_text(str(rec.recommended_limit_bytes))
     t0 = time.monotonic()
-    start = last = _majflt(proc.pid)
+    start = last = majflt(proc.pid)
     pages = (workload_mb(row) << 20) // 4096
     while time.monotonic() - t0 < WARMUP_MAX:  # one warm-up pass: it has read its memory back once
         time.sleep(0.25)
-        now = _majflt(proc.pid)
+        now = majflt(proc.pid)
         if now - start >= pages or now - last <= 0.0025 * out.rate_before:  # 1% of the rate, per 0.25 s
             break
         last = now
-    f0 = _majflt(proc.pid)
+    f0 = majflt(proc.pid)
     time.sleep(AFTER_SECONDS)
-    out.rate_after = (_majflt(proc.pid) - f0) / AFTER_SECONDS
+    out.rate_after = (majflt(proc.pid) - f0) / AFTER_SECONDS
     if out.rate_after > 0.1 * out.rate_before:
         out.problems.append(f"at the recommended {out.recommended_mib} MiB the process still faults "
                             f"{out.rate_after:,.0f}/s (before: {out.rate_before:,.0f}/s): less than a 90% drop")
@@ -587,9 +583,9 @@ def check_tight(row: Row, proc: Any, group: Path, out: Outcome) -> None:
         out.problems.append(f"could not lower the limit to {out.tight_mib} MiB for the tightness check: {e}")
         return
     time.sleep(TIGHT_SETTLE)
-    f0 = _majflt(proc.pid)
+    f0 = majflt(proc.pid)
     time.sleep(AFTER_SECONDS)
-    out.rate_tight = (_majflt(proc.pid) - f0) / AFTER_SECONDS
+    out.rate_tight = (majflt(proc.pid) - f0) / AFTER_SECONDS
     if out.rate_tight < 0.1 * out.rate_before or out.rate_tight <= out.rate_after:
         out.problems.append(f"at {out.tight_mib} MiB (0.75x the workload) the process faults only "
                             f"{out.rate_tight:,.0f}/s (before: {out.rate_before:,.0f}/s, at the recommended "

@@ -20,7 +20,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from app.investigation.recommend import headline, mib, owner_text
+from app.investigation.diagnose import mib
+from app.investigation.recommend import headline, owner_text
 from app.models import Cause, ProcessReport, Report, Source, SourceKind
 from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 from app.service.ui.lead_up_chart import build_history_chart, history_label
