@@ -34,6 +34,11 @@ def faulting_bound(smaps: list[SmapsEntry] | None, kinds: set[str]) -> tuple[int
     return total or None, resident
 
 
+def _smaps(procfs: ProcFS, p: ProcessReport) -> list[SmapsEntry] | None:
+    """The process's smaps at the window's end; read only where a rule uses it (it can be large)."""
+    return procfs.smaps(p.pid) if not p.exited_during_window else None
+
+
 def add_recommendations(
     processes: list[ProcessReport],
     tracks: dict[int, ProcessTrack],
@@ -71,10 +76,9 @@ def add_recommendations(
         if g is None:
             g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
-        smaps = procfs.smaps(p.pid) if not p.exited_during_window else None
         if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
             mine = distinct_pages(p.pid, pages, t.maps)
-            if smaps:  # read at the window's end, like the cgroup's usage the resident pages are taken from
+            if smaps := _smaps(procfs, p):  # at the window's end, like the cgroup usage resident is taken from
                 g.smaps[p.pid] = smaps
             if g.pages is None:
                 g.pages = DistinctPages(set(), set(), set(), set(), names={})
@@ -83,7 +87,7 @@ def add_recommendations(
                 g.growth[sec] = g.growth.get(sec, 0) + n
         elif not trace.faults or not trace.exact:
             kinds = {s.kind.value for s in p.sources if s.faults}
-            bound, rss = faulting_bound(smaps, kinds)
+            bound, rss = faulting_bound(_smaps(procfs, p), kinds)
             g.bound_bytes = (g.bound_bytes or 0) + bound if bound else g.bound_bytes
             g.bound_resident_bytes = (g.bound_resident_bytes or 0) + rss
     for p in limited:
