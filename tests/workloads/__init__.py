@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from app.collectors import cgroupmem
 from app.collectors.cgroupmem import rmdir_when_free
 from app.tracers import leftovers
 from tests.needs import require_marker
@@ -611,13 +612,10 @@ class MemoryHierarchy:
 
 def memory_hierarchy(cgroup_root: Path = CGROUP_ROOT) -> MemoryHierarchy | None:
     """The memory controller's hierarchy under cgroup_root, v1 first (on a hybrid host the unified
-    tree has no controllers), or None when neither has it."""
-    if (cgroup_root / "memory" / "memory.limit_in_bytes").exists():
-        return MemoryHierarchy(cgroup_root / "memory", 1)
-    controllers = cgroup_root / "cgroup.controllers"
-    if controllers.exists() and "memory" in controllers.read_text().split():
-        return MemoryHierarchy(cgroup_root, 2)
-    return None
+    tree has no controllers), or None when neither has it: where the demo makes its group too
+    (app.collectors.cgroupmem.memory_hierarchy), with the file names of that version."""
+    found = cgroupmem.memory_hierarchy(cgroup_root)
+    return None if found is None else MemoryHierarchy(found[1], found[0])
 
 
 def no_memory_controller_reason(cgroup_root: Path = CGROUP_ROOT) -> str:
