@@ -194,3 +194,55 @@ def test_tool_fixtures_skip_with_the_backends_reason(root_required: None, monkey
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"perf-major not available: .*/nonexistent/pfi-test-perf"):
         need_tracer("perf-major")
+
+
+@pytest.mark.workloads
+def test_zram_swap_workload_swaps_in_from_zram_and_leaves_the_machine_as_it_was(root_required) -> None:
+    reason = workloads.zram_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    before = {k: f.read_text() for k, f in workloads._SYSCTL.items()}
+    with swap_workload(size_mb=128, limit_mb=64, swap="zram") as proc:
+        swaps = Path("/proc/swaps").read_text().splitlines()[1:]
+        ours = [line.split() for line in swaps if line.split()[0].startswith("/dev/zram")]
+        assert ours, swaps
+        dev = ours[-1][0]
+        assert Path("/proc/sys/vm/swappiness").read_text().strip() == "200"
+        assert Path("/proc/sys/vm/page-cluster").read_text().strip() == "0"
+        assert _rate(proc.pid) > 1000
+        # the pages live compressed in the zram device: it holds data now
+        name = dev.removeprefix("/dev/")
+        orig = int(Path(f"/sys/block/{name}/mm_stat").read_text().split()[0])
+        assert orig > 16 << 20
+        rec = [p for p in workloads.run_state_dir().glob("zram-*")]
+        assert len(rec) == 1 and rec[0].read_text().split()[0] == name
+    assert dev not in Path("/proc/swaps").read_text()
+    assert not Path(f"/sys/block/{name}").exists()
+    assert {k: f.read_text() for k, f in workloads._SYSCTL.items()} == before
+
+
+@pytest.mark.workloads
+def test_zram_left_by_a_killed_run_is_undone_by_cleanup(root_required, tmp_path: Path) -> None:
+    reason = workloads.zram_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    before = {k: f.read_text() for k, f in workloads._SYSCTL.items()}
+    # a run that made a zram swap and was SIGKILLed before undoing it
+    script = ("import os, signal, tests.workloads as w\n"
+              "from tests import needs\n"
+              "needs._active = None\n"
+              "cm = w.zram_swap(disksize_mb=64)\n"
+              "z = cm.__enter__()\n"
+              "print(z.device, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([".venv/bin/python", "-c", script], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PFI_TEST_RUN_STATE": str(tmp_path)})
+    dev = out.stdout.strip()
+    assert dev.startswith("/dev/zram"), out
+    assert dev in Path("/proc/swaps").read_text()
+    logged: list[str] = []
+    workloads.cleanup_dead_runs(tmp_path, log=logged.append)
+    assert dev not in Path("/proc/swaps").read_text()
+    assert not Path(f"/sys/block/{dev.removeprefix('/dev/')}").exists()
+    assert {k: f.read_text() for k, f in workloads._SYSCTL.items()} == before
+    assert any("zram swap" in line for line in logged), logged

@@ -132,8 +132,8 @@ def run_state_dir() -> Path:
 
 
 def record(kind: str, value: str) -> Path:
-    """Note one thing this run made ("proc", "cgroup", "swap"); returns the record to `forget`."""
-    if kind not in ("proc", "cgroup", "swap"):
+    """Note one thing this run made ("proc", "cgroup", "swap", "zram"); returns the record to `forget`."""
+    if kind not in ("proc", "cgroup", "swap", "zram"):
         raise ValueError(kind)
     with _state_lock:
         path = _state_dir_locked() / f"{kind}-{next(_counter)}"
@@ -265,6 +265,10 @@ def cleanup_dead_runs(root: Path | None = None, log: Callable[[str], None] = pri
                 rec.unlink(missing_ok=True)
             else:
                 log(f"cleanup: cgroup {group} still holds processes this run did not record; left")
+    for run in dead:
+        for rec, text in _records(run, "zram"):
+            _zram_undo(text, log)
+            rec.unlink(missing_ok=True)
     swaps = {text for run in dead for _, text in _records(run, "swap")}
     for run in dead:
         for rec, _ in _records(run, "swap"):
@@ -584,6 +588,108 @@ def swap_enabled() -> Iterator[str | None]:
         undo()
 
 
+# --- zram swap (BottleRocket's) -------------------------------------------------------------------
+
+ZRAM_CONTROL = Path("/sys/class/zram-control")
+_ZRAM_LOCK = Path("/run/pfi-test-zram.lock")
+_SYSCTL = {"swappiness": Path("/proc/sys/vm/swappiness"), "page_cluster": Path("/proc/sys/vm/page-cluster")}
+
+
+class ZramSwap:
+    """A zram swap device made for a test: `device` (/dev/zramN), `algorithm`, `disksize`, and the
+    machine's swappiness and page-cluster as they were (`saved`), restored afterwards."""
+
+    def __init__(self, device: str, algorithm: str, disksize: int, saved: dict[str, int]) -> None:
+        self.device, self.algorithm, self.disksize, self.saved = device, algorithm, disksize, saved
+
+    def __repr__(self) -> str:
+        return f"ZramSwap({self.device}, {self.algorithm}, {self.disksize >> 20} MiB)"
+
+
+def zram_unavailable_reason() -> str | None:
+    """Why no zram swap can be made here, or None."""
+    if os.geteuid() != 0:
+        return "zram swap needs root"
+    if not (ZRAM_CONTROL / "hot_add").exists():
+        return f"no zram in this kernel ({ZRAM_CONTROL}/hot_add missing: CONFIG_ZRAM off or the module not loaded)"
+    return None
+
+
+def _zram_undo(text: str, log: Callable[[str], None] = lambda _m: None) -> None:
+    """Undo one zram record "zramN swappiness page_cluster": swap off, reset and remove the device,
+    restore the two sysctls. Only a device named in our own record is touched."""
+    parts = text.split()
+    if not parts or not re.fullmatch(r"zram[0-9]+", parts[0]):
+        log(f"cleanup: refusing zram record {text!r}")
+        return
+    name = parts[0]
+    dev = f"/dev/{name}"
+    if dev in _active_swaps():
+        subprocess.run(["swapoff", dev], check=False, capture_output=True)
+    block = Path("/sys/block") / name
+    if block.exists():
+        with contextlib.suppress(OSError):
+            (block / "reset").write_text("1")
+        with contextlib.suppress(OSError):
+            (ZRAM_CONTROL / "hot_remove").write_text(name.removeprefix("zram"))
+    for key, value in zip(("swappiness", "page_cluster"), parts[1:3], strict=False):
+        with contextlib.suppress(OSError):
+            _SYSCTL[key].write_text(value)
+    log(f"cleanup: zram swap {dev} removed, swappiness/page-cluster restored to {' '.join(parts[1:3])}")
+
+
+@contextlib.contextmanager
+def zram_swap(
+    disksize_mb: int = 1024, algorithm: str = "lz4", swappiness: int = 200, page_cluster: int = 0
+) -> Iterator[ZramSwap]:
+    """Swap on a zram device made for the duration, as BottleRocket sets it up by default (1 GiB,
+    swappiness 200, page-cluster 0; lz4 where the kernel has it, else its default): a new device
+    from /sys/class/zram-control/hot_add (never an existing zramN), swapped on at the highest
+    priority so swap-ins come from it, and the machine's vm.swappiness and vm.page-cluster set for
+    the duration and restored. One user at a time (a lock across test runs: the sysctls are the
+    machine's). Recorded in the run-state folder, so a SIGKILLed run is undone by cleanup."""
+    require_marker("root", "zram swap")
+    reason = zram_unavailable_reason()
+    if reason:
+        raise RuntimeError(reason)
+    with open(_ZRAM_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            saved = {k: int(f.read_text().split()[0]) for k, f in _SYSCTL.items()}
+            idx = (ZRAM_CONTROL / "hot_add").read_text().strip()
+            name = f"zram{int(idx)}"
+            rec = record("zram", f"{name} {saved['swappiness']} {saved['page_cluster']}")
+            block = Path("/sys/block") / name
+            try:
+                # "lzo [lzo-rle] lz4 ...": the bracketed one is the kernel's default
+                words = (block / "comp_algorithm").read_text().split()
+                default = next((w.strip("[]") for w in words if w.startswith("[")), words[0])
+                chosen = algorithm if algorithm in [w.strip("[]") for w in words] else default
+                (block / "comp_algorithm").write_text(chosen)
+                (block / "disksize").write_text(str(disksize_mb << 20))
+                dev = f"/dev/{name}"
+                for _ in range(100):  # udev may create the node a moment after hot_add
+                    if Path(dev).exists():
+                        break
+                    time.sleep(0.02)
+                subprocess.run(["mkswap", dev], check=True, capture_output=True)
+                subprocess.run(["swapon", "-p", "32767", dev], check=True, capture_output=True)
+                _SYSCTL["swappiness"].write_text(str(swappiness))
+                _SYSCTL["page_cluster"].write_text(str(page_cluster))
+                zram = ZramSwap(dev, chosen, disksize_mb << 20, saved)
+                text = f"{name} {saved['swappiness']} {saved['page_cluster']}"
+                key = _register(lambda: _zram_undo(text))
+                try:
+                    yield zram
+                finally:
+                    _unregister(key)
+            finally:
+                _zram_undo(f"{name} {saved['swappiness']} {saved['page_cluster']}")
+                forget(rec)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _nested(name: str) -> str:
     """`name` under a unique pfi-test-<pid>-<n>/ parent unless its top segment already is one:
     a kubepods-shaped test group must never sit where a real kubelet's kubepods could be."""
@@ -682,18 +788,22 @@ def memory_cgroup(name: str, limit_mb: int | None, cgroup_root: Path = CGROUP_RO
 
 @contextlib.contextmanager
 def swap_workload(
-    size_mb: int = 128, limit_mb: int = 64, name: str | None = None, kind: str = "anon"
+    size_mb: int = 128, limit_mb: int = 64, name: str | None = None, kind: str = "anon", swap: str = "disk"
 ) -> Iterator[WorkloadProcess]:
     """A process touching size_mb of memory (kind "anon" or "shmem") inside the memory cgroup
     `name` (default "pfi-test-swap-<pid>-<n>", unique so concurrent test runs never share a group;
     other names go under a unique pfi-test-<pid>-<n>/ parent, see memory_cgroup) limited to
-    limit_mb, so it swaps steadily. Swap is turned on if the machine has none."""
+    limit_mb, so it swaps steadily. Swap is turned on if the machine has none (swap="disk", the
+    test swap file), or a zram device is made for it as BottleRocket has (swap="zram": zram_swap())."""
     if kind not in ("anon", "shmem"):
         raise ValueError(kind)
+    if swap not in ("disk", "zram"):
+        raise ValueError(swap)
     if name is None:
         name = f"pfi-test-swap-{os.getpid()}-{next(_counter)}"
     exe = binary("swap_faults")
-    with swap_enabled(), memory_cgroup(name, limit_mb) as group:
+    swapper = zram_swap() if swap == "zram" else swap_enabled()
+    with swapper, memory_cgroup(name, limit_mb) as group:
         proc = _start(f"pfi-workload-{kind}", exe, [str(size_mb), kind], wait_for_go=True)
         proc.kind, proc.cgroup = kind, group
         key = _register(lambda: _kill(proc))
