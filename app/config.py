@@ -440,3 +440,62 @@ class Settings(BaseSettings):
         pattern="^(text|json)$",
         description="`serve`'s log lines: text (control characters escaped) or json (one object a line).",
     )
+
+    # --- issue 28: the fleet on Prometheus (findings as metrics; the fleet from one query) ------------
+    findings_max_age_seconds: float = Field(
+        default=3600.0,
+        ge=60,
+        le=7 * 86400,
+        description="A workload's finding gauges on /metrics (pfi_finding_*) are shown while its last"
+        " report is younger than this, in seconds, then go away, so a fixed node stops being counted."
+        " 3600: the 'also on N other nodes' window; a storm re-alerts well inside it (cooldown 10 min).",
+    )
+    findings_max_workloads: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Workloads a node exports findings for, at most (its most recently reported). 20:"
+        " a node rarely has more than a few culprits an hour; 20 x 5 series = 100 series a node bounds"
+        " what 1,000 nodes add to Prometheus (docs/fleet.md).",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus that scrapes every inspector's /metrics (kube-prometheus-stack's,"
+        " http://kube-prometheus-stack-prometheus.monitoring:9090). Set: the fleet page,"
+        " /api/v1/workloads and the 'also on N other nodes' line come from one PromQL query each,"
+        " not from asking every peer. None: peers are asked (a sample, fleet_peer_sample).",
+    )
+    prometheus_token_file: Path | None = Field(
+        default=None,
+        description="File holding a bearer token for Prometheus (re-read at each query; a projected"
+        " service-account token rotates). None: no Authorization header (kube-prometheus-stack's"
+        " Prometheus has no auth inside the cluster).",
+    )
+    prometheus_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed Prometheus's serving certificate, for an https:// URL."
+        " None: the system's CAs.",
+    )
+    prometheus_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Deadline of one PromQL query, in seconds (sent as its timeout too). 5: an instant"
+        " query over a few thousand series answers in milliseconds; past it the fleet says Prometheus"
+        " did not answer.",
+    )
+    prometheus_cache_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        le=600,
+        description="How long one PromQL answer is reused, in seconds. 15: about one scrape interval"
+        " of kube-prometheus-stack (30 s), so a storm's reports on one node share one query.",
+    )
+    fleet_peer_sample: int = Field(
+        default=16,
+        ge=0,
+        le=1000,
+        description="Without prometheus_url: peers asked for the fleet view and the 'also on' line, at"
+        " most (a random sample when there are more; the page says so). 16: a storm over N nodes then"
+        " makes at most 16 N requests, not N^2; a small cluster is asked whole.",
+    )

@@ -93,6 +93,7 @@ class Recommendation(BaseModel):
 
     recommended_limit_bytes: int | None = None
     command: str | None = None
+    current_limit_bytes: int | None = None  # the limit it replaces (issue 28)
 
 
 class ReportFacts(BaseModel):
@@ -104,6 +105,10 @@ class ReportFacts(BaseModel):
     fault_kind: str | None = None  # the culprit's dominant source kind: file, code, swap, shmem
     file: str | None = None  # its top path of that kind
     recommendation: Recommendation | None = None
+    # Added for issue 28 (findings as metrics; absent in rows stored before it):
+    container: str | None = None  # the culprit's container
+    major_faults_per_second: float | None = None  # the culprit's rate over the window
+    current_limit_bytes: int | None = None  # the memory limit it ran under (None: none, or unknown)
 
 
 class NodeLink(BaseModel):
@@ -196,7 +201,8 @@ def _recommendation(report: Report) -> Recommendation | None:
         if v.recommendation is not None:
             rec = v.recommendation
             return Recommendation(recommended_limit_bytes=rec.recommended_limit_bytes,
-                                  command=rec.command[:500] if rec.command else None)
+                                  command=rec.command[:500] if rec.command else None,
+                                  current_limit_bytes=rec.current_limit_bytes)
     return None
 
 
@@ -205,17 +211,27 @@ def facts_of(report: Report) -> ReportFacts | None:
     w = workload_of(report)
     if w is None:
         return None
-    kind = file = None
+    kind = file = container = rate = current = None
+    rec = _recommendation(report)
     if report.processes and report.verdict.cause != Cause.STOPPED_BEFORE_WINDOW:
-        k, _share, path = dominant(report.processes[0])
+        top = report.processes[0]
+        k, _share, path = dominant(top)
         kind, file = (k.value if k is not None else None), path
+        container = top.pod.container if top.pod is not None else None
+        rate = top.major_faults_per_second
+        current = top.cgroup_memory.max_bytes if top.cgroup_memory is not None else None
+    if rec is not None and rec.current_limit_bytes is not None:
+        current = rec.current_limit_bytes  # the limit the recommendation replaces (the pod's, maybe)
     return ReportFacts(
         workload=w,
         cause=str(report.verdict.cause),
         summary=report.verdict.summary[:500],
         fault_kind=kind,
         file=file[:500] if file else None,
-        recommendation=_recommendation(report),
+        recommendation=rec,
+        container=container[:253] if container else None,
+        major_faults_per_second=rate,
+        current_limit_bytes=current,
     )
 
 
@@ -313,10 +329,17 @@ def sort_rows(rows: Sequence[WorkloadRow], by: str = "last_seen", descending: bo
     return sorted(ordered, key=primary, reverse=descending)
 
 
-def also_on_text(nodes: Sequence[str], names: int = NAMES_IN_TEXT) -> str:
-    """`also on 11 other nodes: a, b, c, ...` ('' for none); nodes as given (sorted by the caller)."""
+def also_on_text(
+    nodes: Sequence[str], names: int = NAMES_IN_TEXT, sampled: tuple[int, int] | None = None
+) -> str:
+    """`also on 11 other nodes: a, b, c, ...` ('' for none); nodes as given (sorted by the caller).
+    `sampled` (asked, known): only a sample of the peers was asked, so the count is a floor:
+    `also on at least 2 other nodes (16 of 99 peers asked): a, b`."""
     if not nodes:
         return ""
     shown = ", ".join(nodes[:names]) + (", ..." if len(nodes) > names else "")
     plural = "node" if len(nodes) == 1 else "nodes"
+    if sampled is not None:
+        asked, known = sampled
+        return f"also on at least {len(nodes)} other {plural} ({asked} of {known} peers asked): {shown}"
     return f"also on {len(nodes)} other {plural}: {shown}"

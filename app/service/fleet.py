@@ -1,18 +1,25 @@
 """The fleet view's data: every node's reports grouped by the workload they blame.
 
-This node's store answers for this node (`ReportStore.workloads`); each peer answers for its own
-(`GET /api/v1/workloads?scope=node`), asked the way the report index asks for reports: every peer
-from the peer directory, concurrently (at most PEER_CONCURRENCY at once), with the token and the
-peer fetch timeout; a peer that does not answer is named as unreachable. The rows are merged by
-app.investigation.fleet, so whichever instance is asked, the same reports give the same rows.
+Two sources, one shape (`Fleet`), merged by app.investigation.fleet:
+- **Prometheus** (`prometheus_url` set, issue 28): every inspector exports its findings on /metrics
+  (app.investigation.findings); one PromQL query answers for the fleet (FLEET_QUERY) or for one
+  workload (`also_on_query`), cached briefly (app.service.cluster.prometheus). This node's own rows
+  come from its store (they hold the file and the summary too). A storm over N nodes costs N
+  queries at most (one a report), however large N is.
+- **Peers** (no Prometheus): this node's store (`ReportStore.workloads`) and each peer's
+  (`GET /api/v1/workloads?scope=node`), at most `fleet_peer_sample` peers (a random sample when
+  there are more, said so on the page and in the "also on" line), concurrently (at most
+  PEER_CONCURRENCY at once), with the token and the peer fetch timeout; a peer that does not answer
+  is named as unreachable. A storm over N nodes costs at most fleet_peer_sample x N requests.
 
-Cost: one request a peer per fleet listing (like the report index), each answered from an index.
+Every request made for it counts in `pfi_fleet_requests_total{target}`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,9 +27,11 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
+from app.investigation.findings import FLEET_QUERY, Sample, also_on_query, node_rows_of
 from app.investigation.fleet import ALSO_ON_WINDOW, NodeWorkload, WorkloadRow, also_on_text, facts_of, merge
 from app.models import Report, utcnow
 from app.service.cluster.peers import Peer, PeerError
+from app.service.cluster.prometheus import PrometheusClient, PrometheusError
 from app.service.report_store import WORKLOADS_MAX
 from app.service.state import ServiceState
 
@@ -33,11 +42,13 @@ T = TypeVar("T")
 
 
 async def ask_peers(
-    state: ServiceState, ask: Callable[[Peer], Awaitable[T]]
+    state: ServiceState, ask: Callable[[Peer], Awaitable[T]], peers: list[Peer] | None = None
 ) -> tuple[list[tuple[Peer, T]], list[str]]:
-    """`ask` every peer (at most PEER_CONCURRENCY at once): the answers, and the peers that did not
-    answer with the reason (`node (HTTP 503)`), plus the peer directory's own problem."""
-    peers = await state.peers.peers()
+    """`ask` every peer (or those given; at most PEER_CONCURRENCY at once): the answers, and the
+    peers that did not answer with the reason (`node (HTTP 503)`), plus the peer directory's own
+    problem."""
+    if peers is None:
+        peers = await state.peers.peers()
     gate = asyncio.Semaphore(PEER_CONCURRENCY)
 
     async def one(peer: Peer) -> T:
@@ -80,27 +91,85 @@ class Fleet:
     rows: list[WorkloadRow]
     unreachable: list[str] = field(default_factory=list)
     nodes_with_reports: int = 0  # nodes that answered with at least one report (finished or not)
+    source: str = "peers"  # "prometheus" or "peers"
+    peers_asked: int = 0  # peers: how many were asked ...
+    peers_known: int = 0  # ... of how many (more than asked: a sample)
+
+    @property
+    def sampled(self) -> bool:
+        return self.source == "peers" and self.peers_asked < self.peers_known
+
+    def coverage(self) -> str:
+        """Where the rows come from, in a sentence for the page."""
+        if self.source == "prometheus":
+            return "from Prometheus: every node's findings of the last hour or so (pfi_finding_* gauges)"
+        if self.sampled:
+            return (
+                f"asked {self.peers_asked} of {self.peers_known} peers (a random sample, fleet_peer_sample):"
+                " other nodes' reports may be missing; set prometheus.url for the whole fleet"
+            )
+        return f"asked every peer ({self.peers_known})"
+
+
+def _sample(state: ServiceState, peers: list[Peer]) -> list[Peer]:
+    n = state.settings.fleet_peer_sample
+    return list(peers) if len(peers) <= n else random.sample(peers, n)
+
+
+async def _prometheus_rows(
+    prom: PrometheusClient, *, since: datetime | None, key: str | None
+) -> tuple[list[NodeWorkload], list[str]]:
+    try:
+        answer = await prom.query(FLEET_QUERY if key is None else also_on_query(key))
+    except PrometheusError as exc:
+        log.warning("Prometheus did not answer the fleet's query: %s", exc)
+        return [], [f"prometheus ({str(exc)[:200]})"]
+    samples = [Sample(s.labels.get("__name__", ""), s.labels, s.value) for s in answer.samples]
+    rows = [r for r in node_rows_of(samples) if since is None or r.last_seen >= since]
+    if key is not None:
+        rows = [r for r in rows if r.workload.key == key]
+    return rows, [f"prometheus: more than {len(answer.samples)} series, the rest left out"] if answer.truncated else []
 
 
 async def fleet(state: ServiceState, *, since: datetime | None = None, key: str | None = None) -> Fleet:
-    """Every node's rows (this store's and each peer's), merged: one row a workload."""
-    client = state.peer_client()
+    """Every node's rows (this store's, and Prometheus's or each sampled peer's), merged: one row a
+    workload."""
+    prom = state.prometheus
+    local_since = since
+    if prom is not None:  # the findings' age bounds what Prometheus knows: this store's rows alike
+        oldest = utcnow() - timedelta(seconds=state.settings.findings_max_age_seconds)
+        local_since = oldest if since is None else max(since, oldest)
     local, local_count = await asyncio.gather(
-        asyncio.to_thread(state.store.workloads, since=since, key=key),
+        asyncio.to_thread(state.store.workloads, since=local_since, key=key),
         asyncio.to_thread(state.store.count, finished=True),
     )
+    rows = list(local)
+    nodes = {state.local.name} if local_count else set()
+    if prom is not None:
+        found, unreachable = await _prometheus_rows(prom, since=since, key=key)
+        rows.extend(r for r in found if r.node != state.local.name)
+        nodes.update(r.node for r in found)
+        return Fleet(rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="prometheus")
+
+    client = state.peer_client()
+    counter = state.metrics.fleet_requests.labels(target="peer")
 
     async def ask(peer: Peer) -> tuple[list[NodeWorkload], int]:
+        counter.inc()
         docs, count = await client.workloads(peer, since=since, key=key, limit=WORKLOADS_MAX)
         return _rows_of(peer, docs), count
 
-    answers, unreachable = await ask_peers(state, ask)
-    rows = list(local)
-    nodes = 1 if local_count else 0
-    for _peer, (peer_rows, count) in answers:
+    known = await state.peers.peers()
+    asked = _sample(state, known)
+    answers, unreachable = await ask_peers(state, ask, asked)
+    for peer, (peer_rows, count) in answers:
         rows.extend(peer_rows)
-        nodes += 1 if count else 0
-    return Fleet(rows=merge(rows), unreachable=unreachable, nodes_with_reports=nodes)
+        if count:
+            nodes.add(peer.node)
+    return Fleet(
+        rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="peers",
+        peers_asked=len(asked), peers_known=len(known),
+    )
 
 
 async def also_on(state: ServiceState, report: Report) -> str:
@@ -124,7 +193,7 @@ async def also_on(state: ServiceState, report: Report) -> str:
             "; ".join(found.unreachable[:5]),
         )
     others = sorted({n for row in found.rows for n in row.nodes} - {report.node})
-    return also_on_text(others)
+    return also_on_text(others, sampled=(found.peers_asked, found.peers_known) if found.sampled else None)
 
 
 def since_minutes(minutes: int | None) -> datetime | None:

@@ -3,12 +3,14 @@ process, as in the tests, must not collide)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from app.investigation.findings import GAUGES, LABELS, Sample
 
 DURATION_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
@@ -50,6 +52,18 @@ class Metrics:
         self.queue_depth = Gauge(
             "pfi_queue_depth", "Investigations queued or running on this node", registry=r
         )
+        self.fleet_requests = Counter(
+            "pfi_fleet_requests",
+            "Requests made for the fleet view and the 'also on N other nodes' line, by target"
+            " (prometheus: one PromQL query; peer: one peer asked)",
+            ["target"],
+            registry=r,
+        )
+
+    def watch_findings(self, findings: Callable[[], Sequence[Sample]]) -> None:
+        """The findings' gauges (app.investigation.findings), from `findings()` at each scrape."""
+        self.registry.register(FindingsCollector(findings))
+
     def watch_store(self, store: StoreState) -> None:
         """The store's gauges, read from `store` at each scrape."""
         self.registry.register(StoreCollector(store))
@@ -99,3 +113,26 @@ class StoreCollector(Collector):
                 value=set_aside,
             ),
         ]
+
+
+class FindingsCollector(Collector):
+    """This node's latest finding per workload as gauges (app.investigation.findings), read when
+    /metrics is scraped: a finding older than the age is simply not there any more."""
+
+    def __init__(self, findings: Callable[[], Sequence[Sample]]) -> None:
+        self.findings = findings
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families([]))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self.findings()))
+
+    @staticmethod
+    def _families(samples: Sequence[Sample]) -> list[Metric]:
+        families = {name: GaugeMetricFamily(name, text, labels=LABELS) for name, text in GAUGES.items()}
+        for s in samples:
+            family = families.get(s.name)
+            if family is not None:
+                family.add_metric([s.labels.get(k, "") for k in LABELS], s.value)
+        return list(families.values())

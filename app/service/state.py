@@ -18,18 +18,21 @@ import logging
 import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
 from app.collectors.kubelet import PodDirectory
 from app.config import Settings
-from app.models import Report
+from app.investigation.findings import Sample, samples_of
+from app.models import Report, utcnow
 from app.service import logs
 from app.service.auth import TokenWatcher, load_token
 from app.service.cluster.kube import KubeApi
 from app.service.cluster.nodes import NodeIdentity, as_ip
 from app.service.cluster.peers import PeerClient, PeerDirectory, make_peer_directory
+from app.service.cluster.prometheus import PrometheusClient
 from app.service.delivery.outbox import Outbox
 from app.service.delivery.sinks import Sink, make_sinks
 from app.service.metrics import Metrics
@@ -92,6 +95,7 @@ class ServiceState:
     recorder: RecorderService | None = None  # the flight recorder and watch mode (issue 12)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # background work: forwarding, routing
     store_retry: asyncio.Task[None] | None = None
+    prometheus: PrometheusClient | None = None  # the fleet from PromQL when prometheus_url is set (issue 28)
 
     @classmethod
     async def start(
@@ -137,6 +141,10 @@ class ServiceState:
             pods=PodDirectory(settings),
             local=local_identity(settings),
         )
+        state.prometheus = PrometheusClient.from_settings(
+            settings, transport, metrics.fleet_requests.labels(target="prometheus").inc
+        )
+        metrics.watch_findings(state.findings)
         state.recorder = RecorderService(settings, metrics.registry, state.pods)
         state.scheduler = Scheduler(
             settings,
@@ -163,6 +171,14 @@ class ServiceState:
     def token(self) -> str:
         """The webhook token now (re-read when its file changed)."""
         return self.tokens.token
+
+    def findings(self) -> list[Sample]:
+        """This node's latest finding per workload, younger than the findings' age, at most
+        findings_max_workloads of them (newest first): the pfi_finding_* gauges."""
+        s = self.settings
+        since = utcnow() - timedelta(seconds=s.findings_max_age_seconds)
+        rows = self.store.workloads(since=since, limit=s.findings_max_workloads)
+        return samples_of(self.local.name, (r for r in rows if r.node == self.local.name))
 
     def peer_client(self) -> PeerClient:
         """The client for the other nodes' inspectors (forwarding alerts, fetching their reports)."""
@@ -230,6 +246,8 @@ class ServiceState:
         if self.kube is not None:
             await self.kube.aclose()
         await self.client.aclose()
+        if self.prometheus is not None:
+            await self.prometheus.aclose()
 
     async def _stop_tasks(self, timeout: float) -> None:
         """Background work (forwarding alerts) gets `timeout` seconds to finish, then is cancelled."""

@@ -61,6 +61,7 @@ class FleetPage:
     offset: int
     page_size: int
     unreachable: list[str] = field(default_factory=list)
+    coverage: str = ""  # where the rows come from: Prometheus, every peer, or a sample of them
 
 
 def _link(sort: str, descending: bool, offset: int = 0) -> str:

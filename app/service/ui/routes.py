@@ -168,6 +168,7 @@ def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset
         offset=offset,
         page_size=FLEET_PAGE,
         unreachable=found.unreachable,
+        coverage=found.coverage(),
     )
     return HTMLResponse(render_fleet_page(page))
 

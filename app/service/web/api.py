@@ -73,7 +73,8 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 @public.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # in a thread: the findings' gauges read the store (app.service.state.ServiceState.findings)
+    return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
 
 @api.post("/alerts", status_code=202)
@@ -161,6 +162,8 @@ async def list_workloads(
         "limit": limit,
         "next_offset": offset + limit if offset + limit < len(ordered) else None,
         "unreachable": found.unreachable,
+        "source": found.source,
+        "coverage": found.coverage(),
         "workloads": [r.model_dump(mode="json") for r in page],
     }
 
