@@ -207,7 +207,7 @@ def test_fleet_on_a_real_prometheus_scraping_twelve_instances(tmp_path: Path) ->
         wait_until("Prometheus to hold the Deployment's findings of seven nodes and the aging one",
                    lambda: len(_query(prom, deployment)) == len(DEPLOYMENT_NODES)
                    and _query(prom, f'pfi_finding_reports{{node="{NAMES[AGING_NODE]}"}}'), 20, 0.3)
-        (series,) = _query(prom, f'pfi_finding_recommended_limit_bytes{{node="storm-04"}}')
+        (series,) = _query(prom, 'pfi_finding_recommended_limit_bytes{node="storm-04"}')
         assert series["metric"]["namespace"] == "search" and series["metric"]["container"] == "indexer"
         assert series["metric"]["owner_kind"] == "Deployment" and series["value"][1] == str(1536 << 20)
 
