@@ -22,7 +22,6 @@ import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -131,7 +130,7 @@ def main() -> None:
             page.goto(f"{url}/index.html")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out), full_page=True)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}")  # noqa: T201
 
 
 if __name__ == "__main__":
