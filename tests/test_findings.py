@@ -268,3 +268,30 @@ def test_client_deadline_and_errors_are_errors() -> None:
 
         with pytest.raises(PrometheusError, match="HTTP 400: bad_data"):
             asyncio.run(error())
+
+
+def test_prometheus_away_leaves_this_nodes_rows_and_says_so(tmp_path: Path) -> None:
+    """A Prometheus that does not answer: the fleet is this node's store, with the reason; the also-on
+    line is empty (the report still goes out)."""
+    from app.service.fleet import also_on, fleet
+    from tests.service_support import free_port
+
+    store = ReportStore(tmp_path / "data")
+    assert store.open()
+    mine = deployment_pod_report("node-a", 1, minutes_ago=2)
+    assert store.put(mine)
+    store.close()
+
+    async def go() -> tuple[Any, str]:
+        settings = make_settings(tmp_path, prometheus_url=f"http://127.0.0.1:{free_port()}", prometheus_timeout_seconds=2)
+        state = await ServiceState.start(settings, token="t" * 32)
+        try:
+            return await fleet(state), await also_on(state, mine)
+        finally:
+            await state.stop()
+
+    found, line = asyncio.run(go())
+    assert [(r.workload.key, r.nodes) for r in found.rows] == [(DEPLOYMENT_KEY, ["node-a"])]
+    assert found.source == "prometheus" and len(found.unreachable) == 1
+    assert found.unreachable[0].startswith("prometheus (ConnectError")
+    assert line == ""
