@@ -295,3 +295,25 @@ def test_prometheus_away_leaves_this_nodes_rows_and_says_so(tmp_path: Path) -> N
     assert found.source == "prometheus" and len(found.unreachable) == 1
     assert found.unreachable[0].startswith("prometheus (ConnectError")
     assert line == ""
+
+
+def test_a_row_that_does_not_read_leaves_metrics_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    store = ReportStore(tmp_path / "data")
+    assert store.open() and store.put(deployment_pod_report("node-a", 1, minutes_ago=2))
+    store.close()
+    db = store.path
+    with sqlite3.connect(db) as conn:  # a row written by something else, or damaged
+        conn.execute("""UPDATE reports SET workload = '{"workload": 1}'""")
+
+    async def scrape() -> str:
+        state = await ServiceState.start(make_settings(tmp_path), token="t" * 32)
+        try:
+            return (await asyncio.to_thread(state.metrics.render)).decode()
+        finally:
+            await state.stop()
+
+    text = asyncio.run(scrape())
+    assert "pfi_store_ready 1.0" in text and not [x for x in text.splitlines() if x.startswith("pfi_finding_")]
+    assert "findings left out of /metrics" in caplog.text
