@@ -35,7 +35,8 @@ def test_fleet_page_says_when_it_asked_a_sample_of_peers() -> None:
     assert sampled.sampled and "asked 16 of 99 peers" in sampled.coverage()
     whole = Fleet(rows=[], source="peers", peers_asked=11, peers_known=11)
     assert not whole.sampled and whole.coverage() == "asked every peer (11)"
-    assert "from Prometheus" in Fleet(rows=[], source="prometheus").coverage()
+    assert Fleet(rows=[], source="prometheus", max_age_seconds=3600).coverage().startswith(
+        "from Prometheus: every node's findings of the last 60 minutes")
     page = FleetPage(rows=[], total=0, nodes=0, sort="last_seen", descending=True, offset=0, page_size=100,
                      coverage=sampled.coverage())
     assert re.search(r'<span id="coverage">asked 16 of 99 peers \(a random sample', render_fleet_page(page))

@@ -94,6 +94,7 @@ class Fleet:
     source: str = "peers"  # "prometheus" or "peers"
     peers_asked: int = 0  # peers: how many were asked ...
     peers_known: int = 0  # ... of how many (more than asked: a sample)
+    max_age_seconds: float = 0.0  # prometheus: the findings' age, what the rows cover
 
     @property
     def sampled(self) -> bool:
@@ -102,7 +103,10 @@ class Fleet:
     def coverage(self) -> str:
         """Where the rows come from, in a sentence for the page."""
         if self.source == "prometheus":
-            return "from Prometheus: every node's findings of the last hour or so (pfi_finding_* gauges)"
+            return (
+                f"from Prometheus: every node's findings of the last {self.max_age_seconds / 60:.0f} minutes"
+                " (pfi_finding_* gauges; files and verdicts are on each node's report page)"
+            )
         if self.sampled:
             return (
                 f"asked {self.peers_asked} of {self.peers_known} peers (a random sample, fleet_peer_sample):"
@@ -149,7 +153,10 @@ async def fleet(state: ServiceState, *, since: datetime | None = None, key: str 
         found, unreachable = await _prometheus_rows(prom, since=since, key=key)
         rows.extend(r for r in found if r.node != state.local.name)
         nodes.update(r.node for r in found)
-        return Fleet(rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="prometheus")
+        return Fleet(
+            rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="prometheus",
+            max_age_seconds=state.settings.findings_max_age_seconds,
+        )
 
     client = state.peer_client()
     counter = state.metrics.fleet_requests.labels(target="peer")
