@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
@@ -144,6 +144,11 @@ async def list_workloads(
     peers ask each other), at most `limit` workloads, newest first."""
     if since is not None and since.tzinfo is None:
         raise HTTPException(422, "since: give a time zone (e.g. 2026-12-04T15:00:00Z)")
+    if since is not None:
+        try:  # 0001-01-01T00:00:00+14:00 parses but is before datetime.min in UTC
+            since = since.astimezone(UTC)
+        except OverflowError:
+            raise HTTPException(422, "since: out of range once in UTC (years 1 to 9999)") from None
     base = {"schema_version": WORKLOADS_VERSION, "node": state.local.name, "scope": scope}
     if scope == "node":
         rows, count = await asyncio.gather(
