@@ -70,7 +70,9 @@ def _index_row(s: dict[str, Any], *, local: bool) -> IndexRow:
         node=node,
         started_at=_dt(s.get("started_at")),
         status=str(s.get("status") or "?"),
-        verdict=str(s.get("summary") or ""),
+        verdict="unreadable: its stored row is malformed"
+        if s.get("unreadable") is True
+        else str(s.get("summary") or ""),
         top_process=s.get("top_process"),
         top_pod=f"{ns}/{pod}" if pod else None,
         backend=str(s.get("backend") or "?"),
@@ -270,5 +272,7 @@ async def report_page(
         return HTMLResponse(render_running_page(_running_row(found.as_dict())))
     if isinstance(found, dict):
         return HTMLResponse(render_running_page(_running_row(found)))
+    if report_id in state.store.unreadable:
+        return _page(404, "Report unreadable", f"Report {report_id} is stored here but its row is malformed.")
     where = f" on node {node}" if node else " on any node that answered"
     return _page(404, "Report not found", f"No report {report_id}{where}.")

@@ -123,6 +123,10 @@ async def get_report(state: StateDep, report_id: str) -> Response:
             raise HTTPException(
                 404, f"investigation {report_id} is {running.state}; see /api/v1/investigations"
             )
+        if report is None and report_id in state.store.unreadable:
+            raise HTTPException(
+                404, f"report {report_id} is stored but unreadable (a malformed row); see the log"
+            )
         if report is None:
             raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
     return Response(report.model_dump_json(), media_type="application/json")
