@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from app.service.report_store import DB_NAME, ReportStore
+from app.models import Trigger
+from app.service.cluster.answers import INVESTIGATION_ROWS, REPORT_ROWS, rows_of
+from app.service.cluster.peers import Peer, StaticPeers
+from app.service.report_store import DB_NAME, ReportStore, ReportSummary
+from app.service.scheduler import Investigation
 from tests.inprocess import in_process
 from tests.service_support import firing, make_report
 
@@ -113,3 +121,98 @@ def test_a_workload_cell_that_is_not_a_workload_is_skipped(tmp_path: Path, cell:
             assert (await apps.api.get("/readyz")).status_code == 200
 
     asyncio.run(run())
+
+
+# --- a lying peer (item 3) -----------------------------------------------------------------------
+
+
+def _summary_row(node: str) -> dict[str, Any]:
+    """A row of GET /api/v1/reports exactly as our own store answers it."""
+    report = make_report(node)
+    return ReportSummary.from_report(report, []).as_dict()
+
+
+def _investigation_row(node: str) -> dict[str, Any]:
+    inv = Investigation(id="inv0123456789", node=node, window_seconds=30, triggers=[Trigger(kind="alert")])
+    inv.state = "running"
+    inv.progress = 0.5
+    return inv.as_dict()
+
+
+def test_our_own_answers_validate_as_what_a_peer_may_answer() -> None:
+    rows = rows_of({"reports": [_summary_row("node-b")]}, "reports", REPORT_ROWS, 10)
+    assert rows[0]["top_process"] == "cart-cache" and rows[0]["node"] == "node-b"
+    running = rows_of({"investigations": [_investigation_row("node-b")]}, "investigations", INVESTIGATION_ROWS, 10)
+    assert running[0]["progress"] == 0.5
+
+
+def _peer(answers: dict[str, bytes]) -> httpx.MockTransport:
+    """node-b's inspector answering each path with the bytes given (404 for the rest)."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = answers.get(request.url.path)
+        if body is None:
+            return httpx.Response(404, json={"detail": "no"})
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    return httpx.MockTransport(handler)
+
+
+def _lying(field: str, value: Any) -> dict[str, bytes]:
+    running = _investigation_row("node-b")
+    running[field] = value
+    return {
+        "/api/v1/reports": json.dumps({"node": "node-b", "reports": [_summary_row("node-b")]}).encode(),
+        "/api/v1/investigations": json.dumps({"node": "node-b", "investigations": [running]}).encode(),
+    }
+
+
+LIES = [
+    ("progress", "abc"),
+    ("triggers", "alert"),
+    ("queued_at", "0001-01-01T00:00:00+14:00"),
+    ("triggers", [{"alertname": 3}]),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), LIES)
+def test_a_peer_that_answers_badly_is_named_on_the_page_not_our_500(tmp_path: Path, field: str, value: Any) -> None:
+    local = _stored(tmp_path, 1)[0]
+
+    async def run() -> None:
+        peers = StaticPeers([Peer("node-b", "http://node-b.test:8080")])
+        async with in_process(tmp_path, peers=peers, transport=_peer(_lying(field, value))) as apps:
+            for path in ("/", "/reports"):
+                page = await apps.ui.get(path)
+                assert page.status_code == 200, page.text
+                assert "node-b (answered badly" in page.text and local in page.text
+            one = await apps.ui.get("/reports/inv0123456789", params={"node": "node-b"})
+            assert one.status_code == 404, one.text
+            assert "node-b answered badly" in one.text
+
+    asyncio.run(run())
+
+
+def test_a_peer_flooding_rows_is_cut_off_and_healthz_answers_meanwhile(tmp_path: Path) -> None:
+    row = json.dumps(_summary_row("node-b"))
+    flood = ('{"node": "node-b", "reports": [' + ",".join([row] * 150_000) + "]}").encode()
+    answers = {"/api/v1/reports": flood, "/api/v1/investigations": b'{"investigations": []}'}
+
+    async def run() -> tuple[httpx.Response, list[float]]:
+        peers = StaticPeers([Peer("node-b", "http://node-b.test:8080")])
+        async with in_process(tmp_path, peers=peers, transport=_peer(answers)) as apps:
+            listing = asyncio.create_task(apps.ui.get("/reports"))
+            waits = []
+            while not listing.done():
+                t0 = time.monotonic()
+                assert (await apps.api.get("/healthz")).status_code == 200
+                waits.append(time.monotonic() - t0)
+                await asyncio.sleep(0.01)
+            return await listing, waits
+
+    page, waits = asyncio.run(run())
+    assert page.status_code == 200
+    assert "node-b (answered badly" in page.text and "bytes" in page.text
+    assert len(page.content) < 1_000_000
+    # /healthz shares the event loop with the page: 0.1 s is the target, 1 s the margin for a busy machine
+    assert max(waits, default=0.0) < 1.0, waits
