@@ -30,11 +30,10 @@ async def in_process(tmp_path: Path, **kw: Any) -> AsyncIterator[Apps]:
     app_kw = {k: kw.pop(k) for k in ("store", "transport", "peers") if k in kw}
     api_app = create_app(make_settings(tmp_path, **kw), investigator=FakeEngine(), token=TOKEN, **app_kw)
     ui_app = create_ui_app(api_app)
-    async with api_app.router.lifespan_context(api_app):
-        async with (
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=api_app), base_url="http://127.0.0.1:8080", headers=AUTH
-            ) as api,
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=ui_app), base_url="http://127.0.0.1:8081") as ui,
-        ):
-            yield Apps(api_app, api, ui)
+    async with (
+        api_app.router.lifespan_context(api_app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api_app), base_url="http://127.0.0.1:8080", headers=AUTH
+        ) as api,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=ui_app), base_url="http://127.0.0.1:8081") as ui,
+    ):
+        yield Apps(api_app, api, ui)

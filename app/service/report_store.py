@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
@@ -150,19 +151,64 @@ class ReportSummary:
         )
 
 
+ROOT_DATA_DIR = Path("/var/lib/pagefault-inspector")  # as root without PFI_DATA_DIR (the chart mounts it)
+# The files of the data dir: a symlink in their place could point the store at anything.
+DATA_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", "webhook-token")
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be our data dir (it holds command lines and the webhook token), or None.
+
+    Ours: a directory owned by our effective uid, not group- or world-writable, whose files are
+    not symlinks and are ours. A missing one is created 0700. Never chmods what is not ours: a
+    directory another user owns may hold a token they planted and would read our reports."""
+    euid = os.geteuid()
+    fix = f"set PFI_DATA_DIR to a directory of uid {euid} with mode 0700"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        st = path.stat()
+    except OSError as exc:
+        return f"data dir {path}: cannot create or read it ({exc.strerror or exc}): {fix}"
+    if not path.is_dir():
+        return f"data dir {path}: not a directory: {fix}"
+    if st.st_uid != euid:
+        return f"data dir {path}: owned by uid {st.st_uid}, not by this process (uid {euid}): {fix}"
+    if st.st_mode & 0o022:
+        return (
+            f"data dir {path}: mode {st.st_mode & 0o7777:04o} lets others write into it:"
+            f" chmod 0700 {path}, or {fix}"
+        )
+    for name in DATA_FILES:
+        try:
+            fst = os.lstat(path / name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"data dir {path}: cannot read {name} ({exc.strerror or exc}): {fix}"
+        if stat.S_ISLNK(fst.st_mode):
+            return f"data dir {path}: {name} is a symlink: remove it, or {fix}"
+        if fst.st_uid != euid:
+            return f"data dir {path}: {name} is owned by uid {fst.st_uid}, not {euid}: remove it, or {fix}"
+    return None
+
+
 def private_dir(path: Path) -> None:
-    """Create `path` (and parents) and make it 0700, also when it already existed."""
+    """Create `path` (and parents) and make it 0700, also when it already existed, when it is ours
+    (another user's directory is never chmod-ed: `serve` refuses it, see data_dir_problem)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    if (path.stat().st_mode & 0o777) != DIR_MODE:
+    st = path.stat()
+    if (st.st_mode & 0o777) != DIR_MODE and st.st_uid == os.geteuid():
         os.chmod(path, DIR_MODE)
 
 
 def private_file(path: Path) -> None:
-    """Make `path` 0600 (create it empty when missing)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    os.close(fd)
-    if (path.stat().st_mode & 0o777) != FILE_MODE:
-        os.chmod(path, FILE_MODE)
+    """Make `path` 0600 (create it empty when missing); a symlink is not followed (OSError)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        if (os.fstat(fd).st_mode & 0o777) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def _workload_columns(report: Report) -> tuple[str, str | None]:
@@ -320,7 +366,7 @@ class ReportStore:
             private_file(self.path)
             for extra in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + extra)
-                if side.exists() and (side.stat().st_mode & 0o777) != FILE_MODE:
+                if side.exists() and not side.is_symlink() and (side.stat().st_mode & 0o777) != FILE_MODE:
                     os.chmod(side, FILE_MODE)
         except OSError as exc:
             log.warning("report store %s: cannot make the data private (0700/0600): %s", self.path, exc)
