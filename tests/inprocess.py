@@ -19,6 +19,7 @@ from tests.service_support import AUTH, TOKEN, FakeEngine, make_settings
 @dataclass
 class Apps:
     api_app: FastAPI
+    ui_app: FastAPI
     api: httpx.AsyncClient  # carries the token
     ui: httpx.AsyncClient  # Host 127.0.0.1 (the UI guard)
 
@@ -36,4 +37,4 @@ async def in_process(tmp_path: Path, **kw: Any) -> AsyncIterator[Apps]:
         ) as api,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=ui_app), base_url="http://127.0.0.1:8081") as ui,
     ):
-        yield Apps(api_app, api, ui)
+        yield Apps(api_app, ui_app, api, ui)
