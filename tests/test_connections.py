@@ -4,6 +4,7 @@ asserted are counts (connections held, the server's descriptors), not wall-clock
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -146,3 +147,38 @@ def test_a_slow_but_complete_request_is_answered(tmp_path: Path) -> None:
         answer = s.recv(4096)
         s.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+@pytest.mark.servers
+def test_a_500_logs_one_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As serve runs uvicorn (log_config=None: its loggers reach ours): our handler's one line names
+    the request, the server's record carries the traceback; it was logged twice."""
+    import threading
+
+    import uvicorn
+
+    from app.service.web.app import create_app
+    from tests.service_support import FakeEngine, listening_socket, make_settings
+
+    app = create_app(make_settings(tmp_path), investigator=FakeEngine(), token=TOKEN)
+
+    async def boom() -> None:
+        raise ValueError("a bug")
+
+    app.add_api_route("/boom", boom)
+    sock = listening_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    with caplog.at_level(logging.INFO):
+        thread.start()
+        try:
+            wait_for(lambda: server.started, what="uvicorn start")
+            resp = httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}/boom", timeout=10)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            sock.close()
+    assert resp.status_code == 500 and resp.json() == {"detail": "internal error"}
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1, [r.getMessage() for r in tracebacks]
+    assert any("unhandled error on GET /boom: ValueError" in r.getMessage() for r in caplog.records)

@@ -5,6 +5,9 @@ refused with one line naming the path and the fix; nothing of anyone else's is c
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from app.service import report_store
 from app.service.auth import load_token
 from app.service.report_store import DB_NAME, ReportStore, data_dir_problem
 from app.service.web import server
+from tests.needs import require_marker
 from tests.service_support import free_port, run_serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,3 +120,33 @@ def test_serve_refuses_a_foreign_data_dir_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert str(d) in lines[0] and "PFI_DATA_DIR" in lines[0] and "Traceback" not in done.stderr
     assert not (d / DB_NAME).exists()
+
+
+def _no_file_growth() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # as a full disk: every write to a file fails
+
+
+@pytest.mark.servers
+def test_serve_on_a_full_disk_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """The empty data dir cannot take the generated token (RLIMIT_FSIZE 0: writes fail with EFBIG, as
+    they would with ENOSPC; Python ignores SIGXFSZ)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PFI_")}
+    env.update(
+        PFI_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
+        PFI_UI_LISTEN_ADDRESS=f"127.0.0.1:{free_port()}",
+        PFI_DATA_DIR=str(tmp_path / "data"),
+        PYTHONPATH=str(ROOT),
+    )
+    require_marker("servers", "`serve` in a subprocess")
+    done = subprocess.run(
+        [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_no_file_growth,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr and len(lines) <= 2, done.stderr[-2000:]
+    assert "cannot get the webhook token" in lines[-1] and "File too large" in lines[-1], lines

@@ -216,3 +216,46 @@ def test_a_peer_flooding_rows_is_cut_off_and_healthz_answers_meanwhile(tmp_path:
     assert len(page.content) < 1_000_000
     # /healthz shares the event loop with the page: 0.1 s is the target, 1 s the margin for a busy machine
     assert max(waits, default=0.0) < 1.0, waits
+
+
+# --- the smaller items (item 6) -------------------------------------------------------------------
+
+
+def test_openapi_needs_the_token_and_a_trailing_slash_is_no_redirect(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with in_process(tmp_path) as apps:
+            bare = httpx.AsyncClient(transport=apps.api._transport, base_url="http://127.0.0.1:8080")
+            async with bare:
+                assert (await bare.get("/openapi.json")).status_code == 404
+                assert (await bare.get("/api/v1/openapi.json")).status_code == 401
+            schema = await apps.api.get("/api/v1/openapi.json")
+            assert schema.status_code == 200 and "/api/v1/alerts" in schema.json()["paths"]
+            resp = await apps.api.get("/api/v1/reports/", headers={"Host": "evil.example"})
+            assert resp.status_code == 404 and "location" not in resp.headers, resp.headers
+            resp = await apps.ui.get("/reports/")  # the UI answers its own Host only (421 else)
+            assert resp.status_code == 404 and "location" not in resp.headers, resp.headers
+
+    asyncio.run(run())
+
+
+def test_a_flood_of_alerts_for_unknown_nodes_is_one_warning_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = firing({"node": "node-x0"})
+    alert = body["alerts"][0]
+    body["alerts"] = [
+        {**alert, "labels": {**alert["labels"], "node": f"node-x{i}"}, "fingerprint": f"fp{i}"} for i in range(1000)
+    ]
+
+    async def run() -> None:
+        async with in_process(tmp_path) as apps:
+            for _ in range(3):
+                resp = await apps.api.post("/api/v1/alerts", json=body)
+                assert resp.status_code == 202, resp.text
+                assert len(resp.json()["ignored"]) == 1000  # each alert still says why, in the answer
+
+    with caplog.at_level(logging.WARNING, logger="app.service.alerts.intake"):
+        asyncio.run(run())
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.service.alerts.intake"]
+    assert len(lines) == 1, lines[:3]
+    assert "1000 alert(s) for 1000 node(s)" in lines[0] and "995 more" in lines[0]

@@ -174,6 +174,12 @@ async def list_workloads(
     }
 
 
+@api.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> dict[str, Any]:
+    """The API's OpenAPI schema, with the token like the rest of /api/v1 (it lists every route)."""
+    return request.app.openapi()  # type: ignore[no-any-return]
+
+
 @api.get("/investigations")
 async def investigations(state: StateDep) -> dict[str, Any]:
     return {"node": state.local.name, "investigations": [i.as_dict() for i in state.scheduler.active()]}

@@ -207,7 +207,10 @@ def serve(settings: Settings | None = None, *, investigator: Callable[..., Repor
     settings = settings or Settings()
     bound = _listen(settings)  # a bad address or a port in use fails before anything else
     settings = _own_data_dir(settings)
-    leftovers.reap()  # tracers and folders of a killed predecessor
+    try:
+        leftovers.reap()  # tracers and folders of a killed predecessor
+    except OSError as exc:  # no usable temporary directory (a full disk): said, and the start goes on
+        log.warning("cannot look for a predecessor's tracers: %s", exc)
     try:
         source = load_token(settings)
     except (OSError, RuntimeError) as exc:  # a full disk, an unreadable token file: one line
