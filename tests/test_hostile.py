@@ -259,3 +259,52 @@ def test_a_flood_of_alerts_for_unknown_nodes_is_one_warning_line(
     lines = [r.getMessage() for r in caplog.records if r.name == "app.service.alerts.intake"]
     assert len(lines) == 1, lines[:3]
     assert "1000 alert(s) for 1000 node(s)" in lines[0] and "995 more" in lines[0]
+
+
+def _workload_row(tmp_path: Path) -> dict[str, Any]:
+    """A row of GET /api/v1/workloads?scope=node as our own store answers it, for node-b."""
+    store = ReportStore(tmp_path / "peer-b")
+    assert store.open()
+    assert store.put(make_report("node-b"))
+    (row,) = store.workloads()
+    store.close()
+    return row.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("first_seen", "0001-01-01T00:00:00+14:00"),
+        ("last_seen", "9999-12-31T23:59:59-14:00"),
+        ("workload", {}),
+        ("node", "node-c"),
+        ("reports", "many"),
+    ],
+)
+def test_a_peer_with_bad_workload_rows_is_named_not_our_500(
+    tmp_path: Path, field: str, value: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _stored(tmp_path, 1)
+    good = _workload_row(tmp_path)
+    bad = {**good, field: value}
+    answers = {
+        "/api/v1/workloads": json.dumps({"reports": 2, "workloads": [good] * 500 + [bad]}).encode(),
+        "/api/v1/reports": json.dumps({"reports": []}).encode(),
+        "/api/v1/investigations": json.dumps({"investigations": []}).encode(),
+    }
+
+    async def run() -> None:
+        peers = StaticPeers([Peer("node-b", "http://node-b.test:8080")])
+        async with in_process(tmp_path, peers=peers, transport=_peer(answers)) as apps:
+            fleet = await apps.api.get("/api/v1/workloads")
+            assert fleet.status_code == 200, fleet.text
+            assert any(u.startswith("node-b (answered badly") for u in fleet.json()["unreachable"])
+            assert [r["nodes"] for r in fleet.json()["workloads"]] == [["node-a"]]
+            assert (await apps.ui.get("/")).status_code == 200  # one node with reports: the report list
+            page = await apps.ui.get("/workloads")
+            assert page.status_code == 200, page.text
+            assert "node-b (answered badly" in page.text
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    assert len([r for r in caplog.records if "node-b" in r.getMessage()]) <= 3  # not a line per row

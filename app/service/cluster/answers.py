@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
+from app.investigation.fleet import NodeWorkload
 from app.models import Trigger
 
 TEXT_MAX = 4_000  # characters of one field (a verdict summary is cut at 2,000 when stored)
@@ -92,3 +93,30 @@ def rows_of(doc: Any, key: str, adapter: TypeAdapter[list[Any]], max_rows: int) 
     if len(rows) > max_rows:
         raise ValueError(f"{len(rows)} rows in `{key}`, more than the {max_rows} asked for")
     return [r.model_dump(mode="json") for r in adapter.validate_python(rows)]
+
+
+def _exists_in_utc(dt: datetime) -> bool:
+    try:
+        dt.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
+def workload_rows(node: str, docs: list[Any], max_rows: int) -> list[NodeWorkload]:
+    """A peer's `GET /api/v1/workloads?scope=node` rows (app.investigation.fleet.NodeWorkload, as
+    our own store answers them). Raises ValueError naming the first bad row: more rows than asked
+    for, a row that does not parse, a time that does not exist in UTC (the merge compares them in
+    UTC), a row for another node (a peer answers for its own node only)."""
+    if len(docs) > max_rows:
+        raise ValueError(f"{len(docs)} workload rows, more than the {max_rows} asked for")
+    out = []
+    for i, doc in enumerate(docs):
+        row = NodeWorkload.model_validate(doc)
+        times = [row.first_seen, row.last_seen, *(link.started_at for link in row.links)]
+        if not all(_exists_in_utc(t) for t in times):
+            raise ValueError(f"workload row {i}: a time out of range once in UTC")
+        if row.node != node:
+            raise ValueError(f"workload row {i} is for node {row.node[:100]!r}, not {node}")
+        out.append(row)
+    return out
