@@ -8,6 +8,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +309,29 @@ def test_a_peer_with_bad_workload_rows_is_named_not_our_500(
     with caplog.at_level(logging.WARNING):
         asyncio.run(run())
     assert len([r for r in caplog.records if "node-b" in r.getMessage()]) <= 3  # not a line per row
+
+
+def test_a_peer_trickling_its_answer_is_cut_off_at_the_fetch_timeout(tmp_path: Path) -> None:
+    """httpx's timeouts are per read: a peer sending a byte a second was waited for as long as it
+    liked. The fetch timeout now bounds the whole answer."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"reports": ['
+        for _ in range(600):
+            await asyncio.sleep(0.1)
+            yield b" "
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/reports":
+            return httpx.Response(200, content=trickle())
+        return httpx.Response(200, json={"investigations": []})
+
+    async def run() -> httpx.Response:
+        peers = StaticPeers([Peer("node-b", "http://node-b.test:8080")])
+        transport = httpx.MockTransport(handler)
+        async with in_process(tmp_path, peers=peers, transport=transport, peer_fetch_timeout_seconds=1.0) as apps:
+            return await asyncio.wait_for(apps.ui.get("/reports"), timeout=20)
+
+    page = asyncio.run(run())
+    assert page.status_code == 200
+    assert "node-b (no complete answer within 1s)" in page.text
