@@ -229,6 +229,22 @@ class Settings(BaseSettings):
         description="host:port of the report pages. Loopback: the pages have no login, so they are"
         " reached with kubectl port-forward, never through the Service.",
     )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Open connections each listener (API, UI) holds at most; one more is answered 503"
+        " and closed at once. 256: Alertmanager, the kubelet's probes, Prometheus and the peers keep a"
+        " few each; 1,000 idle sockets then cost 256 descriptors, not 1,000.",
+    )
+    request_head_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Time a connection has to send a complete request (head and body), in seconds, from"
+        " its opening or its request's first byte; then it is closed. 10: a webhook body of 1 MiB"
+        " arrives in well under a second; a socket that sends nothing or half a header is not held.",
+    )
     webhook_token_file: Path | None = Field(
         default=None,
         description="File holding the bearer token Alertmanager must send. None: a token is generated"

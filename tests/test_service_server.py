@@ -30,9 +30,11 @@ def test_serve_first_try_then_sigterm_mid_investigation(tmp_path: Path) -> None:
         PFI_INVESTIGATION_SECONDS="30",
         PYTHONPATH=str(ROOT),
     )
+    if os.geteuid() == 0:  # root's default is /var/lib/pagefault-inspector, not the working directory
+        env["PFI_DATA_DIR"] = str(tmp_path / ".pfi-data")
     proc = subprocess.Popen(
         [sys.executable, "-c", "from app.service.web.server import serve; serve()"],
-        cwd=tmp_path,  # the default data dir ./.pfi-data lands here
+        cwd=tmp_path,  # a user's default data dir ./.pfi-data lands here
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -60,10 +60,11 @@ def load_token(settings: Settings) -> TokenSource:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (path.parent.stat().st_mode & 0o777) != 0o700:
+    parent = path.parent.stat()
+    if (parent.st_mode & 0o777) != 0o700 and parent.st_uid == os.geteuid():  # never another user's
         os.chmod(path.parent, 0o700)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     os.chmod(path, 0o600)

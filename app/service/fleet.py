@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from app.investigation.findings import FLEET_QUERY, Sample, also_on_query, node_rows_of
 from app.investigation.fleet import ALSO_ON_WINDOW, NodeWorkload, WorkloadRow, also_on_text, facts_of, merge
 from app.models import Report, utcnow
+from app.service.cluster.answers import workload_rows
 from app.service.cluster.peers import Peer, PeerError
 from app.service.cluster.prometheus import PrometheusClient, PrometheusError
 from app.service.report_store import WORKLOADS_MAX
@@ -72,18 +73,13 @@ async def ask_peers(
 
 
 def _rows_of(peer: Peer, docs: list[dict[str, object]]) -> list[NodeWorkload]:
-    """A peer's rows; a row that does not parse is dropped (logged), the others are kept. A peer
-    answers for its own node only."""
-    out = []
-    for doc in docs[:WORKLOADS_MAX]:
-        try:
-            row = NodeWorkload.model_validate(doc)
-        except ValidationError as exc:
-            log.warning("peer %s: a workload row that does not parse is left out: %s", peer.node, str(exc)[:200])
-            continue
-        if row.node == peer.node:
-            out.append(row)
-    return out
+    """A peer's rows, validated as our own (app.service.cluster.answers.workload_rows); one that
+    does not parse makes the whole answer bad: the peer is named ("answered badly") on the page,
+    once, instead of a log line per row."""
+    try:
+        return workload_rows(peer.node, docs, WORKLOADS_MAX)
+    except ValueError as exc:
+        raise PeerError(f"answered badly: {' '.join(str(exc).splitlines()[:3])[:300]}") from None
 
 
 @dataclass

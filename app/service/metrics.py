@@ -83,6 +83,9 @@ class StoreState(Protocol):
 
     set_aside: int
 
+    @property
+    def unreadable_count(self) -> int: ...
+
 
 class StoreCollector(Collector):
     """The report store's gauges, computed when /metrics is scraped: they cannot go stale whichever
@@ -92,14 +95,21 @@ class StoreCollector(Collector):
         self.store = store
 
     def describe(self) -> Iterator[Metric]:
-        return iter(self._families(ready=0, pending=0, set_aside=0))
+        return iter(self._families(ready=0, pending=0, set_aside=0, unreadable=0))
 
     def collect(self) -> Iterator[Metric]:
         s = self.store
-        return iter(self._families(ready=1 if s.ready else 0, pending=s.pending, set_aside=s.set_aside))
+        return iter(
+            self._families(
+                ready=1 if s.ready else 0,
+                pending=s.pending,
+                set_aside=s.set_aside,
+                unreadable=s.unreadable_count,
+            )
+        )
 
     @staticmethod
-    def _families(*, ready: int, pending: int, set_aside: int) -> list[Metric]:
+    def _families(*, ready: int, pending: int, set_aside: int, unreadable: int) -> list[Metric]:
         return [
             GaugeMetricFamily("pfi_store_ready", "1 when the report store can be written, else 0", value=ready),
             GaugeMetricFamily(
@@ -111,6 +121,11 @@ class StoreCollector(Collector):
                 "pfi_store_set_aside_reports",
                 "Reports the store could not serialise (set aside, logged) since the start",
                 value=set_aside,
+            ),
+            GaugeMetricFamily(
+                "pfi_store_unreadable_reports",
+                "Stored reports met since the start that cannot be read (malformed row): skipped, logged once each",
+                value=unreadable,
             ),
         ]
 

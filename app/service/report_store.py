@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "reports.sqlite3"
 PENDING_MAX = 100  # reports kept in memory while the database cannot be written
+UNREADABLE_MAX = 10_000  # unreadable row ids remembered (a store holds the retention's count)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
@@ -74,19 +76,21 @@ INTERRUPTED = (
 )
 
 # The summary columns read from the JSON document by SQLite (json1), so a listing never parses
-# whole reports in Python.
+# whole reports in Python. json_extract fails the whole query on one malformed document: each is
+# guarded by json_valid, so a broken row is listed (as unreadable) and the others with it.
 _SUMMARY_SELECT = """
 SELECT id, node, started_at, finished_at, status, summary,
-       json_extract(json, '$.tracer.backend'),
-       json_extract(json, '$.verdict.cause'),
-       json_extract(json, '$.processes[0].comm'),
-       json_extract(json, '$.processes[0].pid'),
-       json_extract(json, '$.processes[0].major_faults_per_second'),
-       json_extract(json, '$.processes[0].pod.namespace'),
-       json_extract(json, '$.processes[0].pod.name'),
-       json_extract(json, '$.processes[0].pod.container'),
-       json_extract(json, '$.trigger.alertname'),
-       json_array_length(triggers)
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.tracer.backend') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.verdict.cause') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.processes[0].comm') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.processes[0].pid') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.processes[0].major_faults_per_second') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.processes[0].pod.namespace') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.processes[0].pod.name') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.processes[0].pod.container') END,
+       CASE WHEN json_valid(json) THEN json_extract(json, '$.trigger.alertname') END,
+       CASE WHEN json_valid(triggers) THEN json_array_length(triggers) ELSE 0 END,
+       NOT json_valid(json)
 FROM reports
 """
 
@@ -118,6 +122,7 @@ class ReportSummary:
     top_container: str | None
     alertname: str | None
     alerts: int
+    unreadable: bool = False  # its stored JSON is malformed: only the columns above `backend` are known
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -146,19 +151,64 @@ class ReportSummary:
         )
 
 
+ROOT_DATA_DIR = Path("/var/lib/pagefault-inspector")  # as root without PFI_DATA_DIR (the chart mounts it)
+# The files of the data dir: a symlink in their place could point the store at anything.
+DATA_FILES = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", "webhook-token")
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be our data dir (it holds command lines and the webhook token), or None.
+
+    Ours: a directory owned by our effective uid, not group- or world-writable, whose files are
+    not symlinks and are ours. A missing one is created 0700. Never chmods what is not ours: a
+    directory another user owns may hold a token they planted and would read our reports."""
+    euid = os.geteuid()
+    fix = f"set PFI_DATA_DIR to a directory of uid {euid} with mode 0700"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        st = path.stat()
+    except OSError as exc:
+        return f"data dir {path}: cannot create or read it ({exc.strerror or exc}): {fix}"
+    if not path.is_dir():
+        return f"data dir {path}: not a directory: {fix}"
+    if st.st_uid != euid:
+        return f"data dir {path}: owned by uid {st.st_uid}, not by this process (uid {euid}): {fix}"
+    if st.st_mode & 0o022:
+        return (
+            f"data dir {path}: mode {st.st_mode & 0o7777:04o} lets others write into it:"
+            f" chmod 0700 {path}, or {fix}"
+        )
+    for name in DATA_FILES:
+        try:
+            fst = os.lstat(path / name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"data dir {path}: cannot read {name} ({exc.strerror or exc}): {fix}"
+        if stat.S_ISLNK(fst.st_mode):
+            return f"data dir {path}: {name} is a symlink: remove it, or {fix}"
+        if fst.st_uid != euid:
+            return f"data dir {path}: {name} is owned by uid {fst.st_uid}, not {euid}: remove it, or {fix}"
+    return None
+
+
 def private_dir(path: Path) -> None:
-    """Create `path` (and parents) and make it 0700, also when it already existed."""
+    """Create `path` (and parents) and make it 0700, also when it already existed, when it is ours
+    (another user's directory is never chmod-ed: `serve` refuses it, see data_dir_problem)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    if (path.stat().st_mode & 0o777) != DIR_MODE:
+    st = path.stat()
+    if (st.st_mode & 0o777) != DIR_MODE and st.st_uid == os.geteuid():
         os.chmod(path, DIR_MODE)
 
 
 def private_file(path: Path) -> None:
-    """Make `path` 0600 (create it empty when missing)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    os.close(fd)
-    if (path.stat().st_mode & 0o777) != FILE_MODE:
-        os.chmod(path, FILE_MODE)
+    """Make `path` 0600 (create it empty when missing); a symlink is not followed (OSError)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        if (os.fstat(fd).st_mode & 0o777) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def _workload_columns(report: Report) -> tuple[str, str | None]:
@@ -192,6 +242,9 @@ class ReportStore:
         self.interrupted: list[str] = []  # ids marked failed at open: they were running at a crash
         self._checked_interrupted = False  # only at the first open: later ones may see our own rows
         self.workloads_reason: str | None = None  # why the fleet view cannot read this store
+        # Rows that cannot be read (malformed JSON, not a report): id -> what is wrong. Skipped
+        # wherever they are met, logged once each, counted by /metrics; bounded.
+        self.unreadable: OrderedDict[str, str] = OrderedDict()
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -201,6 +254,21 @@ class ReportStore:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def unreadable_count(self) -> int:
+        return len(self.unreadable)
+
+    def _skip_row(self, rid: str, what: str, exc: BaseException | None = None) -> None:
+        """A stored row that cannot be read: logged the first time it is met (not per request),
+        remembered by id, counted. The store stays ready: one row is not the store."""
+        if rid in self.unreadable:
+            return
+        detail = f"{what}: {str(exc)[:200]}" if exc is not None else what
+        self.unreadable[rid] = detail
+        while len(self.unreadable) > UNREADABLE_MAX:
+            self.unreadable.popitem(last=False)
+        log.error("report store %s: report %s is unreadable and skipped (%s)", self.path, rid, detail)
 
     def _fail(self, what: str, exc: BaseException) -> None:
         reason = f"report store {self.path}: {what}: {exc}"
@@ -298,7 +366,7 @@ class ReportStore:
             private_file(self.path)
             for extra in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + extra)
-                if side.exists() and (side.stat().st_mode & 0o777) != FILE_MODE:
+                if side.exists() and not side.is_symlink() and (side.stat().st_mode & 0o777) != FILE_MODE:
                     os.chmod(side, FILE_MODE)
         except OSError as exc:
             log.warning("report store %s: cannot make the data private (0700/0600): %s", self.path, exc)
@@ -498,7 +566,13 @@ class ReportStore:
             except sqlite3.Error as exc:
                 self._fail("cannot read", exc)
                 return None
-        return Report.model_validate_json(row[0]) if row else None
+            if row is None:
+                return None
+            try:
+                return Report.model_validate_json(row[0])
+            except ValueError as exc:  # malformed JSON, or JSON that is not a report
+                self._skip_row(report_id, "not a report", exc)
+                return None
 
     def triggers(self, report_id: str) -> list[Trigger]:
         with self._lock:
@@ -511,7 +585,13 @@ class ReportStore:
             except sqlite3.Error as exc:
                 self._fail("cannot read", exc)
                 return []
-        return [Trigger.model_validate(t) for t in json.loads(row[0])] if row else []
+            if row is None:
+                return []
+            try:
+                return [Trigger.model_validate(t) for t in json.loads(row[0])]
+            except (ValueError, TypeError) as exc:
+                self._skip_row(report_id, "its alerts are not readable", exc)
+                return []
 
     def list(self, *, node: str | None = None, limit: int = 50) -> list[ReportSummary]:
         """Newest first; the reports waiting in memory are included. A `running` row (written when
@@ -537,7 +617,14 @@ class ReportStore:
                     self._fail("cannot read", exc)
                     rows = []
                 seen = {s.id for s in out}
-                out.extend(ReportSummary(*row) for row in rows if row[0] not in seen)
+                for row in rows:
+                    if row[0] in seen:
+                        continue
+                    summary = ReportSummary(*row)
+                    summary.unreadable = bool(summary.unreadable)
+                    if summary.unreadable:
+                        self._skip_row(summary.id, "malformed JSON")
+                    out.append(summary)
         out.sort(key=lambda s: s.started_at, reverse=True)
         return out[:limit]
 
@@ -574,32 +661,50 @@ class ReportStore:
                         (*params, wkey, node, NODE_LINKS_MAX),
                     ).fetchall()
                     causes = self._conn.execute(
-                        f"SELECT json_extract(workload, '$.cause'), count(*) FROM reports WHERE {where}"
+                        "SELECT CASE WHEN json_valid(workload) THEN json_extract(workload, '$.cause') END,"
+                        f" count(*) FROM reports WHERE {where}"
                         " AND workload_key = ? AND node = ? GROUP BY 1",
                         (*params, wkey, node),
                     ).fetchall()
-                    if not latest:
-                        continue
-                    facts = ReportFacts.model_validate_json(latest[0][2])
-                    out.append(
-                        NodeWorkload(
-                            workload=facts.workload,
-                            node=node,
-                            reports=int(n),
-                            first_seen=datetime.fromisoformat(first),
-                            last_seen=datetime.fromisoformat(last),
-                            causes={str(c): int(k) for c, k in causes if c},
-                            latest=facts,
-                            links=[
-                                NodeLink(node=node, report_id=rid, started_at=datetime.fromisoformat(at))
-                                for rid, at, _ in latest
-                            ],
-                        )
-                    )
+                    row = self._workload_row(node, int(n), first, last, causes, latest)
+                    if row is not None:
+                        out.append(row)
             except sqlite3.Error as exc:
                 self._fail("cannot read", exc)
                 return []
         return out
+
+    def _workload_row(
+        self,
+        node: str,
+        n: int,
+        first: str,
+        last: str,
+        causes: builtins.list[tuple[Any, Any]],
+        latest: builtins.list[tuple[str, str, str | None]],
+    ) -> NodeWorkload | None:
+        """One group's row from its newest readable facts; unreadable rows (a workload cell that is
+        JSON but not a workload, a date that is not one) are skipped and noted, not raised."""
+        for rid, _, doc in latest:
+            try:
+                facts = ReportFacts.model_validate_json(doc or "")
+                links = [
+                    NodeLink(node=node, report_id=r, started_at=datetime.fromisoformat(at))
+                    for r, at, _ in latest
+                ]
+                return NodeWorkload(
+                    workload=facts.workload,
+                    node=node,
+                    reports=n,
+                    first_seen=datetime.fromisoformat(first),
+                    last_seen=datetime.fromisoformat(last),
+                    causes={str(c): int(k) for c, k in causes if c},
+                    latest=facts,
+                    links=links,
+                )
+            except (ValueError, TypeError) as exc:
+                self._skip_row(rid, "its workload is not readable", exc)
+        return None
 
     def count(self, *, finished: bool = False) -> int:
         """Reports held (stored and waiting in memory); `finished`: not the `running` rows."""

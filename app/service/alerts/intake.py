@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -208,6 +209,54 @@ async def _route(
     return out
 
 
+class _UnroutedLog:
+    """Alerts for nodes with no inspector, logged as one line a request naming UNROUTED_SHOWN nodes,
+    and at most one line every UNROUTED_LOG_SECONDS (what was not logged is counted in the next):
+    one request naming 1,000 unknown nodes wrote 1,000 WARNING lines."""
+
+    def __init__(self) -> None:
+        self._logged_at = float("-inf")
+        self._held_alerts = 0
+        self._held_nodes = 0
+
+    def note(self, unrouted: dict[str, int]) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < UNROUTED_LOG_SECONDS:
+            self._held_alerts += sum(unrouted.values())
+            self._held_nodes += len(unrouted)
+            return
+        self._logged_at = now
+        shown = sorted(unrouted.items(), key=lambda kv: (-kv[1], kv[0]))[:UNROUTED_SHOWN]
+        more = len(unrouted) - len(shown)
+        held = (
+            f" (and {self._held_alerts} alert(s) for {self._held_nodes} node(s) not logged in the last"
+            f" {UNROUTED_LOG_SECONDS:g}s)"
+            if self._held_alerts
+            else ""
+        )
+        log.warning(
+            "%d alert(s) for %d node(s) not routed: %s%s%s",
+            sum(unrouted.values()),
+            len(unrouted),
+            "; ".join(f"{n} x {reason}" for reason, n in shown),
+            f"; and {more} more node(s)" if more else "",
+            held,
+        )
+        self._held_alerts = self._held_nodes = 0
+
+
+UNROUTED_SHOWN = 5
+UNROUTED_LOG_SECONDS = 10.0
+
+
+def _unrouted_log(state: ServiceState) -> _UnroutedLog:
+    """The service's own limiter (one per ServiceState, kept on it: two services in one process, as
+    in the tests, do not silence each other)."""
+    found = vars(state).setdefault("_unrouted_log", _UnroutedLog())
+    assert isinstance(found, _UnroutedLog)
+    return found
+
+
 def _no_inspector(peers: PeerDirectory, node: str) -> str:
     why = f"no inspector on node {node}"
     return f"{why} ({peers.error})" if peers.error else why
@@ -310,8 +359,8 @@ def _apply(
             continue
         out.accepted.append(Accepted(alert, state.local.name, sub.action, sub.investigation_id, sub.reason))
         metrics.labels(outcome=sub.action).inc()
-    for reason, n in unrouted.items():  # one line per node, not one per alert
-        log.warning("%d alert(s): %s", n, reason)
+    if unrouted:
+        _unrouted_log(state).note(unrouted)
 
     for peer, alerts in to_peer.values():
         body = {**parsed.envelope, "alerts": [a.raw for a in alerts]}

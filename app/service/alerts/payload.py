@@ -120,9 +120,10 @@ def normalize_timestamp(value: str | None) -> str:
         off = f"{off[:3]}:{off[3:]}"
     try:
         parsed = datetime.fromisoformat(f"{date}T{time_}.{frac}{off}")
-    except ValueError:
+        # 9999-12-31T23:59:59-01:00 parses but is past datetime.max in UTC (OverflowError).
+        return parsed.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError):
         return value.strip()
-    return parsed.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _format_errors(exc: ValidationError) -> str:

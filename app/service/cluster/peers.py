@@ -18,6 +18,7 @@ needs an httpx client, the token and the timeouts, nothing else of the service.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import httpx
 
 from app.collectors.apiserver import is_node_name
 from app.config import Settings
+from app.service.cluster.answers import INVESTIGATION_ROWS, REPORT_ROWS, rows_of
 from app.service.cluster.kube import KubeApi, KubeError, service_account_namespace
 from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
 
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 MISS_REFRESH_SECONDS = 5.0
 FORWARDED_HEADER = "X-PFI-Forwarded-From"
 FORWARD_ATTEMPTS = 3
+# The most a peer's answer may hold, in bytes: our own report list of 500 rows is ~300 KiB and a
+# report document a few MiB; past this the peer answered badly (a 150,000-row list was 100 MB).
+PEER_ANSWER_MAX_BYTES = 16 * 1024 * 1024
+INVESTIGATIONS_MAX = 1_000  # rows of a peer's /api/v1/investigations (its queue is far smaller)
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,14 @@ def make_peer_directory(settings: Settings, api: KubeApi | None) -> PeerDirector
 
 
 class PeerError(Exception):
-    """A peer did not give what was asked (unreachable, timed out, HTTP error, not JSON)."""
+    """A peer did not give what was asked (unreachable, timed out, HTTP error, not JSON, not the
+    rows asked for: "answered badly")."""
+
+
+def _first_line(exc: BaseException) -> str:
+    """A short reason: the first lines of a ValidationError (which names the field), bounded."""
+    text = " ".join(str(exc).splitlines()[:3])
+    return text[:300]
 
 
 class PeerClient:
@@ -293,22 +306,49 @@ class PeerClient:
                 await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
         return problem
 
-    async def _get(self, peer: Peer, path: str) -> Any:
+    async def _get(self, peer: Peer, path: str, parse: Callable[[bytes], Any] = json.loads) -> Any:
+        """GET from the peer: the answer read to at most PEER_ANSWER_MAX_BYTES within the fetch
+        timeout as a whole (not per read: a peer trickling bytes is cut off), then `parse`d (JSON,
+        and validation) in a thread, off the event loop. PeerError says what went wrong; one that
+        starts "answered badly" is a peer that answered, but not with what we asked for."""
         try:
-            resp = await self.client.get(f"{peer.url}{path}", headers=self._headers(), timeout=self.fetch_timeout)
+            async with asyncio.timeout(self.fetch_timeout):
+                body = await self._read(peer, path)
+        except TimeoutError:
+            raise PeerError(f"no complete answer within {self.fetch_timeout:g}s") from None
+        try:
+            return await asyncio.to_thread(parse, body)
+        except (ValueError, RecursionError) as exc:  # not JSON, or not the rows (ValidationError)
+            raise PeerError(f"answered badly: {_first_line(exc)}") from None
+
+    async def _read(self, peer: Peer, path: str) -> bytes:
+        try:
+            async with self.client.stream(
+                "GET", f"{peer.url}{path}", headers=self._headers(), timeout=self.fetch_timeout
+            ) as resp:
+                if resp.status_code >= 400:
+                    raise PeerError(f"HTTP {resp.status_code}")
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > PEER_ANSWER_MAX_BYTES:
+                    raise PeerError(f"answered badly: {declared} bytes, over {PEER_ANSWER_MAX_BYTES}")
+                buf = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    buf += chunk
+                    if len(buf) > PEER_ANSWER_MAX_BYTES:
+                        raise PeerError(f"answered badly: over {PEER_ANSWER_MAX_BYTES} bytes")
+                return bytes(buf)
         except httpx.HTTPError as exc:
             raise PeerError(type(exc).__name__) from None
-        if resp.status_code >= 400:
-            raise PeerError(f"HTTP {resp.status_code}")
-        try:
-            return resp.json()
-        except ValueError:
-            raise PeerError("not JSON") from None
 
     async def reports(self, peer: Peer, limit: int) -> list[dict[str, Any]]:
-        doc = await self._get(peer, f"/api/v1/reports?limit={limit}")
-        rows = doc.get("reports") if isinstance(doc, dict) else None
-        return [r for r in rows or [] if isinstance(r, dict)]
+        """The peer's report list, each row validated as app.service.cluster.answers.ReportRow."""
+        return list(
+            await self._get(
+                peer,
+                f"/api/v1/reports?limit={limit}",
+                lambda b: rows_of(json.loads(b), "reports", REPORT_ROWS, limit),
+            )
+        )
 
     async def workloads(
         self, peer: Peer, *, since: datetime | None, key: str | None, limit: int
@@ -323,12 +363,19 @@ class PeerClient:
         doc = await self._get(peer, "/api/v1/workloads?" + urlencode(params))
         rows = doc.get("workloads") if isinstance(doc, dict) else None
         count = doc.get("reports") if isinstance(doc, dict) else None
+        if isinstance(rows, list) and len(rows) > limit:  # rows are validated by the caller (fleet)
+            raise PeerError(f"answered badly: {len(rows)} workloads, more than the {limit} asked for")
         return [r for r in rows or [] if isinstance(r, dict)], count if isinstance(count, int) else 0
 
     async def investigations(self, peer: Peer) -> list[dict[str, Any]]:
-        doc = await self._get(peer, "/api/v1/investigations")
-        rows = doc.get("investigations") if isinstance(doc, dict) else None
-        return [r for r in rows or [] if isinstance(r, dict)]
+        """The peer's queued and running investigations, validated as InvestigationRow."""
+        return list(
+            await self._get(
+                peer,
+                "/api/v1/investigations",
+                lambda b: rows_of(json.loads(b), "investigations", INVESTIGATION_ROWS, INVESTIGATIONS_MAX),
+            )
+        )
 
     async def report(self, peer: Peer, report_id: str) -> dict[str, Any] | None:
         """The report document, or None when the peer has no such report (404)."""

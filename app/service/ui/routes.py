@@ -70,7 +70,9 @@ def _index_row(s: dict[str, Any], *, local: bool) -> IndexRow:
         node=node,
         started_at=_dt(s.get("started_at")),
         status=str(s.get("status") or "?"),
-        verdict=str(s.get("summary") or ""),
+        verdict="unreadable: its stored row is malformed"
+        if s.get("unreadable") is True
+        else str(s.get("summary") or ""),
         top_process=s.get("top_process"),
         top_pod=f"{ns}/{pod}" if pod else None,
         backend=str(s.get("backend") or "?"),
@@ -119,7 +121,10 @@ async def _index_page(state: ServiceState) -> HTMLResponse:
     for _peer, (reports, active) in answers:
         rows.extend(_index_row(s, local=False) for s in reports)
         running.extend(_running_row(d) for d in active)
-    return HTMLResponse(render_index_page(rows, running=running, unreachable=unreachable))
+    # Rendered in a thread: many peers' rows take a while, and /healthz shares this event loop.
+    return HTMLResponse(
+        await asyncio.to_thread(render_index_page, rows, running=running, unreachable=unreachable)
+    )
 
 
 def _causes_text(causes: dict[str, int]) -> str:
@@ -157,7 +162,12 @@ def _fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
     )
 
 
-def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
+async def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
+    # Sorted and rendered in a thread: many rows take a while, and /healthz shares this event loop.
+    return HTMLResponse(await asyncio.to_thread(_render_fleet, state, found, sort, order, offset))
+
+
+def _render_fleet(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> str:
     ordered = sort_rows(found.rows, sort, descending=order == "desc")
     page = FleetPage(
         rows=[_fleet_row(r, state.local.name) for r in ordered[offset : offset + FLEET_PAGE]],
@@ -170,7 +180,7 @@ def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset
         unreachable=found.unreachable,
         coverage=found.coverage(),
     )
-    return HTMLResponse(render_fleet_page(page))
+    return render_fleet_page(page)
 
 
 SortParam = Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")]
@@ -183,7 +193,7 @@ async def landing(state: StateDep) -> HTMLResponse:
     """The fleet page when reports come from more than one node, else the report list."""
     found = await fleet(state)
     if found.nodes_with_reports > 1:
-        return _fleet_page(state, found, "last_seen", "desc", 0)
+        return await _fleet_page(state, found, "last_seen", "desc", 0)
     return await _index_page(state)
 
 
@@ -196,7 +206,7 @@ async def index(state: StateDep) -> HTMLResponse:
 async def workloads(
     state: StateDep, sort: SortParam = "last_seen", order: OrderParam = "desc", offset: OffsetParam = 0
 ) -> HTMLResponse:
-    return _fleet_page(state, await fleet(state), sort, order, offset)
+    return await _fleet_page(state, await fleet(state), sort, order, offset)
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
@@ -208,9 +218,11 @@ def _page(status: int, title: str, text: str) -> HTMLResponse:
 
 
 async def _find(
-    state: ServiceState, report_id: str, node: str | None
+    state: ServiceState, report_id: str, node: str | None, problems: list[str] | None = None
 ) -> Report | Investigation | dict[str, Any] | None:
-    """The report (local, else from a peer), or the local investigation, or a peer's running one."""
+    """The report (local, else from a peer), or the local investigation, or a peer's running one.
+    Peers that answered badly are added to `problems` (`node-b answered badly: ...`)."""
+    problems = [] if problems is None else problems
     inv = state.scheduler.find(report_id)
     if inv is not None:
         return inv
@@ -227,12 +239,17 @@ async def _find(
         try:
             doc = await client.report(peer, report_id)
             if doc is not None:
-                return Report.model_validate(doc)
-        except (PeerError, ValidationError):
-            pass
+                return await asyncio.to_thread(Report.model_validate, doc)
+        except ValidationError as exc:
+            problems.append(f"{peer.node} answered badly: {str(exc).splitlines()[0][:200]}")
+        except PeerError as exc:
+            if str(exc).startswith("answered badly"):
+                problems.append(f"{peer.node} {exc}")
         try:
             running = await client.investigations(peer)
-        except PeerError:
+        except PeerError as exc:
+            if str(exc).startswith("answered badly"):
+                problems.append(f"{peer.node} {exc}")
             return None
         return next((d for d in running if d.get("id") == report_id), None)
 
@@ -264,12 +281,16 @@ async def report_page(
 ) -> HTMLResponse:
     if not ID_RE.match(report_id):
         return _page(404, "Not found", "That is not a report id.")
-    found = await _find(state, report_id, node)
+    problems: list[str] = []
+    found = await _find(state, report_id, node, problems)
     if isinstance(found, Report):
-        return HTMLResponse(render_report_page(found))
+        return HTMLResponse(await asyncio.to_thread(render_report_page, found))
     if isinstance(found, Investigation):
         return HTMLResponse(render_running_page(_running_row(found.as_dict())))
     if isinstance(found, dict):
         return HTMLResponse(render_running_page(_running_row(found)))
+    if report_id in state.store.unreadable:
+        return _page(404, "Report unreadable", f"Report {report_id} is stored here but its row is malformed.")
     where = f" on node {node}" if node else " on any node that answered"
-    return _page(404, "Report not found", f"No report {report_id}{where}.")
+    told = "".join(f" Peer {p}." for p in sorted(set(problems))[:5])
+    return _page(404, "Report not found", f"No report {report_id}{where}.{told}")

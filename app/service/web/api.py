@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
@@ -124,6 +124,10 @@ async def get_report(state: StateDep, report_id: str) -> Response:
             raise HTTPException(
                 404, f"investigation {report_id} is {running.state}; see /api/v1/investigations"
             )
+        if report is None and report_id in state.store.unreadable:
+            raise HTTPException(
+                404, f"report {report_id} is stored but unreadable (a malformed row); see the log"
+            )
         if report is None:
             raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
     return Response(report.model_dump_json(), media_type="application/json")
@@ -145,6 +149,11 @@ async def list_workloads(
     peers ask each other), at most `limit` workloads, newest first."""
     if since is not None and since.tzinfo is None:
         raise HTTPException(422, "since: give a time zone (e.g. 2026-12-04T15:00:00Z)")
+    if since is not None:
+        try:  # 0001-01-01T00:00:00+14:00 parses but is before datetime.min in UTC
+            since = since.astimezone(UTC)
+        except OverflowError:
+            raise HTTPException(422, "since: out of range once in UTC (years 1 to 9999)") from None
     base = {"schema_version": WORKLOADS_VERSION, "node": state.local.name, "scope": scope}
     if scope == "node":
         rows, count = await asyncio.gather(
@@ -166,6 +175,12 @@ async def list_workloads(
         "coverage": found.coverage(),
         "workloads": [r.model_dump(mode="json") for r in page],
     }
+
+
+@api.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> dict[str, Any]:
+    """The API's OpenAPI schema, with the token like the rest of /api/v1 (it lists every route)."""
+    return request.app.openapi()  # type: ignore[no-any-return]
 
 
 @api.get("/investigations")

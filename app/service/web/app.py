@@ -49,8 +49,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged with its traceback here; the client gets no internals.
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # One line naming the request; the traceback is logged once, by the server: Starlette
+        # raises the exception on after this answer so that the server logs it (it was logged twice).
+        # The client gets no internals.
+        log.error(
+            "unhandled error on %s %s: %s (traceback below)", request.method, request.url.path, type(exc).__name__
+        )
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     app.add_exception_handler(PayloadError, payload_error)
@@ -97,9 +101,12 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served under /api/v1/openapi.json, with the token (app.service.web.api)
     )
     app.state.settings = settings
     app.state.svc = None
+    # /api/v1/reports/ is a 404, not a redirect built from what the Host header says
+    app.router.redirect_slashes = False
     _install_error_handlers(app)
     app.include_router(public)
     app.include_router(api)
@@ -112,6 +119,7 @@ def create_ui_app(api_app: FastAPI) -> FastAPI:
 
     app = FastAPI(title="pagefault-inspector UI", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api_app = api_app
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header
     _install_error_handlers(app)
     install_ui_guard(app, api_app.state.settings)
     app.include_router(ui)

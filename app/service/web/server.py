@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,8 +38,10 @@ from app.models import Report
 from app.parsers.address import AddressError, client_host, parse_listen_address
 from app.service import logs
 from app.service.auth import TokenSource, load_token
+from app.service.report_store import ROOT_DATA_DIR, data_dir_problem
 from app.service.ui.guard import ui_exposure_warning
 from app.service.web.app import create_app, create_ui_app
+from app.service.web.connections import guarded_protocol
 from app.service.web.listen import listen_socket
 from app.tracers import leftovers
 
@@ -141,8 +144,11 @@ async def run_servers(
     (host, port, api_sock), (ui_host, ui_port, ui_sock) = bound or _listen(settings)
     common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
     common["timeout_keep_alive"] = KEEP_ALIVE_SECONDS
-    api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", **common))  # type: ignore[arg-type]
-    ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", **common))  # type: ignore[arg-type]
+    limits = {"max_connections": settings.max_connections, "head_timeout": settings.request_head_timeout_seconds}
+    api_http = guarded_protocol("API listener", **limits)  # type: ignore[arg-type]
+    ui_http = guarded_protocol("UI listener", **limits)  # type: ignore[arg-type]
+    api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", http=api_http, **common))  # type: ignore[arg-type]
+    ui = _Server(uvicorn.Config(ui_app, host=ui_host, port=ui_port, lifespan="off", http=ui_http, **common))  # type: ignore[arg-type]
 
     watchdog_started = False
 
@@ -182,13 +188,34 @@ async def run_servers(
             loop.remove_signal_handler(sig)
 
 
+def _own_data_dir(settings: Settings) -> Settings:
+    """The data dir to use, checked: as root without PFI_DATA_DIR the fixed ROOT_DATA_DIR (the
+    chart mounts it), not the working directory, which may be anyone's. One that is not ours (see
+    data_dir_problem) is one line naming the path and the fix, and exit 1."""
+    if os.geteuid() == 0 and "data_dir" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"data_dir": ROOT_DATA_DIR})
+    problem = data_dir_problem(Path(settings.data_dir))
+    if problem:
+        log.error("%s", problem)
+        raise SystemExit(1)
+    return settings
+
+
 def serve(settings: Settings | None = None, *, investigator: Callable[..., Report] | None = None) -> None:
     """Run the service until SIGTERM/SIGINT (blocking). `investigator`: the engine by default."""
     _setup_logging(settings)
     settings = settings or Settings()
     bound = _listen(settings)  # a bad address or a port in use fails before anything else
-    leftovers.reap()  # tracers and folders of a killed predecessor
-    source = load_token(settings)
+    settings = _own_data_dir(settings)
+    try:
+        leftovers.reap()  # tracers and folders of a killed predecessor
+    except OSError as exc:  # no usable temporary directory (a full disk): said, and the start goes on
+        log.warning("cannot look for a predecessor's tracers: %s", exc)
+    try:
+        source = load_token(settings)
+    except (OSError, RuntimeError) as exc:  # a full disk, an unreadable token file: one line
+        log.error("cannot get the webhook token: %s", exc)
+        raise SystemExit(1) from None
     if source.generated:
         sys.stderr.write(first_run_message(settings, source))
         sys.stderr.flush()
