@@ -355,11 +355,25 @@ def render_report_page(report: Report) -> str:
             top=top,
             chart=build_chart(report),
             chart_top=CHART_TOP,
+            advice_once=advice_once(report),
             **_history_context(report),  # the flight recorder's lead-up (app/service/ui/lead_up_chart.py)
             refresh=report.status == "running",
             title=f"{report.verdict.summary} · {report.node}",
         )
     )
+
+
+def advice_once(report: Report) -> list[list[str]]:
+    """Each process's advice lines not shown higher on the page (the report's "What to do", an earlier
+    process's): a line is written once per report, so the top process's advice, which is the report's,
+    is not repeated under "What each process faults on"."""
+    shown = set(report.verdict.advice)
+    out = []
+    for p in report.processes:
+        lines = [a for a in (p.verdict.advice if p.verdict else []) if a not in shown]
+        shown.update(lines)
+        out.append(lines)
+    return out
 
 
 def _history_context(report: Report) -> dict[str, object]:
