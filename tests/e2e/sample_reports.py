@@ -428,7 +428,12 @@ def lead_up_report() -> Report:
     second = r.processes[1]
     long_source = Source(kind="file", path=LONG_PATH, faults=9_000, share=0.3, inode=77, device="103:1")
     procs = [top, second.model_copy(update={"sources": [long_source, *second.sources]}), *r.processes[2:]]
-    return r.model_copy(update={"id": "leadup01", "history": history, "processes": procs})
+    # the limit verdict's recommendation, with a command longer than an 800 px card is wide
+    rec = deployment_pod_report("worker-1", 1).verdict.recommendation
+    assert rec is not None
+    rec = rec.model_copy(update={"command": rec.command + " --requests=memory=1536Mi  # " + LONG_PATH})
+    return r.model_copy(update={"id": "leadup01", "history": history, "processes": procs,
+                                "verdict": r.verdict.model_copy(update={"recommendation": rec})})
 
 
 def quiet_report() -> Report:

@@ -12,6 +12,7 @@ its labels are written by the template, so they are escaped like everything else
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -160,6 +161,20 @@ def _fmt_dt(dt: datetime | None) -> str:
     return "–" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def _fmt_stamp(text: str | None) -> str:
+    """An alert's RFC 3339 time (Alertmanager's startsAt: '2026-12-07T06:53:32.838024352Z') as the page
+    writes times; text that is not one is shown as it came."""
+    if not text:
+        return "–"
+    try:
+        return _fmt_dt(datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip()).replace("Z", "+00:00")))
+    except ValueError:
+        return text
+
+
 def _iso(dt: datetime | None) -> str:
     dt = _as_utc(dt)
     return "" if dt is None else dt.isoformat()
@@ -287,6 +302,7 @@ def _env() -> Environment:
         bytes=_fmt_bytes,
         mib=mib,  # limits are written in MiB, as the recommendation says them
         dt=_fmt_dt,
+        stamp=_fmt_stamp,
         day=_fmt_day,
         clock=_fmt_clock,
         iso=_iso,
