@@ -6,7 +6,8 @@ tested both ways, on the memory of real groups captured here (tests/fixtures/pro
 - "stop it from swapping": in the knobs of the group's cgroup version (memory.swap.max is v2 only; v1 has
   memory.memsw.limit_in_bytes and memory.swappiness), Kubernetes' swapBehavior first for a pod;
 - a line is shown once per report: the top process's advice is the report's, and the page does not
-  write it again under "What each process faults on".
+  write it again under "What each process faults on";
+- the fleet row of a workload carries its own limit and command, never another workload's.
 """
 
 from __future__ import annotations
@@ -118,3 +119,27 @@ def test_a_line_is_shown_once_per_report_page():
     html = render_report_page(r)
     assert html.count(line) == 1, "the report's advice is written once"
     assert html.count("or give /data/other.bin a container of its own") == 1
+
+
+def test_fleet_row_of_a_group_that_stopped_never_carries_the_top_process_limit():
+    """Seen on the real run of the README's pictures: a cgroup that faulted in the lead-up took the verdict
+    (stopped_before_window) while the window's top process, another workload, had a limit verdict; the
+    fleet's row for that cgroup showed the other workload's limit and kubectl command."""
+    from app.investigation.fleet import facts_of
+    from app.models import Verdict
+    from tests.e2e.sample_reports import lead_up_report
+
+    r = lead_up_report()
+    top = r.processes[0]
+    assert top.verdict is not None and r.verdict.recommendation is not None
+    top.verdict.recommendation = r.verdict.recommendation  # the top process's own limit verdict
+    facts = facts_of(r)
+    assert facts is not None and facts.recommendation is not None  # blames the top process: its limit
+    assert r.history is not None
+    gone = r.history.cgroups[1]  # batch/nightly-reindex, gone before the window
+    r.history.cgroups = [gone, *r.history.cgroups[:1]]
+    r.verdict = Verdict(summary="pod batch/nightly-reindex-29707813-dhlr2 container reindex made ... then stopped",
+                        cause=Cause.STOPPED_BEFORE_WINDOW, confidence="high")
+    facts = facts_of(r)
+    assert facts is not None and facts.workload.pod == "nightly-reindex-29707813-dhlr2"
+    assert facts.recommendation is None, "another workload's limit and command"
