@@ -143,3 +143,29 @@ def test_fleet_row_of_a_group_that_stopped_never_carries_the_top_process_limit()
     facts = facts_of(r)
     assert facts is not None and facts.workload.pod == "nightly-reindex-29707813-dhlr2"
     assert facts.recommendation is None, "another workload's limit and command"
+
+
+def test_terminal_lines_wrap_under_their_own_text():
+    """In a narrow terminal an advice line wraps under its text, not under the bullet, and the basis and
+    evidence keep their indent: each item stays readable as one."""
+    import io
+
+    from rich.console import Console
+
+    from app.render_text import render
+    from tests.e2e.sample_reports import lead_up_report
+
+    r = lead_up_report()
+    r.verdict.advice = ["raise the container's memory limit to at least 1,536 MiB (the recommendation; usage now "
+                        "1,020 MiB) so code and hot data stay cached", "or give the indexer a node of its own"]
+    r.verdict.evidence = ["cgroup /kubepods/burstable/pod8a1f/indexer (v2): 1,020 MiB used, limit 1,024 MiB on "
+                          "/kubepods/burstable/pod8a1f/indexer"]
+    out = io.StringIO()
+    render(r, Console(file=out, width=60, color_system=None))
+    lines = [line[2:] if line.startswith("│ ") else line for line in out.getvalue().splitlines()]  # the panel
+    first = next(i for i, line in enumerate(lines) if line.startswith("• raise the container's"))
+    assert lines[first + 1].startswith("  MiB (the recommendation"), lines[first:first + 3]  # under "raise"
+    assert lines[first + 3].startswith("• or give the indexer"), lines[first:first + 4]
+    why = next(i for i, line in enumerate(lines) if line.rstrip(" │") == "why:")
+    assert lines[why + 1].startswith("  cgroup /kubepods/burstable/pod8a1f/indexer (v2)"), lines[why:why + 3]
+    assert lines[why + 2].startswith("  ") and lines[why + 2][2] != " ", lines[why:why + 3]  # still indented
