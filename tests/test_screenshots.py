@@ -172,6 +172,9 @@ def test_pictures_from_a_real_run(kubelet, tmp_path, shots):  # noqa: F811
         assert end is not None
         made["report.png"] = _optimised(shots, "report.png", tmp_path / "report-full.png",
                                         top=round(end["y"] + end["height"] + 16))
+        page.set_viewport_size({"width": 800, "height": 900})  # a laptop's window: the real report fits too
+        assert layout_problems(page) == []
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         resp = page.goto(f"{svc.ui_url}/workloads")
         assert resp is not None and resp.ok
