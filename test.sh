@@ -9,6 +9,7 @@
 #                        tracers, the browser, the scenario matrix and the storm (their fault rates and
 #                        timings must not share the machine with each other)
 #   ./test.sh --fast     only the first kind (markers in pyproject.toml), for while you work: under a minute
+#   ./test.sh --screenshots   makes the README's pictures (docs/img/) again from a real run (tests/test_screenshots.py)
 #   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,6 +22,10 @@ if [ "${1:-}" = --fast ]; then
   shift
   # 3 workers: measured fastest for these CPU-bound tests on 2 cores (48 s; 6 workers: 59 s, 2: 57 s)
   "${pytest[@]}" -m "not (workloads or servers or browser)" -n 3 "$@"
+  rc=$?
+elif [ "${1:-}" = --screenshots ]; then
+  shift
+  PFI_SCREENSHOTS=1 "${pytest[@]}" tests/test_screenshots.py -k real_run "$@"
   rc=$?
 elif [ $# -gt 0 ]; then
   "${pytest[@]}" "$@"

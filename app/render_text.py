@@ -39,17 +39,28 @@ def _sources(p: ProcessReport, limit: int = 3) -> str:
     return "\n".join(lines) or "-"
 
 
+def _hanging(lines: list[str], mark: str, style: str = "") -> Table:
+    """One line an item, wrapped under its own text rather than under the mark ("• raise ..." wraps
+    under "raise"; the basis and the evidence stay indented): a two-column grid."""
+    grid = Table.grid(padding=(0, 1, 0, 0))
+    grid.add_column(no_wrap=True, style=style)
+    grid.add_column(overflow="fold")
+    for line in lines:
+        grid.add_row(mark, Text(line, style=style))
+    return grid
+
+
 def render(report: Report, console: Console) -> None:
     v = report.verdict
     title = f"{report.node}: {report.window_seconds:.0f} s, {report.tracer.backend}"
-    advice = "\n".join(f"• {a}" for a in v.advice)
-    why = "\n".join(f"  {e}" for e in v.evidence)
-    body = [Text(v.summary, style="bold"), Text(advice)]
+    body: list[Text | Table] = [Text(v.summary, style="bold"), _hanging(v.advice, "•")]
     if (rec := v.recommendation) is not None:
-        body.append(Text("limit: " + headline(rec) + "\n  " + command_line(rec), style="bold"))
-        body.append(Text("\n".join(f"  {b}" for b in rec.basis), style="dim"))
-    if why:
-        body.append(Text("why:\n" + why, style="dim"))
+        body.append(Text("limit: " + headline(rec), style="bold"))
+        body.append(_hanging([command_line(rec)], " ", "bold"))
+        body.append(_hanging(rec.basis, " ", "dim"))
+    if v.evidence:
+        body.append(Text("why:", style="dim"))
+        body.append(_hanging(v.evidence, " ", "dim"))
     console.print(Panel(Group(*body), title=title,
                         subtitle=f"cause: {v.cause.value}, confidence: {v.confidence}"))
     ns = report.node_stats

@@ -440,3 +440,13 @@ def test_a_trace_counted_past_the_window_is_not_shown_as_plainly_exact():
     out = io.StringIO()
     render(r, Console(file=out, width=300))
     assert "(exact major faults, counted past the window)" in out.getvalue()
+
+
+def test_alert_start_is_written_as_the_page_writes_times():
+    """Alertmanager's startsAt (RFC 3339, nanoseconds, Z) reads like every other time on the page; text
+    that is not a time is shown as it came (escaped)."""
+    r = file_fault_report()
+    r.trigger.starts_at = "2026-12-07T06:53:32.838024352Z"  # as Alertmanager 0.25 sends it
+    assert "since 2026-12-07 06:53:32 UTC" in text_of(render_report_page(r))
+    r.trigger.starts_at = "yesterday <b>"
+    assert "since yesterday &lt;b&gt;" in render_report_page(r)

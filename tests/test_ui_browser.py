@@ -11,14 +11,21 @@ from pathlib import Path
 import pytest
 
 from app.service.ui import RunningRow, render_index_page, render_report_page, render_running_page
-from tests.e2e.browser import browser_context, chromium_missing, serve_dir
+from tests.e2e.browser import browser_context, chromium_missing, layout_problems, serve_dir
 from tests.e2e.sample_reports import (
+    LONG_CGROUP,
+    LONG_PATH,
     T0,
+    deployment_pod_report,
     empty_report,
+    failed_report,
     file_fault_report,
+    fleet_page_html,
     host_report,
     hostile_report,
     index_row,
+    lead_up_report,
+    quiet_report,
     swap_report,
 )
 
@@ -37,6 +44,9 @@ def site(tmp_path_factory) -> Path:
         "swap": swap_report(),
         "empty": empty_report(),
         "hostile": hostile_report(),
+        "leadup": lead_up_report(),
+        "quiet": quiet_report(),
+        "failed": failed_report(),
     }
     rows = []
     for name, r in reports.items():
@@ -53,6 +63,8 @@ def site(tmp_path_factory) -> Path:
         render_index_page(rows, running=[running], unreachable=["worker-9: timeout"])
     )
     (d / "running.html").write_text(render_running_page(running))
+    fleet = [deployment_pod_report(f"worker-{i}", i) for i in (1, 2, 4, 6, 7)] + [swap_report(), host_report()]
+    (d / "fleet.html").write_text(fleet_page_html(fleet))
     return d
 
 
@@ -129,12 +141,12 @@ def test_index_running_and_empty_pages(base_url, tmp_path, shots):
     with browser_context(tmp_path / "profile", javascript=False) as ctx:
         page = ctx.new_page()
         page.goto(f"{base_url}/index.html")
-        assert page.get_by_text("search/search-indexer-7d9f8b6c5-q2x8z").is_visible()
+        assert page.get_by_text("search/search-indexer-7d9f8b6c5-q2x8z").first.is_visible()
         assert page.get_by_text("worker-9: timeout").is_visible()
         bar = page.locator("#running .progress > span").bounding_box()
         track = page.locator("#running .progress").bounding_box()
         assert bar and track and abs(bar["width"] / track["width"] - 0.4) < 0.02
-        page.get_by_role("link", name=file_fault_report().verdict.summary).click()
+        page.locator("a[href=\"/file.html\"]", has_text=file_fault_report().verdict.summary).click()
         page.wait_for_url("**/file.html")
         assert page.locator("#verdict .summary").is_visible()
         page.goto(f"{base_url}/index.html")
@@ -145,6 +157,38 @@ def test_index_running_and_empty_pages(base_url, tmp_path, shots):
         page.goto(f"{base_url}/running.html")
         assert page.locator("meta[http-equiv=refresh]").count() == 1
         assert page.get_by_text("tracing with perf-major").is_visible()
+
+
+# every page kind: a report (with the lead-up and long paths), the reports list, the fleet, a quiet
+# report and a failed one
+PAGE_KINDS = ["leadup", "index", "fleet", "quiet", "failed"]
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_every_page_fits_its_cards(base_url, tmp_path, shots, width):
+    """At a desktop's 1280 px and a laptop's 800 px: no table or pre wider than its card, nothing past a
+    card's edge, cards of a row balanced or stacked (issue 29: the lead-up table was cut at 1280 px)."""
+    with browser_context(tmp_path / "profile", javascript=False, width=width) as ctx:
+        page = ctx.new_page()
+        for kind in PAGE_KINDS:
+            resp = page.goto(f"{base_url}/{kind}.html")
+            assert resp is not None and resp.ok
+            assert layout_problems(page) == [], f"{kind} at {width} px"
+            page.screenshot(path=str(shots / f"layout-{kind}-{width}.png"), full_page=True)
+            if kind == "leadup":
+                # the lead-up's last column is there, inside its card
+                last = page.locator("#lead-up th", has_text="last active").bounding_box()
+                card = page.locator("#lead-up").bounding_box()
+                assert last and card and last["x"] + last["width"] <= card["x"] + card["width"]
+                # long paths wrap: on several lines, inside their card
+                for where, text in (("#sources", LONG_PATH), ("#lead-up", LONG_CGROUP)):
+                    cell = page.locator(f"{where} td.path", has_text=text[-40:]).first
+                    box, lh = cell.bounding_box(), cell.evaluate("e => parseFloat(getComputedStyle(e).lineHeight)")
+                    assert box and box["height"] >= 2.5 * lh, f"{text} is not wrapped in {where}"
+            if kind == "fleet":
+                dep = page.locator("tr.workload", has_text="Deployment search/search-indexer")
+                assert dep.is_visible() and "limit 1,536 MiB" in dep.inner_text()
+                assert page.get_by_role("link", name="nodes").is_visible()  # the sort links stay
 
 
 def test_hostile_report_runs_nothing(base_url, tmp_path):

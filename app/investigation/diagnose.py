@@ -32,6 +32,7 @@ REFAULT_RISE = 0.05  # file refaults in the cgroup per major fault of the proces
 NOISE_FLOOR = 50.0  # major faults/s: Settings.noise_floor's default (a tenth of the alert's 500/s)
 MIN_FAULTS_HIGH = 100  # a process with fewer major faults in the window never gets a cause with high confidence
 SMALL_SHARE = 0.10  # the top process makes less of the node's faults than this: the headline is low confidence
+ANON_ROOM = 0.25  # anonymous memory at this share of the binding limit or more: shrinking it gives the page cache room
 
 
 def mib(n: int | None) -> str:
@@ -140,6 +141,31 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str, str]:
             "or move the process out of that cgroup")
 
 
+def anon_room(mem: CgroupMemory) -> str | None:
+    """The advice to shrink the group's anonymous memory so its page cache has room, only when anonymous
+    memory holds a real share of the limit (ANON_ROOM): with 1 MiB of it under a 64 MiB limit shrinking it
+    frees nothing. None when it does not (or memory.stat did not say)."""
+    limit = mem.high_bytes if high_binds(mem) else mem.max_bytes
+    if mem.anon_bytes is None or not limit or mem.anon_bytes < ANON_ROOM * limit:
+        return None
+    return (f"or reduce its anonymous memory ({mib(mem.anon_bytes)} of the {mib(limit)} limit) so the page cache "
+            "has room")
+
+
+def stop_swapping(mem: CgroupMemory, where: str, pod: bool) -> str:
+    """The advice to stop a group swapping, in the knobs of its cgroup version: memory.swap.max is v2 only;
+    v1 has memory.memsw.limit_in_bytes (memory + swap; equal to memory.limit_in_bytes: no swap) and
+    memory.swappiness. A pod's groups are the kubelet's: the Kubernetes setting comes first."""
+    if mem.version == 2:
+        knob = f"memory.swap.max=0 on cgroup {where}"
+    else:
+        knob = (f"memory.memsw.limit_in_bytes equal to memory.limit_in_bytes, or memory.swappiness=0, on cgroup "
+                f"{where} (cgroup v1)")
+    if pod:
+        return f"or stop it from swapping (Kubernetes swapBehavior NoSwap; by hand: {knob})"
+    return f"or stop it from swapping ({knob})"
+
+
 def _rate(r: float) -> str:
     return f"{r:,.1f}" if r < 10 else f"{r:,.0f}"
 
@@ -244,7 +270,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
                 [raise_it, *([other_way] if other_way else []),
                  "or find what grows its memory (a leak, an unbounded cache"
                  + (", files left in /dev/shm" if kind is SourceKind.SHMEM else "") + ") and bound it",
-                 "or stop it from swapping (memory.swap.max=0, or Kubernetes swapBehavior NoSwap)"],
+                 stop_swapping(mem, mem.limit_path or mem.path, p.pod is not None)],
             )
         refaults = p.cgroup_file_refaults
         subject = "its own program code" if kind is SourceKind.CODE else f"{path or 'its files'}"
@@ -277,7 +303,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
             "the kernel keeps evicting its page cache",
             Cause.CONTAINER_MEMORY_LIMIT,
             [raise_it + " so code and hot data stay cached", *([other_way] if other_way else []),
-             "or reduce its anonymous memory so the page cache has room"],
+             *([room] if (room := anon_room(mem)) else [])],
         )
 
     # R2: the node is short of memory (node evidence only).

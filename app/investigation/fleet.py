@@ -193,9 +193,12 @@ def workload_of(report: Report) -> Workload | None:
 
 
 def _recommendation(report: Report) -> Recommendation | None:
-    """The limit and command of `verdict.recommendation` of the report, else of its top process."""
+    """The limit and command of `verdict.recommendation` of the report, else of its top process (when the
+    report blames that process: a group that stopped before the window is another workload, and the top
+    process's limit and command are not its own)."""
     verdicts = [report.verdict]
-    if report.processes and report.processes[0].verdict is not None:
+    blames_top = report.verdict.cause != Cause.STOPPED_BEFORE_WINDOW
+    if blames_top and report.processes and report.processes[0].verdict is not None:
         verdicts.append(report.processes[0].verdict)
     for v in verdicts:
         if v.recommendation is not None:

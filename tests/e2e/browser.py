@@ -77,3 +77,53 @@ def browser_context(user_data_dir: Path, *, javascript: bool = True, width: int 
             yield ctx
         finally:
             ctx.close()
+
+
+# What a user would see as broken layout, measured in the page (issue 29): every table, pre and scrolling
+# box inside a card fits (scrollWidth <= clientWidth: nothing cut at the card's edge or scrolled sideways),
+# no element reaches past its card's right edge, and the cards side by side in a .grid2 row are balanced
+# (the shorter one's content at least half the taller's) or stacked.
+_LAYOUT_JS = """
+() => {
+  const problems = [];
+  const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+    (typeof e.className === 'string' && e.className.trim() ? '.' + e.className.trim().split(/\\s+/).join('.') : '');
+  const [sw, iw] = [document.documentElement.scrollWidth, window.innerWidth];
+  if (sw > iw) problems.push(`the page is ${sw}px wide in a ${iw}px window`);
+  for (const card of document.querySelectorAll('section.card')) {
+    const cr = card.getBoundingClientRect();
+    for (const el of card.querySelectorAll('table, pre, .scroll')) {
+      if (el.scrollWidth > el.clientWidth + 1)
+        problems.push(`#${card.id}: ${name(el)} holds ${el.scrollWidth}px in ${el.clientWidth}px`);
+    }
+    for (const el of card.querySelectorAll('*')) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.right > cr.right + 0.5) {
+        problems.push(`#${card.id}: ${name(el)} ends at ${Math.round(r.right)}px, past its card's edge at ${Math.round(cr.right)}px`);
+        break;
+      }
+    }
+  }
+  for (const row of document.querySelectorAll('.grid2')) {
+    const cards = [...row.children].filter(c => c.matches('section.card')).map(c => {
+      const r = c.getBoundingClientRect();
+      let bottom = r.top;
+      for (const k of c.children) bottom = Math.max(bottom, k.getBoundingClientRect().bottom);
+      return {id: c.id, top: r.top, content: bottom - r.top};
+    });
+    for (let i = 1; i < cards.length; i++) {
+      const [a, b] = [cards[i - 1], cards[i]];
+      if (Math.abs(a.top - b.top) > 1) continue;  // stacked
+      const [lo, hi] = [Math.min(a.content, b.content), Math.max(a.content, b.content)];
+      if (lo < hi / 2)
+        problems.push(`#${a.id} (${Math.round(a.content)}px of content) beside #${b.id} (${Math.round(b.content)}px)`);
+    }
+  }
+  return problems;
+}
+"""
+
+
+def layout_problems(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """What does not fit on the page open in `page` (see _LAYOUT_JS); [] when everything does."""
+    return list(page.evaluate(_LAYOUT_JS))

@@ -393,12 +393,103 @@ def deployment_pod_report(node: str, i: int, minutes_ago: float | None = None) -
     )
 
 
+LONG_PATH = ("/var/lib/kubelet/pods/8a1f2c3d-0000-4000-8000-000000000042/volumes/kubernetes.io~empty-dir/segments/"
+             "index-000000000000000000000000000000000000000000000000000000000000000000000000001234.seg")
+LONG_CGROUP = ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod8a1f2c3d_0000_4000_8000_000000000042"
+               ".slice/cri-containerd-1049c9e937cb297fed12045bff1cf9495bd4c2b1df2c3f0cdbf448e7cf752c99.scope")
+
+
+def lead_up_report() -> Report:
+    """file_fault_report with the flight recorder's lead-up (a service's report): four containers, one
+    gone, one a host cgroup with a long systemd path; and a source whose path is one long word."""
+    from app.models import History, HistoryCgroup, HistoryPod
+
+    r = file_fault_report()
+    n = 15
+    since = r.started_at - timedelta(minutes=n)
+    top = r.processes[0]
+    assert top.pod is not None
+    pods = [
+        HistoryCgroup(cgroup=LONG_CGROUP, pod=HistoryPod(namespace=top.pod.namespace, name=top.pod.name,
+                                                         uid=top.pod.uid, container=top.pod.container),
+                      major_faults=4_812_000, series=[v * 60 for v in _wave(n, 5200, 1800)],
+                      last_active_at=r.started_at, peak_per_second=7_480.0),
+        HistoryCgroup(cgroup="/kubepods/burstable/pod11/c1", pod=HistoryPod(namespace="batch",
+                      name="nightly-reindex-29707813-dhlr2", uid="u11", container="reindex"),
+                      major_faults=912_000, series=[v * 60 if i < 9 else 0 for i, v in enumerate(_wave(n, 1500, 400, 1))],
+                      last_active_at=since + timedelta(minutes=9), peak_per_second=2_010.0, gone=True),
+        HistoryCgroup(cgroup=LONG_CGROUP.replace("burstable", "besteffort"), major_faults=64_000,
+                      series=[v * 60 for v in _wave(n, 70, 30, 2)], last_active_at=r.started_at - timedelta(minutes=1),
+                      peak_per_second=101.0),
+    ]
+    history = History(interval_seconds=60, since=since, until=r.started_at,
+                      node_series=[v * 60 for v in _wave(n, 7000, 2000)], node_major_faults=6_300_000,
+                      recorded_since=since, cgroups=pods)
+    second = r.processes[1]
+    long_source = Source(kind="file", path=LONG_PATH, faults=9_000, share=0.3, inode=77, device="103:1")
+    procs = [top, second.model_copy(update={"sources": [long_source, *second.sources]}), *r.processes[2:]]
+    # the limit verdict's recommendation, with a command longer than an 800 px card is wide
+    rec = deployment_pod_report("worker-1", 1).verdict.recommendation
+    assert rec is not None
+    rec = rec.model_copy(update={"command": rec.command + " --requests=memory=1536Mi  # " + LONG_PATH})
+    return r.model_copy(update={"id": "leadup01", "history": history, "processes": procs,
+                                "verdict": r.verdict.model_copy(update={"recommendation": rec})})
+
+
+def quiet_report() -> Report:
+    """A node under the noise floor: the verdict diagnose.quiet_node gives, two processes with a few faults."""
+    from app.investigation.diagnose import quiet_node
+
+    procs = [
+        ProcessReport(pid=9165, comm="sleep", major_faults=12, major_faults_per_second=1.2, series=[3, 0, 5, 0, 4, 0, 0, 0, 0, 0],
+                      sources=[Source(kind="code", path="/usr/bin/sleep", faults=12, share=1.0)]),
+        ProcessReport(pid=812, comm="containerd", major_faults=4, major_faults_per_second=0.4, series=[0, 0, 0, 4, 0, 0, 0, 0, 0, 0],
+                      sources=[Source(kind="file", path="/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db",
+                                      faults=4, share=1.0)]),
+    ]
+    node = NodeStats(pgmajfault=31, pgmajfault_per_second=3.1, series=[4, 1, 6, 4, 5, 0, 2, 3, 4, 2])
+    verdict = quiet_node(procs, node, 10, 50.0)
+    assert verdict is not None
+    return Report(id="quiet001", node="worker-quiet", started_at=T0, finished_at=T0 + timedelta(seconds=10),
+                  window_seconds=10, tracer=TracerInfo(backend="perf-major", exact=True), node_stats=node,
+                  processes=procs, verdict=verdict, trigger=_alert_trigger("worker-quiet"))
+
+
+def failed_report() -> Report:
+    """What the scheduler stores when an investigation fails (scheduler.failed_report's shape)."""
+    error = ("the investigation did not finish within its 90 s deadline (stage: tracing with perf-major; "
+             "/usr/bin/perf record -e major-faults -c 1 -d -a --synth=task did not stop after SIGINT)")
+    return Report(id="failed01", node="worker-7", status="failed", started_at=T0, finished_at=T0 + timedelta(seconds=95),
+                  window_seconds=30, trigger=_alert_trigger("worker-7"),
+                  tracer=TracerInfo(backend="none", exact=False, errors=[error]),
+                  verdict=Verdict(summary=f"The investigation failed: {error}", cause="unknown", confidence="low"))
+
+
+def fleet_page_html(reports: list[Report], local_node: str = "") -> str:
+    """The fleet page the service renders for these reports (each node's rows merged, sorted by last seen)."""
+    from app.investigation.fleet import facts_of, merge, node_rows, sort_rows
+    from app.service.ui.fleet import FleetPage, render_fleet_page
+    from app.service.ui.routes import _fleet_row
+
+    per_node: dict[str, list] = {}
+    for r in reports:
+        if (facts := facts_of(r)) is not None:
+            per_node.setdefault(r.node, []).append((r.id, r.started_at, facts))
+    rows = sort_rows(merge(row for node, got in per_node.items() for row in node_rows(node, got)))
+    page = FleetPage(rows=[_fleet_row(w, local_node) for w in rows], total=len(rows), nodes=len(per_node),
+                     sort="last_seen", descending=True, offset=0, page_size=100)
+    return render_fleet_page(page)
+
+
 SAMPLES = {
     "file": file_fault_report,
     "swap": swap_report,
     "host": host_report,
     "empty": empty_report,
     "hostile": hostile_report,
+    "leadup": lead_up_report,
+    "quiet": quiet_report,
+    "failed": failed_report,
 }
 
 
@@ -448,6 +539,8 @@ def main(out: str) -> None:
         render_index_page(rows, running=running, unreachable=["worker-9 (10.0.3.9:8080): timeout"])
     )
     (d / "running.html").write_text(render_running_page(running[0]))
+    fleet = [deployment_pod_report(f"worker-{i}", i) for i in (1, 2, 4, 6)] + [swap_report(), host_report()]
+    (d / "fleet.html").write_text(fleet_page_html(fleet))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ its labels are written by the template, so they are escaped like everything else
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -160,6 +161,20 @@ def _fmt_dt(dt: datetime | None) -> str:
     return "–" if dt is None else dt.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+_FRACTION = re.compile(r"(\.\d{1,6})\d*")
+
+
+def _fmt_stamp(text: str | None) -> str:
+    """An alert's RFC 3339 time (Alertmanager's startsAt: '2026-12-07T06:53:32.838024352Z') as the page
+    writes times; text that is not one is shown as it came."""
+    if not text:
+        return "–"
+    try:
+        return _fmt_dt(datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip()).replace("Z", "+00:00")))
+    except ValueError:
+        return text
+
+
 def _iso(dt: datetime | None) -> str:
     dt = _as_utc(dt)
     return "" if dt is None else dt.isoformat()
@@ -287,6 +302,7 @@ def _env() -> Environment:
         bytes=_fmt_bytes,
         mib=mib,  # limits are written in MiB, as the recommendation says them
         dt=_fmt_dt,
+        stamp=_fmt_stamp,
         day=_fmt_day,
         clock=_fmt_clock,
         iso=_iso,
@@ -355,11 +371,25 @@ def render_report_page(report: Report) -> str:
             top=top,
             chart=build_chart(report),
             chart_top=CHART_TOP,
+            advice_once=advice_once(report),
             **_history_context(report),  # the flight recorder's lead-up (app/service/ui/lead_up_chart.py)
             refresh=report.status == "running",
             title=f"{report.verdict.summary} · {report.node}",
         )
     )
+
+
+def advice_once(report: Report) -> list[list[str]]:
+    """Each process's advice lines not shown higher on the page (the report's "What to do", an earlier
+    process's): a line is written once per report, so the top process's advice, which is the report's,
+    is not repeated under "What each process faults on"."""
+    shown = set(report.verdict.advice)
+    out = []
+    for p in report.processes:
+        lines = [a for a in (p.verdict.advice if p.verdict else []) if a not in shown]
+        shown.update(lines)
+        out.append(lines)
+    return out
 
 
 def _history_context(report: Report) -> dict[str, object]:
