@@ -38,6 +38,8 @@ from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
 from .sampler import MarkInfo, ProcessTrack, Sampler
 from .sources import sources_from_pages
+from .swapdev import apply as apply_swap_devices
+from .swapdev import read_swap
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +371,7 @@ def investigate(
 
     node_stats = collect_node_stats(procfs, sampler, seconds_counted,
                                     vm=sampler.interval_vmstat() if span is not None else None)
+    read_swap(procfs, settings.sysfs_root, node_stats)
     pods = pods or PodDirectory(settings)
     attribution = Attribution()
     need_pods = False
@@ -398,6 +401,7 @@ def investigate(
         p.verdict = diagnose_process(
             p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
             noise_floor=settings.noise_floor)
+    apply_swap_devices(processes, node_stats)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
                         owners=getattr(pods, "owners", None), node_name=settings.node_name)
     report_progress(0.98, "diagnosing")
