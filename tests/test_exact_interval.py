@@ -1,5 +1,5 @@
 """Exact over the same interval, on real faults (issue 27): a 64 MiB file re-reader investigated for
-6 s by each exact backend; the top process's traced count is within 2% of its majflt over the same
+6 s by each exact backend; the workload's traced count is within 2% of its majflt over the same
 interval, on this machine as it is and with two busy loops beside it (a load average of twice the cores).
 
 Before the fix, the report compared the tracer's 6.0 s of counts with majflt over the 7.0 s window
@@ -44,8 +44,10 @@ def test_top_process_exact_over_the_tracers_interval(backend: str, busy: int, ro
     report = investigate(settings, seconds=SECONDS)
     t = report.tracer
     assert t.backend == backend and t.exact, (t.backend, t.reason)
-    top = report.processes[0]
-    assert top.pid == file_workload.pid, [(p.pid, p.comm, p.major_faults) for p in report.processes]
+    # node-wide, as `investigate --seconds 6` runs: on this shared machine another run's workload may
+    # fault more than this one, so ours is found among the reported, not required first
+    top = next((p for p in report.processes if p.pid == file_workload.pid), None)
+    assert top is not None, [(p.pid, p.comm, p.major_faults) for p in report.processes]
     # the counts the report gives are the tracer's interval's, and it says which interval
     assert t.counts_over == "tracer" and t.counted_seconds is not None and t.counted_from_seconds is not None
     assert abs(t.counted_seconds - SECONDS) < 0.3, t.counted_seconds
