@@ -84,3 +84,18 @@ def test_exact_says_dropped_and_past_window() -> None:
     check_exact([b], late)
     assert a.exact is False and a.exact_why.startswith("dropped: the kernel lost 3,000")
     assert b.exact is False and "include faults after the interval" in b.exact_why
+
+
+def test_terminal_report_says_the_interval_counted() -> None:
+    import io
+
+    from rich.console import Console
+
+    from app.render_text import render
+    from tests.test_ui import file_fault_report
+
+    r = file_fault_report()
+    r.tracer = r.tracer.model_copy(update={"exact": True, "counts_over": "tracer", "counted_seconds": 6.004})
+    out = io.StringIO()
+    render(r, Console(file=out, width=300))
+    assert "(exact major faults; counts over its 6.0 s interval)" in out.getvalue()

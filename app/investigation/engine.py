@@ -342,7 +342,7 @@ def investigate(
         warnings.append(f"tracer {tracer.name} reported errors; sources were estimated from procfs where it saw nothing")
     if trace.counts_past_window:
         warnings.append(f"tracer {tracer.name} stopped late: its counts include faults after the window, so "
-                        "traced counts and shares cover more than the window (majflt rates are the window's)")
+                        "traced counts and shares cover more than the interval majflt was read over")
     if trace.dropped:
         warnings.append(f"tracer {tracer.name} dropped {trace.dropped:,} of {trace.events:,} events: shares are from the rest")
     if not tracer.exact and tracer.name != "procfs":
