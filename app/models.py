@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.2"  # 1.1: Report.history, history_reason; Trigger kind "watch"
+SCHEMA_VERSION = "1.3"  # 1.1: Report.history, history_reason; Trigger kind "watch"; 1.3: counts over the tracer's interval (TracerInfo.counts_over, counted_*), ProcessReport.exact, exact_why; zram or disk swap (Source.swap_device, NodeStats.swap_backing*, zram_*)
 # 1.2: Verdict.recommendation (the memory limit to set, issue 16); OwnerRef.api_version, resolved, via, note;
 #      Cause "quiet" (under the noise floor, issue 17); TracerInfo.counts_past_window
 
@@ -67,6 +67,9 @@ class Source(BaseModel):
     estimated: bool = False  # True when inferred without fault addresses (procfs backend)
     note: str | None = None
     evidence: list[str] = Field(default_factory=list, description="what an estimate rests on (procfs backend)")
+    # swap and shmem sources: the swap their pages came back from, "zram" (compressed in RAM) or "disk", or
+    # "zram+disk" when both are active and neither holds 90% of what is swapped (NodeStats.swap_backing_basis)
+    swap_device: Literal["zram", "disk", "zram+disk"] | None = None
 
 
 class OwnerRef(BaseModel):
@@ -185,6 +188,10 @@ class ProcessReport(BaseModel):
     series: list[int] = Field(default_factory=list, description="major faults in each second")
     traced_faults: int = 0  # fault events the tracer attributed to this process
     traced_majflt: int | None = None  # majflt delta over exactly the tracer's window, to compare
+    # An exact backend's count checked against majflt over the same interval: True when traced_faults is
+    # within 2% of traced_majflt; False with exact_why (late attach, late stop, dropped); None: not checked.
+    exact: bool | None = None
+    exact_why: str = ""
     started_during_window: bool = False
     exited_during_window: bool = False
     host_process: bool = True
@@ -214,6 +221,12 @@ class TracerInfo(BaseModel):
     # the tracer stopped late: its counts include faults after the window (still major faults, but the
     # per-process counts and shares cover a longer time than the window)
     counts_past_window: bool = False
+    # "tracer": majflt counts, rates and series (the processes' and the node's) are over the tracer's own
+    # interval, from its start mark to its stop mark (window_seconds is that interval); "window": over
+    # the sampled window (no tracer interval: procfs, or a tracer that never marked both ends).
+    counts_over: Literal["tracer", "window"] = "window"
+    counted_from_seconds: float | None = None  # the interval's start, seconds after the window opened
+    counted_seconds: float | None = None  # its length
     reason: str = ""  # why this backend
     skipped: list[SkippedBackend] = Field(default_factory=list)
     events: int = 0
@@ -244,6 +257,13 @@ class NodeStats(BaseModel):
     mem_available_bytes: int | None = None
     swap_total_bytes: int | None = None
     swap_free_bytes: int | None = None
+    # Which swap the node's swap-ins come from (/proc/swaps): "zram", "disk" or "zram+disk"; None: no swap on.
+    swap_backing: Literal["zram", "disk", "zram+disk"] | None = None
+    swap_backing_basis: str = ""  # how it was decided (the devices, their priorities, what each holds)
+    swap_backing_confidence: Literal["high", "medium"] | None = None
+    # zram devices in use as swap (/sys/block/zramN/mm_stat): RAM they take, and what they hold uncompressed
+    zram_ram_bytes: int | None = None
+    zram_stored_bytes: int | None = None
     psi_memory: Pressure | None = None
     psi_io: Pressure | None = None
     # Node-level (global) reclaim from /proc/vmstat; a cgroup reclaiming at its own limit counts in neither.

@@ -85,6 +85,8 @@ def render(report: Report, console: Console) -> None:
     kind = "exact major faults" if t.exact else "approximate"
     if t.counts_past_window:
         kind += ", counted past the window"
+    if t.counts_over == "tracer" and t.counted_seconds is not None:
+        kind += f"; counts over its {t.counted_seconds:.1f} s interval"
     line = f"tracer: {t.backend} ({kind}): {t.reason}"
     if t.events:
         line += f"; {t.events:,} events, {t.dropped:,} dropped"

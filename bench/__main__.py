@@ -3,7 +3,8 @@ measured in the same run. Prints a markdown table; writes bench/out/results.md, 
 cost-growth.png (when matplotlib is importable). See docs/bench.md.
 
     --quick        shorter windows (2 s) and fewer repetitions, for a smoke test
-    --only 1,4     run only some sections (1-3 share their runs; 7 reuses 1, 3 and 4)
+    --only 1,4     run only some sections (1-3 share their runs; 7 reuses 1, 3 and 4); "cost" is 10, the
+                   whole investigation's cost to the workload it watches (bench/cost.py)
     --publish      also write the latest-run table into README.md and the full table into docs/bench.md
 """
 
@@ -30,7 +31,7 @@ from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import make_tracer, select
 from tests import workloads
 
-from . import parsing, recorder, scan, service, summary, tracer_cost, tracing
+from . import cost, parsing, recorder, scan, service, summary, tracer_cost, tracing
 from .common import MISSING, OUT, ROOT, Results, Row, elapsed, fmt, log, status
 from .diagnosis import section_diagnosis
 from .tracing import EXACT, METHODS, Run
@@ -570,11 +571,12 @@ def plot(res: Results, path: Path) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter windows, for a smoke test")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="sections to run, e.g. 1,4 (8: the flight recorder, 9: diagnosis accuracy)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
+                    help="sections to run, e.g. 1,4 (8: the flight recorder, 9: diagnosis accuracy, 10 or cost: the whole investigation's cost)")
     ap.add_argument("--publish", action="store_true",
                     help="also write the results into README.md (the latest-run table) and docs/bench.md (the full table)")
     args = ap.parse_args()
-    only = {int(x) for x in args.only.split(",") if x.strip()}
+    only = {10 if x.strip() == "cost" else int(x) for x in args.only.split(",") if x.strip()}
     if os.geteuid() != 0:
         print("bench: run as root (sudo .venv/bin/python -m bench): tracers, swap and cgroups need it")
         return 2
@@ -611,6 +613,8 @@ def main() -> int:
             section_growth_rate(res, res.growth, raw, 2.0 if args.quick else 3.0, workdir, default)
         if 9 in only:
             section_diagnosis(res, workdir)
+        if 10 in only:
+            cost.section_cost(res, 4.0 if args.quick else 10.0, 2 if args.quick else 3)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res.meta["seconds"] = elapsed()

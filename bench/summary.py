@@ -86,6 +86,16 @@ def _ns(r: Row) -> str:
     return f"{r.value:+,.0f} ns" if isinstance(r.value, float) else _num(r)
 
 
+def _during(r: Row) -> str:
+    """A cost row: the ratio, the rates it compares, and where the investigation's CPU went."""
+    if r.ratio is None:
+        return _num(r)
+    parts = r.extra.get("cpu_seconds") or {}
+    total = sum(parts.values()) or 1e-9
+    where = ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items())
+    return f"{fmt(r.ratio)} ({_num(r)} vs {fmt(r.baseline)} faults/s; CPU added: {where})"
+
+
 def _with_base(r: Row) -> str:
     return f"{_num(r)} {r.unit} (before: {fmt(r.baseline)} {r.unit})"
 
@@ -128,6 +138,13 @@ LINES: list[Line] = [
      "< 0.5 % / < 10 MiB"),
     ("diagnosis accuracy: the scenario matrix", _one("9 diagnosis", r"^diagnosis accuracy",
                                                       lambda r: f"{_num(r)}/{fmt(r.baseline)} rows"), "N/N"),
+    *((f"the whole default investigation, {what}: workload rate during it / untraced in the same run",
+       _one("10 investigation cost", pattern, _during), ">= 0.97")
+      for what, pattern in (("(a) sequential swapper, disk swap, page-cluster 3", r"^a: "),
+                            ("(b) scattered swapper, disk swap", r"^b: "), ("(c) file re-reader", r"^c: "),
+                            ("(d) sequential swapper on zram", r"^d: sequential"),
+                            ("(d) scattered swapper on zram", r"^d: scattered"),
+                            ("(e) 2-thread faulter on both cores", r"^e: "))),
 ]
 
 

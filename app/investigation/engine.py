@@ -36,8 +36,10 @@ from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_
 from .advise import add_recommendations
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
-from .sampler import ProcessTrack, Sampler
+from .sampler import MarkInfo, ProcessTrack, Sampler
 from .sources import sources_from_pages
+from .swapdev import apply as apply_swap_devices
+from .swapdev import read_swap
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ FALLBACK_SECONDS_MAX = 10.0  # a fresh window is half the window, between the tw
 SILENT_MIN_FAULTS = 20  # majflt rise in the traced processes that a working tracer cannot have missed
 KILL_JOIN_SECONDS = 5.0  # after killing an overrunning tracer's processes, how long its thread may take to end
 STRAGGLER_WAIT_SECONDS = 30.0  # how long an investigation waits for a previous run's tracer thread
+# An exact backend's per-process count is exact when it is within this share of majflt over the same
+# interval (and EXACT_SLACK_FAULTS: a fault or two at either edge of a short, slow interval is no error).
+EXACT_TOLERANCE = 0.02
+EXACT_SLACK_FAULTS = 2
 # Tracer threads of earlier runs still running after their processes were killed: the next
 # investigation waits (bounded) for them, so two runs' tracers never trace side by side.
 _stragglers: list[threading.Thread] = []
@@ -83,6 +89,7 @@ class _Attempt:
     result: TraceResult
     failure: str | None
     marks: dict[str, dict[int, tuple[int, int]]]
+    info: dict[str, MarkInfo] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +140,7 @@ class _TracerRun:
             self.sampler.mark(name)
 
         self.sampler.marks = {}
+        self.sampler.mark_info = {}
         request = TraceRequest(
             seconds=seconds, pids=self.pids, cancel=self.stop,
             on_start=lambda: mark("start"), on_stop=lambda: mark("stop"),
@@ -144,7 +152,8 @@ class _TracerRun:
             log.exception("tracer %s failed", tracer.name)
             result = TraceResult(backend=tracer.name, exact=tracer.exact)
             result.errors.append(f"{type(exc).__name__}: {exc}")
-        return _Attempt(tracer, result, self._failure(tracer, result, seen, seconds), dict(self.sampler.marks))
+        return _Attempt(tracer, result, self._failure(tracer, result, seen, seconds), dict(self.sampler.marks),
+                        dict(self.sampler.mark_info))
 
     def _failure(self, tracer: Tracer, r: TraceResult, seen: dict[str, float], seconds: float) -> str | None:
         """Why this attempt is no good (the next candidate should trace), or None."""
@@ -180,6 +189,7 @@ class _TracerRun:
         if used is None:
             # Every tracer failed: no addresses; ranks and sources come from procfs (estimated).
             self.sampler.marks = {}
+            self.sampler.mark_info = {}
             procfs = make_tracer("procfs", self.settings)
             trace = TraceResult(backend="procfs", exact=False)
             why = "every tracer failed at run time (" + "; ".join(f"{a.tracer.name}: {a.failure}" for a in failed) + ")"
@@ -188,6 +198,7 @@ class _TracerRun:
             rest = [s for s in skipped if s.backend not in names and s.backend != "procfs"]
             return procfs, trace, f"{why}: sources estimated from procfs", out + rest
         self.sampler.marks = used.marks
+        self.sampler.mark_info = used.info
         if failed:
             reason = (f"fell back at run time to {used.tracer.name} after "
                       + ", ".join(f"{a.tracer.name} {a.failure}" for a in failed)
@@ -331,17 +342,36 @@ def investigate(
         warnings.append(f"tracer {tracer.name} reported errors; sources were estimated from procfs where it saw nothing")
     if trace.counts_past_window:
         warnings.append(f"tracer {tracer.name} stopped late: its counts include faults after the window, so "
-                        "traced counts and shares cover more than the window (majflt rates are the window's)")
+                        "traced counts and shares cover more than the interval majflt was read over")
     if trace.dropped:
         warnings.append(f"tracer {tracer.name} dropped {trace.dropped:,} of {trace.events:,} events: shares are from the rest")
     if not tracer.exact and tracer.name != "procfs":
         warnings.append(f"{tracer.name} records minor faults too: source shares include them; fault counts come from procfs")
 
-    ranked = sampler.ranked()
+    # Counts over the same interval: with a tracer that marked both ends, every majflt count, rate and
+    # series the report gives (and compares with the traced counts) is over its interval, not the window.
+    span = sampler.interval() if tracer.name != "procfs" else None
+    counts: dict[int, tuple[int, list[int]]] = {}
+    seconds_counted = elapsed
+    if span is not None:
+        seconds_counted = max(span[1] - span[0], 1e-3)
+        ranked = []
+        for t in sampler.ranked():
+            counts[t.pid] = sampler.interval_counts(t)
+            if counts[t.pid][0] > 0:
+                ranked.append(t)
+        ranked.sort(key=lambda t: (-counts[t.pid][0], t.pid))
+        tracer_info.counts_over = "tracer"
+        tracer_info.counted_from_seconds = round(span[0] - t0, 3)
+        tracer_info.counted_seconds = round(seconds_counted, 3)
+    else:
+        ranked = sampler.ranked()
     chosen = ranked[:top_n]
     sampler.final_snapshot([t.pid for t in chosen])
 
-    node_stats = collect_node_stats(procfs, sampler, elapsed)
+    node_stats = collect_node_stats(procfs, sampler, seconds_counted,
+                                    vm=sampler.interval_vmstat() if span is not None else None)
+    read_swap(procfs, settings.sysfs_root, node_stats)
     pods = pods or PodDirectory(settings)
     attribution = Attribution()
     need_pods = False
@@ -360,12 +390,18 @@ def investigate(
     for t in chosen:
         processes.append(
             build_process(settings, procfs, sampler, t, trace, refs.get(t.pid), pods, mem_cache,
-                          elapsed, my_mnt_ns)
+                          elapsed, my_mnt_ns, counted=counts.get(t.pid), counted_seconds=seconds_counted)
         )
+    if span is not None and tracer.exact:
+        inexact = check_exact(processes, trace)
+        if inexact:
+            warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
+                            f"{seconds_counted:.1f} s interval: " + "; ".join(inexact[:5]))
     for p in processes:
         p.verdict = diagnose_process(
             p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
             noise_floor=settings.noise_floor)
+    apply_swap_devices(processes, node_stats)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
                         owners=getattr(pods, "owners", None), node_name=settings.node_name)
     report_progress(0.98, "diagnosing")
@@ -378,12 +414,12 @@ def investigate(
         status="cancelled" if cancelled else "complete",
         started_at=started_at,
         finished_at=utcnow(),
-        window_seconds=round(elapsed, 3),
+        window_seconds=round(seconds_counted, 3),
         trigger=trigger or Trigger(),
         tracer=tracer_info,
         node_stats=node_stats,
         processes=processes,
-        verdict=diagnose_report(processes, node_stats, elapsed, noise_floor=settings.noise_floor),
+        verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.noise_floor),
         attribution=attribution,
         warnings=warnings,
     )
@@ -400,7 +436,13 @@ def build_process(
     mem_cache: dict[str, CgroupMemory | None],
     elapsed: float,
     my_mnt_ns: str | None,
+    counted: tuple[int, list[int]] | None = None,
+    counted_seconds: float | None = None,
 ) -> ProcessReport:
+    """`counted`: the process's majflt and series over the tracer's interval of `counted_seconds` (None:
+    over the window of `elapsed` s)."""
+    majflt, series = counted if counted is not None else (t.major_faults, list(t.series))
+    seconds = counted_seconds if counted is not None and counted_seconds else elapsed
     argv = procfs.cmdline(t.pid) if not t.exited else None
     pages = trace.faults.get(t.pid, {})
     traced = trace.totals.get(t.pid, sum(pages.values()))
@@ -437,10 +479,10 @@ def build_process(
         pid=t.pid,
         comm=redact_comm(t.comm),  # a process may be named like a secret (TOKEN=x)
         cmdline=redact_argv(argv) if argv else "",
-        major_faults=t.major_faults,
-        major_faults_per_second=round(t.major_faults / elapsed, 2),
+        major_faults=majflt,
+        major_faults_per_second=round(majflt / seconds, 2),
         minor_faults=t.minor_faults,
-        series=list(t.series),
+        series=series,
         traced_faults=traced,
         traced_majflt=sampler.traced_window_majflt(t.pid),
         started_during_window=t.started_during_window,
@@ -494,8 +536,39 @@ def access_warnings(procfs: ProcFS) -> list[str]:
     return out
 
 
-def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float) -> NodeStats:
-    vm = sampler.node_vmstat
+def check_exact(processes: list[ProcessReport], trace: TraceResult) -> list[str]:
+    """Set each process's `exact`: its traced count within EXACT_TOLERANCE of majflt over the same
+    interval (traced_majflt), or why not. The lines for the report's warning, one per inexact process."""
+    out = []
+    for p in processes:
+        m = p.traced_majflt
+        if m is None:
+            p.exact_why = "majflt was not read at both ends of the tracer's interval"
+            continue
+        traced = p.traced_faults
+        slack = max(EXACT_TOLERANCE * m, EXACT_SLACK_FAULTS)
+        p.exact = abs(traced - m) <= slack
+        if p.exact:
+            continue
+        ratio = f"{traced:,} traced of {m:,} majflt ({traced / m:.3f})" if m else f"{traced:,} traced, majflt 0"
+        if traced > m:
+            why = ("late stop: its counts include faults after the interval" if trace.counts_past_window else
+                   "late stop: it counted faults outside its interval")
+        elif trace.lost:
+            why = f"dropped: the kernel lost {trace.lost:,} of its samples"
+        elif trace.dropped and p.pid not in trace.totals:
+            why = "dropped: its faults were counted but not kept"
+        else:
+            why = "late attach: it began counting after the interval opened (or missed faults)"
+        p.exact_why = f"{why}: {ratio}"
+        out.append(f"pid {p.pid} {p.comm}: {p.exact_why}")
+    return out
+
+
+def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float,
+                       vm: list[dict[str, int]] | None = None) -> NodeStats:
+    """`vm`: the node's /proc/vmstat readings to use (default: the sampler's, over the window)."""
+    vm = sampler.node_vmstat if vm is None else vm
     first, last = (vm[0], vm[-1]) if vm else ({}, {})
 
     def rate(key: str) -> float:

@@ -26,7 +26,9 @@ ranks and rates (tests/test_sampler_incremental.py).
 
 from __future__ import annotations
 
+import bisect
 import threading
+import time
 from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,14 @@ class ProcessTrack:
         return max(0, self.last.minflt - self.baseline_minflt)
 
 
+@dataclass
+class MarkInfo:
+    """When a mark read the counters (monotonic s, before its first read), and the node's /proc/vmstat then."""
+
+    time: float
+    vmstat: dict[str, int] = field(default_factory=dict)
+
+
 class Sampler:
     """Takes one sample a tick; thread-safe marks for the tracer's start and stop."""
 
@@ -92,6 +102,9 @@ class Sampler:
         self.ticks = 0
         self._lock = threading.Lock()
         self.marks: dict[str, dict[int, tuple[int, int]]] = {}  # name -> pid -> (starttime, majflt)
+        self.mark_info: dict[str, MarkInfo] = {}  # name -> when it read, and the node's vmstat then
+        self.first_time = 0.0  # monotonic time of first()'s read
+        self.tick_times: list[float] = []  # monotonic time of each tick's read (tick k at [k - 1])
         self.snapshotted = 0
         self._hot: dict[int, int] = {}  # pid -> the last tick its majflt rose
         self._last_full = 0  # the last tick that read every process
@@ -137,6 +150,7 @@ class Sampler:
         with self._lock:
             likely = sorted(self.tracks.values(), key=lambda t: -(t.last.majflt - t.baseline_majflt or t.last.majflt))
             first_pids = [t.pid for t in likely[:MARK_FIRST]]
+        at = time.monotonic()
         marks: dict[int, tuple[int, int]] = {}
         if hasattr(self.procfs, "stat_bytes") and hasattr(self.procfs, "listing"):
             marks.update(self._counters(first_pids))
@@ -150,8 +164,50 @@ class Sampler:
                     marks[pid] = (st.starttime, st.majflt)
             for pid, st in self._sample().items():
                 marks.setdefault(pid, (st.starttime, st.majflt))
+        info = MarkInfo(at, self.procfs.vmstat())  # after the processes: they are the ones that move fast
         with self._lock:
             self.marks[name] = marks
+            self.mark_info[name] = info
+
+    def interval(self) -> tuple[float, float] | None:
+        """(start, stop), monotonic, of the tracer's own interval when both its marks were read."""
+        s, e = self.mark_info.get("start"), self.mark_info.get("stop")
+        if s is None or e is None or "start" not in self.marks or "stop" not in self.marks or e.time <= s.time:
+            return None
+        return s.time, e.time
+
+    def interval_counts(self, track: ProcessTrack) -> tuple[int, list[int]]:
+        """The process's majflt over the tracer's interval (from its start mark to its stop mark), and
+        that interval's per-second series (cut at the ticks inside it, the last part-second last).
+
+        A process the start mark did not see counts from the last tick before the start (or from 0 if it
+        started later); one the stop mark did not see (it exited) counts to its last read. Needs interval()."""
+        span = self.interval()
+        assert span is not None, "interval_counts needs both marks"
+        start, stop = span
+        b, e = self.marks["start"].get(track.pid), self.marks["stop"].get(track.pid)
+        with self._lock:
+            cum = [track.baseline_majflt]  # majflt at first() and after each tick (idle ticks: unchanged)
+            for d in track.series:
+                cum.append(cum[-1] + d)
+            times = [self.first_time, *self.tick_times]
+            at = [min(i, len(cum) - 1) for i in range(len(times))]
+            inside = [cum[at[i]] for i in range(len(times)) if start < times[i] < stop]
+            before = max(0, bisect.bisect_right(times, start) - 1)  # the last read at or before the start
+            lo = b[1] if b is not None and b[0] == track.starttime else cum[at[before]]
+            hi = e[1] if e is not None and e[0] == track.starttime else track.last.majflt
+        hi = max(hi, lo)
+        points = [lo, *(min(max(c, lo), hi) for c in inside), hi]
+        return hi - lo, [y - x for x, y in zip(points, points[1:], strict=False)]
+
+    def interval_vmstat(self) -> list[dict[str, int]]:
+        """The node's /proc/vmstat at the interval's start mark, at the ticks inside it and at its stop mark."""
+        span = self.interval()
+        assert span is not None, "interval_vmstat needs both marks"
+        start, stop = span
+        times = [self.first_time, *self.tick_times]
+        inside = [vm for t, vm in zip(times, self.node_vmstat, strict=False) if start < t < stop]
+        return [self.mark_info["start"].vmstat, *inside, self.mark_info["stop"].vmstat]
 
     def traced_window_majflt(self, pid: int) -> int | None:
         """majflt delta between the tracer's start and stop marks, when both saw the process."""
@@ -170,6 +226,7 @@ class Sampler:
         if self.incremental:
             self._last = self._last_pid()  # first, then the listing, then the read: what starts in between
             self._listed = self.procfs.names()  # is read again at tick 1
+        self.first_time = time.monotonic()
         stats = self._sample()
         with self._lock:
             for pid, st in stats.items():
@@ -184,10 +241,12 @@ class Sampler:
 
     def tick(self, full: bool = False) -> None:
         """One sample. `full`: read every process this tick (see the module docstring)."""
+        at = time.monotonic()
         if not self.incremental:
             stats = self._sample()
             vm = self.procfs.vmstat()
             with self._lock:
+                self.tick_times.append(at)
                 self.ticks += 1
                 self.stat_reads += len(stats)
                 self.full_scans += 1
@@ -214,6 +273,7 @@ class Sampler:
         raw = self.procfs.stat_bytes(read)
         with self._lock:
             self.ticks = tick
+            self.tick_times.append(at)
             explained = self._fold(raw.items(), parse_all=True)
             for pid in (*vanished, *(p for p in read if p not in raw)):
                 track = self.tracks.get(pid)

@@ -94,6 +94,15 @@ def iter_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int
         yield pid, tid, addr
 
 
+def _layout(sample_type: int) -> struct.Struct | None:
+    """The fields a sample of this type starts with, after the identifier, read in one unpack: [ip,] pid,
+    tid, [time,] addr (the order perf writes them); None without tid and addr."""
+    if not (sample_type & SAMPLE_TID and sample_type & SAMPLE_ADDR):
+        return None
+    return struct.Struct("<" + ("8x" if sample_type & SAMPLE_IP else "") + "II"
+                         + ("Q" if sample_type & SAMPLE_TIME else "") + "Q")
+
+
 def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, int, int | None, int]]:
     """(pid, tid, time in ns or None when not sampled, addr) of every sample record; COMM and LOST records
     update `info` on the way.
@@ -102,6 +111,7 @@ def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, in
     writing) is left for later: `info.read_to` is where to go on from."""
     sample_type = info.default_sample_type
     identifier = bool(sample_type & SAMPLE_IDENTIFIER)
+    layouts: dict[int, struct.Struct | None] = {}
     off, end = info.data_offset, info.data_offset + info.data_size
     info.read_to = off
     while off + _REC.size <= end:
@@ -120,20 +130,17 @@ def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, in
             if identifier:
                 st = info.sample_types.get(_U64.unpack_from(buf, pos)[0], sample_type)
                 pos += 8
-            need = 8 * bool(st & SAMPLE_IP) + 8 * bool(st & SAMPLE_TID) + 8 * bool(st & SAMPLE_TIME) + 8
-            if not (st & SAMPLE_TID and st & SAMPLE_ADDR) or pos + need > nxt:
+            layout = layouts.get(st)
+            if layout is None:
+                layout = layouts[st] = _layout(st)
+            if layout is None or pos + layout.size > nxt:
                 info.malformed += 1
-            else:
-                if st & SAMPLE_IP:
-                    pos += 8
-                pid, tid = _U32x2.unpack_from(buf, pos)
-                pos += 8
-                when = None
-                if st & SAMPLE_TIME:
-                    (when,) = _U64.unpack_from(buf, pos)
-                    pos += 8
-                (addr,) = _U64.unpack_from(buf, pos)
+            elif st & SAMPLE_TIME:
+                pid, tid, when, addr = layout.unpack_from(buf, pos)
                 yield pid, tid, when, addr
+            else:
+                pid, tid, addr = layout.unpack_from(buf, pos)
+                yield pid, tid, None, addr
         elif rtype == RECORD_COMM and size >= _REC.size + 9:
             pid, _tid = _U32x2.unpack_from(buf, body)
             raw = bytes(buf[body + 8 : min(nxt, body + 8 + 16)])

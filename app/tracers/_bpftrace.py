@@ -1,7 +1,10 @@
 """What the two bpftrace backends share: run a .bt program from programs/ with `-f json` for the
 window, aggregated in the kernel, and parse the maps it prints at SIGINT.
 
-Window: on_start when bpftrace reports its probes attached; on_stop just before SIGINT. Bounds:
+Window: timed in the kernel. BEGIN prints the time it ran (CLOCK_MONOTONIC ns, once every probe is
+attached); the program counts only the faults from OPEN_AFTER later for request.seconds, and this side
+calls on_start and on_stop (the engine reads majflt) at those two instants, then sends SIGINT. So the
+counts and majflt cover one interval, however late bpftrace acts on SIGINT. Bounds:
 BPFTRACE_MAP_KEYS_MAX = request.max_pages (the default 4,096 keys would silently drop the rest; an
 exact per-pid total makes drops visible), the deadline (SIGINT so END runs and the maps print, then
 SIGTERM/SIGKILL after a grace), stdout size, CPU (nice 10).
@@ -17,6 +20,7 @@ bpftrace whose owner was killed before it could stop it detaches within that tim
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -24,29 +28,36 @@ import time
 from pathlib import Path
 
 from app.config import Settings
-from app.parsers.bpftrace import BpftraceFaults, is_ready
+from app.parsers.bpftrace import READY, BpftraceFaults, is_ready
 from app.tracers import _kernel, leftovers
 from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PID_FILTER = "/* PID_FILTER */"
+INTERVAL = "/* INTERVAL */"
+OPEN_AFTER = 0.3  # s after BEGIN that counting starts: time for this side to read the ready line first
 EXIT_AFTER = "/* EXIT_AFTER */"
 MAX_PREDICATE_PIDS = 64  # above this, trace all and filter here (a long predicate costs per fault)
 STARTUP_TIMEOUT = 30.0  # compiling and loading: ~0.3 s here, seconds on a busy node
 STOP_LAG_SECONDS = 3.0  # longer than this from SIGINT to exit: the counts cover more than the window
 EXIT_GRACE = 30.0  # printing a map of 262,144 keys after SIGINT takes a while
-READY_PRINTF = 'printf("pfi-ready\\n");'  # in every program's BEGIN
+READY_PRINTF = 'printf("pfi-ready %llu\\n", nsecs);'  # in every program's BEGIN
 BYTES_PER_KEY = 224  # + BYTES_PER_KEY_PER_CPU x CPUs: the maps of major_faults.bt, measured (_kernel)
 BYTES_PER_KEY_PER_CPU = 16
 MAP_MEMORY_SHARE = 4  # the maps may take 1/4 of the memory left to this container (or node)
 MIN_MAP_KEYS = 4096  # bpftrace's own default
 
 
-def program_text(program: str, pids: list[int] | None, exit_after: float | None = None) -> str:
-    """The program with its pid predicate filled in (none: every process) and, with exit_after, a
-    probe that ends it after that many seconds."""
+def program_text(program: str, pids: list[int] | None, exit_after: float | None = None,
+                 interval: tuple[float, float] | None = None) -> str:
+    """The program with its pid predicate filled in (none: every process), with exit_after, a probe
+    that ends it after that many seconds and, with interval (open, close: seconds after BEGIN), counting
+    only in that interval (None: from BEGIN to END)."""
     text = (PROGRAMS / program).read_text()
+    if interval is not None:
+        lo, hi = (int(x * 1e9) for x in interval)
+        text = text.replace(INTERVAL, f"&& $t >= {lo} && $t < {hi}", 1)
     if pids:
         text = text.replace(PID_FILTER, "/" + " || ".join(f"pid == {int(p)}" for p in pids) + "/", 1)
     if exit_after is not None:
@@ -158,7 +169,8 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     try:
         path = Path(tmp) / program
         # Ends itself if nobody stops it (its owner was killed): the window + the grace after attaching.
-        path.write_text(program_text(program, kernel_pids, exit_after=request.seconds + settings.tracer_exit_grace_seconds))
+        path.write_text(program_text(program, kernel_pids, exit_after=request.seconds + settings.tracer_exit_grace_seconds,
+                                     interval=(OPEN_AFTER, OPEN_AFTER + request.seconds)))
         argv = [bt, "-f", "json", str(path)]
         with SupervisedProcess(
             argv, env=bpftrace_env(keys), max_output_bytes=request.max_output_bytes, workdir=tmp,
@@ -167,12 +179,8 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
             # it counted faults outside [on_start, on_stop] (3x the majflt of a 2 s window, measured).
             nice=0,
         ) as rec:
-            if (
-                rec.wait_for_line(
-                    lambda b: is_ready(b.decode("utf-8", "replace")), STARTUP_TIMEOUT, request.cancel
-                )
-                is None
-            ):
+            ready = rec.wait_for_line(lambda b: is_ready(b.decode("utf-8", "replace")), STARTUP_TIMEOUT, request.cancel)
+            if ready is None:
                 cancelled = request.cancel.is_set()
                 rec.stop(grace=2)
                 if cancelled:
@@ -182,17 +190,29 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
                     result.errors.append(f"bpftrace did not start: {why}")
                 return result
             started = True
-            t_start = hold_window(rec, request)
+            begin = ready_time(ready.decode("utf-8", "replace"))
+            if begin is None:
+                t_start = hold_window(rec, request)
+                t_stop = time.monotonic()
+            else:
+                t_start, t_stop = begin + OPEN_AFTER, begin + OPEN_AFTER + request.seconds
+                late = hold_interval(rec, request, t_start, t_stop)
+                if late > LATE_NOTE_SECONDS:
+                    result.notes.append(f"majflt was read {late * 1000:.0f} ms after bpftrace's interval opened")
             if rec.poll() is not None:
                 result.exited_early = True
                 result.errors.append(f"bpftrace exited early: {rec.stderr_head() or rec.poll()}")
-            t_stop = time.monotonic()
+            # Cut short (cancel, or it exited): the interval ends now; the kernel counted to its close, or END.
+            cut = time.monotonic() < t_stop
+            t_stop = min(t_stop, time.monotonic())
             stopped = True
             if request.on_stop:
                 request.on_stop()
             rec.stop(grace=EXIT_GRACE)  # SIGINT: bpftrace prints its maps, then detaches
             lag = time.monotonic() - t_stop
-            if rec.killed_with == "SIGINT" and lag > STOP_LAG_SECONDS:
+            if begin is not None and not cut and rec.killed_with == "SIGINT":
+                pass  # the kernel stopped counting at the interval's close: a late SIGINT changes nothing
+            elif rec.killed_with == "SIGINT" and lag > STOP_LAG_SECONDS:
                 # Its probes stay attached until it has printed: the counts run past the window's end.
                 result.counts_past_window = True
                 result.errors.append(
@@ -243,6 +263,34 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
             result.notes.append(f"the memory-sized map bound of {keys:,} keys was reached")
     result.errors.extend(parsed.errors)
     return result
+
+
+LATE_NOTE_SECONDS = 0.05  # majflt read this late after the kernel's interval opened: the report says so
+
+
+def ready_time(line: str) -> float | None:
+    """The monotonic time (s) BEGIN ran, from its ready line (`pfi-ready NSECS`), or None (an older program)."""
+    try:
+        data = str(json.loads(line).get("data", ""))
+    except (ValueError, AttributeError):
+        return None
+    parts = data.split()
+    return int(parts[1]) / 1e9 if len(parts) >= 2 and parts[0] == READY and parts[1].isdigit() else None
+
+
+def hold_interval(rec: SupervisedProcess, request: TraceRequest, open_at: float, close_at: float) -> float:
+    """Call on_start at open_at and return at close_at (monotonic), earlier on cancel or if the tracer
+    exits; how late on_start was called (0 if on time)."""
+    while (left := open_at - time.monotonic()) > 0:
+        if request.cancel.wait(min(left, 0.2)) or rec.poll() is not None:
+            break
+    late = max(0.0, time.monotonic() - open_at)
+    if request.on_start:
+        request.on_start()
+    while (left := close_at - time.monotonic()) > 0:
+        if request.cancel.wait(min(left, 0.2)) or rec.poll() is not None:
+            break
+    return late
 
 
 def _markers(request: TraceRequest) -> None:
