@@ -238,3 +238,20 @@ def test_summaries_name_the_other_nodes(tmp_path: Path):
     assert "also_on" not in AlertmanagerSink(settings, client).alert(r)["annotations"]
     text = SlackSink(settings, client).message(r, note)["blocks"][0]["text"]["text"]
     assert "The same workload also on 11 other nodes: node-00, node-01, node-02, ..." in text
+
+
+def test_swap_from_zram_is_its_own_source_kind_in_the_facts():
+    """BottleRocket's swap is zram: the findings' source_kind says zram (compressed pages in node
+    RAM), disk swap stays swap, and a mix stays swap."""
+    assert facts_of(swap_report()).fault_kind == "swap"  # type: ignore[union-attr]
+    for devices, kind in ((["zram"], "zram"), (["disk"], "swap"), (["zram", "disk"], "swap")):
+        r = swap_report()
+        top = r.processes[0]
+        swaps = [s for s in top.sources if s.kind == "swap"]
+        assert swaps
+        for i, s in enumerate(swaps):
+            s.swap_device = devices[i % len(devices)]  # type: ignore[assignment]
+        if len(devices) == 2 and len(swaps) == 1:
+            top.sources.append(swaps[0].model_copy(update={"swap_device": "disk", "share": 0.01}))
+        f = facts_of(r)
+        assert f is not None and f.fault_kind == kind, devices

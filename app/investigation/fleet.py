@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, computed_field
 
 from app.investigation.diagnose import dominant
-from app.models import Cause, ProcessReport, Report
+from app.models import Cause, ProcessReport, Report, SourceKind
 
 __all__ = [
     "ALSO_ON_WINDOW",
@@ -220,6 +220,9 @@ def facts_of(report: Report) -> ReportFacts | None:
         top = report.processes[0]
         k, _share, path = dominant(top)
         kind, file = (k.value if k is not None else None), path
+        swapped = [s for s in top.sources if s.kind == SourceKind.SWAP]
+        if kind == SourceKind.SWAP.value and swapped and all(s.swap_device == "zram" for s in swapped):
+            kind = "zram"  # the findings' source_kind: swap that lives compressed in node RAM
         container = top.pod.container if top.pod is not None else None
         rate = top.major_faults_per_second
         current = top.cgroup_memory.max_bytes if top.cgroup_memory is not None else None
