@@ -27,7 +27,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.tracers.base import TraceRequest, TraceResult
@@ -45,6 +45,29 @@ CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5
 
 
 # --- replay -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sampler_clock(on_tick: Callable[[int], None]) -> Iterator[None]:
+    """A replay's fake clock: `on_tick(k)` runs in the engine's thread just before the sampler takes its
+    k-th sample (k = 1, 2, ...; the baseline, sample 0, is whatever the tree holds when investigate
+    starts). A replay that writes capture step k there is seen whole at sample k however late the
+    machine's load makes that sample: nothing depends on when the wall clock says it is."""
+    from app.investigation import engine
+
+    real = engine.Sampler
+
+    class SteppedSampler(real):  # type: ignore[misc,valid-type]
+        def tick(self, full: bool = False) -> None:
+            on_tick(self.ticks + 1)
+            super().tick(full)
+
+    engine.Sampler = SteppedSampler  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        engine.Sampler = real  # type: ignore[misc]
+
 
 
 class ReplayTree:
@@ -85,7 +108,21 @@ class ReplayTree:
 
     @contextlib.contextmanager
     def play(self, step_seconds: float = STEP_SECONDS) -> Iterator[ReplayTree]:
-        """Step 0 now, then the next step every step_seconds until the last (held from then on)."""
+        """Step 0 now, then the steps the engine's sampler would have seen by its k-th sample on the
+        capture's clock (k seconds in, `step_seconds` a step): the replay moves on the sampler's ticks
+        (sampler_clock), not on the wall clock, so a loaded machine that delays a tick still sees the
+        counters of that tick together (held at the last step from then on). In this process only:
+        for a subprocess (the CLI) see play_in_real_time."""
+        self.apply(0)
+        last = len(self.steps) - 1
+        with sampler_clock(lambda k: self.apply(min(last, int(k / step_seconds + 1e-9)))):
+            yield self
+
+    @contextlib.contextmanager
+    def play_in_real_time(self, step_seconds: float = STEP_SECONDS) -> Iterator[ReplayTree]:
+        """Step 0 now, then the next step every step_seconds of wall-clock time until the last: for an
+        engine in another process (the CLI), which sampler_clock cannot reach. Timing-sensitive under
+        load; assert only on what every step agrees on."""
         self.apply(0)
         stop = threading.Event()
 

@@ -326,34 +326,29 @@ def _derive(src: Path, dst: Path, derive: tuple[str, ...], first: Path) -> None:
 @contextlib.contextmanager
 def _replay(tmp: Path, row: Row) -> Iterator[Path]:
     """A procfs-shaped tree (with the captured cgroup files under <tree>/cgroupfs) that steps through
-    the capture's ticks once a second, half a second ahead of the engine's samples."""
-    import threading
+    the capture's ticks (a second apart when captured) on the engine's own samples: tick k is written
+    whole just before the sampler's k-th sample (tests.proctree.sampler_clock), so a loaded machine
+    that delays a sample cannot make it read one tick's stat with another's io (this row once said
+    "source swap" under load when it replayed on the wall clock)."""
+    from tests.proctree import sampler_clock
 
     ticks = sorted((CAPTURES / row.capture).glob("tick*"), key=lambda p: int(p.name[4:]))
     if not ticks:
         raise RuntimeError(f"no capture at {CAPTURES / row.capture}")
     root = tmp / "proc"
     _derive(ticks[0], root, row.derive, ticks[0])
-    stop = threading.Event()
 
-    def step() -> None:
-        t0 = time.monotonic()
-        for n, src in enumerate(ticks[1:], start=1):
-            if stop.wait(max(0.0, t0 + n - 0.5 - time.monotonic())):
-                return
-            staged = tmp / f"stage-{n}"
-            _derive(src, staged, row.derive, ticks[0])
-            for f in staged.rglob("*"):
-                if f.is_file():
-                    os.replace(f, root / f.relative_to(staged))  # whole files at once: no half-written reads
+    def step(n: int) -> None:
+        if n >= len(ticks):
+            return  # held at the last tick
+        staged = tmp / f"stage-{n}"
+        _derive(ticks[n], staged, row.derive, ticks[0])
+        for f in staged.rglob("*"):
+            if f.is_file():
+                os.replace(f, root / f.relative_to(staged))  # whole files at once: no half-written reads
 
-    th = threading.Thread(target=step, daemon=True)
-    th.start()
-    try:
+    with sampler_clock(step):
         yield root
-    finally:
-        stop.set()
-        th.join(5)
 
 
 def _past_first_pass(proc: Any, timeout: float = 20.0) -> None:
