@@ -19,6 +19,7 @@ is broken. So:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ import pytest
 
 from app.config import Settings
 from app.tracers.registry import make_tracer
-from tests.needs import require_marker, set_active
+from tests.needs import install_guard, require_marker, set_active, take_violations
 
 OPT_OUT = "PFI_TEST_TRACERS_MAY_SKIP"
 
@@ -155,6 +156,17 @@ def summary_line(skips: list[tuple[str, str]]) -> str:
 _collect_skips: list[tuple[str, str]] = []  # (module id, reason) of modules skipped at collection
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The marker guard: what a test does (exec perf/bpftrace or a workload, write a cgroup), in this process
+    # and in its Python subprocesses, which report to this file (tests/needs.py).
+    install_guard(log=f"/tmp/pfi-test-guard-{os.getpid()}.log")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(f"/tmp/pfi-test-guard-{os.getpid()}.log")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
     global _current_test
@@ -182,6 +194,11 @@ def _xfail_refused(item: pytest.Item, reason: str) -> str | None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     rep = outcome.get_result()
+    caught = take_violations()
+    if caught:  # the marker guard (tests/needs.py), also when the code under test swallowed its error
+        rep.outcome = "failed"
+        rep.longrepr = "\n".join(caught)
+        return
     if hasattr(rep, "wasxfail"):
         refused = _xfail_refused(item, str(rep.wasxfail))
         if refused is not None:

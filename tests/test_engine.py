@@ -103,6 +103,7 @@ def test_auto_falls_back_when_perf_and_bpftrace_are_missing(root_required, file_
     assert _top(report, file_workload.pid).major_faults > 0  # still ranks
 
 
+@pytest.mark.workloads  # falls back to perf-major: a real tracer (the marker guard, tests/needs.py)
 def test_kprobe_backend_says_no_kprobes(root_required):
     report = investigate(_settings(tracer="bpftrace-kprobe"), seconds=1)
     skipped = {s.backend: s.reason for s in report.tracer.skipped}
@@ -184,6 +185,7 @@ def test_cli_sigterm_stops_cleanly(root_required, file_workload):
     assert not _tracers_running({proc.pid})
 
 
+@pytest.mark.workloads  # the probe runs perf record and bpftrace for real (the marker guard saw it)
 def test_cli_probe_lists_every_backend():
     proc = _cli("probe", "--format", "json")
     out, err = proc.communicate(timeout=60)

@@ -209,3 +209,90 @@ def test_ci_run_sets_ci_itself(tmp_path: Path) -> None:
     out = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, env=env,
                          timeout=30, check=True)
     assert out.stdout.strip() == "CI=true args="
+
+
+# --- the marker guard sees what a test does (tests/needs.py), whoever does it ----------------------------
+
+_GUARD = '''
+import os, subprocess, sys
+import pytest
+
+def _workload():  # a process named like a test workload; /bin/true does the work
+    subprocess.run(["pfi-workload-planted", "0"], executable="/bin/true", check=True)
+
+def test_raw_popen_of_a_workload_unmarked():
+    _workload()
+
+def test_swallowed_by_the_code_under_test():
+    try:  # as the engine does when a tracer fails to start: falls back, and the test would pass
+        _workload()
+    except Exception:
+        pass
+
+def test_a_cgroup_made_by_a_raw_mkdir_unmarked():
+    os.mkdir("/sys/fs/cgroup/pfi-test-guard-no-such-parent/x")  # refused before the kernel sees it
+
+def test_a_workload_started_by_a_subprocess_unmarked():
+    code = "import subprocess; subprocess.run(['pfi-workload-planted'], executable='/bin/true')"
+    subprocess.run([sys.executable, "-c", code], check=False)
+
+@pytest.mark.workloads
+def test_marked():
+    _workload()
+    subprocess.run([sys.executable, "-c", "import subprocess; subprocess.run(['pfi-workload-x'], executable='/bin/true')"],
+                   check=True)
+'''
+
+_REAL_PERF = '''
+
+def test_the_apps_own_tracer_unmarked():
+    from app.config import Settings
+    from app.investigation.engine import investigate
+    investigate(Settings(tracer="perf-major", kubelet_url=None, apiserver_fallback=False), seconds=1,
+                pids=[os.getpid()])
+'''
+
+
+def test_the_marker_guard_catches_what_a_test_does(tmp_path: Path) -> None:
+    """Unmarked tests that start a workload (raw Popen, inside code that swallows the error, from a Python
+    subprocess), make a cgroup with a raw mkdir, or (as root, with perf) run the app's own tracer: each
+    fails; the marked one passes."""
+    suite = _GUARD
+    real = os.geteuid() == 0 and shutil.which("perf") is not None
+    if real:
+        suite += _REAL_PERF
+    env_site = str(REPO / "tests" / "netguard_site")
+    os.environ["PYTHONPATH"] = os.pathsep.join([env_site, *os.environ.get("PYTHONPATH", "").split(os.pathsep)])
+    try:
+        run = _run_suite(tmp_path, ci=False, suite=suite)
+    finally:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep)
+                                                   if p != env_site)
+    out = run.stdout
+    failed = sorted(line.split("::")[1].split(" ")[0] for line in out.splitlines() if line.startswith("FAILED"))
+    want = ["test_a_cgroup_made_by_a_raw_mkdir_unmarked", "test_a_workload_started_by_a_subprocess_unmarked",
+            "test_raw_popen_of_a_workload_unmarked", "test_swallowed_by_the_code_under_test"]
+    if real:
+        want.append("test_the_apps_own_tracer_unmarked")
+    assert failed == sorted(want), out[-4000:]
+    assert "1 passed" in out.strip().splitlines()[-1], out[-2000:]
+    assert "a cgroup (mkdir /sys/fs/cgroup/pfi-test-guard-no-such-parent/x)" in out
+    assert "the workload process pfi-workload-planted" in out and "is not marked 'workloads'" in out
+    if real:
+        assert "the real tracer /usr/bin/perf" in out
+
+
+@pytest.mark.parametrize(("executable", "args", "needs"), [
+    (None, ["/usr/bin/perf", "record", "-e", "major-faults"], ("workloads",)),
+    ("/usr/bin/perf_6.1", ["perf", "record"], ("workloads",)),
+    ("/usr/bin/bpftrace", ["bpftrace", "-e", "x"], ("workloads",)),
+    (None, ["/tmp/pytest-of-root/fake/perf", "record"], None),  # a test's fake tool: not a tracer
+    (None, ["pfi-workload-file", "/tmp/x"], ("workloads",)),
+    (None, ["/sbin/swapon", "/dev/zram0"], ("root", "workloads")),
+    (None, ["ls", "-l"], None),
+])
+def test_what_an_exec_needs(executable: str | None, args: list[str], needs: tuple[str, ...] | None) -> None:
+    from tests.needs import what_it_starts
+
+    got = what_it_starts(executable, args)
+    assert (got[0] if got else None) == needs, got

@@ -383,6 +383,9 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
         if row.kind == "replay":
             kw["proc_root"] = stack.enter_context(_replay(tmp, row))
             kw["cgroup_root"] = kw["proc_root"] / "cgroupfs"
+            # No tool to probe: a replayed row needs none (procfs), and as root the registry would run the
+            # real perf and bpftrace to list them (a real tracer in the fast tier: tests/needs.py).
+            kw["perf_path"] = kw["bpftrace_path"] = "/nonexistent/pfi-replay-row"
             pids = None
         else:
             if row.kind == "cold":
