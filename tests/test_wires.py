@@ -57,6 +57,19 @@ def tree(tmp_path: Path) -> ReplayTree:
     return ReplayTree(TREE, tmp_path / "tree")
 
 
+# One run each, shared by the tests below (a replay is deterministic; each costs its 3 s window).
+@pytest.fixture(scope="module")
+def procfs_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReplayTree, Report]:
+    tree = ReplayTree(TREE, tmp_path_factory.mktemp("procfs") / "tree")
+    return tree, _run(tree, _settings(tree), exact=False)
+
+
+@pytest.fixture(scope="module")
+def quiet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReplayTree, Report]:
+    tree = ReplayTree(TREE, tmp_path_factory.mktemp("quiet") / "tree")
+    return tree, _run(tree, _settings(tree, noise_floor=1_000_000.0), exact=False)
+
+
 # --- owners: the engine hands the pod directory's owner resolver to the recommendation ----------------
 
 
@@ -100,23 +113,21 @@ def test_the_recommendation_names_the_deployment_the_api_server_tells(
 # --- the noise floor: Settings.noise_floor reaches both diagnoses ------------------------------------
 
 
-def test_a_noise_floor_above_the_captured_rates_makes_the_report_quiet(tree: ReplayTree) -> None:
+def test_a_noise_floor_above_the_captured_rates_makes_the_report_quiet(
+    quiet_run: tuple[ReplayTree, Report], procfs_run: tuple[ReplayTree, Report]
+) -> None:
     """The captured processes fault ~5,000/s: under a floor of 1,000,000/s each process and the report are
-    quiet, and the floor named is the one set (not the 50/s default)."""
-    report = _run(tree, _settings(tree, noise_floor=1_000_000.0), exact=False)
+    quiet, and the floor named is the one set (not the 50/s default, under which they have their causes)."""
+    _, report = quiet_run
     assert report.processes, "a quiet report still lists the top processes"
     assert [p.verdict.cause if p.verdict else None for p in report.processes[:2]] == [Cause.QUIET, Cause.QUIET]
     assert report.verdict.cause is Cause.QUIET and "1,000,000/s" in report.verdict.summary, report.verdict.summary
     assert all("1,000,000/s" in p.verdict.summary for p in report.processes[:2] if p.verdict)
     assert not any(p.verdict and p.verdict.recommendation for p in report.processes)
-
-
-def test_a_noise_floor_under_the_captured_rates_leaves_the_causes(tree: ReplayTree) -> None:
-    """The other side of the same wire: at 1/s nothing is quiet."""
-    report = _run(tree, _settings(tree, noise_floor=1.0), exact=False)
-    s = _swapper(report, tree)
+    tree, loud = procfs_run
+    s = _swapper(loud, tree)
     assert s.verdict is not None and s.verdict.cause is Cause.CONTAINER_MEMORY_LIMIT
-    assert report.verdict.cause is not Cause.QUIET
+    assert loud.verdict.cause is not Cause.QUIET
 
 
 # --- smaps bounds the recommendation ----------------------------------------------------------------
@@ -136,10 +147,11 @@ def test_exact_recommendation_counts_smaps_rss_once(tree: ReplayTree) -> None:
     assert rec.recommended_limit_bytes == want == 32 * MIB, rec.basis
 
 
-def test_estimated_recommendation_is_bounded_by_the_faulting_memory(tree: ReplayTree) -> None:
+def test_estimated_recommendation_is_bounded_by_the_faulting_memory(procfs_run: tuple[ReplayTree, Report]) -> None:
     """procfs: 15,655 major faults (61 MiB) in the window, but the memory that faults is 24 MiB (smaps
     Rss + Swap): the pages read back are pages of those 24 MiB. Without the bound: 61 MiB x 1.25 = 80 MiB."""
-    s = _swapper(_run(tree, _settings(tree), exact=False), tree)
+    tree, report = procfs_run
+    s = _swapper(report, tree)
     rec = s.verdict.recommendation if s.verdict else None
     assert rec is not None and rec.confidence == "low"
     assert any(f"bounded by the {SWAP_MB} MiB of memory that faults (smaps)" in b for b in rec.basis), rec.basis
@@ -150,13 +162,14 @@ def test_estimated_recommendation_is_bounded_by_the_faulting_memory(tree: Replay
 # --- the fleet leaves quiet reports out ------------------------------------------------------------------
 
 
-def test_a_quiet_report_is_no_fleet_row(tree: ReplayTree) -> None:
+def test_a_quiet_report_is_no_fleet_row(quiet_run: tuple[ReplayTree, Report], procfs_run: tuple[ReplayTree, Report]
+                                        ) -> None:
     """The engine's own quiet report (processes listed for context, cause 'quiet') blames no workload; the
-    same tree at the default floor blames the swapping pod's cgroup."""
-    quiet = _run(tree, _settings(tree, noise_floor=1_000_000.0), exact=False)
+    same tree at the default floor blames a workload."""
+    _, quiet = quiet_run
     assert quiet.verdict.cause is Cause.QUIET and quiet.processes
     assert workload_of(quiet) is None and facts_of(quiet) is None
-    loud = _run(tree, _settings(tree), exact=False)
+    _, loud = procfs_run
     assert loud.verdict.cause is not Cause.QUIET
     w = workload_of(loud)
-    assert w is not None and w.kind == "host"  # no kubelet here: named by its cgroup
+    assert w is not None and w.kind == "host"  # no kubelet here: named by its cgroup or command
