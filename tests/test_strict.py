@@ -261,13 +261,7 @@ def test_the_marker_guard_catches_what_a_test_does(tmp_path: Path) -> None:
     real = os.geteuid() == 0 and shutil.which("perf") is not None
     if real:
         suite += _REAL_PERF
-    env_site = str(REPO / "tests" / "netguard_site")
-    os.environ["PYTHONPATH"] = os.pathsep.join([env_site, *os.environ.get("PYTHONPATH", "").split(os.pathsep)])
-    try:
-        run = _run_suite(tmp_path, ci=False, suite=suite)
-    finally:
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep)
-                                                   if p != env_site)
+    run = _run_suite(tmp_path, ci=False, suite=suite)  # PYTHONPATH has tests/netguard_site (conftest)
     out = run.stdout
     failed = sorted(line.split("::")[1].split(" ")[0] for line in out.splitlines() if line.startswith("FAILED"))
     want = ["test_a_cgroup_made_by_a_raw_mkdir_unmarked", "test_a_workload_started_by_a_subprocess_unmarked",
