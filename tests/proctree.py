@@ -112,33 +112,11 @@ class ReplayTree:
         capture's clock (k seconds in, `step_seconds` a step): the replay moves on the sampler's ticks
         (sampler_clock), not on the wall clock, so a loaded machine that delays a tick still sees the
         counters of that tick together (held at the last step from then on). In this process only:
-        for a subprocess (the CLI) see play_in_real_time."""
+        for the CLI in a subprocess see cli_on_the_sampler_clock."""
         self.apply(0)
         last = len(self.steps) - 1
         with sampler_clock(lambda k: self.apply(min(last, int(k / step_seconds + 1e-9)))):
             yield self
-
-    @contextlib.contextmanager
-    def play_in_real_time(self, step_seconds: float = STEP_SECONDS) -> Iterator[ReplayTree]:
-        """Step 0 now, then the next step every step_seconds of wall-clock time until the last: for an
-        engine in another process (the CLI), which sampler_clock cannot reach. Timing-sensitive under
-        load; assert only on what every step agrees on."""
-        self.apply(0)
-        stop = threading.Event()
-
-        def run() -> None:
-            for k in range(1, len(self.steps)):
-                if stop.wait(step_seconds):
-                    return
-                self.apply(k)
-
-        thread = threading.Thread(target=run, name="proctree-replay", daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            thread.join(5)
 
     def counter(self, pid: int, field: str, step: int) -> int:
         """majflt ('majflt') or io 'read_bytes' of pid as step `step` recorded it."""
@@ -280,7 +258,23 @@ def capture(dest: Path, seconds: float = 2.0) -> None:
         }, indent=1) + "\n")
 
 
+def cli_on_the_sampler_clock(src: Path, root: Path, step_seconds: float, argv: list[str]) -> int:
+    """`app.cli main(argv)` in this process with the copy at `root` (of the tree at `src`) replayed on the
+    engine's samples (play): a CLI test's replay that a slow start-up on a loaded machine cannot outrun."""
+    from app.cli import main
+
+    tree = ReplayTree.__new__(ReplayTree)
+    tree.src, tree.root = Path(src), Path(root)
+    tree.manifest = json.loads((tree.src / "manifest.json").read_text())
+    tree.steps = sorted((p for p in (tree.src / "steps").iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    with tree.play(step_seconds):
+        return main(argv)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) >= 5 and sys.argv[1] == "cli":  # cli SRC ROOT STEP_SECONDS ARGS...: see cli_on_the_sampler_clock
+        raise SystemExit(cli_on_the_sampler_clock(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]),
+                                                  sys.argv[5:]))
     if len(sys.argv) != 3 or sys.argv[1] != "capture":
-        raise SystemExit("usage: python -m tests.proctree capture DEST")
+        raise SystemExit("usage: python -m tests.proctree capture DEST | cli SRC ROOT STEP_SECONDS ARGS...")
     capture(Path(sys.argv[2]))

@@ -142,11 +142,13 @@ def _tracers_running(parents: set[int]) -> list[str]:
     return out
 
 
-def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+def _cli(*args: str, env: dict | None = None, replay: tuple | None = None, **kw) -> subprocess.Popen:
+    """The CLI in a subprocess; `replay` (src, root, step seconds): a captured tree replayed on its samples."""
     e = dict(os.environ, PFI_APISERVER_FALLBACK="false")
     e.pop("PFI_KUBELET_URL", None)
     e.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    head = ["-m", "tests.proctree", "cli", *map(str, replay)] if replay else ["-m", "app.cli"]
+    return subprocess.Popen([sys.executable, *head, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=e, **kw)
 
 
@@ -381,9 +383,11 @@ def test_captured_tree_through_the_cli(tree) -> None:
     """PFI_PROC_ROOT/PFI_CGROUP_ROOT point the command at the tree (no tracer binaries: procfs)."""
     env = {"PFI_PROC_ROOT": str(tree.proc_root), "PFI_CGROUP_ROOT": str(tree.cgroup_root),
            "PFI_PERF_PATH": "/nonexistent/perf", "PFI_BPFTRACE_PATH": "/nonexistent/bpftrace"}
-    with tree.play_in_real_time(1.0):  # slower: the command takes a moment to start
-        proc = _cli("investigate", "--seconds", "3", "--format", "json", env=env)
-        out, err = proc.communicate(timeout=60)
+    # The CLI's main, replayed on its own engine's samples (a slow start-up on a loaded machine once let a
+    # real-time replay finish before the first sample: no process rose).
+    proc = _cli("investigate", "--seconds", "3", "--format", "json", env=env,
+                replay=(tree.src, tree.root, REPLAY_STEP))
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     doc = json.loads(out)
     assert doc["tracer"]["backend"] == "procfs"
@@ -434,9 +438,8 @@ def test_captured_tree_kubelet_unreachable_is_a_finding(tree, monkeypatch) -> No
 def test_captured_tree_cli_text_names_the_file(tree) -> None:
     env = {"PFI_PROC_ROOT": str(tree.proc_root), "PFI_CGROUP_ROOT": str(tree.cgroup_root), "COLUMNS": "200",
            "PFI_PERF_PATH": "/nonexistent/perf", "PFI_BPFTRACE_PATH": "/nonexistent/bpftrace"}
-    with tree.play_in_real_time(1.0):
-        proc = _cli("investigate", "--seconds", "3", env=env)
-        out, err = proc.communicate(timeout=60)
+    proc = _cli("investigate", "--seconds", "3", env=env, replay=(tree.src, tree.root, REPLAY_STEP))
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "pfi-workload" in out and str(tree.pid("file")) in out and "procfs" in out
 

@@ -230,13 +230,17 @@ def test_apiserver_only(  # type: ignore[no-untyped-def]
     api = serve(StandIn("/api/v1/pods", SA_TOKEN, PODLIST_GKE))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
-    pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir)))
+    # A generous deadline: this test checks what is answered, not the deadline (the first call imports the
+    # kubernetes client; with two busy loops beside the fast tier that took over the default 10 s).
+    pods = PodDirectory(_settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE,
+                                  apiserver_timeout_seconds=60, **_sa(sa_dir)))
     index, attribution = pods.index()
     assert attribution.model_dump() == {"source": "apiserver", "error": "no kubelet URL configured"}
     assert index is not None and len(index.pods) == 9
     # The API server rejecting the token is reported after the kubelet's reason.
     (sa_dir / "token").write_text("wrong")
-    again = _settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, **_sa(sa_dir))
+    again = _settings(tmp_path, None, apiserver_fallback=True, node_name=GKE_NODE, apiserver_timeout_seconds=60,
+                      **_sa(sa_dir))
     _, attribution = PodDirectory(again).index()
     assert attribution.source == "none"
     assert attribution.error == ("no kubelet URL configured; API server answered 401 Unauthorized "
