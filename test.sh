@@ -8,7 +8,8 @@
 #                        engines on loopback ports of their own), then one at a time the real workloads and
 #                        tracers, the browser, the scenario matrix and the storm (their fault rates and
 #                        timings must not share the machine with each other)
-#   ./test.sh --fast     only the first kind (markers in pyproject.toml), for while you work: under a minute
+#   ./test.sh --fast     only the first kind (markers in pyproject.toml; tests/needs.py fails a test that does
+#                        more than its markers say), for while you work: about 65 s of CPU (README: Development)
 #   ./test.sh --screenshots   makes the README's pictures (docs/img/) again from a real run (tests/test_screenshots.py)
 #   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)
 set -euo pipefail

@@ -27,7 +27,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.tracers.base import TraceRequest, TraceResult
@@ -45,6 +45,29 @@ CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5
 
 
 # --- replay -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sampler_clock(on_tick: Callable[[int], None]) -> Iterator[None]:
+    """A replay's fake clock: `on_tick(k)` runs in the engine's thread just before the sampler takes its
+    k-th sample (k = 1, 2, ...; the baseline, sample 0, is whatever the tree holds when investigate
+    starts). A replay that writes capture step k there is seen whole at sample k however late the
+    machine's load makes that sample: nothing depends on when the wall clock says it is."""
+    from app.investigation import engine
+
+    real = engine.Sampler
+
+    class SteppedSampler(real):  # type: ignore[misc,valid-type]
+        def tick(self, full: bool = False) -> None:
+            on_tick(self.ticks + 1)
+            super().tick(full)
+
+    engine.Sampler = SteppedSampler  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        engine.Sampler = real  # type: ignore[misc]
+
 
 
 class ReplayTree:
@@ -85,23 +108,15 @@ class ReplayTree:
 
     @contextlib.contextmanager
     def play(self, step_seconds: float = STEP_SECONDS) -> Iterator[ReplayTree]:
-        """Step 0 now, then the next step every step_seconds until the last (held from then on)."""
+        """Step 0 now, then the steps the engine's sampler would have seen by its k-th sample on the
+        capture's clock (k seconds in, `step_seconds` a step): the replay moves on the sampler's ticks
+        (sampler_clock), not on the wall clock, so a loaded machine that delays a tick still sees the
+        counters of that tick together (held at the last step from then on). In this process only:
+        for the CLI in a subprocess see cli_on_the_sampler_clock."""
         self.apply(0)
-        stop = threading.Event()
-
-        def run() -> None:
-            for k in range(1, len(self.steps)):
-                if stop.wait(step_seconds):
-                    return
-                self.apply(k)
-
-        thread = threading.Thread(target=run, name="proctree-replay", daemon=True)
-        thread.start()
-        try:
+        last = len(self.steps) - 1
+        with sampler_clock(lambda k: self.apply(min(last, int(k / step_seconds + 1e-9)))):
             yield self
-        finally:
-            stop.set()
-            thread.join(5)
 
     def counter(self, pid: int, field: str, step: int) -> int:
         """majflt ('majflt') or io 'read_bytes' of pid as step `step` recorded it."""
@@ -243,7 +258,23 @@ def capture(dest: Path, seconds: float = 2.0) -> None:
         }, indent=1) + "\n")
 
 
+def cli_on_the_sampler_clock(src: Path, root: Path, step_seconds: float, argv: list[str]) -> int:
+    """`app.cli main(argv)` in this process with the copy at `root` (of the tree at `src`) replayed on the
+    engine's samples (play): a CLI test's replay that a slow start-up on a loaded machine cannot outrun."""
+    from app.cli import main
+
+    tree = ReplayTree.__new__(ReplayTree)
+    tree.src, tree.root = Path(src), Path(root)
+    tree.manifest = json.loads((tree.src / "manifest.json").read_text())
+    tree.steps = sorted((p for p in (tree.src / "steps").iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    with tree.play(step_seconds):
+        return main(argv)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) >= 5 and sys.argv[1] == "cli":  # cli SRC ROOT STEP_SECONDS ARGS...: see cli_on_the_sampler_clock
+        raise SystemExit(cli_on_the_sampler_clock(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]),
+                                                  sys.argv[5:]))
     if len(sys.argv) != 3 or sys.argv[1] != "capture":
-        raise SystemExit("usage: python -m tests.proctree capture DEST")
+        raise SystemExit("usage: python -m tests.proctree capture DEST | cli SRC ROOT STEP_SECONDS ARGS...")
     capture(Path(sys.argv[2]))

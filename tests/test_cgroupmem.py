@@ -121,6 +121,7 @@ def v1_group() -> Iterator[Path]:
 
 
 @pytest.mark.root
+@pytest.mark.workloads  # a real cgroup and a real workload in it (the marker guard, tests/needs.py)
 def test_real_v1_group(v1_group: Path, tmp_path: Path) -> None:
     """A process in a real group: 24 MiB anonymous memory and a cold 8 MiB file read through mmap."""
     data = tmp_path / "cold.bin"
@@ -193,6 +194,7 @@ def test_pod_level_limit_binds_when_container_has_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.workloads  # real cgroups (the marker guard, tests/needs.py)
 def test_real_hybrid_tree_pod_in_v1_memory_and_unified(tmp_path: Path) -> None:
     """Issue 8 item 4 on this machine's real trees: a process in a kubepods-shaped group present in v1
     memory (64 MiB limit) and mirrored in the unified tree (no controllers) has that limit read."""

@@ -75,6 +75,7 @@ def _decoy() -> Iterator[tuple[Path, int]]:
                 rmdir_when_free(d, tries=40)
 
 
+@pytest.mark.workloads  # its cgroups and processes are real (the marker guard, tests/needs.py)
 def test_cleanup_removes_only_what_a_crashed_run_recorded(root_required, tmp_path: Path) -> None:
     if not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
         pytest.skip(f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}")

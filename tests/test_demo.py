@@ -80,11 +80,24 @@ def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> Non
     limit = re.search(rf"limit: set memory\.(?:limit_in_bytes|max) of cgroup /{re.escape(cgroup.name)} to "
                       r"(?:at least )?([\d,]+) MiB", out)
     assert limit is not None, out
-    assert 128 < int(limit.group(1).replace(",", "")) <= 2 * 128 + 32, limit.group(0)
+    mib = int(limit.group(1).replace(",", ""))
+    # The number is what its basis lines compute (one 16 MiB step for their whole-MiB rounding): the memory
+    # that faults is the 128 MiB file, and hardly anything else is resident in the demo's cgroup, since the
+    # file's resident pages (smaps Rss) are counted once with it. Without smaps they count again as "other"
+    # (224 MiB instead of 160): the old 128-288 range let that through.
+    basis = re.search(r"\(([\d,]+) MiB for the memory that faults \+ ([\d,]+) MiB other resident\) x ([\d.]+), "
+                      r"rounded up to 16 MiB = ([\d,]+) MiB", out)
+    assert basis is not None, out
+    faulting, other, factor, said = (float(g.replace(",", "")) for g in basis.groups())
+    assert 128 <= faulting <= 128 + 16 and other < 16, basis.group(0)
+    computed = -(-int((faulting + other) * factor) // 16) * 16
+    assert said == mib and abs(mib - computed) <= 16, (basis.group(0), computed)
     assert re.search(rf"echo \d+ > {re.escape(str(cgroup))}/memory\.(?:limit_in_bytes|max)", out), out
     assert f"removed process {pid}, cgroup {cgroup}, file {file} (" in res.stderr
     _gone(pid, None, cgroup, file)
-    assert took < 30, f"the demo took {took:.1f} s (the issue's budget: 30 s)"
+    # What it protects: a new user's first run (the README says about 15 s; 30 s is the budget issue 16
+    # gave it), in the workloads pass, one test at a time; not a speed measurement.
+    assert took < 30, f"the demo took {took:.1f} s (its budget for a user's first run: 30 s)"
 
 
 @pytest.mark.root

@@ -28,6 +28,7 @@ from app.collectors.kubelet import PodDirectory, kubelet_url
 from app.config import Settings
 from app.models import OwnerRef
 from app.parsers.cgroup import parse_cgroup
+from tests.deadline import ends_by_deadline
 from tests.tls_standin import Certs, StandIn
 
 FIX = Path(__file__).parent / "fixtures" / "kubelet"
@@ -45,7 +46,9 @@ def _settings(tmp_path: Path, url: str | None, **kw: object) -> Settings:
     base: dict[str, object] = {
         "node_name": NODE, "kubelet_url": url, "kubelet_token_file": token, "kubelet_timeout_seconds": 3.0,
         "kubelet_cache_seconds": 30.0, "apiserver_fallback": False,
-        "apiserver_timeout_seconds": 10.0,  # a loaded CI machine; the deadline tests set their own
+        # Generous: these tests check what is answered; the first call in a worker imports the kubernetes client,
+        # which took over 10 s with two busy loops beside the fast tier. The deadline tests set their own.
+        "apiserver_timeout_seconds": 60.0,
     }
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
@@ -188,12 +191,11 @@ def test_wrong_token_401(tmp_path: Path, certs: Certs, serve, no_apiserver_env: 
 
 
 def test_timeout(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
-    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, delay=2.0))
+    kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, hang=True))  # never answers: only the deadline ends it
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=0.3)
-    t = time.monotonic()
-    index, attribution = PodDirectory(settings).index()
-    assert time.monotonic() - t < 1.5
+    (index, attribution), _ = ends_by_deadline(PodDirectory(settings).index, at_least=0.3, what="the kubelet read")
     assert index is None and attribution.error == "kubelet timed out after 0.3s"
+    assert kubelet.requests == ["/pods"]
 
 
 def test_response_size_bounded(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
@@ -279,13 +281,11 @@ def test_bad_kubelet_url_is_an_attribution_error(tmp_path: Path, url: str, reaso
 
 def test_trickling_kubelet_ends_at_the_overall_deadline(tmp_path: Path, certs: Certs, serve, no_apiserver_env: None) -> None:  # type: ignore[no-untyped-def]
     """A byte every 2 s never trips a per-read timeout; the overall deadline ends it."""
+    # The PodList a byte every 2 s takes hours: only the overall deadline can end the read.
     kubelet = serve(StandIn("/pods", KUBELET_TOKEN, PODLIST_1_35, trickle=2.0))
     settings = _settings(tmp_path, kubelet.url, kubelet_ca_file=certs.ca, kubelet_timeout_seconds=3.0)
-    t = time.monotonic()
-    index, attribution = PodDirectory(settings).index()
-    took = time.monotonic() - t
+    (index, attribution), _ = ends_by_deadline(PodDirectory(settings).index, at_least=2.9, what="the kubelet read")
     assert index is None and attribution.error == "kubelet timed out after 3s"
-    assert 2.9 < took < 4.5, took
 
 
 def test_silent_kubelet_and_silent_apiserver(tmp_path: Path, certs: Certs, serve, sa_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -297,12 +297,13 @@ def test_silent_kubelet_and_silent_apiserver(tmp_path: Path, certs: Certs, serve
     # alone can spend the 1 s deadline before any request is sent (then api.requests is empty). The
     # deadline is what this test checks, not the import: done before the clock starts.
     import kubernetes.client  # noqa: F401
-    t = time.monotonic()
-    index, attribution = PodDirectory(settings).index()
-    assert time.monotonic() - t < 3.5
+    (index, attribution), _ = ends_by_deadline(PodDirectory(settings).index, at_least=1.0, what="the pod lookup")
     assert index is None and attribution.error == (
         f"kubelet timed out after 1s; API server timed out after 1s (pods on node {NODE})")
-    assert len(api.requests) == 1
+    # Asked once at most, no retry past the deadline. Not "exactly once": the message above already says the
+    # fallback was tried, and on a loaded machine the client's TLS set-up can spend the 1 s before the
+    # request line reaches the stand-in (seen at load 6).
+    assert len(api.requests) <= 1, api.requests
 
 
 def test_apiserver_wrong_ca_and_missing_ca(tmp_path: Path, certs: Certs, serve, sa_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -486,13 +487,7 @@ def test_apiserver_deadline_covers_a_connect_that_never_completes(tmp_path: Path
             except BaseException as exc:  # noqa: BLE001 - recorded and checked below
                 outcome.append(exc)
 
-        t = time.monotonic()
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        worker.join(6.0)
-        took = time.monotonic() - t
-        assert not worker.is_alive(), "list_nodes() still blocked in connect 6 s into a 2 s deadline"
-        assert took < 3.0, took
+        ends_by_deadline(run, at_least=2.0, what="list_nodes() in a connect that never completes")
         (exc,) = outcome
         assert isinstance(exc, ApiServerError)
         assert str(exc) in ("API server timed out after 2s (nodes)", "API server timed out after 2s"), str(exc)

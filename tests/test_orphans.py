@@ -241,7 +241,7 @@ def test_bpftrace_program_ends_itself(file_workload: WorkloadProcess) -> None:
                          env=_bpftrace.bpftrace_env(4096))
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr[-2000:]
-    assert 2.0 <= took < 10, took
+    assert took >= 2.0, took  # not before its 2 s; that it ended itself at all: returncode 0 within run()'s timeout
     assert '"@total"' in res.stdout  # exit() prints the maps like SIGINT does
 
 

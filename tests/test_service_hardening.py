@@ -390,17 +390,17 @@ def test_token_file_rewritten_or_swapped_like_the_kubelet_is_reread(tmp_path: Pa
 
 
 def test_token_rewritten_with_same_size_and_mtime_is_noticed_and_short_tokens_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`cp -p` / `rsync -t` keep size and mtime: stat shows no change, the timed re-read (hash) does.
     A reload to a token shorter than the minimum keeps the last good token and says why."""
     from app.service import auth
     from app.service.auth import MIN_TOKEN_LENGTH, TokenWatcher
 
-    monkeypatch.setattr(auth, "RECHECK_SECONDS", 0.3, raising=False)  # the service's default is 3 s
+    now = [0.0]  # the watcher's clock, moved by hand: no wall-clock window for a loaded machine to miss
     path = tmp_path / "token"
     path.write_text("aaaaaaaaaaaaaaaaaaaaaaaa\n")
-    watcher = TokenWatcher("aaaaaaaaaaaaaaaaaaaaaaaa", path)
+    watcher = TokenWatcher("aaaaaaaaaaaaaaaaaaaaaaaa", path, clock=lambda: now[0])
     st = path.stat()
     staged = tmp_path / "staged"
     staged.write_text("bbbbbbbbbbbbbbbbbbbbbbbb\n")
@@ -410,15 +410,16 @@ def test_token_rewritten_with_same_size_and_mtime_is_noticed_and_short_tokens_re
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     after = path.stat()
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    now[0] += auth.RECHECK_SECONDS - 0.01
     assert watcher.token == "aaaaaaaaaaaaaaaaaaaaaaaa"  # within the interval: stat only
-    time.sleep(0.4)
-    assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"
+    now[0] += 0.01
+    assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"  # the timed re-read (hash) noticed it
 
     # A 1-character token (and one just under the minimum) is refused; the last good one stays.
     caplog.set_level(logging.WARNING, logger="app.service.auth")
     for short in ("x", "c" * (MIN_TOKEN_LENGTH - 1)):
         path.write_text(short + "\n")
-        time.sleep(0.4)
+        now[0] += auth.RECHECK_SECONDS
         assert watcher.token == "bbbbbbbbbbbbbbbbbbbbbbbb"
     warnings = [r.getMessage() for r in caplog.records if r.name == "app.service.auth"]
     assert any(f"shorter than {MIN_TOKEN_LENGTH} characters; keeping the last good token" in m for m in warnings)

@@ -4,7 +4,6 @@ API-server stand-in on loopback: Kubernetes Events (events.k8s.io/v1), deadlines
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from app.collectors.apiserver import ApiServerConfig, event_body, service_account_namespace
 from app.service.cluster.kube import KubeApi, KubeError
 from app.service.delivery.sinks import KubeEventsSink, deliver_with_retry
+from tests.deadline import ends_by_deadline
 from tests.service_support import make_report, make_settings
 from tests.tls_standin import ApiServer, Certs, StandIn
 
@@ -23,6 +23,7 @@ SA_TOKEN = "sa-token-events-0123"
 def _settings(tmp_path: Path, url: str, certs: Certs, **kw: Any) -> Any:
     token = tmp_path / "sa-token"
     token.write_text(SA_TOKEN)
+    kw.setdefault("apiserver_timeout_seconds", 30.0)  # what is answered, not the deadline (those tests set theirs)
     return make_settings(tmp_path, kubernetes_events=True, apiserver_url=url, apiserver_ca_file=certs.ca,
                          apiserver_token_file=token, **kw)
 
@@ -61,21 +62,20 @@ def test_events_to_a_silent_api_server_end_at_the_deadline(
 ) -> None:
     stand = serve(StandIn("", SA_TOKEN, routes=ApiServer([]), hang=True))
 
-    async def go() -> tuple[float, str]:
+    async def go() -> str:
         api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=1.0))
         assert api is not None
-        t = time.monotonic()
         with pytest.raises(KubeError) as err:
             await api.create_event("default", event_body(
                 namespace="default", regarding={"kind": "Node", "name": "node-a"}, reason="R", note="n",
                 action="A", controller="x.io/c", instance="node-a", event_time="2026-12-02T05:00:00.000000Z"))
-        took = time.monotonic() - t
         await api.aclose()
-        return took, str(err.value)
+        return str(err.value)
 
-    took, reason = asyncio.run(go())
-    assert reason == "API server timed out after 1s (an Event in default)"
-    assert took < 2.5, took
+    reason, _ = ends_by_deadline(lambda: asyncio.run(go()), at_least=1.0, what="create_event")  # it never answers
+    # The request's own deadline names what it asked; KubeApi's outer guard (deadline + grace, when the
+    # client's thread has not come back, as on a loaded machine) says the same without it. Either ends it.
+    assert reason in ("API server timed out after 1s (an Event in default)", "API server timed out after 1s"), reason
 
 
 def test_trickling_api_server_ends_at_the_deadline(tmp_path: Path, certs: Certs, serve: Callable[[StandIn], StandIn]) -> None:
@@ -89,9 +89,8 @@ def test_trickling_api_server_ends_at_the_deadline(tmp_path: Path, certs: Certs,
         await api.aclose()
         return str(err.value)
 
-    t = time.monotonic()
-    assert asyncio.run(go()) == "API server timed out after 2s (nodes)"
-    assert time.monotonic() - t < 3.5
+    reason, _ = ends_by_deadline(lambda: asyncio.run(go()), at_least=2.0, what="list_nodes")  # a byte a second
+    assert reason in ("API server timed out after 2s (nodes)", "API server timed out after 2s"), reason  # as above
 
 
 @pytest.mark.parametrize(("env", "kw", "expected"), [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -316,20 +315,17 @@ def test_a_thousand_alerts_for_unknown_nodes_cost_one_lookup(
         first = client.post("/api/v1/alerts", json=_alerts(["node-b"]), headers=AUTH).json()
         if first.get("deferred"):  # a loaded machine: that first lookup took over the webhook's 1 s
             wait_for(lambda: 'pfi_alerts_received_total{outcome="forwarded"} 1.0' in client.get("/metrics").text,
-                     timeout=15, what="the deferred first alert forwarded")
+                     timeout=60, what="the deferred first alert forwarded")  # a hang guard: load 17 took > 15 s
         else:
             assert [f["node"] for f in first["forwarded"]] == ["node-b"], first
-        t = time.monotonic()
         resp = client.post("/api/v1/alerts", json=_alerts([f"gone-{i}" for i in range(1000)]), headers=AUTH)
-        took = time.monotonic() - t
         assert resp.status_code == 202
         answer = resp.json()
         assert len(answer["ignored"]) == 1000 and answer["accepted"] == answer["forwarded"] == []
         assert answer["ignored"][7]["reason"] == "no inspector on node gone-7"
     # The list (pods + nodes), fetched for the first alert and not again for the 1,000 misses
     # (it is younger than MISS_REFRESH_SECONDS); at worst one refresh: 4 calls, not 1,000.
-    assert len(stand.requests) <= 4, stand.requests
-    assert took < 5.0, took
+    assert len(stand.requests) <= 4, stand.requests  # the cost is counted in lookups, not timed (a loaded machine)
 
 
 @pytest.mark.servers
@@ -341,13 +337,12 @@ def test_the_webhook_answers_fast_when_the_api_server_never_does(
     engine = FakeEngine()
     with LiveServer(create_app(settings, investigator=engine, token=TOKEN)) as live, \
             httpx.Client(base_url=live.url, timeout=60) as client:
-        t = time.monotonic()
         resp = client.post("/api/v1/alerts", json=_alerts([f"slow-{i}" for i in range(9)] + ["node-a"]), headers=AUTH)
-        took = time.monotonic() - t
-        assert resp.status_code == 202 and took < 2.5, took
+        assert resp.status_code == 202
         answer = resp.json()
         # This node's alert needs no lookup: taken at once. The others wait in the background.
         assert [(a["fingerprint"], a["action"]) for a in answer["accepted"]] == [("fp9", "queued")]
+        # Answered before the lookup ended (order, not a stopwatch): the 9 are still deferred, not ignored.
         assert len(answer["deferred"]) == 9 and answer["ignored"] == []
         assert "takes longer than 1s" in answer["deferred"][0]["reason"]
         wait_for(lambda: engine.calls, timeout=15, what="the local alert's investigation")

@@ -73,6 +73,9 @@ def test_alert_storm_over_twelve_instances(tmp_path: Path) -> None:
                 static_peers=peers,
                 apiserver_url=None,
                 tracer="procfs",
+                # No tools to probe: as root the registry would run the real perf and bpftrace in each of
+                # the twelve (a real tracer: the marker guard, tests/needs.py), and the storm needs neither.
+                perf_path="/nonexistent/pfi-storm", bpftrace_path="/nonexistent/pfi-storm",
                 investigation_seconds=WINDOW,
                 cooldown_seconds=600,
                 peer_fetch_timeout_seconds=10,

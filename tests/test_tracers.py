@@ -179,7 +179,7 @@ def test_perf_tracepoint_sees_at_least_the_major_faults(file_workload: WorkloadP
     assert not r.exact
     traced = r.totals.get(file_workload.pid, 0)
     report("perf-tracepoint", "file", w, r, traced, in_range(r, file_workload))
-    assert traced >= 0.9 * w.delta  # every fault, minor ones too
+    assert traced >= w.delta, (traced, w.delta)  # every fault, minor ones too: at least every major one
     assert_nothing_left()
 
 
