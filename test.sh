@@ -9,9 +9,12 @@
 #                        tracers, the browser, the scenario matrix and the storm (their fault rates and
 #                        timings must not share the machine with each other)
 #   ./test.sh --fast     only the first kind (markers in pyproject.toml), for while you work: under a minute
+#   ./test.sh --vm [ARGS] the VM tier (scripts/vm/run.sh): a cgroup-v2-only guest with kprobes and zram under
+#                        QEMU runs the guest checks (ARGS: pytest args for the guest instead of its default set)
 #   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)
 set -euo pipefail
 cd "$(dirname "$0")"
+if [ "${1:-}" = --vm ]; then shift; bash scripts/bootstrap.sh; exec bash scripts/vm/run.sh "$@"; fi
 bash scripts/bootstrap.sh
 trap 'bash scripts/cleanup.sh' EXIT INT TERM
 pytest=(.venv/bin/python -m pytest)
