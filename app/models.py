@@ -244,6 +244,8 @@ class NodeStats(BaseModel):
     mem_available_bytes: int | None = None
     swap_total_bytes: int | None = None
     swap_free_bytes: int | None = None
+    swap_areas: list[str] = Field(default_factory=list, description="active swap areas (/proc/swaps), highest "
+                                  "priority first: swap-ins come mostly from the first; /dev/zramN is zram")
     psi_memory: Pressure | None = None
     psi_io: Pressure | None = None
     # Node-level (global) reclaim from /proc/vmstat; a cgroup reclaiming at its own limit counts in neither.

@@ -21,6 +21,7 @@ from app.parsers.procfs import (
     parse_stat,
     parse_stat_bytes,
     parse_status,
+    parse_swaps,
     parse_vmstat,
     redact_argv,
 )
@@ -406,3 +407,15 @@ def test_parse_ns_link() -> None:
     for bad in ("mnt:4026531832", "mnt:[x]", ":[1]", "/proc/1/ns/mnt"):
         with pytest.raises(ValueError):
             parse_ns_link(bad)
+
+
+def test_swaps_none_and_highest_priority_first():
+    """/proc/swaps as captured here with no swap on (the header only), and the same header over areas
+    as the kernel prints them: highest priority first (swap-ins come mostly from it), a path's space
+    escaped as \\040."""
+    header = (PROC / "swaps-none-captured-here.txt").read_text()
+    assert header.startswith("Filename") and parse_swaps(header) == []
+    text = header + ("/var/tmp/pfi-test-swap                  file\t\t524284\t\t131080\t\t-2\n"
+                     "/dev/zram0                              partition\t1048572\t\t0\t\t32767\n"
+                     "/swap\\040file                          file\t\t1024\t\t0\t\t-3\n")
+    assert parse_swaps(text) == ["/dev/zram0", "/var/tmp/pfi-test-swap", "/swap file"]

@@ -358,3 +358,21 @@ def test_limit_rule_without_the_refault_counter_says_so():
     v = diagnose_process(_proc([Source(kind=SourceKind.FILE, path="/d", faults=10, share=1.0)], counted, POD),
                          NodeStats())
     assert v.cause is Cause.CONTAINER_MEMORY_LIMIT and any("not measured over the window" in e for e in v.evidence)
+
+
+def test_verdict_says_swap_ins_come_from_zram():
+    """BottleRocket swaps to zram: a swap verdict says the swap-ins come from compressed memory (a CPU
+    cost, not a disk read) when the node's highest-priority swap area is zram, and says nothing of
+    where they come from on a disk swap."""
+    from app.investigation.diagnose import swapped_from
+
+    anon = [Source(kind=SourceKind.SWAP, faults=10, share=1.0)]
+    zram = diagnose_process(_proc(anon, LIMITED, POD), NodeStats(swap_areas=["/dev/zram0"]))
+    assert zram.cause is Cause.CONTAINER_MEMORY_LIMIT
+    assert "is swapped back in from zram (compressed memory) at 1,000 pages/s" in zram.summary, zram.summary
+    disk = diagnose_process(_proc(anon, LIMITED, POD), NodeStats(swap_areas=["/var/tmp/pfi-test-swap"]))
+    assert "zram" not in disk.summary and "is swapped back in at 1,000 pages/s" in disk.summary
+    unlimited = diagnose_process(_proc(anon), NodeStats(swap_areas=["/dev/zram1", "/swapfile"]))
+    assert unlimited.cause is Cause.SWAP and "from zram first" in unlimited.summary, unlimited.summary
+    assert swapped_from(NodeStats(swap_areas=["/swapfile", "/dev/zram0"])) == ""  # the disk is tried first
+    assert swapped_from(NodeStats(swap_areas=["/dev/zram0x"])) == ""

@@ -31,6 +31,7 @@ from app.parsers.procfs import (
     parse_smaps,
     parse_stat_bytes,
     parse_status,
+    parse_swaps,
     parse_vmstat,
 )
 
@@ -225,6 +226,11 @@ class ProcFS:
     def vmstat(self) -> dict[str, int]:
         text = self.read_text("vmstat")
         return parse_vmstat(text) if text else {}
+
+    def swaps(self) -> list[str]:
+        """The active swap areas, highest priority first (/proc/swaps)."""
+        text = self.read_text("swaps")
+        return parse_swaps(text) if text else []
 
     def meminfo(self) -> dict[str, int]:
         text = self.read_text("meminfo")

@@ -23,6 +23,7 @@ what was seen and no advice. A handful of faults never gives a cause with high c
 from __future__ import annotations
 
 from app.models import Cause, CgroupMemory, Confidence, NodeStats, ProcessReport, SourceKind, Verdict
+from app.parsers.procfs import is_zram
 
 NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the group's own memory
 NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short of memory
@@ -94,6 +95,17 @@ def node_context(node: NodeStats) -> list[str]:
         out.append(f"memory PSI some {node.psi_memory.some_avg10:.0f}% (context only: one cgroup at its "
                    "limit raises it too)")
     return out
+
+
+def swapped_from(node: NodeStats) -> str:
+    """Where swap-ins come from, for a verdict's wording: zram (BottleRocket's swap: compressed memory, a
+    swap-in costs CPU, not a disk read) when the node's highest-priority swap area is zram; "" otherwise."""
+    areas = node.swap_areas
+    if not areas or not is_zram(areas[0]):
+        return ""
+    if all(is_zram(a) for a in areas):
+        return " from zram (compressed memory)"
+    return " from zram first (compressed memory; the disk swap behind it once zram is full)"
 
 
 def near_limit(mem: CgroupMemory | None) -> bool:
@@ -239,7 +251,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
         clause, raise_it, other_way = limit_subject(p, mem)
         if swapish:
             return verdict(
-                f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s because {clause}",
+                f"{what} of {who(p)} is swapped back in{swapped_from(node)} at {rate:,.0f} pages/s because {clause}",
                 Cause.CONTAINER_MEMORY_LIMIT if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
                 [raise_it, *([other_way] if other_way else []),
                  "or find what grows its memory (a leak, an unbounded cache"
@@ -282,7 +294,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
 
     # R2: the node is short of memory (node evidence only).
     if pressure and (swapish or kind is SourceKind.CODE):
-        subject = f"{what} of {who(p)} is swapped in" if swapish else f"{who(p)} re-reads its program code from disk"
+        subject = f"{what} of {who(p)} is swapped in{swapped_from(node)}" if swapish else f"{who(p)} re-reads its program code from disk"
         return verdict(
             f"{subject} at {rate:,.0f} pages/s: the node is short of memory ({pressure})",
             Cause.NODE_MEMORY_PRESSURE,
@@ -301,8 +313,8 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     # R4: by kind.
     if swapish:
         return verdict(
-            f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s: it touches memory that was "
-            f"swapped out earlier{unknown}",
+            f"{what} of {who(p)} is swapped back in{swapped_from(node)} at {rate:,.0f} pages/s: it touches memory "
+            f"that was swapped out earlier{unknown}",
             Cause.SWAP if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
             ["if this continues, the node or the container is short of memory: check memory limits and node usage",
              "a one-off burst after idle time (memory swapped out while unused) needs no action"],

@@ -518,6 +518,7 @@ def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float) -> Node
         mem_available_bytes=mem.get("MemAvailable"),
         swap_total_bytes=mem.get("SwapTotal"),
         swap_free_bytes=mem.get("SwapFree"),
+        swap_areas=procfs.swaps()[:16],
         psi_memory=procfs.pressure("memory"),
         psi_io=procfs.pressure("io"),
         pgscan_kswapd_per_second=rate_opt("pgscan_kswapd"),

@@ -31,6 +31,7 @@ __all__ = [
     "parse_stat_bytes",
     "parse_stat_counters",
     "parse_status",
+    "parse_swaps",
     "parse_vmstat",
     "redact_argv",
 ]
@@ -353,6 +354,32 @@ def parse_meminfo(text: str) -> dict[str, int]:
         if kv is not None:
             out[kv[0]] = kv[1]
     return out
+
+
+_ZRAM = re.compile(r"^/dev/zram[0-9]+$")
+
+
+def is_zram(swap_area: str) -> bool:
+    """A swap area on a zram device (compressed memory, BottleRocket's swap): /proc/swaps types it
+    'partition' like a disk, so it is told by its name."""
+    return bool(_ZRAM.match(swap_area))
+
+
+def parse_swaps(text: str) -> list[str]:
+    """/proc/swaps: the active swap areas (file or device path), highest priority first: the kernel swaps
+    out to the highest-priority area with room, so swap-ins come mostly from the first. A header line,
+    or a line of another shape, is skipped. Quirk: the kernel escapes spaces in paths as \\040."""
+    rows: list[tuple[int, int, str]] = []
+    for n, line in enumerate(text.splitlines()):
+        parts = line.split()
+        if len(parts) != 5 or parts[0] == "Filename":
+            continue
+        try:
+            prio = int(parts[4])
+        except ValueError:
+            continue
+        rows.append((-prio, n, parts[0].replace("\\040", " ")))
+    return [path for _, _, path in sorted(rows)]
 
 
 def parse_pressure(text: str) -> Pressure:

@@ -10,7 +10,8 @@
 # (PFI_VM_DEADLINE seconds, default 900); QEMU runs in its own process group and is killed by that
 # id when the deadline passes or this script is interrupted; the root disk is opened with
 # snapshot=on (the image never changes); the checkout goes in through a 9p share of a temporary
-# folder that also takes the results back. Nothing is mounted on the host.
+# folder that also takes the results back (PFI_VM_RESULTS: a folder to keep them in). Nothing is
+# mounted on the host.
 #
 # TCG, single-threaded: KVM fails on this host ("failed to set MSR 0x10a"), and multi-threaded TCG
 # crashed the guest kernel when kprobes were attached and detached while a process faulted.
@@ -32,6 +33,12 @@ finish() {
     kill -TERM -- "-$qpid" 2>/dev/null || true
     for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$qpid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL -- "-$qpid" 2>/dev/null || true
+  fi
+  if [ -n "${PFI_VM_RESULTS:-}" ] && [ -d "$run/share/results" ]; then
+    mkdir -p "$PFI_VM_RESULTS" && cp -a "$run/share/results/." "$PFI_VM_RESULTS/"
+  fi
+  if [ "$rc" != 0 ] && [ -s "$run/share/results/pytest.log" ]; then
+    echo "vm: the guest's pytest.log ends:" >&2; tail -n 60 "$run/share/results/pytest.log" >&2
   fi
   rm -rf "$run"
   exit "$rc"
