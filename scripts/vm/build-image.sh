@@ -50,8 +50,8 @@ trap 'exit 130' INT TERM
 t0=$(date +%s)
 root=$work/root
 include=python3,bpftrace,linux-perf,gcc,libc6-dev,procps,util-linux,kmod,openssl,busybox-static
-# The debootstrapped root is kept (until an image is built from it) so that a later step's failure
-# does not cost the download again.
+# The debootstrapped root is kept (keyed by suite, mirror and packages) so that a change to the steps
+# below, or a failure in them, rebuilds in about a minute instead of a few.
 boot=$cache/debootstrap-$(echo "$suite $mirror $include" | sha256sum | cut -c1-16)
 if [ ! -d "$boot" ]; then
   echo "vm: debootstrap $suite (a few minutes)" >&2
@@ -113,6 +113,9 @@ used=$(du -sm "$root" | cut -f1)
 mkfs.ext4 -q -F -L pfiroot -d "$root" "$stage/root.img" "$((used + 1536))M" >&2
 echo "$((($(date +%s) - t0))) s" > "$stage/build-time"
 rm -rf "$out"; mv "$stage" "$out"; touch "$out/done"
-#DEV rm -rf "$boot"
+# Images of other keys (an older recipe or dependency set) are not used again: removed.
+for old in "$cache"/*; do
+  case "${old##*/}" in [0-9a-f][0-9a-f][0-9a-f][0-9a-f]*) [ "$old" = "$out" ] || [ ${#old} -ne $((${#cache} + 17)) ] || rm -rf "$old";; esac
+done
 echo "vm: built $out in $(cat "$out/build-time") ($(du -sh "$out" | cut -f1) on disk)" >&2
 echo "$out"

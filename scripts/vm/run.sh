@@ -7,7 +7,7 @@
 #
 # The guest image is built once and cached outside the checkout (scripts/vm/build-image.sh,
 # PFI_VM_CACHE, default /var/cache/pagefault-inspector-vm). Each boot gets a deadline
-# (PFI_VM_DEADLINE seconds, default 900); QEMU runs in its own process group and is killed by that
+# (PFI_VM_DEADLINE seconds, default 1800); QEMU runs in its own process group and is killed by that
 # id when the deadline passes or this script is interrupted; the root disk is opened with
 # snapshot=on (the image never changes); the checkout goes in through a 9p share of a temporary
 # folder that also takes the results back (PFI_VM_RESULTS: a folder to keep them in). Nothing is
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/../.."
 t_start=$(date +%s)
 image=${PFI_VM_IMAGE:-$(bash scripts/vm/build-image.sh)}  # PFI_VM_IMAGE: a built image directory, as is
 t_built=$(date +%s)
-deadline=${PFI_VM_DEADLINE:-900}
+deadline=${PFI_VM_DEADLINE:-1800}
 mem=${PFI_VM_MEMORY:-3072}
 accel=${PFI_VM_ACCEL:-tcg,thread=single}
 run=$(mktemp -d /tmp/pfi-vm.XXXXXX)
@@ -51,7 +51,8 @@ tar -cf "$run/share/src.tar" --exclude=./.venv --exclude=./.git --exclude='*/__p
     --exclude=./.pytest_cache --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./tests/workloads/bin \
     --exclude='./*.egg-info' .
 install -m 0755 scripts/vm/guest.sh "$run/share/guest.sh"
-printf '%q ' "$@" > "$run/share/pytest-args"
+: > "$run/share/pytest-args"
+[ $# -eq 0 ] || printf '%q ' "$@" > "$run/share/pytest-args"  # none: the guest's default set
 echo "vm: booting $(cat "$image/kernel-version") (image $image, $accel, ${mem} MiB, deadline ${deadline} s)" >&2
 # setsid: QEMU leads its own process group, so the trap stops it and only it.
 setsid qemu-system-x86_64 \
