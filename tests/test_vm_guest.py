@@ -118,6 +118,7 @@ def test_limit_recommendation_applied_by_its_own_command(knob: str, tracer: str,
     from app.investigation.engine import investigate
     from app.investigation.recommend import headline
     from tests.service_support import require_tracers
+    from tests.workloads import majflt
     from tests.workloads.scenarios import (
         FILE_MB,
         LIMIT_MB,
@@ -138,6 +139,8 @@ def test_limit_recommendation_applied_by_its_own_command(knob: str, tracer: str,
         window = whole_pass_window(proc.pid)
         report = investigate(Settings(tracer=tracer, kubelet_url=None, apiserver_fallback=False), seconds=window,
                              pids=[proc.pid])
+        assert report.processes, (f"no process reported over {window:.0f} s (workload alive: "
+                                  f"{proc.poll() is None}, majflt {majflt(proc.pid)}): {report.warnings} {report.tracer}")
         top = report.processes[0]
         assert top.pid == proc.pid and report.tracer.backend == tracer, report.tracer
         kind, _, _ = dominant(top)
@@ -182,6 +185,7 @@ def test_zram_swap_as_bottlerocket(tmp_path: Path) -> None:
         window = whole_pass_window(proc.pid, size_mb)
         report = investigate(Settings(tracer="auto", kubelet_url=None, apiserver_fallback=False), seconds=window,
                              pids=[proc.pid])
+        assert report.processes, f"no process reported over {window:.0f} s: {report.warnings} {report.tracer}"
         top = report.processes[0]
         kind, _, _ = dominant(top)
         assert top.pid == proc.pid and report.tracer.exact, report.tracer
