@@ -235,7 +235,10 @@ def test_kprobe_major_faults_match_majflt_and_retries_count_once(tmp_path: Path)
         bt = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert bt.stdout is not None
-            line = bt.stdout.readline()
+            for _ in range(10):  # "Attaching 5 probes..." comes first
+                line = bt.stdout.readline()
+                if line.strip() == "ready" or not line:
+                    break
             f0 = majflt(proc.pid)
             out, err = bt.communicate(timeout=seconds + 60)
             f1 = majflt(proc.pid)
