@@ -419,3 +419,12 @@ def test_swaps_none_and_highest_priority_first():
                      "/dev/zram0                              partition\t1048572\t\t0\t\t32767\n"
                      "/swap\\040file                          file\t\t1024\t\t0\t\t-3\n")
     assert parse_swaps(text) == ["/dev/zram0", "/var/tmp/pfi-test-swap", "/swap file"]
+
+
+def test_swaps_zram_as_bottlerocket_sets_it_up():
+    """/proc/swaps captured in the VM tier's guest (Debian 6.1) with BottleRocket's swap: a 1 GiB zram
+    device at the top priority, typed 'partition' like a disk: told as zram by its name."""
+    from app.parsers.procfs import is_zram
+
+    areas = parse_swaps((PROC / "swaps-zram-bottlerocket-vm-guest.txt").read_text())
+    assert areas == ["/dev/zram0"] and is_zram(areas[0])
