@@ -254,6 +254,6 @@ def test_kprobe_major_faults_match_majflt_and_retries_count_once(tmp_path: Path)
     measured("kprobe retries", f"majflt {delta:,}; kretprobe VM_FAULT_MAJOR {major:,} ({major / max(delta, 1):.3f}); "
              f"MAJOR|RETRY {ret.get(0x404, 0):,}, MAJOR only {ret.get(0x4, 0):,}, RETRY only {ret.get(0x400, 0):,}, "
              f"neither {ret.get(0, 0):,} (the retries' second calls and minor faults)")
-    assert delta > 1000, f"the workload made only {delta} major faults in {seconds} s"
+    assert delta > 1000, f"the workload made only {delta} major faults in {seconds} s (bpftrace: {line!r} {err[-500:]!r})"
     assert abs(major - delta) <= 0.05 * delta, (major, delta, ret)
     assert retried >= 0.5 * major, ret
