@@ -11,9 +11,12 @@
 #   ./test.sh --fast     only the first kind (markers in pyproject.toml; tests/needs.py fails a test that does
 #                        more than its markers say), for while you work: about 65 s of CPU (README: Development)
 #   ./test.sh --screenshots   makes the README's pictures (docs/img/) again from a real run (tests/test_screenshots.py)
+#   ./test.sh --vm [ARGS] the VM tier (scripts/vm/run.sh): a cgroup-v2-only guest with kprobes and zram under
+#                        QEMU runs the guest checks (ARGS: pytest args for the guest instead of its default set)
 #   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)
 set -euo pipefail
 cd "$(dirname "$0")"
+if [ "${1:-}" = --vm ]; then shift; bash scripts/bootstrap.sh; exec bash scripts/vm/run.sh "$@"; fi
 bash scripts/bootstrap.sh
 trap 'bash scripts/cleanup.sh' EXIT INT TERM
 pytest=(.venv/bin/python -m pytest)

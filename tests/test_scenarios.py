@@ -20,7 +20,7 @@ import pytest
 from app.config import Settings
 from tests.scenario_report import OUTCOMES
 from tests.service_support import require_tracers
-from tests.workloads import CGROUP_MEMORY_ROOT, memory_hierarchy, no_memory_controller_reason
+from tests.workloads import CGROUP_MEMORY_ROOT, CGROUP_ROOT, memory_hierarchy, no_memory_controller_reason
 from tests.workloads.scenarios import ROWS, UNIFIED_ROOT, Row, run_row
 
 KUBELET_TOKEN = "scenario-kubelet-token"
@@ -41,6 +41,8 @@ def _skip_reason(row: Row) -> str | None:
         return f"no unified cgroup tree at {UNIFIED_ROOT}: the v1 path (a hybrid-layout pod)"
     if row.layout == "host" and memory_hierarchy() is None:
         return no_memory_controller_reason()
+    if row.layout == "systemd" and getattr(memory_hierarchy(), "version", None) != 2:
+        return f"no memory controller on the unified tree at {CGROUP_ROOT}: the v2 path (a systemd-layout pod)"
     return None
 
 

@@ -113,3 +113,15 @@ def test_real_zram_swapins_are_reported_as_zram(root_required: None) -> None:
     assert node.zram_ram_bytes and node.zram_stored_bytes and node.zram_stored_bytes > node.zram_ram_bytes
     assert top.verdict is not None and "from zram" in top.verdict.summary, top.verdict.summary
     assert any("outside this container's memory limit" in a for a in top.verdict.advice)
+
+
+def test_parse_swaps_captured_in_the_vm_guest_and_with_none() -> None:
+    """/proc/swaps captured in the VM tier's guest (Debian's 6.1 kernel, cgroup v2 only) with
+    BottleRocket's swap: one 1 GiB zram device at the top priority, typed 'partition' like a disk and
+    told as zram by its name; and this machine's with no swap on (the header only)."""
+    devices = parse_swaps(_read("zram-bottlerocket-vm-guest.txt"))
+    assert [(d.path, d.kind, d.size_bytes, d.used_bytes, d.priority, d.zram) for d in devices] == [
+        ("/dev/zram0", "partition", 1048572 * 1024, 66048 * 1024, 32767, True)]
+    backing = swap_backing(devices)
+    assert backing is not None and (backing.kind, backing.confidence) == ("zram", "high")
+    assert parse_swaps(_read("none-captured-here.txt")) == [] and swap_backing([]) is None

@@ -33,6 +33,7 @@ from . import (
     binary,
     majflt,
     memory_cgroup,
+    memory_hierarchy,
     remove_groups,
     swap_enabled,
     zram_swap,
@@ -194,7 +195,8 @@ class Row:
     cause: str
     source: str  # the dominant source kind of the process
     subject: str  # "host" or "pod"
-    layout: str = "host"  # "none" (the test's own cgroup), "host" (pfi-test-*/job), "cgroupfs", "hybrid"
+    layout: str = "host"  # "none" (the test's own cgroup), "host" (pfi-test-*/job), "cgroupfs", "hybrid",
+    # "systemd" (kubepods.slice on a v2-only node's unified tree: runs in the VM tier's guest)
     limit_mb: int | None = LIMIT_MB
     pod_limit_mb: int | None = None
     say: str = ""  # must be in the verdict's summary
@@ -236,6 +238,10 @@ ROWS = [
         layout="hybrid", limit_mb=None, pod_limit_mb=LIMIT_MB, say="pod-level memory limit"),
     Row("pod hybrid: anon at container limit", "anon", "procfs", "container_memory_limit", "swap", "pod",
         layout="hybrid", say="the container runs at"),
+    Row("pod v2: file at pod limit", "reread", "auto", "container_memory_limit", "file", "pod",
+        layout="systemd", limit_mb=None, pod_limit_mb=LIMIT_MB, say="pod-level memory limit"),
+    Row("pod v2: anon at container limit", "anon", "procfs", "container_memory_limit", "swap", "pod",
+        layout="systemd", say="the container runs at"),
     Row("anon at limit, cgroup unreadable", "anon", "auto", "swap", "swap", "host", cgroup_root_broken=True,
         say="could not be read"),
     # Captured procfs trees (PFI_PROC_ROOT), replayed a tick a second; see tests/fixtures/SOURCES.md.
@@ -480,8 +486,9 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
             out.problems.append(f"the node itself is under pressure now: {node_pressure(report.node_stats)}")
         elif out.cause == "node_memory_pressure" or "node is short" in out.summary:
             out.problems.append("blames the node although the node's evidence says it is fine")
-    if row.subject == "pod" and (top.cgroup_memory is None or top.cgroup_memory.version != 1):
-        out.problems.append("pod's memory not read from the v1 memory hierarchy")
+    version = 2 if row.layout == "systemd" else 1  # systemd: a v2-only node's kubepods.slice (the VM tier)
+    if row.subject == "pod" and (top.cgroup_memory is None or top.cgroup_memory.version != version):
+        out.problems.append(f"pod's memory not read from the v{version} memory hierarchy")
     return out
 
 
@@ -571,13 +578,16 @@ def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
     # slow the faults below the rate measured before the window: then at_least is the honest answer).
     if rec.at_least and top.major_faults >= 2 * (workload_mb(row) << 20) // 4096:
         out.problems.append(f"at_least although the window's {top.major_faults:,} faults covered the workload twice")
-    group = CGROUP_MEMORY_ROOT / (rec.cgroup or "").strip("/")
-    ours = CGROUP_MEMORY_ROOT / proc.cgroup.relative_to(CGROUP_MEMORY_ROOT).parts[0]  # pfi-test-<pid>-<n>
-    if not group.is_relative_to(ours) or not (group / "memory.limit_in_bytes").exists():
+    # The memory controller's hierarchy: v1 (this host) or the unified tree (cgroup v2 only, the VM tier).
+    hierarchy = memory_hierarchy()
+    assert hierarchy is not None, "a proved row runs in a memory cgroup"
+    group = hierarchy.root / (rec.cgroup or "").strip("/")
+    ours = hierarchy.root / proc.cgroup.relative_to(hierarchy.root).parts[0]  # pfi-test-<pid>-<n>
+    if not group.is_relative_to(ours) or not (group / hierarchy.limit_file).exists():
         out.problems.append(f"the recommendation names cgroup {rec.cgroup}, not one this test made")
         return
     out.rate_before = top.major_faults_per_second
-    (group / "memory.limit_in_bytes").write_text(str(rec.recommended_limit_bytes))
+    (group / hierarchy.limit_file).write_text(str(rec.recommended_limit_bytes))
     t0 = time.monotonic()
     start = last = majflt(proc.pid)
     pages = (workload_mb(row) << 20) // 4096
@@ -595,7 +605,7 @@ def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
                             f"{out.rate_after:,.0f}/s (before: {out.rate_before:,.0f}/s): less than a 90% drop")
         return
     if row.tracer != "procfs":  # how much the workload needs is the workload's: checked once, on the exact row
-        check_tight(row, proc, group, out)
+        check_tight(row, proc, group / hierarchy.limit_file, out)
 
 
 TIGHT_SHARE = 0.75  # the tightness check's limit, as a share of the workload: clearly below its working set
@@ -605,7 +615,7 @@ TIGHT_SETTLE = 1.0  # seconds for the lower limit's reclaim before the rate is m
 TIGHT_TRIES = 6  # writes of the lower limit, 0.5 s apart: each is one more reclaim pass over the group
 
 
-def check_tight(row: Row, proc: Any, group: Path, out: Outcome) -> None:
+def check_tight(row: Row, proc: Any, limit_file: Path, out: Outcome) -> None:
     """The recommendation is not vacuous: at 0.75x the workload's size (below its working set) the faults
     come back, to at least a tenth of the rate before (the mirror of the 90% drop): the group really needs
     about what was recommended, and the drop above was the limit's doing, not the workload's."""
@@ -613,7 +623,7 @@ def check_tight(row: Row, proc: Any, group: Path, out: Outcome) -> None:
     out.tight_mib = int(TIGHT_SHARE * workload_mb(row))
     for attempt in range(TIGHT_TRIES):
         try:
-            (group / "memory.limit_in_bytes").write_text(str(out.tight_mib << 20))
+            limit_file.write_text(str(out.tight_mib << 20))
             break
         except OSError as e:  # EBUSY: the kernel could not reclaim down to it (yet: a loaded machine)
             if attempt == TIGHT_TRIES - 1:
