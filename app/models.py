@@ -196,6 +196,9 @@ class ProcessReport(BaseModel):
     # How much its memory cgroup's workingset_refault_file rose while the process was watched (pages
     # the cgroup's page cache had evicted and read again); None: not measured (see the verdict's evidence).
     cgroup_file_refaults: int | None = None
+    # The same for workingset_refault_anon: anonymous and shmem pages read back from swap, swap readahead's
+    # included (they come back without a major fault each; issue 22). None: not measured.
+    cgroup_anon_refaults: int | None = None
     rss_bytes: int | None = None
     swap_bytes: int | None = None
     read_bytes_per_second: float | None = None
