@@ -142,6 +142,9 @@ class CgroupMemory(BaseModel):
     pswpin: int | None = None  # v2 memory.stat (newer kernels): pages swapped in, cumulative
     pswpout: int | None = None
     zswpin: int | None = None  # v2 memory.stat (with zswap): pages loaded back from zswap; not in pswpin
+    # Swap cache charged to the group and in no process's page tables (issue 22): pages of swapped memory read
+    # back by swap readahead and not yet touched, or on their way out. The anon LRU lists less mapped anon and shmem.
+    swapcache_bytes: int | None = None
 
 
 Confidence = Literal["high", "medium", "low"]  # how sure a verdict is

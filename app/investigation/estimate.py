@@ -187,3 +187,4 @@ def merge_memory(into: dict[MemoryKey, tuple[int, int]], more: dict[MemoryKey, t
     for key, (size, rss) in more.items():
         size0, rss0 = into.get(key, (0, 0))
         into[key] = (max(size0, size), max(rss0, rss))
+

@@ -121,6 +121,13 @@ def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> b
     return tail > GROWTH_SHARE * distinct
 
 
+def swap_cache(mem: CgroupMemory) -> int:
+    """The group's swap cache (bytes; 0 when not known): pages of the swapped memory read back by swap
+    readahead and not yet touched, or on their way out; charged to the group, in no mapping's Rss, so
+    part of the swapped memory, not other memory (issue 22)."""
+    return mem.swapcache_bytes or 0
+
+
 def union_need(units: list[Unit], resident: int) -> tuple[int, int]:
     """(bytes the faulting memory needs, bytes of the group's resident memory that are part of it). Each
     unit needs min(extent, read back + resident of it); the resident pages of the units are taken out of
@@ -214,7 +221,7 @@ def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[st
             (str(u.key[1]), int(u.key[2])), 0) for u in files)
         units = [u for u in units if u.kind not in ("file", "code")] + [Unit(
             ("file", "", 0), "the faulting files" if len(files) > 1 else files[0].name, "file", counted // PAGE,
-            sum(u.resident_bytes for u in files), max(extent, counted))]
+            sum(u.resident_bytes for u in files), max(extent, counted), sum(u.overlap for u in files))]
         corrected = True
     swap_pages = len(pages.anon) + len(pages.shmem)
     anon_back = p.cgroup_anon_refaults
@@ -242,7 +249,7 @@ def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[st
             units = [u for u in units if u.kind not in ("anon", "shmem")] + [Unit(
                 ("swap", "", 0), swapped[0].name if len(swapped) == 1 else "the swapped memory",
                 "shmem" if all(u.kind == "shmem" for u in swapped) else "anon", counted // PAGE,
-                sum(u.resident_bytes for u in swapped), max(extent, counted))]
+                sum(u.resident_bytes for u in swapped), max(extent, counted), sum(u.overlap for u in swapped))]
         corrected = True
     units.sort(key=lambda u: -u.need_bytes())
     return units, corrected
@@ -307,10 +314,30 @@ def recommend(
         at_least = bool(short)
         confidence: Confidence = "medium" if at_least or incomplete else "high"
         needed, in_units = union_need(units, resident)
+        cached = min(swap_cache(mem), sum(max(0, (u.extent_bytes or 0) - u.resident_bytes)
+                                                  for u in units if u.kind in ("anon", "shmem")), resident - in_units)
+        if cached > 0:
+            in_units += cached
+            basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): pages "
+                         "of the swapped memory, not other memory")
         basis += [unit_line(u) for u in units[:MAX_UNIT_LINES]]
         if len(units) > MAX_UNIT_LINES:
             rest = units[MAX_UNIT_LINES:]
             basis.append(f"{len(rest)} more faulting mappings need {mib(sum(u.need_bytes() for u in rest))}")
+        if group.pages.present is not None:
+            # pagemap said which pages read back are resident now: those are charged to this group (it read
+            # them). The limit then holds the pages read back + the group's other resident pages; resident
+            # pages of a faulting file that another group read first (charged there) do not count against it.
+            read = sum(u.distinct for u in units) * PAGE
+            both = min(resident, sum(u.overlap for u in units) * PAGE)
+            alt = read + resident - both
+            if alt < needed + resident - in_units:
+                mapped_res = sum(u.resident_bytes for u in units)
+                basis.append(f"{mib(both)} of the group's {mib(resident)} resident are pages it read back (pagemap): "
+                             f"it needs {mib(read)} read back + {mib(resident - both)} other resident"
+                             + (f"; at least {mib(mapped_res - resident)} of the faulting memory mapped resident (smaps "
+                                "Rss) is charged to another group, not to this limit" if mapped_res > resident else ""))
+                needed, in_units = read, both
     else:
         faulted = group.faults * PAGE
         bound = group.bound_bytes
@@ -330,6 +357,13 @@ def recommend(
                         if bound else "") + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
         confidence = "low"
         in_units = min(group.bound_resident_bytes or 0, resident)
+        if group.swap_faulting and bound:
+            cached = min(swap_cache(mem), max(0, bound - (group.bound_resident_bytes or 0)),
+                         resident - in_units)
+            if cached > 0:
+                in_units += cached
+                basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): "
+                             "pages of the swapped memory, not other memory")
         needed = read + in_units
         if bound:
             needed = min(bound, needed)
