@@ -543,6 +543,11 @@ def test_a_full_page_map_never_says_seen_whole() -> None:
     assert not any("seen whole" in b for b in rec.basis)
     assert any("page map was full: 361,540 of 623,684" in b for b in rec.basis)
     assert rec.recommended_limit_bytes >= 2421 * MIB  # what the refaults say came back, not the map's 1 GiB
+    # Even when the refaults covered the whole file, pages the map did not keep were not seen: at_least.
+    p.cgroup_file_refaults = 1_100_000
+    rec = recommend(p, group, NODE, seconds=30.0, backend="perf-major")
+    assert rec is not None and rec.at_least and rec.confidence != "high"
+    assert not any("seen whole" in b for b in rec.basis)
     # A few samples lost by the kernel (under 1%): their pages are left out, said, not seen whole, not at_least.
     lost = Group(pages=_pages(file_pages=32768, times=2), faults=80_000, growth={0: 32768}, lost=40, lost_of=80_040)
     rec = recommend(_limited(), lost, NODE, seconds=8.0, backend="perf-major")
