@@ -20,9 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import log
-
-from tests.workloads.zoo import (  # noqa: E402,I001  (bench.common puts the repo root on sys.path)
+from tests.workloads.zoo import (
     FALL,
     MIB,
     ROWS,
@@ -34,6 +32,8 @@ from tests.workloads.zoo import (  # noqa: E402,I001  (bench.common puts the rep
     window_for,
     zoo_workload,
 )
+
+from .common import log
 
 KRR_FACTOR = 1.15
 
@@ -85,13 +85,13 @@ def render(lines: list[Line], markdown: bool) -> str:
             "exact at R-10%", "KRR (limit x 1.15)", "ok"]
     rows = []
     for ln in lines:
-        def rec(t: str) -> str:
+        def rec(t: str, ln: Line = ln) -> str:
             if t not in ln.rec:
                 return "-"
             mib, at_least = ln.rec[t]
             return f"{mib}{' at_least' if at_least else ''}"
 
-        def ratio(t: str) -> str:
+        def ratio(t: str, ln: Line = ln) -> str:
             return f"{ln.rec[t][0] / ln.lstar:.2f}" if t in ln.rec and ln.lstar else "-"
 
         ok = []

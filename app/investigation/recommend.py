@@ -355,6 +355,10 @@ def recommend(
                                            if came * PAGE > faulted else "")
                      + (f", bounded by the {mib(bound)} of memory that faults (smaps, shared files once)"
                         if bound else "") + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
+        if at_least:
+            basis.append(f"the faults and the cgroup's refaults cover {mib(read)}"
+                         + (f" of the {mib(bound)} that can fault" if bound else " (the memory that faults is not known)")
+                         + ": the window did not see the whole working set")
         confidence = "low"
         in_units = min(group.bound_resident_bytes or 0, resident)
         if group.swap_faulting and bound:
@@ -367,6 +371,14 @@ def recommend(
         needed = read + in_units
         if bound:
             needed = min(bound, needed)
+            # More of the faulting memory mapped resident (smaps Rss) than the group holds in all: the rest is
+            # charged to another group (it read those pages first), stays resident, and is not this limit's.
+            elsewhere = max(0, (group.bound_resident_bytes or 0) - resident)
+            if elsewhere and needed > bound - elsewhere:
+                needed = max(in_units, bound - elsewhere)
+                basis.append(f"at least {mib(elsewhere)} of the memory that faults is resident (smaps Rss) beyond the "
+                             f"group's {mib(resident)}: charged to another group, not to this limit; it needs "
+                             f"{mib(needed)}")
         if in_units:
             basis.append(f"the memory that faults needs {mib(needed)}: {mib(read)} read back + {mib(in_units)} of it "
                          "resident now (smaps Rss)" + (f", at most its {mib(bound)}" if bound else "")

@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
             if (n <= 0) break;
             got += (size_t)n;
         }
-        ready((volatile unsigned char *)0, got);
+        ready((volatile unsigned char *)buf, got); /* no mapping: the buffer's address, never (nil) */
         for (;;) pause();
     }
     fprintf(stderr, "bad arguments\n");
