@@ -630,3 +630,22 @@ def test_pagemap_present_bits_of_this_process() -> None:
     finally:
         with contextlib.suppress(BufferError):
             m.close()
+
+
+def test_a_cold_tail_says_at_least_and_why() -> None:
+    """A 64 MiB hot set read again and again, and beside it 1% of reads anywhere in a 192 MiB cold tail:
+    pages read once keep arriving to the window's end (270 a second). Most pages came around, but the window
+    cannot bound the tail (at the hot set's size the cold reads go on): at_least, and the basis says why."""
+    hot = {FILE_MAP.start + i * 4096: 4 for i in range(16384)}
+    cold = {FILE_MAP.start + (16384 + i) * 4096: 1 for i in range(2700)}
+    pages = distinct_pages(4242, hot | cold, [[FILE_MAP]])
+    growth = {0: 16384 + 270} | {s: 270 for s in range(1, 10)}
+    rec = recommend(_limited(), Group(pages=pages, faults=68_236, growth=growth), NODE, seconds=10.0,
+                    backend="perf-major")
+    assert rec is not None and rec.at_least and rec.confidence == "medium"
+    assert any(b.startswith("a cold tail: 11 MiB of pages read once") for b in rec.basis), rec.basis
+    assert not any("seen whole" in b for b in rec.basis)
+    # The same hot set without the tail: seen whole, not at_least.
+    rec = recommend(_limited(), Group(pages=distinct_pages(4242, hot, [[FILE_MAP]]), faults=65_536,
+                                      growth={0: 16384}), NODE, seconds=10.0, backend="perf-major")
+    assert rec is not None and not rec.at_least

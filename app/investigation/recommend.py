@@ -128,6 +128,25 @@ def swap_cache(mem: CgroupMemory) -> int:
     return mem.swapcache_bytes or 0
 
 
+COLD_ONCE = 0.05  # pages faulted once, as a share of the distinct pages, from which a cold tail is looked for
+COLD_TAIL = 0.15  # ...and the share of them first seen in the window's last quarter (a steady stream: 25%)
+
+
+def cold_tail(growth: Mapping[int, int], seconds: float, distinct: int, once: int) -> str | None:
+    """A hot set the access keeps coming around to, and beside it a steady stream of pages read once, still
+    arriving at the window's end (a Zipf-like or hot/cold access with a long cold tail): the window cannot
+    bound the tail, and no limit below the faulting memory's size removes its reads. The basis line, or None."""
+    if not growth or distinct <= 0 or once < COLD_ONCE * distinct:
+        return None
+    tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
+    tail = sum(n for s, n in growth.items() if s >= tail_from)
+    if tail < COLD_TAIL * once:
+        return None
+    return (f"a cold tail: {mib(once * PAGE)} of pages read once in the window, still arriving at its end ({tail:,} new "
+            "in its last quarter): the window did not see the whole working set, and no limit below the size of the "
+            "memory that faults removes those reads")
+
+
 def union_need(units: list[Unit], resident: int) -> tuple[int, int]:
     """(bytes the faulting memory needs, bytes of the group's resident memory that are part of it). Each
     unit needs min(extent, read back + resident of it); the resident pages of the units are taken out of
@@ -298,6 +317,7 @@ def recommend(
             # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
             # Never when the tracer dropped pages: the pages it did not keep may be new ones.
             seen = not (came_back < CAME_BACK and growing is not False)
+            tail_line = cold_tail(group.growth, seconds, distinct, distinct - group.pages.again) if seen else None
             again = f"{came_back:.0%} of them were faulted again in the window"
             if growing is None:
                 basis.append(f"{again} (no sample times): " + ("it saw the working set come around" if seen
@@ -305,12 +325,15 @@ def recommend(
             elif growing:
                 basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
                     ": it saw the working set come around" if seen else ": it did not see the whole working set"))
-            elif not incomplete:
+            elif not incomplete and not tail_line:
                 basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
-            else:
+            elif incomplete:
                 basis.append("no new distinct pages in the window's last quarter among the pages kept")
             if not seen:
                 short.append("the window did not see the whole working set")
+            elif tail_line:
+                basis.append(tail_line)
+                short.append("a cold tail")
         at_least = bool(short)
         confidence: Confidence = "medium" if at_least or incomplete else "high"
         needed, in_units = union_need(units, resident)
