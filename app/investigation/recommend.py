@@ -13,7 +13,7 @@ anonymous mapping (sources.faulting_units, from smaps at the window's end; pages
 resident now, by pagemap's present bit, counted once),
 
     need = min(extent, read back + resident of it - both);  other = resident - resident in those units
-    limit = round_up_16MiB((sum of need + other) x (1 + margin)),  margin 10% exact, 25% estimated
+    limit = round_up_16MiB((sum of need + other) x (1 + margin)),  margin 10% exact, 15% estimated
 
 at least 16 MiB above the current limit, capped at what the node can give (allocatable when known, else
 MemTotal), saying so when capped. `at_least` when the window did not see the whole working set: new
@@ -52,7 +52,7 @@ PAGE = 4096
 MIB = 1 << 20
 ROUND = 16 * MIB  # a size people write
 MARGIN_EXACT = 0.10
-MARGIN_ESTIMATED = 0.25
+MARGIN_ESTIMATED = 0.15  # was 25%: at 256 MiB that alone broke R <= 1.2 L* + 16 MiB (issue 22)
 GROWTH_TAIL = 0.25  # the last quarter of the window...
 GROWTH_SHARE = 0.05  # ...bringing more than 5% of the distinct pages: still growing
 READAHEAD_RATIO = 4  # cgroup file refaults per major fault above which read-ahead brought most pages in
