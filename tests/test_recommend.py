@@ -649,3 +649,17 @@ def test_a_cold_tail_says_at_least_and_why() -> None:
     rec = recommend(_limited(), Group(pages=distinct_pages(4242, hot, [[FILE_MAP]]), faults=65_536,
                                       growth={0: 16384}), NODE, seconds=10.0, backend="perf-major")
     assert rec is not None and not rec.at_least
+
+
+def test_swapped_memory_back_and_resident_covers_it_whole() -> None:
+    """Swappiness 60 at a binding limit: the kernel evicts the file mostly; the anon mapping came back by
+    readahead (42 MiB for 1,385 faults) and is all resident at the end (Rss 96 of 96 touched). What came back
+    and what is resident cover the mapping: it is seen whole, not at_least (the zoo's swappiness-60 row)."""
+    anon96 = dataclasses.replace(ANON_MAP, end=ANON_MAP.start + 96 * MIB)
+    p = _limited(kind=SourceKind.SWAP, limit=128 * MIB, usage=128 * MIB)
+    p.cgroup_file_refaults, p.cgroup_anon_refaults = 0, 10_866
+    pages = distinct_pages(4242, {anon96.start + i * 8 * 4096: 1 for i in range(1385)}, [[anon96]])
+    group = Group(pages=pages, faults=1385, growth={0: 1385}, smaps={4242: [_smaps(anon96, 96, 0)]})
+    rec = recommend(p, group, NODE, seconds=10.0, backend="perf-major")
+    assert rec is not None and not rec.at_least, rec.basis
+    assert any("42 MiB of the faulting memory's 96 MiB" in b for b in rec.basis)

@@ -226,7 +226,9 @@ def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[st
             refaults > READAHEAD_RATIO * max(group.faults, 1) or dropping):
         # (program code: hundreds of pages a fault here)
         counted = max(file_pages * PAGE, min(refaults * PAGE, mapped))
-        seen = refaults * PAGE >= mapped
+        files = [u for u in units if u.kind in ("file", "code")]
+        # seen: all of it came back, or what came back and what is resident cover it (the union is bounded)
+        seen = refaults * PAGE >= mapped or counted + sum(u.resident_bytes for u in files) >= mapped
         why = ("read-ahead brings pages in without a fault each" if not dropping
                else "the tracer did not keep every faulted page")
         basis.append(f"the cgroup read back {mib(refaults * PAGE)} of file pages (workingset_refault_file) for "
@@ -235,7 +237,6 @@ def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[st
                      + ("" if seen else "; the window did not see all of it come back"))
         if not seen:
             short.append("not all of the faulting files came back in the window")
-        files = [u for u in units if u.kind in ("file", "code")]
         extent = sum(u.extent_bytes if u.extent_bytes is not None else (pages.mapped or {}).get(
             (str(u.key[1]), int(u.key[2])), 0) for u in files)
         units = [u for u in units if u.kind not in ("file", "code")] + [Unit(
@@ -258,7 +259,7 @@ def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[st
             short.append("more anonymous memory came back than faulted, and its size is not known")
         else:
             counted = max(swap_pages * PAGE, min(anon_back * PAGE, extent))
-            seen = anon_back * PAGE >= extent
+            seen = anon_back * PAGE >= extent or counted + sum(u.resident_bytes for u in swapped) >= extent
             basis.append(f"the cgroup read back {mib(anon_back * PAGE)} of anonymous and shmem pages "
                          f"(workingset_refault_anon) for {pages.swap_faults:,} swap-in faults: {why}, so "
                          f"{mib(counted)} of the faulting memory's {mib(extent)} (touched: Rss + Swap) is counted"
