@@ -20,8 +20,11 @@ MemTotal), saying so when capped. `at_least` when the window did not see the who
 distinct pages still appeared in its last quarter (perf's sample times; without times, bpftrace, that is
 not known) and fewer than half the pages were faulted again (the access never came around to them), or,
 with procfs, the faults (or the cgroup's refaults) could not cover the memory that faults. Never "seen
-whole" when the tracer's page map was full or dropped events (then at_least, confidence not high). procfs
-bounds a file the group's processes share once (device + inode).
+whole" when the tracer's page map was full or dropped events (then at_least, confidence not high), nor when
+a cold tail of pages read once still arrives at the window's end beside a hot set (no limit below the
+memory's size removes those reads). procfs bounds a file the group's processes share once (device + inode)
+and leaves out what is mapped resident beyond the group's usage (charged to another group). The group's
+unmapped swap cache is part of the swapped memory, not other resident memory.
 """
 
 from __future__ import annotations
