@@ -13,6 +13,7 @@ exact R - 10%, and at KRR's simple strategy (max usage x 1.15; usage sits at the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -61,15 +62,20 @@ def run_row(row: ZooRow, tmp: Path) -> Line:
             rec, _ = recommend_for(zoo, tracer, window)
             if rec is not None:
                 line.rec[tracer] = (rec.recommended_limit_bytes // MIB, rec.at_least)
-            zoo.set_limit(row.limit_mb * MIB)
+            with contextlib.suppress(OSError):
+                zoo.set_limit(row.limit_mb * MIB)
+        if not zoo.alive():
+            raise RuntimeError("a workload process died")
         line.krr = int(row.limit_mb * KRR_FACTOR)
         line.at_krr = rate_at(zoo, line.krr * MIB, line.untuned, raised=True)
-        zoo.set_limit(row.limit_mb * MIB)
+        with contextlib.suppress(OSError):
+            zoo.set_limit(row.limit_mb * MIB)
         for tracer, (mib, _) in line.rec.items():
             line.at_rec[tracer] = rate_at(zoo, mib * MIB, line.untuned, raised=True)
             if tracer == "perf-major":
                 line.at_minus10 = rate_at(zoo, int(mib * 0.9) * MIB, line.untuned, raised=False)
-            zoo.set_limit(row.limit_mb * MIB)
+            with contextlib.suppress(OSError):
+                zoo.set_limit(row.limit_mb * MIB)
             time.sleep(0.5)
         line.top = 2 * (row.size_mb + row.anon_mb) + 64
         line.lstar = find_lstar(zoo, line.untuned, line.top)
@@ -133,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log(f"row: {row.name}")
         with tempfile.TemporaryDirectory(prefix="pfi-zoo-") as tmp:
-            lines.append(run_row(row, Path(tmp)))
+            try:
+                lines.append(run_row(row, Path(tmp)))
+            except (OSError, RuntimeError) as e:  # one row's trouble (EBUSY, a dead workload) is said, not fatal
+                log(f"row failed: {row.name}: {e}")
+                continue
         log(render(lines[-1:], False))
     load1 = os.getloadavg()
     print(render(lines, args.markdown))

@@ -117,6 +117,10 @@ class Zoo:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def alive(self) -> bool:
+        """Every process of the row still runs (a dead one faults no more: a probe would seem to work)."""
+        return all(p.poll() is None for p in self.procs)
+
     def majflt(self) -> int:
         """The group's major faults (memory.stat: v1 total_pgmajfault, v2 pgmajfault)."""
         for line in (self.group / "memory.stat").read_text().splitlines():
@@ -339,14 +343,20 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
     lo = zoo.row.limit_mb  # faults here (the untuned rate)
     if rate_at(zoo, hi_mb * MIB, untuned, raised=True) >= FALL * untuned:
         return None
+    if not zoo.alive():
+        raise RuntimeError("a workload process died during the search")
     hi = hi_mb
     while hi - lo > STEP_MB:
         mid = (lo + hi) // 2 // STEP_MB * STEP_MB
         if mid <= lo:
             mid = lo + STEP_MB
-        zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
+        with contextlib.suppress(OSError):  # EBUSY: the probe starts from wherever reclaim got to
+            zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
         time.sleep(SETTLE / 2)
-        if rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned:
+        works = rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned
+        if not zoo.alive():
+            raise RuntimeError(f"a workload process died during the search (at {mid} MiB)")
+        if works:
             hi = mid
         else:
             lo = mid
