@@ -145,6 +145,9 @@ class CgroupMemory(BaseModel):
     pswpin: int | None = None  # v2 memory.stat (newer kernels): pages swapped in, cumulative
     pswpout: int | None = None
     zswpin: int | None = None  # v2 memory.stat (with zswap): pages loaded back from zswap; not in pswpin
+    # Swap cache charged to the group and in no process's page tables (issue 22): pages of swapped memory read
+    # back by swap readahead and not yet touched, or on their way out. The anon LRU lists less mapped anon and shmem.
+    swapcache_bytes: int | None = None
 
 
 Confidence = Literal["high", "medium", "low"]  # how sure a verdict is
@@ -203,6 +206,9 @@ class ProcessReport(BaseModel):
     # How much its memory cgroup's workingset_refault_file rose while the process was watched (pages
     # the cgroup's page cache had evicted and read again); None: not measured (see the verdict's evidence).
     cgroup_file_refaults: int | None = None
+    # The same for workingset_refault_anon: anonymous and shmem pages read back from swap, swap readahead's
+    # included (they come back without a major fault each; issue 22). None: not measured.
+    cgroup_anon_refaults: int | None = None
     rss_bytes: int | None = None
     swap_bytes: int | None = None
     read_bytes_per_second: float | None = None

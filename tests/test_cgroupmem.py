@@ -259,3 +259,17 @@ def test_v2_zswpin_read_from_memory_stat(tmp_path: Path) -> None:
         f.write("zswpin 37\nzswpout 90\n")  # SYNTHETIC lines, as kernels with zswap print them (6.1+)
     mem = read_cgroup_memory(tmp_path, ref)
     assert mem is not None and mem.zswpin == 37
+
+
+def test_unmapped_swap_cache_from_a_real_v1_memory_stat() -> None:
+    """Issue 22: swap readahead's pages sit in the swap cache, charged to the group, in no process's Rss;
+    v1's rss is mapped anonymous memory only (kernels since 5.8): anon LRU - rss - shmem = 17.2 MiB."""
+    from pathlib import Path
+
+    from app.collectors.cgroupmem import _unmapped_swapcache
+    from app.parsers.cgroup import parse_memory_stat
+
+    text = (Path(__file__).parent / "fixtures/cgroupmem-swapcache/v1-memory.stat").read_text()
+    stat = parse_memory_stat(text)
+    assert _unmapped_swapcache(lambda k: stat.get(f"total_{k}", stat.get(k))) == 66686976 - 48635904
+    assert _unmapped_swapcache(lambda k: None) is None  # a kernel without the LRU counters: not known

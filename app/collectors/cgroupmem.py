@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.models import CgroupMemory
@@ -129,6 +130,7 @@ def _v2(base: Path, rel: str, path: str) -> CgroupMemory | None:
         pswpin=stat.get("pswpin"),
         pswpout=stat.get("pswpout"),
         zswpin=stat.get("zswpin"),
+        swapcache_bytes=_unmapped_swapcache(stat.get),
     )
 
 
@@ -164,7 +166,7 @@ def _v1(base: Path, rel: str, path: str) -> CgroupMemory | None:
         max_bytes=max_bytes,
         high_bytes=None,
         usage_ratio=_ratio(limit_usage, max_bytes),
-        # v1 "cache" is page cache including shmem; "rss" is anonymous memory (and swap cache).
+        # v1 "cache" is page cache including shmem; "rss" is mapped anonymous memory (the swap cache too before 5.8).
         file_bytes=hier("cache"),
         anon_bytes=hier("rss"),
         swap_bytes=swap,
@@ -173,7 +175,20 @@ def _v1(base: Path, rel: str, path: str) -> CgroupMemory | None:
         pgmajfault=hier("pgmajfault"),
         pressure=None,  # v1 has no per-group PSI
         limit_path=limit_path,
+        swapcache_bytes=_unmapped_swapcache(hier),
     )
+
+
+def _unmapped_swapcache(stat: Callable[[str], int | None]) -> int | None:
+    """Swap cache in no process's page tables (swapcached counts mapped swap-cache pages too, all of them
+    while swap is less than half full): the anon LRU lists hold mapped anonymous pages (v2 "anon", v1 "rss"
+    on kernels since 5.8), shmem and unmapped swap cache, so that is what is left."""
+    anon = stat("anon")
+    lru = [stat("inactive_anon"), stat("active_anon"), stat("rss") if anon is None else anon, stat("shmem")]
+    if any(v is None for v in lru):
+        return None
+    ia, aa, rss, shmem = (v or 0 for v in lru)
+    return max(0, ia + aa - rss - shmem)
 
 
 def _v2_bases(root: Path) -> list[Path]:

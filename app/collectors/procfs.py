@@ -185,6 +185,25 @@ class ProcFS:
     def smaps(self, pid: int) -> list[SmapsEntry] | None:
         return self._parsed(f"{pid}/smaps", parse_smaps, empty_parses=True)
 
+    def pagemap(self, pid: int, starts: list[int], pages: int) -> dict[int, bytes] | None:
+        """`pages` entries of /proc/PID/pagemap from each virtual page number in `starts` (parsed by
+        app.parsers.pagemap), one open for all; None when the process is gone or the read is refused."""
+        rel = f"{pid}/pagemap"
+        try:
+            fd = os.open(f"{self._root_s}/{rel}", os.O_RDONLY)
+        except _GONE:
+            return None
+        except OSError as exc:
+            if exc.errno in _DENIED_ERRNOS:
+                self._refused(rel)
+            return None
+        try:
+            return {first: os.pread(fd, pages * 8, first * 8) for first in starts}
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def cgroup(self, pid: int) -> CgroupRef | None:
         return self._parsed(f"{pid}/cgroup", parse_cgroup, empty_parses=False)
 

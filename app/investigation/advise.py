@@ -8,30 +8,36 @@ import logging
 
 from app.collectors.procfs import ProcFS
 from app.models import NodeStats, ProcessReport
+from app.parsers.pagemap import WINDOW_PAGES, present_pages, windows
 from app.parsers.procfs import SmapsEntry
 from app.tracers.base import TraceResult
 
+from .estimate import MemoryKey, faulting_memory, merge_memory
 from .recommend import Group, advise_number, blames_limit, limit_key, recommend
 from .sampler import ProcessTrack
-from .sources import DistinctPages, distinct_pages, mapping_kind
+from .sources import DistinctPages, distinct_pages
 
 log = logging.getLogger(__name__)
 
 
-def faulting_bound(smaps: list[SmapsEntry] | None, kinds: set[str]) -> tuple[int | None, int]:
-    """procfs: (the size of the memory that can fault with the kinds that do (file and code: the file
-    mappings' size; anonymous: resident + swapped; shmem: the shmem mappings' size), an upper bound on
-    the distinct pages the faults can have read; how much of it is resident now (smaps Rss))."""
-    if not smaps:
-        return None, 0
-    total = resident = 0
-    for e in smaps:
-        kind = mapping_kind(e.mapping).value
-        if kind not in kinds:
-            continue
-        total += e.rss_bytes + e.swap_bytes if kind == "swap" else max(e.size_bytes, e.rss_bytes + e.swap_bytes)
-        resident += e.rss_bytes
-    return total or None, resident
+MAX_PAGEMAP_WINDOWS = 4096  # pagemap reads per process (2 MiB of address space each: 8 GiB spread out)
+
+
+def resident_now(procfs: ProcFS, p: ProcessReport, pages: dict[int, int]) -> set[int] | None:
+    """Which of the process's faulted pages are resident at the window's end (pagemap's present bit), so a
+    page read back and resident counts once (issue 22); None when not known (gone, refused, too spread)."""
+    if p.exited_during_window or not pages:
+        return None
+    starts = windows(list(pages))
+    if len(starts) > MAX_PAGEMAP_WINDOWS:
+        return None
+    data = procfs.pagemap(p.pid, starts, WINDOW_PAGES)
+    if data is None:
+        return None
+    present: set[int] = set()
+    for first, chunk in data.items():
+        present |= present_pages(chunk, first)
+    return present & pages.keys()
 
 
 def _smaps(procfs: ProcFS, p: ProcessReport) -> list[SmapsEntry] | None:
@@ -65,6 +71,7 @@ def add_recommendations(
         allocatable, _ = resolver.allocatable(node_name)  # type: ignore[attr-defined]
     span = trace.duration_seconds or seconds
     groups: dict[str, Group] = {}
+    memory: dict[str, dict[MemoryKey, tuple[int, int]]] = {}  # procfs: the faulting memory per group
     keys = {limit_key(q.cgroup_memory) for q in limited if q.cgroup_memory is not None}
     for p in processes:  # every process under a binding limit adds its pages to that limit's group
         if p.cgroup_memory is None or limit_key(p.cgroup_memory) not in keys:
@@ -77,7 +84,13 @@ def add_recommendations(
             g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
         if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
-            mine = distinct_pages(p.pid, pages, t.maps)
+            mine = distinct_pages(p.pid, pages, t.maps, resident_now(procfs, p, pages))
+            kept = sum(pages.values())
+            seen = trace.totals.get(p.pid, kept)
+            g.dropped += max(0, seen - kept)
+            g.events += seen
+            g.map_full = g.map_full or trace.map_full
+            g.lost, g.lost_of = trace.lost, trace.events
             if smaps := _smaps(procfs, p):  # at the window's end, like the cgroup usage resident is taken from
                 g.smaps[p.pid] = smaps
             if g.pages is None:
@@ -87,9 +100,12 @@ def add_recommendations(
                 g.growth[sec] = g.growth.get(sec, 0) + n
         elif not trace.faults or not trace.exact:
             kinds = {s.kind.value for s in p.sources if s.faults}
-            bound, rss = faulting_bound(_smaps(procfs, p), kinds)
-            g.bound_bytes = (g.bound_bytes or 0) + bound if bound else g.bound_bytes
-            g.bound_resident_bytes = (g.bound_resident_bytes or 0) + rss
+            g.kinds = frozenset(kinds) if key not in memory else g.kinds | kinds
+            merge_memory(memory.setdefault(key, {}), faulting_memory(p.pid, _smaps(procfs, p), kinds))
+    for key, mem in memory.items():  # a file the group's processes share is bounded once (issue 22)
+        g = groups[key]
+        g.bound_bytes = sum(size for size, _ in mem.values()) or None
+        g.bound_resident_bytes = sum(rss for _, rss in mem.values())
     for p in limited:
         assert p.verdict is not None and p.cgroup_memory is not None
         g = groups[limit_key(p.cgroup_memory)]

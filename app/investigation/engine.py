@@ -494,6 +494,7 @@ def build_process(
         sources=sources,
         cgroup_memory=mem,
         cgroup_file_refaults=evidence.cgroup_refault_file if evidence is not None else None,
+        cgroup_anon_refaults=evidence.cgroup_refault_anon if evidence is not None else None,
         rss_bytes=rss,
         swap_bytes=swap,
         read_bytes_per_second=round(read_rate, 1) if read_rate is not None else None,

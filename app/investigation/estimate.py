@@ -151,3 +151,40 @@ def estimate_sources(
         s.share = round(s.faults / total, 4)
     sources.sort(key=lambda s: -s.faults)
     return sources
+
+
+# One piece of memory that can fault, for the procfs bound of the recommendation (issue 22): a file (file,
+# code or shmem) by (device, inode), the same for every process that maps it; an anonymous mapping by
+# process and start address.
+MemoryKey = tuple[str, str | int, int]
+
+
+def faulting_memory(pid: int, smaps: list[SmapsEntry] | None, kinds: set[str]) -> dict[MemoryKey, tuple[int, int]]:
+    """procfs: the memory of one process that can fault with the kinds that do, per piece of memory:
+    key -> (its size, an upper bound on the distinct pages the faults can have read: file and code, the
+    mappings' size; shmem, the same; anonymous, resident + swapped; how much of it is resident now, smaps Rss).
+    A file mapped twice by the process counts its mappings' sizes together (at most the file's ranges)."""
+    out: dict[MemoryKey, tuple[int, int]] = {}
+    for e in smaps or ():
+        kind = mapping_kind(e.mapping).value
+        if kind not in kinds:
+            continue
+        m = e.mapping
+        if kind == "swap" or not m.inode:
+            key: MemoryKey = ("anon", pid, m.start)
+            size = e.rss_bytes + e.swap_bytes
+        else:
+            key = ("file", m.dev, m.inode)
+            size = max(e.size_bytes, e.rss_bytes + e.swap_bytes)
+        size0, rss0 = out.get(key, (0, 0))
+        out[key] = (size0 + size, rss0 + e.rss_bytes)
+    return out
+
+
+def merge_memory(into: dict[MemoryKey, tuple[int, int]], more: dict[MemoryKey, tuple[int, int]]) -> None:
+    """Add one process's faulting memory to its group's (in place): a file two processes map is one file,
+    the larger of their sizes and of their resident pages (a page of a shared file is one page), never the sum."""
+    for key, (size, rss) in more.items():
+        size0, rss0 = into.get(key, (0, 0))
+        into[key] = (max(size0, size), max(rss0, rss))
+

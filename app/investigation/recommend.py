@@ -5,18 +5,26 @@ in. With an exact tracer that is the group's distinct faulted pages (file, code 
 offset, so a page two processes fault counts once; anonymous pages by process and address); with procfs
 alone it is estimated from the major-fault count, bounded by the size of the memory that faults (smaps),
 and the margin is wider. File pages that came back through read-ahead (no fault each) are counted from
-the cgroup's workingset_refault_file, bounded by the faulting files' mapped size. The pages read back and
-the pages resident now are largely the same memory, so they are united, not added: per faulting file (once
-across processes) or anonymous mapping (sources.faulting_units, from smaps at the window's end),
+the cgroup's workingset_refault_file, bounded by the faulting files' mapped size; anonymous and shmem pages
+that came back by swap readahead (vm.page-cluster) or from the swap cache from its workingset_refault_anon,
+bounded by the faulting mappings' Rss + Swap (issue 22). The pages read back and the pages resident now are
+largely the same memory, so they are united, not added: per faulting file (once across processes) or
+anonymous mapping (sources.faulting_units, from smaps at the window's end; pages both read back and
+resident now, by pagemap's present bit, counted once),
 
-    need = min(extent, read back + resident of it);  other = resident - resident in those units
-    limit = round_up_16MiB((sum of need + other) x (1 + margin)),  margin 10% exact, 25% estimated
+    need = min(extent, read back + resident of it - both);  other = resident - resident in those units
+    limit = round_up_16MiB((sum of need + other) x (1 + margin)),  margin 10% exact, 15% estimated
 
 at least 16 MiB above the current limit, capped at what the node can give (allocatable when known, else
 MemTotal), saying so when capped. `at_least` when the window did not see the whole working set: new
 distinct pages still appeared in its last quarter (perf's sample times; without times, bpftrace, that is
 not known) and fewer than half the pages were faulted again (the access never came around to them), or,
-with procfs, the faults could not cover the memory that faults.
+with procfs, the faults (or the cgroup's refaults) could not cover the memory that faults. Never "seen
+whole" when the tracer's page map was full or dropped events (then at_least, confidence not high), nor when
+a cold tail of pages read once still arrives at the window's end beside a hot set (no limit below the
+memory's size removes those reads). procfs bounds a file the group's processes share once (device + inode)
+and leaves out what is mapped resident beyond the group's usage (charged to another group). The group's
+unmapped swap cache is part of the swapped memory, not other resident memory.
 """
 
 from __future__ import annotations
@@ -47,10 +55,14 @@ PAGE = 4096
 MIB = 1 << 20
 ROUND = 16 * MIB  # a size people write
 MARGIN_EXACT = 0.10
-MARGIN_ESTIMATED = 0.25
+MARGIN_ESTIMATED = 0.15  # was 25%: at 256 MiB that alone broke R <= 1.2 L* + 16 MiB (issue 22)
 GROWTH_TAIL = 0.25  # the last quarter of the window...
 GROWTH_SHARE = 0.05  # ...bringing more than 5% of the distinct pages: still growing
 READAHEAD_RATIO = 4  # cgroup file refaults per major fault above which read-ahead brought most pages in
+# cgroup anon refaults per swap-in fault above which swap readahead (vm.page-cluster: 8 pages a fault at 3) or
+# the swap cache brought most anonymous and shmem pages back: more than half came back without a fault each
+SWAP_READAHEAD_RATIO = 2
+LOST_SHARE = 0.01  # lost samples (ring buffer full) up to this share of the events: their pages are left out
 CAME_BACK = 0.5  # share of distinct pages faulted again at which the window saw the access come around
 MIN_STEP = 16 * MIB  # never recommend less than the current limit plus this
 MAX_UNIT_LINES = 3  # basis lines for the biggest faulting mappings
@@ -84,6 +96,23 @@ class Group:
     bound_bytes: int | None = None  # procfs: size of the memory that faults (smaps), an upper bound
     smaps: dict[int, list[SmapsEntry]] = field(default_factory=dict)  # pid -> smaps at the window's end
     bound_resident_bytes: int | None = None  # procfs: how much of the memory that faults is resident (Rss)
+    # The tracer's evidence of pages it did not keep (issue 22): events of the group's processes whose page the
+    # map did not keep (it was full), all events of them, and samples the kernel lost for the whole trace.
+    dropped: int = 0
+    events: int = 0
+    map_full: bool = False
+    lost: int = 0
+    lost_of: int = 0  # the whole trace's events, lost ones included
+    # procfs: the kinds of memory that fault ("file", "code", "swap", "shmem"), to know which refaults count
+    kinds: frozenset[str] = frozenset({"file", "code", "swap", "shmem"})
+
+    @property
+    def file_faulting(self) -> bool:
+        return bool(self.kinds & {"file", "code"})
+
+    @property
+    def swap_faulting(self) -> bool:
+        return bool(self.kinds & {"swap", "shmem"})
 
 
 def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> bool:
@@ -93,6 +122,32 @@ def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> b
     tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
     tail = sum(n for s, n in growth.items() if s >= tail_from)
     return tail > GROWTH_SHARE * distinct
+
+
+def swap_cache(mem: CgroupMemory) -> int:
+    """The group's swap cache (bytes; 0 when not known): pages of the swapped memory read back by swap
+    readahead and not yet touched, or on their way out; charged to the group, in no mapping's Rss, so
+    part of the swapped memory, not other memory (issue 22)."""
+    return mem.swapcache_bytes or 0
+
+
+COLD_ONCE = 0.05  # pages faulted once, as a share of the distinct pages, from which a cold tail is looked for
+COLD_TAIL = 0.15  # ...and the share of them first seen in the window's last quarter (a steady stream: 25%)
+
+
+def cold_tail(growth: Mapping[int, int], seconds: float, distinct: int, once: int) -> str | None:
+    """A hot set the access keeps coming around to, and beside it a steady stream of pages read once, still
+    arriving at the window's end (a Zipf-like or hot/cold access with a long cold tail): the window cannot
+    bound the tail, and no limit below the faulting memory's size removes its reads. The basis line, or None."""
+    if not growth or distinct <= 0 or once < COLD_ONCE * distinct:
+        return None
+    tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
+    tail = sum(n for s, n in growth.items() if s >= tail_from)
+    if tail < COLD_TAIL * once:
+        return None
+    return (f"a cold tail: {mib(once * PAGE)} of pages read once in the window, still arriving at its end ({tail:,} new "
+            "in its last quarter): the window did not see the whole working set, and no limit below the size of the "
+            "memory that faults removes those reads")
 
 
 def union_need(units: list[Unit], resident: int) -> tuple[int, int]:
@@ -138,6 +193,91 @@ def _kinds_line(pages: DistinctPages, seconds: float, backend: str) -> list[str]
     return out
 
 
+def _dropped_line(group: Group) -> tuple[str, bool] | None:
+    """(the basis line, whether it makes the recommendation at_least) when the tracer did not keep every
+    fault's page; None when it kept them all. A full page map never says the working set was seen whole."""
+    if group.dropped or group.map_full:
+        of = f" of {group.events:,}" if group.events else ""
+        return (f"the tracer's page map was full: {group.dropped:,}{of} fault events of the group had pages it did not "
+                "keep, so the distinct pages undercount what came back", True)
+    if group.lost:
+        share = group.lost / max(group.lost_of, group.lost)
+        if share > LOST_SHARE:
+            return (f"the kernel lost {group.lost:,} of {group.lost_of:,} fault samples (ring buffer full, "
+                    f"{share:.0%}): pages of those faults are not counted", True)
+        return (f"the kernel lost {group.lost:,} of {group.lost_of:,} fault samples ({share:.1%}, under "
+                f"{LOST_SHARE:.0%}): their pages are left out", False)
+    return None
+
+
+def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[str],
+               short: list[str]) -> tuple[list[Unit], bool]:
+    """Count the pages that came back without a major fault each (issue 16 for file pages, issue 22 for
+    anonymous and shmem ones): read-ahead and fault-around bring file pages in, swap readahead
+    (vm.page-cluster) and the swap cache bring swapped pages back, so the faulted pages undercount what the
+    group read back. The cgroup's refaults say how much came back; the faulting memory's size bounds it.
+    Also used when the tracer dropped pages. Returns the units with the corrected ones merged, and whether
+    a correction was made (then the refaults, not the page growth, say whether the window saw it all)."""
+    pages = group.pages
+    assert pages is not None
+    dropping = group.map_full or group.dropped > 0
+    corrected = False
+    file_pages = len(pages.file) + len(pages.code)
+    refaults = p.cgroup_file_refaults
+    mapped = pages.mapped_bytes()
+    if file_pages and refaults is not None and mapped and (
+            refaults > READAHEAD_RATIO * max(group.faults, 1) or dropping):
+        # (program code: hundreds of pages a fault here)
+        counted = max(file_pages * PAGE, min(refaults * PAGE, mapped))
+        files = [u for u in units if u.kind in ("file", "code")]
+        # seen: all of it came back, or what came back and what is resident cover it (the union is bounded)
+        seen = refaults * PAGE >= mapped or counted + sum(u.resident_bytes for u in files) >= mapped
+        why = ("read-ahead brings pages in without a fault each" if not dropping
+               else "the tracer did not keep every faulted page")
+        basis.append(f"the cgroup read back {mib(refaults * PAGE)} of file pages (workingset_refault_file) for "
+                     f"{group.faults:,} major faults: {why}, so "
+                     f"{mib(counted)} of the faulting files' {mib(mapped)} mapped is counted"
+                     + ("" if seen else "; the window did not see all of it come back"))
+        if not seen:
+            short.append("not all of the faulting files came back in the window")
+        extent = sum(u.extent_bytes if u.extent_bytes is not None else (pages.mapped or {}).get(
+            (str(u.key[1]), int(u.key[2])), 0) for u in files)
+        units = [u for u in units if u.kind not in ("file", "code")] + [Unit(
+            ("file", "", 0), "the faulting files" if len(files) > 1 else files[0].name, "file", counted // PAGE,
+            sum(u.resident_bytes for u in files), max(extent, counted), sum(u.overlap for u in files))]
+        corrected = True
+    swap_pages = len(pages.anon) + len(pages.shmem)
+    anon_back = p.cgroup_anon_refaults
+    if swap_pages and anon_back is not None and (
+            anon_back > SWAP_READAHEAD_RATIO * max(pages.swap_faults, 1) or dropping):
+        swapped = [u for u in units if u.kind in ("anon", "shmem")]
+        known = [u for u in swapped if u.extent_bytes is not None]
+        extent = sum(u.extent_bytes or 0 for u in known)
+        why = ("swap readahead and the swap cache bring pages back without a fault each" if not dropping
+               else "the tracer did not keep every faulted page")
+        if not extent or len(known) < len(swapped):
+            basis.append(f"the cgroup read back {mib(anon_back * PAGE)} of anonymous and shmem pages "
+                         f"(workingset_refault_anon) for {pages.swap_faults:,} swap-in faults: {why}, and the size "
+                         "of the swapped memory is not known (no smaps)")
+            short.append("more anonymous memory came back than faulted, and its size is not known")
+        else:
+            counted = max(swap_pages * PAGE, min(anon_back * PAGE, extent))
+            seen = anon_back * PAGE >= extent or counted + sum(u.resident_bytes for u in swapped) >= extent
+            basis.append(f"the cgroup read back {mib(anon_back * PAGE)} of anonymous and shmem pages "
+                         f"(workingset_refault_anon) for {pages.swap_faults:,} swap-in faults: {why}, so "
+                         f"{mib(counted)} of the faulting memory's {mib(extent)} (touched: Rss + Swap) is counted"
+                         + ("" if seen else "; the window did not see all of it come back"))
+            if not seen:
+                short.append("not all of the swapped memory came back in the window")
+            units = [u for u in units if u.kind not in ("anon", "shmem")] + [Unit(
+                ("swap", "", 0), swapped[0].name if len(swapped) == 1 else "the swapped memory",
+                "shmem" if all(u.kind == "shmem" for u in swapped) else "anon", counted // PAGE,
+                sum(u.resident_bytes for u in swapped), max(extent, counted), sum(u.overlap for u in swapped))]
+        corrected = True
+    units.sort(key=lambda u: -u.need_bytes())
+    return units, corrected
+
+
 def recommend(
     p: ProcessReport,
     group: Group,
@@ -167,61 +307,105 @@ def recommend(
         margin = MARGIN_EXACT
         basis += _kinds_line(group.pages, seconds, backend)
         units = faulting_units(group.pages, group.smaps)
-        file_pages = len(group.pages.file) + len(group.pages.code)
-        refaults = p.cgroup_file_refaults
-        mapped = group.pages.mapped_bytes()
-        if file_pages and refaults is not None and refaults > READAHEAD_RATIO * max(group.faults, 1) and mapped:
-            # Read-ahead and fault-around bring file pages in without a major fault each (program code:
-            # hundreds of pages a fault here), so the faulted pages undercount what the group read back.
-            # The cgroup's refaults say how much came back; the faulting files' mappings bound it.
-            counted = max(file_pages * PAGE, min(refaults * PAGE, mapped))
-            at_least = refaults * PAGE < mapped
-            basis.append(f"the cgroup read back {mib(refaults * PAGE)} of file pages (workingset_refault_file) for "
-                         f"{group.faults:,} major faults: read-ahead brings pages in without a fault each, so "
-                         f"{mib(counted)} of the faulting files' {mib(mapped)} mapped is counted"
-                         + ("; the window did not see all of it come back" if at_least else ""))
-            files = [u for u in units if u.kind in ("file", "code")]
-            extent = sum(u.extent_bytes if u.extent_bytes is not None else (group.pages.mapped or {}).get(
-                (str(u.key[1]), u.key[2]), 0) for u in files)
-            units = [u for u in units if u.kind not in ("file", "code")] + [Unit(
-                ("file", "", 0), "the faulting files" if len(files) > 1 else files[0].name, "file", counted // PAGE,
-                sum(u.resident_bytes for u in files), max(extent, counted))]
-        else:
+        short: list[str] = []  # why the window did not see the whole working set (at_least)
+        units, corrected = _came_back(p, group, units, basis, short)
+        incomplete = _dropped_line(group)
+        if incomplete:
+            basis.append(incomplete[0])
+            if incomplete[1]:
+                short.append("the tracer did not keep every page")
+        if not corrected:
             came_back = group.pages.again / max(distinct, 1)
             growing = still_growing(group.growth, seconds, distinct) if group.growth else None
             # Seen whole: no new pages at the end, or most pages faulted again (the access came around to
             # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
-            at_least = came_back < CAME_BACK and growing is not False
+            # Never when the tracer dropped pages: the pages it did not keep may be new ones.
+            seen = not (came_back < CAME_BACK and growing is not False)
+            tail_line = cold_tail(group.growth, seconds, distinct, distinct - group.pages.again) if seen else None
             again = f"{came_back:.0%} of them were faulted again in the window"
             if growing is None:
-                basis.append(f"{again} (no sample times): " + ("the window may not have seen them all" if at_least
-                                                               else "it saw the working set come around"))
+                basis.append(f"{again} (no sample times): " + ("it saw the working set come around" if seen
+                                                               else "the window may not have seen them all"))
             elif growing:
                 basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
-                    ": it did not see the whole working set" if at_least else ": it saw the working set come around"))
-            else:
+                    ": it saw the working set come around" if seen else ": it did not see the whole working set"))
+            elif not incomplete and not tail_line:
                 basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
-        confidence: Confidence = "medium" if at_least else "high"
+            elif incomplete:
+                basis.append("no new distinct pages in the window's last quarter among the pages kept")
+            if not seen:
+                short.append("the window did not see the whole working set")
+            elif tail_line:
+                basis.append(tail_line)
+                short.append("a cold tail")
+        at_least = bool(short)
+        confidence: Confidence = "medium" if at_least or incomplete else "high"
         needed, in_units = union_need(units, resident)
+        cached = min(swap_cache(mem), sum(max(0, (u.extent_bytes or 0) - u.resident_bytes)
+                                                  for u in units if u.kind in ("anon", "shmem")), resident - in_units)
+        if cached > 0:
+            in_units += cached
+            basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): pages "
+                         "of the swapped memory, not other memory")
         basis += [unit_line(u) for u in units[:MAX_UNIT_LINES]]
         if len(units) > MAX_UNIT_LINES:
             rest = units[MAX_UNIT_LINES:]
             basis.append(f"{len(rest)} more faulting mappings need {mib(sum(u.need_bytes() for u in rest))}")
+        if group.pages.present is not None:
+            # pagemap said which pages read back are resident now: those are charged to this group (it read
+            # them). The limit then holds the pages read back + the group's other resident pages; resident
+            # pages of a faulting file that another group read first (charged there) do not count against it.
+            read = sum(u.distinct for u in units) * PAGE
+            both = min(resident, sum(u.overlap for u in units) * PAGE)
+            alt = read + resident - both
+            if alt < needed + resident - in_units:
+                mapped_res = sum(u.resident_bytes for u in units)
+                basis.append(f"{mib(both)} of the group's {mib(resident)} resident are pages it read back (pagemap): "
+                             f"it needs {mib(read)} read back + {mib(resident - both)} other resident"
+                             + (f"; at least {mib(mapped_res - resident)} of the faulting memory mapped resident (smaps "
+                                "Rss) is charged to another group, not to this limit" if mapped_res > resident else ""))
+                needed, in_units = read, both
     else:
         faulted = group.faults * PAGE
         bound = group.bound_bytes
-        read = min(faulted, bound) if bound else faulted
-        at_least = bound is None or faulted < bound
+        # Pages that came back without a major fault each (read-ahead, swap readahead, the swap cache):
+        # the cgroup's refaults, file and anon, count them; bounded by the memory that faults like the faults.
+        came = ((p.cgroup_file_refaults or 0) if group.file_faulting else 0) + (
+            (p.cgroup_anon_refaults or 0) if group.swap_faulting else 0)
+        seen_bytes = max(faulted, came * PAGE)
+        read = min(seen_bytes, bound) if bound else seen_bytes
+        at_least = bound is None or seen_bytes < bound
         margin = MARGIN_ESTIMATED
         how = "procfs" if backend == "procfs" else f"{backend} is not exact"
         basis.append(f"estimate ({how}, no fault addresses used): {group.faults:,} major faults ({mib(faulted)}) in "
-                     f"{seconds:.0f} s" + (f", bounded by the {mib(bound)} of memory that faults (smaps)" if bound else "")
-                     + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
+                     f"{seconds:.0f} s" + (f" and {mib(came * PAGE)} refaulted by the cgroup (workingset_refault)"
+                                           if came * PAGE > faulted else "")
+                     + (f", bounded by the {mib(bound)} of memory that faults (smaps, shared files once)"
+                        if bound else "") + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
+        if at_least:
+            basis.append(f"the faults and the cgroup's refaults cover {mib(read)}"
+                         + (f" of the {mib(bound)} that can fault" if bound else " (the memory that faults is not known)")
+                         + ": the window did not see the whole working set")
         confidence = "low"
         in_units = min(group.bound_resident_bytes or 0, resident)
+        if group.swap_faulting and bound:
+            cached = min(swap_cache(mem), max(0, bound - (group.bound_resident_bytes or 0)),
+                         resident - in_units)
+            if cached > 0:
+                in_units += cached
+                basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): "
+                             "pages of the swapped memory, not other memory")
         needed = read + in_units
         if bound:
             needed = min(bound, needed)
+            # More of the faulting memory mapped resident (smaps Rss) than the group holds in all: the rest is
+            # charged to another group (it read those pages first), stays resident, and is not this limit's.
+            elsewhere = max(0, (group.bound_resident_bytes or 0) - resident)
+            if elsewhere and needed > bound - elsewhere:
+                needed = max(in_units, bound - elsewhere)
+                basis.append(f"at least {mib(elsewhere)} of the memory that faults is resident (smaps Rss) beyond the "
+                             f"group's {mib(resident)}: charged to another group, not to this limit; it needs "
+                             f"{mib(needed)}")
         if in_units:
             basis.append(f"the memory that faults needs {mib(needed)}: {mib(read)} read back + {mib(in_units)} of it "
                          "resident now (smaps Rss)" + (f", at most its {mib(bound)}" if bound else "")
@@ -229,6 +413,9 @@ def recommend(
     if p.cgroup_file_refaults is not None:
         basis.append(f"the cgroup's workingset_refault_file rose by {p.cgroup_file_refaults:,} pages "
                      f"({mib(p.cgroup_file_refaults * PAGE)}) in the window")
+    if p.cgroup_anon_refaults:
+        basis.append(f"the cgroup's workingset_refault_anon rose by {p.cgroup_anon_refaults:,} pages "
+                     f"({mib(p.cgroup_anon_refaults * PAGE)}) in the window")
     other = resident - in_units
     basis.append(f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}"
                  + (" (memory.high)" if high else "") + f"; {mib(other)} of it outside the memory that faults")

@@ -156,6 +156,10 @@ class DistinctPages:
     names: dict[tuple[str, int], str] | None = None  # (dev, inode) -> path, for the basis lines
     again: int = 0  # pages faulted more than once in the window: the access came around to them again
     mapped: dict[tuple[str, int], int] | None = None  # (dev, inode) -> the largest mapping of it that faulted, bytes
+    swap_faults: int = 0  # faults on anonymous and shmem pages (swap-ins), to set against the cgroup's anon refaults
+    # The distinct pages (keys as above) that are resident now, at the window's end (/proc/PID/pagemap):
+    # read back and resident at once, so counted once in the union (issue 22). None: not known.
+    present: set[tuple[str, int, int] | tuple[int, int]] | None = None
 
     def mapped_bytes(self) -> int:
         return sum((self.mapped or {}).values())
@@ -170,6 +174,9 @@ class DistinctPages:
         self.anon |= other.anon
         self.unknown += other.unknown
         self.again += other.again
+        self.swap_faults += other.swap_faults
+        if other.present is not None:
+            self.present = (self.present or set()) | other.present
         for k, size in (other.mapped or {}).items():
             self.mapped = self.mapped or {}
             self.mapped[k] = max(size, self.mapped.get(k, 0))
@@ -177,9 +184,11 @@ class DistinctPages:
             self.names = {**(self.names or {}), **other.names}
 
 
-def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntry]]) -> DistinctPages:
-    """The distinct pages behind one process's traced faults ({page address: faults})."""
-    out = DistinctPages(set(), set(), set(), set(), names={}, mapped={})
+def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntry]],
+                   present: set[int] | None = None) -> DistinctPages:
+    """The distinct pages behind one process's traced faults ({page address: faults}); `present`: the
+    page addresses of them that are resident now (pagemap), None when not known."""
+    out = DistinctPages(set(), set(), set(), set(), names={}, mapped={}, present=None if present is None else set())
     resolve = _Resolver(snapshots)
     for page, count in pages.items():
         out.again += count > 1
@@ -188,9 +197,16 @@ def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntr
             out.unknown += 1
         elif kind is SourceKind.SWAP:
             out.anon.add((pid, page))
+            out.swap_faults += count
+            if out.present is not None and present is not None and page in present:
+                out.present.add((pid, page))
         else:
             key = (entry.dev, entry.inode, (entry.offset + page - entry.start) >> 12)
             {SourceKind.FILE: out.file, SourceKind.CODE: out.code, SourceKind.SHMEM: out.shmem}[kind].add(key)
+            if kind is SourceKind.SHMEM:
+                out.swap_faults += count
+            if out.present is not None and present is not None and page in present:
+                out.present.add(key)
             if out.names is not None:
                 out.names.setdefault((entry.dev, entry.inode), entry.path)
             if out.mapped is not None and kind is not SourceKind.SHMEM:
@@ -212,9 +228,10 @@ class Unit:
     distinct: int  # distinct faulted pages of it in the window
     resident_bytes: int = 0  # resident now (smaps Rss; for a file the most any one process maps)
     extent_bytes: int | None = None  # the most of it the group can need (None: not known, no smaps)
+    overlap: int = 0  # of the distinct pages, those resident now too (pagemap): in both counts, counted once
 
     def need_bytes(self) -> int:
-        union = self.distinct * 4096 + self.resident_bytes
+        union = self.distinct * 4096 + max(0, self.resident_bytes - self.overlap * 4096)
         return union if self.extent_bytes is None else min(self.extent_bytes, union)
 
 
@@ -241,6 +258,14 @@ def faulting_units(pages: DistinctPages, smaps: Mapping[int, list[SmapsEntry]]) 
     for i, keys in enumerate((pages.file, pages.code, pages.shmem)):
         for dev, ino, _ in keys:
             fids.setdefault((dev, ino), [0, 0, 0])[i] += 1
+    both: dict[tuple[str, int], int] = {}  # (dev, inode) -> its distinct pages resident now too
+    anon_both: set[tuple[int, int]] = set()
+    for k in pages.present or ():
+        if len(k) == 3:
+            fid3 = (str(k[0]), int(k[1]))
+            both[fid3] = both.get(fid3, 0) + 1
+        else:
+            anon_both.add((int(k[0]), int(k[1])))
     resident: dict[tuple[str, int], int] = {}
     ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
     anon_entries: dict[int, tuple[list[MapEntry], dict[int, SmapsEntry]]] = {}
@@ -261,8 +286,8 @@ def faulting_units(pages: DistinctPages, smaps: Mapping[int, list[SmapsEntry]]) 
         kind = "shmem" if ns >= max(nf, nc) else "code" if nc >= nf else "file"
         span = _covered(ranges[fid]) if fid in ranges else None
         units.append(Unit(("file", fid[0], fid[1]), names.get(fid, f"inode {fid[1]}"), kind, nf + nc + ns,
-                          resident.get(fid, 0), span))
-    anon: dict[tuple[str, int, int], list[int]] = {}  # key -> [distinct, resident, extent or -1]
+                          resident.get(fid, 0), span, both.get(fid, 0)))
+    anon: dict[tuple[str, int, int], list[int]] = {}  # key -> [distinct, resident, extent or -1, overlap]
     for pid, page in pages.anon:
         found = anon_entries.get(pid)
         hit = find_mapping(found[0], page) if found else None
@@ -270,12 +295,13 @@ def faulting_units(pages: DistinctPages, smaps: Mapping[int, list[SmapsEntry]]) 
             key, res, ext = ("anon", pid, -1), 0, -1
         else:
             e = found[1][hit.start]
-            key, res, ext = ("anon", pid, m.start), e.rss_bytes, e.rss_bytes + e.swap_bytes
-        acc = anon.setdefault(key, [0, res, ext])
+            key, res, ext = ("anon", pid, hit.start), e.rss_bytes, e.rss_bytes + e.swap_bytes
+        acc = anon.setdefault(key, [0, res, ext, 0])
         acc[0] += 1
-    for key, (n, res, ext) in anon.items():
+        acc[3] += (pid, page) in anon_both
+    for key, (n, res, ext, ov) in anon.items():
         name = f"anonymous memory of pid {key[1]}" + ("" if ext >= 0 else " (no longer mapped)")
-        units.append(Unit(key, name, "anon", n, res, ext if ext >= 0 else None))
+        units.append(Unit(key, name, "anon", n, res, ext if ext >= 0 else None, ov))
     if pages.unknown:
         units.append(Unit(("unknown", "", 0), "pages no mapping explained", "unknown", pages.unknown))
     units.sort(key=lambda u: -u.need_bytes())

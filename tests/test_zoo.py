@@ -1,0 +1,39 @@
+"""The limit zoo (issue 22): the recommended limit is right for every access pattern and every swap, on real
+workloads, against the smallest limit that works (L*). Each row (tests/workloads/zoo.py ROWS) runs its
+workload in a memory cgroup made for it, investigates it with the exact tracer and with procfs only, applies
+the recommendation R the way the report's command does, and checks with two probes:
+
+- at R, after one warm-up pass, the group's major faults fall below 1% of the untuned rate (L* <= R);
+- at floor8((R - 16 MiB) / 1.2) they do not (R <= 1.2 L* + 16 MiB);
+
+or, on a row where R cannot be checked (a cold tail no limit removes, a scan the window cannot see whole, a
+working set larger than the tracer's page map), that it says at_least with its reason. The full bisection for
+L* and the issue's table are in the bench: python -m bench.zoo (docs/bench.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.service_support import require_tracers
+from tests.workloads.zoo import OUTCOMES, ROWS, ZooRow, check, no_zoo_reason, table, zoo_workload
+
+pytestmark = [pytest.mark.matrix, pytest.mark.root, pytest.mark.workloads]
+
+TRACERS = ("perf-major", "procfs")
+
+
+@pytest.mark.parametrize("tracer", TRACERS)
+@pytest.mark.parametrize("row", ROWS, ids=[r.slug for r in ROWS])
+def test_zoo(row: ZooRow, tracer: str, tmp_path: Path) -> None:
+    if reason := no_zoo_reason(row):
+        pytest.skip(reason)
+    if tracer != "procfs":
+        require_tracers(tracer)
+    with zoo_workload(row, tmp_path) as zoo:
+        out = check(zoo, tracer)
+    OUTCOMES.append(out)
+    print("\n" + table([out]))
+    assert not out.problems, f"{row.name} [{tracer}]: " + "; ".join(out.problems)

@@ -1,0 +1,432 @@
+"""The limit zoo (issue 22): access patterns and swaps a recommendation must be right for, each checked
+against the smallest limit that works.
+
+L* is the smallest limit at which the group's major faults fall below 1% of the untuned rate (the rate at
+the limit the row starts with) after one warm-up pass. The suite (tests/test_zoo.py) checks each row's
+recommendation R with two probes instead of finding L*: at R the faults fall below 1% (so L* <= R), and at
+floor8((R - 16 MiB) / 1.2) they do not (so R <= 1.2 L* + 16 MiB). The bench (python -m bench.zoo) finds L*
+by bisection in 8 MiB steps and prints the table.
+
+Every workload runs in a memory cgroup made for it (tests/workloads.memory_cgroup: v1 here, v2 where the
+controller is there), swap is the test swap file (swap_enabled) or a zram device as BottleRocket has it
+(zram_swap); the vm sysctls a row sets are restored afterwards, and held under the zram lock so no other
+swap row of another run sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import (
+    _SYSCTL,
+    _ZRAM_LOCK,
+    MemoryHierarchy,
+    WorkloadProcess,
+    _kill,
+    _register,
+    _release,
+    _start,
+    _unregister,
+    binary,
+    memory_cgroup,
+    memory_hierarchy,
+    no_memory_controller_reason,
+    swap_enabled,
+    zram_swap,
+)
+
+MIB = 1 << 20
+PAGE = 4096
+STEP_MB = 8  # L*'s bisection step, and the floor of the low probe
+FALL = 0.01  # "the faults fall": below 1% of the untuned rate
+WARMUP_MAX = 10.0  # the longest wait for the warm-up pass after the limit is raised
+MEASURE = 1.5  # seconds a rate is measured over
+SETTLE = 1.0  # after lowering a limit, before its rate is measured
+WINDOW_MIN, WINDOW_MAX = 3.0, 14.0  # the investigation's window: two passes over the memory at the untuned rate
+
+
+@dataclass(frozen=True)
+class ZooRow:
+    name: str
+    kind: str  # "anon-seq", "anon-scatter", "file-seq", "file-hot", "charged", "two", "mixed", "grow"
+    size_mb: int  # the memory it walks (anon, or the file)
+    limit_mb: int
+    swap: str = "none"  # "none", "disk" (the test swap file), "zram" (BottleRocket's: swappiness 200, page-cluster 0)
+    page_cluster: int = 3
+    swappiness: int = 60
+    anon_mb: int = 0  # mixed: anonymous memory beside the file
+    hot_mb: int = 0  # file-hot: the hot set's size
+    charged_mb: int = 0  # charged: the file's first MiB read by another group first
+    max_pages: int | None = None  # PFI_TRACER_MAX_PAGES for the row (a working set larger than the page map)
+    window: float | None = None  # a fixed window (the growing scan: shorter than a pass)
+    at_least: str = ""  # the row must say at_least with the exact tracer, with this in its basis (why R cannot be checked)
+    at_least_procfs: str = ""  # the same with procfs only ("": the two probes check procfs's R)
+    fails_on_main: bool = False  # shown to fail on efcd8f2 (the issue's "Done when")
+
+    @property
+    def slug(self) -> str:
+        """The row's test id: its name in lower case, runs of other characters as one dash."""
+        import re
+
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+    @property
+    def pages(self) -> int:
+        return ((self.size_mb + self.anon_mb) * MIB) // PAGE
+
+
+ROWS = [
+    ZooRow("anon 128 MiB in order, disk swap page-cluster 3, limit 64", "anon-seq", 128, 64, "disk", 3,
+           fails_on_main=True),
+    ZooRow("anon 128 MiB scattered, disk swap page-cluster 0, limit 64", "anon-scatter", 128, 64, "disk", 0),
+    ZooRow("anon 128 MiB in order, zram, limit 64", "anon-seq", 128, 64, "zram", 0, 200),
+    ZooRow("anon 128 MiB scattered, zram, limit 64", "anon-scatter", 128, 64, "zram", 0, 200),
+    ZooRow("file 256 MiB, 64 MiB hot gets 99% of reads, limit 48", "file-hot", 256, 48, hot_mb=64,
+           at_least="a cold tail"),  # procfs counts the whole file (its faults cover it): checked by the probes
+    ZooRow("file 128 MiB, first 32 MiB charged to another group, limit 64", "charged", 128, 64, charged_mb=32),
+    ZooRow("2 processes, one 128 MiB file, limit 64", "two", 128, 64),
+    ZooRow("96 anon + 96 file, limit 128, disk swap, swappiness 60", "mixed", 96, 128, "disk", 3, 60, anon_mb=96),
+    ZooRow("96 anon + 96 file, limit 128, disk swap, swappiness 200", "mixed", 96, 128, "disk", 3, 200, anon_mb=96,
+           fails_on_main=True),
+    ZooRow("growing scan: 160 MiB file in order, limit 64, 2 s window", "grow", 160, 64, window=2.0,
+           at_least="did not see the whole working set", at_least_procfs="did not see the whole working set"),
+    ZooRow("working set larger than the page map (16 MiB), 128 MiB file, limit 64", "file-seq", 128, 64,
+           max_pages=4096, at_least="page map was full"),
+]
+
+
+@dataclass
+class Zoo:
+    """A running row: its group, its processes, the hierarchy's file names."""
+
+    row: ZooRow
+    group: Path
+    hierarchy: MemoryHierarchy
+    procs: list[WorkloadProcess] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def alive(self) -> bool:
+        """Every process of the row still runs (a dead one faults no more: a probe would seem to work)."""
+        return all(p.poll() is None for p in self.procs)
+
+    def majflt(self) -> int:
+        """The group's major faults (memory.stat: v1 total_pgmajfault, v2 pgmajfault)."""
+        for line in (self.group / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == self.hierarchy.stat_majflt:
+                return int(value)
+        raise RuntimeError(f"no {self.hierarchy.stat_majflt} in {self.group}/memory.stat")
+
+    def rate(self, seconds: float = MEASURE) -> float:
+        f0 = self.majflt()
+        time.sleep(seconds)
+        return (self.majflt() - f0) / seconds
+
+    def set_limit(self, limit_bytes: int) -> None:
+        """Write the limit. Lowering it can fail with EBUSY when the kernel's reclaim cannot keep up with a
+        process touching its pages as fast as it can (v1 gives up after a few rounds): then the row's
+        processes are stopped (SIGSTOP) for the write and let go again."""
+        path = self.group / self.hierarchy.limit_file
+        try:
+            path.write_text(str(limit_bytes))
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+        for p in self.procs:
+            os.kill(p.pid, signal.SIGSTOP)
+        try:
+            for attempt in range(20):
+                try:
+                    path.write_text(str(limit_bytes))
+                    return
+                except OSError as e:
+                    if e.errno != errno.EBUSY or attempt == 19:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            for p in self.procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGCONT)
+
+    def usage(self) -> int:
+        return int((self.group / self.hierarchy.usage_file).read_text())
+
+
+def no_zoo_reason(row: ZooRow) -> str | None:
+    """Why the row cannot run here (then it skips with this), or None."""
+    import shutil
+
+    from . import zram_unavailable_reason
+
+    if os.geteuid() != 0:
+        return "needs root (cgroups, swap, tracers)"
+    if shutil.which("gcc") is None:
+        return "gcc not found"
+    if memory_hierarchy() is None:
+        return no_memory_controller_reason()
+    if row.swap != "none" and (missing := [t for t in ("mkswap", "swapon", "swapoff") if shutil.which(t) is None]):
+        return f"{missing[0]} not found"
+    if row.swap == "zram":
+        return zram_unavailable_reason()
+    return None
+
+
+@contextlib.contextmanager
+def vm_sysctls(swappiness: int, page_cluster: int) -> Iterator[None]:
+    """vm.swappiness and vm.page-cluster set for the duration and restored, under the zram lock (the
+    sysctls are the machine's: one swap row at a time across test runs sets them)."""
+    with open(_ZRAM_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            saved = {k: f.read_text().strip() for k, f in _SYSCTL.items()}
+
+            def undo() -> None:
+                for k, value in saved.items():
+                    with contextlib.suppress(OSError):
+                        _SYSCTL[k].write_text(value)
+
+            key = _register(undo)
+            try:
+                _SYSCTL["swappiness"].write_text(str(swappiness))
+                _SYSCTL["page_cluster"].write_text(str(page_cluster))
+                yield
+            finally:
+                _unregister(key)
+                undo()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _data_file(path: Path, size_mb: int) -> None:
+    """size_mb of data written back and dropped from the page cache (it would stay charged to the writer)."""
+    block = os.urandom(MIB)
+    with open(path, "wb") as f:
+        for i in range(size_mb):
+            f.write(block[:8] + i.to_bytes(8, "little") + block[16:])
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _spawn(stack: contextlib.ExitStack, groups: list[Path], args: list[str]) -> WorkloadProcess:
+    proc = _start(f"pfi-workload-zoo-{args[0]}", binary("zoo_faults"), args, wait_for_go=True)
+    key = _register(lambda: _kill(proc))
+    stack.callback(_kill, proc)
+    stack.callback(_unregister, key)
+    _release(proc, groups)
+    return proc
+
+
+def _wait_faulted(zoo: Zoo, pages: int, timeout: float = 20.0) -> None:
+    """Until the group has faulted `pages` major faults (a first pass over a file is cold reads; the rows
+    are about the passes after it, which re-read what the limit evicted)."""
+    f0 = zoo.majflt()
+    deadline = time.monotonic() + timeout
+    while zoo.majflt() - f0 < pages and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def zoo_workload(row: ZooRow, tmp: Path) -> Iterator[Zoo]:
+    """The row's workload running at its limit, past its first pass."""
+    hierarchy = memory_hierarchy()
+    if hierarchy is None:
+        raise RuntimeError(no_memory_controller_reason())
+    tmp.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if row.swap == "zram":
+            stack.enter_context(zram_swap(page_cluster=row.page_cluster, swappiness=row.swappiness))
+        elif row.swap == "disk":
+            stack.enter_context(vm_sysctls(row.swappiness, row.page_cluster))
+            stack.enter_context(swap_enabled())
+        data = tmp / "zoo.bin"
+        if row.kind not in ("anon-seq", "anon-scatter"):
+            _data_file(data, row.size_mb)
+            stack.callback(data.unlink, missing_ok=True)
+        if row.charged_mb:  # another group reads the file's first MiB first: those pages are charged there
+            other = stack.enter_context(memory_cgroup(f"pfi-zoo-other-{os.getpid()}", None))
+            _spawn(stack, [other], ["prime", str(data), str(row.charged_mb)])
+        group = stack.enter_context(memory_cgroup(f"pfi-zoo-{os.getpid()}", row.limit_mb))
+        zoo = Zoo(row, group, hierarchy)
+        if row.kind in ("anon-seq", "anon-scatter"):
+            zoo.procs.append(_spawn(stack, [group], ["anon", str(row.size_mb), row.kind.split("-")[1]]))
+            _wait_faulted(zoo, row.size_mb * MIB // PAGE // 16)
+        elif row.kind == "mixed":
+            zoo.procs.append(_spawn(stack, [group], ["mixed", str(row.anon_mb), str(data)]))
+            _wait_faulted(zoo, row.size_mb * MIB // PAGE)
+        elif row.kind == "grow":  # past its first pass (cold reads), a window shorter than a pass
+            zoo.procs.append(_spawn(stack, [group], ["file", str(data), "seq"]))
+            _wait_faulted(zoo, row.size_mb * MIB // PAGE + 2048)
+        else:
+            args = ["file", str(data), "hot", str(row.hot_mb)] if row.kind == "file-hot" else ["file", str(data), "seq"]
+            zoo.procs.append(_spawn(stack, [group], args))
+            if row.kind == "two":
+                zoo.procs.append(_spawn(stack, [group], ["file", str(data), "seq"]))
+            _wait_faulted(zoo, (row.hot_mb or row.size_mb) * MIB // PAGE)
+        yield zoo
+
+
+def window_for(row: ZooRow, untuned: float) -> float:
+    """Two passes over the row's memory by each of its processes at the untuned rate (the group's, shared by
+    them), WINDOW_MIN..WINDOW_MAX (a fixed window when set)."""
+    if row.window is not None:
+        return row.window
+    procs = 2 if row.kind == "two" else 1
+    return min(WINDOW_MAX, max(WINDOW_MIN, 2 * procs * row.pages / max(untuned, 1.0)))
+
+
+def recommend_for(zoo: Zoo, tracer: str, seconds: float) -> tuple[Any, Any]:
+    """Investigate the row's processes as a user would: (the recommendation, the report)."""
+    from app.config import Settings
+    from app.investigation.engine import investigate
+
+    kw: dict[str, Any] = {"tracer": tracer, "kubelet_url": None, "apiserver_fallback": False}
+    if zoo.row.max_pages is not None:
+        kw["tracer_max_pages"] = zoo.row.max_pages
+    report = investigate(Settings(**kw), seconds=seconds, pids=zoo.pids)
+    for p in report.processes:
+        if p.verdict is not None and p.verdict.recommendation is not None:
+            return p.verdict.recommendation, report
+    return None, report
+
+
+def apply(zoo: Zoo, rec: Any) -> None:
+    """Set the limit the way the report's command does (the command writes the group's limit file): only a
+    group this row made."""
+    assert rec.cgroup is not None
+    target = zoo.hierarchy.root / rec.cgroup.strip("/")
+    if target != zoo.group:
+        raise AssertionError(f"the recommendation names cgroup {rec.cgroup}, not the row's {zoo.group}")
+    assert rec.command and str(rec.recommended_limit_bytes) in rec.command, rec.command
+    zoo.set_limit(rec.recommended_limit_bytes)
+
+
+def rate_at(zoo: Zoo, limit_bytes: int, untuned: float, raised: bool) -> float:
+    """The group's major faults/s at a limit: after one warm-up pass when raised (it reads its memory back
+    once), after SETTLE when lowered."""
+    zoo.set_limit(limit_bytes)
+    if raised:
+        t0 = time.monotonic()
+        start = last = zoo.majflt()
+        while time.monotonic() - t0 < WARMUP_MAX:
+            time.sleep(0.25)
+            now = zoo.majflt()
+            if now - start >= zoo.row.pages or now - last <= FALL * 0.25 * untuned:
+                break
+            last = now
+    else:
+        time.sleep(SETTLE)
+    return zoo.rate()
+
+
+def low_probe(r_bytes: int) -> int:
+    """floor8((R - 16 MiB) / 1.2): below it, R would break R <= 1.2 L* + 16 MiB."""
+    return int((r_bytes - 16 * MIB) / 1.2) // (STEP_MB * MIB) * STEP_MB * MIB
+
+
+def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
+    """L* in MiB by bisection in STEP_MB steps between the row's limit and hi_mb (None: not even hi_mb
+    works). Each probe goes up from a faulting limit, so it has its warm-up pass."""
+    lo = zoo.row.limit_mb  # faults here (the untuned rate)
+    if rate_at(zoo, hi_mb * MIB, untuned, raised=True) >= FALL * untuned:
+        return None
+    if not zoo.alive():
+        raise RuntimeError("a workload process died during the search")
+    hi = hi_mb
+    while hi - lo > STEP_MB:
+        mid = (lo + hi) // 2 // STEP_MB * STEP_MB
+        if mid <= lo:
+            mid = lo + STEP_MB
+        with contextlib.suppress(OSError):  # EBUSY: the probe starts from wherever reclaim got to
+            zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
+        time.sleep(SETTLE / 2)
+        works = rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned
+        if not zoo.alive():
+            raise RuntimeError(f"a workload process died during the search (at {mid} MiB)")
+        if works:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass
+class ZooOutcome:
+    row: ZooRow
+    tracer: str
+    untuned: float = 0.0
+    window: float = 0.0
+    rec_mib: int | None = None
+    at_least: bool = False
+    at_rec: float | None = None
+    low_mib: int | None = None
+    at_low: float | None = None
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check(zoo: Zoo, tracer: str) -> ZooOutcome:
+    """The suite's check of one row: the two probes, or the at_least reason."""
+    t0 = time.monotonic()
+    out = ZooOutcome(zoo.row, tracer)
+    out.untuned = zoo.rate(1.0)
+    out.window = window_for(zoo.row, out.untuned)
+    rec, report = recommend_for(zoo, tracer, out.window)
+    if rec is None:
+        top = report.processes[0] if report.processes else None
+        out.problems.append("no recommendation: " + (top.verdict.summary if top and top.verdict else "no process"))
+        return out
+    out.rec_mib, out.at_least = rec.recommended_limit_bytes // MIB, rec.at_least
+    why = zoo.row.at_least_procfs if tracer == "procfs" else zoo.row.at_least
+    if why:
+        if not rec.at_least:
+            out.problems.append(f"not at_least ({out.rec_mib} MiB); basis: {rec.basis}")
+        elif not any(why in b for b in rec.basis):
+            out.problems.append(f"at_least without saying {why!r}: {rec.basis}")
+        elif rec.confidence == "high":
+            out.problems.append("at_least with confidence high")
+        out.seconds = time.monotonic() - t0
+        return out
+    if rec.at_least:
+        out.problems.append(f"at_least {out.rec_mib} MiB where the window could see it all; basis: {rec.basis}")
+    apply(zoo, rec)
+    out.at_rec = rate_at(zoo, rec.recommended_limit_bytes, out.untuned, raised=True)
+    if out.at_rec >= FALL * out.untuned:
+        out.problems.append(f"at R = {out.rec_mib} MiB the group still faults {out.at_rec:,.0f}/s (untuned "
+                            f"{out.untuned:,.0f}/s): L* > R; basis: {rec.basis}")
+    low = low_probe(rec.recommended_limit_bytes)
+    out.low_mib = low // MIB
+    out.at_low = rate_at(zoo, low, out.untuned, raised=False)
+    if out.at_low < FALL * out.untuned:
+        out.problems.append(f"at {out.low_mib} MiB (floor8((R - 16) / 1.2)) the group faults only {out.at_low:,.0f}/s "
+                            f"(untuned {out.untuned:,.0f}/s): R > 1.2 L* + 16 MiB; basis: {rec.basis}")
+    out.seconds = time.monotonic() - t0
+    return out
+
+
+OUTCOMES: list[ZooOutcome] = []
+
+
+def table(outcomes: list[ZooOutcome]) -> str:
+    lines = [f"{'row':72} {'tracer':10} {'untuned/s':>9} {'R MiB':>9} {'at R/s':>7} {'low MiB':>7} {'at low/s':>8} "
+             "ok", "-" * 140]
+    for o in outcomes:
+        r = "-" if o.rec_mib is None else f"{'>=' if o.at_least else ''}{o.rec_mib}"
+        lines.append(f"{o.row.name:72} {o.tracer:10} {o.untuned:9,.0f} {r:>9} "
+                     f"{'-' if o.at_rec is None else f'{o.at_rec:,.0f}':>7} {o.low_mib or '-':>7} "
+                     f"{'-' if o.at_low is None else f'{o.at_low:,.0f}':>8} "
+                     + ("yes" if not o.problems else "NO: " + "; ".join(o.problems)[:300]))
+    return "\n".join(lines)
