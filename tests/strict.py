@@ -62,10 +62,12 @@ EXPECTED_SKIPS: list[tuple[str, str, str]] = [
     (r"tests/test_cgroupmem\.py::test_real_hybrid_tree_pod_in_v1_memory_and_unified$",
      r"needs the v1 memory hierarchy and the unified tree \(hybrid layout\)",
      "a hybrid layout, which a v2-only node cannot have"),
-    (r": the v2 path \(a systemd-layout pod\)",
+    (r"tests/test_scenarios\.py::test_scenario\[pod v2: ",
+     r"no memory controller on the unified tree at \S+: the v2 path \(a systemd-layout pod\)",
      "the inverse: a kubepods.slice pod on a v2-only node's unified tree, which a v1 or hybrid host cannot "
      "have; these rows run in the VM tier's guest (./test.sh --vm)"),
-    (r"runs in the VM tier's guest only",
+    (r"tests/test_vm_guest\.py::",
+     r"runs in the VM tier's guest only \(\./test\.sh --vm boots it\)",
      "checks of the cgroup-v2/kprobes/zram guest that scripts/vm/run.sh boots (./test.sh --vm)"),
 ]
 _EXPECTED = [(re.compile(t), re.compile(r), why) for t, r, why in EXPECTED_SKIPS]
