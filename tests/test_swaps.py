@@ -120,7 +120,7 @@ def test_parse_swaps_captured_in_the_vm_guest_and_with_none() -> None:
     BottleRocket's swap: one 1 GiB zram device at the top priority, typed 'partition' like a disk and
     told as zram by its name; and this machine's with no swap on (the header only)."""
     devices = parse_swaps(_read("zram-bottlerocket-vm-guest.txt"))
-    assert [(d.path, d.kind, d.size_bytes, d.used_bytes, d.priority, d.zram) for d in devices] == [
+    assert [(d.path, d.type, d.size_bytes, d.used_bytes, d.priority, d.zram) for d in devices] == [
         ("/dev/zram0", "partition", 1048572 * 1024, 66048 * 1024, 32767, True)]
     backing = swap_backing(devices)
     assert backing is not None and (backing.kind, backing.confidence) == ("zram", "high")
