@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -621,16 +622,24 @@ def check_tight(row: Row, proc: Any, limit_file: Path, out: Outcome) -> None:
     about what was recommended, and the drop above was the limit's doing, not the workload's."""
     assert out.rate_before is not None and out.rate_after is not None
     out.tight_mib = int(TIGHT_SHARE * workload_mb(row))
-    for attempt in range(TIGHT_TRIES):
-        try:
-            limit_file.write_text(str(out.tight_mib << 20))
-            break
-        except OSError as e:  # EBUSY: the kernel could not reclaim down to it (yet: a loaded machine)
-            if attempt == TIGHT_TRIES - 1:
-                out.problems.append(f"could not lower the limit to {out.tight_mib} MiB for the tightness check "
-                                    f"({TIGHT_TRIES} tries): {e}")
-                return
-            time.sleep(0.5)
+    # The workload is stopped for the write: lowering a v1 limit reclaims inside the write, and a process
+    # that brings its pages back as fast as they go (swap-ins from zram take microseconds) kept that write
+    # in the kernel past the test's timeout. Stopped, it cannot refault, and the reclaim ends.
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        for attempt in range(TIGHT_TRIES):
+            try:
+                limit_file.write_text(str(out.tight_mib << 20))
+                break
+            except OSError as e:  # EBUSY: the kernel could not reclaim down to it (yet: a loaded machine)
+                if attempt == TIGHT_TRIES - 1:
+                    out.problems.append(f"could not lower the limit to {out.tight_mib} MiB for the tightness "
+                                        f"check ({TIGHT_TRIES} tries): {e}")
+                    return
+                time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
     time.sleep(TIGHT_SETTLE)
     f0 = majflt(proc.pid)
     time.sleep(AFTER_SECONDS)
