@@ -179,7 +179,9 @@ def test_perf_tracepoint_sees_at_least_the_major_faults(file_workload: WorkloadP
     assert not r.exact
     traced = r.totals.get(file_workload.pid, 0)
     report("perf-tracepoint", "file", w, r, traced, in_range(r, file_workload))
-    assert traced >= w.delta, (traced, w.delta)  # every fault, minor ones too: at least every major one
+    # every fault, minor ones too: at least every major one, less the few that fall between the
+    # tracepoint's enable/disable and the majflt reads at the marks (38,804 vs 38,840 seen under load)
+    assert traced >= w.delta * (1 - EXACT_TOLERANCE), (traced, w.delta)
     assert_nothing_left()
 
 
