@@ -135,16 +135,22 @@ class Zoo:
         return (self.majflt() - f0) / seconds
 
     def set_limit(self, limit_bytes: int) -> None:
-        """Write the limit. Lowering it can fail with EBUSY when the kernel's reclaim cannot keep up with a
-        process touching its pages as fast as it can (v1 gives up after a few rounds): then the row's
-        processes are stopped (SIGSTOP) for the write and let go again."""
+        """Write the limit. Lowering it reclaims inside the write, which can fail with EBUSY (v1 gives up
+        after a few rounds) or last for minutes while a process brings its pages back as fast as they go
+        (swap-ins from zram): so for a lower limit the row's processes are stopped (SIGSTOP) for the write
+        and let go again."""
         path = self.group / self.hierarchy.limit_file
-        try:
-            path.write_text(str(limit_bytes))
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
+        current = path.read_text().strip()  # bytes, or "max" on v2
+        lowering = current.isdigit() and limit_bytes < int(current)
+        if not lowering:
+            try:
+                path.write_text(str(limit_bytes))
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+        # Lowering reclaims inside the write: a process that refaults as fast as pages go (zram) can keep
+        # the write in the kernel for minutes, so the processes are stopped for it.
         for p in self.procs:
             os.kill(p.pid, signal.SIGSTOP)
         try:
