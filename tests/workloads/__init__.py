@@ -649,7 +649,8 @@ def zram_swap(
             saved = {k: int(f.read_text().split()[0]) for k, f in _SYSCTL.items()}
             idx = (ZRAM_CONTROL / "hot_add").read_text().strip()
             name = f"zram{int(idx)}"
-            rec = record("zram", f"{name} {saved['swappiness']} {saved['page_cluster']}")
+            text = f"{name} {saved['swappiness']} {saved['page_cluster']}"  # what _zram_undo reads back
+            rec = record("zram", text)
             block = Path("/sys/block") / name
             try:
                 # "lzo [lzo-rle] lz4 ...": the bracketed one is the kernel's default
@@ -668,14 +669,13 @@ def zram_swap(
                 _SYSCTL["swappiness"].write_text(str(swappiness))
                 _SYSCTL["page_cluster"].write_text(str(page_cluster))
                 zram = ZramSwap(dev, chosen, disksize_mb << 20, saved)
-                text = f"{name} {saved['swappiness']} {saved['page_cluster']}"
                 key = _register(lambda: _zram_undo(text))
                 try:
                     yield zram
                 finally:
                     _unregister(key)
             finally:
-                _zram_undo(f"{name} {saved['swappiness']} {saved['page_cluster']}")
+                _zram_undo(text)
                 forget(rec)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
