@@ -15,8 +15,11 @@ comm is right-aligned and may hold spaces, digits and parentheses ("Web Content"
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice, repeat
+from operator import and_
 
 PAGE_MASK = ~0xFFF  # 4 KiB pages, as app.tracers.base
 
@@ -72,6 +75,9 @@ class FaultCounts:
     # pages (issue 16: is the working set still growing at the window's end?). Bounded by pids x seconds.
     new_pages: dict[int, dict[int, int]] = field(default_factory=dict)
     first_ns: int | None = None
+    # add_batch's counts per (pid, page), kept pages only, in first-seen order; folded into `faults` by
+    # settle() (and before any add_sample), so `faults` is whole only after settle().
+    _pending: Counter[tuple[int, int]] = field(default_factory=Counter, repr=False)
 
     def feed(self, line: str) -> None:
         # Fast path for the common "comm pid addr" line (comm may hold spaces: split from the
@@ -98,6 +104,8 @@ class FaultCounts:
         self.add_sample(rec.pid, rec.comm, rec.address)
 
     def add_sample(self, pid: int, comm: str, address: int, time_ns: int | None = None) -> None:
+        if self._pending:
+            self.settle()
         self.events += 1
         self.totals[pid] = self.totals.get(pid, 0) + 1
         if pid not in self.comms and comm.strip():
@@ -116,6 +124,57 @@ class FaultCounts:
         else:
             self.dropped += 1
 
+
+    def add_batch(self, pids: Sequence[int], addrs: Sequence[int], times: Sequence[int | None] | None = None) -> None:
+        """add_sample(pid, "", addr, time) for each sample, in order, with the same result, but counted in
+        C (Counter over (pid, page) keys) rather than one Python call per sample: Python work is per
+        distinct pid and per page seen for the first time. Call settle() before reading `faults`."""
+        n = len(pids)
+        if not n:
+            return
+        self.events += n
+        totals, faults = self.totals, self.faults
+        for pid, seen in Counter(pids).items():
+            totals[pid] = totals.get(pid, 0) + seen
+            if pid not in faults:
+                faults[pid] = {}  # as add_sample: every pid sampled has an entry, if only empty
+        keys = list(zip(pids, map(and_, addrs, repeat(PAGE_MASK)), strict=True))
+        pending = self._pending
+        before = len(pending)
+        pending.update(keys)
+        new = len(pending) - before
+        if not new:
+            return
+        # The keys this batch added, in first-seen order (a dict keeps insertion order); those settled
+        # into `faults` earlier are not new pages.
+        added = list(islice(reversed(pending), new))[::-1]
+        if any(faults.values()):  # pages settled before (or added by add_sample)
+            old = [k for k in added if k[1] in faults[k[0]]]
+            for k in old:
+                faults[k[0]][k[1]] += pending.pop(k)
+            if old:
+                added = [k for k in added if k in pending]
+        room = max(0, self.max_pages - self.pages)
+        for k in added[room:]:  # over max_pages: every sample of a page not kept is dropped
+            self.dropped += pending.pop(k)
+        kept = added[:room]
+        self.pages += len(kept)
+        if times is not None and kept:
+            first = dict(zip(reversed(keys), reversed(times), strict=True))  # the earliest sample of each key wins
+            for k in kept:
+                when = first[k]
+                if when is not None:
+                    self._first_seen(k[0], when)
+
+    def settle(self) -> None:
+        """Fold add_batch's counts into `faults`."""
+        faults = self.faults
+        for (pid, page), k in self._pending.items():
+            per_pid = faults.get(pid)
+            if per_pid is None:
+                per_pid = faults[pid] = {}
+            per_pid[page] = per_pid.get(page, 0) + k
+        self._pending.clear()
 
     def _first_seen(self, pid: int, time_ns: int) -> None:
         if self.first_ns is None:

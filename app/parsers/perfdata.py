@@ -22,7 +22,7 @@ Layout (tools/perf/util/header.h, include/uapi/linux/perf_event.h), little-endia
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -150,3 +150,151 @@ def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, in
         elif rtype == RECORD_LOST_SAMPLES and size >= _REC.size + 8:
             info.lost += _U64.unpack_from(buf, body)[0]
         off = nxt
+
+
+# --- columns: runs of sample records read at once ------------------------------------------------------
+
+MAX_BATCH = 65_536  # samples per batch: bounds the lists a batch holds (and how long a caller waits to stop)
+_FIRST_LOOK = 256  # records checked for a run at first; doubled while the run goes on
+
+
+@dataclass
+class SampleBatch:
+    """Samples in columns (file order): pid, address and, when sampled, time in ns (None: no sample of
+    the batch has one; an entry None: that sample has none)."""
+
+    pids: list[int]
+    addrs: list[int]
+    times: Sequence[int | None] | None
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+
+def _run_length(view: memoryview, off: int, size: int, limit: int) -> int:
+    """How many records from `off` on are sample records of `size` bytes (at most `limit`): the type
+    byte and both size bytes of each record header, read with a stride of `size` and compared by
+    lstrip in C (record types are < 256, so the type's upper bytes are 0 in every record)."""
+    want_type, want_lo, want_hi = bytes([RECORD_SAMPLE]), bytes([size & 0xFF]), bytes([size >> 8])
+    run, look = 0, _FIRST_LOOK
+    while run < limit:
+        n = min(look, limit - run)
+        start = off + run * size
+        stop = start + n * size
+        k = max(len(bytes(view[start:stop:size]).lstrip(want_type)),
+                len(bytes(view[start + 6:stop:size]).lstrip(want_lo)),
+                len(bytes(view[start + 7:stop:size]).lstrip(want_hi)))
+        run += n - k
+        if k:
+            return run
+        look *= 2
+    return run
+
+
+def _offsets(sample_type: int) -> tuple[int, int | None, int] | None:
+    """Byte offsets in a sample record (header included) of pid, time (None when not sampled) and addr;
+    None without tid and addr."""
+    if not (sample_type & SAMPLE_TID and sample_type & SAMPLE_ADDR):
+        return None
+    pos = _REC.size + 8 * bool(sample_type & SAMPLE_IDENTIFIER) + 8 * bool(sample_type & SAMPLE_IP)
+    pid_at, pos = pos, pos + 8
+    time_at = None
+    if sample_type & SAMPLE_TIME:
+        time_at, pos = pos, pos + 8
+    return pid_at, time_at, pos
+
+
+def iter_sample_batches(buf: PerfBytes, info: PerfData, max_batch: int = MAX_BATCH) -> Generator[SampleBatch, None, None]:
+    """The samples of iter_timed_samples in columns, in the same order, at most max_batch at a time:
+    a run of sample records of one size (perf writes thousands in a row between its COMM, MMAP and
+    round records) is read by strided memoryview slices, with no Python object per sample but its
+    numbers. COMM and LOST records update `info` as in iter_timed_samples; `info.read_to` is set before
+    each batch is yielded."""
+    sample_type = info.default_sample_type
+    # One layout for every sample only when the samples carry no identifier, or every event has the
+    # same sample_type; otherwise each record goes through iter_timed_samples' path.
+    uniform = not sample_type & SAMPLE_IDENTIFIER or set(info.sample_types.values()) <= {sample_type}
+    offsets = _offsets(sample_type)
+    layouts: dict[int, struct.Struct | None] = {}
+    with memoryview(buf) as whole, whole.cast("B") as view:
+        off, end = info.data_offset, info.data_offset + info.data_size
+        info.read_to = off
+        slow: SampleBatch | None = None
+        slow_times: list[int | None] = []
+        while off + _REC.size <= end:
+            rtype, _misc, size = _REC.unpack_from(view, off)
+            if (rtype == RECORD_SAMPLE and uniform and offsets is not None and size % 8 == 0
+                    and offsets[2] + 8 <= size and off + size <= end):
+                if slow is not None:
+                    yield slow
+                    slow = None
+                n = _run_length(view, off, size, min(max_batch, (end - off) // size))
+                pid_at, time_at, addr_at = offsets
+                with view[off:off + n * size] as run, run.cast("I") as words, run.cast("Q") as quads:
+                    step = size // 8
+                    pids = words[pid_at // 4::step * 2].tolist()
+                    addrs = quads[addr_at // 8::step].tolist()
+                    times = quads[time_at // 8::step].tolist() if time_at is not None else None
+                off += n * size
+                info.read_to = off
+                yield SampleBatch(pids, addrs, times)
+                continue
+            # Anything else, one record at a time, as iter_timed_samples reads it.
+            nxt = _one_record(view, info, off, end, rtype, size, layouts)
+            if nxt is None:
+                break  # cut short (info.read_to stays at off), or unreadable from here (at end)
+            if isinstance(nxt, tuple):
+                nxt, pid, when, addr = nxt
+                if slow is None:
+                    slow, slow_times = SampleBatch([], [], None), []
+                slow.pids.append(pid)
+                slow.addrs.append(addr)
+                slow_times.append(when)
+                if when is not None:
+                    slow.times = slow_times
+            off = info.read_to = nxt
+            if slow is not None and len(slow) >= max_batch:
+                yield slow
+                slow = None
+        if slow is not None:
+            yield slow
+
+
+def _one_record(buf: memoryview, info: PerfData, off: int, end: int, rtype: int, size: int,
+                layouts: dict[int, struct.Struct | None]) -> int | tuple[int, int, int | None, int] | None:
+    """One record at `off` (header already read), as iter_timed_samples reads it: the next offset, with
+    (pid, time, addr) when it is a readable sample; None when it is cut short (info.read_to unchanged)
+    or a zero-size record makes the rest unreadable (info.read_to = end, counted malformed)."""
+    if size < _REC.size:
+        info.malformed += 1
+        info.read_to = end
+        return None
+    body, nxt = off + _REC.size, off + size
+    if nxt > end:
+        return None
+    if rtype == RECORD_SAMPLE:
+        st = info.default_sample_type
+        pos = body
+        if st & SAMPLE_IDENTIFIER:
+            st = info.sample_types.get(_U64.unpack_from(buf, pos)[0], st)
+            pos += 8
+        layout = layouts.get(st)
+        if layout is None:
+            layout = layouts[st] = _layout(st)
+        if layout is None or pos + layout.size > nxt:
+            info.malformed += 1
+        elif st & SAMPLE_TIME:
+            pid, _tid, when, addr = layout.unpack_from(buf, pos)
+            return nxt, pid, when, addr
+        else:
+            pid, _tid, addr = layout.unpack_from(buf, pos)
+            return nxt, pid, None, addr
+    elif rtype == RECORD_COMM and size >= _REC.size + 9:
+        pid, _tid = _U32x2.unpack_from(buf, body)
+        raw = bytes(buf[body + 8 : min(nxt, body + 8 + 16)])
+        info.comms[pid] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    elif rtype == RECORD_LOST and size >= _REC.size + 16:
+        info.lost += _U64.unpack_from(buf, body + 8)[0]
+    elif rtype == RECORD_LOST_SAMPLES and size >= _REC.size + 8:
+        info.lost += _U64.unpack_from(buf, body)[0]
+    return nxt
