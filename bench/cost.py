@@ -23,15 +23,25 @@ Where the cost goes, per case (the bench prints each part's share of the CPU the
   in-task      what the workload itself spent more per fault while traced (schedstat CPU per fault,
                traced - untraced, x faults): the event code in the kernel's fault path
 and the wakeups (voluntary context switches) of the tracer and this process.
+
+Before/after in one run (`python -m bench --only cost --cost-before`): each round also runs the
+investigation with the reader as it was before the column reader (perf.data read record by record,
+one Python call per sample, the thread not niced: `_record_by_record_read`), the two in turns with
+untraced runs between them, so both are compared under the same load; the row's note gives both
+ratios and both readers' CPU. The "reader" rows time the two readers alone on the same synthetic
+perf.data (a real capture's records, 600,000 samples over 16,384 pages, the shape of a 10 s zram
+window), CPU per sample, the older one as the baseline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 import resource
 import statistics
+import struct
 import tempfile
 import threading
 import time
@@ -42,6 +52,8 @@ from pathlib import Path
 from app.config import Settings
 from app.investigation import sampler as sampler_mod
 from app.investigation.engine import investigate
+from app.parsers import perfdata
+from app.parsers.perf import FaultCounts
 from app.tracers import _perf
 from tests import workloads
 
@@ -113,7 +125,50 @@ def untraced(pid: int, seconds: float) -> Measure:
     return Measure(time.monotonic() - t, b - a, cb - ca)
 
 
-def investigated(pid: int, window: float) -> Measure:
+def _record_by_record_read(self: _perf._Tail, final: perfdata.PerfData | None = None) -> None:
+    """_perf._Tail.read as it was before the column reader (main at 00ca26d): one Python call per sample
+    (iter_timed_samples + FaultCounts.add_sample). The bench's "before"; it never cancels."""
+    if _perf._size(self.data) <= self.off and final is None:
+        return
+    with open(self.data, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if self.info is None:
+            self.info = perfdata.read_header(buf)  # type: ignore[arg-type]
+            self.off = self.info.data_offset
+        info = self.info
+        end = len(buf) if final is None else min(len(buf), final.data_offset + final.data_size)
+        info.data_offset, info.data_size = self.off, max(0, end - self.off)
+        keep, add = self.keep, self.counts.add_sample
+        for n, (pid, _tid, when, addr) in enumerate(perfdata.iter_timed_samples(buf, info)):  # type: ignore[arg-type]
+            if keep is None or pid in keep:
+                add(pid, "", addr, when)
+            if n & 0xFFFF == 0xFFFF and final is None and self._stop.is_set():
+                break
+        self.off = info.read_to
+    self.rounds += 1
+
+
+@contextlib.contextmanager
+def _reader(kind: str) -> Iterator[None]:
+    """The live reader to investigate with: "columns" (the app's) or "records" (the one before it)."""
+    if kind == "columns":
+        yield
+        return
+    saved_read, saved_nice = _perf._Tail.read, _perf._nice_this_thread
+    _perf._Tail.read = _record_by_record_read  # type: ignore[method-assign]
+    _perf._nice_this_thread = lambda nice: None
+    try:
+        yield
+    finally:
+        _perf._Tail.read = saved_read  # type: ignore[method-assign]
+        _perf._nice_this_thread = saved_nice
+
+
+def investigated(pid: int, window: float, reader: str = "columns") -> Measure:
+    with _reader(reader):
+        return _investigated(pid, window)
+
+
+def _investigated(pid: int, window: float) -> Measure:
     cpu = _ThreadCPU()
     cpu.wrap(sampler_mod.Sampler, "tick", "sampler")
     cpu.wrap(sampler_mod.Sampler, "mark", "sampler")
@@ -220,50 +275,140 @@ def shares(traced: list[Measure], base: list[Measure]) -> dict[str, float]:
 
 
 def run_case(res: Results, letter: str, what: str, make: Callable[[], contextlib.AbstractContextManager[workloads.WorkloadProcess]],
-             window: float, rounds: int) -> None:
+             window: float, rounds: int, before: bool = False) -> None:
+    """`before`: each round also investigates with the reader before the column reader, the two in turns
+    (which goes first alternates), each against the untraced runs beside it."""
     name = f"{letter}: {what}"
+    kinds = ["columns", "records"] if before else ["columns"]
+    traced: dict[str, list[Measure]] = {k: [] for k in kinds}
+    ratios: dict[str, list[float]] = {k: [] for k in kinds}
     try:
         with make() as proc:
             time.sleep(1.0)  # let it reach its steady rate
             base = [untraced(proc.pid, window + 1.5)]
-            traced: list[Measure] = []
-            ratios = []
-            for _ in range(rounds):
-                t = investigated(proc.pid, window)
-                traced.append(t)
-                base.append(untraced(proc.pid, t.seconds))
-                ref = (base[-2].rate + base[-1].rate) / 2
-                ratios.append(t.rate / ref if ref else 0.0)
-                log(f"    {letter} {what}: untraced {base[-2].rate:,.0f}/s, investigated ({t.backend}) {t.rate:,.0f}/s,"
-                    f" untraced {base[-1].rate:,.0f}/s: {ratios[-1]:.3f}")
+            for i in range(rounds):
+                for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+                    t = investigated(proc.pid, window, kind)
+                    traced[kind].append(t)
+                    base.append(untraced(proc.pid, t.seconds))
+                    ref = (base[-2].rate + base[-1].rate) / 2
+                    ratios[kind].append(t.rate / ref if ref else 0.0)
+                    log(f"    {letter} {what}: untraced {base[-2].rate:,.0f}/s, investigated ({t.backend}"
+                        f"{', ' + kind + ' reader' if before else ''}) {t.rate:,.0f}/s, untraced {base[-1].rate:,.0f}/s: "
+                        f"{ratios[kind][-1]:.3f}")
     except Exception as e:  # noqa: BLE001 - one case that cannot run (no zram, no swap) leaves the others
         res.failed(SECTION, name, e, target=f">= {TARGET}")
         return
-    ratio = statistics.median(ratios)
-    cpu = shares(traced, base)
+    now = traced["columns"]
+    ratio = statistics.median(ratios["columns"])
+    cpu = shares(now, base)
     total = sum(cpu.values()) or 1e-9
     load = os.getloadavg()[0]
     parts = ", ".join(f"{p} {cpu[p] / total:.0%}" for p in PARTS)
-    wake = traced[len(traced) // 2].wakeups
+    wake = now[len(now) // 2].wakeups
+    faults = statistics.median(m.majflt for m in now) or 1
+    note = (f"{now[0].backend}, {window:.0f} s windows, median of {rounds} paired rounds "
+            f"({' / '.join(f'{r:.3f}' for r in ratios['columns'])}), load {load:.1f}; CPU the investigation added "
+            f"{total:.2f} s: {parts}; reader {cpu['reader'] * 1e9 / faults:,.0f} ns a fault; "
+            f"wakeups: tracer {wake.get('tracer', 0):,}, inspector {wake.get('inspector', 0):,}")
+    extra = {"ratios": ratios["columns"], "cpu_seconds": cpu, "load": load, "backend": now[0].backend,
+             "untraced_ns_per_fault": statistics.median(m.ns_per_fault for m in base),
+             "traced_ns_per_fault": statistics.median(m.ns_per_fault for m in now)}
+    if before:
+        old = traced["records"]
+        old_cpu = shares(old, base)
+        old_faults = statistics.median(m.majflt for m in old) or 1
+        note += (f"; BEFORE (record-by-record reader, same run): {statistics.median(ratios['records']):.3f} "
+                 f"({' / '.join(f'{r:.3f}' for r in ratios['records'])}), added {sum(old_cpu.values()):.2f} s, "
+                 f"reader {old_cpu['reader']:.2f} s = {old_cpu['reader'] * 1e9 / old_faults:,.0f} ns a fault")
+        extra |= {"before_ratios": ratios["records"], "before_cpu_seconds": old_cpu}
     res.add(Row(
-        SECTION, name, round(statistics.median(t.rate for t in traced)), "faults/s",
+        SECTION, name, round(statistics.median(t.rate for t in now)), "faults/s",
         baseline=round(statistics.median(m.rate for m in base)), ratio=round(ratio, 3), target=f">= {TARGET}",
-        status="PASS" if ratio >= TARGET else "MISS",
-        note=(f"{traced[0].backend}, {window:.0f} s windows, median of {rounds} paired rounds "
-              f"({' / '.join(f'{r:.3f}' for r in ratios)}), load {load:.1f}; CPU the investigation added "
-              f"{total:.2f} s: {parts}; wakeups: tracer {wake.get('tracer', 0):,}, inspector {wake.get('inspector', 0):,}"),
-        extra={"ratios": ratios, "cpu_seconds": cpu, "load": load, "backend": traced[0].backend,
-               "untraced_ns_per_fault": statistics.median(m.ns_per_fault for m in base),
-               "traced_ns_per_fault": statistics.median(m.ns_per_fault for m in traced)},
+        status="PASS" if ratio >= TARGET else "MISS", note=note, extra=extra,
     ))
 
 
-def section_cost(res: Results, window: float, rounds: int) -> None:
-    log(f"section 10: the whole investigation's cost ({window:.0f} s windows, {rounds} rounds)")
+READER_SAMPLES = 600_000  # a 10 s window at 60,000 faults/s
+READER_PAGES = 16_384
+
+
+def _synthetic_perf_data(samples: int, pages: int) -> bytes:
+    """tests/fixtures/tracers/perf-major-two-workloads.data's header and first sample record, repeated with
+    the address walking `pages` pages (and the time rising 10 us a sample)."""
+    real = (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tracers"
+            / "perf-major-two-workloads.data").read_bytes()
+    info = perfdata.read_header(real)
+    off = info.data_offset
+    while True:
+        rtype, _misc, size = struct.unpack_from("<IHH", real, off)
+        if rtype == perfdata.RECORD_SAMPLE:
+            break
+        off += size
+    template = bytearray(real[off:off + size])
+    st = info.default_sample_type
+    at = perfdata._offsets(st)
+    assert at is not None and at[1] is not None
+    _pid_at, time_at, addr_at = at
+    base_addr = struct.unpack_from("<Q", template, addr_at)[0] & ~0xFFFFFF
+    base_time = struct.unpack_from("<Q", template, time_at)[0]
+    body = bytearray()
+    for i in range(samples):
+        struct.pack_into("<Q", template, addr_at, base_addr + ((i * 7919 % pages) << 12))
+        struct.pack_into("<Q", template, time_at, base_time + i * 10_000)
+        body += template
+    head = bytearray(real[: info.data_offset])
+    struct.pack_into("<Q", head, 48, len(body))
+    return bytes(head + body)
+
+
+def _reader_cpu(buf: bytes, kind: str) -> tuple[float, FaultCounts]:
+    counts = FaultCounts()
+    t = time.thread_time()
+    info = perfdata.read_header(buf)
+    if kind == "records":
+        for pid, _tid, when, addr in perfdata.iter_timed_samples(buf, info):
+            counts.add_sample(pid, "", addr, when)
+    else:
+        for batch in perfdata.iter_sample_batches(buf, info):
+            counts.add_batch(batch.pids, batch.addrs, batch.times)
+        counts.settle()
+    return time.thread_time() - t, counts
+
+
+def reader_rows(res: Results, reps: int = 3) -> None:
+    """The two readers alone on one perf.data, in turns: CPU per sample, median of `reps`."""
+    buf = _synthetic_perf_data(READER_SAMPLES, READER_PAGES)
+    cpu: dict[str, list[float]] = {"records": [], "columns": []}
+    counts: dict[str, FaultCounts] = {}
+    for _ in range(reps):
+        for kind in cpu:
+            s, counts[kind] = _reader_cpu(buf, kind)
+            cpu[kind].append(s)
+    same = counts["records"].faults == counts["columns"].faults and counts["records"].new_pages == counts["columns"].new_pages
+    old, new = statistics.median(cpu["records"]), statistics.median(cpu["columns"])
+    res.add(Row(
+        SECTION, f"reader alone: perf.data of {READER_SAMPLES:,} samples over {READER_PAGES:,} pages",
+        round(new * 1e9 / READER_SAMPLES), "ns CPU a sample", baseline=round(old * 1e9 / READER_SAMPLES),
+        ratio=round(new / old, 3) if old else None, target="< 1 (baseline: record by record)",
+        status=("PASS" if new < old else "MISS") if same else "MISS",
+        note=(f"columns (iter_sample_batches + FaultCounts.add_batch) against record by record (iter_timed_samples "
+              f"+ add_sample), {reps} turns each, thread CPU, load {os.getloadavg()[0]:.1f}; same counts: {same}"),
+        extra={"records_seconds": cpu["records"], "columns_seconds": cpu["columns"]},
+    ))
+
+
+def section_cost(res: Results, window: float, rounds: int, before: bool = False) -> None:
+    log(f"section 10: the whole investigation's cost ({window:.0f} s windows, {rounds} rounds"
+        f"{', with the reader before it in turns' if before else ''})")
+    try:
+        reader_rows(res)
+    except Exception as e:  # noqa: BLE001
+        res.failed(SECTION, "reader alone", e)
     workdir = Path(tempfile.mkdtemp(prefix="pfi-bench-cost-", dir="/var/tmp"))
     try:
         for letter, what, make in cases(workdir):
-            run_case(res, letter, what, make, window, rounds)
+            run_case(res, letter, what, make, window, rounds, before)
     finally:
         with contextlib.suppress(OSError):
             for p in workdir.iterdir():
