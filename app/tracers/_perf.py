@@ -8,7 +8,11 @@ So the events counted are exactly those between the two markers, where the engin
 
 Reading (perf-major): perf.data is read while perf writes it (`_Tail`: perf is pinged every TAIL_EVERY
 seconds to write out its ring buffers), so when the window ends only the last half second is left to read
-and the report is ready about as soon as perf has exited.
+and the report is ready about as soon as perf has exited. It is read in columns (perfdata.iter_sample_batches,
+FaultCounts.add_batch: no Python call per sample; 0.4x the CPU of reading record by record, bench section
+10), by a thread at nice 10, below the workloads it watches. Fewer sample fields cannot be asked of perf
+6.1: `-d` brings ADDR and DATA_SRC, `-a` CPU and ID (its dummy side-band event); only TIME could go
+(`--no-timestamp`), and the new-pages series needs it: 64 bytes a sample.
 
 Bounds: `--max-size` (perf stops itself at the output bound), the window deadline (perf is stopped
 SIGINT -> SIGTERM -> SIGKILL; what was written is still parsed), CPU (nice 10), the ring buffer
