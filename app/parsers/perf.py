@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat
-from operator import and_
+from operator import and_, floordiv, itemgetter, sub
 
 PAGE_MASK = ~0xFFF  # 4 KiB pages, as app.tracers.base
 
@@ -161,10 +161,20 @@ class FaultCounts:
         self.pages += len(kept)
         if times is not None and kept:
             first = dict(zip(reversed(keys), reversed(times), strict=True))  # the earliest sample of each key wins
-            for k in kept:
-                when = first[k]
-                if when is not None:
-                    self._first_seen(k[0], when)
+            whens = list(map(first.__getitem__, kept))
+            if None in whens:  # samples without a time (mixed sample types): one at a time
+                for k, when in zip(kept, whens, strict=True):
+                    if when is not None:
+                        self._first_seen(k[0], when)
+                return
+            if self.first_ns is None:
+                self.first_ns = whens[0]
+            # _first_seen for every kept page, its arithmetic mapped in C: min(max(0, (t - first) // 1e9), MAX)
+            seconds = map(min, map(max, repeat(0), map(floordiv, map(sub, whens, repeat(self.first_ns)),
+                                                           repeat(1_000_000_000))), repeat(MAX_SECONDS))
+            for (pid, second), pages in Counter(zip(map(itemgetter(0), kept), seconds, strict=True)).items():
+                per_pid = self.new_pages.setdefault(pid, {})
+                per_pid[second] = per_pid.get(second, 0) + pages
 
     def settle(self) -> None:
         """Fold add_batch's counts into `faults`."""

@@ -160,8 +160,8 @@ _FIRST_LOOK = 256  # records checked for a run at first; doubled while the run g
 
 @dataclass
 class SampleBatch:
-    """Samples in columns (file order): pid, address and, when sampled, time in ns (None: no sample of
-    the batch has one; an entry None: that sample has none)."""
+    """Samples in columns (file order): pid, address and time in ns (None: no sample of the batch has one;
+    an entry None: that sample has none)."""
 
     pids: list[int]
     addrs: list[int]
@@ -205,39 +205,50 @@ def _offsets(sample_type: int) -> tuple[int, int | None, int] | None:
 
 
 def iter_sample_batches(buf: PerfBytes, info: PerfData, max_batch: int = MAX_BATCH) -> Generator[SampleBatch, None, None]:
-    """The samples of iter_timed_samples in columns, in the same order, at most max_batch at a time:
-    a run of sample records of one size (perf writes thousands in a row between its COMM, MMAP and
-    round records) is read by strided memoryview slices, with no Python object per sample but its
-    numbers. COMM and LOST records update `info` as in iter_timed_samples; `info.read_to` is set before
-    each batch is yielded."""
+    """The samples of iter_timed_samples in columns, in the same order, about max_batch at a time (at
+    most max_batch + one run): a run of sample records of one size (perf writes hundreds to thousands in
+    a row between its COMM, MMAP and round records) is read by strided memoryview slices, with no Python
+    object per sample but its numbers, and runs are gathered into one batch. COMM and LOST records
+    update `info` as in iter_timed_samples; `info.read_to` is set before each batch is yielded: every
+    record before it has been read, and its samples are in this batch or an earlier one."""
     sample_type = info.default_sample_type
     # One layout for every sample only when the samples carry no identifier, or every event has the
     # same sample_type; otherwise each record goes through iter_timed_samples' path.
     uniform = not sample_type & SAMPLE_IDENTIFIER or set(info.sample_types.values()) <= {sample_type}
     offsets = _offsets(sample_type)
     layouts: dict[int, struct.Struct | None] = {}
+    pids: list[int] = []
+    addrs: list[int] = []
+    times: list[int | None] = []
+    timed = False  # some sample of the batch has a time
+
+    def batch() -> SampleBatch:
+        nonlocal pids, addrs, times, timed
+        out = SampleBatch(pids, addrs, times if timed else None)
+        pids, addrs, times, timed = [], [], [], False
+        return out
+
     with memoryview(buf) as whole, whole.cast("B") as view:
         off, end = info.data_offset, info.data_offset + info.data_size
         info.read_to = off
-        slow: SampleBatch | None = None
-        slow_times: list[int | None] = []
         while off + _REC.size <= end:
+            if len(pids) >= max_batch:
+                yield batch()
             rtype, _misc, size = _REC.unpack_from(view, off)
             if (rtype == RECORD_SAMPLE and uniform and offsets is not None and size % 8 == 0
                     and offsets[2] + 8 <= size and off + size <= end):
-                if slow is not None:
-                    yield slow
-                    slow = None
-                n = _run_length(view, off, size, min(max_batch, (end - off) // size))
+                n = _run_length(view, off, size, min(max(1, max_batch - len(pids)), (end - off) // size))
                 pid_at, time_at, addr_at = offsets
                 with view[off:off + n * size] as run, run.cast("I") as words, run.cast("Q") as quads:
                     step = size // 8
-                    pids = words[pid_at // 4::step * 2].tolist()
-                    addrs = quads[addr_at // 8::step].tolist()
-                    times = quads[time_at // 8::step].tolist() if time_at is not None else None
-                off += n * size
-                info.read_to = off
-                yield SampleBatch(pids, addrs, times)
+                    pids += words[pid_at // 4::step * 2].tolist()
+                    addrs += quads[addr_at // 8::step].tolist()
+                    if time_at is not None:
+                        times += quads[time_at // 8::step].tolist()
+                        timed = True
+                    else:
+                        times += [None] * n
+                off = info.read_to = off + n * size
                 continue
             # Anything else, one record at a time, as iter_timed_samples reads it.
             nxt = _one_record(view, info, off, end, rtype, size, layouts)
@@ -245,19 +256,13 @@ def iter_sample_batches(buf: PerfBytes, info: PerfData, max_batch: int = MAX_BAT
                 break  # cut short (info.read_to stays at off), or unreadable from here (at end)
             if isinstance(nxt, tuple):
                 nxt, pid, when, addr = nxt
-                if slow is None:
-                    slow, slow_times = SampleBatch([], [], None), []
-                slow.pids.append(pid)
-                slow.addrs.append(addr)
-                slow_times.append(when)
-                if when is not None:
-                    slow.times = slow_times
+                pids.append(pid)
+                addrs.append(addr)
+                times.append(when)
+                timed = timed or when is not None
             off = info.read_to = nxt
-            if slow is not None and len(slow) >= max_batch:
-                yield slow
-                slow = None
-        if slow is not None:
-            yield slow
+        if pids:
+            yield batch()
 
 
 def _one_record(buf: memoryview, info: PerfData, off: int, end: int, rtype: int, size: int,
