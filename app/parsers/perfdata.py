@@ -154,6 +154,7 @@ def iter_timed_samples(buf: PerfBytes, info: PerfData) -> Iterator[tuple[int, in
 
 # --- columns: runs of sample records read at once ------------------------------------------------------
 
+_READ = frozenset((RECORD_SAMPLE, RECORD_COMM, RECORD_LOST, RECORD_LOST_SAMPLES))  # the records read at all
 MAX_BATCH = 65_536  # samples per batch: bounds the lists a batch holds (and how long a caller waits to stop)
 _FIRST_LOOK = 256  # records checked for a run at first; doubled while the run goes on
 
@@ -250,6 +251,9 @@ def iter_sample_batches(buf: PerfBytes, info: PerfData, max_batch: int = MAX_BAT
                         times += [None] * n
                 off = info.read_to = off + n * size
                 continue
+            if rtype not in _READ and _REC.size <= size and off + size <= end:
+                off = info.read_to = off + size  # MMAP2, FORK, EXIT, rounds...: nothing to read (a busy node's
+                continue                         # -d recording has an MMAP2 for every mmap on it)
             # Anything else, one record at a time, as iter_timed_samples reads it.
             nxt = _one_record(view, info, off, end, rtype, size, layouts)
             if nxt is None:
