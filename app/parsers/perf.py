@@ -134,7 +134,9 @@ class FaultCounts:
             return
         self.events += n
         totals, faults = self.totals, self.faults
-        for pid, seen in Counter(pids).items():
+        one = pids[0]
+        by_pid = {one: n} if pids.count(one) == n else Counter(pids)  # mostly one process a batch: no Counter
+        for pid, seen in by_pid.items():
             totals[pid] = totals.get(pid, 0) + seen
             if pid not in faults:
                 faults[pid] = {}  # as add_sample: every pid sampled has an entry, if only empty
