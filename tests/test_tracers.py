@@ -206,7 +206,7 @@ def test_small_page_bound_reports_drops(file_workload: WorkloadProcess) -> None:
 def test_every_bt_program_passes_a_dry_run() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    bt = _bpftrace.shutil.which(Settings().bpftrace_path)
+    bt = _bpftrace.shutil.which(Settings().tracing.bpftrace_path)
     if bt is None:
         pytest.skip("bpftrace not installed")
     programs = sorted(_bpftrace.PROGRAMS.glob("*.bt"))
