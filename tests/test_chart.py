@@ -422,6 +422,22 @@ def test_every_pfi_variable_is_a_setting(chart: Any, case: str) -> None:
     assert used - known == set()
 
 
+def test_tracer_start_deadlines_default_to_the_settings_and_can_be_raised(chart: Any) -> None:
+    """config.perfStartTimeoutSeconds / bpftraceStartTimeoutSeconds: the app's defaults unless set (a slow node
+    raises them); the schema refuses 0."""
+    from app.config import TracingSettings
+
+    e = env(render(chart))
+    for variable, field in (("PFI_PERF_START_TIMEOUT_SECONDS", "perf_start_timeout_seconds"),
+                            ("PFI_BPFTRACE_START_TIMEOUT_SECONDS", "bpftrace_start_timeout_seconds")):
+        assert float(e[variable]["value"]) == TracingSettings.model_fields[field].default
+    raised = env(render(chart, {"config": {"perfStartTimeoutSeconds": 90, "bpftraceStartTimeoutSeconds": 120}}))
+    assert (raised["PFI_PERF_START_TIMEOUT_SECONDS"]["value"], raised["PFI_BPFTRACE_START_TIMEOUT_SECONDS"]["value"]) == (
+        "90", "120")
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"config": {"perfStartTimeoutSeconds": 0}})
+
+
 def test_sinks(chart: Any) -> None:
     e = env(render(chart, CASES["no-events-no-mounts"]))
     assert e["PFI_ALERTMANAGER_URL"]["value"] == "http://am:9093"
