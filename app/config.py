@@ -648,4 +648,5 @@ GROUPS: dict[str, type[BaseSettings]] = {
     "fleet": FleetSettings,
 }
 FIELD_GROUP: dict[str, str] = {name: attr for attr, group in GROUPS.items() for name in group.model_fields}
-assert len(FIELD_GROUP) == sum(len(g.model_fields) for g in GROUPS.values()), "a field name in two groups"
+if len(FIELD_GROUP) != sum(len(g.model_fields) for g in GROUPS.values()):
+    raise RuntimeError("a setting's name is in two groups: PFI_<NAME> would be read twice")
