@@ -564,6 +564,7 @@ def test_procfs_bounds_a_shared_file_once(tmp_path: Path) -> None:
     one a single process gets, not twice the file ("258 MiB read back ... at most its 258 MiB")."""
     from app.collectors.procfs import ProcFS
     from app.investigation.advise import add_recommendations
+    from app.investigation.snapshot import WindowEnd
     from app.tracers.base import TraceResult
 
     for pid in (101, 102):
@@ -577,7 +578,9 @@ def test_procfs_bounds_a_shared_file_once(tmp_path: Path) -> None:
             q.pid, q.major_faults = pid, 40_000 * 2 // len(pids)  # the same 80,000 faults in all
             q.cgroup_file_refaults = 0
             procs.append(q)
-        add_recommendations(procs, {}, TraceResult(backend="procfs", exact=False), NODE, ProcFS(tmp_path), seconds=10.0)
+        end = WindowEnd(ProcFS(tmp_path), None)  # each process as read at the window's end
+        snaps = {pid: end.take(pid, exited=False) for pid in pids}
+        add_recommendations(procs, {}, TraceResult(backend="procfs", exact=False), NODE, snaps, seconds=10.0)
         assert procs[0].verdict is not None and procs[0].verdict.recommendation is not None
         return procs[0].verdict.recommendation
 
