@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.collectors.cgroupmem import memory_hierarchy
 from app.collectors.flight_recorder import (
     FaultRecorder,
     Layout,
@@ -74,6 +75,8 @@ class Node:
         self.base.mkdir(parents=True)
         if version == 2:
             (self.cg / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        else:  # the v1 memory root has its (unlimited) limit file, as the kernel's does
+            (self.base / "memory.limit_in_bytes").write_text("9223372036854771712\n")
         self.set("/", 0)
         self.node(0)
 
@@ -149,6 +152,38 @@ def test_layouts(tmp_path):
     (v1.cg / "unified").mkdir()
     (v1.cg / "unified" / "cgroup.controllers").write_text("")
     assert detect_layout(v1.cg).version == 1
+
+
+@pytest.mark.parametrize("tree, found", [
+    ("v1", (1, "memory")), ("hybrid", (1, "memory")), ("v2", (2, "")), ("unified-memory", (2, "unified")),
+    ("v2-without-memory", None), ("empty", None),
+])
+def test_the_recorder_and_the_limits_find_the_same_memory_hierarchy(tmp_path, tree, found):
+    """One rule for where the memory controller is (issue 26): the flight recorder's counters and the cgroup
+    memory reads (the demo's and the tests' groups) agree, on v1, hybrid and v2 trees. A v2 tree whose
+    cgroup.controllers lacks memory has no memory.stat to count; one at unified/ that lists it has."""
+    root = tmp_path / tree
+    root.mkdir()
+    if tree in ("v1", "hybrid"):
+        (root / "memory").mkdir()
+        (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+        (root / "memory" / "memory.stat").write_text("cache 0\ntotal_pgmajfault 3\n")
+    if tree == "hybrid":
+        (root / "unified").mkdir()
+        (root / "unified" / "cgroup.controllers").write_text("")
+    if tree == "v2":
+        (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    if tree == "unified-memory":
+        (root / "unified").mkdir()
+        (root / "unified" / "cgroup.controllers").write_text("memory pids\n")
+    if tree == "v2-without-memory":
+        (root / "cgroup.controllers").write_text("cpu io pids\n")
+    layout = detect_layout(root)
+    expected = None if found is None else (found[0], root / found[1] if found[1] else root)
+    assert memory_hierarchy(root) == expected
+    assert (None if layout is None else (layout.version, layout.base)) == expected
+    if layout is not None:
+        assert layout.key == (b"total_pgmajfault" if layout.version == 1 else b"pgmajfault")
 
 
 def test_discovery_finds_containers_and_host_groups_without_nesting(tmp_path):

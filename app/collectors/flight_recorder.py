@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from app.collectors.cgroupmem import memory_hierarchy
 from app.models import History, HistoryCgroup, HistoryPod, PodRef
 from app.parsers.cgroup import CgroupRef, parse_cgroup
 
@@ -78,14 +79,14 @@ class Layout:
 
 
 def detect_layout(cgroup_root: Path) -> Layout | None:
-    """The hierarchy holding memory counters under `cgroup_root` (/sys/fs/cgroup), or None."""
-    root = Path(cgroup_root)
-    if (root / "memory" / "memory.stat").exists():
-        # v1, or hybrid: the memory controller is on v1 even when a v2 tree exists (at unified/).
-        return Layout(root / "memory", 1, b"total_pgmajfault")
-    if (root / "cgroup.controllers").exists():
-        return Layout(root, 2, b"pgmajfault")
-    return None
+    """The hierarchy holding memory counters under `cgroup_root` (/sys/fs/cgroup), or None: the one
+    memory-hierarchy rule (cgroupmem.memory_hierarchy): v1 memory/ (also on hybrid hosts, whose v2 tree at
+    unified/ has no controllers), else the v2 tree whose cgroup.controllers lists memory (root or unified/)."""
+    found = memory_hierarchy(Path(cgroup_root))
+    if found is None:
+        return None
+    version, base = found
+    return Layout(base, version, b"total_pgmajfault" if version == 1 else b"pgmajfault")
 
 
 def read_counter(text: bytes, key: bytes) -> int | None:
