@@ -25,7 +25,7 @@ from app.models import (
     Trigger,
     utcnow,
 )
-from app.parsers.procfs import redact_argv, redact_comm
+from app.parsers.redact import redact_argv, redact_comm
 from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
