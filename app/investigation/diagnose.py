@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from app.models import Cause, CgroupMemory, Confidence, NodeStats, ProcessReport, SourceKind, Verdict
 
+from .who import who
+
 NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the group's own memory
 NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short of memory
 NODE_RECLAIM_SCAN = 100.0  # pages/s scanned by kswapd + direct reclaim: the node reclaims globally
@@ -37,15 +39,6 @@ ANON_ROOM = 0.25  # anonymous memory at this share of the binding limit or more:
 
 def mib(n: int | None) -> str:
     return "?" if n is None else f"{n / (1 << 20):,.0f} MiB"
-
-
-def who(p: ProcessReport) -> str:
-    if p.pod and p.pod.name:
-        c = f" container {p.pod.container}" if p.pod.container else ""
-        return f"pod {p.pod.display()}{c}"
-    if p.pod:
-        return f"pod {p.pod.display()}"
-    return f"host process {p.comm} (pid {p.pid})"
 
 
 def dominant(p: ProcessReport) -> tuple[SourceKind | None, float, str | None]:

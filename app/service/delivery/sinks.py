@@ -31,6 +31,7 @@ import httpx
 from app.config import UI_PORT, Settings
 from app.investigation.lead_up import culprit_labels, describe_history
 from app.investigation.recommend import verdict_text
+from app.investigation.who import who_line as _who
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
 from app.service.cluster.kube import KubeApi, KubeError, event_body
@@ -72,16 +73,6 @@ def report_url(settings: Settings, report_id: str) -> str:
 
 def _bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _who(p: ProcessReport) -> str:
-    pod = p.pod
-    where = ""
-    if pod is not None and pod.name:
-        where = f" in {pod.display()}" + (f" ({pod.container})" if pod.container else "")
-    elif p.host_process:
-        where = " (host)"
-    return f"{p.comm} [{p.pid}]{where}"
 
 
 def _sources(p: ProcessReport, n: int = 3) -> str:
