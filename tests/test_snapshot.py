@@ -17,7 +17,7 @@ import pytest
 from app.collectors import cgroupmem
 from app.collectors.procfs import ProcFS
 from app.config import Settings
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.models import Cause, SourceKind
 
 REPLAY_STEP = 0.4
@@ -78,7 +78,7 @@ def _investigate(tree, monkeypatch: pytest.MonkeyPatch, exact: bool):  # type: i
     procfs.counting = True
     tracer = ReplayTracer(tree) if exact else ProcfsTracer(settings)
     with tree.play(REPLAY_STEP):
-        report = investigate(settings, seconds=3, tracers=[tracer], procfs=procfs)
+        report = investigate(settings, seconds=3, edges=Edges(tracers=[tracer], procfs=procfs))
     return report, procfs.after, files
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.investigation.fleet import facts_of, workload_of
 from app.investigation.recommend import MARGIN_ESTIMATED, MARGIN_EXACT, MIN_STEP, round_up
 from app.models import Cause, Report
@@ -44,7 +44,7 @@ def _settings(tree: ReplayTree, **kw: object) -> Settings:
 def _run(tree: ReplayTree, settings: Settings, exact: bool) -> Report:
     tracer = ReplayTracer(tree) if exact else ProcfsTracer(settings)
     with tree.play(0.4):
-        return investigate(settings, seconds=3, tracers=[tracer])
+        return investigate(settings, seconds=3, edges=Edges(tracers=[tracer]))
 
 
 def _swapper(report: Report, tree: ReplayTree):  # type: ignore[no-untyped-def]

@@ -207,6 +207,15 @@ class _TracerRun:
         return used.tracer, used.result, reason, out + rest
 
 
+@dataclass(frozen=True)
+class Edges:
+    """What the investigation reads and traces through; None each: its own, from the settings."""
+
+    procfs: ProcFS | None = None  # the procfs tree (settings.proc_root)
+    pods: PodDirectory | None = None  # names pods (the service shares its one with the flight recorder)
+    tracers: Sequence[Tracer] | None = None  # the backends to try, in order (the registry's choice)
+
+
 @dataclass
 class _Counted:
     """What the report's counts are over: the tracer's own interval (both its marks read) or the window."""
@@ -238,13 +247,11 @@ def investigate(
     trigger: Trigger | None = None,
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
-    procfs: ProcFS | None = None,
-    pods: PodDirectory | None = None,
-    tracers: Sequence[Tracer] | None = None,
+    edges: Edges | None = None,
 ) -> Report:
     """Investigate this node for `seconds`.
 
-    `tracers`: the backends to try, in order (None: the registry's choice, then the other exact
+    `edges.tracers`: the backends to try, in order (None: the registry's choice, then the other exact
     backends that work here). When one fails to start, dies inside the window or records nothing
     while the processes' majflt rose, the next one traces the rest of the window (or, with less than
     MIN_FALLBACK_SECONDS left, a fresh one of half the window, between MIN_FALLBACK_SECONDS and
@@ -257,15 +264,13 @@ def investigate(
     """
     window = float(seconds if seconds is not None else settings.investigation_seconds)
     cancel = cancel or threading.Event()
-    procfs = procfs or ProcFS(settings.proc_root)
+    edges = edges or Edges()
+    tracers = edges.tracers
+    procfs = edges.procfs or ProcFS(settings.proc_root)
     report_progress = progress or (lambda _f, _m: None)
     started_at = utcnow()
     warnings = _before_the_window()
-    if tracers is None:
-        cands, reason, skipped = candidates(settings)
-    else:
-        cands = list(tracers) or [make_tracer("procfs", settings)]
-        reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
+    cands, reason, skipped = _choose(settings, tracers)
     report_progress(0.0, f"tracing with {cands[0].name}")
     sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root, full_every=settings.scan_full_every_seconds)
     sampler.first()
@@ -293,7 +298,7 @@ def investigate(
     read_swap(procfs, settings.sysfs_root, node_stats)
     end = WindowEnd(procfs, settings.cgroup_root)
     snaps = [end.take(t.pid, t.exited) for t in chosen]
-    pods = pods or PodDirectory(settings)
+    pods = edges.pods or PodDirectory(settings)
     attribution = Attribution()
     if any(s.cgroup is not None and s.cgroup.pod_uid for s in snaps):
         _, attribution = pods.index()
@@ -301,11 +306,9 @@ def investigate(
             warnings.append(f"pod names: {attribution.error}")
     build = _Build(sampler, trace, pods, elapsed, counted, procfs.mnt_ns("self"))
     processes = [build_process(t, s, build) for t, s in zip(chosen, snaps, strict=True)]
-    if counted.over_interval and tracer.exact:
-        inexact = check_exact(processes, trace)
-        if inexact:
-            warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
-                            f"{counted.seconds:.1f} s interval: " + "; ".join(inexact[:5]))
+    if counted.over_interval and tracer.exact and (inexact := check_exact(processes, trace)):
+        warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
+                        f"{counted.seconds:.1f} s interval: " + "; ".join(inexact[:5]))
     for p, s in zip(processes, snaps, strict=True):
         p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.noise_floor)
     apply_swap_devices(processes, node_stats)
@@ -330,6 +333,15 @@ def investigate(
         attribution=attribution,
         warnings=warnings,
     )
+
+
+def _choose(settings: Settings, tracers: Sequence[Tracer] | None) -> tuple[list[Tracer], str, list[SkippedBackend]]:
+    """The tracers to try in order, why the first, and the backends left out with why (the caller's list, or
+    the registry's choice)."""
+    if tracers is None:
+        return candidates(settings)
+    cands = list(tracers) or [make_tracer("procfs", settings)]
+    return cands, f"given by the caller: {', '.join(t.name for t in cands)}", []
 
 
 def _before_the_window() -> list[str]:
@@ -617,4 +629,4 @@ def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float,
     )
 
 
-__all__ = ["investigate", "SkippedBackend", "Tracer"]
+__all__ = ["Edges", "investigate", "SkippedBackend", "Tracer"]
