@@ -63,7 +63,7 @@ def render(report: Report, console: Console) -> None:
         f"swap-out {ns.pswpout_per_second:,.0f} pages/s"
         + (f", memory PSI some avg10 {ns.psi_memory.some_avg10:.1f}%" if ns.psi_memory else "")
     )
-    render_history(report, console)
+    render_lead_up(report, console)
     if report.processes:
         table = Table(show_lines=True)
         for col in ("pid", "comm", "pod / container", "majflt/s", "series", "sources"):
@@ -92,7 +92,7 @@ def render(report: Report, console: Console) -> None:
     console.print(f"report {report.id}, schema {report.schema_version}")
 
 
-def render_history(report: Report, console: Console) -> None:
+def render_lead_up(report: Report, console: Console) -> None:
     """The flight recorder's lead-up (the service's reports), or why there is none."""
     h = report.history
     if h is None:

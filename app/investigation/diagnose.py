@@ -113,7 +113,7 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str, str]:
     """(what binds, as a clause; advice naming the knob to raise; the other way out, as advice), true to
     the subject: container, pod, host cgroup. The raise line is a line of its own so a reason appended to
     it ("so code and hot data stay cached") reads with the raise, and the recommendation (issue 16) can
-    put its number in it (app.investigation.advise)."""
+    put its number in it (app.investigation.recommendations)."""
     high = high_binds(mem)
     if high:
         size, where = mib(mem.high_bytes), mem.high_path or mem.path

@@ -30,9 +30,9 @@ from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
-from .advise import add_recommendations
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
+from .recommendations import add_recommendations
 from .sampler import MarkInfo, ProcessTrack, Sampler
 from .snapshot import ProcessSnapshot, WindowEnd
 from .sources import sources_from_pages

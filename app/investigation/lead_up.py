@@ -19,10 +19,10 @@ __all__ = [
     "LEAD_UP_BEFORE_ALERT",
     "LEAD_UP_DEFAULT",
     "NO_HISTORY_CLI",
-    "apply_history",
+    "apply_lead_up",
     "burst",
     "culprit_labels",
-    "describe_history",
+    "describe_lead_up",
     "lead_up_since",
     "matches",
 ]
@@ -125,7 +125,7 @@ def _advice(c: HistoryCgroup, start: datetime, end: datetime) -> list[str]:
     ]
 
 
-def apply_history(report: Report, history: History | None) -> Report:
+def apply_lead_up(report: Report, history: History | None) -> Report:
     """The report with its history set and, when the window did not explain the lead-up, a verdict
     that names the lead-up's top container (app.investigation.report.build_report calls it)."""
     report = report.model_copy(update={"history": history, "history_reason": None if history else report.history_reason})
@@ -174,7 +174,7 @@ def culprit_labels(report: Report) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-def describe_history(report: Report, n: int = 3) -> str:
+def describe_lead_up(report: Report, n: int = 3) -> str:
     """The lead-up's top containers in a few lines, for chat and annotations ('' without history)."""
     h = report.history
     if h is None:

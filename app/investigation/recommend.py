@@ -580,7 +580,7 @@ _ABOVE = re.compile(r" above (?:its|the) working set \(now ([^)]*)\)")
 _POD_KNOB = re.compile(r"^(raise the pod's (?:memory limit|memory\.high))")
 
 
-def advise_number(v: Verdict) -> None:
+def put_in_advice(v: Verdict) -> None:
     """Put the recommendation's number into the verdict's "raise ..." advice (in place): "raise X of cgroup
     Y to 160 MiB (the recommendation; usage now 64 MiB) so code and hot data stay cached"."""
     rec = v.recommendation

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import httpx
 
 from app.config import UI_PORT, Settings
-from app.investigation.lead_up import culprit_labels, describe_history
+from app.investigation.lead_up import culprit_labels, describe_lead_up
 from app.investigation.recommend import verdict_text
 from app.investigation.who import who_line as _who
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
@@ -151,7 +151,7 @@ class AlertmanagerSink:
                 "description": describe_top(report),
                 **({"also_on": _bounded(fleet, DESCRIPTION_MAX)} if fleet else {}),
                 "report_url": url,
-                **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_history(report)) else {}),
+                **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_lead_up(report)) else {}),
             },
             "startsAt": _iso(starts),
             "endsAt": _iso(starts + ALERT_DURATION),
@@ -281,7 +281,7 @@ class SlackSink:
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"```{top}```"}},
                 *(
                     [{"type": "section", "text": {"type": "mrkdwn", "text": f"```{_slack_escape(lead_up)}```"}}]
-                    if (lead_up := _bounded(describe_history(report), 2500))
+                    if (lead_up := _bounded(describe_lead_up(report), 2500))
                     else []
                 ),
                 {

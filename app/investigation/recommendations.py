@@ -1,6 +1,8 @@
 """Wiring for the recommendation (issue 16): gathers what app.investigation.recommend needs from one
-investigation (the tracer's pages and their growth, the process's maps, smaps for procfs estimates, the
-pod's owner chain, the node's allocatable memory) and puts a Recommendation on each limit verdict."""
+investigation (the tracer's pages and their growth, the process's maps, smaps and pagemap from its snapshot
+at the window's end, the pod's owner chain, the node's allocatable memory) and puts a Recommendation on
+each limit verdict. (Words: a verdict's `advice` is its lines of what to do; a `recommendation` is the limit
+to set, with its number and command; put_in_advice writes the number into the advice.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from app.parsers.procfs import SmapsEntry
 from app.tracers.base import TraceResult
 
 from .estimate import MemoryKey, faulting_memory, merge_memory
-from .recommend import Group, advise_number, blames_limit, limit_key, recommend
+from .recommend import Group, blames_limit, limit_key, put_in_advice, recommend
 from .sampler import ProcessTrack
 from .snapshot import ProcessSnapshot
 from .sources import DistinctPages, distinct_pages
@@ -112,4 +114,4 @@ def add_recommendations(
         g = groups[limit_key(p.cgroup_memory)]
         p.verdict.recommendation = recommend(p, g, node, seconds=span, backend=trace.backend,
                                              allocatable_bytes=allocatable)
-        advise_number(p.verdict)
+        put_in_advice(p.verdict)
