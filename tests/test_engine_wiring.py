@@ -1,4 +1,4 @@
-"""Wires no other test held (issue 25): cut one and a test here fails.
+"""The engine's wiring (wires no other test held, issue 25): cut one and a test here fails.
 
 Each test runs the real engine on the captured procfs tree (tests/fixtures/proctree-file-and-pod-swap,
 replayed on the sampler's clock: tests/proctree.py), so the values are deterministic and asserted exactly:
