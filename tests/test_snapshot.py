@@ -1,10 +1,11 @@
 """One snapshot of a process per window: what the investigation reads of each reported process.
 
 A counting ProcFS (every file read under the root, by pid and name) and a count of the cgroup memory
-files read, on the captured tree (tests/fixtures/proctree-file-and-pod-swap) with procfs estimates and
-with the exact tracer's recorded addresses. Each reported process's /proc files are read at most once
-after the window (the sampler's stat ticks and its first maps/io snapshot are during it), and each memory
-cgroup's files once: the count that must not creep back (issue 26)."""
+files read, over one whole investigation: on the captured tree (tests/fixtures/proctree-file-and-pod-swap)
+with procfs estimates and with the exact tracer's recorded addresses, and node-wide among 5,000 real
+processes. Each reported process's /proc files are read once at the window's end (ProcessSnapshot), besides
+the sampler's stat ticks and its first maps/io/status/cgroup snapshot during the window; each memory
+cgroup's files once there too. The ceiling (CEILING) is the count that must not creep back (issue 26)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,15 @@ REPLAY_STEP = 0.4
 
 
 class CountingProcFS(ProcFS):
-    """A real ProcFS that counts what it reads: (pid, file) -> reads, after `window_over()`."""
+    """A real ProcFS that counts what it reads: (pid, file name) -> reads."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.after: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.counting = False
+        self.reads: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def _count(self, rel: str) -> None:
-        if self.counting:
-            pid, _, name = rel.partition("/")
-            self.after[(pid, name)] += 1
+        pid, _, name = rel.partition("/")
+        self.reads[(pid, name)] += 1
 
     def _read_bytes(self, rel: str) -> bytes | None:
         self._count(rel)
@@ -75,11 +74,10 @@ def _investigate(tree, monkeypatch: pytest.MonkeyPatch, exact: bool):  # type: i
     monkeypatch.setattr(cgroupmem, "_read", counted)
     settings = _settings(tree, tracer="perf-major" if exact else "procfs")
     procfs = CountingProcFS(tree.proc_root)
-    procfs.counting = True
     tracer = ReplayTracer(tree) if exact else ProcfsTracer(settings)
     with tree.play(REPLAY_STEP):
         report = investigate(settings, seconds=3, edges=Edges(tracers=[tracer], procfs=procfs))
-    return report, procfs.after, files
+    return report, procfs.reads, files
 
 
 # Per reported process, over the whole investigation: the sampler's first snapshot of a faulting process
@@ -112,3 +110,36 @@ def test_each_process_and_group_is_read_once_at_the_window_end(captured_tree, mo
     group = tree.manifest["cgroup"].lstrip("/")
     mine = {name: n for name, n in files.items() if name.startswith(f"memory/{group}/")}
     assert mine and max(mine.values()) == 2, mine  # the sampler's first snapshot, the window's end
+
+
+@pytest.mark.root
+@pytest.mark.workloads  # 5,000 sleepers and a real file re-reader
+def test_each_reported_process_is_read_once_at_the_window_end_among_5000(tmp_path: Path) -> None:
+    """The same ceiling node-wide on this machine among 5,000 sleeping processes (bench/idle.c, as the
+    incremental-scan test), procfs and the exact tracer: before the snapshot the file re-reader's
+    /proc/PID/cgroup was read 3 times, and with perf-major its status 3 times too."""
+    import shutil
+
+    from app.tracers.registry import make_tracer
+    from tests.test_sampler_incremental import N_IDLE, sleepers
+    from tests.workloads import file_fault_workload
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found: cannot build bench/idle.c and the fault workload")
+    settings = Settings(kubelet_url=None, apiserver_fallback=False)
+    tracers = [make_tracer("procfs", settings)]
+    if shutil.which("perf"):
+        tracers.append(make_tracer("perf-major", settings))
+    with sleepers(N_IDLE, tmp_path), file_fault_workload(tmp_path / "f.bin", 64) as w:
+        for tracer in tracers:
+            procfs = CountingProcFS(Path("/proc"))
+            report = investigate(settings, seconds=3, top=50, edges=Edges(tracers=[tracer], procfs=procfs))
+            assert report.tracer.backend == tracer.name
+            pids = [p.pid for p in report.processes]
+            assert w.pid in pids, (tracer.name, [(p.pid, p.comm) for p in report.processes])
+            for pid in pids:
+                mine = {name: n for (p, name), n in procfs.reads.items() if p == str(pid) and name != "stat"}
+                over = {name: n for name, n in mine.items() if n > CEILING.get(name, 0)}
+                assert not over, (tracer.name, pid, mine)
+            print(f"\n[{tracer.name}, {len(procfs.listing()):,} processes] the re-reader's reads: "
+                  f"{ {name: n for (p, name), n in procfs.reads.items() if p == str(w.pid)} }")
