@@ -21,9 +21,6 @@ from app.parsers.procfs import ProcStatus, SmapsEntry
 
 __all__ = ["ProcessSnapshot", "WindowEnd"]
 
-_UNREAD: list[SmapsEntry] = []  # (a marker: smaps not read yet)
-
-
 @dataclass
 class ProcessSnapshot:
     """What one process looked like at the window's end; smaps and pagemap are read on first use, once.
@@ -41,13 +38,15 @@ class ProcessSnapshot:
     status: ProcStatus | None
     mnt_ns: str | None
     procfs: ProcFS = field(repr=False)
-    _smaps: list[SmapsEntry] | None = field(default_factory=lambda: _UNREAD, repr=False)
+    _smaps: list[SmapsEntry] | None = field(default=None, repr=False)
+    _smaps_read: bool = field(default=False, repr=False)
     _pagemap: dict[tuple[tuple[int, ...], int], dict[int, bytes] | None] = field(default_factory=dict, repr=False)
 
     def smaps(self) -> list[SmapsEntry] | None:
         """/proc/PID/smaps, read the first time a rule asks for it (None: exited, gone or refused)."""
-        if self._smaps is _UNREAD:
+        if not self._smaps_read:
             self._smaps = self.procfs.smaps(self.pid) if not self.exited else None
+            self._smaps_read = True
         return self._smaps
 
     def pagemap(self, starts: list[int], pages: int) -> dict[int, bytes] | None:
