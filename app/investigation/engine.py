@@ -142,7 +142,7 @@ class _TracerRun:
         request = TraceRequest(
             seconds=seconds, pids=self.pids, cancel=self.stop,
             on_start=lambda: mark("start"), on_stop=lambda: mark("stop"),
-            max_output_bytes=self.settings.tracer_max_output_bytes, max_pages=self.settings.tracer_max_pages,
+            max_output_bytes=self.settings.tracing.tracer_max_output_bytes, max_pages=self.settings.tracing.tracer_max_pages,
         )
         try:
             result = tracer.run(request)
@@ -211,7 +211,7 @@ class _TracerRun:
 class Edges:
     """What the investigation reads and traces through; None each: its own, from the settings."""
 
-    procfs: ProcFS | None = None  # the procfs tree (settings.proc_root)
+    procfs: ProcFS | None = None  # the procfs tree (settings.node.proc_root)
     pods: PodDirectory | None = None  # names pods (the service shares its one with the flight recorder)
     tracers: Sequence[Tracer] | None = None  # the backends to try, in order (the registry's choice)
 
@@ -262,17 +262,17 @@ def investigate(
     (_watch_window), stop them (_stop_tracer), count over the tracer's interval (_count), read each
     reported process once at the window's end (WindowEnd), build, check, diagnose and recommend.
     """
-    window = float(seconds if seconds is not None else settings.investigation_seconds)
+    window = float(seconds if seconds is not None else settings.investigation.investigation_seconds)
     cancel = cancel or threading.Event()
     edges = edges or Edges()
     tracers = edges.tracers
-    procfs = edges.procfs or ProcFS(settings.proc_root)
+    procfs = edges.procfs or ProcFS(settings.node.proc_root)
     report_progress = progress or (lambda _f, _m: None)
     started_at = utcnow()
     warnings = _before_the_window()
     cands, reason, skipped = _choose(settings, tracers)
     report_progress(0.0, f"tracing with {cands[0].name}")
-    sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root, full_every=settings.scan_full_every_seconds)
+    sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root, full_every=settings.investigation.scan_full_every_seconds)
     sampler.first()
     run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window)
     thread = threading.Thread(target=run.main, name="tracer", daemon=True)
@@ -290,13 +290,13 @@ def investigate(
     tracer_info = _tracer_info(tracer, trace, reason, skipped)
     warnings.extend(_tracer_warnings(run, tracer, trace, elapsed, window))
     counted = _count(sampler, tracer, tracer_info, t0, elapsed)
-    chosen = counted.ranked[: top or settings.top]
+    chosen = counted.ranked[: top or settings.investigation.top]
     sampler.final_snapshot([t.pid for t in chosen])
 
     node_stats = collect_node_stats(procfs, sampler, counted.seconds,
                                     vm=sampler.interval_vmstat() if counted.over_interval else None)
-    read_swap(procfs, settings.sysfs_root, node_stats)
-    end = WindowEnd(procfs, settings.cgroup_root)
+    read_swap(procfs, settings.node.sysfs_root, node_stats)
+    end = WindowEnd(procfs, settings.node.cgroup_root)
     snaps = [end.take(t.pid, t.exited) for t in chosen]
     pods = edges.pods or PodDirectory(settings)
     attribution = Attribution()
@@ -310,17 +310,17 @@ def investigate(
         warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
                         f"{counted.seconds:.1f} s interval: " + "; ".join(inexact[:5]))
     for p, s in zip(processes, snaps, strict=True):
-        p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.noise_floor)
+        p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.investigation.noise_floor)
     apply_swap_devices(processes, node_stats)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, end.snapshots, seconds=elapsed,
-                        owners=getattr(pods, "owners", None), node_name=settings.node_name)
+                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()
     if cancelled:
         warnings.append("the investigation was cancelled before the window ended")
     return Report(
-        node=settings.node_name,
+        node=settings.node.node_name,
         status="cancelled" if cancelled else "complete",
         started_at=started_at,
         finished_at=utcnow(),
@@ -329,7 +329,7 @@ def investigate(
         tracer=tracer_info,
         node_stats=node_stats,
         processes=processes,
-        verdict=diagnose_report(processes, node_stats, counted.seconds, noise_floor=settings.noise_floor),
+        verdict=diagnose_report(processes, node_stats, counted.seconds, noise_floor=settings.investigation.noise_floor),
         attribution=attribution,
         warnings=warnings,
     )
