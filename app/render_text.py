@@ -8,7 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from app.investigation.recommend import command_line, headline
-from app.models import HistoryCgroup, ProcessReport, Report
+from app.investigation.who import group_cell, who_cell
+from app.models import ProcessReport, Report
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -21,13 +22,6 @@ def sparkline(series: list[int], width: int = 30) -> str:
         series = [sum(series[int(i * step):int((i + 1) * step)]) for i in range(width)]
     top = max(series) or 1
     return "".join(SPARK[min(8, round(v / top * 8))] for v in series)
-
-
-def _pod(p: ProcessReport) -> str:
-    if p.pod is None:
-        return "(host)"
-    owner = f"\n{p.pod.owner.kind}/{p.pod.owner.name}" if p.pod.owner else ""
-    return f"{p.pod.display()}\n{p.pod.container or ''}".rstrip() + owner
 
 
 def _sources(p: ProcessReport, limit: int = 3) -> str:
@@ -69,13 +63,13 @@ def render(report: Report, console: Console) -> None:
         f"swap-out {ns.pswpout_per_second:,.0f} pages/s"
         + (f", memory PSI some avg10 {ns.psi_memory.some_avg10:.1f}%" if ns.psi_memory else "")
     )
-    render_history(report, console)
+    render_lead_up(report, console)
     if report.processes:
         table = Table(show_lines=True)
         for col in ("pid", "comm", "pod / container", "majflt/s", "series", "sources"):
             table.add_column(col, overflow="fold")
         for p in report.processes:
-            table.add_row(str(p.pid), p.comm, _pod(p), f"{p.major_faults_per_second:,.0f}",
+            table.add_row(str(p.pid), p.comm, who_cell(p), f"{p.major_faults_per_second:,.0f}",
                           sparkline(p.series), _sources(p))
         console.print(table)
         for p in report.processes[1:3]:  # the first one's verdict is the headline
@@ -98,13 +92,7 @@ def render(report: Report, console: Console) -> None:
     console.print(f"report {report.id}, schema {report.schema_version}")
 
 
-def _history_who(c: HistoryCgroup) -> str:
-    if c.pod is None:
-        return c.cgroup
-    return f"{c.pod.display()}\n{c.pod.container or ''}".rstrip()
-
-
-def render_history(report: Report, console: Console) -> None:
+def render_lead_up(report: Report, console: Console) -> None:
     """The flight recorder's lead-up (the service's reports), or why there is none."""
     h = report.history
     if h is None:
@@ -124,6 +112,6 @@ def render_history(report: Report, console: Console) -> None:
         table.add_column(col, overflow="fold")
     for c in h.cgroups:
         last = f"{c.last_active_at:%H:%M:%S}" if c.last_active_at else "-"
-        table.add_row(_history_who(c), f"{c.major_faults:,}", f"{c.peak_per_second:,.0f}", sparkline(c.series),
+        table.add_row(group_cell(c), f"{c.major_faults:,}", f"{c.peak_per_second:,.0f}", sparkline(c.series),
                       last + (" (gone)" if c.gone else ""))
     console.print(table)

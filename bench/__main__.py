@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.config import Settings
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.tracers import _perf as perf_backend
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import make_tracer, select
@@ -322,7 +322,7 @@ def section_engine(res: Results, workdir: Path, seconds: float, default: str | N
                     perf_backend.TAIL_EVERY = 3600.0  # no rounds while recording: all of it is read at the end
                 try:
                     m0 = workloads.majflt(proc.pid)
-                    report = investigate(Settings(), seconds=seconds, tracers=[clock], progress=progress)
+                    report = investigate(Settings(), seconds=seconds, edges=Edges(tracers=[clock]), progress=progress)
                     t_end = time.monotonic()
                     m1 = workloads.majflt(proc.pid)
                 finally:

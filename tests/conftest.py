@@ -74,7 +74,7 @@ def captured_tree(tmp_path: Path) -> ReplayTree:
     """A writable copy of a real procfs tree of this machine (tests/fixtures/proctree-file-and-pod-swap):
     point Settings(proc_root=.proc_root, cgroup_root=.cgroup_root) at it; `with tree.play():` replays
     its recorded counters; ReplayTracer(tree) is an exact tracer with the recorded addresses, for
-    investigate(tracers=[...]). Needs no root, perf or gcc (tests/proctree.py)."""
+    investigate(edges=Edges(tracers=[...])). Needs no root, perf or gcc (tests/proctree.py)."""
     return ReplayTree(FIXTURES / "proctree-file-and-pod-swap", tmp_path / "tree")
 
 

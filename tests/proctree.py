@@ -14,7 +14,7 @@ A tree folder (tests/fixtures/proctree-*/) holds
 Capture (root, gcc, perf; takes ~10 s):  python -m tests.proctree capture tests/fixtures/proctree-NAME
 Replay: `ReplayTree(folder, tmp_path)` copies it; `with tree.play(): investigate(...)` writes step K
 into the copy at K * STEP_SECONDS, so the engine's once-a-second sampling sees counters move as
-they did; `ReplayTracer(tree)` hands the engine the recorded trace through `investigate(tracers=[...])`.
+they did; `ReplayTracer(tree)` hands the engine the recorded trace through `investigate(edges=Edges(tracers=[...]))`.
 Nothing here needs root, perf or gcc.
 """
 

@@ -15,7 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.investigation import engine
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.models import Cause, SourceKind
 from app.tracers import leftovers
 from app.tracers._supervise import SupervisedProcess
@@ -276,7 +276,7 @@ def test_captured_tree_exact_trace_ranks_resolves_and_diagnoses(tree) -> None:
 
     tracer = ReplayTracer(tree)
     with tree.play(REPLAY_STEP):
-        report = investigate(_tree_settings(tree), seconds=3, tracers=[tracer])
+        report = investigate(_tree_settings(tree), seconds=3, edges=Edges(tracers=[tracer]))
     m = tree.manifest
     assert report.tracer.backend == "replay-perf-major" and report.tracer.exact
     assert report.tracer.reason == f"given by the caller: {tracer.name}" and report.tracer.skipped == []
@@ -320,7 +320,7 @@ def test_captured_tree_pod_named_through_tls_kubelet(tree, certs, serve, tmp_pat
     token.write_text(KUBELET_TOKEN)
     settings = _tree_settings(tree, kubelet_url=kubelet.url, kubelet_token_file=token, kubelet_ca_file=certs.ca)
     with tree.play(REPLAY_STEP):
-        report = investigate(settings, seconds=3, tracers=[ReplayTracer(tree)])
+        report = investigate(settings, seconds=3, edges=Edges(tracers=[ReplayTracer(tree)]))
     assert kubelet.requests == ["/pods"]  # asked once, over TLS, with the token
     assert report.attribution.source == "kubelet" and report.attribution.error is None
     f, s = _pair(report, tree)
@@ -341,7 +341,7 @@ def estimated(tmp_path_factory):
     tree = ReplayTree(TREE, tmp_path_factory.mktemp("estimated") / "tree")
     settings = _tree_settings(tree, tracer="procfs")
     with tree.play(REPLAY_STEP):
-        report = investigate(settings, seconds=3, tracers=[ProcfsTracer(settings)])
+        report = investigate(settings, seconds=3, edges=Edges(tracers=[ProcfsTracer(settings)]))
     assert report.tracer.backend == "procfs" and not report.tracer.exact
     return _pair(report, tree)
 
@@ -369,7 +369,7 @@ def test_captured_tree_pid_filter(tree) -> None:
 
     spid = tree.pid("swap")
     with tree.play(REPLAY_STEP):
-        report = investigate(_tree_settings(tree), seconds=2, pids=[spid], tracers=[ReplayTracer(tree)])
+        report = investigate(_tree_settings(tree), seconds=2, pids=[spid], edges=Edges(tracers=[ReplayTracer(tree)]))
     assert [p.pid for p in report.processes] == [spid]
     assert report.processes[0].sources[0].kind is SourceKind.SWAP
 
@@ -392,7 +392,7 @@ def test_captured_tree_through_the_cli(tree) -> None:
 
 def test_an_empty_tracer_list_investigates_with_procfs_and_says_so(tree) -> None:
     """No candidates from the caller: procfs (always there) is used, and the report says it is not exact."""
-    report = investigate(_tree_settings(tree), seconds=1, tracers=[])
+    report = investigate(_tree_settings(tree), seconds=1, edges=Edges(tracers=[]))
     assert report.tracer.backend == "procfs" and not report.tracer.exact
     assert report.tracer.reason == "given by the caller: procfs"
 
@@ -407,7 +407,7 @@ def test_captured_tree_cancel_ends_the_window(tree) -> None:
     t0 = time.monotonic()
     with tree.play(REPLAY_STEP):
         timer.start()
-        report = investigate(_tree_settings(tree), seconds=30, cancel=cancel, tracers=[ReplayTracer(tree)])
+        report = investigate(_tree_settings(tree), seconds=30, cancel=cancel, edges=Edges(tracers=[ReplayTracer(tree)]))
     assert time.monotonic() - t0 < 10
     assert report.status == "cancelled" and report.window_seconds < 5
     assert "the investigation was cancelled before the window ended" in report.warnings
@@ -420,7 +420,7 @@ def test_captured_tree_kubelet_unreachable_is_a_finding(tree, monkeypatch) -> No
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     settings = _tree_settings(tree, kubelet_url="https://127.0.0.1:9", kubelet_timeout_seconds=1)
     with tree.play(REPLAY_STEP):
-        report = investigate(settings, seconds=3, tracers=[ReplayTracer(tree)])
+        report = investigate(settings, seconds=3, edges=Edges(tracers=[ReplayTracer(tree)]))
     _, s = _pair(report, tree)
     assert report.attribution.error and any(w.startswith("pod names: ") for w in report.warnings)
     # the pod is still known from its cgroup, by UID and container ID only
@@ -446,11 +446,11 @@ import json, sys
 from pathlib import Path
 from app.config import Settings
 from app.investigation import engine
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.tracers.procfs_only import ProcfsTracer
 root, pid = Path(sys.argv[1]), int(sys.argv[2])
 s = Settings(proc_root=root / "proc", cgroup_root=root / "cgroup", kubelet_url=None, apiserver_fallback=False)
-report = investigate(s, seconds=1, pids=[pid], tracers=[ProcfsTracer(s)])
+report = investigate(s, seconds=1, pids=[pid], edges=Edges(tracers=[ProcfsTracer(s)]))
 print(json.dumps(report.warnings))
 """
 
@@ -525,7 +525,7 @@ def short_grace(tmp_path, monkeypatch):
 def test_a_tracer_that_ignores_its_stop_is_killed_before_the_report(short_grace) -> None:
     stub = _Stubborn("stubborn")
     try:
-        report = investigate(short_grace, seconds=0.3, pids=[os.getpid()], tracers=[stub])
+        report = investigate(short_grace, seconds=0.3, pids=[os.getpid()], edges=Edges(tracers=[stub]))
         assert stub.pid is not None
         assert not leftovers.alive(stub.pid, stub.start), "the tracer process outlived its investigation"
         assert stub.returned is not None, "the tracer thread still ran when the report came back"
@@ -539,11 +539,11 @@ def test_a_tracer_that_ignores_its_stop_is_killed_before_the_report(short_grace)
 def test_the_next_investigation_waits_for_a_previous_tracer_thread(short_grace, monkeypatch) -> None:
     monkeypatch.setattr(engine, "STRAGGLER_WAIT_SECONDS", 10.0)
     stuck = _Stubborn("stuck", in_python=4.0)  # no process to kill: only its thread overruns (~2 s past the report)
-    first = investigate(short_grace, seconds=0.3, pids=[os.getpid()], tracers=[stuck])
+    first = investigate(short_grace, seconds=0.3, pids=[os.getpid()], edges=Edges(tracers=[stuck]))
     assert stuck.returned is None
     assert any("its thread still runs" in w for w in first.warnings), first.warnings
     second_tracer = _Stubborn("second", in_python=0.01)
-    second = investigate(short_grace, seconds=0.3, pids=[os.getpid()], tracers=[second_tracer])
+    second = investigate(short_grace, seconds=0.3, pids=[os.getpid()], edges=Edges(tracers=[second_tracer]))
     assert stuck.returned is not None and second_tracer.began is not None
     assert second_tracer.began >= stuck.returned, "two investigations' tracers ran side by side"
     assert any("waited" in w and "previous investigation" in w for w in second.warnings), second.warnings

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.tracers import _bpftrace, _kernel, _perf
 from app.tracers.registry import make_tracer, select
 from tests.capset import CAP_NAMES, run_under_caps
@@ -152,7 +152,7 @@ def test_perf_recording_nothing_gets_a_fresh_window_on_bpftrace(
 
 
 class _Dead:
-    """A tracer that cannot start (the seam: investigate(tracers=...))."""
+    """A tracer that cannot start (the seam: investigate(edges=Edges(tracers=...)))."""
 
     name = "perf-major"
     exact = True
@@ -170,7 +170,7 @@ class _Dead:
 
 def test_every_tracer_failing_says_estimated(tmp_path: Path) -> None:
     """No root needed: the given candidates fail, the report is procfs estimates and says why."""
-    report = investigate(_settings(), seconds=1, tracers=[_Dead()], pids=[os.getpid()])
+    report = investigate(_settings(), seconds=1, edges=Edges(tracers=[_Dead()]), pids=[os.getpid()])
     t = report.tracer
     assert (t.backend, t.exact) == ("procfs", False)
     assert "every tracer failed at run time" in t.reason and "Permission error mapping pages" in t.reason
@@ -309,7 +309,7 @@ class _Steady:
 def test_tracer_dying_early_hands_the_rest_of_the_window_over() -> None:
     """No root needed (the seam): the second candidate gets the rest of the same window."""
     steady = _Steady(os.getpid())
-    report = investigate(_settings(), seconds=3, tracers=[_DiesEarly(), steady], pids=[os.getpid()])
+    report = investigate(_settings(), seconds=3, edges=Edges(tracers=[_DiesEarly(), steady]), pids=[os.getpid()])
     t = report.tracer
     assert t.backend == "bpftrace-major" and t.events == 1
     assert [(s.backend, s.failed_at_run_time) for s in t.skipped] == [("perf-major", True)]

@@ -379,7 +379,7 @@ def test_the_engine_and_the_recorder_share_one_pod_directory(tmp_path: Path, mon
     from app.service.state import ServiceState
 
     seen: list[object] = []
-    monkeypatch.setattr(app.investigation.engine, "investigate", lambda *a, pods, **k: seen.append(pods))
+    monkeypatch.setattr(app.investigation.engine, "investigate", lambda *a, edges, **k: seen.append(edges.pods))
     settings = make_settings(tmp_path, recorder_interval_seconds=5, cgroup_root=tmp_path / "no-cgroups")
 
     async def run() -> None:

@@ -312,7 +312,7 @@ def test_reap_judges_owners_in_the_real_proc_not_a_captured_tree(tmp_path: Path,
     """With PFI_PROC_ROOT at a captured (here: empty) tree, owners and tracers are still looked up in
     the real /proc, where the signals go: a live run's folder survives the engine's reap at start and
     `python -m app.tracers.leftovers`, and a dead owner's folder still goes."""
-    from app.investigation.engine import investigate
+    from app.investigation.engine import Edges, investigate
 
     empty = tmp_path / "captured"
     (empty / "proc").mkdir(parents=True)
@@ -337,6 +337,6 @@ def test_reap_judges_owners_in_the_real_proc_not_a_captured_tree(tmp_path: Path,
 
     settings = Settings(proc_root=empty / "proc", cgroup_root=empty / "cgroup", kubelet_url=None,
                         apiserver_fallback=False)
-    report = investigate(settings, seconds=0.2, tracers=[])
+    report = investigate(settings, seconds=0.2, edges=Edges(tracers=[]))
     assert live.exists(), "the engine's reap removed the folder of a live run"
     assert not any("leftovers" in w for w in report.warnings), report.warnings

@@ -260,7 +260,7 @@ def test_advice_names_the_recommended_number() -> None:
     """The raise line reads as one piece of advice (its reason attached to it, the other way out on a line
     of its own) and carries the recommendation's number."""
     from app.investigation.diagnose import diagnose_process
-    from app.investigation.recommend import advise_number
+    from app.investigation.recommend import put_in_advice
 
     p = _limited()
     p.verdict = diagnose_process(p, NODE)
@@ -270,7 +270,7 @@ def test_advice_names_the_recommended_number() -> None:
     group = Group(pages=_pages(file_pages=32768, times=2), faults=80_000, growth={0: 32768},
                   smaps={4242: [_smaps(FILE_MAP, 60)]})
     p.verdict.recommendation = recommend(p, group, NODE, seconds=8.0, backend="perf-major")
-    advise_number(p.verdict)
+    put_in_advice(p.verdict)
     assert p.verdict.advice[0] == ("raise memory.limit_in_bytes of cgroup /pfi/job to 160 MiB (the recommendation; "
                                    "usage now 64 MiB) so code and hot data stay cached")
 
@@ -563,7 +563,8 @@ def test_procfs_bounds_a_shared_file_once(tmp_path: Path) -> None:
     resident) in a 64 MiB group, procfs only. Their faults read the same pages: the recommendation is the
     one a single process gets, not twice the file ("258 MiB read back ... at most its 258 MiB")."""
     from app.collectors.procfs import ProcFS
-    from app.investigation.advise import add_recommendations
+    from app.investigation.recommendations import add_recommendations
+    from app.investigation.snapshot import WindowEnd
     from app.tracers.base import TraceResult
 
     for pid in (101, 102):
@@ -577,7 +578,9 @@ def test_procfs_bounds_a_shared_file_once(tmp_path: Path) -> None:
             q.pid, q.major_faults = pid, 40_000 * 2 // len(pids)  # the same 80,000 faults in all
             q.cgroup_file_refaults = 0
             procs.append(q)
-        add_recommendations(procs, {}, TraceResult(backend="procfs", exact=False), NODE, ProcFS(tmp_path), seconds=10.0)
+        end = WindowEnd(ProcFS(tmp_path), None)  # each process as read at the window's end
+        snaps = {pid: end.take(pid, exited=False) for pid in pids}
+        add_recommendations(procs, {}, TraceResult(backend="procfs", exact=False), NODE, snaps, seconds=10.0)
         assert procs[0].verdict is not None and procs[0].verdict.recommendation is not None
         return procs[0].verdict.recommendation
 

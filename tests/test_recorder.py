@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.collectors.cgroupmem import memory_hierarchy
 from app.collectors.flight_recorder import (
     FaultRecorder,
     Layout,
@@ -16,7 +17,7 @@ from app.collectors.flight_recorder import (
     discover_units,
     read_counter,
 )
-from app.investigation.lead_up import apply_history, lead_up_since
+from app.investigation.lead_up import apply_lead_up, lead_up_since
 from app.models import (
     Cause,
     History,
@@ -74,6 +75,8 @@ class Node:
         self.base.mkdir(parents=True)
         if version == 2:
             (self.cg / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        else:  # the v1 memory root has its (unlimited) limit file, as the kernel's does
+            (self.base / "memory.limit_in_bytes").write_text("9223372036854771712\n")
         self.set("/", 0)
         self.node(0)
 
@@ -149,6 +152,38 @@ def test_layouts(tmp_path):
     (v1.cg / "unified").mkdir()
     (v1.cg / "unified" / "cgroup.controllers").write_text("")
     assert detect_layout(v1.cg).version == 1
+
+
+@pytest.mark.parametrize("tree, found", [
+    ("v1", (1, "memory")), ("hybrid", (1, "memory")), ("v2", (2, "")), ("unified-memory", (2, "unified")),
+    ("v2-without-memory", None), ("empty", None),
+])
+def test_the_recorder_and_the_limits_find_the_same_memory_hierarchy(tmp_path, tree, found):
+    """One rule for where the memory controller is (issue 26): the flight recorder's counters and the cgroup
+    memory reads (the demo's and the tests' groups) agree, on v1, hybrid and v2 trees. A v2 tree whose
+    cgroup.controllers lacks memory has no memory.stat to count; one at unified/ that lists it has."""
+    root = tmp_path / tree
+    root.mkdir()
+    if tree in ("v1", "hybrid"):
+        (root / "memory").mkdir()
+        (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+        (root / "memory" / "memory.stat").write_text("cache 0\ntotal_pgmajfault 3\n")
+    if tree == "hybrid":
+        (root / "unified").mkdir()
+        (root / "unified" / "cgroup.controllers").write_text("")
+    if tree == "v2":
+        (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    if tree == "unified-memory":
+        (root / "unified").mkdir()
+        (root / "unified" / "cgroup.controllers").write_text("memory pids\n")
+    if tree == "v2-without-memory":
+        (root / "cgroup.controllers").write_text("cpu io pids\n")
+    layout = detect_layout(root)
+    expected = None if found is None else (found[0], root / found[1] if found[1] else root)
+    assert memory_hierarchy(root) == expected
+    assert (None if layout is None else (layout.version, layout.base)) == expected
+    if layout is not None:
+        assert layout.key == (b"total_pgmajfault" if layout.version == 1 else b"pgmajfault")
 
 
 def test_discovery_finds_containers_and_host_groups_without_nesting(tmp_path):
@@ -344,7 +379,7 @@ def test_lead_up_window():
 def test_verdict_names_the_container_that_stopped():
     # 10:00..10:30 at 1-minute intervals: 8,400/s from 10:02 to 10:14, a trickle before and after
     series = [3, 0] + [8400 * 60] * 12 + [0] * 16
-    out = apply_history(_report(), _history(series))
+    out = apply_lead_up(_report(), _history(series))
     v = out.verdict
     assert out.history is not None and out.history.cgroups[0].pod.name == "nightly-report"
     assert v.cause is Cause.STOPPED_BEFORE_WINDOW and v.confidence == "high"
@@ -364,11 +399,11 @@ def test_verdict_kept_when_the_window_explains_the_lead_up():
     series = [8400 * 60] * 30
     me = PodRef(namespace="billing", name="nightly-report", uid=UID_A, container="report")
     report = _report([_proc(1, 250_000, me)], summary="anonymous memory of pod billing/nightly-report ...")
-    out = apply_history(report, _history(series))
+    out = apply_lead_up(report, _history(series))
     assert out.verdict == report.verdict and out.history is not None
     # matched by cgroup path too (no pod names), also from inside a cgroup namespace ("/../")
     report = _report([_proc(1, 250_000, cgroup="/../../" + V2_A1.split("/", 2)[2])])
-    assert apply_history(report, _history(series)).verdict == report.verdict
+    assert apply_lead_up(report, _history(series)).verdict == report.verdict
 
 
 def test_verdict_rewritten_when_the_window_top_explains_under_half():
@@ -376,19 +411,19 @@ def test_verdict_rewritten_when_the_window_top_explains_under_half():
     other = [100 * 60] * 30  # a host service that still faults a little
     report = _report([_proc(7, 3000, cgroup="/system.slice/backup.service")],
                      summary="cold reads of /var/backup by host process backup (pid 7) at 100 pages/s")
-    out = apply_history(report, _history(series, other))
+    out = apply_lead_up(report, _history(series, other))
     assert out.verdict.cause is Cause.STOPPED_BEFORE_WINDOW
     assert out.verdict.summary.startswith("pod billing/nightly-report container report made 6,000 major faults/s "
                                           "from 10:00 to 10:10 UTC, then stopped (95% of")
     assert "in the 30 s window: cold reads of /var/backup" in out.verdict.summary
     # a quiet lead-up changes nothing
-    quiet = apply_history(_report(), _history([1, 2, 3] + [0] * 27))
+    quiet = apply_lead_up(_report(), _history([1, 2, 3] + [0] * 27))
     assert quiet.verdict.cause is Cause.NO_MAJOR_FAULTS and quiet.history is not None
 
 
 def test_host_group_advice_names_the_unit():
     h = _history([0] * 30, [0, 0, 5000 * 60] + [0] * 27)
-    v = apply_history(_report(), h).verdict
+    v = apply_lead_up(_report(), h).verdict
     assert v.summary.startswith("cgroup /system.slice/backup.service made 5,000 major faults/s from 10:02:00 to 10:03:00 UTC")
     assert "journalctl -u backup.service --since '2026-12-02 10:02:00'" in v.advice[0]
 
@@ -416,7 +451,7 @@ def test_watch_fires_after_the_rate_stays_above_for_long_enough():
 
 
 def _stopped_report() -> Report:
-    return apply_history(_report(), _history([3, 0] + [8400 * 60] * 12 + [0] * 16, [100 * 60] * 30))
+    return apply_lead_up(_report(), _history([3, 0] + [8400 * 60] * 12 + [0] * 16, [100 * 60] * 30))
 
 
 def test_report_page_charts_the_lead_up_beside_the_window():
@@ -524,7 +559,7 @@ def test_hostile_group_name_is_shell_quoted_in_the_advice(tmp_path):
     h = rec.history(_dt(T0), _dt(clock.t))
     assert h is not None and h.cgroups[0].cgroup == f"/system.slice/{hostile}"
     report = _report(started=_dt(clock.t))
-    advice = apply_history(report, h).verdict.advice[0]
+    advice = apply_lead_up(report, h).verdict.advice[0]
     command = advice.split("`")[1]
     assert shlex.split(command)[:3] == ["journalctl", "-u", hostile]
 

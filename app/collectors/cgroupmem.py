@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.models import CgroupMemory
-from app.parsers.cgroup import CgroupRef, parse_memory_stat
+from app.parsers.cgroup import CgroupRef, host_view, parse_memory_stat
 from app.parsers.procfs import parse_pressure
 
 __all__ = ["cgroup_memory_problem", "memory_hierarchy", "read_cgroup_memory", "read_cgroup_memory_why",
-           "rmdir_when_free"]
+           "read_group_memory", "rmdir_when_free"]
 
 # Quirk: v1 prints "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE, e.g. 9223372036854771712 with 4 KiB
 # pages (LONG_MAX rounded down to a page); other page sizes give other values. Anything this close
@@ -269,3 +269,17 @@ def cgroup_memory_problem(cgroup_root: Path, ref: CgroupRef | None, mem: CgroupM
     if mem is not None or ref is None or ref.path in ("", "/"):
         return None
     return read_cgroup_memory_why(cgroup_root, ref)[1] or "its cgroup's memory files could not be read"
+
+
+def read_group_memory(cgroup_root: Path, ref: CgroupRef) -> tuple[CgroupMemory | None, str | None]:
+    """The memory state of a process's group as the host sees it (host_view) and, when there is none,
+    cgroup_memory_problem's answer, in one read of its files; (None, None) for the root group."""
+    if ref.path in ("", "/"):
+        return None, None
+    seen = host_view(ref)
+    mem, why = read_cgroup_memory_why(cgroup_root, seen)
+    if mem is not None:
+        return mem, None
+    if seen is not ref:  # a "/../" path from inside a cgroup namespace: the reason names it (no read)
+        why = read_cgroup_memory_why(cgroup_root, ref)[1]
+    return None, why or "its cgroup's memory files could not be read"

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from app.collectors.cgroupmem import memory_hierarchy
 from app.models import History, HistoryCgroup, HistoryPod, PodRef
 from app.parsers.cgroup import CgroupRef, parse_cgroup
 
@@ -78,14 +79,14 @@ class Layout:
 
 
 def detect_layout(cgroup_root: Path) -> Layout | None:
-    """The hierarchy holding memory counters under `cgroup_root` (/sys/fs/cgroup), or None."""
-    root = Path(cgroup_root)
-    if (root / "memory" / "memory.stat").exists():
-        # v1, or hybrid: the memory controller is on v1 even when a v2 tree exists (at unified/).
-        return Layout(root / "memory", 1, b"total_pgmajfault")
-    if (root / "cgroup.controllers").exists():
-        return Layout(root, 2, b"pgmajfault")
-    return None
+    """The hierarchy holding memory counters under `cgroup_root` (/sys/fs/cgroup), or None: the one
+    memory-hierarchy rule (cgroupmem.memory_hierarchy): v1 memory/ (also on hybrid hosts, whose v2 tree at
+    unified/ has no controllers), else the v2 tree whose cgroup.controllers lists memory (root or unified/)."""
+    found = memory_hierarchy(Path(cgroup_root))
+    if found is None:
+        return None
+    version, base = found
+    return Layout(base, version, b"total_pgmajfault" if version == 1 else b"pgmajfault")
 
 
 def read_counter(text: bytes, key: bytes) -> int | None:
@@ -392,12 +393,34 @@ class FaultRecorder:
         if node is not None:
             self._node_last = node
 
-        deltas: dict[str, int] = {}
-        feeders: dict[str, _Group] = {}  # a group behind each key with faults (names a new series)
         if self.layout is None:
             errors.append(f"no memory cgroup hierarchy under {self.cgroup_root}: only the node is recorded")
         if truncated:
             errors.append(f"more than {self.max_dirs:,} cgroups: the rest are not recorded")
+        deltas, feeders = self._deltas(tick, first, units, names, values)
+        self._times[slot] = now
+        self._node[slot] = min(U32, node_delta)
+        self._tick = tick
+        self._store(tick, deltas, feeders)
+        self.samples += 1
+        self.errors = errors[:10]
+        dt = now - prev_at
+        return Tick(
+            at=now,
+            interval=dt,
+            node_delta=node_delta,
+            node_rate=node_delta / dt if dt > 0 else 0.0,
+            groups=len(self._groups),
+            duration=time.perf_counter() - t0,
+            truncated=truncated,
+        )
+
+    def _deltas(self, tick: int, first: bool, units: list[Unit], names: dict[str, tuple[str, HistoryPod | None]],
+                values: dict[str, int | None]) -> tuple[dict[str, int], dict[str, _Group]]:
+        """Each series key's faults since the last sample (of the groups found now), and a group behind each
+        key that has some (names a new series); groups gone since are dropped first (they make room)."""
+        deltas: dict[str, int] = {}
+        feeders: dict[str, _Group] = {}  # a group behind each key with faults (names a new series)
         seen = {u.path for u in units}
         for path in [p for p in self._groups if p not in seen]:  # gone first: they make room
             gone = self._groups.pop(path)
@@ -443,10 +466,11 @@ class FaultRecorder:
             if delta:
                 deltas[group.key] = deltas.get(group.key, 0) + delta
                 feeders.setdefault(group.key, group)
+        return deltas, feeders
 
-        self._times[slot] = now
-        self._node[slot] = min(U32, node_delta)
-        self._tick = tick
+    def _store(self, tick: int, deltas: dict[str, int], feeders: dict[str, _Group]) -> None:
+        """Put this interval's deltas in their series (a key's first fault makes its series); free the
+        series whose every interval aged out and whose cgroups are gone."""
         paths_of: dict[str, int] | None = None
         for key, delta in deltas.items():
             s = self._series.get(key)
@@ -465,18 +489,6 @@ class FaultRecorder:
         oldest = tick - self.slots + 1
         for key in [k for k, s in self._series.items() if s.live_paths == 0 and s.upto <= oldest]:
             del self._series[key]
-        self.samples += 1
-        self.errors = errors[:10]
-        dt = now - prev_at
-        return Tick(
-            at=now,
-            interval=dt,
-            node_delta=node_delta,
-            node_rate=node_delta / dt if dt > 0 else 0.0,
-            groups=len(self._groups),
-            duration=time.perf_counter() - t0,
-            truncated=truncated,
-        )
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -22,7 +22,11 @@ what was seen and no advice. A handful of faults never gives a cause with high c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from app.models import Cause, CgroupMemory, Confidence, NodeStats, ProcessReport, SourceKind, Verdict
+
+from .who import who
 
 NEAR_LIMIT = 0.90  # usage/limit at which the kernel reclaims the group's own memory
 NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short of memory
@@ -37,15 +41,6 @@ ANON_ROOM = 0.25  # anonymous memory at this share of the binding limit or more:
 
 def mib(n: int | None) -> str:
     return "?" if n is None else f"{n / (1 << 20):,.0f} MiB"
-
-
-def who(p: ProcessReport) -> str:
-    if p.pod and p.pod.name:
-        c = f" container {p.pod.container}" if p.pod.container else ""
-        return f"pod {p.pod.display()}{c}"
-    if p.pod:
-        return f"pod {p.pod.display()}"
-    return f"host process {p.comm} (pid {p.pid})"
 
 
 def dominant(p: ProcessReport) -> tuple[SourceKind | None, float, str | None]:
@@ -118,7 +113,7 @@ def limit_subject(p: ProcessReport, mem: CgroupMemory) -> tuple[str, str, str]:
     """(what binds, as a clause; advice naming the knob to raise; the other way out, as advice), true to
     the subject: container, pod, host cgroup. The raise line is a line of its own so a reason appended to
     it ("so code and hot data stay cached") reads with the raise, and the recommendation (issue 16) can
-    put its number in it (app.investigation.advise)."""
+    put its number in it (app.investigation.recommendations)."""
     high = high_binds(mem)
     if high:
         size, where = mib(mem.high_bytes), mem.high_path or mem.path
@@ -224,12 +219,28 @@ def quiet_node(processes: list[ProcessReport], node: NodeStats, window: float, n
     )
 
 
+@dataclass
+class _Seen:
+    """What one process's verdict is made of: its faults' dominant kind and the evidence so far."""
+
+    p: ProcessReport
+    kind: SourceKind | None
+    path: str | None
+    confidence: Confidence
+    evidence: list[str]
+    swapish: bool
+    what: str  # "anonymous memory", "shared memory /dev/shm/x" (swap and shmem), else ""
+
+    def verdict(self, summary: str, cause: Cause, advice: list[str], conf: Confidence | None = None) -> Verdict:
+        return Verdict(summary=summary, cause=cause, advice=advice, confidence=conf or self.confidence,
+                       evidence=self.evidence)
+
+
 def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | None = None,
                      noise_floor: float = NOISE_FLOOR) -> Verdict:
     """The verdict for one process. limit_problem: why its memory cgroup could not be read (None: it
     could, or the process is in the root cgroup where no cgroup limit applies). noise_floor: major
     faults/s under which the process gets `quiet` and no cause (settings.investigation.noise_floor)."""
-    rate = p.major_faults_per_second
     if p.major_faults <= 0:
         return Verdict(summary=f"{who(p)} had no major faults in the window", cause=Cause.NO_MAJOR_FAULTS,
                        confidence="high")
@@ -256,60 +267,17 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     swapish = kind in (SourceKind.SWAP, SourceKind.SHMEM)
     what = {SourceKind.SWAP: "anonymous memory", SourceKind.SHMEM: f"shared memory {path or ''}".strip()}.get(
         kind or SourceKind.UNKNOWN, "")
-
-    def verdict(summary: str, cause: Cause, advice: list[str], conf: Confidence | None = None) -> Verdict:
-        return Verdict(summary=summary, cause=cause, advice=advice, confidence=conf or confidence, evidence=evidence)
+    seen = _Seen(p, kind, path, confidence, evidence, swapish, what)
 
     # R1: the limit binds.
     if binds and mem is not None and kind in (SourceKind.SWAP, SourceKind.SHMEM, SourceKind.FILE, SourceKind.CODE):
-        clause, raise_it, other_way = limit_subject(p, mem)
-        if swapish:
-            return verdict(
-                f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s because {clause}",
-                Cause.CONTAINER_MEMORY_LIMIT if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
-                [raise_it, *([other_way] if other_way else []),
-                 "or find what grows its memory (a leak, an unbounded cache"
-                 + (", files left in /dev/shm" if kind is SourceKind.SHMEM else "") + ") and bound it",
-                 stop_swapping(mem, mem.limit_path or mem.path, p.pod is not None)],
-            )
-        refaults = p.cgroup_file_refaults
-        subject = "its own program code" if kind is SourceKind.CODE else f"{path or 'its files'}"
-        if refaults is not None and refaults < max(1.0, REFAULT_RISE * p.major_faults):
-            # Reading a large file fills the group to its limit with page cache; that alone evicts
-            # nothing the process reads again. No refaults: these are first reads.
-            evidence.append(f"{clause}, but its file refaults (workingset_refault_file) rose by only {refaults:,} "
-                            f"over the window for {p.major_faults:,} major faults: the limit is full of page "
-                            "cache the kernel reclaims, and evicts nothing this process reads again")
-            cold = "its program code" if kind is SourceKind.CODE else path or "files"
-            return verdict(
-                f"cold reads of {cold} through mmap by {who(p)} at {rate:,.0f} pages/s: first reads; {clause}, "
-                "but with page cache it reclaims, and nothing it evicted is read again",
-                Cause.COLD_FILE_READS,
-                ["expected for a one-off scan of a large file, or a process that just started: no action if it stops",
-                 "its memory is at the limit with page cache, which is normal; raising the limit helps only if "
-                 "the same pages are read again (the cgroup's workingset_refault_file rises)",
-                 "for sequential scans, read with read(2) or madvise(MADV_SEQUENTIAL) so read-ahead fetches larger chunks"],
-            )
-        if refaults is None:
-            why = ("this kernel's memory.stat has no workingset_refault_file" if mem.workingset_refault_file is None
-                   else "they were not measured over the window (the process was not snapshotted, or it moved)")
-            evidence.append(f"whether the page cache evicts what this process reads again is not known: {why}; "
-                            "the limit is blamed because usage is at it")
-        else:
-            evidence.append(f"its cgroup's file refaults (workingset_refault_file) rose by {refaults:,} over the "
-                            "window: pages the limit evicted are read again")
-        return verdict(
-            f"{who(p)} re-reads {subject} from disk at {rate:,.0f} pages/s because {clause}: "
-            "the kernel keeps evicting its page cache",
-            Cause.CONTAINER_MEMORY_LIMIT,
-            [raise_it + " so code and hot data stay cached", *([other_way] if other_way else []),
-             *([room] if (room := anon_room(mem)) else [])],
-        )
+        return _limit_binds(seen, mem)
 
     # R2: the node is short of memory (node evidence only).
     if pressure and (swapish or kind is SourceKind.CODE):
+        rate = p.major_faults_per_second
         subject = f"{what} of {who(p)} is swapped in" if swapish else f"{who(p)} re-reads its program code from disk"
-        return verdict(
+        return seen.verdict(
             f"{subject} at {rate:,.0f} pages/s: the node is short of memory ({pressure})",
             Cause.NODE_MEMORY_PRESSURE,
             ["set memory requests to what pods really use so the scheduler stops overpacking this node",
@@ -322,11 +290,67 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
     if limit_problem and mem is None:
         unknown = (f"; its memory cgroup {p.cgroup} could not be read ({limit_problem}), so whether its "
                    "memory limit causes this is not known")
-        confidence = "low"
+        seen.confidence = "low"
+    return _by_kind(seen, unknown, pressure)
 
-    # R4: by kind.
-    if swapish:
-        return verdict(
+
+def _limit_binds(seen: _Seen, mem: CgroupMemory) -> Verdict:
+    """R1: the process's memory cgroup is at its limit (or memory.high) and its faults are swap, shmem,
+    file or code: swapped back in because of the limit, cold first reads, or re-reads the limit evicts."""
+    p, kind, path, evidence, what = seen.p, seen.kind, seen.path, seen.evidence, seen.what
+    rate = p.major_faults_per_second
+    clause, raise_it, other_way = limit_subject(p, mem)
+    if seen.swapish:
+        return seen.verdict(
+            f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s because {clause}",
+            Cause.CONTAINER_MEMORY_LIMIT if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
+            [raise_it, *([other_way] if other_way else []),
+             "or find what grows its memory (a leak, an unbounded cache"
+             + (", files left in /dev/shm" if kind is SourceKind.SHMEM else "") + ") and bound it",
+             stop_swapping(mem, mem.limit_path or mem.path, p.pod is not None)],
+        )
+    refaults = p.cgroup_file_refaults
+    subject = "its own program code" if kind is SourceKind.CODE else f"{path or 'its files'}"
+    if refaults is not None and refaults < max(1.0, REFAULT_RISE * p.major_faults):
+        # Reading a large file fills the group to its limit with page cache; that alone evicts
+        # nothing the process reads again. No refaults: these are first reads.
+        evidence.append(f"{clause}, but its file refaults (workingset_refault_file) rose by only {refaults:,} "
+                        f"over the window for {p.major_faults:,} major faults: the limit is full of page "
+                        "cache the kernel reclaims, and evicts nothing this process reads again")
+        cold = "its program code" if kind is SourceKind.CODE else path or "files"
+        return seen.verdict(
+            f"cold reads of {cold} through mmap by {who(p)} at {rate:,.0f} pages/s: first reads; {clause}, "
+            "but with page cache it reclaims, and nothing it evicted is read again",
+            Cause.COLD_FILE_READS,
+            ["expected for a one-off scan of a large file, or a process that just started: no action if it stops",
+             "its memory is at the limit with page cache, which is normal; raising the limit helps only if "
+             "the same pages are read again (the cgroup's workingset_refault_file rises)",
+             "for sequential scans, read with read(2) or madvise(MADV_SEQUENTIAL) so read-ahead fetches larger chunks"],
+        )
+    if refaults is None:
+        why = ("this kernel's memory.stat has no workingset_refault_file" if mem.workingset_refault_file is None
+               else "they were not measured over the window (the process was not snapshotted, or it moved)")
+        evidence.append(f"whether the page cache evicts what this process reads again is not known: {why}; "
+                        "the limit is blamed because usage is at it")
+    else:
+        evidence.append(f"its cgroup's file refaults (workingset_refault_file) rose by {refaults:,} over the "
+                        "window: pages the limit evicted are read again")
+    return seen.verdict(
+        f"{who(p)} re-reads {subject} from disk at {rate:,.0f} pages/s because {clause}: "
+        "the kernel keeps evicting its page cache",
+        Cause.CONTAINER_MEMORY_LIMIT,
+        [raise_it + " so code and hot data stay cached", *([other_way] if other_way else []),
+         *([room] if (room := anon_room(mem)) else [])],
+    )
+
+
+def _by_kind(seen: _Seen, unknown: str, pressure: str | None) -> Verdict:
+    """R4: no limit binds and the node is not short of memory (for swap and code): the verdict by the
+    faults' kind; `unknown` says why the limit is not known to be innocent."""
+    p, kind, path, what = seen.p, seen.kind, seen.path, seen.what
+    rate = p.major_faults_per_second
+    if seen.swapish:
+        return seen.verdict(
             f"{what} of {who(p)} is swapped back in at {rate:,.0f} pages/s: it touches memory that was "
             f"swapped out earlier{unknown}",
             Cause.SWAP if kind is SourceKind.SWAP else Cause.SHMEM_SWAP,
@@ -334,7 +358,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
              "a one-off burst after idle time (memory swapped out while unused) needs no action"],
         )
     if kind is SourceKind.CODE:
-        return verdict(
+        return seen.verdict(
             f"{who(p)} reads its program code from disk at {rate:,.0f} pages/s{unknown}",
             Cause.CODE_REFAULTS,
             ["code pages refault when the page cache cannot keep them: check the node's and the container's memory",
@@ -344,13 +368,13 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
         summary = f"cold reads of {path or 'files'} through mmap by {who(p)} at {rate:,.0f} pages/s{unknown}"
         if pressure:
             summary += f"; the node is short of memory ({pressure})"
-        return verdict(
+        return seen.verdict(
             summary, Cause.COLD_FILE_READS,
             ["expected for a one-off scan of a large file: no action if it stops",
              "if it repeats, the file does not stay in the page cache: give the node (or the container) more memory for it",
              "for sequential scans, read with read(2) or madvise(MADV_SEQUENTIAL) so read-ahead fetches larger chunks"],
         )
-    return verdict(
+    return seen.verdict(
         f"{who(p)} causes {rate:,.0f} major faults/s; what they read could not be resolved{unknown}",
         Cause.UNKNOWN,
         ["run again with a tracer that records fault addresses (perf or bpftrace) to see the file or swap"],

@@ -12,13 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.collectors.cgroupmem import cgroup_memory_problem, read_cgroup_memory
 from app.collectors.kubelet import PodDirectory
 from app.collectors.procfs import ProcFS
 from app.config import Settings
 from app.models import (
     Attribution,
-    CgroupMemory,
     NodeStats,
     ProcessReport,
     Report,
@@ -27,16 +25,16 @@ from app.models import (
     Trigger,
     utcnow,
 )
-from app.parsers.cgroup import CgroupRef, host_view
-from app.parsers.procfs import redact_argv, redact_comm
+from app.parsers.redact import redact_argv, redact_comm
 from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
-from .advise import add_recommendations
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
+from .recommendations import add_recommendations
 from .sampler import MarkInfo, ProcessTrack, Sampler
+from .snapshot import ProcessSnapshot, WindowEnd
 from .sources import sources_from_pages
 from .swapdev import apply as apply_swap_devices
 from .swapdev import read_swap
@@ -209,6 +207,37 @@ class _TracerRun:
         return used.tracer, used.result, reason, out + rest
 
 
+@dataclass(frozen=True)
+class Edges:
+    """What the investigation reads and traces through; None each: its own, from the settings."""
+
+    procfs: ProcFS | None = None  # the procfs tree (settings.node.proc_root)
+    pods: PodDirectory | None = None  # names pods (the service shares its one with the flight recorder)
+    tracers: Sequence[Tracer] | None = None  # the backends to try, in order (the registry's choice)
+
+
+@dataclass
+class _Counted:
+    """What the report's counts are over: the tracer's own interval (both its marks read) or the window."""
+
+    ranked: list[ProcessTrack]
+    counts: dict[int, tuple[int, list[int]]]  # pid -> majflt and series over the tracer's interval
+    seconds: float
+    over_interval: bool
+
+
+@dataclass
+class _Build:
+    """What building one process's section needs besides the process itself (build_process)."""
+
+    sampler: Sampler
+    trace: TraceResult
+    pods: PodDirectory
+    elapsed: float  # the sampled window, s
+    counted: _Counted
+    my_mnt_ns: str | None
+
+
 def investigate(
     settings: Settings,
     *,
@@ -218,49 +247,120 @@ def investigate(
     trigger: Trigger | None = None,
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
-    procfs: ProcFS | None = None,
-    pods: PodDirectory | None = None,
-    tracers: Sequence[Tracer] | None = None,
+    edges: Edges | None = None,
 ) -> Report:
     """Investigate this node for `seconds`.
 
-    `tracers`: the backends to try, in order (None: the registry's choice, then the other exact
+    `edges.tracers`: the backends to try, in order (None: the registry's choice, then the other exact
     backends that work here). When one fails to start, dies inside the window or records nothing
     while the processes' majflt rose, the next one traces the rest of the window (or, with less than
     MIN_FALLBACK_SECONDS left, a fresh one of half the window, between MIN_FALLBACK_SECONDS and
     FALLBACK_SECONDS_MAX); the report lists the failed attempts in
     `tracer.skipped`. When every one fails, sources are estimated from procfs and the report says so.
+
+    The story: wait for what an earlier run left, choose the tracers, sample procfs while they trace
+    (_watch_window), stop them (_stop_tracer), count over the tracer's interval (_count), read each
+    reported process once at the window's end (WindowEnd), build, check, diagnose and recommend.
     """
     window = float(seconds if seconds is not None else settings.investigation.investigation_seconds)
-    top_n = top or settings.investigation.top
     cancel = cancel or threading.Event()
-    procfs = procfs or ProcFS(settings.node.proc_root)
+    edges = edges or Edges()
+    tracers = edges.tracers
+    procfs = edges.procfs or ProcFS(settings.node.proc_root)
     report_progress = progress or (lambda _f, _m: None)
     started_at = utcnow()
-    warnings: list[str] = []
+    warnings = _before_the_window()
+    cands, reason, skipped = _choose(settings, tracers)
+    report_progress(0.0, f"tracing with {cands[0].name}")
+    sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root, full_every=settings.investigation.scan_full_every_seconds)
+    sampler.first()
+    run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window)
+    thread = threading.Thread(target=run.main, name="tracer", daemon=True)
+    t0 = time.monotonic()
+    run.win.end = t0 + window
+    thread.start()
+    elapsed = _watch_window(run, thread, cancel, report_progress, t0)
+    warnings.extend(_stop_tracer(run, thread))
+    report_progress(0.92, "resolving")
 
+    tracer, trace, reason, skipped = run.outcome(reason, skipped)
+    if run.failed and tracers is None:
+        for failed, why in run.failed:
+            mark_failed(failed, settings, why)
+    tracer_info = _tracer_info(tracer, trace, reason, skipped)
+    warnings.extend(_tracer_warnings(run, tracer, trace, elapsed, window))
+    counted = _count(sampler, tracer, tracer_info, t0, elapsed)
+    chosen = counted.ranked[: top or settings.investigation.top]
+    sampler.final_snapshot([t.pid for t in chosen])
+
+    node_stats = collect_node_stats(procfs, sampler, counted.seconds,
+                                    vm=sampler.interval_vmstat() if counted.over_interval else None)
+    read_swap(procfs, settings.node.sysfs_root, node_stats)
+    end = WindowEnd(procfs, settings.node.cgroup_root)
+    snaps = [end.take(t.pid, t.exited) for t in chosen]
+    pods = edges.pods or PodDirectory(settings)
+    attribution = Attribution()
+    if any(s.cgroup is not None and s.cgroup.pod_uid for s in snaps):
+        _, attribution = pods.index()
+        if attribution.error:
+            warnings.append(f"pod names: {attribution.error}")
+    build = _Build(sampler, trace, pods, elapsed, counted, procfs.mnt_ns("self"))
+    processes = [build_process(t, s, build) for t, s in zip(chosen, snaps, strict=True)]
+    if counted.over_interval and tracer.exact and (inexact := check_exact(processes, trace)):
+        warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
+                        f"{counted.seconds:.1f} s interval: " + "; ".join(inexact[:5]))
+    for p, s in zip(processes, snaps, strict=True):
+        p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.investigation.noise_floor)
+    apply_swap_devices(processes, node_stats)
+    add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, end.snapshots, seconds=elapsed,
+                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
+    report_progress(0.98, "diagnosing")
+    warnings.extend(access_warnings(procfs))
+    cancelled = cancel.is_set()
+    if cancelled:
+        warnings.append("the investigation was cancelled before the window ended")
+    return Report(
+        node=settings.node.node_name,
+        status="cancelled" if cancelled else "complete",
+        started_at=started_at,
+        finished_at=utcnow(),
+        window_seconds=round(counted.seconds, 3),
+        trigger=trigger or Trigger(),
+        tracer=tracer_info,
+        node_stats=node_stats,
+        processes=processes,
+        verdict=diagnose_report(processes, node_stats, counted.seconds, noise_floor=settings.investigation.noise_floor),
+        attribution=attribution,
+        warnings=warnings,
+    )
+
+
+def _choose(settings: Settings, tracers: Sequence[Tracer] | None) -> tuple[list[Tracer], str, list[SkippedBackend]]:
+    """The tracers to try in order, why the first, and the backends left out with why (the caller's list, or
+    the registry's choice)."""
+    if tracers is None:
+        return candidates(settings)
+    cands = list(tracers) or [make_tracer("procfs", settings)]
+    return cands, f"given by the caller: {', '.join(t.name for t in cands)}", []
+
+
+def _before_the_window() -> list[str]:
+    """Wait for an earlier run's tracer thread and reap what a killed one left: the report's warnings."""
+    warnings = []
     straggler = _wait_for_stragglers(STRAGGLER_WAIT_SECONDS)
     if straggler:
         warnings.append(straggler)
     reaped = leftovers.reap()  # what a killed predecessor left behind
     if reaped.folders or reaped.tracers:
         warnings.append(f"leftovers of a killed investigation: {reaped.summary()}")
-    if tracers is None:
-        cands, reason, skipped = candidates(settings)
-    else:
-        cands = list(tracers) or [make_tracer("procfs", settings)]
-        reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
-    report_progress(0.0, f"tracing with {cands[0].name}")
-    sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root, full_every=settings.investigation.scan_full_every_seconds)
-    sampler.first()
+    return warnings
 
-    tracer_stop = threading.Event()  # set on cancel, or when the tracer overruns the window
-    win = _Window()
-    run = _TracerRun(settings, cands, sampler, pids, tracer_stop, win, window)
-    thread = threading.Thread(target=run.main, name="tracer", daemon=True)
-    t0 = time.monotonic()
-    win.end = t0 + window
-    thread.start()
+
+def _watch_window(run: _TracerRun, thread: threading.Thread, cancel: threading.Event, report_progress: Progress,
+                  t0: float) -> float:
+    """Sample procfs once a second until the window (`run.win.end`, a fallback may move it) ends and the
+    tracer hands over, or `cancel`; the seconds sampled (rates are over them, not the hand-over)."""
+    sampler, win = run.sampler, run.win
     next_tick = t0 + 1.0
     last_tick = t0
     sampled_end = t0
@@ -296,34 +396,36 @@ def investigate(
             total = max(win.end - t0, 1e-3)
             report_progress(min(elapsed / total, 1.0) * 0.9, f"{elapsed:.0f}/{total:.0f} s")
     if cancel.is_set():
-        tracer_stop.set()
+        run.stop.set()
         sampled_end = time.monotonic()
-    # Rates are over the sampled window, not the time the tracer then takes to stop and hand over.
-    elapsed = max(sampled_end - t0, 1e-3)
-    thread.join(TRACER_GRACE_SECONDS)
-    if thread.is_alive():
-        # The backend did not stop on its own at its deadline: the stop event makes it kill its tracer.
-        tracer_stop.set()
-        thread.join(TRACER_GRACE_SECONDS)
-        if thread.is_alive():
-            # Still not stopped (ignores its stop, or a parse past its deadline): kill what it started,
-            # so no tracer process of this run outlives it or traces alongside the next run.
-            killed = kill_started_by(thread)
-            thread.join(min(KILL_JOIN_SECONDS, TRACER_GRACE_SECONDS))
-            msg = (f"tracer {run.current} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s: "
-                   f"killed the process group of its {killed} process(es)")
-            if thread.is_alive():
-                with _stragglers_lock:
-                    _stragglers.append(thread)
-                msg += "; its thread still runs, the next investigation waits for it"
-            warnings.append(msg)
-    report_progress(0.92, "resolving")
+    return max(sampled_end - t0, 1e-3)
 
-    tracer, trace, reason, skipped = run.outcome(reason, skipped)
-    if run.failed and tracers is None:
-        for failed, why in run.failed:
-            mark_failed(failed, settings, why)
-    tracer_info = TracerInfo(
+
+def _stop_tracer(run: _TracerRun, thread: threading.Thread) -> list[str]:
+    """Wait for the tracer thread to hand over; stop it, then kill what it started, when it overruns."""
+    thread.join(TRACER_GRACE_SECONDS)
+    if not thread.is_alive():
+        return []
+    # The backend did not stop on its own at its deadline: the stop event makes it kill its tracer.
+    run.stop.set()
+    thread.join(TRACER_GRACE_SECONDS)
+    if not thread.is_alive():
+        return []
+    # Still not stopped (ignores its stop, or a parse past its deadline): kill what it started,
+    # so no tracer process of this run outlives it or traces alongside the next run.
+    killed = kill_started_by(thread)
+    thread.join(min(KILL_JOIN_SECONDS, TRACER_GRACE_SECONDS))
+    msg = (f"tracer {run.current} did not stop within {2 * TRACER_GRACE_SECONDS:.0f} s: "
+           f"killed the process group of its {killed} process(es)")
+    if thread.is_alive():
+        with _stragglers_lock:
+            _stragglers.append(thread)
+        msg += "; its thread still runs, the next investigation waits for it"
+    return [msg]
+
+
+def _tracer_info(tracer: Tracer, trace: TraceResult, reason: str, skipped: list[SkippedBackend]) -> TracerInfo:
+    return TracerInfo(
         backend=tracer.name, exact=tracer.exact, reason=reason, skipped=skipped,
         events=trace.events, dropped=trace.dropped, output_bytes=trace.output_bytes,
         truncated=trace.truncated, duration_seconds=round(trace.duration_seconds, 3), errors=trace.errors[:20],
@@ -332,6 +434,11 @@ def investigate(
         map_keys=trace.map_keys, map_keys_wanted=trace.map_keys_wanted, map_full=trace.map_full,
         notes=trace.notes[:20],
     )
+
+
+def _tracer_warnings(run: _TracerRun, tracer: Tracer, trace: TraceResult, elapsed: float, window: float) -> list[str]:
+    """What the report says about how the tracing went."""
+    warnings = []
     for failed, why in run.failed:
         warnings.append(f"tracer {failed.name} failed at run time ({why}); "
                         + (f"{tracer.name} traced instead" if tracer.name != "procfs" else "sources estimated from procfs"))
@@ -347,134 +454,59 @@ def investigate(
         warnings.append(f"tracer {tracer.name} dropped {trace.dropped:,} of {trace.events:,} events: shares are from the rest")
     if not tracer.exact and tracer.name != "procfs":
         warnings.append(f"{tracer.name} records minor faults too: source shares include them; fault counts come from procfs")
+    return warnings
 
-    # Counts over the same interval: with a tracer that marked both ends, every majflt count, rate and
-    # series the report gives (and compares with the traced counts) is over its interval, not the window.
+
+def _count(sampler: Sampler, tracer: Tracer, info: TracerInfo, t0: float, elapsed: float) -> _Counted:
+    """Counts over the same interval: with a tracer that marked both ends, every majflt count, rate and
+    series the report gives (and compares with the traced counts) is over its interval, not the window."""
     span = sampler.interval() if tracer.name != "procfs" else None
+    if span is None:
+        return _Counted(sampler.ranked(), {}, elapsed, over_interval=False)
+    seconds = max(span[1] - span[0], 1e-3)
     counts: dict[int, tuple[int, list[int]]] = {}
-    seconds_counted = elapsed
-    if span is not None:
-        seconds_counted = max(span[1] - span[0], 1e-3)
-        ranked = []
-        for t in sampler.ranked():
-            counts[t.pid] = sampler.interval_counts(t)
-            if counts[t.pid][0] > 0:
-                ranked.append(t)
-        ranked.sort(key=lambda t: (-counts[t.pid][0], t.pid))
-        tracer_info.counts_over = "tracer"
-        tracer_info.counted_from_seconds = round(span[0] - t0, 3)
-        tracer_info.counted_seconds = round(seconds_counted, 3)
-    else:
-        ranked = sampler.ranked()
-    chosen = ranked[:top_n]
-    sampler.final_snapshot([t.pid for t in chosen])
-
-    node_stats = collect_node_stats(procfs, sampler, seconds_counted,
-                                    vm=sampler.interval_vmstat() if span is not None else None)
-    read_swap(procfs, settings.node.sysfs_root, node_stats)
-    pods = pods or PodDirectory(settings)
-    attribution = Attribution()
-    need_pods = False
-    refs: dict[int, CgroupRef | None] = {}
-    for t in chosen:
-        ref = refs[t.pid] = procfs.cgroup(t.pid)
-        need_pods = need_pods or bool(ref and ref.pod_uid)
-    if need_pods:
-        _, attribution = pods.index()
-        if attribution.error:
-            warnings.append(f"pod names: {attribution.error}")
-
-    my_mnt_ns = _mnt_ns(procfs, "self")
-    mem_cache: dict[str, CgroupMemory | None] = {}
-    processes: list[ProcessReport] = []
-    for t in chosen:
-        processes.append(
-            build_process(settings, procfs, sampler, t, trace, refs.get(t.pid), pods, mem_cache,
-                          elapsed, my_mnt_ns, counted=counts.get(t.pid), counted_seconds=seconds_counted)
-        )
-    if span is not None and tracer.exact:
-        inexact = check_exact(processes, trace)
-        if inexact:
-            warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
-                            f"{seconds_counted:.1f} s interval: " + "; ".join(inexact[:5]))
-    for p in processes:
-        p.verdict = diagnose_process(
-            p, node_stats, cgroup_memory_problem(settings.node.cgroup_root, refs.get(p.pid), p.cgroup_memory),
-            noise_floor=settings.investigation.noise_floor)
-    apply_swap_devices(processes, node_stats)
-    add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
-                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
-    report_progress(0.98, "diagnosing")
-    warnings.extend(access_warnings(procfs))
-    cancelled = cancel.is_set()
-    if cancelled:
-        warnings.append("the investigation was cancelled before the window ended")
-    return Report(
-        node=settings.node.node_name,
-        status="cancelled" if cancelled else "complete",
-        started_at=started_at,
-        finished_at=utcnow(),
-        window_seconds=round(seconds_counted, 3),
-        trigger=trigger or Trigger(),
-        tracer=tracer_info,
-        node_stats=node_stats,
-        processes=processes,
-        verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.investigation.noise_floor),
-        attribution=attribution,
-        warnings=warnings,
-    )
+    ranked = []
+    for t in sampler.ranked():
+        counts[t.pid] = sampler.interval_counts(t)
+        if counts[t.pid][0] > 0:
+            ranked.append(t)
+    ranked.sort(key=lambda t: (-counts[t.pid][0], t.pid))
+    info.counts_over = "tracer"
+    info.counted_from_seconds = round(span[0] - t0, 3)
+    info.counted_seconds = round(seconds, 3)
+    return _Counted(ranked, counts, seconds, over_interval=True)
 
 
-def build_process(
-    settings: Settings,
-    procfs: ProcFS,
-    sampler: Sampler,
-    t: ProcessTrack,
-    trace: TraceResult,
-    ref: CgroupRef | None,
-    pods: PodDirectory,
-    mem_cache: dict[str, CgroupMemory | None],
-    elapsed: float,
-    my_mnt_ns: str | None,
-    counted: tuple[int, list[int]] | None = None,
-    counted_seconds: float | None = None,
-) -> ProcessReport:
-    """`counted`: the process's majflt and series over the tracer's interval of `counted_seconds` (None:
-    over the window of `elapsed` s)."""
+def build_process(t: ProcessTrack, snap: ProcessSnapshot, b: _Build) -> ProcessReport:
+    """One process's section of the report, from its track (the window's counters) and its snapshot at the
+    window's end: majflt and series over the tracer's interval when counted there, else over the window."""
+    counted = b.counted.counts.get(t.pid)
     majflt, series = counted if counted is not None else (t.major_faults, list(t.series))
-    seconds = counted_seconds if counted is not None and counted_seconds else elapsed
-    argv = procfs.cmdline(t.pid) if not t.exited else None
-    pages = trace.faults.get(t.pid, {})
-    traced = trace.totals.get(t.pid, sum(pages.values()))
-    io_now = procfs.io(t.pid) if not t.exited else None
+    seconds = b.counted.seconds if counted is not None and b.counted.seconds else b.elapsed
+    argv = snap.cmdline
+    pages = b.trace.faults.get(t.pid, {})
+    traced = b.trace.totals.get(t.pid, sum(pages.values()))
     read_bytes = None
     read_rate = None
-    if io_now is not None and t.io_first is not None:
-        read_bytes = max(0, io_now.get("read_bytes", 0) - t.io_first.get("read_bytes", 0))
-        read_rate = read_bytes / max(elapsed - t.io_first_tick, 1.0)
+    if snap.io is not None and t.io_first is not None:
+        read_bytes = max(0, snap.io.get("read_bytes", 0) - t.io_first.get("read_bytes", 0))
+        read_rate = read_bytes / max(b.elapsed - t.io_first_tick, 1.0)
     smaps = None
-    evidence = sampler.swap_evidence(t)  # also the cgroup's file refaults, for the limit rule
+    evidence = b.sampler.swap_evidence(t, snap)  # also the cgroup's file refaults, for the limit rule
     if pages:
         sources = sources_from_pages(pages, t.maps)
     else:
-        smaps = procfs.smaps(t.pid) if not t.exited else None
+        smaps = snap.smaps()
         sources = estimate_sources(t.major_faults, read_bytes, smaps, evidence)
-    pod = pods.pod_for(ref) if ref is not None and ref.pod_uid else None
-    mem = None
-    if ref is not None and ref.path not in ("", "/"):
-        key = f"{ref.version}:{ref.path}"
-        if key not in mem_cache:
-            mem_cache[key] = read_cgroup_memory(settings.node.cgroup_root, host_view(ref))
-        mem = mem_cache[key]
+    ref = snap.cgroup
+    pod = b.pods.pod_for(ref) if ref is not None and ref.pod_uid else None
     rss = swap = None
     if smaps is not None:
         rss = sum(e.rss_bytes for e in smaps)
         swap = sum(e.swap_bytes for e in smaps)
-    else:
-        status = procfs.status(t.pid) if not t.exited else None
-        if status is not None:
-            rss, swap = status.vm_rss_bytes, status.vm_swap_bytes
-    mnt = procfs.mnt_ns(t.pid)
+    elif snap.status is not None:
+        rss, swap = snap.status.vm_rss_bytes, snap.status.vm_swap_bytes
+    mnt = snap.mnt_ns
     return ProcessReport(
         pid=t.pid,
         comm=redact_comm(t.comm),  # a process may be named like a secret (TOKEN=x)
@@ -484,15 +516,15 @@ def build_process(
         minor_faults=t.minor_faults,
         series=series,
         traced_faults=traced,
-        traced_majflt=sampler.traced_window_majflt(t.pid),
+        traced_majflt=b.sampler.traced_window_majflt(t.pid),
         started_during_window=t.started_during_window,
         exited_during_window=t.exited,
         host_process=pod is None,
         pod=pod,
         cgroup=ref.path if ref else None,
-        paths_in_container=bool(mnt and my_mnt_ns and mnt != my_mnt_ns),
+        paths_in_container=bool(mnt and b.my_mnt_ns and mnt != b.my_mnt_ns),
         sources=sources,
-        cgroup_memory=mem,
+        cgroup_memory=snap.cgroup_memory,
         cgroup_file_refaults=evidence.cgroup_refault_file if evidence is not None else None,
         cgroup_anon_refaults=evidence.cgroup_refault_anon if evidence is not None else None,
         rss_bytes=rss,
@@ -500,9 +532,6 @@ def build_process(
         read_bytes_per_second=round(read_rate, 1) if read_rate is not None else None,
     )
 
-
-def _mnt_ns(procfs: ProcFS, pid: str) -> str | None:
-    return procfs.mnt_ns(pid)
 
 
 # Which privilege each per-process file needs, for the operator.
@@ -600,4 +629,4 @@ def collect_node_stats(procfs: ProcFS, sampler: Sampler, elapsed: float,
     )
 
 
-__all__ = ["investigate", "SkippedBackend", "Tracer"]
+__all__ = ["Edges", "investigate", "SkippedBackend", "Tracer"]

@@ -13,17 +13,18 @@ from datetime import datetime, timedelta
 
 from app.models import Cause, History, HistoryCgroup, ProcessReport, Report, Trigger, Verdict
 
+from .who import group_who
+
 __all__ = [
     "LEAD_UP_BEFORE_ALERT",
     "LEAD_UP_DEFAULT",
     "NO_HISTORY_CLI",
-    "apply_history",
+    "apply_lead_up",
     "burst",
     "culprit_labels",
-    "describe_history",
+    "describe_lead_up",
     "lead_up_since",
     "matches",
-    "who",
 ]
 
 NO_HISTORY_CLI = "no history: the recorder runs only in the service (pagefault-inspector serve)"
@@ -56,13 +57,6 @@ def lead_up_since(trigger: Trigger, until: datetime) -> datetime:
     if trigger.kind == "watch" and trigger.since is not None and trigger.since <= until:
         return min(trigger.since, default)
     return default
-
-
-def who(c: HistoryCgroup) -> str:
-    if c.pod is not None:
-        container = f" container {c.pod.container}" if c.pod.name and c.pod.container else ""
-        return f"pod {c.pod.display()}{container}"
-    return f"cgroup {c.cgroup}"
 
 
 def burst(history: History, c: HistoryCgroup) -> tuple[datetime, datetime, float]:
@@ -131,7 +125,7 @@ def _advice(c: HistoryCgroup, start: datetime, end: datetime) -> list[str]:
     ]
 
 
-def apply_history(report: Report, history: History | None) -> Report:
+def apply_lead_up(report: Report, history: History | None) -> Report:
     """The report with its history set and, when the window did not explain the lead-up, a verdict
     that names the lead-up's top container (app.investigation.report.build_report calls it)."""
     report = report.model_copy(update={"history": history, "history_reason": None if history else report.history_reason})
@@ -151,7 +145,7 @@ def apply_history(report: Report, history: History | None) -> Report:
     when = f"from {_clock(start, fine)} to {_clock(end, fine)} UTC"
     stopped = top.last_active_at is None or top.last_active_at <= report.started_at
     share = top.major_faults / total
-    summary = f"{who(top)} made {rate:,.0f} major faults/s {when}"
+    summary = f"{group_who(top)} made {rate:,.0f} major faults/s {when}"
     summary += ", then stopped" if stopped else ", and was still faulting when the window opened"
     summary += f" ({min(share, 1):.0%} of the node's major faults in the lead-up)"
     if window_top is None:
@@ -180,7 +174,7 @@ def culprit_labels(report: Report) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-def describe_history(report: Report, n: int = 3) -> str:
+def describe_lead_up(report: Report, n: int = 3) -> str:
     """The lead-up's top containers in a few lines, for chat and annotations ('' without history)."""
     h = report.history
     if h is None:
@@ -189,5 +183,5 @@ def describe_history(report: Report, n: int = 3) -> str:
     for i, c in enumerate(h.cgroups[:n], 1):
         last = f", last active {c.last_active_at:%H:%M:%S}" if c.last_active_at else ""
         gone = " (gone)" if c.gone else ""
-        lines.append(f"{i}. {who(c)}{gone}: {c.major_faults:,} major faults, peak {c.peak_per_second:,.0f}/s{last}")
+        lines.append(f"{i}. {group_who(c)}{gone}: {c.major_faults:,} major faults, peak {c.peak_per_second:,.0f}/s{last}")
     return "\n".join(lines)

@@ -278,6 +278,137 @@ def _came_back(p: ProcessReport, group: Group, units: list[Unit], basis: list[st
     return units, corrected
 
 
+@dataclass
+class _Need:
+    """What the memory that faults needs under the limit, and how sure that is."""
+
+    needed: int  # bytes for the memory that faults
+    in_units: int  # of the group's resident bytes, those that are the memory that faults
+    at_least: bool  # the window did not see it all: the number is a floor
+    confidence: Confidence
+    margin: float
+
+
+def _exact_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int, seconds: float, backend: str,
+                basis: list[str]) -> _Need:
+    """From the tracer's distinct pages (exact): the faulting mappings, what came back, the swap cache, and
+    the pages read back that pagemap says are resident (charged to this group). Adds its lines to `basis`."""
+    assert group.pages is not None
+    distinct = group.pages.count()
+    margin = MARGIN_EXACT
+    basis += _kinds_line(group.pages, seconds, backend)
+    units = faulting_units(group.pages, group.smaps)
+    short: list[str] = []  # why the window did not see the whole working set (at_least)
+    units, corrected = _came_back(p, group, units, basis, short)
+    incomplete = _dropped_line(group)
+    if incomplete:
+        basis.append(incomplete[0])
+        if incomplete[1]:
+            short.append("the tracer did not keep every page")
+    if not corrected:
+        came_back = group.pages.again / max(distinct, 1)
+        growing = still_growing(group.growth, seconds, distinct) if group.growth else None
+        # Seen whole: no new pages at the end, or most pages faulted again (the access came around to
+        # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
+        # Never when the tracer dropped pages: the pages it did not keep may be new ones.
+        seen = not (came_back < CAME_BACK and growing is not False)
+        tail_line = cold_tail(group.growth, seconds, distinct, distinct - group.pages.again) if seen else None
+        again = f"{came_back:.0%} of them were faulted again in the window"
+        if growing is None:
+            basis.append(f"{again} (no sample times): " + ("it saw the working set come around" if seen
+                                                           else "the window may not have seen them all"))
+        elif growing:
+            basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
+                ": it saw the working set come around" if seen else ": it did not see the whole working set"))
+        elif not incomplete and not tail_line:
+            basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
+        elif incomplete:
+            basis.append("no new distinct pages in the window's last quarter among the pages kept")
+        if not seen:
+            short.append("the window did not see the whole working set")
+        elif tail_line:
+            basis.append(tail_line)
+            short.append("a cold tail")
+    at_least = bool(short)
+    confidence: Confidence = "medium" if at_least or incomplete else "high"
+    needed, in_units = union_need(units, resident)
+    cached = min(swap_cache(mem), sum(max(0, (u.extent_bytes or 0) - u.resident_bytes)
+                                              for u in units if u.kind in ("anon", "shmem")), resident - in_units)
+    if cached > 0:
+        in_units += cached
+        basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): pages "
+                     "of the swapped memory, not other memory")
+    basis += [unit_line(u) for u in units[:MAX_UNIT_LINES]]
+    if len(units) > MAX_UNIT_LINES:
+        rest = units[MAX_UNIT_LINES:]
+        basis.append(f"{len(rest)} more faulting mappings need {mib(sum(u.need_bytes() for u in rest))}")
+    if group.pages.present is not None:
+        # pagemap said which pages read back are resident now: those are charged to this group (it read
+        # them). The limit then holds the pages read back + the group's other resident pages; resident
+        # pages of a faulting file that another group read first (charged there) do not count against it.
+        read = sum(u.distinct for u in units) * PAGE
+        both = min(resident, sum(u.overlap for u in units) * PAGE)
+        alt = read + resident - both
+        if alt < needed + resident - in_units:
+            mapped_res = sum(u.resident_bytes for u in units)
+            basis.append(f"{mib(both)} of the group's {mib(resident)} resident are pages it read back (pagemap): "
+                         f"it needs {mib(read)} read back + {mib(resident - both)} other resident"
+                         + (f"; at least {mib(mapped_res - resident)} of the faulting memory mapped resident (smaps "
+                            "Rss) is charged to another group, not to this limit" if mapped_res > resident else ""))
+            needed, in_units = read, both
+    return _Need(needed, in_units, at_least, confidence, margin)
+
+
+def _estimated_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int, seconds: float, backend: str,
+                    basis: list[str]) -> _Need:
+    """From the major faults and the cgroup's refaults (no addresses: procfs, or a tracer that is not exact),
+    bounded by the memory that faults (smaps). Adds its lines to `basis`."""
+    faulted = group.faults * PAGE
+    bound = group.bound_bytes
+    # Pages that came back without a major fault each (read-ahead, swap readahead, the swap cache):
+    # the cgroup's refaults, file and anon, count them; bounded by the memory that faults like the faults.
+    came = ((p.cgroup_file_refaults or 0) if group.file_faulting else 0) + (
+        (p.cgroup_anon_refaults or 0) if group.swap_faulting else 0)
+    seen_bytes = max(faulted, came * PAGE)
+    read = min(seen_bytes, bound) if bound else seen_bytes
+    at_least = bound is None or seen_bytes < bound
+    margin = MARGIN_ESTIMATED
+    how = "procfs" if backend == "procfs" else f"{backend} is not exact"
+    basis.append(f"estimate ({how}, no fault addresses used): {group.faults:,} major faults ({mib(faulted)}) in "
+                 f"{seconds:.0f} s" + (f" and {mib(came * PAGE)} refaulted by the cgroup (workingset_refault)"
+                                       if came * PAGE > faulted else "")
+                 + (f", bounded by the {mib(bound)} of memory that faults (smaps, shared files once)"
+                    if bound else "") + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
+    if at_least:
+        basis.append(f"the faults and the cgroup's refaults cover {mib(read)}"
+                     + (f" of the {mib(bound)} that can fault" if bound else " (the memory that faults is not known)")
+                     + ": the window did not see the whole working set")
+    in_units = min(group.bound_resident_bytes or 0, resident)
+    if group.swap_faulting and bound:
+        cached = min(swap_cache(mem), max(0, bound - (group.bound_resident_bytes or 0)),
+                     resident - in_units)
+        if cached > 0:
+            in_units += cached
+            basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): "
+                         "pages of the swapped memory, not other memory")
+    needed = read + in_units
+    if bound:
+        needed = min(bound, needed)
+        # More of the faulting memory mapped resident (smaps Rss) than the group holds in all: the rest is
+        # charged to another group (it read those pages first), stays resident, and is not this limit's.
+        elsewhere = max(0, (group.bound_resident_bytes or 0) - resident)
+        if elsewhere and needed > bound - elsewhere:
+            needed = max(in_units, bound - elsewhere)
+            basis.append(f"at least {mib(elsewhere)} of the memory that faults is resident (smaps Rss) beyond the "
+                         f"group's {mib(resident)}: charged to another group, not to this limit; it needs "
+                         f"{mib(needed)}")
+    if in_units:
+        basis.append(f"the memory that faults needs {mib(needed)}: {mib(read)} read back + {mib(in_units)} of it "
+                     "resident now (smaps Rss)" + (f", at most its {mib(bound)}" if bound else "")
+                     + ": the pages read back and the resident ones are pages of the same memory")
+    return _Need(needed, in_units, at_least, "low", margin)
+
+
 def recommend(
     p: ProcessReport,
     group: Group,
@@ -303,113 +434,10 @@ def recommend(
         resident = mem.current_bytes or 0
     basis: list[str] = []
     if group.pages is not None:
-        distinct = group.pages.count()
-        margin = MARGIN_EXACT
-        basis += _kinds_line(group.pages, seconds, backend)
-        units = faulting_units(group.pages, group.smaps)
-        short: list[str] = []  # why the window did not see the whole working set (at_least)
-        units, corrected = _came_back(p, group, units, basis, short)
-        incomplete = _dropped_line(group)
-        if incomplete:
-            basis.append(incomplete[0])
-            if incomplete[1]:
-                short.append("the tracer did not keep every page")
-        if not corrected:
-            came_back = group.pages.again / max(distinct, 1)
-            growing = still_growing(group.growth, seconds, distinct) if group.growth else None
-            # Seen whole: no new pages at the end, or most pages faulted again (the access came around to
-            # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
-            # Never when the tracer dropped pages: the pages it did not keep may be new ones.
-            seen = not (came_back < CAME_BACK and growing is not False)
-            tail_line = cold_tail(group.growth, seconds, distinct, distinct - group.pages.again) if seen else None
-            again = f"{came_back:.0%} of them were faulted again in the window"
-            if growing is None:
-                basis.append(f"{again} (no sample times): " + ("it saw the working set come around" if seen
-                                                               else "the window may not have seen them all"))
-            elif growing:
-                basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
-                    ": it saw the working set come around" if seen else ": it did not see the whole working set"))
-            elif not incomplete and not tail_line:
-                basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
-            elif incomplete:
-                basis.append("no new distinct pages in the window's last quarter among the pages kept")
-            if not seen:
-                short.append("the window did not see the whole working set")
-            elif tail_line:
-                basis.append(tail_line)
-                short.append("a cold tail")
-        at_least = bool(short)
-        confidence: Confidence = "medium" if at_least or incomplete else "high"
-        needed, in_units = union_need(units, resident)
-        cached = min(swap_cache(mem), sum(max(0, (u.extent_bytes or 0) - u.resident_bytes)
-                                                  for u in units if u.kind in ("anon", "shmem")), resident - in_units)
-        if cached > 0:
-            in_units += cached
-            basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): pages "
-                         "of the swapped memory, not other memory")
-        basis += [unit_line(u) for u in units[:MAX_UNIT_LINES]]
-        if len(units) > MAX_UNIT_LINES:
-            rest = units[MAX_UNIT_LINES:]
-            basis.append(f"{len(rest)} more faulting mappings need {mib(sum(u.need_bytes() for u in rest))}")
-        if group.pages.present is not None:
-            # pagemap said which pages read back are resident now: those are charged to this group (it read
-            # them). The limit then holds the pages read back + the group's other resident pages; resident
-            # pages of a faulting file that another group read first (charged there) do not count against it.
-            read = sum(u.distinct for u in units) * PAGE
-            both = min(resident, sum(u.overlap for u in units) * PAGE)
-            alt = read + resident - both
-            if alt < needed + resident - in_units:
-                mapped_res = sum(u.resident_bytes for u in units)
-                basis.append(f"{mib(both)} of the group's {mib(resident)} resident are pages it read back (pagemap): "
-                             f"it needs {mib(read)} read back + {mib(resident - both)} other resident"
-                             + (f"; at least {mib(mapped_res - resident)} of the faulting memory mapped resident (smaps "
-                                "Rss) is charged to another group, not to this limit" if mapped_res > resident else ""))
-                needed, in_units = read, both
+        need = _exact_need(p, group, mem, resident, seconds, backend, basis)
     else:
-        faulted = group.faults * PAGE
-        bound = group.bound_bytes
-        # Pages that came back without a major fault each (read-ahead, swap readahead, the swap cache):
-        # the cgroup's refaults, file and anon, count them; bounded by the memory that faults like the faults.
-        came = ((p.cgroup_file_refaults or 0) if group.file_faulting else 0) + (
-            (p.cgroup_anon_refaults or 0) if group.swap_faulting else 0)
-        seen_bytes = max(faulted, came * PAGE)
-        read = min(seen_bytes, bound) if bound else seen_bytes
-        at_least = bound is None or seen_bytes < bound
-        margin = MARGIN_ESTIMATED
-        how = "procfs" if backend == "procfs" else f"{backend} is not exact"
-        basis.append(f"estimate ({how}, no fault addresses used): {group.faults:,} major faults ({mib(faulted)}) in "
-                     f"{seconds:.0f} s" + (f" and {mib(came * PAGE)} refaulted by the cgroup (workingset_refault)"
-                                           if came * PAGE > faulted else "")
-                     + (f", bounded by the {mib(bound)} of memory that faults (smaps, shared files once)"
-                        if bound else "") + f"; margin widened to {MARGIN_ESTIMATED:.0%}")
-        if at_least:
-            basis.append(f"the faults and the cgroup's refaults cover {mib(read)}"
-                         + (f" of the {mib(bound)} that can fault" if bound else " (the memory that faults is not known)")
-                         + ": the window did not see the whole working set")
-        confidence = "low"
-        in_units = min(group.bound_resident_bytes or 0, resident)
-        if group.swap_faulting and bound:
-            cached = min(swap_cache(mem), max(0, bound - (group.bound_resident_bytes or 0)),
-                         resident - in_units)
-            if cached > 0:
-                in_units += cached
-                basis.append(f"{mib(cached)} of the group's memory is swap cache (memory.stat): "
-                             "pages of the swapped memory, not other memory")
-        needed = read + in_units
-        if bound:
-            needed = min(bound, needed)
-            # More of the faulting memory mapped resident (smaps Rss) than the group holds in all: the rest is
-            # charged to another group (it read those pages first), stays resident, and is not this limit's.
-            elsewhere = max(0, (group.bound_resident_bytes or 0) - resident)
-            if elsewhere and needed > bound - elsewhere:
-                needed = max(in_units, bound - elsewhere)
-                basis.append(f"at least {mib(elsewhere)} of the memory that faults is resident (smaps Rss) beyond the "
-                             f"group's {mib(resident)}: charged to another group, not to this limit; it needs "
-                             f"{mib(needed)}")
-        if in_units:
-            basis.append(f"the memory that faults needs {mib(needed)}: {mib(read)} read back + {mib(in_units)} of it "
-                         "resident now (smaps Rss)" + (f", at most its {mib(bound)}" if bound else "")
-                         + ": the pages read back and the resident ones are pages of the same memory")
+        need = _estimated_need(p, group, mem, resident, seconds, backend, basis)
+    needed, in_units, at_least, confidence, margin = need.needed, need.in_units, need.at_least, need.confidence, need.margin
     if p.cgroup_file_refaults is not None:
         basis.append(f"the cgroup's workingset_refault_file rose by {p.cgroup_file_refaults:,} pages "
                      f"({mib(p.cgroup_file_refaults * PAGE)}) in the window")
@@ -552,7 +580,7 @@ _ABOVE = re.compile(r" above (?:its|the) working set \(now ([^)]*)\)")
 _POD_KNOB = re.compile(r"^(raise the pod's (?:memory limit|memory\.high))")
 
 
-def advise_number(v: Verdict) -> None:
+def put_in_advice(v: Verdict) -> None:
     """Put the recommendation's number into the verdict's "raise ..." advice (in place): "raise X of cgroup
     Y to 160 MiB (the recommendation; usage now 64 MiB) so code and hot data stay cached"."""
     rec = v.recommendation

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.investigation.lead_up import NO_HISTORY_CLI, apply_history
+from app.investigation.lead_up import NO_HISTORY_CLI, apply_lead_up
 from app.models import History, Report, Trigger
 
 __all__ = ["CLI_LEAD_UP", "LeadUp", "build_report"]
@@ -31,4 +31,4 @@ def build_report(result: Report, *, report_id: str, triggers: Sequence[Trigger],
     trigger stays, e.g. the CLI's)."""
     joined = {"trigger": triggers[0], "joined": list(triggers[1:])} if triggers else {}
     report = result.model_copy(update={"id": report_id, "history_reason": lead_up.reason, **joined})
-    return apply_history(report, lead_up.history)
+    return apply_lead_up(report, lead_up.history)

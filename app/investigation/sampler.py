@@ -40,6 +40,7 @@ from app.parsers.cgroup import host_view
 from app.parsers.procfs import MapEntry, ProcStat, parse_stat_bytes, parse_stat_counters
 
 from .estimate import SwapEvidence
+from .snapshot import ProcessSnapshot
 
 # Bounds: how many processes get a maps/io snapshot when first seen faulting, per tick and in all.
 MAX_SNAPSHOTS_PER_TICK = 64
@@ -416,8 +417,9 @@ class Sampler:
             cache[key] = read_cgroup_memory(self.cgroup_root, ref)
         return cache[key]
 
-    def swap_evidence(self, track: ProcessTrack) -> SwapEvidence | None:
-        """Counter deltas from the process's first snapshot to now, to tell swap-ins from file reads."""
+    def swap_evidence(self, track: ProcessTrack, end: ProcessSnapshot) -> SwapEvidence | None:
+        """Counter deltas from the process's first snapshot to its snapshot at the window's end (`end`: its
+        cgroup's counters and VmSwap, read once there), to tell swap-ins from file reads."""
         if track.io_first is None or track.exited:
             return None
         since = track.io_first_tick
@@ -431,7 +433,7 @@ class Sampler:
                 return None
             return max(0, last_vm[key] - first_vm[key])
 
-        a, b = track.cgroup_first, self._cgroup_memory(track.pid)
+        a, b = track.cgroup_first, end.cgroup_memory
         same = a is not None and b is not None and a.path == b.path
 
         def cg(key: str) -> int | None:
@@ -453,7 +455,7 @@ class Sampler:
             node_pswpin=node("pswpin"),
             node_zswpin=node("zswpin"),
             vmswap_start=track.vmswap_first,
-            vmswap_end=self._vmswap(track.pid),
+            vmswap_end=end.vm_swap_bytes,
         )
 
     def final_snapshot(self, pids: list[int]) -> None:

@@ -71,9 +71,9 @@ def real_investigator(pods: PodDirectory) -> Investigator:
     shared with the flight recorder."""
 
     def run(*args: Any, **kwargs: Any) -> Report:
-        from app.investigation.engine import investigate
+        from app.investigation.engine import Edges, investigate
 
-        return investigate(*args, pods=pods, **kwargs)
+        return investigate(*args, edges=Edges(pods=pods), **kwargs)
 
     return run
 

@@ -29,8 +29,9 @@ from typing import Any, Protocol
 import httpx
 
 from app.config import UI_PORT, DeliverySettings, WebSettings
-from app.investigation.lead_up import culprit_labels, describe_history
+from app.investigation.lead_up import culprit_labels, describe_lead_up
 from app.investigation.recommend import verdict_text
+from app.investigation.who import who_line as _who
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
 from app.service.cluster.kube import KubeApi, KubeError, event_body
@@ -82,16 +83,6 @@ def report_url(web: WebSettings, report_id: str) -> str:
 
 def _bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _who(p: ProcessReport) -> str:
-    pod = p.pod
-    where = ""
-    if pod is not None and pod.name:
-        where = f" in {pod.display()}" + (f" ({pod.container})" if pod.container else "")
-    elif p.host_process:
-        where = " (host)"
-    return f"{p.comm} [{p.pid}]{where}"
 
 
 def _sources(p: ProcessReport, n: int = 3) -> str:
@@ -170,7 +161,7 @@ class AlertmanagerSink:
                 "description": describe_top(report),
                 **({"also_on": _bounded(fleet, DESCRIPTION_MAX)} if fleet else {}),
                 "report_url": url,
-                **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_history(report)) else {}),
+                **({"lead_up": _bounded(lead_up, DESCRIPTION_MAX)} if (lead_up := describe_lead_up(report)) else {}),
             },
             "startsAt": _iso(starts),
             "endsAt": _iso(starts + ALERT_DURATION),
@@ -300,7 +291,7 @@ class SlackSink:
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"```{top}```"}},
                 *(
                     [{"type": "section", "text": {"type": "mrkdwn", "text": f"```{_slack_escape(lead_up)}```"}}]
-                    if (lead_up := _bounded(describe_history(report), 2500))
+                    if (lead_up := _bounded(describe_lead_up(report), 2500))
                     else []
                 ),
                 {

@@ -23,6 +23,7 @@ from markupsafe import Markup
 
 from app.investigation.diagnose import mib
 from app.investigation.recommend import headline, owner_text
+from app.investigation.who import pod_label as _pod_label
 from app.models import Cause, ProcessReport, Report, Source, SourceKind
 from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 from app.service.ui.lead_up_chart import build_history_chart, history_label
@@ -193,10 +194,6 @@ def _safe_url(url: str | None) -> str:
     u = (url or "").strip()
     scheme = u.split(":", 1)[0].lower() if ":" in u.split("/", 1)[0] else ""
     return u if scheme in ("", "http", "https") else "#"
-
-
-def _pod_label(p: ProcessReport) -> str | None:
-    return None if p.pod is None else p.pod.display(short=True)
 
 
 # ----------------------------------------------------------------------------------------------

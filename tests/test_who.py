@@ -1,10 +1,13 @@
 """One way to print a pod: the terminal, the report pages and the sinks' text all say `namespace/name`,
-and a pod the kubelet did not name is shown by its uid."""
+and a pod the kubelet did not name is shown by its uid. Who a process is has one module
+(app.investigation.who) that the terminal, the pages, the sinks and the verdicts import."""
 
 from __future__ import annotations
 
+from app.investigation.who import group_cell as _history_who
+from app.investigation.who import group_who, who
+from app.investigation.who import who_cell as _pod
 from app.models import HistoryCgroup, HistoryPod, PodRef, ProcessReport
-from app.render_text import _history_who, _pod
 from app.service.delivery.sinks import _who
 from app.service.ui.lead_up_chart import history_label
 from app.service.ui.render import _pod_label
@@ -28,6 +31,7 @@ def test_a_named_pod_reads_the_same_everywhere() -> None:
     hist = HistoryCgroup(cgroup="/kubepods/x", pod=pod, major_faults=1, series=[1])
     assert history_label(hist) == "scraper/e2e-statefulset-0 · compute-pi-digits"
     assert _history_who(hist) == "scraper/e2e-statefulset-0\ncompute-pi-digits"
+    assert who(p) == group_who(hist) == "pod scraper/e2e-statefulset-0 container compute-pi-digits"
 
 
 def test_a_pod_without_a_name_is_shown_by_its_uid_and_the_host_as_such() -> None:
@@ -38,3 +42,6 @@ def test_a_pod_without_a_name_is_shown_by_its_uid_and_the_host_as_such() -> None
     assert PodRef(name="orphan", uid=UID).display() == "?/orphan"  # namespace not known
     host = _proc(None)
     assert (_pod(host), _pod_label(host), _who(host)) == ("(host)", None, "python3 [4242] (host)")
+    assert who(host) == "host process python3 (pid 4242)"
+    assert who(p) == "pod uid 3ea3ef66-5f89-43b7-b88b-6ee26f5b18a4"
+    assert group_who(HistoryCgroup(cgroup="/system.slice/x", major_faults=1)) == "cgroup /system.slice/x"

@@ -1,20 +1,22 @@
 """Wiring for the recommendation (issue 16): gathers what app.investigation.recommend needs from one
-investigation (the tracer's pages and their growth, the process's maps, smaps for procfs estimates, the
-pod's owner chain, the node's allocatable memory) and puts a Recommendation on each limit verdict."""
+investigation (the tracer's pages and their growth, the process's maps, smaps and pagemap from its snapshot
+at the window's end, the pod's owner chain, the node's allocatable memory) and puts a Recommendation on
+each limit verdict. (Words: a verdict's `advice` is its lines of what to do; a `recommendation` is the limit
+to set, with its number and command; put_in_advice writes the number into the advice.)"""
 
 from __future__ import annotations
 
 import logging
 
-from app.collectors.procfs import ProcFS
 from app.models import NodeStats, ProcessReport
 from app.parsers.pagemap import WINDOW_PAGES, present_pages, windows
 from app.parsers.procfs import SmapsEntry
 from app.tracers.base import TraceResult
 
 from .estimate import MemoryKey, faulting_memory, merge_memory
-from .recommend import Group, advise_number, blames_limit, limit_key, recommend
+from .recommend import Group, blames_limit, limit_key, put_in_advice, recommend
 from .sampler import ProcessTrack
+from .snapshot import ProcessSnapshot
 from .sources import DistinctPages, distinct_pages
 
 log = logging.getLogger(__name__)
@@ -23,15 +25,15 @@ log = logging.getLogger(__name__)
 MAX_PAGEMAP_WINDOWS = 4096  # pagemap reads per process (2 MiB of address space each: 8 GiB spread out)
 
 
-def resident_now(procfs: ProcFS, p: ProcessReport, pages: dict[int, int]) -> set[int] | None:
+def resident_now(snap: ProcessSnapshot | None, p: ProcessReport, pages: dict[int, int]) -> set[int] | None:
     """Which of the process's faulted pages are resident at the window's end (pagemap's present bit), so a
     page read back and resident counts once (issue 22); None when not known (gone, refused, too spread)."""
-    if p.exited_during_window or not pages:
+    if p.exited_during_window or not pages or snap is None:
         return None
     starts = windows(list(pages))
     if len(starts) > MAX_PAGEMAP_WINDOWS:
         return None
-    data = procfs.pagemap(p.pid, starts, WINDOW_PAGES)
+    data = snap.pagemap(starts, WINDOW_PAGES)
     if data is None:
         return None
     present: set[int] = set()
@@ -40,9 +42,9 @@ def resident_now(procfs: ProcFS, p: ProcessReport, pages: dict[int, int]) -> set
     return present & pages.keys()
 
 
-def _smaps(procfs: ProcFS, p: ProcessReport) -> list[SmapsEntry] | None:
-    """The process's smaps at the window's end; read only where a rule uses it (it can be large)."""
-    return procfs.smaps(p.pid) if not p.exited_during_window else None
+def _smaps(snap: ProcessSnapshot | None, p: ProcessReport) -> list[SmapsEntry] | None:
+    """The process's smaps at the window's end (its snapshot's: read once, only where a rule uses it)."""
+    return snap.smaps() if snap is not None and not p.exited_during_window else None
 
 
 def add_recommendations(
@@ -50,13 +52,14 @@ def add_recommendations(
     tracks: dict[int, ProcessTrack],
     trace: TraceResult,
     node: NodeStats,
-    procfs: ProcFS,
+    snapshots: dict[int, ProcessSnapshot],
     *,
     seconds: float,
     owners: object | None = None,
     node_name: str = "",
 ) -> None:
-    """Set verdict.recommendation on every process whose verdict blames a limit (in place)."""
+    """Set verdict.recommendation on every process whose verdict blames a limit (in place); `snapshots`:
+    each process as read at the window's end (its smaps and pagemap come from there)."""
     limited = [p for p in processes if blames_limit(p)]
     if not limited:
         return
@@ -84,14 +87,14 @@ def add_recommendations(
             g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
         if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
-            mine = distinct_pages(p.pid, pages, t.maps, resident_now(procfs, p, pages))
+            mine = distinct_pages(p.pid, pages, t.maps, resident_now(snapshots.get(p.pid), p, pages))
             kept = sum(pages.values())
             seen = trace.totals.get(p.pid, kept)
             g.dropped += max(0, seen - kept)
             g.events += seen
             g.map_full = g.map_full or trace.map_full
             g.lost, g.lost_of = trace.lost, trace.events
-            if smaps := _smaps(procfs, p):  # at the window's end, like the cgroup usage resident is taken from
+            if smaps := _smaps(snapshots.get(p.pid), p):  # at the window's end, like the cgroup usage resident is taken from
                 g.smaps[p.pid] = smaps
             if g.pages is None:
                 g.pages = DistinctPages(set(), set(), set(), set(), names={})
@@ -101,7 +104,7 @@ def add_recommendations(
         elif not trace.faults or not trace.exact:
             kinds = {s.kind.value for s in p.sources if s.faults}
             g.kinds = frozenset(kinds) if key not in memory else g.kinds | kinds
-            merge_memory(memory.setdefault(key, {}), faulting_memory(p.pid, _smaps(procfs, p), kinds))
+            merge_memory(memory.setdefault(key, {}), faulting_memory(p.pid, _smaps(snapshots.get(p.pid), p), kinds))
     for key, mem in memory.items():  # a file the group's processes share is bounded once (issue 22)
         g = groups[key]
         g.bound_bytes = sum(size for size, _ in mem.values()) or None
@@ -111,4 +114,4 @@ def add_recommendations(
         g = groups[limit_key(p.cgroup_memory)]
         p.verdict.recommendation = recommend(p, g, node, seconds=span, backend=trace.backend,
                                              allocatable_bytes=allocatable)
-        advise_number(p.verdict)
+        put_in_advice(p.verdict)

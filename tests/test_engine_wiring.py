@@ -1,4 +1,4 @@
-"""Wires no other test held (issue 25): cut one and a test here fails.
+"""The engine's wiring (wires no other test held, issue 25): cut one and a test here fails.
 
 Each test runs the real engine on the captured procfs tree (tests/fixtures/proctree-file-and-pod-swap,
 replayed on the sampler's clock: tests/proctree.py), so the values are deterministic and asserted exactly:
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.investigation.fleet import facts_of, workload_of
 from app.investigation.recommend import MARGIN_ESTIMATED, MARGIN_EXACT, MIN_STEP, round_up
 from app.models import Cause, Report
@@ -44,7 +44,7 @@ def _settings(tree: ReplayTree, **kw: object) -> Settings:
 def _run(tree: ReplayTree, settings: Settings, exact: bool) -> Report:
     tracer = ReplayTracer(tree) if exact else ProcfsTracer(settings)
     with tree.play(0.4):
-        return investigate(settings, seconds=3, tracers=[tracer])
+        return investigate(settings, seconds=3, edges=Edges(tracers=[tracer]))
 
 
 def _swapper(report: Report, tree: ReplayTree):  # type: ignore[no-untyped-def]
