@@ -5,6 +5,7 @@ pod's owner chain, the node's allocatable memory) and puts a Recommendation on e
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from app.collectors.procfs import ProcFS
 from app.models import NodeStats, ProcessReport
@@ -55,8 +56,10 @@ def add_recommendations(
     seconds: float,
     owners: object | None = None,
     node_name: str = "",
+    refaults: Mapping[str, list[tuple[float, int]]] | None = None,
 ) -> None:
-    """Set verdict.recommendation on every process whose verdict blames a limit (in place)."""
+    """Set verdict.recommendation on every process whose verdict blames a limit (in place). `refaults`: the
+    sampler's refault series per cgroup path (Sampler.refault_series)."""
     limited = [p for p in processes if blames_limit(p)]
     if not limited:
         return
@@ -83,6 +86,8 @@ def add_recommendations(
         if g is None:
             g = groups[key] = Group(pages=None, faults=0, growth={})
         g.faults += p.major_faults
+        if not g.refaults and refaults:  # the group's refaults each tick (its processes' cgroup, the first sampled)
+            g.refaults = list(refaults.get(p.cgroup_memory.path, ()))
         if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
             mine = distinct_pages(p.pid, pages, t.maps, resident_now(procfs, p, pages))
             kept = sum(pages.values())

@@ -403,7 +403,8 @@ def investigate(
             noise_floor=settings.noise_floor)
     apply_swap_devices(processes, node_stats)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
-                        owners=getattr(pods, "owners", None), node_name=settings.node_name)
+                        owners=getattr(pods, "owners", None), node_name=settings.node_name,
+                        refaults=sampler.refault_series)
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()

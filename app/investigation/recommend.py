@@ -22,7 +22,8 @@ not known) and fewer than half the pages were faulted again (the access never ca
 with procfs, the faults (or the cgroup's refaults) could not cover the memory that faults. Never "seen
 whole" when the tracer's page map was full or dropped events (then at_least, confidence not high), nor when
 a cold tail of pages read once still arrives at the window's end beside a hot set (no limit below the
-memory's size removes those reads). procfs bounds a file the group's processes share once (device + inode)
+memory's size removes those reads). Also at_least, exact or procfs, when the group's refault rate is still
+rising in the window's last third (a growing scan: refaults_rising, from the sampler's per-tick series). procfs bounds a file the group's processes share once (device + inode)
 and leaves out what is mapped resident beyond the group's usage (charged to another group). The group's
 unmapped swap cache is part of the swapped memory, not other resident memory.
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,6 +106,8 @@ class Group:
     lost_of: int = 0  # the whole trace's events, lost ones included
     # procfs: the kinds of memory that fault ("file", "code", "swap", "shmem"), to know which refaults count
     kinds: frozenset[str] = frozenset({"file", "code", "swap", "shmem"})
+    # (monotonic time, the cgroup's workingset_refault_file + _anon) each tick of the window (empty: not known)
+    refaults: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def file_faulting(self) -> bool:
@@ -122,6 +125,38 @@ def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> b
     tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
     tail = sum(n for s, n in growth.items() if s >= tail_from)
     return tail > GROWTH_SHARE * distinct
+
+
+RISING_MIN_SECONDS = 3.0  # a shorter series has no thirds worth comparing
+RISING_LATE = 1.3  # the last third's refault rate over the middle third's: still rising late in the window
+RISING_WHOLE = 1.6  # ...and over the first third's (a steady rate moves +-30% here: both, not one)
+RISING_MIN_RATE = 64.0  # pages/s in the last third below which a rise is a quiet group's noise
+
+
+def refaults_rising(series: Sequence[tuple[float, int]]) -> str | None:
+    """The basis line when the group's refault rate is still rising in the window's last third (a growing
+    scan: the window saw less than the group will read back), else None. `series`: (time, the cgroup's
+    refaults) samples, oldest first; the rates are over the window's thirds, the counters interpolated at
+    their edges (a group not sampled in a tick leaves a gap, not a zero)."""
+    points = sorted(series)
+    if len(points) < 4 or points[-1][0] - points[0][0] < RISING_MIN_SECONDS:
+        return None
+    t0, span = points[0][0], points[-1][0] - points[0][0]
+
+    def at(t: float) -> float:
+        for (ta, a), (tb, b) in zip(points, points[1:], strict=False):
+            if ta <= t <= tb:
+                return a + (b - a) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+        return float(points[-1][1])
+
+    third = span / 3
+    rates = [(at(t0 + (i + 1) * third) - at(t0 + i * third)) / third for i in range(3)]
+    first, middle, last = rates
+    if last < RISING_MIN_RATE or last < RISING_LATE * middle or last < RISING_WHOLE * first or middle < first:
+        return None
+    return (f"refaults still rising late in the window: the cgroup read back {first:,.0f}, {middle:,.0f} and "
+            f"{last:,.0f} pages/s in its thirds (workingset_refault): a growing scan, so the window did not see "
+            "all it will need")
 
 
 def swap_cache(mem: CgroupMemory) -> int:
@@ -338,6 +373,9 @@ def recommend(
             elif tail_line:
                 basis.append(tail_line)
                 short.append("a cold tail")
+        if rising := refaults_rising(group.refaults):
+            basis.append(rising)
+            short.append("refaults still rising")
         at_least = bool(short)
         confidence: Confidence = "medium" if at_least or incomplete else "high"
         needed, in_units = union_need(units, resident)
@@ -386,6 +424,9 @@ def recommend(
             basis.append(f"the faults and the cgroup's refaults cover {mib(read)}"
                          + (f" of the {mib(bound)} that can fault" if bound else " (the memory that faults is not known)")
                          + ": the window did not see the whole working set")
+        if rising := refaults_rising(group.refaults):
+            basis.append(rising)
+            at_least = True
         confidence = "low"
         in_units = min(group.bound_resident_bytes or 0, resident)
         if group.swap_faulting and bound:

@@ -57,7 +57,7 @@ WINDOW_MIN, WINDOW_MAX = 3.0, 14.0  # the investigation's window: two passes ove
 @dataclass(frozen=True)
 class ZooRow:
     name: str
-    kind: str  # "anon-seq", "anon-scatter", "file-seq", "file-hot", "charged", "two", "mixed", "grow"
+    kind: str  # "anon-seq", "anon-scatter", "file-seq", "file-hot", "charged", "two", "mixed", "grow", "ramp"
     size_mb: int  # the memory it walks (anon, or the file)
     limit_mb: int
     swap: str = "none"  # "none", "disk" (the test swap file), "zram" (BottleRocket's: swappiness 200, page-cluster 0)
@@ -71,6 +71,11 @@ class ZooRow:
     at_least: str = ""  # the row must say at_least with the exact tracer, with this in its basis (why R cannot be checked)
     at_least_procfs: str = ""  # the same with procfs only ("": the two probes check procfs's R)
     fails_on_main: bool = False  # shown to fail on efcd8f2 (the "Done when")
+    # ramp: random reads (ramp_rate a second) over a range of the file growing from ramp_from_mb to size_mb
+    # over ramp_seconds after one pass over its start: the group's refaults still rise at the window's end
+    ramp_from_mb: int = 0
+    ramp_seconds: float = 0.0
+    ramp_rate: int = 0
 
     @property
     def slug(self) -> str:
@@ -99,6 +104,9 @@ ROWS = [
            fails_on_main=True),
     ZooRow("growing scan: 160 MiB file in order, limit 64, 2 s window", "grow", 160, 64, window=2.0,
            at_least="did not see the whole working set", at_least_procfs="did not see the whole working set"),
+    ZooRow("growing scan: random reads over 48 -> 192 MiB of a file in 12 s, limit 64, 6 s window", "ramp", 192, 64,
+           window=6.0, ramp_from_mb=48, ramp_seconds=12.0, ramp_rate=6000,
+           at_least="refaults still rising", at_least_procfs="refaults still rising"),
     ZooRow("working set larger than the page map (16 MiB), 128 MiB file, limit 64", "file-seq", 128, 64,
            max_pages=4096, at_least="page map was full"),
 ]
@@ -273,6 +281,10 @@ def zoo_workload(row: ZooRow, tmp: Path) -> Iterator[Zoo]:
         elif row.kind == "mixed":
             zoo.procs.append(_spawn(stack, [group], ["mixed", str(row.anon_mb), str(data)]))
             _wait_faulted(zoo, row.size_mb * MIB // PAGE)
+        elif row.kind == "ramp":  # past the pass over the range's start: the range grows from here on
+            zoo.procs.append(_spawn(stack, [group], ["file", str(data), "ramp", str(row.ramp_from_mb), str(row.size_mb),
+                                                     str(row.ramp_seconds), str(row.ramp_rate)]))
+            _wait_faulted(zoo, row.ramp_from_mb * MIB // PAGE)
         elif row.kind == "grow":  # past its first pass (cold reads), a window shorter than a pass
             zoo.procs.append(_spawn(stack, [group], ["file", str(data), "seq"]))
             _wait_faulted(zoo, row.size_mb * MIB // PAGE + 2048)
