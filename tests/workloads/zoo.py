@@ -71,11 +71,10 @@ class ZooRow:
     at_least: str = ""  # the row must say at_least with the exact tracer, with this in its basis (why R cannot be checked)
     at_least_procfs: str = ""  # the same with procfs only ("": the two probes check procfs's R)
     fails_on_main: bool = False  # shown to fail on efcd8f2 (the issue's "Done when")
-    # ramp: random reads (ramp_rate a second) over a range of the file growing from ramp_from_mb to size_mb
-    # over ramp_seconds after one pass over its start: the group's refaults still rise at the window's end
+    # ramp: random reads, a pass a second, over a range of the file growing from ramp_from_mb to size_mb over
+    # ramp_seconds after one pass over its start: the group's refaults still rise at the window's end
     ramp_from_mb: int = 0
     ramp_seconds: float = 0.0
-    ramp_rate: int = 0
 
     @property
     def slug(self) -> str:
@@ -104,8 +103,8 @@ ROWS = [
            fails_on_main=True),
     ZooRow("growing scan: 160 MiB file in order, limit 64, 2 s window", "grow", 160, 64, window=2.0,
            at_least="did not see the whole working set", at_least_procfs="did not see the whole working set"),
-    ZooRow("growing scan: random reads over 48 -> 192 MiB of a file in 12 s, limit 64, 6 s window", "ramp", 192, 64,
-           window=6.0, ramp_from_mb=48, ramp_seconds=12.0, ramp_rate=6000,
+    ZooRow("growing scan: a pass a second over 60 -> 108 MiB of a file in 16 s, limit 64, 6 s window", "ramp", 108, 64,
+           window=6.0, ramp_from_mb=60, ramp_seconds=16.0,
            at_least="refaults still rising", at_least_procfs="refaults still rising"),
     ZooRow("working set larger than the page map (16 MiB), 128 MiB file, limit 64", "file-seq", 128, 64,
            max_pages=4096, at_least="page map was full"),
@@ -177,6 +176,12 @@ class Zoo:
 
     def usage(self) -> int:
         return int((self.group / self.hierarchy.usage_file).read_text())
+
+    def start_ramp(self) -> None:
+        """A ramp row's range starts growing (again) now (SIGUSR1); other rows: nothing."""
+        if self.row.kind == "ramp":
+            for p in self.procs:
+                os.kill(p.pid, signal.SIGUSR1)
 
 
 def no_zoo_reason(row: ZooRow) -> str | None:
@@ -281,10 +286,9 @@ def zoo_workload(row: ZooRow, tmp: Path) -> Iterator[Zoo]:
         elif row.kind == "mixed":
             zoo.procs.append(_spawn(stack, [group], ["mixed", str(row.anon_mb), str(data)]))
             _wait_faulted(zoo, row.size_mb * MIB // PAGE)
-        elif row.kind == "ramp":  # past the pass over the range's start: the range grows from here on
+        elif row.kind == "ramp":  # ready once past its pass over the range's start: the range grows from then on
             zoo.procs.append(_spawn(stack, [group], ["file", str(data), "ramp", str(row.ramp_from_mb), str(row.size_mb),
-                                                     str(row.ramp_seconds), str(row.ramp_rate)]))
-            _wait_faulted(zoo, row.ramp_from_mb * MIB // PAGE)
+                                                     str(row.ramp_seconds)]))
         elif row.kind == "grow":  # past its first pass (cold reads), a window shorter than a pass
             zoo.procs.append(_spawn(stack, [group], ["file", str(data), "seq"]))
             _wait_faulted(zoo, row.size_mb * MIB // PAGE + 2048)
@@ -314,7 +318,16 @@ def recommend_for(zoo: Zoo, tracer: str, seconds: float) -> tuple[Any, Any]:
     kw: dict[str, Any] = {"tracer": tracer, "kubelet_url": None, "apiserver_fallback": False}
     if zoo.row.max_pages is not None:
         kw["tracer_max_pages"] = zoo.row.max_pages
-    report = investigate(Settings(**kw), seconds=seconds, pids=zoo.pids)
+    started: list[bool] = []
+
+    def progress(_fraction: float, _message: str) -> None:
+        # A ramp row's range starts growing as the window starts (the first progress: tracing begins), not
+        # before the tracers were looked for (seconds, the first time in a process)
+        if not started:
+            started.append(True)
+            zoo.start_ramp()
+
+    report = investigate(Settings(**kw), seconds=seconds, pids=zoo.pids, progress=progress)
     for p in report.processes:
         if p.verdict is not None and p.verdict.recommendation is not None:
             return p.verdict.recommendation, report

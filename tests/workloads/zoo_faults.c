@@ -8,11 +8,13 @@
  *                                              is a major fault)
  *        zoo_faults file PATH hot HOT_MB       the same file read at random pages: 99% of reads in its first
  *                                              HOT_MB, 1% anywhere in the rest (a hot set and a cold tail)
- *        zoo_faults file PATH ramp START_MB END_MB SECONDS RATE
+ *        zoo_faults file PATH ramp START_MB END_MB SECONDS
  *                                              a growing scan: one pass in order over the first START_MB,
- *                                              then RATE reads a second at random pages of a range that
- *                                              grows from START_MB to END_MB over SECONDS (then stays):
- *                                              the pages it evicts come back more and more often
+ *                                              (ready after it), then random pages of a range that, from
+ *                                              the first SIGUSR1 on (each one starts it again), grows from
+ *                                              START_MB to END_MB over SECONDS (then stays), as many a
+ *                                              second as the range has pages (a pass a second): beyond the
+ *                                              limit, its refaults rise with the range
  *        zoo_faults mixed ANON_MB PATH         ANON_MB of anonymous memory and a mapped file, a page of each
  *                                              in turn, both in order, forever
  *        zoo_faults prime PATH MB              read() the first MB of PATH once (its page cache is charged to
@@ -24,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +68,9 @@ static volatile unsigned char *file(const char *path, size_t *size) {
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
+static volatile sig_atomic_t restart; /* SIGUSR1: the ramp starts (again) from its start */
+static void on_usr1(int sig) { (void)sig; restart = 1; }
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -98,26 +104,31 @@ int main(int argc, char **argv) {
         size_t size;
         volatile unsigned char *m = file(argv[2], &size);
         size_t pages = size / page;
-        ready(m, size);
-        if (strcmp(argv[3], "ramp") == 0 && argc > 7) {
+        if (strcmp(argv[3], "ramp") == 0 && argc > 6) {
             size_t from = ((size_t)atol(argv[4]) << 20) / page, to = ((size_t)atol(argv[5]) << 20) / page;
-            double ramp = atof(argv[6]), rate = atof(argv[7]);
-            if (from == 0 || to > pages || from > to || ramp <= 0 || rate <= 0) return 2;
+            double ramp = atof(argv[6]);
+            if (from == 0 || to > pages || from > to || ramp <= 0) return 2;
             for (size_t idx = 0; idx < from; idx++) sum += m[idx * page];
-            double t0 = now(), done = 0;
+            signal(SIGUSR1, on_usr1);
+            ready(m, size); /* after the first pass: the range grows from the first SIGUSR1 on */
+            double t0 = 0, due = now();
             for (;;) {
+                if (restart) { restart = 0; t0 = now(); }
                 double t = now() - t0;
-                size_t n = t >= ramp ? to : from + (size_t)((double)(to - from) * t / ramp);
+                size_t n = t0 == 0 ? from : t >= ramp ? to : from + (size_t)((double)(to - from) * t / ramp);
                 for (int i = 0; i < 64; i++) sum += m[(next() >> 8) % n * page];
                 if (sum == 42) fputc(0, stderr);
-                done += 64; /* the reads so far are due at RATE a second: sleep until then */
-                double ahead = t0 + done / rate - now();
+                due += 64.0 / (double)n; /* n reads a second: sleep until the next 64 are due */
+                double ahead = due - now();
                 if (ahead > 0) {
                     struct timespec ts = {(time_t)ahead, (long)((ahead - (double)(time_t)ahead) * 1e9)};
                     nanosleep(&ts, NULL);
+                } else if (ahead < -1.0) {
+                    due = now() - 1.0; /* reads behind (faulting): at most a second of them are caught up */
                 }
             }
         }
+        ready(m, size);
         if (strcmp(argv[3], "hot") == 0 && argc > 4) {
             size_t hot = ((size_t)atol(argv[4]) << 20) / page;
             if (hot == 0 || hot >= pages) return 2;
