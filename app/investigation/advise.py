@@ -57,9 +57,11 @@ def add_recommendations(
     owners: object | None = None,
     node_name: str = "",
     refaults: Mapping[str, list[tuple[float, int]]] | None = None,
+    reread: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Set verdict.recommendation on every process whose verdict blames a limit (in place). `refaults`: the
-    sampler's refault series per cgroup path (Sampler.refault_series)."""
+    sampler's refault series per cgroup path (Sampler.refault_series); `reread`: limit path -> (bytes read()
+    re-readers under it read back, the size of their files) (rereaders.reread_bytes)."""
     limited = [p for p in processes if blames_limit(p)]
     if not limited:
         return
@@ -84,7 +86,7 @@ def add_recommendations(
         pages = trace.faults.get(p.pid)
         g = groups.get(key)
         if g is None:
-            g = groups[key] = Group(pages=None, faults=0, growth={})
+            g = groups[key] = Group(pages=None, faults=0, growth={}, reread=(reread or {}).get(key))
         g.faults += p.major_faults
         if not g.refaults and refaults:  # the group's refaults each tick (its processes' cgroup, the first sampled)
             g.refaults = list(refaults.get(p.cgroup_memory.path, ()))

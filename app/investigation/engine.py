@@ -33,6 +33,7 @@ from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
+from . import rereaders
 from .advise import add_recommendations
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
@@ -251,6 +252,7 @@ def investigate(
         cands = list(tracers) or [make_tracer("procfs", settings)]
         reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
     report_progress(0.0, f"tracing with {cands[0].name}")
+    reread_start = rereaders.start(settings.cgroup_root)  # every group's refaults: read() re-readers (issue 22)
     sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root, full_every=settings.scan_full_every_seconds)
     sampler.first()
 
@@ -402,15 +404,16 @@ def investigate(
             p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
             noise_floor=settings.noise_floor)
     apply_swap_devices(processes, node_stats)
+    reread = rereaders.finish(settings.cgroup_root, procfs, reread_start, elapsed)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
                         owners=getattr(pods, "owners", None), node_name=settings.node_name,
-                        refaults=sampler.refault_series)
+                        refaults=sampler.refault_series, reread=rereaders.reread_bytes(reread))
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()
     if cancelled:
         warnings.append("the investigation was cancelled before the window ended")
-    return Report(
+    report = Report(
         node=settings.node_name,
         status="cancelled" if cancelled else "complete",
         started_at=started_at,
@@ -423,7 +426,10 @@ def investigate(
         verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.noise_floor),
         attribution=attribution,
         warnings=warnings,
+        rereaders=rereaders.rereaders(reread, processes, node_stats, elapsed),
     )
+    rereaders.note(report)
+    return report
 
 
 def build_process(

@@ -108,6 +108,8 @@ class Group:
     kinds: frozenset[str] = frozenset({"file", "code", "swap", "shmem"})
     # (monotonic time, the cgroup's workingset_refault_file + _anon) each tick of the window (empty: not known)
     refaults: list[tuple[float, int]] = field(default_factory=list)
+    # read() re-readers under this limit (rereaders.py): (bytes they read back in the window, their files' size)
+    reread: tuple[int, int] | None = None
 
     @property
     def file_faulting(self) -> bool:
@@ -457,6 +459,17 @@ def recommend(
     if p.cgroup_anon_refaults:
         basis.append(f"the cgroup's workingset_refault_anon rose by {p.cgroup_anon_refaults:,} pages "
                      f"({mib(p.cgroup_anon_refaults * PAGE)}) in the window")
+    if group.reread is not None:
+        # read() re-readers share the limit: their files need what came back plus what of them is resident (in
+        # the other resident memory: the group's page cache outside the faulting memory), at most their size
+        read_b, size_b = group.reread
+        theirs = min(resident - in_units, max(0, (mem.file_bytes or 0) - in_units))
+        extra = max(0, min(size_b, read_b + theirs) - theirs)
+        if extra:
+            needed += extra
+            basis.append(f"processes under this limit re-read {mib(size_b)} of files by read() (no major faults): "
+                         f"{mib(read_b)} of their pages came back in the window; they need {mib(extra)} more than "
+                         "their page cache resident now")
     other = resident - in_units
     basis.append(f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}"
                  + (" (memory.high)" if high else "") + f"; {mib(other)} of it outside the memory that faults")
@@ -478,6 +491,45 @@ def recommend(
         owner=p.pod.owner if p.pod else None,
     )
     rec.command, rec.command_reason = command(p.pod, rec, mem.version)
+    return rec
+
+
+def reread_limit(mem: CgroupMemory, *, refaults: int, file_bytes: int, node: NodeStats,
+                 seconds: float) -> Recommendation:
+    """The limit that stops a read() re-reader's page cache from thrashing (issue 22; rereaders.py): no fault
+    addresses, so estimated like procfs's: the pages read back without a fault (its refaults), bounded by the
+    files its processes hold open and read, united with its page cache resident now, plus its other memory,
+    x (1 + 15%). at_least when the refaults did not cover the files (the window did not see them all)."""
+    high = high_binds(mem)
+    current = mem.high_bytes if high else mem.max_bytes
+    resident = mem.current_bytes or 0
+    cache = min(mem.file_bytes or 0, resident)
+    read = refaults * PAGE
+    needed = min(file_bytes, read + cache) if file_bytes else read + cache
+    other = max(0, resident - cache)
+    at_least = not file_bytes or read < file_bytes
+    basis = [f"estimate (read() re-reads: no fault addresses): the cgroup read back {mib(read)} of file pages "
+             f"(workingset_refault_file, less its major faults) in {seconds:.0f} s, bounded by the {mib(file_bytes)} of "
+             "files its processes hold open and do not map" + (": the window did not see them all come back"
+                                                                if at_least else ""),
+             f"the files read need {mib(needed)}: {mib(read)} read back + {mib(cache)} of page cache resident now"
+             + (f", at most the files' {mib(file_bytes)}" if file_bytes else ""),
+             f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}; {mib(other)} of it "
+             "not page cache"]
+    wanted = round_up(int((needed + other) * (1 + MARGIN_ESTIMATED)))
+    if current is not None and wanted < current + MIN_STEP:
+        wanted = round_up(current + MIN_STEP)
+    capped = None
+    if node.mem_total_bytes and wanted > node.mem_total_bytes:
+        capped = f"capped at the node's MemTotal ({mib(node.mem_total_bytes)}); it needs about {mib(wanted)}"
+        wanted = node.mem_total_bytes // ROUND * ROUND or node.mem_total_bytes
+    basis.append(f"({mib(needed)} for the files read + {mib(other)} other) x {1 + MARGIN_ESTIMATED:.2f}, rounded up "
+                 "to 16 MiB" + (f" = {mib(wanted)}" if not capped else ""))
+    knob = "memory.high" if high else "memory.max" if mem.version == 2 else "memory.limit_in_bytes"
+    rec = Recommendation(subject="cgroup", knob=knob, cgroup=limit_key(mem), current_limit_bytes=current,
+                         recommended_limit_bytes=wanted, at_least=at_least, capped=capped, basis=basis,
+                         confidence="low")
+    rec.command, rec.command_reason = command(None, rec, mem.version)
     return rec
 
 

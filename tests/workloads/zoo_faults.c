@@ -15,6 +15,9 @@
  *                                              START_MB to END_MB over SECONDS (then stays), as many a
  *                                              second as the range has pages (a pass a second): beyond the
  *                                              limit, its refaults rise with the range
+ *        zoo_faults pread PATH                 the file re-read forever in order by pread(), a page a call
+ *                                              (POSIX_FADV_RANDOM: no read-ahead): no mapping, no major
+ *                                              faults; its page cache refaults at a limit
  *        zoo_faults mixed ANON_MB PATH         ANON_MB of anonymous memory and a mapped file, a page of each
  *                                              in turn, both in order, forever
  *        zoo_faults prime PATH MB              read() the first MB of PATH once (its page cache is charged to
@@ -141,6 +144,20 @@ int main(int argc, char **argv) {
         }
         for (size_t idx = 0;; idx = (idx + 1) % pages) {
             sum += m[idx * page];
+            if (sum == 42) fputc(0, stderr);
+        }
+    }
+    if (strcmp(mode, "pread") == 0) {
+        int fd = open(argv[2], O_RDONLY);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < page) { perror("open"); return 1; }
+        posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+        static char buf[1 << 16];
+        size_t pages = (size_t)st.st_size / page;
+        ready((volatile unsigned char *)buf, (size_t)page); /* no mapping: the buffer's address */
+        for (size_t idx = 0;; idx = (idx + 1) % pages) {
+            if (pread(fd, buf, (size_t)page, (off_t)(idx * page)) < 0) { perror("pread"); return 1; }
+            sum += (unsigned char)buf[0];
             if (sum == 42) fputc(0, stderr);
         }
     }
