@@ -499,7 +499,8 @@ def reread_limit(mem: CgroupMemory, *, refaults: int, file_bytes: int, node: Nod
     """The limit that stops a read() re-reader's page cache from thrashing (issue 22; rereaders.py): no fault
     addresses, so estimated like procfs's: the pages read back without a fault (its refaults), bounded by the
     files its processes hold open and read, united with its page cache resident now, plus its other memory,
-    x (1 + 15%). at_least when the refaults did not cover the files (the window did not see them all)."""
+    x (1 + 15%). at_least when what came back and the cache resident now do not cover the files (the window did
+    not see them all)."""
     high = high_binds(mem)
     current = mem.high_bytes if high else mem.max_bytes
     resident = mem.current_bytes or 0
@@ -507,7 +508,7 @@ def reread_limit(mem: CgroupMemory, *, refaults: int, file_bytes: int, node: Nod
     read = refaults * PAGE
     needed = min(file_bytes, read + cache) if file_bytes else read + cache
     other = max(0, resident - cache)
-    at_least = not file_bytes or read < file_bytes
+    at_least = not file_bytes or read + cache < file_bytes  # what came back and what is resident cover the files
     basis = [f"estimate (read() re-reads: no fault addresses): the cgroup read back {mib(read)} of file pages "
              f"(workingset_refault_file, less its major faults) in {seconds:.0f} s, bounded by the {mib(file_bytes)} of "
              "files its processes hold open and do not map" + (": the window did not see them all come back"
