@@ -404,7 +404,7 @@ def investigate(
             p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
             noise_floor=settings.noise_floor)
     apply_swap_devices(processes, node_stats)
-    reread = rereaders.finish(settings.cgroup_root, procfs, reread_start, elapsed)
+    reread, reread_seconds = rereaders.finish(settings.cgroup_root, procfs, reread_start)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
                         owners=getattr(pods, "owners", None), node_name=settings.node_name,
                         refaults=sampler.refault_series, reread=rereaders.reread_bytes(reread))
@@ -426,7 +426,7 @@ def investigate(
         verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.noise_floor),
         attribution=attribution,
         warnings=warnings,
-        rereaders=rereaders.rereaders(reread, processes, node_stats, elapsed),
+        rereaders=rereaders.rereaders(reread, processes, node_stats, reread_seconds),
     )
     rereaders.note(report)
     return report

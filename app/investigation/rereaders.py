@@ -20,6 +20,7 @@ report says the alert is not explained by it, and what limit stops the re-readin
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,20 +53,22 @@ class Found:
     read_files: dict[tuple[int, int], tuple[str, int]]  # open, not mapped: what read() re-reads
 
 
-Scan = tuple[int, dict[str, GroupCounters]]
+Scan = tuple[float, dict[str, GroupCounters]]  # (monotonic time of the scan, counters)
 
 
 def start(cgroup_root: Path | None) -> Scan:
-    """Every memory cgroup's counters at the window's start ((0, {}) without a cgroup root)."""
-    return scan_refaults(cgroup_root) if cgroup_root is not None else (0, {})
+    """Every memory cgroup's counters at the window's start (none without a cgroup root)."""
+    return time.monotonic(), (scan_refaults(cgroup_root)[1] if cgroup_root is not None else {})
 
 
-def finish(cgroup_root: Path | None, procfs: ProcFS, before: Scan, seconds: float) -> list[Found]:
-    """The re-readers over the window, from the counters at its start and now."""
+def finish(cgroup_root: Path | None, procfs: ProcFS, before: Scan) -> tuple[list[Found], float]:
+    """The re-readers over the window, from the counters at its start and now, and the seconds between the
+    two scans (the rates are over them: the tracer's hand-over makes them longer than the window)."""
     if cgroup_root is None or not before[1]:
-        return []
+        return [], 0.0
     version, after = scan_refaults(cgroup_root)
-    return gather(cgroup_root, procfs, version, candidates(before[1], after, seconds))
+    seconds = max(time.monotonic() - before[0], 1e-3)
+    return gather(cgroup_root, procfs, version, candidates(before[1], after, seconds)), seconds
 
 
 def candidates(before: Mapping[str, GroupCounters], after: Mapping[str, GroupCounters],
