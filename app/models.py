@@ -354,6 +354,7 @@ class Rereader(BaseModel):
     refaults_per_second: float
     major_faults: int = 0  # the group's pgmajfault rise over the window
     shares_limit_with: str | None = None  # the culprit's limit it is under (then counted in its recommendation)
+    pod: PodRef | None = None  # the pod the group is (from its cgroup path and the kubelet), None: not a pod
     summary: str = ""
     recommendation: Recommendation | None = None
 

@@ -151,3 +151,27 @@ def test_beside_a_culprit_named_and_counted_when_it_shares_the_limit() -> None:
     # = 212.75 -> 224
     assert (alone.recommended_limit_bytes, counted.recommended_limit_bytes) == (112 * MIB, 224 * MIB)
     assert any("re-read 128 MiB of files by read()" in b for b in counted.basis)
+
+
+def test_a_re_reader_in_a_pod_is_named_by_its_pod_and_told_where_its_limit_is() -> None:
+    """A group under kubepods: the pod from its cgroup path (the kubelet's answer stood in by pod_of), and
+    no file write for a command: the limit is the container's, in its owner's pod template."""
+    from app.models import PodRef
+
+    uid, cid = "0f3c2a1e-0000-4000-8000-000000000001", "a" * 64
+    path = f"/kubepods/burstable/pod{uid}/{cid}"
+    asked = []
+
+    def pod_of(ref):  # type: ignore[no-untyped-def]
+        asked.append((ref.pod_uid, ref.container_id))
+        return PodRef(namespace="search", name="indexer-0", uid=uid, container="indexer")
+
+    r = rereaders([_found(path)], [], NODE, 3.0, pod_of=pod_of)[0]
+    assert asked == [(uid, cid)] and r.pod is not None and r.pod.name == "indexer-0"
+    assert r.summary.startswith(f"cgroup {path} (pod search/indexer-0 container indexer) re-reads /data/segments.db")
+    rec = r.recommendation
+    assert rec is not None and rec.command is None and (rec.subject, rec.knob) == ("container", "resources.limits.memory")
+    assert rec.command_reason == ("set resources.limits.memory: 160Mi on container indexer of pod search/indexer-0 "
+                                  "(in its owner's pod template)")
+    assert rereaders([_found()], [], NODE, 3.0, pod_of=pod_of)[0].pod is None  # not a pod's path: not asked
+    assert len(asked) == 1

@@ -426,7 +426,7 @@ def investigate(
         verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.noise_floor),
         attribution=attribution,
         warnings=warnings,
-        rereaders=rereaders.rereaders(reread, processes, node_stats, reread_seconds),
+        rereaders=rereaders.rereaders(reread, processes, node_stats, reread_seconds, pod_of=pods.pod_for),
     )
     rereaders.note(report)
     return report

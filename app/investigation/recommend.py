@@ -495,7 +495,7 @@ def recommend(
 
 
 def reread_limit(mem: CgroupMemory, *, refaults: int, file_bytes: int, node: NodeStats,
-                 seconds: float) -> Recommendation:
+                 seconds: float, pod: PodRef | None = None) -> Recommendation:
     """The limit that stops a read() re-reader's page cache from thrashing (issue 22; rereaders.py): no fault
     addresses, so estimated like procfs's: the pages read back without a fault (its refaults), bounded by the
     files its processes hold open and read, united with its page cache resident now, plus its other memory,
@@ -530,7 +530,15 @@ def reread_limit(mem: CgroupMemory, *, refaults: int, file_bytes: int, node: Nod
     rec = Recommendation(subject="cgroup", knob=knob, cgroup=limit_key(mem), current_limit_bytes=current,
                          recommended_limit_bytes=wanted, at_least=at_least, capped=capped, basis=basis,
                          confidence="low")
-    rec.command, rec.command_reason = command(None, rec, mem.version)
+    if pod is None:
+        rec.command, rec.command_reason = command(None, rec, mem.version)
+    else:
+        # A pod's group: its limit is in the pod's spec (the owner is not looked up for a re-reader)
+        where = f"on container {pod.container} of" if pod.container and limit_key(mem) == mem.path else "on"
+        rec.subject = "container" if pod.container and limit_key(mem) == mem.path else "pod"
+        rec.knob = "resources.limits.memory" if rec.subject == "container" else "spec.resources.limits.memory"
+        rec.command_reason = (f"set {rec.knob}: {wanted // MIB}Mi {where} pod {pod.namespace or '?'}/"
+                              f"{pod.name or pod.uid} (in its owner's pod template)")
     return rec
 
 

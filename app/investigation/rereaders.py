@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.collectors.cgroupmem import read_cgroup_memory
 from app.collectors.cgroupscan import GroupCounters, group_pids, open_files, scan_refaults
 from app.collectors.procfs import ProcFS
-from app.models import Cause, CgroupMemory, NodeStats, ProcessReport, Report, Rereader
-from app.parsers.cgroup import CgroupRef
+from app.models import Cause, CgroupMemory, NodeStats, PodRef, ProcessReport, Report, Rereader
+from app.parsers.cgroup import CgroupRef, parse_cgroup
 
 from .diagnose import mib, near_limit
 from .recommend import blames_limit, command_line, limit_key, reread_limit
@@ -137,8 +137,15 @@ def reread_bytes(found: list[Found]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def rereaders(found: list[Found], processes: list[ProcessReport], node: NodeStats, seconds: float) -> list[Rereader]:
-    """The report's entries, with a limit for each that is at its limit (pure)."""
+def cgroup_ref(path: str, version: int) -> CgroupRef:
+    """What a cgroup path says of its pod and container (parse_cgroup on a made-up /proc/PID/cgroup line)."""
+    return parse_cgroup(f"9:memory:{path}" if version == 1 else f"0::{path}")
+
+
+def rereaders(found: list[Found], processes: list[ProcessReport], node: NodeStats, seconds: float,
+              pod_of: Callable[[CgroupRef], PodRef | None] | None = None) -> list[Rereader]:
+    """The report's entries, with a limit for each that is at its limit. `pod_of`: the pod of a cgroup
+    (PodDirectory.pod_for), None: pods not looked up."""
     culprits = {limit_key(p.cgroup_memory) for p in processes if p.cgroup_memory is not None and blames_limit(p)}
     out = []
     for f in found:
@@ -147,6 +154,12 @@ def rereaders(found: list[Found], processes: list[ProcessReport], node: NodeStat
         names = ", ".join(n for n, _ in files[:2]) + (f" and {len(files) - 2} more" if len(files) > 2 else "")
         who = "/".join(f.comms[:3]) or "its processes"
         shares = limit_key(f.mem) if f.mem is not None and limit_key(f.mem) in culprits else None
+        pod = None
+        if pod_of is not None and f.mem is not None:
+            ref = cgroup_ref(f.path, f.mem.version)
+            pod = pod_of(ref) if ref.pod_uid else None
+        if pod is not None:
+            who = f"pod {pod.namespace}/{pod.name}" + (f" container {pod.container}" if pod.container else "")
         limit = f.mem.max_bytes if f.mem is not None else None
         summary = (f"cgroup {f.path} ({who}) re-reads {names} by read(): its page cache refaulted "
                    f"{rate:,.0f} pages/s ({mib(int(rate) * PAGE)}/s) with {f.majflt:,} major faults"
@@ -154,9 +167,10 @@ def rereaders(found: list[Found], processes: list[ProcessReport], node: NodeStat
         rec = None
         if f.mem is not None and near_limit(f.mem):
             rec = reread_limit(f.mem, refaults=f.refaults - f.majflt,
-                               file_bytes=sum(s for _, s in f.read_files.values()), node=node, seconds=seconds)
+                               file_bytes=sum(s for _, s in f.read_files.values()), node=node, seconds=seconds,
+                               pod=pod)
         out.append(Rereader(cgroup=f.path, pids=f.pids, comms=f.comms, refaults=f.refaults,
-                            refaults_per_second=round(rate, 1), major_faults=f.majflt, shares_limit_with=shares,
+                            refaults_per_second=round(rate, 1), major_faults=f.majflt, shares_limit_with=shares, pod=pod,
                             summary=summary, recommendation=rec))
     return out
 
