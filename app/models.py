@@ -342,6 +342,23 @@ class History(BaseModel):
     cgroups: list[HistoryCgroup] = Field(default_factory=list, description="top containers by major faults")
 
 
+class Rereader(BaseModel):
+    """A memory cgroup re-reading its files through read()/pread() at its limit (issue 22): its page cache is
+    evicted and read back (workingset_refault_file rises) without a major fault each, so no process's majflt
+    shows it. Beside a culprit the limit costs it reads too; alone it does not explain a major-fault alert."""
+
+    cgroup: str
+    pids: list[int] = Field(default_factory=list)
+    comms: list[str] = Field(default_factory=list)
+    refaults: int  # workingset_refault_file rise over the window (pages)
+    refaults_per_second: float
+    major_faults: int = 0  # the group's pgmajfault rise over the window
+    shares_limit_with: str | None = None  # the culprit's limit it is under (then counted in its recommendation)
+    pod: PodRef | None = None  # the pod the group is (from its cgroup path and the kubelet), None: not a pod
+    summary: str = ""
+    recommendation: Recommendation | None = None
+
+
 class Report(BaseModel):
     schema_version: str = SCHEMA_VERSION
     id: str = Field(default_factory=new_report_id)
@@ -361,3 +378,4 @@ class Report(BaseModel):
     sinks: list[SinkResult] = Field(default_factory=list)
     history: History | None = None
     history_reason: str | None = None  # why there is no history (the CLI, the recorder off)
+    rereaders: list[Rereader] = Field(default_factory=list, description="groups re-reading files by read() at their limit")

@@ -56,6 +56,7 @@ class Line:
 def run_row(row: ZooRow, tmp: Path) -> Line:
     line = Line(row)
     with zoo_workload(row, tmp) as zoo:
+        zoo.start_ramp()  # a growing scan's rate is its ramp's (at_least: its L* says nothing)
         line.untuned = zoo.rate(1.0)
         window = window_for(row, line.untuned)
         for tracer in ("procfs", "perf-major"):

@@ -28,6 +28,7 @@ from app.investigation.recommend import (
     command,
     headline,
     recommend,
+    refaults_rising,
     round_up,
     still_growing,
     verdict_text,
@@ -151,6 +152,51 @@ def test_read_ahead_counts_what_the_cgroup_read_back() -> None:
     p.cgroup_file_refaults = 16_000  # 62 MiB came back: not yet the whole 128 MiB
     rec = recommend(p, Group(pages=pages, faults=150, growth={0: 150}), NODE, seconds=3.0, backend="perf-major")
     assert rec is not None and rec.at_least
+
+
+SERIES = Path(__file__).parent / "fixtures/refault-series"
+
+
+def _series(name: str) -> list[tuple[float, int]]:
+    """A captured memory.stat series (SOURCES.md): (seconds, workingset_refault_file + _anon) each second."""
+    out = []
+    for line in (SERIES / f"{name}.txt").read_text().splitlines():
+        if not line.startswith("#"):
+            t, file, anon, _majflt = line.split()
+            out.append((float(t), int(file) + int(anon)))
+    return out
+
+
+def test_refaults_still_rising_late_in_the_window_on_captured_series() -> None:
+    """A growing scan (random reads over a range growing 48 -> 192 MiB, limit 64) in the 6 s windows the zoo's
+    row sees (it starts 1-4 s into the ramp): rising. Two processes re-reading one file at their limit, a
+    steady rate that moved from 6.8k to 10.7k pages/s between seconds: never rising, in any window of it."""
+    grow, steady = _series("growing-scan"), _series("steady-two-readers")
+    for start in range(0, 5):
+        line = refaults_rising(grow[start:start + 7])
+        assert line is not None and line.startswith("refaults still rising late in the window"), start
+    for start in range(len(steady)):
+        for end in range(start + 4, len(steady) + 1):
+            assert refaults_rising(steady[start:end]) is None, (start, end)
+    gaps = grow[1:8:2]  # the group sampled every other tick only: the rates are over time, not samples
+    assert refaults_rising(gaps) is not None
+    assert refaults_rising(grow[1:3]) is None  # two seconds: no thirds to compare
+
+
+def test_refaults_rising_makes_at_least_exact_and_procfs() -> None:
+    """The same working set seen whole (exact) or covered by the faults (procfs) is at_least, confidence not
+    high, with the reason, when the group's refaults still rose late in the window; not with a steady series."""
+    grow, steady = _series("growing-scan")[1:8], _series("steady-two-readers")[1:8]
+    for series, rising in ((grow, True), (steady, False)):
+        exact = Group(pages=_pages(file_pages=32768, times=2), faults=80_000, growth={0: 16384, 1: 16384},
+                      refaults=series)
+        procfs = Group(pages=None, faults=50_000, growth={}, bound_bytes=128 * MIB, refaults=series)
+        for group, backend in ((exact, "perf-major"), (procfs, "procfs")):
+            rec = recommend(_limited(), group, NODE, seconds=6.0, backend=backend)
+            assert rec is not None
+            assert rec.at_least is rising, (backend, rec.basis)
+            assert any("refaults still rising" in b for b in rec.basis) is rising
+            assert rec.confidence == ("low" if backend == "procfs" else "medium" if rising else "high")
 
 
 def test_capped_at_the_node_and_said() -> None:

@@ -71,3 +71,41 @@ def test_traced_window_uses_the_tracer_marks():
     s.mark("stop")  # majflt 25
     assert s.traced_window_majflt(1) == 15
     assert s.traced_window_majflt(99) is None
+
+
+def test_refault_series_of_the_faulting_groups(tmp_path):
+    """Each tick reads the memory.stat of the groups of the processes faulting then, once a group (issue 22:
+    recommend.refaults_rising): the series is the group's file + anon refaults, a process not faulting adds
+    no sample. The counters are the captured growing scan's (tests/fixtures/refault-series/growing-scan.txt)."""
+    from pathlib import Path
+
+    from app.investigation.recommend import refaults_rising
+    from app.parsers.cgroup import CgroupRef
+
+    group = tmp_path / "memory/job"
+    group.mkdir(parents=True)
+    (tmp_path / "memory/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (group / "memory.limit_in_bytes").write_text(str(64 << 20))
+    (group / "memory.usage_in_bytes").write_text(str(64 << 20))
+    fixture = Path(__file__).parent / "fixtures/refault-series/growing-scan.txt"
+    counters = [line.split() for line in fixture.read_text().splitlines() if not line.startswith("#")][1:8]
+
+    class WithCgroups(ScriptedProcFS):
+        def cgroup(self, pid: int) -> CgroupRef | None:
+            return CgroupRef("/job", 1, None, None, None, None) if pid == 1 else None
+
+        def sample_all(self) -> dict[int, ProcStat]:  # the group's counters as of this sample
+            _, file, anon, _ = counters[min(self.i, len(counters) - 1)]
+            (group / "memory.stat").write_text(f"workingset_refault_file {file}\nworkingset_refault_anon {anon}\n")
+            return super().sample_all()
+
+    samples = [{1: st(1, 100 * i), 2: st(2, 0)} for i in range(len(counters))]
+    procfs = WithCgroups(samples)
+    s = Sampler(procfs, cgroup_root=tmp_path)  # type: ignore[arg-type]
+    s.first()
+    for _ in samples[1:]:
+        s.tick()
+    values = [v for _, v in s.refault_series["/job"]]
+    assert values == [int(f) + int(a) for _, f, a, _ in counters[1:]]
+    assert list(s.refault_series) == ["/job"]  # process 2 never faults: its group is not read
+    assert refaults_rising([(float(i), v) for i, v in enumerate(values)]) is not None

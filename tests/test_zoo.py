@@ -23,14 +23,18 @@ from tests.workloads.zoo import OUTCOMES, ROWS, ZooRow, check, no_zoo_reason, ta
 pytestmark = [pytest.mark.matrix, pytest.mark.root, pytest.mark.workloads]
 
 TRACERS = ("perf-major", "procfs")
-# The full suite runs every row with the exact tracer, and with procfs two rows whose procfs defects the
-# issue named (swappiness 200, one file shared by two processes): the zoo whole
+# The full suite runs every row with the exact tracer, and with procfs three rows whose procfs defects the
+# issue named (the in-order anonymous walk, swappiness 200, one file shared by two processes): the zoo whole
 # is about 6 minutes. The other procfs rows carry zoo_full: `./test.sh --zoo` runs them all, and
 # python -m bench.zoo measures every row both ways against L*.
-# Not the in-order anonymous row with procfs: its R (160 MiB) sits on the tightness bound, and its low probe
-# at 120 MiB saw 0 faults/s in 2 of 4 runs on 2026-12-07 (L* is about 120 there): a real finding for
-# issue 22, kept in ./test.sh --zoo, not a coin toss in CI.
+# The in-order anonymous row with procfs (R = 160 MiB) was out of the suite: its low probe at 120 MiB "saw
+# 0 faults/s" in 2 of 4 runs. R is not loose (the walker needs its 128 MiB + 1.5 MiB of its own, L* ~136:
+# 1.2 L* + 16 = 179) and the bound is right: the 0/s was a dead process, OOM-killed by its memory cgroup when
+# the probe lowered the limit (dmesg). check() now tells an OOM kill (the limit does not work: the probe
+# holds) from a death it cannot explain (a problem); 6 of 6 runs passed on 2026-12-07 (3 OOM-killed at 120,
+# 3 faulting there at 297-2,158/s), load average 10-16.
 PROCFS_IN_SUITE = {
+    "anon-128-mib-in-order-disk-swap-page-cluster-3-limit-64",
     "96-anon-96-file-limit-128-disk-swap-swappiness-200",
     "2-processes-one-128-mib-file-limit-64",
 }

@@ -30,6 +30,7 @@ from app.tracers import leftovers
 from app.tracers.base import Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
+from . import rereaders
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
 from .recommendations import add_recommendations
@@ -272,6 +273,7 @@ def investigate(
     warnings = _before_the_window()
     cands, reason, skipped = _choose(settings, tracers)
     report_progress(0.0, f"tracing with {cands[0].name}")
+    reread_start = rereaders.start(settings.node.cgroup_root)  # every group's refaults: read() re-readers
     sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root, full_every=settings.investigation.scan_full_every_seconds)
     sampler.first()
     run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window)
@@ -312,14 +314,15 @@ def investigate(
     for p, s in zip(processes, snaps, strict=True):
         p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.investigation.noise_floor)
     apply_swap_devices(processes, node_stats)
+    reread, reread_seconds = rereaders.finish(settings.node.cgroup_root, procfs, reread_start)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, end.snapshots, seconds=elapsed,
-                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
+                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name,
+                        refaults=sampler.refault_series, reread=rereaders.reread_bytes(reread))
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
-    cancelled = cancel.is_set()
-    if cancelled:
+    if cancelled := cancel.is_set():
         warnings.append("the investigation was cancelled before the window ended")
-    return Report(
+    report = Report(
         node=settings.node.node_name,
         status="cancelled" if cancelled else "complete",
         started_at=started_at,
@@ -332,7 +335,10 @@ def investigate(
         verdict=diagnose_report(processes, node_stats, counted.seconds, noise_floor=settings.investigation.noise_floor),
         attribution=attribution,
         warnings=warnings,
+        rereaders=rereaders.rereaders(reread, processes, node_stats, reread_seconds, pod_of=pods.pod_for),
     )
+    rereaders.note(report)
+    return report
 
 
 def _choose(settings: Settings, tracers: Sequence[Tracer] | None) -> tuple[list[Tracer], str, list[SkippedBackend]]:

@@ -22,7 +22,8 @@ not known) and fewer than half the pages were faulted again (the access never ca
 with procfs, the faults (or the cgroup's refaults) could not cover the memory that faults. Never "seen
 whole" when the tracer's page map was full or dropped events (then at_least, confidence not high), nor when
 a cold tail of pages read once still arrives at the window's end beside a hot set (no limit below the
-memory's size removes those reads). procfs bounds a file the group's processes share once (device + inode)
+memory's size removes those reads). Also at_least, exact or procfs, when the group's refault rate is still
+rising in the window's last third (a growing scan: refaults_rising, from the sampler's per-tick series). procfs bounds a file the group's processes share once (device + inode)
 and leaves out what is mapped resident beyond the group's usage (charged to another group). The group's
 unmapped swap cache is part of the swapped memory, not other resident memory.
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,6 +106,10 @@ class Group:
     lost_of: int = 0  # the whole trace's events, lost ones included
     # procfs: the kinds of memory that fault ("file", "code", "swap", "shmem"), to know which refaults count
     kinds: frozenset[str] = frozenset({"file", "code", "swap", "shmem"})
+    # (monotonic time, the cgroup's workingset_refault_file + _anon) each tick of the window (empty: not known)
+    refaults: list[tuple[float, int]] = field(default_factory=list)
+    # read() re-readers under this limit (rereaders.py): (bytes they read back in the window, their files' size)
+    reread: tuple[int, int] | None = None
 
     @property
     def file_faulting(self) -> bool:
@@ -122,6 +127,38 @@ def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> b
     tail_from = int(max(0.0, seconds - max(1.0, GROWTH_TAIL * seconds)))
     tail = sum(n for s, n in growth.items() if s >= tail_from)
     return tail > GROWTH_SHARE * distinct
+
+
+RISING_MIN_SECONDS = 3.0  # a shorter series has no thirds worth comparing
+RISING_LATE = 1.3  # the last third's refault rate over the middle third's: still rising late in the window
+RISING_WHOLE = 1.6  # ...and over the first third's (a steady rate moves +-30% here: both, not one)
+RISING_MIN_RATE = 64.0  # pages/s in the last third below which a rise is a quiet group's noise
+
+
+def refaults_rising(series: Sequence[tuple[float, int]]) -> str | None:
+    """The basis line when the group's refault rate is still rising in the window's last third (a growing
+    scan: the window saw less than the group will read back), else None. `series`: (time, the cgroup's
+    refaults) samples, oldest first; the rates are over the window's thirds, the counters interpolated at
+    their edges (a group not sampled in a tick leaves a gap, not a zero)."""
+    points = sorted(series)
+    if len(points) < 4 or points[-1][0] - points[0][0] < RISING_MIN_SECONDS:
+        return None
+    t0, span = points[0][0], points[-1][0] - points[0][0]
+
+    def at(t: float) -> float:
+        for (ta, a), (tb, b) in zip(points, points[1:], strict=False):
+            if ta <= t <= tb:
+                return a + (b - a) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+        return float(points[-1][1])
+
+    third = span / 3
+    rates = [(at(t0 + (i + 1) * third) - at(t0 + i * third)) / third for i in range(3)]
+    first, middle, last = rates
+    if last < RISING_MIN_RATE or last < RISING_LATE * middle or last < RISING_WHOLE * first or middle < first:
+        return None
+    return (f"refaults still rising late in the window: the cgroup read back {first:,.0f}, {middle:,.0f} and "
+            f"{last:,.0f} pages/s in its thirds (workingset_refault): a growing scan, so the window did not see "
+            "all it will need")
 
 
 def swap_cache(mem: CgroupMemory) -> int:
@@ -329,6 +366,9 @@ def _exact_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int
         elif tail_line:
             basis.append(tail_line)
             short.append("a cold tail")
+    if rising := refaults_rising(group.refaults):
+        basis.append(rising)
+        short.append("refaults still rising")
     at_least = bool(short)
     confidence: Confidence = "medium" if at_least or incomplete else "high"
     needed, in_units = union_need(units, resident)
@@ -383,6 +423,9 @@ def _estimated_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident:
         basis.append(f"the faults and the cgroup's refaults cover {mib(read)}"
                      + (f" of the {mib(bound)} that can fault" if bound else " (the memory that faults is not known)")
                      + ": the window did not see the whole working set")
+    if rising := refaults_rising(group.refaults):
+        basis.append(rising)
+        at_least = True
     in_units = min(group.bound_resident_bytes or 0, resident)
     if group.swap_faulting and bound:
         cached = min(swap_cache(mem), max(0, bound - (group.bound_resident_bytes or 0)),
@@ -444,6 +487,17 @@ def recommend(
     if p.cgroup_anon_refaults:
         basis.append(f"the cgroup's workingset_refault_anon rose by {p.cgroup_anon_refaults:,} pages "
                      f"({mib(p.cgroup_anon_refaults * PAGE)}) in the window")
+    if group.reread is not None:
+        # read() re-readers share the limit: their files need what came back plus what of them is resident (in
+        # the other resident memory: the group's page cache outside the faulting memory), at most their size
+        read_b, size_b = group.reread
+        theirs = min(resident - in_units, max(0, (mem.file_bytes or 0) - in_units))
+        extra = max(0, min(size_b, read_b + theirs) - theirs)
+        if extra:
+            needed += extra
+            basis.append(f"processes under this limit re-read {mib(size_b)} of files by read() (no major faults): "
+                         f"{mib(read_b)} of their pages came back in the window; they need {mib(extra)} more than "
+                         "their page cache resident now")
     other = resident - in_units
     basis.append(f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}"
                  + (" (memory.high)" if high else "") + f"; {mib(other)} of it outside the memory that faults")
@@ -465,6 +519,54 @@ def recommend(
         owner=p.pod.owner if p.pod else None,
     )
     rec.command, rec.command_reason = command(p.pod, rec, mem.version)
+    return rec
+
+
+def reread_limit(mem: CgroupMemory, *, refaults: int, file_bytes: int, node: NodeStats,
+                 seconds: float, pod: PodRef | None = None) -> Recommendation:
+    """The limit that stops a read() re-reader's page cache from thrashing (issue 22; rereaders.py): no fault
+    addresses, so estimated like procfs's: the pages read back without a fault (its refaults), bounded by the
+    files its processes hold open and read, united with its page cache resident now, plus its other memory,
+    x (1 + 15%). at_least when what came back and the cache resident now do not cover the files (the window did
+    not see them all)."""
+    high = high_binds(mem)
+    current = mem.high_bytes if high else mem.max_bytes
+    resident = mem.current_bytes or 0
+    cache = min(mem.file_bytes or 0, resident)
+    read = refaults * PAGE
+    needed = min(file_bytes, read + cache) if file_bytes else read + cache
+    other = max(0, resident - cache)
+    at_least = not file_bytes or read + cache < file_bytes  # what came back and what is resident cover the files
+    basis = [f"estimate (read() re-reads: no fault addresses): the cgroup read back {mib(read)} of file pages "
+             f"(workingset_refault_file, less its major faults) in {seconds:.0f} s, bounded by the {mib(file_bytes)} of "
+             "files its processes hold open and do not map" + (": the window did not see them all come back"
+                                                                if at_least else ""),
+             f"the files read need {mib(needed)}: {mib(read)} read back + {mib(cache)} of page cache resident now"
+             + (f", at most the files' {mib(file_bytes)}" if file_bytes else ""),
+             f"resident now: {mib(resident)} in cgroup {limit_key(mem)}, limit {mib(current)}; {mib(other)} of it "
+             "not page cache"]
+    wanted = round_up(int((needed + other) * (1 + MARGIN_ESTIMATED)))
+    if current is not None and wanted < current + MIN_STEP:
+        wanted = round_up(current + MIN_STEP)
+    capped = None
+    if node.mem_total_bytes and wanted > node.mem_total_bytes:
+        capped = f"capped at the node's MemTotal ({mib(node.mem_total_bytes)}); it needs about {mib(wanted)}"
+        wanted = node.mem_total_bytes // ROUND * ROUND or node.mem_total_bytes
+    basis.append(f"({mib(needed)} for the files read + {mib(other)} other) x {1 + MARGIN_ESTIMATED:.2f}, rounded up "
+                 "to 16 MiB" + (f" = {mib(wanted)}" if not capped else ""))
+    knob = "memory.high" if high else "memory.max" if mem.version == 2 else "memory.limit_in_bytes"
+    rec = Recommendation(subject="cgroup", knob=knob, cgroup=limit_key(mem), current_limit_bytes=current,
+                         recommended_limit_bytes=wanted, at_least=at_least, capped=capped, basis=basis,
+                         confidence="low")
+    if pod is None:
+        rec.command, rec.command_reason = command(None, rec, mem.version)
+    else:
+        # A pod's group: its limit is in the pod's spec (the owner is not looked up for a re-reader)
+        where = f"on container {pod.container} of" if pod.container and limit_key(mem) == mem.path else "on"
+        rec.subject = "container" if pod.container and limit_key(mem) == mem.path else "pod"
+        rec.knob = "resources.limits.memory" if rec.subject == "container" else "spec.resources.limits.memory"
+        rec.command_reason = (f"set {rec.knob}: {wanted // MIB}Mi {where} pod {pod.namespace or '?'}/"
+                              f"{pod.name or pod.uid} (in its owner's pod template)")
     return rec
 
 

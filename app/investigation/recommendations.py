@@ -7,6 +7,7 @@ to set, with its number and command; put_in_advice writes the number into the ad
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from app.models import NodeStats, ProcessReport
 from app.parsers.pagemap import WINDOW_PAGES, present_pages, windows
@@ -57,9 +58,13 @@ def add_recommendations(
     seconds: float,
     owners: object | None = None,
     node_name: str = "",
+    refaults: Mapping[str, list[tuple[float, int]]] | None = None,
+    reread: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Set verdict.recommendation on every process whose verdict blames a limit (in place); `snapshots`:
-    each process as read at the window's end (its smaps and pagemap come from there)."""
+    each process as read at the window's end (its smaps and pagemap come from there). `refaults`: the
+    sampler's refault series per cgroup path (Sampler.refault_series); `reread`: limit path -> (bytes read()
+    re-readers under it read back, the size of their files) (rereaders.reread_bytes)."""
     limited = [p for p in processes if blames_limit(p)]
     if not limited:
         return
@@ -84,8 +89,10 @@ def add_recommendations(
         pages = trace.faults.get(p.pid)
         g = groups.get(key)
         if g is None:
-            g = groups[key] = Group(pages=None, faults=0, growth={})
+            g = groups[key] = Group(pages=None, faults=0, growth={}, reread=(reread or {}).get(key))
         g.faults += p.major_faults
+        if not g.refaults and refaults:  # the group's refaults each tick (its processes' cgroup, the first sampled)
+            g.refaults = list(refaults.get(p.cgroup_memory.path, ()))
         if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
             mine = distinct_pages(p.pid, pages, t.maps, resident_now(snapshots.get(p.pid), p, pages))
             kept = sum(pages.values())

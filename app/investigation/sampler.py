@@ -51,6 +51,8 @@ FULL_SCAN_EVERY = 5  # ticks between full scans, the default of settings.investi
 HOT_TICKS = 3  # a process whose majflt rose in one of the last HOT_TICKS ticks is read every tick
 UNEXPLAINED_MIN = 32  # node major faults in a tick that the processes read do not explain: this many
 UNEXPLAINED_SHARE = 0.02  # and this share of the node's: read every process in that tick
+MAX_REFAULT_GROUPS = 8  # memory cgroups whose refaults are read every tick (those of the processes faulting now)
+MAX_REFAULT_SAMPLES = 3600  # per group: an hour of ticks
 
 
 @dataclass
@@ -114,6 +116,9 @@ class Sampler:
         # no process or thread was created since, and the tick need not list /proc
         self.full_scans = 0  # ticks that read every process
         self.stat_reads = 0  # /proc/PID/stat files read by the ticks
+        # cgroup path -> (monotonic time, workingset_refault_file + _anon) each tick, for the groups of the
+        # processes faulting then (recommend.refaults_rising: a growing scan, issue 22)
+        self.refault_series: dict[str, list[tuple[float, int]]] = {}
 
     @property
     def incremental(self) -> bool:
@@ -255,6 +260,7 @@ class Sampler:
                 self._gone(set(stats))
                 self._pad()
             self.node_vmstat.append(vm)
+            self._sample_refaults(at)
             return
         vm = self.procfs.vmstat()  # first: the processes read next explain its rise
         last = self._last_pid()
@@ -298,6 +304,34 @@ class Sampler:
         with self._lock:
             self.stat_reads += reads  # (the idle tracks' zeros are added when read: ranked(), pad_series())
         self.node_vmstat.append(vm)
+        self._sample_refaults(at)
+
+    def _sample_refaults(self, at: float) -> None:
+        """The refaults of the memory cgroups of the processes faulting now (or the ones asked for), once per
+        group, MAX_REFAULT_GROUPS groups a tick (the hottest processes' first): refault_series."""
+        if self.cgroup_root is None:
+            return
+        with self._lock:
+            pids = set(self._hot) | (self.only or set())
+            tracks = sorted((t for pid in pids if (t := self.tracks.get(pid)) is not None
+                             and t.cgroup_first is not None and not t.exited), key=lambda t: -t.major_faults)
+        done: set[str] = set()
+        for t in tracks:
+            assert t.cgroup_first is not None
+            if t.cgroup_first.path in done:
+                continue
+            if len(done) >= MAX_REFAULT_GROUPS:
+                break
+            done.add(t.cgroup_first.path)
+            mem = self._cgroup_memory(t.pid)
+            if mem is None or mem.path != t.cgroup_first.path:
+                continue
+            if mem.workingset_refault_file is None and mem.workingset_refault_anon is None:
+                continue
+            series = self.refault_series.setdefault(mem.path, [])
+            if len(series) >= MAX_REFAULT_SAMPLES:
+                del series[0]
+            series.append((at, (mem.workingset_refault_file or 0) + (mem.workingset_refault_anon or 0)))
 
     def _last_pid(self) -> int | None:
         read = getattr(self.procfs, "read_text", None)

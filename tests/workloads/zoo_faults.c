@@ -8,6 +8,16 @@
  *                                              is a major fault)
  *        zoo_faults file PATH hot HOT_MB       the same file read at random pages: 99% of reads in its first
  *                                              HOT_MB, 1% anywhere in the rest (a hot set and a cold tail)
+ *        zoo_faults file PATH ramp START_MB END_MB SECONDS
+ *                                              a growing scan: one pass in order over the first START_MB,
+ *                                              (ready after it), then random pages of a range that, from
+ *                                              the first SIGUSR1 on (each one starts it again), grows from
+ *                                              START_MB to END_MB over SECONDS (then stays), as many a
+ *                                              second as the range has pages (a pass a second): beyond the
+ *                                              limit, its refaults rise with the range
+ *        zoo_faults pread PATH                 the file re-read forever in order by pread(), a page a call
+ *                                              (POSIX_FADV_RANDOM: no read-ahead): no mapping, no major
+ *                                              faults; its page cache refaults at a limit
  *        zoo_faults mixed ANON_MB PATH         ANON_MB of anonymous memory and a mapped file, a page of each
  *                                              in turn, both in order, forever
  *        zoo_faults prime PATH MB              read() the first MB of PATH once (its page cache is charged to
@@ -19,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +37,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static long page;
@@ -59,6 +71,15 @@ static volatile unsigned char *file(const char *path, size_t *size) {
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
+static volatile sig_atomic_t restart; /* SIGUSR1: the ramp starts (again) from its start */
+static void on_usr1(int sig) { (void)sig; restart = 1; }
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s anon|file|mixed|prime ...\n", argv[0]);
@@ -86,6 +107,30 @@ int main(int argc, char **argv) {
         size_t size;
         volatile unsigned char *m = file(argv[2], &size);
         size_t pages = size / page;
+        if (strcmp(argv[3], "ramp") == 0 && argc > 6) {
+            size_t from = ((size_t)atol(argv[4]) << 20) / page, to = ((size_t)atol(argv[5]) << 20) / page;
+            double ramp = atof(argv[6]);
+            if (from == 0 || to > pages || from > to || ramp <= 0) return 2;
+            for (size_t idx = 0; idx < from; idx++) sum += m[idx * page];
+            signal(SIGUSR1, on_usr1);
+            ready(m, size); /* after the first pass: the range grows from the first SIGUSR1 on */
+            double t0 = 0, due = now();
+            for (;;) {
+                if (restart) { restart = 0; t0 = now(); }
+                double t = now() - t0;
+                size_t n = t0 == 0 ? from : t >= ramp ? to : from + (size_t)((double)(to - from) * t / ramp);
+                for (int i = 0; i < 64; i++) sum += m[(next() >> 8) % n * page];
+                if (sum == 42) fputc(0, stderr);
+                due += 64.0 / (double)n; /* n reads a second: sleep until the next 64 are due */
+                double ahead = due - now();
+                if (ahead > 0) {
+                    struct timespec ts = {(time_t)ahead, (long)((ahead - (double)(time_t)ahead) * 1e9)};
+                    nanosleep(&ts, NULL);
+                } else if (ahead < -1.0) {
+                    due = now() - 1.0; /* reads behind (faulting): at most a second of them are caught up */
+                }
+            }
+        }
         ready(m, size);
         if (strcmp(argv[3], "hot") == 0 && argc > 4) {
             size_t hot = ((size_t)atol(argv[4]) << 20) / page;
@@ -99,6 +144,20 @@ int main(int argc, char **argv) {
         }
         for (size_t idx = 0;; idx = (idx + 1) % pages) {
             sum += m[idx * page];
+            if (sum == 42) fputc(0, stderr);
+        }
+    }
+    if (strcmp(mode, "pread") == 0) {
+        int fd = open(argv[2], O_RDONLY);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < page) { perror("open"); return 1; }
+        posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+        static char buf[1 << 16];
+        size_t pages = (size_t)st.st_size / page;
+        ready((volatile unsigned char *)buf, (size_t)page); /* no mapping: the buffer's address */
+        for (size_t idx = 0;; idx = (idx + 1) % pages) {
+            if (pread(fd, buf, (size_t)page, (off_t)(idx * page)) < 0) { perror("pread"); return 1; }
+            sum += (unsigned char)buf[0];
             if (sum == 42) fputc(0, stderr);
         }
     }
