@@ -212,6 +212,37 @@ def memory_hierarchy(cgroup_root: Path) -> tuple[int, Path] | None:
     return (2, bases[0]) if bases else None
 
 
+def refaults_file(cgroup_root: Path, mem: CgroupMemory) -> Path | None:
+    """The memory.stat of the group `mem` was read from (its path and version), for read_refaults each tick;
+    None for the root group or no hierarchy of its version."""
+    rel = _safe_rel(mem.path)
+    if not rel:
+        return None
+    root = Path(cgroup_root)
+    if mem.version == 2:
+        bases = _v2_bases(root)
+        return bases[0] / rel / "memory.stat" if bases else None
+    return root / "memory" / rel / "memory.stat"
+
+
+def read_refaults(stat_file: Path) -> int | None:
+    """workingset_refault_file + _anon of one memory.stat (v1: the hierarchical total_*; kernels before 5.9:
+    workingset_refault), one file read: the sampler's per-tick refault series. None: not readable."""
+    text = _read(stat_file)
+    if text is None:
+        return None
+    stat = parse_memory_stat(text)
+
+    def get(key: str) -> int | None:
+        return stat.get(f"total_{key}", stat.get(key))
+
+    file_ = get("workingset_refault_file")
+    if file_ is None:
+        file_ = get("workingset_refault")
+    anon = get("workingset_refault_anon")
+    return None if file_ is None and anon is None else (file_ or 0) + (anon or 0)
+
+
 def rmdir_when_free(d: Path, tries: int) -> None:
     """Remove an empty cgroup folder, waiting (tries x 50 ms at most) while the kernel says EBUSY: a
     killed task takes a moment to leave its group. Already gone is fine; other errors raise; still

@@ -33,7 +33,7 @@ from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.collectors.cgroupmem import read_cgroup_memory
+from app.collectors.cgroupmem import read_cgroup_memory, read_refaults, refaults_file
 from app.collectors.procfs import ProcFS
 from app.models import CgroupMemory
 from app.parsers.cgroup import host_view
@@ -323,15 +323,16 @@ class Sampler:
             if len(done) >= MAX_REFAULT_GROUPS:
                 break
             done.add(t.cgroup_first.path)
-            mem = self._cgroup_memory(t.pid)
-            if mem is None or mem.path != t.cgroup_first.path:
+            # by the group first seen, its memory.stat alone: no /proc/PID/cgroup nor the group's other files
+            # read a tick (the snapshot reads those once, at the window's end)
+            stat_file = refaults_file(self.cgroup_root, t.cgroup_first)
+            refaults = read_refaults(stat_file) if stat_file is not None else None
+            if refaults is None:
                 continue
-            if mem.workingset_refault_file is None and mem.workingset_refault_anon is None:
-                continue
-            series = self.refault_series.setdefault(mem.path, [])
+            series = self.refault_series.setdefault(t.cgroup_first.path, [])
             if len(series) >= MAX_REFAULT_SAMPLES:
                 del series[0]
-            series.append((at, (mem.workingset_refault_file or 0) + (mem.workingset_refault_anon or 0)))
+            series.append((at, refaults))
 
     def _last_pid(self) -> int | None:
         read = getattr(self.procfs, "read_text", None)
