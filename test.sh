@@ -26,12 +26,16 @@ trap 'bash scripts/cleanup.sh' EXIT INT TERM
 # about 40% of the fast tier's CPU (measured: 101-109 s of CPU with PYTHONDONTWRITEBYTECODE=1, 65 s without).
 unset PYTHONDONTWRITEBYTECODE
 pytest=(.venv/bin/python -m pytest)
-parallel=(-n 6)
+# worksteal: an idle worker takes queued tests from a busy one, so a worker left with a module of slow tests
+# (replays, subprocesses) does not hold the run's end (fast tier, load 4-8, interleaved: 68 and 83 s wall
+# with it, 106 and 133 s with the default --dist load)
+parallel=(-n 6 --dist worksteal)
 set +e
 if [ "${1:-}" = --fast ]; then
   shift
-  # 3 workers: measured fastest for these CPU-bound tests on 2 cores (48 s; 6 workers: 59 s, 2: 57 s)
-  "${pytest[@]}" -m "not (workloads or servers or browser)" -n 3 "$@"
+  # 3 workers: measured fastest for these CPU-bound tests on 2 cores (48 s; 6 workers: 59 s, 2: 57 s; at
+  # load 10-16, interleaved: 3 workers 201 and 207 s wall, 6 workers 276 and 297 s and a third more CPU)
+  "${pytest[@]}" -m "not (workloads or servers or browser)" -n 3 --dist worksteal "$@"
   rc=$?
 elif [ "${1:-}" = --screenshots ]; then
   shift
