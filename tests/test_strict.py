@@ -293,3 +293,18 @@ def test_what_an_exec_needs(executable: str | None, args: list[str], needs: tupl
 
     got = what_it_starts(executable, args)
     assert (got[0] if got else None) == needs, got
+
+
+def test_a_test_reported_twice_is_named() -> None:
+    """The closing lines name a test whose outcome came twice (run twice), and only that one: a skip in setup
+    and a passing call of other tests are one outcome each."""
+    def rep(nodeid: str, when: str, outcome: str) -> pytest.TestReport:
+        return pytest.TestReport(nodeid, ("f.py", 1, nodeid), {}, outcome, None, when)
+
+    stats: dict[str, list[object]] = {
+        "passed": [rep("t::a", "call", "passed"), rep("t::b", "call", "passed"), rep("t::a", "call", "passed")],
+        "skipped": [rep("t::c", "setup", "skipped")],
+    }
+    assert strict.ran_twice(stats) == ["t::a"]
+    stats["passed"].pop()
+    assert strict.ran_twice(stats) == []
