@@ -4,12 +4,12 @@
 # Run as root for the real-tracer tests; as another user those skip with the reason.
 #
 #   ./test.sh            the whole suite (what CI runs, .ci/run), in two passes: on 6 workers the tests
-#                        that start no real workload, tracer or browser (the service ones included: fake
-#                        engines on loopback ports of their own), then one at a time the real workloads and
-#                        tracers, the browser, the scenario matrix and the storm (their fault rates and
-#                        timings must not share the machine with each other)
+#                        that start no real workload or tracer (the service ones included: fake engines on
+#                        loopback ports of their own; Chromium on the report pages), then one at a time the
+#                        real workloads and tracers, the fleet page in Chromium, the scenario matrix and the
+#                        storm (their fault rates and timings must not share the machine with each other)
 #   ./test.sh --fast     only the first kind (markers in pyproject.toml; tests/needs.py fails a test that does
-#                        more than its markers say), for while you work: about 65 s of CPU (README: Development)
+#                        more than its markers say), for while you work: about 50-57 s of CPU (README: Development)
 #   ./test.sh --screenshots   makes the README's pictures (docs/img/) again from a real run (tests/test_screenshots.py)
 #   ./test.sh --zoo      the whole limit zoo (tests/test_zoo.py), its procfs rows included (about 6 minutes)
 #   ./test.sh --vm [ARGS] the VM tier (scripts/vm/run.sh): a cgroup-v2-only guest with kprobes and zram under
@@ -20,13 +20,22 @@ cd "$(dirname "$0")"
 if [ "${1:-}" = --vm ]; then shift; bash scripts/bootstrap.sh; exec bash scripts/vm/run.sh "$@"; fi
 bash scripts/bootstrap.sh
 trap 'bash scripts/cleanup.sh' EXIT INT TERM
+# Python caches bytecode (__pycache__/, ignored by git, .dockerignore and the packaging tests) even where
+# the caller's environment says not to: without it every worker, and every Python subprocess a test
+# starts (the CLI, the tiny suites of tests/test_strict.py), compiles app/ and rewrites tests/ again:
+# about 40% of the fast tier's CPU (measured: 101-109 s of CPU with PYTHONDONTWRITEBYTECODE=1, 65 s without).
+unset PYTHONDONTWRITEBYTECODE
 pytest=(.venv/bin/python -m pytest)
-parallel=(-n 6)
+# worksteal: an idle worker takes queued tests from a busy one, so a worker left with a module of slow tests
+# (replays, subprocesses) does not hold the run's end (fast tier, load 4-8, interleaved: 68 and 83 s wall
+# with it, 106 and 133 s with the default --dist load)
+parallel=(-n 6 --dist worksteal)
 set +e
 if [ "${1:-}" = --fast ]; then
   shift
-  # 3 workers: measured fastest for these CPU-bound tests on 2 cores (48 s; 6 workers: 59 s, 2: 57 s)
-  "${pytest[@]}" -m "not (workloads or servers or browser)" -n 3 "$@"
+  # 3 workers: measured fastest for these CPU-bound tests on 2 cores (48 s; 6 workers: 59 s, 2: 57 s; at
+  # load 10-16, interleaved: 3 workers 201 and 207 s wall, 6 workers 276 and 297 s and a third more CPU)
+  "${pytest[@]}" -m "not (workloads or servers or browser)" -n 3 --dist worksteal "$@"
   rc=$?
 elif [ "${1:-}" = --screenshots ]; then
   shift
@@ -40,9 +49,12 @@ elif [ $# -gt 0 ]; then
   "${pytest[@]}" "$@"
   rc=$?
 else
-  "${pytest[@]}" -m "not (workloads or browser or matrix or storm)" "${parallel[@]}"
+  # Chromium on the report pages needs no machine of its own (layout and content, 60 s timeouts): those
+  # six run in the first pass (serially they took 20 s of the second, at load 4-6); the fleet page's twelve instances
+  # (browser and servers: peers fetched within 10 s) stay in the second.
+  "${pytest[@]}" -m "not (workloads or matrix or storm) and not (browser and servers)" "${parallel[@]}"
   rc=$?
-  "${pytest[@]}" -m "(workloads or browser or matrix or storm) and not zoo_full"
+  "${pytest[@]}" -m "(workloads or matrix or storm or (browser and servers)) and not zoo_full"
   rc2=$?
   [ $rc -ne 0 ] || rc=$rc2
 fi

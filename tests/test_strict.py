@@ -127,6 +127,9 @@ def _run_suite(tmp_path: Path, ci: bool, suite: str = _SUITE, extra: dict[str, s
         (tmp_path / "tests" / name).write_text(textwrap.dedent(text))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", strict.OPT_OUT)}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # Only the plugin under test (-p tests.strict): the installed ones (schemathesis, hypothesis, xdist,
+    # anyio, timeout) cost each tiny run ~1 s of imports and play no part in what it checks.
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     if ci:
         env["CI"] = "true"
     return subprocess.run(
@@ -290,3 +293,18 @@ def test_what_an_exec_needs(executable: str | None, args: list[str], needs: tupl
 
     got = what_it_starts(executable, args)
     assert (got[0] if got else None) == needs, got
+
+
+def test_a_test_reported_twice_is_named() -> None:
+    """The closing lines name a test whose outcome came twice (run twice), and only that one: a skip in setup
+    and a passing call of other tests are one outcome each."""
+    def rep(nodeid: str, when: str, outcome: str) -> pytest.TestReport:
+        return pytest.TestReport(nodeid, ("f.py", 1, nodeid), {}, outcome, None, when)
+
+    stats: dict[str, list[object]] = {
+        "passed": [rep("t::a", "call", "passed"), rep("t::b", "call", "passed"), rep("t::a", "call", "passed")],
+        "skipped": [rep("t::c", "setup", "skipped")],
+    }
+    assert strict.ran_twice(stats) == ["t::a"]
+    stats["passed"].pop()
+    assert strict.ran_twice(stats) == []
