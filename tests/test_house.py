@@ -376,14 +376,14 @@ def test_the_engine_and_the_recorder_share_one_pod_directory(tmp_path: Path, mon
     """One kubelet PodList cache per service: the flight recorder's lookups and the investigations'
     go to the same directory (there were two, each asking the kubelet)."""
     import app.investigation.engine
-    from app.service.state import ServiceState
+    from app.service.root import Seams, build_service
 
     seen: list[object] = []
     monkeypatch.setattr(app.investigation.engine, "investigate", lambda *a, pods, **k: seen.append(pods))
     settings = make_settings(tmp_path, recorder_interval_seconds=5, cgroup_root=tmp_path / "no-cgroups")
 
     async def run() -> None:
-        state = await ServiceState.start(settings, store=None, token="t" * 32)
+        state = await build_service(settings, Seams(token="t" * 32))
         try:
             assert state.recorder is not None and state.recorder.recorder is not None
             assert state.recorder.recorder.pods is state.pods

@@ -21,13 +21,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import httpx
+from pydantic import ValidationError
 
 from app.collectors.apiserver import is_node_name
 from app.config import Settings
@@ -38,6 +39,8 @@ from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
 log = logging.getLogger(__name__)
 
 MISS_REFRESH_SECONDS = 5.0
+PEER_CONCURRENCY = 32  # peers asked at once: a fleet of thousands is asked in waves, not all at once
+T = TypeVar("T")
 FORWARDED_HEADER = "X-PFI-Forwarded-From"
 FORWARD_ATTEMPTS = 3
 # The most a peer's answer may hold, in bytes: our own report list of 500 rows is ~300 KiB and a
@@ -386,3 +389,33 @@ class PeerClient:
                 return None
             raise
         return doc if isinstance(doc, dict) else None
+
+
+async def ask_peers(
+    directory: PeerDirectory, ask: Callable[[Peer], Awaitable[T]], peers: list[Peer] | None = None
+) -> tuple[list[tuple[Peer, T]], list[str]]:
+    """`ask` every peer (or those given; at most PEER_CONCURRENCY at once): the answers, and the
+    peers that did not answer with the reason (`node (HTTP 503)`), plus the peer directory's own
+    problem."""
+    if peers is None:
+        peers = await directory.peers()
+    gate = asyncio.Semaphore(PEER_CONCURRENCY)
+
+    async def one(peer: Peer) -> T:
+        async with gate:
+            return await ask(peer)
+
+    results = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
+    answers: list[tuple[Peer, T]] = []
+    unreachable: list[str] = []
+    for peer, result in zip(peers, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation and the like are not a peer's answer
+            reason = str(result) if isinstance(result, PeerError | ValidationError) else type(result).__name__
+            unreachable.append(f"{peer.node} ({reason[:200]})")
+            continue
+        answers.append((peer, result))
+    if directory.error:
+        unreachable.append(f"peer list: {directory.error}")
+    return answers, unreachable

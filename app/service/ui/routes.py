@@ -4,7 +4,7 @@
 - `GET /workloads?sort=&order=&offset=`: the fleet page: every node's reports grouped by the
   workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet).
 - `GET /reports`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
-  (with the token, bounded time, asked concurrently: app.service.fleet.ask_peers); a peer that does
+  (with the token, bounded time, asked concurrently: app.service.cluster.peers.ask_peers); a peer that does
   not answer is listed as unreachable. Running and queued investigations of every node are shown
   with their progress.
 - `GET /reports/{id}`: the report page; a report of another node is fetched from its pod
@@ -29,12 +29,12 @@ from pydantic import ValidationError
 
 from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
 from app.models import Report
-from app.service.cluster.peers import Peer, PeerError
+from app.service.cluster.peers import Peer, PeerError, ask_peers
 from app.service.deps import StateDep
-from app.service.fleet import Fleet, ask_peers, fleet
+from app.service.fleet import Fleet
 from app.service.report_store import ReportSummary
+from app.service.root import Service
 from app.service.scheduler import Investigation
-from app.service.state import ServiceState
 from app.service.ui.fleet import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
 from app.service.ui.render import (
     IndexRow,
@@ -106,18 +106,18 @@ def _running_row(d: dict[str, Any]) -> RunningRow:
     )
 
 
-async def _index_page(state: ServiceState) -> HTMLResponse:
-    """The reports of every node, newest first (peers asked as app.service.fleet.ask_peers does)."""
+async def _index_page(state: Service) -> HTMLResponse:
+    """The reports of every node, newest first (peers asked as app.service.cluster.peers.ask_peers does)."""
     local: list[ReportSummary] = await asyncio.to_thread(state.store.list, limit=INDEX_LIMIT)
     rows = [_index_row(s.as_dict(), local=True) for s in local]
     running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
-    client = state.peer_client()
+    client = state.peer_client
 
     async def ask(peer: Peer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         reports, active = await asyncio.gather(client.reports(peer, INDEX_LIMIT), client.investigations(peer))
         return reports, active
 
-    answers, unreachable = await ask_peers(state, ask)
+    answers, unreachable = await ask_peers(state.peers, ask)
     for _peer, (reports, active) in answers:
         rows.extend(_index_row(s, local=False) for s in reports)
         running.extend(_running_row(d) for d in active)
@@ -162,12 +162,12 @@ def _fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
     )
 
 
-async def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
+async def _fleet_page(state: Service, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
     # Sorted and rendered in a thread: many rows take a while, and /healthz shares this event loop.
     return HTMLResponse(await asyncio.to_thread(_render_fleet, state, found, sort, order, offset))
 
 
-def _render_fleet(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> str:
+def _render_fleet(state: Service, found: Fleet, sort: str, order: str, offset: int) -> str:
     ordered = sort_rows(found.rows, sort, descending=order == "desc")
     page = FleetPage(
         rows=[_fleet_row(r, state.local.name) for r in ordered[offset : offset + FLEET_PAGE]],
@@ -191,7 +191,7 @@ OffsetParam = Annotated[int, Query(ge=0, le=1_000_000)]
 @ui.get("/", response_class=HTMLResponse)
 async def landing(state: StateDep) -> HTMLResponse:
     """The fleet page when reports come from more than one node, else the report list."""
-    found = await fleet(state)
+    found = await state.fleet.gather()
     if found.nodes_with_reports > 1:
         return await _fleet_page(state, found, "last_seen", "desc", 0)
     return await _index_page(state)
@@ -206,7 +206,7 @@ async def index(state: StateDep) -> HTMLResponse:
 async def workloads(
     state: StateDep, sort: SortParam = "last_seen", order: OrderParam = "desc", offset: OffsetParam = 0
 ) -> HTMLResponse:
-    return await _fleet_page(state, await fleet(state), sort, order, offset)
+    return await _fleet_page(state, await state.fleet.gather(), sort, order, offset)
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
@@ -218,7 +218,7 @@ def _page(status: int, title: str, text: str) -> HTMLResponse:
 
 
 async def _find(
-    state: ServiceState, report_id: str, node: str | None, problems: list[str] | None = None
+    state: Service, report_id: str, node: str | None, problems: list[str] | None = None
 ) -> Report | Investigation | dict[str, Any] | None:
     """The report (local, else from a peer), or the local investigation, or a peer's running one.
     Peers that answered badly are added to `problems` (`node-b answered badly: ...`)."""
@@ -233,7 +233,7 @@ async def _find(
     if node:
         peers = [p for p in peers if p.node == node]
 
-    client = state.peer_client()
+    client = state.peer_client
 
     async def ask(peer: Peer) -> Report | dict[str, Any] | None:
         try:
