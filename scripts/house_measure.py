@@ -47,7 +47,7 @@ LAYERS: list[list[str]] = [
     ["app.service.alerts", "app.service.pipeline", "app.service.fleet"],
     ["app.service.delivery", "app.service.scheduler", "app.service.watch"],
     ["app.service.cluster", "app.service.report_store"],
-    ["app.service.auth", "app.service.metrics", "app.service.logs"],
+    ["app.service.auth", "app.service.metrics", "app.service.logs", "app.service.errors"],
     ["app.service", "app.render_text"],
     ["app.investigation"],
     ["app.tracers", "app.collectors"],

@@ -35,6 +35,7 @@ from app.config import Settings
 from app.service.cluster.answers import INVESTIGATION_ROWS, REPORT_ROWS, rows_of
 from app.service.cluster.kube import KubeApi, KubeError, service_account_namespace
 from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
+from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def make_peer_directory(settings: Settings, api: KubeApi | None) -> PeerDirector
 # --- talking to peers --------------------------------------------------------------------------------
 
 
-class PeerError(Exception):
+class PeerError(ServiceError):
     """A peer did not give what was asked (unreachable, timed out, HTTP error, not JSON, not the
     rows asked for: "answered badly")."""
 

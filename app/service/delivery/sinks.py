@@ -34,6 +34,7 @@ from app.investigation.recommend import verdict_text
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
 from app.service.cluster.kube import KubeApi, KubeError, event_body
+from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ MAX_EVENT_PODS = 5
 ALERT_DURATION = timedelta(hours=1)
 
 
-class SinkError(Exception):
-    pass
+class SinkError(ServiceError):
+    """A sink refused or did not answer the delivery."""
 
 
 class Sink(Protocol):

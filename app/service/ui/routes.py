@@ -2,7 +2,7 @@
 
 - `GET /`: the fleet page when reports come from more than one node, else the report list.
 - `GET /workloads?sort=&order=&offset=`: the fleet page: every node's reports grouped by the
-  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet).
+  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet_page).
 - `GET /reports`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
   (with the token, bounded time, asked concurrently: app.service.cluster.peers.ask_peers); a peer that does
   not answer is listed as unreachable. Running and queued investigations of every node are shown
@@ -35,7 +35,7 @@ from app.service.fleet import Fleet
 from app.service.report_store import ReportSummary
 from app.service.root import Service
 from app.service.scheduler import Investigation
-from app.service.ui.fleet import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
+from app.service.ui.fleet_page import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
 from app.service.ui.render import (
     IndexRow,
     RunningRow,

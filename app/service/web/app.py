@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
-from app.service.alerts.payload import PayloadError
 from app.service.cluster.peers import PeerDirectory
+from app.service.errors import ServiceError
 from app.service.report_store import ReportStore
 from app.service.root import Seams, build_service
 from app.service.scheduler import Investigator
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def payload_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, PayloadError)
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        # Every error the service raises on purpose (app.service.errors): its status and reason.
+        assert isinstance(exc, ServiceError)
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -55,7 +56,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    app.add_exception_handler(PayloadError, payload_error)
+    app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
