@@ -42,9 +42,9 @@ from app.service.delivery.sinks import Sink, make_sinks
 from app.service.fleet import FleetView
 from app.service.metrics import Metrics
 from app.service.pipeline import ReportPipeline
+from app.service.recorder import LeadUps, RecorderService, make_ring, watch_submitter
 from app.service.report_store import ReportStore
 from app.service.scheduler import Investigator, Scheduler
-from app.service.watch import LeadUps, RecorderService, make_ring, watch_submitter
 
 log = logging.getLogger(__name__)
 
