@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.service.cluster.kube import KubeApi
+from app.service.cluster.kube import AsyncApiServer
 from app.service.cluster.nodes import NodeIdentity, Resolution, names_match, node_for_alert, split_host
 from app.service.cluster.peers import KubePeers, parse_static_peers
 from app.service.web.app import create_app
@@ -199,7 +199,7 @@ def _settings(tmp_path: Path, api: StandIn, certs: Certs, **kw: Any) -> Any:
 
 
 def _directory(settings: Any) -> KubePeers:
-    api = KubeApi.from_settings(settings)
+    api = AsyncApiServer.from_settings(settings)
     assert api is not None
     return KubePeers(api, settings, "pfi", "app=pfi")
 
@@ -282,7 +282,7 @@ def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path
         "    state = await build_service(s, Seams(token='t' * 24))\n"
         "    await asyncio.sleep(0.2)\n"
         "    PodDirectory(s.model_copy(update={'apiserver_fallback': False})).index()\n"
-        "    print('kubernetes' in sys.modules, state.kube is not None, len(state.sinks))\n"
+        "    print('kubernetes' in sys.modules, state.apiserver is not None, len(state.sinks))\n"
         "    await state.stop()\n"
         "asyncio.run(main())\n"
     )

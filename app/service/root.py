@@ -33,7 +33,7 @@ from app.models import Report
 from app.service import logs
 from app.service.alerts.intake import Intake
 from app.service.auth import TokenWatcher, load_token
-from app.service.cluster.kube import KubeApi
+from app.service.cluster.kube import AsyncApiServer
 from app.service.cluster.nodes import NodeIdentity, as_ip
 from app.service.cluster.peers import PeerClient, PeerDirectory, make_peer_directory
 from app.service.cluster.prometheus import PrometheusClient
@@ -105,7 +105,7 @@ class Service:
     store: ReportStore
     metrics: Metrics
     client: httpx.AsyncClient
-    kube: KubeApi | None
+    apiserver: AsyncApiServer | None
     peers: PeerDirectory
     peer_client: PeerClient  # the other nodes' inspectors (forwarding alerts, fetching their reports)
     local: NodeIdentity
@@ -142,8 +142,8 @@ class Service:
             await asyncio.to_thread(self.store.retry_pending)
         await asyncio.to_thread(self.store.close)
         await self.peers.aclose()
-        if self.kube is not None:
-            await self.kube.aclose()
+        if self.apiserver is not None:
+            await self.apiserver.aclose()
         await self.client.aclose()
         if self.prometheus is not None:
             await self.prometheus.aclose()
@@ -187,9 +187,9 @@ async def build_service(settings: Settings, seams: Seams = Seams()) -> Service:
     client = httpx.AsyncClient(
         transport=seams.transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
     )
-    kube = KubeApi.from_settings(settings)
-    sinks = make_sinks(settings, client, kube)
-    peers = seams.peers if seams.peers is not None else make_peer_directory(settings, kube)
+    apiserver = AsyncApiServer.from_settings(settings)
+    sinks = make_sinks(settings, client, apiserver)
+    peers = seams.peers if seams.peers is not None else make_peer_directory(settings, apiserver)
     local = local_identity(settings)
     peer_client = PeerClient(
         client,
@@ -230,7 +230,7 @@ async def build_service(settings: Settings, seams: Seams = Seams()) -> Service:
         "ready" if store.ready else f"NOT ready: {store.reason}",
     )
     return Service(
-        settings=settings, tokens=tokens, store=store, metrics=metrics, client=client, kube=kube,
+        settings=settings, tokens=tokens, store=store, metrics=metrics, client=client, apiserver=apiserver,
         peers=peers, peer_client=peer_client, local=local, prometheus=prometheus, fleet=fleet,
         sinks=sinks, outbox=outbox, pods=pods, scheduler=scheduler, intake=intake, recorder=recorder,
         store_retry=store_retry,

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from app.collectors.apiserver import is_node_name
 from app.config import Settings
 from app.service.cluster.answers import INVESTIGATION_ROWS, REPORT_ROWS, rows_of
-from app.service.cluster.kube import KubeApi, KubeError, service_account_namespace
+from app.service.cluster.kube import ApiServerError, AsyncApiServer, service_account_namespace
 from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
 from app.service.errors import ServiceError
 
@@ -132,7 +132,7 @@ def _pod_is_usable(pod: dict[str, Any]) -> bool:
 
 
 class KubePeers:
-    def __init__(self, api: KubeApi, settings: Settings, namespace: str, selector: str) -> None:
+    def __init__(self, api: AsyncApiServer, settings: Settings, namespace: str, selector: str) -> None:
         self.api = api
         self.own_node = settings.node_name
         self.port = settings.peer_port
@@ -174,7 +174,7 @@ class KubePeers:
             return {}
         try:
             body = await self.api.list_nodes()
-        except KubeError as exc:
+        except ApiServerError as exc:
             if "answered 403" in str(exc):
                 self._nodes_forbidden = True  # RBAC: pods' hostIP is enough for nodes with a peer
                 log.info("no RBAC to list nodes; node IPs come from the peer pods' hostIP")
@@ -201,7 +201,7 @@ class KubePeers:
             try:
                 peers = await self._list_pods()
                 node_ips = await self._list_nodes()
-            except KubeError as exc:
+            except ApiServerError as exc:
                 self.error = f"cannot list inspector pods: {exc}"
                 log.warning("%s (using the cached list of %d)", self.error, len(self._peers))
                 self._fetched_at = time.monotonic()  # do not hammer a failing API server
@@ -235,10 +235,10 @@ class KubePeers:
         return list(self._peers.values())
 
     async def aclose(self) -> None:
-        return None  # the KubeApi belongs to the service state, which closes it
+        return None  # the AsyncApiServer belongs to the service state, which closes it
 
 
-def make_peer_directory(settings: Settings, api: KubeApi | None) -> PeerDirectory:
+def make_peer_directory(settings: Settings, api: AsyncApiServer | None) -> PeerDirectory:
     if settings.static_peers:
         return StaticPeers(parse_static_peers(settings.static_peers, settings.node_name))
     if api is None:

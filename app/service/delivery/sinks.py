@@ -33,7 +33,7 @@ from app.investigation.lead_up import culprit_labels, describe_history
 from app.investigation.recommend import verdict_text
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
-from app.service.cluster.kube import KubeApi, KubeError, event_body
+from app.service.cluster.kube import ApiServerError, AsyncApiServer, event_body
 from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _quiet(report: Report) -> bool:
 class KubeEventsSink:
     name = "kubernetes-events"
 
-    def __init__(self, settings: Settings, api: KubeApi) -> None:
+    def __init__(self, settings: Settings, api: AsyncApiServer) -> None:
         self.settings = settings
         self.api = api
         self._done: dict[str, set[str]] = {}  # report id -> objects already given an event (retries)
@@ -251,7 +251,7 @@ class KubeEventsSink:
             try:
                 await self.api.create_event(namespace, self.event(report, namespace, obj, message))
                 done.add(ident)
-            except KubeError as exc:
+            except ApiServerError as exc:
                 errors.append(f"{ident}: {str(exc)[:200]}")
         if errors:
             raise SinkError("; ".join(errors))
@@ -327,7 +327,7 @@ class WebhookSink:
         return "report posted"
 
 
-def make_sinks(settings: Settings, client: httpx.AsyncClient, api: KubeApi | None) -> list[Sink]:
+def make_sinks(settings: Settings, client: httpx.AsyncClient, api: AsyncApiServer | None) -> list[Sink]:
     sinks: list[Sink] = []
     if settings.alertmanager_url:
         sinks.append(AlertmanagerSink(settings, client))
