@@ -9,6 +9,7 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,3 +255,49 @@ def test_service_report_carries_the_recorders_lead_up(tmp_path: Path) -> None:
     h = doc["history"]
     assert h is not None and h["node_major_faults"] == 5000
     assert h["cgroups"] and h["cgroups"][0]["major_faults"] == 5000
+
+
+# --- one composition root ------------------------------------------------------------------------------
+
+
+def test_a_service_built_without_the_web_app_gives_its_sinks_the_fleet_line(tmp_path: Path) -> None:
+    """The outbox gets the fleet's "also on" line when it is built (it used to be set on it by the web
+    app after the service started: a service built without the app, as the storm harness builds
+    them, posted its reports without the line)."""
+    import json
+
+    import httpx
+
+    from app.service.root import Seams, build_service
+    from tests.e2e.sample_reports import deployment_pod_report
+
+    peer_store = ReportStore(tmp_path / "node-b")
+    assert peer_store.open() and peer_store.put(deployment_pod_report("node-b", 2, minutes_ago=5))
+    posted: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "am.test":
+            posted.extend(json.loads(request.content))
+            return httpx.Response(200, json={})
+        rows = peer_store.workloads(key=request.url.params.get("key"))
+        body = {"node": "node-b", "scope": "node", "reports": peer_store.count(finished=True),
+                "workloads": [r.model_dump(mode="json") for r in rows]}
+        return httpx.Response(200, json=body)
+
+    settings = make_settings(tmp_path, alertmanager_url="http://am.test:9093", static_peers="node-b=http://node-b.test:8080")
+    mine = deployment_pod_report("node-a", 1, minutes_ago=1)
+
+    async def run() -> None:
+        service = await build_service(settings, Seams(transport=httpx.MockTransport(answer), token="t" * 32))
+        try:
+            await service.outbox.send(mine, [])
+            deadline = time.monotonic() + 60  # the delivery runs in the outbox's own task
+            while not posted and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await service.stop()
+
+    asyncio.run(run())
+    peer_store.close()
+    assert posted, "nothing reached Alertmanager"
+    assert posted[0]["annotations"]["also_on"] == "also on 1 other node: node-b"
