@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.collectors.apiserver import ApiServerConfig, event_body, service_account_namespace
+from app.collectors.apiserver import ApiServerConfig, service_account_namespace
 from app.service.cluster.kube import ApiServerError, AsyncApiServer
 from app.service.delivery.sinks import KubeEventsSink, deliver_with_retry
 from tests.deadline import ends_by_deadline
@@ -18,6 +18,7 @@ from tests.service_support import make_report, make_settings
 from tests.tls_standin import ApiServer, Certs, StandIn
 
 SA_TOKEN = "sa-token-events-0123"
+NODE_A = {"kind": "Node", "name": "node-a"}
 
 
 def _settings(tmp_path: Path, url: str, certs: Certs, **kw: Any) -> Any:
@@ -65,10 +66,9 @@ def test_events_to_a_silent_api_server_end_at_the_deadline(
     async def go() -> str:
         api = AsyncApiServer.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=1.0))
         assert api is not None
+        event = KubeEventsSink(make_settings(tmp_path), api).event(make_report("node-a"), "default", NODE_A, "n")
         with pytest.raises(ApiServerError) as err:
-            await api.create_event("default", event_body(
-                namespace="default", regarding={"kind": "Node", "name": "node-a"}, reason="R", note="n",
-                action="A", controller="x.io/c", instance="node-a", event_time="2026-12-02T05:00:00.000000Z"))
+            await api.create_event("default", event)
         await api.aclose()
         return str(err.value)
 

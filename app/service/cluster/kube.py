@@ -19,12 +19,11 @@ from app.collectors.apiserver import (
     ApiServer,
     ApiServerConfig,
     ApiServerError,
-    event_body,
     service_account_namespace,
 )
 from app.config import Settings
 
-__all__ = ["ApiServerError", "AsyncApiServer", "event_body", "service_account_namespace"]
+__all__ = ["ApiServerError", "AsyncApiServer", "service_account_namespace"]
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from app.investigation.lead_up import culprit_labels, describe_history
 from app.investigation.recommend import verdict_text
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
-from app.service.cluster.kube import ApiServerError, AsyncApiServer, event_body
+from app.service.cluster.kube import ApiServerError, AsyncApiServer
 from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -225,18 +225,21 @@ class KubeEventsSink:
         return out
 
     def event(self, report: Report, namespace: str, obj: dict[str, Any], message: str) -> dict[str, Any]:
-        """An events.k8s.io/v1 Event about `obj` (app.collectors.apiserver.event_body)."""
-        return event_body(
-            namespace=namespace,
-            regarding=obj,
-            reason=EVENT_REASON,
-            note=_bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),
-            action="Investigated",
-            controller=f"pagefault-inspector.io/{COMPONENT}",
-            instance=report.node,
-            event_time=utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            type_="Normal" if _quiet(report) else "Warning",
-        )
+        """An events.k8s.io/v1 Event about `obj`; `eventTime` is RFC 3339 with microseconds (MicroTime).
+        The API server client only posts it (`create_event`)."""
+        return {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{COMPONENT}-", "namespace": namespace},
+            "eventTime": utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "action": "Investigated",
+            "reason": EVENT_REASON,
+            "note": _bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),  # the API server takes 1024
+            "type": "Normal" if _quiet(report) else "Warning",
+            "regarding": obj,
+            "reportingController": f"pagefault-inspector.io/{COMPONENT}",
+            "reportingInstance": report.node[:128],
+        }
 
     async def deliver(self, report: Report, fleet: str = "") -> str:
         done = self._done.setdefault(report.id, set())
