@@ -1,4 +1,5 @@
-"""The scheduler: one investigation of this node at a time, alerts joining it, dedupe, cooldown.
+"""The scheduler: a queue with deadlines. One investigation of this node at a time, alerts joining
+it, dedupe, cooldown; what becomes of each report is the pipeline's (app.service.pipeline).
 
 The rules, in the order `submit` applies them to a firing alert (its key: fingerprint + startsAt):
 1. the key belongs to a queued or running investigation, or to one that finished complete less
