@@ -21,13 +21,12 @@ import html
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
-from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
+from app.investigation.fleet import SORT_KEYS
 from app.models import Report
 from app.service.cluster.peers import Peer, PeerError, ask_peers
 from app.service.deps import StateDep
@@ -35,7 +34,7 @@ from app.service.fleet import Fleet
 from app.service.report_store import ReportSummary
 from app.service.root import Service
 from app.service.scheduler import Investigation
-from app.service.ui.fleet_page import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
+from app.service.ui.fleet_page import fleet_page_html
 from app.service.ui.render import (
     IndexRow,
     RunningRow,
@@ -48,7 +47,6 @@ ui = APIRouter()
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_LIMIT = 200
-FLEET_PAGE = 100  # workloads a fleet page shows; the rest are on the next pages
 
 
 def _dt(value: Any) -> datetime:
@@ -127,60 +125,9 @@ async def _index_page(state: Service) -> HTMLResponse:
     )
 
 
-def _causes_text(causes: dict[str, int]) -> str:
-    if len(causes) < 2:
-        return ""
-    ordered = sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ", ".join(f"{c.replace('_', ' ')} {n}" for c, n in ordered)
-
-
-def _fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
-    rec = row.recommendation
-    return FleetRow(
-        label=row.workload.label,
-        kind=row.workload.kind,
-        key=row.workload.key,
-        nodes=[
-            NodeLinkRow(
-                node=link.node,
-                url=f"/reports/{link.report_id}"
-                + ("" if link.node == local_node else "?" + urlencode({"node": link.node})),
-            )
-            for link in row.links[:FLEET_NODES_SHOWN]
-        ],
-        node_count=len(row.nodes),
-        reports=row.reports,
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        cause=row.cause,
-        causes=_causes_text(row.causes),
-        fault_kind=row.fault_kind,
-        file=row.file,
-        summary=row.summary,
-        limit_bytes=rec.recommended_limit_bytes if rec else None,
-        command=rec.command if rec else None,
-    )
-
-
 async def _fleet_page(state: Service, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
     # Sorted and rendered in a thread: many rows take a while, and /healthz shares this event loop.
-    return HTMLResponse(await asyncio.to_thread(_render_fleet, state, found, sort, order, offset))
-
-
-def _render_fleet(state: Service, found: Fleet, sort: str, order: str, offset: int) -> str:
-    ordered = sort_rows(found.rows, sort, descending=order == "desc")
-    page = FleetPage(
-        rows=[_fleet_row(r, state.local.name) for r in ordered[offset : offset + FLEET_PAGE]],
-        total=len(ordered),
-        nodes=found.nodes_with_reports,
-        sort=sort,
-        descending=order == "desc",
-        offset=offset,
-        page_size=FLEET_PAGE,
-        unreachable=found.unreachable,
-        coverage=found.coverage(),
-    )
-    return render_fleet_page(page)
+    return HTMLResponse(await asyncio.to_thread(fleet_page_html, found, state.local.name, sort, order, offset))
 
 
 SortParam = Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")]
