@@ -31,7 +31,7 @@ from tests.service_support import make_settings
 def test_report_url_from_any_ui_listen_address(tmp_path: Path, ui: str, url: str) -> None:
     from app.service.delivery.sinks import report_url
 
-    assert report_url(make_settings(tmp_path, ui_listen_address=ui, public_url=None), "r1") == url
+    assert report_url(make_settings(tmp_path, ui_listen_address=ui, public_url=None).web, "r1") == url
 
 
 @pytest.mark.parametrize(
@@ -43,8 +43,8 @@ def test_ui_exposure_warning_reads_the_address_like_serve(tmp_path: Path, ui: st
     """`localhost` without a port is loopback (it warned before: the port-less address lost its host)."""
     from app.service.ui.guard import allowed_ui_hosts, ui_exposure_warning
 
-    assert (ui_exposure_warning(make_settings(tmp_path, ui_listen_address=ui)) is not None) == warns
-    assert "*" not in allowed_ui_hosts(make_settings(tmp_path, ui_listen_address=ui))
+    assert (ui_exposure_warning(make_settings(tmp_path, ui_listen_address=ui).web) is not None) == warns
+    assert "*" not in allowed_ui_hosts(make_settings(tmp_path, ui_listen_address=ui).web)
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ def test_outbox_stop_cancels_late_deliveries_and_the_next_outbox_resumes_them(tm
     report = make_report("node-a")
 
     async def first() -> float:
-        box = Outbox(settings, store, [_Sink(hang=True)], Metrics())
+        box = Outbox(settings.delivery, store, [_Sink(hang=True)], Metrics())
         box.start()
         await box.send(report, [])
         assert report.id in box.delivering
@@ -152,7 +152,7 @@ def test_outbox_stop_cancels_late_deliveries_and_the_next_outbox_resumes_them(tm
     sink = _Sink()
 
     async def second() -> None:
-        box = Outbox(settings, store, [sink], Metrics())
+        box = Outbox(settings.delivery, store, [sink], Metrics())
         box.start()  # resumes at once
         for _ in range(100):
             if sink.got:
@@ -175,7 +175,7 @@ def test_outbox_sends_no_cancelled_report(tmp_path: Path) -> None:
     cancelled = make_report("node-a", status="cancelled")
 
     async def run() -> None:
-        box = Outbox(make_settings(tmp_path), store, [sink], Metrics())
+        box = Outbox(make_settings(tmp_path).delivery, store, [sink], Metrics())
         await box.send(cancelled, [])
         await box.stop(1.0)
 

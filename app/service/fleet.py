@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from app.config import Settings
+from app.config import FleetSettings
 from app.investigation.findings import FLEET_QUERY, Sample, also_on_query, node_rows_of, samples_of
 from app.investigation.fleet import ALSO_ON_WINDOW, NodeWorkload, WorkloadRow, also_on_text, facts_of, merge
 from app.models import Report, utcnow
@@ -99,15 +99,16 @@ class FleetView:
 
     def __init__(
         self,
-        settings: Settings,
+        fleet: FleetSettings,
+        node: str,
         store: ReportStore,
         peers: PeerDirectory,
         client: PeerClient,
         prometheus: PrometheusClient | None,
         metrics: Metrics,
     ) -> None:
-        self.settings = settings
-        self.node = settings.node_name
+        self.settings = fleet
+        self.node = node  # this node's name: its own rows come from its store
         self.store = store
         self.peers = peers
         self.client = client

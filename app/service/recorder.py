@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.collectors.flight_recorder import FaultRecorder, PodLookup, Tick
-from app.config import Settings
+from app.config import NodeSettings, RecorderSettings
 from app.investigation.lead_up import lead_up_since
 from app.investigation.report import LeadUp
 from app.models import Trigger, utcnow
@@ -67,17 +67,17 @@ class WatchState:
         return self.faults / self.seconds if self.seconds > 0 else 0.0
 
 
-def make_ring(settings: Settings, pods: PodLookup | None) -> FaultRecorder | None:
+def make_ring(node: NodeSettings, recorder: RecorderSettings, pods: PodLookup | None) -> FaultRecorder | None:
     """The flight recorder's ring (app.collectors.flight_recorder), None when it is off
     (PFI_RECORDER_INTERVAL_SECONDS=0). Made before the report pipeline, which reads its lead-ups,
     and before the sampling thread, which fills it."""
-    if settings.recorder_interval_seconds <= 0:
+    if recorder.recorder_interval_seconds <= 0:
         return None
     return FaultRecorder(
-        settings.cgroup_root,
-        settings.proc_root,
-        interval=settings.recorder_interval_seconds,
-        retention=settings.recorder_retention_seconds,
+        node.cgroup_root,
+        node.proc_root,
+        interval=recorder.recorder_interval_seconds,
+        retention=recorder.recorder_retention_seconds,
         pods=pods,
     )
 
@@ -109,7 +109,7 @@ class RecorderService:
 
     def __init__(
         self,
-        settings: Settings,
+        recorder: RecorderSettings,
         metrics: RecorderMetrics,
         ring: FaultRecorder | None,
         *,
@@ -118,7 +118,7 @@ class RecorderService:
         self.metrics = metrics
         self.recorder = ring
         self.enabled = ring is not None
-        self.watch = WatchState(settings.watch_threshold, settings.watch_for_seconds)
+        self.watch = WatchState(recorder.watch_threshold, recorder.watch_for_seconds)
         self.on_watch = on_watch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from app.collectors.kubelet import PodDirectory
-from app.config import Settings
+from app.config import NodeSettings, Settings, StoreSettings
 from app.models import Report
 from app.service import logs
 from app.service.alerts.intake import Intake
@@ -53,12 +53,12 @@ STOP_SINKS_SECONDS = 3.0  # sink deliveries still retrying then stay in the outb
 STOP_TASKS_SECONDS = 10.0  # other background work (forwarding alerts) has no outbox: it gets longer
 
 
-def local_identity(settings: Settings) -> NodeIdentity:
+def local_identity(node: NodeSettings) -> NodeIdentity:
     """This node: its name and IPs. Without PFI_NODE_IP (a first try on one machine) the addresses
     the hostname resolves to count too."""
     ips: set[str] = set()
-    if settings.node_ip:
-        ips.update(ip for ip in (as_ip(p.strip()) for p in settings.node_ip.split(",")) if ip)
+    if node.node_ip:
+        ips.update(ip for ip in (as_ip(p.strip()) for p in node.node_ip.split(",")) if ip)
     else:
         try:
             for info in socket.getaddrinfo(socket.gethostname(), None):
@@ -67,7 +67,7 @@ def local_identity(settings: Settings) -> NodeIdentity:
                     ips.add(ip)
         except OSError:
             pass
-    return NodeIdentity(settings.node_name, frozenset(ips))
+    return NodeIdentity(node.node_name, frozenset(ips))
 
 
 def real_investigator(pods: PodDirectory) -> Investigator:
@@ -149,7 +149,7 @@ class Service:
             await self.prometheus.aclose()
 
 
-async def _open_store(settings: Settings, given: ReportStore | None) -> ReportStore:
+async def _open_store(settings: StoreSettings, given: ReportStore | None) -> ReportStore:
     if given is not None:
         return given
     store = ReportStore(
@@ -179,44 +179,44 @@ async def build_service(settings: Settings, seams: Seams = Seams()) -> Service:
         tokens = TokenWatcher.from_source(await asyncio.to_thread(load_token, settings))
     else:
         tokens = TokenWatcher(seams.token)
-    store = await _open_store(settings, seams.store)
+    store = await _open_store(settings.store, seams.store)
     # httpx logs every request's URL at INFO; a Slack webhook URL is a credential.
     logs.quiet_http_clients()
     metrics = Metrics()
     metrics.watch_store(store)
     client = httpx.AsyncClient(
-        transport=seams.transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
+        transport=seams.transport, timeout=settings.delivery.sink_timeout_seconds, follow_redirects=False
     )
-    apiserver = AsyncApiServer.from_settings(settings)
+    apiserver = AsyncApiServer.from_settings(settings.apiserver)
     sinks = make_sinks(settings, client, apiserver)
     peers = seams.peers if seams.peers is not None else make_peer_directory(settings, apiserver)
-    local = local_identity(settings)
+    local = local_identity(settings.node)
     peer_client = PeerClient(
         client,
         lambda: tokens.token,
         local_node=local.name,
-        forward_timeout=settings.forward_timeout_seconds,
-        fetch_timeout=settings.peer_fetch_timeout_seconds,
+        forward_timeout=settings.peers.forward_timeout_seconds,
+        fetch_timeout=settings.peers.peer_fetch_timeout_seconds,
     )
     prometheus = PrometheusClient.from_settings(
-        settings, seams.transport, metrics.fleet_requests.labels(target="prometheus").inc
+        settings.fleet, seams.transport, metrics.fleet_requests.labels(target="prometheus").inc
     )
-    fleet = FleetView(settings, store, peers, peer_client, prometheus, metrics)
+    fleet = FleetView(settings.fleet, local.name, store, peers, peer_client, prometheus, metrics)
     metrics.watch_findings(fleet.findings)
-    outbox = Outbox(settings, store, sinks, metrics, fleet_note=fleet.also_on)
+    outbox = Outbox(settings.delivery, store, sinks, metrics, fleet_note=fleet.also_on)
     pods = PodDirectory(settings)
-    ring = make_ring(settings, pods)
+    ring = make_ring(settings.node, settings.recorder, pods)
     pipeline = ReportPipeline(
-        store, outbox, metrics, LeadUps(ring), lead_up_seconds=settings.stage_deadline_seconds
+        store, outbox, metrics, LeadUps(ring), lead_up_seconds=settings.scheduler.stage_deadline_seconds
     )
     scheduler = Scheduler(settings, seams.investigator or real_investigator(pods), pipeline, metrics)
-    intake = Intake(settings, metrics, local, peers, peer_client, scheduler)
+    intake = Intake(settings.web, metrics, local, peers, peer_client, scheduler)
     loop = asyncio.get_running_loop()
     recorder = RecorderService(
-        settings,
+        settings.recorder,
         metrics.recorder,
         ring,
-        on_watch=watch_submitter(loop, scheduler.submit, settings.node_name, metrics.recorder),
+        on_watch=watch_submitter(loop, scheduler.submit, settings.node.node_name, metrics.recorder),
     )
     scheduler.start()
     recorder.start()
@@ -224,7 +224,7 @@ async def build_service(settings: Settings, seams: Seams = Seams()) -> Service:
     outbox.start()
     log.info(
         "service for node %s: %d sink(s) %s; store %s",
-        settings.node_name,
+        settings.node.node_name,
         len(sinks),
         [s.name for s in sinks],
         "ready" if store.ready else f"NOT ready: {store.reason}",

@@ -147,7 +147,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.node = settings.node_name
+        self.node = settings.node.node_name
         self._investigator = investigator
         self._reports = reports
         self._metrics = metrics
@@ -203,7 +203,7 @@ class Scheduler:
             return Submitted("duplicate", recent, "reported within the cooldown")
         if self._stopping:
             return Submitted("ignored", None, "shutting down")
-        if self._waiting() >= self.settings.max_queue:
+        if self._waiting() >= self.settings.scheduler.max_queue:
             return Submitted(
                 "ignored", None, f"queue full: {self._waiting()} alerts already wait on node {self.node}"
             )
@@ -216,7 +216,7 @@ class Scheduler:
             queued.add(trigger, key)
             return Submitted("joined", queued.id, "joined the queued investigation")
         inv = Investigation(
-            id=new_report_id(), node=self.node, window_seconds=self.settings.investigation_seconds
+            id=new_report_id(), node=self.node, window_seconds=self.settings.investigation.investigation_seconds
         )
         inv.add(trigger, key)
         self._queue.append(inv)
@@ -279,7 +279,7 @@ class Scheduler:
 
     def _deadline(self, inv: Investigation) -> tuple[str, float]:
         """(stage, its deadline in seconds) for where the investigation is now."""
-        stage_limit = self.settings.stage_deadline_seconds
+        stage_limit = self.settings.scheduler.stage_deadline_seconds
         if inv.progress < WINDOW_DONE_FRACTION:
             return "window", inv.window_seconds + WINDOW_GRACE_SECONDS + stage_limit
         return inv.message or "finishing", stage_limit
@@ -374,8 +374,8 @@ class Scheduler:
         inv.state = "finishing"  # no alert joins it from now on
         inv.message = "storing the report"
         report = await self._reports.finished(inv, result, duration)
-        if report.status == "complete" and self.settings.cooldown_seconds > 0:
-            expiry = self._clock() + self.settings.cooldown_seconds
+        if report.status == "complete" and self.settings.scheduler.cooldown_seconds > 0:
+            expiry = self._clock() + self.settings.scheduler.cooldown_seconds
             for key in inv.keys:
                 self._recent[key] = (inv.id, expiry)
                 self._recent.move_to_end(key)

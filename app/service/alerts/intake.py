@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.config import Settings
+from app.config import WebSettings
 from app.models import Trigger, utcnow
 from app.service.alerts.payload import IncomingAlert, ParsedPayload
 from app.service.cluster.nodes import (
@@ -260,14 +260,14 @@ class Intake:
 
     def __init__(
         self,
-        settings: Settings,
+        web: WebSettings,
         metrics: Metrics,
         local: NodeIdentity,
         peers: PeerDirectory,
         peer_client: PeerClient,
         scheduler: Scheduler,
     ) -> None:
-        self.settings = settings
+        self.web = web  # the alert names taken
         self.metrics = metrics
         self.local = local
         self.peers = peers
@@ -306,7 +306,7 @@ def _no_inspector(peers: PeerDirectory, node: str) -> str:
 async def handle_alerts(intake: Intake, parsed: ParsedPayload, forwarded_from: str | None) -> AlertsAnswer:
     outcomes = Outcomes()
     deferred: list[Ignored] = []
-    names = intake.settings.alertname_set()
+    names = intake.web.alertname_set()
     metrics = intake.metrics.alerts
 
     wanted = [a for a in parsed.alerts if a.alertname in names]

@@ -21,7 +21,7 @@ from app.collectors.apiserver import (
     ApiServerError,
     service_account_namespace,
 )
-from app.config import Settings
+from app.config import ApiServerSettings
 
 __all__ = ["ApiServerError", "AsyncApiServer", "service_account_namespace"]
 
@@ -39,9 +39,9 @@ class AsyncApiServer:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AsyncApiServer | None:
+    def from_settings(cls, apiserver: ApiServerSettings) -> AsyncApiServer | None:
         """None when there is no API server to talk to (not in a cluster, none configured)."""
-        config = ApiServerConfig.from_settings(settings)
+        config = ApiServerConfig.from_settings(apiserver)
         return cls(ApiServer(config)) if config is not None else None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
