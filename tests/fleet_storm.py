@@ -1,6 +1,6 @@
 """Counting the requests a storm makes for the "also on N other nodes" line (issue 28).
 
-N simulated instances in one event loop: each a real `ServiceState` (its own SQLite store holding its
+N simulated instances in one event loop: each a real service (`build_service`) (its own SQLite store holding its
 node's report of Deployment search/search-indexer, static peers naming the N - 1 others) whose
 outbound HTTP goes through one counting transport. Each instance then computes its report's line,
 all at once, as N nodes' deliveries do in a storm. The transport answers as the others would: a
@@ -8,8 +8,9 @@ peer's `GET /api/v1/workloads?scope=node` from that peer's own store, and Promet
 `/api/v1/query` from every instance's finding samples (the gauges its /metrics would show), for the
 two queries the fleet asks (a simulated Prometheus; tests/test_fleet_prometheus.py runs the real one).
 
-Written against the API the service had before issue 28 too (ServiceState.start, also_on), so the
-same harness counts the old code path:
+Issue 28 counted the code path before it with this harness written against the API of then
+(ServiceState.start, also_on(state, report)); issue 26 made that `build_service` and
+`service.fleet.also_on(report)`:
 
     PYTHONPATH=<a checkout of efcd8f2> .venv/bin/python tests/fleet_storm.py 12 100
 """
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from app.config import FIELD_GROUP, Settings
-from app.service.state import ServiceState
+from app.service.root import Seams, Service, build_service
 from tests.e2e.sample_reports import deployment_pod_report
 
 PROM = "http://prometheus.sim:9090"
@@ -43,7 +44,7 @@ class CountingFleet:
     """The transport: counts requests by target (`peer`, `prometheus`) and answers them."""
 
     def __init__(self) -> None:
-        self.states: dict[str, ServiceState] = {}  # by host
+        self.states: dict[str, Service] = {}  # by host
         self.count: Counter[str] = Counter()
         self._samples: list[Any] | None = None  # every instance's findings (the stores do not change)
 
@@ -75,8 +76,8 @@ class CountingFleet:
             names, workload = {m.group(1)}, re.sub(r"\\(.)", r"\1", m.group(2))
         else:
             return {"status": "error", "errorType": "bad_data", "error": f"not simulated: {promql}"}
-        if self._samples is None:  # (ServiceState.findings is issue 28's: only that code asks Prometheus)
-            self._samples = [s for state in self.states.values() for s in state.findings()]  # type: ignore[attr-defined]
+        if self._samples is None:
+            self._samples = [s for state in self.states.values() for s in state.fleet.findings()]
         result = [
             {"metric": {"__name__": s.name, **{k: v for k, v in s.labels.items() if v}}, "value": [0, repr(s.value)]}
             for s in self._samples
@@ -110,15 +111,13 @@ async def storm_requests(n: int, *, prometheus: bool, peer_sample: int | None = 
                     recorder_interval_seconds=0,
                     **extra,
                 )
-                state = await ServiceState.start(settings, transport=transport, token="t" * 32)
+                state = await build_service(settings, Seams(transport=transport, token="t" * 32))
                 states.append(state)
                 fleet.states[f"storm-{i:03d}.sim:8080"] = state
                 report = deployment_pod_report(name, i % 100, minutes_ago=1).model_copy(update={"id": f"s{i:04d}"})
                 assert state.store.put(report)
                 reports.append(report)
-            from app.service.fleet import also_on
-
-            lines = await asyncio.gather(*(also_on(s, r) for s, r in zip(states, reports, strict=True)))
+            lines = await asyncio.gather(*(s.fleet.also_on(r) for s, r in zip(states, reports, strict=True)))
         finally:
             for state in states:
                 await state.stop()

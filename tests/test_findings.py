@@ -31,7 +31,7 @@ from app.models import utcnow
 from app.parsers.prometheus import PromAnswerError, parse_vector
 from app.service.cluster.prometheus import PrometheusClient, PrometheusError
 from app.service.report_store import ReportStore
-from app.service.state import ServiceState
+from app.service.root import Seams, build_service
 from tests.e2e.sample_reports import deployment_pod_report, host_report, swap_report
 from tests.service_support import make_settings
 
@@ -172,7 +172,7 @@ def test_node_exports_at_most_k_findings_younger_than_the_age(tmp_path: Path) ->
     store.close()
 
     async def scrape(**kw: Any) -> str:  # the service opens the store at make_settings' data_dir
-        state = await ServiceState.start(make_settings(tmp_path, **kw), token="t" * 32)
+        state = await build_service(make_settings(tmp_path, **kw), Seams(token="t" * 32))
         try:
             return (await asyncio.to_thread(state.metrics.render)).decode()
         finally:
@@ -273,7 +273,6 @@ def test_client_deadline_and_errors_are_errors() -> None:
 def test_prometheus_away_leaves_this_nodes_rows_and_says_so(tmp_path: Path) -> None:
     """A Prometheus that does not answer: the fleet is this node's store, with the reason; the also-on
     line is empty (the report still goes out)."""
-    from app.service.fleet import also_on, fleet
     from tests.service_support import free_port
 
     store = ReportStore(tmp_path / "data")
@@ -284,9 +283,9 @@ def test_prometheus_away_leaves_this_nodes_rows_and_says_so(tmp_path: Path) -> N
 
     async def go() -> tuple[Any, str]:
         settings = make_settings(tmp_path, prometheus_url=f"http://127.0.0.1:{free_port()}", prometheus_timeout_seconds=2)
-        state = await ServiceState.start(settings, token="t" * 32)
+        state = await build_service(settings, Seams(token="t" * 32))
         try:
-            return await fleet(state), await also_on(state, mine)
+            return await state.fleet.gather(), await state.fleet.also_on(mine)
         finally:
             await state.stop()
 
@@ -308,7 +307,7 @@ def test_a_row_that_does_not_read_leaves_metrics_up(tmp_path: Path, caplog: pyte
         conn.execute("""UPDATE reports SET workload = '{"workload": 1}'""")
 
     async def scrape() -> str:
-        state = await ServiceState.start(make_settings(tmp_path), token="t" * 32)
+        state = await build_service(make_settings(tmp_path), Seams(token="t" * 32))
         try:
             return (await asyncio.to_thread(state.metrics.render)).decode()
         finally:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 from app.service.fleet import Fleet
-from app.service.ui.fleet import FleetPage, render_fleet_page
 from app.service.ui.fleet_dashboard import PanelResult, render_dashboard
+from app.service.ui.fleet_page import FleetPage, render_fleet_page
 
 
 def test_panels_drawn_one_line_a_series_bars_and_tables_escaped() -> None:

@@ -1,5 +1,5 @@
 """A storm over N nodes makes O(N) requests for the "also on N other nodes" line, not N^2 (issue
-28): counted for 12 and 100 simulated instances (tests/fleet_storm.py: real ServiceStates and
+28): counted for 12 and 100 simulated instances (tests/fleet_storm.py: real services and
 stores, one counting transport answering as the peers and Prometheus would). Before issue 28 the
 same harness counts N (N - 1): 132 and 9,900."""
 

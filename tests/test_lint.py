@@ -58,13 +58,15 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
         path = tmp_path / (module.replace(".", "/") + ".py")
         path.write_text(path.read_text() + f"\n{line}  # noqa\n" if path.exists() else f"{line}\n")
 
-    add("app.parsers.procfs", "import app.service.state")  # a parser reaching up
+    add("app.parsers.procfs", "import app.service.root")  # a parser reaching up
     add("app.investigation.diagnose", "import app.service.report_store")  # the investigation reaching the service
     add("app.tracers.perf_major", "import app.tracers.bpftrace_major")  # one backend using another
     add("app.tracers._supervise", "import app.tracers.registry")  # a shared helper knowing the backends
     add("app.collectors.kubelet", "import kubernetes")  # the kubernetes client outside its module
     add("app.service.report_store", "import app.service.ui.render")  # a service wing reaching up
     add("app.service.cluster.kube", "import app.service.delivery.sinks")  # ...and another
+    add("app.service.scheduler", "import app.service.pipeline")  # the queue reaching the pipeline it feeds
+    add("app.service.fleet", "import app.service.alerts.intake")  # two wings of one floor
     add("app.service.newroom", "import app.models")  # a new room of the service in no layer
     add("app.newtop", "import app.models")  # a new top-level module in no layer
     add("app.investigation.engine", "import app.tracers._perf")  # a private module used from outside
@@ -75,13 +77,15 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
     assert res.returncode == 1, out[-6000:]
     assert "Contracts: 0 kept, 5 broken." in out, out[-6000:]
     for broken in (
-        "app.parsers.procfs -> app.service.state",
+        "app.parsers.procfs -> app.service.root",
         "app.investigation.diagnose -> app.service.report_store",
         "app.tracers.perf_major -> app.tracers.bpftrace_major",
         "app.tracers._supervise -> app.tracers.registry",
         "app.collectors.kubelet -> kubernetes",
         "app.service.report_store -> app.service.ui.render",
         "app.service.cluster.kube -> app.service.delivery.sinks",
+        "app.service.scheduler -> app.service.pipeline",
+        "app.service.fleet -> app.service.alerts.intake",
         "app.service.newroom",
         "app.newtop",
         "app.investigation.engine -> app.tracers._perf",

@@ -31,7 +31,7 @@ from app.models import (
     Verdict,
 )
 from app.parsers.cgroup import CgroupRef
-from app.service.watch import WatchState
+from app.service.recorder import WatchState
 
 FIX = Path(__file__).parent / "fixtures"
 UID_A = "8712f785-1a3e-41ec-a00b-e2dcc77431cb"

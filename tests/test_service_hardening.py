@@ -20,7 +20,7 @@ import pytest
 
 from app.config import Settings
 from app.models import Report, Trigger
-from app.service import scheduler, state
+from app.service import root, scheduler
 from app.service.delivery import outbox
 from app.service.logs import JsonFormatter, SafeTextFormatter
 from app.service.report_store import ReportStore
@@ -125,7 +125,7 @@ def test_store_retry_loop_survives_errors(tmp_path: Path, monkeypatch: pytest.Mo
             self.reason = None
             return True
 
-    monkeypatch.setattr(state, "STORE_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(root, "STORE_RETRY_SECONDS", 0.05)
     store = Flaky(tmp_path / "data")
     store.open()
     store.reason = "cannot write: disk I/O error"  # not ready: the loop retries

@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 
-from app.collectors.apiserver import ApiServerConfig, event_body, service_account_namespace
-from app.service.cluster.kube import KubeApi, KubeError
+from app.collectors.apiserver import ApiServerConfig, service_account_namespace
+from app.service.cluster.kube import ApiServerError, AsyncApiServer
 from app.service.delivery.sinks import KubeEventsSink, deliver_with_retry
 from tests.deadline import ends_by_deadline
 from tests.service_support import make_report, make_settings
 from tests.tls_standin import ApiServer, Certs, StandIn
 
 SA_TOKEN = "sa-token-events-0123"
+NODE_A = {"kind": "Node", "name": "node-a"}
 
 
 def _settings(tmp_path: Path, url: str, certs: Certs, **kw: Any) -> Any:
@@ -34,7 +35,7 @@ def test_kube_events_posted_once_each_even_on_retry(tmp_path: Path, certs: Certs
     stand = serve(StandIn("", SA_TOKEN, routes=fake))
 
     async def go() -> Any:
-        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs).apiserver)
+        api = AsyncApiServer.from_settings(_settings(tmp_path, stand.url, certs).apiserver)
         assert api is not None
         sink = KubeEventsSink(_settings(tmp_path, stand.url, certs), api)
         res = await deliver_with_retry(sink, make_report("node-a"), attempts=3, backoff=0)
@@ -63,17 +64,16 @@ def test_events_to_a_silent_api_server_end_at_the_deadline(
     stand = serve(StandIn("", SA_TOKEN, routes=ApiServer([]), hang=True))
 
     async def go() -> str:
-        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=1.0).apiserver)
+        api = AsyncApiServer.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=1.0).apiserver)
         assert api is not None
-        with pytest.raises(KubeError) as err:
-            await api.create_event("default", event_body(
-                namespace="default", regarding={"kind": "Node", "name": "node-a"}, reason="R", note="n",
-                action="A", controller="x.io/c", instance="node-a", event_time="2026-12-02T05:00:00.000000Z"))
+        event = KubeEventsSink(make_settings(tmp_path), api).event(make_report("node-a"), "default", NODE_A, "n")
+        with pytest.raises(ApiServerError) as err:
+            await api.create_event("default", event)
         await api.aclose()
         return str(err.value)
 
     reason, _ = ends_by_deadline(lambda: asyncio.run(go()), at_least=1.0, what="create_event")  # it never answers
-    # The request's own deadline names what it asked; KubeApi's outer guard (deadline + grace, when the
+    # The request's own deadline names what it asked; AsyncApiServer's outer guard (deadline + grace, when the
     # client's thread has not come back, as on a loaded machine) says the same without it. Either ends it.
     assert reason in ("API server timed out after 1s (an Event in default)", "API server timed out after 1s"), reason
 
@@ -82,9 +82,9 @@ def test_trickling_api_server_ends_at_the_deadline(tmp_path: Path, certs: Certs,
     stand = serve(StandIn("", SA_TOKEN, routes=ApiServer([]), trickle=1.0))
 
     async def go() -> str:
-        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=2.0).apiserver)
+        api = AsyncApiServer.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=2.0).apiserver)
         assert api is not None
-        with pytest.raises(KubeError) as err:
+        with pytest.raises(ApiServerError) as err:
             await api.list_nodes()
         await api.aclose()
         return str(err.value)

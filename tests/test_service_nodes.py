@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from app.service.cluster.kube import KubeApi
+from app.service.cluster.kube import AsyncApiServer
 from app.service.cluster.nodes import NodeIdentity, Resolution, names_match, node_for_alert, split_host
 from app.service.cluster.peers import KubePeers, parse_static_peers
 from app.service.web.app import create_app
@@ -199,7 +199,7 @@ def _settings(tmp_path: Path, api: StandIn, certs: Certs, **kw: Any) -> Any:
 
 
 def _directory(settings: Any) -> KubePeers:
-    api = KubeApi.from_settings(settings.apiserver)
+    api = AsyncApiServer.from_settings(settings.apiserver)
     assert api is not None
     return KubePeers(api, settings, "pfi", "app=pfi")
 
@@ -274,15 +274,15 @@ def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path
     code = (
         "import asyncio, sys\n"
         "from app.config import Settings\n"
-        "from app.service.state import ServiceState\n"
+        "from app.service.root import Seams, build_service\n"
         "from app.collectors.kubelet import PodDirectory\n"
         "async def main():\n"
         f"    s = Settings(data_dir={str(tmp_path / 'd')!r}, namespace='pfi', peer_label_selector='app=pfi',\n"
         "                 kubernetes_events=True, apiserver_url='https://127.0.0.1:1')\n"
-        "    state = await ServiceState.start(s, token='t' * 24)\n"
+        "    state = await build_service(s, Seams(token='t' * 24))\n"
         "    await asyncio.sleep(0.2)\n"
         "    PodDirectory(s.updated(apiserver_fallback=False)).index()\n"
-        "    print('kubernetes' in sys.modules, state.kube is not None, len(state.sinks))\n"
+        "    print('kubernetes' in sys.modules, state.apiserver is not None, len(state.sinks))\n"
         "    await state.stop()\n"
         "asyncio.run(main())\n"
     )

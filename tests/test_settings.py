@@ -215,7 +215,7 @@ def test_the_shorthand_and_the_environment_fill_one_group_together(monkeypatch: 
 
 
 # The top-level wiring may take the whole Settings; every other part is typed against its group(s).
-WIRING = {"cli.py", "demo.py", "investigation/engine.py", "service/state.py", "service/scheduler.py",
+WIRING = {"cli.py", "demo.py", "investigation/engine.py", "service/root.py", "service/scheduler.py",
           "service/web/app.py", "service/web/server.py"}
 WHOLE_SETTINGS = re.compile(r"(:|->)\s*\"?\bSettings\b(?!\.)|\bSettings \||\| Settings\b|\[Settings\]")
 

@@ -323,7 +323,7 @@ class ApiServer:
         return dict(self._call("nodes", call) or {})
 
     def create_event(self, namespace: str, event: dict[str, Any]) -> dict[str, Any]:
-        """POST an events.k8s.io/v1 Event (see `event_body`)."""
+        """POST an events.k8s.io/v1 Event (made by app.service.delivery.sinks.KubeEventsSink.event)."""
 
         def call(c: Any) -> Any:
             from kubernetes.client import EventsV1Api
@@ -349,35 +349,6 @@ def _refuse_cleartext_credentials(cfg: Any, c: ApiServerConfig) -> None:
             f"API server URL {host} ({where}) is http://: refusing to send the service-account token in "
             "clear text; use https://"
         )
-
-
-def event_body(
-    *,
-    namespace: str,
-    regarding: dict[str, Any],
-    reason: str,
-    note: str,
-    action: str,
-    controller: str,
-    instance: str,
-    event_time: str,
-    type_: str = "Warning",
-) -> dict[str, Any]:
-    """An events.k8s.io/v1 Event. `event_time` is RFC 3339 with microseconds (MicroTime)."""
-    name_prefix = re.sub(r"[^a-z0-9-]", "-", controller.lower().rsplit("/", 1)[-1])[:40] or "event"
-    return {
-        "apiVersion": "events.k8s.io/v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{name_prefix}-", "namespace": namespace},
-        "eventTime": event_time,
-        "action": action,
-        "reason": reason,
-        "note": note[:1024],
-        "type": type_,
-        "regarding": regarding,
-        "reportingController": controller,
-        "reportingInstance": instance[:128],
-    }
 
 
 def _status_message(body: Any) -> str:

@@ -1,6 +1,6 @@
 """The flight recorder: every memory cgroup's and the node's major-fault counter, kept in a fixed-size
 ring so a report can show the lead-up to its alert (issue 12). Blocking and synchronous: the service
-calls `FaultRecorder.sample()` from its own thread (app/service/watch.py).
+calls `FaultRecorder.sample()` from its own thread (app/service/recorder.py).
 
 What is read, every interval:
   node       /proc/vmstat `pgmajfault`

@@ -1,6 +1,6 @@
 """The one place a report is put together: what the engine found, plus what only its caller knows
 (the id the service gave it, the alert that started it and those that joined, the flight recorder's
-lead-up and the verdict that reads it). The service's scheduler and the CLI both call
+lead-up and the verdict that reads it). The service's report pipeline and the CLI both call
 `build_report`; nothing patches a report after it. Pure."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The routes' dependencies (the service state, the bearer token), declared once here so that every
+"""The routes' dependencies (the service, the bearer token), declared once here so that every
 route of the API and the UI asks for them the same way. Tests swap them with
 `app.dependency_overrides` when they need to."""
 
@@ -9,22 +9,23 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from app.service.auth import bearer_matches
-from app.service.state import ServiceState
+from app.service.root import Service
 
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pagefault-inspector"'}
 
 
-def get_state(request: Request) -> ServiceState:
-    """The state made by the API app's lifespan; the UI app reaches it through `api_app`."""
+def get_state(request: Request) -> Service:
+    """The service the API app's lifespan built (app.service.root); the UI app reaches it through
+    `api_app`."""
     app = request.app
     source = getattr(app.state, "api_app", app)
     state = getattr(source.state, "svc", None)
-    if not isinstance(state, ServiceState):
+    if not isinstance(state, Service):
         raise HTTPException(status_code=503, detail="starting")
     return state
 
 
-StateDep = Annotated[ServiceState, Depends(get_state)]
+StateDep = Annotated[Service, Depends(get_state)]
 
 
 def require_token(request: Request, state: StateDep) -> None:

@@ -1,4 +1,6 @@
-"""The fleet view's data: every node's reports grouped by the workload they blame.
+"""The fleet wing's data (`FleetView`): every node's reports grouped by the workload they blame, this
+node's findings for /metrics, and the "also on N other nodes" line of the sinks. The page is
+app.service.ui.fleet_page; the grouping itself is pure, in app.investigation.fleet.
 
 Two sources, one shape (`Fleet`), merged by app.investigation.fleet:
 - **Prometheus** (`prometheus_url` set, issue 28): every inspector exports its findings on /metrics
@@ -9,7 +11,7 @@ Two sources, one shape (`Fleet`), merged by app.investigation.fleet:
 - **Peers** (no Prometheus): this node's store (`ReportStore.workloads`) and each peer's
   (`GET /api/v1/workloads?scope=node`), at most `fleet_peer_sample` peers (a random sample when
   there are more, said so on the page and in the "also on" line), concurrently (at most
-  PEER_CONCURRENCY at once), with the token and the peer fetch timeout; a peer that does not answer
+  app.service.cluster.peers.PEER_CONCURRENCY at once), with the token and the peer fetch timeout; a peer that does not answer
   is named as unreachable. A storm over N nodes costs at most fleet_peer_sample x N requests.
 
 Every request made for it counts in `pfi_fleet_requests_total{target}`.
@@ -20,56 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
 
-from pydantic import ValidationError
-
-from app.investigation.findings import FLEET_QUERY, Sample, also_on_query, node_rows_of
+from app.config import FleetSettings
+from app.investigation.findings import FLEET_QUERY, Sample, also_on_query, node_rows_of, samples_of
 from app.investigation.fleet import ALSO_ON_WINDOW, NodeWorkload, WorkloadRow, also_on_text, facts_of, merge
 from app.models import Report, utcnow
 from app.service.cluster.answers import workload_rows
-from app.service.cluster.peers import Peer, PeerError
+from app.service.cluster.peers import Peer, PeerClient, PeerDirectory, PeerError, ask_peers
 from app.service.cluster.prometheus import PrometheusClient, PrometheusError
-from app.service.report_store import WORKLOADS_MAX
-from app.service.state import ServiceState
+from app.service.metrics import Metrics
+from app.service.report_store import WORKLOADS_MAX, ReportStore
 
 log = logging.getLogger(__name__)
-
-PEER_CONCURRENCY = 32  # peers asked at once: a fleet of thousands is asked in waves, not all at once
-T = TypeVar("T")
-
-
-async def ask_peers(
-    state: ServiceState, ask: Callable[[Peer], Awaitable[T]], peers: list[Peer] | None = None
-) -> tuple[list[tuple[Peer, T]], list[str]]:
-    """`ask` every peer (or those given; at most PEER_CONCURRENCY at once): the answers, and the
-    peers that did not answer with the reason (`node (HTTP 503)`), plus the peer directory's own
-    problem."""
-    if peers is None:
-        peers = await state.peers.peers()
-    gate = asyncio.Semaphore(PEER_CONCURRENCY)
-
-    async def one(peer: Peer) -> T:
-        async with gate:
-            return await ask(peer)
-
-    results = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
-    answers: list[tuple[Peer, T]] = []
-    unreachable: list[str] = []
-    for peer, result in zip(peers, results, strict=True):
-        if isinstance(result, BaseException):
-            if not isinstance(result, Exception):
-                raise result  # cancellation and the like are not a peer's answer
-            reason = str(result) if isinstance(result, PeerError | ValidationError) else type(result).__name__
-            unreachable.append(f"{peer.node} ({reason[:200]})")
-            continue
-        answers.append((peer, result))
-    if state.peers.error:
-        unreachable.append(f"peer list: {state.peers.error}")
-    return answers, unreachable
 
 
 def _rows_of(peer: Peer, docs: list[dict[str, object]]) -> list[NodeWorkload]:
@@ -111,11 +77,6 @@ class Fleet:
         return f"asked every peer ({self.peers_known})"
 
 
-def _sample(state: ServiceState, peers: list[Peer]) -> list[Peer]:
-    n = state.settings.fleet.fleet_peer_sample
-    return list(peers) if len(peers) <= n else random.sample(peers, n)
-
-
 async def _prometheus_rows(
     prom: PrometheusClient, *, since: datetime | None, key: str | None
 ) -> tuple[list[NodeWorkload], list[str]]:
@@ -131,73 +92,104 @@ async def _prometheus_rows(
     return rows, [f"prometheus: more than {len(answer.samples)} series, the rest left out"] if answer.truncated else []
 
 
-async def fleet(state: ServiceState, *, since: datetime | None = None, key: str | None = None) -> Fleet:
-    """Every node's rows (this store's, and Prometheus's or each sampled peer's), merged: one row a
-    workload."""
-    prom = state.prometheus
-    local_since = since
-    if prom is not None:  # the findings' age bounds what Prometheus knows: this store's rows alike
-        oldest = utcnow() - timedelta(seconds=state.settings.fleet.findings_max_age_seconds)
-        local_since = oldest if since is None else max(since, oldest)
-    local, local_count = await asyncio.gather(
-        asyncio.to_thread(state.store.workloads, since=local_since, key=key),
-        asyncio.to_thread(state.store.count, finished=True),
-    )
-    rows = list(local)
-    nodes = {state.local.name} if local_count else set()
-    if prom is not None:
-        found, unreachable = await _prometheus_rows(prom, since=since, key=key)
-        rows.extend(r for r in found if r.node != state.local.name)
-        nodes.update(r.node for r in found)
+class FleetView:
+    """The fleet wing: this node's findings (the pfi_finding_* gauges), every node's rows by workload
+    (the fleet page), and the "also on N other nodes" line the outbox gives each report's sinks.
+    Made by the composition root (app.service.root) from the parts it reads, nothing else."""
+
+    def __init__(
+        self,
+        fleet: FleetSettings,
+        node: str,
+        store: ReportStore,
+        peers: PeerDirectory,
+        client: PeerClient,
+        prometheus: PrometheusClient | None,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = fleet
+        self.node = node  # this node's name: its own rows come from its store
+        self.store = store
+        self.peers = peers
+        self.client = client
+        self.prometheus = prometheus
+        self._peer_requests = metrics.fleet_requests.labels(target="peer")
+
+    def findings(self) -> list[Sample]:
+        """This node's latest finding per workload, younger than the findings' age, at most
+        findings_max_workloads of them (newest first): the pfi_finding_* gauges."""
+        s = self.settings
+        since = utcnow() - timedelta(seconds=s.findings_max_age_seconds)
+        try:
+            rows = self.store.workloads(since=since, limit=s.findings_max_workloads)
+            return samples_of(self.node, (r for r in rows if r.node == self.node))
+        except Exception:  # a row that does not read must not turn /metrics into a 500
+            log.exception("findings left out of /metrics: the store's workload rows do not read")
+            return []
+
+    def _sample(self, peers: list[Peer]) -> list[Peer]:
+        n = self.settings.fleet_peer_sample
+        return list(peers) if len(peers) <= n else random.sample(peers, n)
+
+    async def gather(self, *, since: datetime | None = None, key: str | None = None) -> Fleet:
+        """Every node's rows (this store's, and Prometheus's or each sampled peer's), merged: one row a
+        workload."""
+        prom = self.prometheus
+        local_since = since
+        if prom is not None:  # the findings' age bounds what Prometheus knows: this store's rows alike
+            oldest = utcnow() - timedelta(seconds=self.settings.findings_max_age_seconds)
+            local_since = oldest if since is None else max(since, oldest)
+        local, local_count = await asyncio.gather(
+            asyncio.to_thread(self.store.workloads, since=local_since, key=key),
+            asyncio.to_thread(self.store.count, finished=True),
+        )
+        rows = list(local)
+        nodes = {self.node} if local_count else set()
+        if prom is not None:
+            found, unreachable = await _prometheus_rows(prom, since=since, key=key)
+            rows.extend(r for r in found if r.node != self.node)
+            nodes.update(r.node for r in found)
+            return Fleet(
+                rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="prometheus",
+                max_age_seconds=self.settings.findings_max_age_seconds,
+            )
+
+        async def ask(peer: Peer) -> tuple[list[NodeWorkload], int]:
+            self._peer_requests.inc()
+            docs, count = await self.client.workloads(peer, since=since, key=key, limit=WORKLOADS_MAX)
+            return _rows_of(peer, docs), count
+
+        known = await self.peers.peers()
+        asked = self._sample(known)
+        answers, unreachable = await ask_peers(self.peers, ask, asked)
+        for peer, (peer_rows, count) in answers:
+            rows.extend(peer_rows)
+            if count:
+                nodes.add(peer.node)
         return Fleet(
-            rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="prometheus",
-            max_age_seconds=state.settings.fleet.findings_max_age_seconds,
+            rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="peers",
+            peers_asked=len(asked), peers_known=len(known),
         )
 
-    client = state.peer_client()
-    counter = state.metrics.fleet_requests.labels(target="peer")
-
-    async def ask(peer: Peer) -> tuple[list[NodeWorkload], int]:
-        counter.inc()
-        docs, count = await client.workloads(peer, since=since, key=key, limit=WORKLOADS_MAX)
-        return _rows_of(peer, docs), count
-
-    known = await state.peers.peers()
-    asked = _sample(state, known)
-    answers, unreachable = await ask_peers(state, ask, asked)
-    for peer, (peer_rows, count) in answers:
-        rows.extend(peer_rows)
-        if count:
-            nodes.add(peer.node)
-    return Fleet(
-        rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="peers",
-        peers_asked=len(asked), peers_known=len(known),
-    )
-
-
-async def also_on(state: ServiceState, report: Report) -> str:
-    """`also on 11 other nodes: a, b, c, ...` when the workload the report blames had reports on
-    other nodes in the last hour (ALSO_ON_WINDOW); '' when not, or when it blames nothing. Peers
-    that do not answer are left out (logged): the report is posted all the same."""
-    facts = facts_of(report)
-    if facts is None:
-        return ""
-    try:
-        found = await fleet(state, since=utcnow() - ALSO_ON_WINDOW, key=facts.workload.key)
-    except Exception:  # the summary goes out without it rather than not at all
-        log.exception("report %s: cannot ask the peers about workload %s", report.id, facts.workload.label)
-        return ""
-    if found.unreachable:
-        log.info(
-            "report %s: %d peer(s) not asked about %s: %s",
-            report.id,
-            len(found.unreachable),
-            facts.workload.label,
-            "; ".join(found.unreachable[:5]),
-        )
-    others = sorted({n for row in found.rows for n in row.nodes} - {report.node})
-    return also_on_text(others, sampled=(found.peers_asked, found.peers_known) if found.sampled else None)
-
-
-def since_minutes(minutes: int | None) -> datetime | None:
-    return None if minutes is None else utcnow() - timedelta(minutes=minutes)
+    async def also_on(self, report: Report) -> str:
+        """`also on 11 other nodes: a, b, c, ...` when the workload the report blames had reports on
+        other nodes in the last hour (ALSO_ON_WINDOW); '' when not, or when it blames nothing. Peers
+        that do not answer are left out (logged): the report is posted all the same."""
+        facts = facts_of(report)
+        if facts is None:
+            return ""
+        try:
+            found = await self.gather(since=utcnow() - ALSO_ON_WINDOW, key=facts.workload.key)
+        except Exception:  # the summary goes out without it rather than not at all
+            log.exception("report %s: cannot ask the peers about workload %s", report.id, facts.workload.label)
+            return ""
+        if found.unreachable:
+            log.info(
+                "report %s: %d peer(s) not asked about %s: %s",
+                report.id,
+                len(found.unreachable),
+                facts.workload.label,
+                "; ".join(found.unreachable[:5]),
+            )
+        others = sorted({n for row in found.rows for n in row.nodes} - {report.node})
+        return also_on_text(others, sampled=(found.peers_asked, found.peers_known) if found.sampled else None)

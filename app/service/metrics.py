@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from app.investigation.findings import GAUGES, LABELS, Sample
 
 DURATION_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)  # one recorder sample
 
 
 class Metrics:
@@ -59,6 +60,7 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.recorder = RecorderMetrics(r)
 
     def watch_findings(self, findings: Callable[[], Sequence[Sample]]) -> None:
         """The findings' gauges (app.investigation.findings), from `findings()` at each scrape."""
@@ -70,6 +72,34 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RecorderMetrics:
+    """The recorder's own cost and the node rate it sees, in the service's registry (no per-container
+    series: cAdvisor has them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.samples = Counter("pfi_recorder_samples", "Samples the flight recorder took", registry=r)
+        self.duration = Histogram(
+            "pfi_recorder_sample_duration_seconds",
+            "Wall time of one recorder sample (every memory cgroup and /proc/vmstat)",
+            buckets=SAMPLE_BUCKETS,
+            registry=r,
+        )
+        self.node_rate = Gauge(
+            "pfi_recorder_node_major_faults_per_second",
+            "The node's major faults per second over the recorder's last interval (/proc/vmstat pgmajfault)",
+            registry=r,
+        )
+        self.cgroups = Gauge("pfi_recorder_cgroups", "Memory cgroups the recorder reads", registry=r)
+        self.series = Gauge("pfi_recorder_series", "Containers and host groups with a series in the ring", registry=r)
+        self.watch = Counter(
+            "pfi_watch_triggers",
+            "Watch-mode triggers (node rate above PFI_WATCH_THRESHOLD long enough), by what the scheduler did",
+            ["outcome"],
+            registry=r,
+        )
 
 
 class StoreState(Protocol):

@@ -1,4 +1,5 @@
-"""The scheduler: one investigation of this node at a time, alerts joining it, dedupe, cooldown.
+"""The scheduler: a queue with deadlines. One investigation of this node at a time, alerts joining
+it, dedupe, cooldown; what becomes of each report is the pipeline's (app.service.pipeline).
 
 The rules, in the order `submit` applies them to a firing alert (its key: fingerprint + startsAt):
 1. the key belongs to a queued or running investigation, or to one that finished complete less
@@ -28,8 +29,9 @@ the investigation is cancelled; one that does not come back within CANCEL_GRACE_
 cancelled (a deadline, or shutdown) is left behind and gets a report that says which stage it was
 in: the service never waits on a stuck neighbour (a kubelet trickling its answer).
 
-`on_started` runs before the engine starts (the service writes a `running` report row then, so a
-crash leaves a trace); `on_finished` gets every investigation's report, also of one left behind.
+Each investigation goes to the report pipeline (`Reports`, app.service.pipeline) twice: `started`
+before the engine starts, `finished` with every investigation's result, also of one left behind; it
+builds, stores and sends the report and hands it back (its status decides the cooldown).
 """
 
 from __future__ import annotations
@@ -41,21 +43,18 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from app.config import Settings
-from app.investigation.report import LeadUp, build_report
 from app.models import Cause, Report, TracerInfo, Trigger, Verdict, new_report_id, utcnow
 from app.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Investigator = Callable[..., Report]
-LeadUpReader = Callable[[Trigger, datetime], LeadUp]  # the flight recorder's lead-up to a trigger
-NO_LEAD_UP = LeadUp(None, "no history: no flight recorder in this service")
 RECENT_MAX = 10_000  # cooldown keys remembered
 WINDOW_GRACE_SECONDS = 5.0  # the engine probes tracers before its window starts
 # The engine reports its window as progress 0..0.9 and resolving/diagnosing as the rest.
@@ -106,8 +105,12 @@ class Submitted:
     reason: str = ""
 
 
-OnFinished = Callable[[Investigation, Report], Awaitable[None]]
-OnStarted = Callable[[Investigation], Awaitable[None]]
+class Reports(Protocol):
+    """What becomes of an investigation's report (app.service.pipeline.ReportPipeline)."""
+
+    async def started(self, inv: Investigation) -> None: ...
+
+    async def finished(self, inv: Investigation, result: Report, duration: float) -> Report: ...
 
 
 def failed_report(
@@ -133,40 +136,20 @@ def failed_report(
     )
 
 
-def running_report(inv: Investigation) -> Report:
-    """The row written when an investigation starts; replaced by its result. One still there when
-    the store opens belongs to a process that died (store.INTERRUPTED)."""
-    return Report(
-        id=inv.id,
-        node=inv.node,
-        status="running",
-        started_at=inv.started_at or utcnow(),
-        finished_at=None,
-        window_seconds=inv.window_seconds,
-        trigger=inv.triggers[0] if inv.triggers else Trigger(),
-        tracer=TracerInfo(backend="none", exact=False),
-        verdict=Verdict(summary="Investigation running", cause=Cause.UNKNOWN, confidence="low"),
-    )
-
-
 class Scheduler:
     def __init__(
         self,
         settings: Settings,
         investigator: Investigator,
-        on_finished: OnFinished,
+        reports: Reports,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_started: OnStarted | None = None,
-        lead_up: LeadUpReader | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node.node_name
         self._investigator = investigator
-        self._lead_up = lead_up
-        self._on_finished = on_finished
-        self.on_started = on_started  # settable after construction (the service sets it at start)
+        self._reports = reports
         self._metrics = metrics
         self._clock = clock
         self._queue: deque[Investigation] = deque()
@@ -370,11 +353,7 @@ class Scheduler:
         inv.started_mono = self._clock()
         inv.message = "starting"
         log.info("investigation %s of node %s starts (%d alert(s))", inv.id, inv.node, len(inv.triggers))
-        if self.on_started is not None:
-            try:
-                await self.on_started(inv)
-            except Exception:
-                log.exception("investigation %s: recording its start failed", inv.id)
+        await self._reports.started(inv)
         call = functools.partial(
             self._investigator,
             self.settings,
@@ -394,13 +373,7 @@ class Scheduler:
         inv.progress = 1.0
         inv.state = "finishing"  # no alert joins it from now on
         inv.message = "storing the report"
-        report = build_report(result, report_id=inv.id, triggers=inv.triggers, lead_up=await self._read_lead_up(result))
-        self._metrics.investigations.labels(outcome=report.status, backend=report.tracer.backend).inc()
-        self._metrics.duration.observe(duration)
-        try:
-            await self._on_finished(inv, report)
-        except Exception:
-            log.exception("investigation %s: storing or posting the report failed", inv.id)
+        report = await self._reports.finished(inv, result, duration)
         if report.status == "complete" and self.settings.scheduler.cooldown_seconds > 0:
             expiry = self._clock() + self.settings.scheduler.cooldown_seconds
             for key in inv.keys:
@@ -410,19 +383,6 @@ class Scheduler:
                 self._recent.popitem(last=False)
         inv.state = "cancelled" if report.status == "cancelled" else "done"
         log.info("investigation %s %s in %.1fs", inv.id, report.status, duration)
-
-    async def _read_lead_up(self, result: Report) -> LeadUp:
-        """The recorder's lead-up to the investigation's alert, read in a worker thread (it holds the
-        recorder's lock) within the stage deadline."""
-        if self._lead_up is None:
-            return NO_LEAD_UP
-        until = result.finished_at or utcnow()
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self._lead_up, result.trigger, until), self.settings.scheduler.stage_deadline_seconds
-            )
-        except TimeoutError:
-            return LeadUp(None, "no history: reading the recorder took too long")
 
     async def stop(self, timeout: float = CANCEL_GRACE_SECONDS + 10.0) -> None:
         """Cancel what is queued and running, wait (bounded) for the running one to come back with

@@ -468,15 +468,14 @@ def failed_report() -> Report:
 def fleet_page_html(reports: list[Report], local_node: str = "") -> str:
     """The fleet page the service renders for these reports (each node's rows merged, sorted by last seen)."""
     from app.investigation.fleet import facts_of, merge, node_rows, sort_rows
-    from app.service.ui.fleet import FleetPage, render_fleet_page
-    from app.service.ui.routes import _fleet_row
+    from app.service.ui.fleet_page import FleetPage, fleet_row, render_fleet_page
 
     per_node: dict[str, list] = {}
     for r in reports:
         if (facts := facts_of(r)) is not None:
             per_node.setdefault(r.node, []).append((r.id, r.started_at, facts))
     rows = sort_rows(merge(row for node, got in per_node.items() for row in node_rows(node, got)))
-    page = FleetPage(rows=[_fleet_row(w, local_node) for w in rows], total=len(rows), nodes=len(per_node),
+    page = FleetPage(rows=[fleet_row(w, local_node) for w in rows], total=len(rows), nodes=len(per_node),
                      sort="last_seen", descending=True, offset=0, page_size=100)
     return render_fleet_page(page)
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.config import WebSettings
 from app.models import Trigger, utcnow
 from app.service.alerts.payload import IncomingAlert, ParsedPayload
 from app.service.cluster.nodes import (
@@ -30,9 +32,9 @@ from app.service.cluster.nodes import (
     node_for_alert,
     split_host,
 )
-from app.service.cluster.peers import FORWARDED_HEADER, Peer, PeerDirectory
-from app.service.scheduler import Action
-from app.service.state import ServiceState
+from app.service.cluster.peers import FORWARDED_HEADER, Peer, PeerClient, PeerDirectory
+from app.service.metrics import Metrics
+from app.service.scheduler import Action, Scheduler
 
 __all__ = [
     "FORWARDED_HEADER",
@@ -41,6 +43,7 @@ __all__ = [
     "AlertsAnswer",
     "Forwarded",
     "Ignored",
+    "Intake",
     "Outcomes",
     "forward",
     "handle_alerts",
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_TRIGGER_LABELS = 64
 ROUTE_BUDGET_SECONDS = 1.0
+MAX_BACKGROUND_TASKS = 256
 
 
 def _base(alert: IncomingAlert) -> dict[str, Any]:
@@ -249,12 +253,49 @@ UNROUTED_SHOWN = 5
 UNROUTED_LOG_SECONDS = 10.0
 
 
-def _unrouted_log(state: ServiceState) -> _UnroutedLog:
-    """The service's own limiter (one per ServiceState, kept on it: two services in one process, as
-    in the tests, do not silence each other)."""
-    found = vars(state).setdefault("_unrouted_log", _UnroutedLog())
-    assert isinstance(found, _UnroutedLog)
-    return found
+class Intake:
+    """The alerts wing's parts: the alert names taken, the counters, this node and its peers, the
+    scheduler alerts are handed to, and the background work (routing, forwarding) it owns: at most
+    MAX_BACKGROUND_TASKS at once, given `stop`'s grace and then cancelled."""
+
+    def __init__(
+        self,
+        web: WebSettings,
+        metrics: Metrics,
+        local: NodeIdentity,
+        peers: PeerDirectory,
+        peer_client: PeerClient,
+        scheduler: Scheduler,
+    ) -> None:
+        self.web = web  # the alert names taken
+        self.metrics = metrics
+        self.local = local
+        self.peers = peers
+        self.peer_client = peer_client
+        self.scheduler = scheduler
+        self.unrouted = _UnroutedLog()  # this service's own limiter: two in one process do not silence each other
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> bool:
+        """Run in the background, tracked; False (and the coroutine closed) when too many run."""
+        if len(self.tasks) >= MAX_BACKGROUND_TASKS:
+            coro.close()
+            log.error("background work refused (%d tasks running): %s", len(self.tasks), name)
+            return False
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def stop(self, timeout: float) -> None:
+        """Background work (forwarding alerts) gets `timeout` seconds to finish, then is cancelled."""
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for t in late:
+                log.warning("stopping: %s did not finish in %.0fs", t.get_name(), timeout)
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 def _no_inspector(peers: PeerDirectory, node: str) -> str:
@@ -262,11 +303,11 @@ def _no_inspector(peers: PeerDirectory, node: str) -> str:
     return f"{why} ({peers.error})" if peers.error else why
 
 
-async def handle_alerts(state: ServiceState, parsed: ParsedPayload, forwarded_from: str | None) -> AlertsAnswer:
+async def handle_alerts(intake: Intake, parsed: ParsedPayload, forwarded_from: str | None) -> AlertsAnswer:
     outcomes = Outcomes()
     deferred: list[Ignored] = []
-    names = state.settings.web.alertname_set()
-    metrics = state.metrics.alerts
+    names = intake.web.alertname_set()
+    metrics = intake.metrics.alerts
 
     wanted = [a for a in parsed.alerts if a.alertname in names]
     for alert in parsed.alerts:
@@ -274,15 +315,15 @@ async def handle_alerts(state: ServiceState, parsed: ParsedPayload, forwarded_fr
             outcomes.ignored.append(Ignored(alert, (
                 f"alertname {alert.alertname!r} is not one of PFI_ALERTNAMES ({', '.join(sorted(names))})")))
             metrics.labels(outcome="ignored").inc()
-    here = [_Decision(a, "local") for a in wanted if _surely_local(a, state.local)]
-    wanted = [a for a in wanted if not _surely_local(a, state.local)]
-    outcomes.add(_apply(state, parsed, here, forwarded_from))
+    here = [_Decision(a, "local") for a in wanted if _surely_local(a, intake.local)]
+    wanted = [a for a in wanted if not _surely_local(a, intake.local)]
+    outcomes.add(_apply(intake, parsed, here, forwarded_from))
     if wanted:
-        task = asyncio.get_running_loop().create_task(_route(state.peers, state.local, wanted, forwarded_from))
+        task = asyncio.get_running_loop().create_task(_route(intake.peers, intake.local, wanted, forwarded_from))
         done, _ = await asyncio.wait({task}, timeout=ROUTE_BUDGET_SECONDS)
         if task in done:
-            outcomes.add(_apply(state, parsed, _decisions(task, wanted), forwarded_from))
-        elif state.spawn(_apply_later(state, parsed, task, wanted, forwarded_from), "route-alerts"):
+            outcomes.add(_apply(intake, parsed, _decisions(task, wanted), forwarded_from))
+        elif intake.spawn(_apply_later(intake, parsed, task, wanted, forwarded_from), "route-alerts"):
             reason = (f"the node lookup (API server) takes longer than {ROUTE_BUDGET_SECONDS:g}s: "
                       "accepted or forwarded in the background, see the logs")
             for alert in wanted:
@@ -293,7 +334,7 @@ async def handle_alerts(state: ServiceState, parsed: ParsedPayload, forwarded_fr
             for alert in wanted:
                 outcomes.ignored.append(Ignored(alert, "too much background work: node lookup refused"))
                 metrics.labels(outcome="ignored").inc()
-    return AlertsAnswer(state.local.name, outcomes, deferred, list(parsed.warnings))
+    return AlertsAnswer(intake.local.name, outcomes, deferred, list(parsed.warnings))
 
 
 def _decisions(task: asyncio.Task[list[_Decision]], wanted: list[IncomingAlert]) -> list[_Decision]:
@@ -305,7 +346,7 @@ def _decisions(task: asyncio.Task[list[_Decision]], wanted: list[IncomingAlert])
 
 
 async def _apply_later(
-    state: ServiceState,
+    intake: Intake,
     parsed: ParsedPayload,
     task: asyncio.Task[list[_Decision]],
     wanted: list[IncomingAlert],
@@ -316,7 +357,7 @@ async def _apply_later(
     except asyncio.CancelledError:
         task.cancel()
         raise
-    done = _apply(state, parsed, _decisions(task, wanted), forwarded_from)
+    done = _apply(intake, parsed, _decisions(task, wanted), forwarded_from)
     log.info(
         "deferred routing of %d alert(s): %d accepted, %d forwarded, %d ignored",
         len(wanted), len(done.accepted), len(done.forwarded), len(done.ignored),
@@ -324,14 +365,14 @@ async def _apply_later(
 
 
 def _apply(
-    state: ServiceState,
+    intake: Intake,
     parsed: ParsedPayload,
     decisions: list[_Decision],
     forwarded_from: str | None,
 ) -> Outcomes:
     """Carry the decisions out: submit to the scheduler, forward (in the background), or ignore."""
     out = Outcomes()
-    metrics = state.metrics.alerts
+    metrics = intake.metrics.alerts
     to_peer: dict[str, tuple[Peer, list[IncomingAlert]]] = {}
     unrouted: dict[str, int] = {}
 
@@ -351,20 +392,20 @@ def _apply(
             continue
         trigger = _trigger(alert, forwarded_from)
         if alert.status == "firing":
-            sub = state.scheduler.submit(trigger, alert.key)
+            sub = intake.scheduler.submit(trigger, alert.key)
         else:
-            sub = state.scheduler.on_alert_resolved(alert.key)
+            sub = intake.scheduler.on_alert_resolved(alert.key)
         if sub.action == "ignored":
             ignore(alert, sub.reason)
             continue
-        out.accepted.append(Accepted(alert, state.local.name, sub.action, sub.investigation_id, sub.reason))
+        out.accepted.append(Accepted(alert, intake.local.name, sub.action, sub.investigation_id, sub.reason))
         metrics.labels(outcome=sub.action).inc()
     if unrouted:
-        _unrouted_log(state).note(unrouted)
+        intake.unrouted.note(unrouted)
 
     for peer, alerts in to_peer.values():
         body = {**parsed.envelope, "alerts": [a.raw for a in alerts]}
-        if state.spawn(forward(state, peer, body), f"forward-{peer.node}"):
+        if intake.spawn(forward(intake, peer, body), f"forward-{peer.node}"):
             for a in alerts:
                 out.forwarded.append(Forwarded(a, peer.node))
                 metrics.labels(outcome="forwarded").inc()
@@ -374,14 +415,14 @@ def _apply(
     return out
 
 
-async def forward(state: ServiceState, peer: Peer, body: dict[str, Any]) -> bool:
+async def forward(intake: Intake, peer: Peer, body: dict[str, Any]) -> bool:
     """Forward alerts to a peer (PeerClient.forward), counted and logged."""
     n = len(body.get("alerts", []))
-    problem = await state.peer_client().forward(peer, body)
+    problem = await intake.peer_client.forward(peer, body)
     if problem is None:
         log.info("forwarded %d alert(s) to the inspector on node %s (%s)", n, peer.node, peer.url)
-        state.metrics.forwards.labels(outcome="ok").inc()
+        intake.metrics.forwards.labels(outcome="ok").inc()
         return True
     log.error("forwarding %d alert(s) to node %s (%s) failed: %s", n, peer.node, peer.url, problem)
-    state.metrics.forwards.labels(outcome="failed").inc()
+    intake.metrics.forwards.labels(outcome="failed").inc()
     return False

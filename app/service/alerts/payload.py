@@ -21,20 +21,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.service.errors import ServiceError
+
 KNOWN_VERSION = "4"
 MAX_LABELS = 256
 MAX_ERRORS_SHOWN = 5
 
 
-class PayloadError(Exception):
-    """The payload cannot be used: `status` is the HTTP status to answer with, `reason` says why."""
+class PayloadError(ServiceError):
+    """The payload cannot be used: `status` is the HTTP status to answer with (4xx), `reason` says why."""
 
     def __init__(self, status: int, reason: str) -> None:
-        # The reason may quote what was sent: keep it encodable whatever that was.
-        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+        super().__init__(reason, status=status)
 
 
 class Alert(BaseModel):

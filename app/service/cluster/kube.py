@@ -19,29 +19,27 @@ from app.collectors.apiserver import (
     ApiServer,
     ApiServerConfig,
     ApiServerError,
-    event_body,
     service_account_namespace,
 )
 from app.config import ApiServerSettings
 
-__all__ = ["KubeApi", "KubeError", "event_body", "service_account_namespace"]
+__all__ = ["ApiServerError", "AsyncApiServer", "service_account_namespace"]
 
 log = logging.getLogger(__name__)
 
-KubeError = ApiServerError
 T = TypeVar("T")
 WORKERS = 4
 GRACE_SECONDS = 2.0
 
 
-class KubeApi:
+class AsyncApiServer:
     def __init__(self, server: ApiServer) -> None:
         self.server = server
         self.timeout = server.config.timeout
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, apiserver: ApiServerSettings) -> KubeApi | None:
+    def from_settings(cls, apiserver: ApiServerSettings) -> AsyncApiServer | None:
         """None when there is no API server to talk to (not in a cluster, none configured)."""
         config = ApiServerConfig.from_settings(apiserver)
         return cls(ApiServer(config)) if config is not None else None
@@ -55,7 +53,7 @@ class KubeApi:
                 loop.run_in_executor(self._pool, fn, *args), timeout=self.timeout + GRACE_SECONDS
             )
         except TimeoutError:
-            raise KubeError(f"API server timed out after {self.timeout:g}s") from None
+            raise ApiServerError(f"API server timed out after {self.timeout:g}s") from None
 
     async def list_pods(self, namespace: str, label_selector: str) -> dict[str, Any]:
         return await self._run(self.server.list_pods, namespace, label_selector)

@@ -21,23 +21,27 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import httpx
+from pydantic import ValidationError
 
 from app.collectors.apiserver import is_node_name
 from app.config import ApiServerSettings, NodeSettings, PeerSettings
 from app.service.cluster.answers import INVESTIGATION_ROWS, REPORT_ROWS, rows_of
-from app.service.cluster.kube import KubeApi, KubeError, service_account_namespace
+from app.service.cluster.kube import ApiServerError, AsyncApiServer, service_account_namespace
 from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
+from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
 MISS_REFRESH_SECONDS = 5.0
+PEER_CONCURRENCY = 32  # peers asked at once: a fleet of thousands is asked in waves, not all at once
+T = TypeVar("T")
 FORWARDED_HEADER = "X-PFI-Forwarded-From"
 FORWARD_ATTEMPTS = 3
 # The most a peer's answer may hold, in bytes: our own report list of 500 rows is ~300 KiB and a
@@ -141,7 +145,7 @@ class PeerLookupSettings(Protocol):
 
 
 class KubePeers:
-    def __init__(self, api: KubeApi, settings: PeerLookupSettings, namespace: str, selector: str) -> None:
+    def __init__(self, api: AsyncApiServer, settings: PeerLookupSettings, namespace: str, selector: str) -> None:
         self.api = api
         self.own_node = settings.node.node_name
         self.port = settings.peers.peer_port
@@ -183,7 +187,7 @@ class KubePeers:
             return {}
         try:
             body = await self.api.list_nodes()
-        except KubeError as exc:
+        except ApiServerError as exc:
             if "answered 403" in str(exc):
                 self._nodes_forbidden = True  # RBAC: pods' hostIP is enough for nodes with a peer
                 log.info("no RBAC to list nodes; node IPs come from the peer pods' hostIP")
@@ -210,7 +214,7 @@ class KubePeers:
             try:
                 peers = await self._list_pods()
                 node_ips = await self._list_nodes()
-            except KubeError as exc:
+            except ApiServerError as exc:
                 self.error = f"cannot list inspector pods: {exc}"
                 log.warning("%s (using the cached list of %d)", self.error, len(self._peers))
                 self._fetched_at = time.monotonic()  # do not hammer a failing API server
@@ -244,10 +248,10 @@ class KubePeers:
         return list(self._peers.values())
 
     async def aclose(self) -> None:
-        return None  # the KubeApi belongs to the service state, which closes it
+        return None  # the AsyncApiServer belongs to the service (app.service.root), which closes it
 
 
-def make_peer_directory(settings: PeerLookupSettings, api: KubeApi | None) -> PeerDirectory:
+def make_peer_directory(settings: PeerLookupSettings, api: AsyncApiServer | None) -> PeerDirectory:
     if settings.peers.static_peers:
         return StaticPeers(parse_static_peers(settings.peers.static_peers, settings.node.node_name))
     if api is None:
@@ -264,7 +268,7 @@ def make_peer_directory(settings: PeerLookupSettings, api: KubeApi | None) -> Pe
 # --- talking to peers --------------------------------------------------------------------------------
 
 
-class PeerError(Exception):
+class PeerError(ServiceError):
     """A peer did not give what was asked (unreachable, timed out, HTTP error, not JSON, not the
     rows asked for: "answered badly")."""
 
@@ -399,3 +403,33 @@ class PeerClient:
                 return None
             raise
         return doc if isinstance(doc, dict) else None
+
+
+async def ask_peers(
+    directory: PeerDirectory, ask: Callable[[Peer], Awaitable[T]], peers: list[Peer] | None = None
+) -> tuple[list[tuple[Peer, T]], list[str]]:
+    """`ask` every peer (or those given; at most PEER_CONCURRENCY at once): the answers, and the
+    peers that did not answer with the reason (`node (HTTP 503)`), plus the peer directory's own
+    problem."""
+    if peers is None:
+        peers = await directory.peers()
+    gate = asyncio.Semaphore(PEER_CONCURRENCY)
+
+    async def one(peer: Peer) -> T:
+        async with gate:
+            return await ask(peer)
+
+    results = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
+    answers: list[tuple[Peer, T]] = []
+    unreachable: list[str] = []
+    for peer, result in zip(peers, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation and the like are not a peer's answer
+            reason = str(result) if isinstance(result, PeerError | ValidationError) else type(result).__name__
+            unreachable.append(f"{peer.node} ({reason[:200]})")
+            continue
+        answers.append((peer, result))
+    if directory.error:
+        unreachable.append(f"peer list: {directory.error}")
+    return answers, unreachable

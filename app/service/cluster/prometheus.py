@@ -22,6 +22,7 @@ import httpx
 
 from app.config import FleetSettings
 from app.parsers.prometheus import PromAnswerError, VectorSample, parse_vector
+from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ MAX_TOKEN_BYTES = 16 << 10
 CACHE_ENTRIES = 256  # distinct queries kept (the fleet's, and one a workload for "also on")
 
 
-class PrometheusError(Exception):
+class PrometheusError(ServiceError):
     """Prometheus did not answer the query (unreachable, timed out, HTTP error, an error answer)."""
 
 

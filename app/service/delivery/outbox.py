@@ -21,7 +21,7 @@ from app.service.delivery.sinks import Sink, deliver_with_retry
 from app.service.metrics import Metrics
 from app.service.report_store import ReportStore
 
-__all__ = ["DELIVER_STATUSES", "Outbox"]
+__all__ = ["DELIVER_STATUSES", "FleetNote", "Outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,20 @@ OUTBOX_RETRY_SECONDS = 45.0  # rows still in the outbox (not being delivered) ar
 OUTBOX_BATCH = 100  # reports a batch of one resume run
 OUTBOX_BATCHES = 50  # batches a run at most: 5000 reports, then the next run
 DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is not posted
+# "also on 11 other nodes: ..." for a report's sinks (app.service.fleet.FleetView.also_on)
+FleetNote = Callable[[Report], Awaitable[str]]
 
 
 class Outbox:
-    def __init__(self, delivery: DeliverySettings, store: ReportStore, sinks: list[Sink], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        delivery: DeliverySettings,
+        store: ReportStore,
+        sinks: list[Sink],
+        metrics: Metrics,
+        *,
+        fleet_note: FleetNote | None = None,
+    ) -> None:
         self.delivery = delivery
         self.store = store
         self.sinks = sinks
@@ -41,8 +51,7 @@ class Outbox:
         self.delivering: set[str] = set()  # report ids whose delivery runs (resume skips them)
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._resume_task: asyncio.Task[None] | None = None
-        # "also on 11 other nodes: ..." for a report's sinks (app.service.fleet.also_on, set by the app)
-        self.fleet_note: Callable[[Report], Awaitable[str]] | None = None
+        self.fleet_note = fleet_note
 
     def start(self) -> None:
         """Resume what a previous process left, then every OUTBOX_RETRY_SECONDS (with sinks only)."""

@@ -2,7 +2,7 @@
 
 Each sink is one small class with `name` and `async deliver(report, fleet) -> detail` that raises
 SinkError on failure (`fleet`: "also on 11 other nodes: a, b, c, ..." when the workload the report
-blames had reports on other nodes in the last hour, else ''; app.service.fleet.also_on); `deliver_with_retry` retries it with exponential backoff (bounded attempts)
+blames had reports on other nodes in the last hour, else ''; app.service.fleet.FleetView.also_on); `deliver_with_retry` retries it with exponential backoff (bounded attempts)
 and returns the SinkResult that goes into `report.sinks`.
 
 - Alertmanager (`PFI_ALERTMANAGER_URL`): `POST /api/v2/alerts` with one `MajorPageFaultsReport`
@@ -34,7 +34,8 @@ from app.investigation.recommend import verdict_text
 from app.investigation.who import who_line as _who
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
 from app.parsers.address import ALL_INTERFACES, AddressError, client_host, parse_listen_address
-from app.service.cluster.kube import KubeApi, KubeError, event_body
+from app.service.cluster.kube import ApiServerError, AsyncApiServer
+from app.service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ MAX_EVENT_PODS = 5
 ALERT_DURATION = timedelta(hours=1)
 
 
-class SinkError(Exception):
-    pass
+class SinkError(ServiceError):
+    """A sink refused or did not answer the delivery."""
 
 
 class Sink(Protocol):
@@ -183,7 +184,7 @@ def _quiet(report: Report) -> bool:
 class KubeEventsSink:
     name = "kubernetes-events"
 
-    def __init__(self, settings: SinkSettings, api: KubeApi) -> None:
+    def __init__(self, settings: SinkSettings, api: AsyncApiServer) -> None:
         self.settings = settings
         self.api = api
         self._done: dict[str, set[str]] = {}  # report id -> objects already given an event (retries)
@@ -225,18 +226,21 @@ class KubeEventsSink:
         return out
 
     def event(self, report: Report, namespace: str, obj: dict[str, Any], message: str) -> dict[str, Any]:
-        """An events.k8s.io/v1 Event about `obj` (app.collectors.apiserver.event_body)."""
-        return event_body(
-            namespace=namespace,
-            regarding=obj,
-            reason=EVENT_REASON,
-            note=_bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),
-            action="Investigated",
-            controller=f"pagefault-inspector.io/{COMPONENT}",
-            instance=report.node,
-            event_time=utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            type_="Normal" if _quiet(report) else "Warning",
-        )
+        """An events.k8s.io/v1 Event about `obj`; `eventTime` is RFC 3339 with microseconds (MicroTime).
+        The API server client only posts it (`create_event`)."""
+        return {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{COMPONENT}-", "namespace": namespace},
+            "eventTime": utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "action": "Investigated",
+            "reason": EVENT_REASON,
+            "note": _bounded(f"{message} (report {report.id})", EVENT_MESSAGE_MAX),  # the API server takes 1024
+            "type": "Normal" if _quiet(report) else "Warning",
+            "regarding": obj,
+            "reportingController": f"pagefault-inspector.io/{COMPONENT}",
+            "reportingInstance": report.node[:128],
+        }
 
     async def deliver(self, report: Report, fleet: str = "") -> str:
         done = self._done.setdefault(report.id, set())
@@ -251,7 +255,7 @@ class KubeEventsSink:
             try:
                 await self.api.create_event(namespace, self.event(report, namespace, obj, message))
                 done.add(ident)
-            except KubeError as exc:
+            except ApiServerError as exc:
                 errors.append(f"{ident}: {str(exc)[:200]}")
         if errors:
             raise SinkError("; ".join(errors))
@@ -327,7 +331,7 @@ class WebhookSink:
         return "report posted"
 
 
-def make_sinks(settings: SinkSettings, client: httpx.AsyncClient, api: KubeApi | None) -> list[Sink]:
+def make_sinks(settings: SinkSettings, client: httpx.AsyncClient, api: AsyncApiServer | None) -> list[Sink]:
     sinks: list[Sink] = []
     if settings.delivery.alertmanager_url:
         sinks.append(AlertmanagerSink(settings, client))

@@ -2,9 +2,9 @@
 
 - `GET /`: the fleet page when reports come from more than one node, else the report list.
 - `GET /workloads?sort=&order=&offset=`: the fleet page: every node's reports grouped by the
-  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet).
+  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet_page).
 - `GET /reports`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
-  (with the token, bounded time, asked concurrently: app.service.fleet.ask_peers); a peer that does
+  (with the token, bounded time, asked concurrently: app.service.cluster.peers.ask_peers); a peer that does
   not answer is listed as unreachable. Running and queued investigations of every node are shown
   with their progress.
 - `GET /reports/{id}`: the report page; a report of another node is fetched from its pod
@@ -21,21 +21,20 @@ import html
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
-from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
+from app.investigation.fleet import SORT_KEYS
 from app.models import Report
-from app.service.cluster.peers import Peer, PeerError
+from app.service.cluster.peers import Peer, PeerError, ask_peers
 from app.service.deps import StateDep
-from app.service.fleet import Fleet, ask_peers, fleet
+from app.service.fleet import Fleet
 from app.service.report_store import ReportSummary
+from app.service.root import Service
 from app.service.scheduler import Investigation
-from app.service.state import ServiceState
-from app.service.ui.fleet import FLEET_NODES_SHOWN, FleetPage, FleetRow, NodeLinkRow, render_fleet_page
+from app.service.ui.fleet_page import fleet_page_html
 from app.service.ui.render import (
     IndexRow,
     RunningRow,
@@ -48,7 +47,6 @@ ui = APIRouter()
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INDEX_LIMIT = 200
-FLEET_PAGE = 100  # workloads a fleet page shows; the rest are on the next pages
 
 
 def _dt(value: Any) -> datetime:
@@ -106,18 +104,18 @@ def _running_row(d: dict[str, Any]) -> RunningRow:
     )
 
 
-async def _index_page(state: ServiceState) -> HTMLResponse:
-    """The reports of every node, newest first (peers asked as app.service.fleet.ask_peers does)."""
+async def _index_page(state: Service) -> HTMLResponse:
+    """The reports of every node, newest first (peers asked as app.service.cluster.peers.ask_peers does)."""
     local: list[ReportSummary] = await asyncio.to_thread(state.store.list, limit=INDEX_LIMIT)
     rows = [_index_row(s.as_dict(), local=True) for s in local]
     running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
-    client = state.peer_client()
+    client = state.peer_client
 
     async def ask(peer: Peer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         reports, active = await asyncio.gather(client.reports(peer, INDEX_LIMIT), client.investigations(peer))
         return reports, active
 
-    answers, unreachable = await ask_peers(state, ask)
+    answers, unreachable = await ask_peers(state.peers, ask)
     for _peer, (reports, active) in answers:
         rows.extend(_index_row(s, local=False) for s in reports)
         running.extend(_running_row(d) for d in active)
@@ -127,60 +125,9 @@ async def _index_page(state: ServiceState) -> HTMLResponse:
     )
 
 
-def _causes_text(causes: dict[str, int]) -> str:
-    if len(causes) < 2:
-        return ""
-    ordered = sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ", ".join(f"{c.replace('_', ' ')} {n}" for c, n in ordered)
-
-
-def _fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
-    rec = row.recommendation
-    return FleetRow(
-        label=row.workload.label,
-        kind=row.workload.kind,
-        key=row.workload.key,
-        nodes=[
-            NodeLinkRow(
-                node=link.node,
-                url=f"/reports/{link.report_id}"
-                + ("" if link.node == local_node else "?" + urlencode({"node": link.node})),
-            )
-            for link in row.links[:FLEET_NODES_SHOWN]
-        ],
-        node_count=len(row.nodes),
-        reports=row.reports,
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        cause=row.cause,
-        causes=_causes_text(row.causes),
-        fault_kind=row.fault_kind,
-        file=row.file,
-        summary=row.summary,
-        limit_bytes=rec.recommended_limit_bytes if rec else None,
-        command=rec.command if rec else None,
-    )
-
-
-async def _fleet_page(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
+async def _fleet_page(state: Service, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
     # Sorted and rendered in a thread: many rows take a while, and /healthz shares this event loop.
-    return HTMLResponse(await asyncio.to_thread(_render_fleet, state, found, sort, order, offset))
-
-
-def _render_fleet(state: ServiceState, found: Fleet, sort: str, order: str, offset: int) -> str:
-    ordered = sort_rows(found.rows, sort, descending=order == "desc")
-    page = FleetPage(
-        rows=[_fleet_row(r, state.local.name) for r in ordered[offset : offset + FLEET_PAGE]],
-        total=len(ordered),
-        nodes=found.nodes_with_reports,
-        sort=sort,
-        descending=order == "desc",
-        offset=offset,
-        page_size=FLEET_PAGE,
-        unreachable=found.unreachable,
-        coverage=found.coverage(),
-    )
-    return render_fleet_page(page)
+    return HTMLResponse(await asyncio.to_thread(fleet_page_html, found, state.local.name, sort, order, offset))
 
 
 SortParam = Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")]
@@ -191,7 +138,7 @@ OffsetParam = Annotated[int, Query(ge=0, le=1_000_000)]
 @ui.get("/", response_class=HTMLResponse)
 async def landing(state: StateDep) -> HTMLResponse:
     """The fleet page when reports come from more than one node, else the report list."""
-    found = await fleet(state)
+    found = await state.fleet.gather()
     if found.nodes_with_reports > 1:
         return await _fleet_page(state, found, "last_seen", "desc", 0)
     return await _index_page(state)
@@ -206,7 +153,7 @@ async def index(state: StateDep) -> HTMLResponse:
 async def workloads(
     state: StateDep, sort: SortParam = "last_seen", order: OrderParam = "desc", offset: OffsetParam = 0
 ) -> HTMLResponse:
-    return await _fleet_page(state, await fleet(state), sort, order, offset)
+    return await _fleet_page(state, await state.fleet.gather(), sort, order, offset)
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
@@ -218,7 +165,7 @@ def _page(status: int, title: str, text: str) -> HTMLResponse:
 
 
 async def _find(
-    state: ServiceState, report_id: str, node: str | None, problems: list[str] | None = None
+    state: Service, report_id: str, node: str | None, problems: list[str] | None = None
 ) -> Report | Investigation | dict[str, Any] | None:
     """The report (local, else from a peer), or the local investigation, or a peer's running one.
     Peers that answered badly are added to `problems` (`node-b answered badly: ...`)."""
@@ -233,7 +180,7 @@ async def _find(
     if node:
         peers = [p for p in peers if p.node == node]
 
-    client = state.peer_client()
+    client = state.peer_client
 
     async def ask(peer: Peer) -> Report | dict[str, Any] | None:
         try:

@@ -22,7 +22,6 @@ from app.investigation.fleet import SORT_KEYS, sort_rows
 from app.service.alerts.intake import FORWARDED_HEADER, handle_alerts
 from app.service.alerts.payload import PayloadError, parse_payload
 from app.service.deps import StateDep, TokenRequired
-from app.service.fleet import fleet
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 @public.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    # in a thread: the findings' gauges read the store (app.service.state.ServiceState.findings)
+    # in a thread: the findings' gauges read the store (app.service.fleet.FleetView.findings)
     return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -89,7 +88,7 @@ async def post_alerts(
     except PayloadError:
         state.metrics.alerts.labels(outcome="rejected").inc()
         raise
-    answer = await handle_alerts(state, parsed, forwarded_from)
+    answer = await handle_alerts(state.intake, parsed, forwarded_from)
     names = sorted({a.alertname for a in parsed.alerts})
     # Label values are quoted (%r): whatever they hold, they stay inside this one line.
     log.info(
@@ -161,7 +160,7 @@ async def list_workloads(
             asyncio.to_thread(state.store.count, finished=True),
         )
         return {**base, "reports": count, "workloads": [r.model_dump(mode="json") for r in rows]}
-    found = await fleet(state, since=since, key=key)
+    found = await state.fleet.gather(since=since, key=key)
     ordered = sort_rows(found.rows, sort, descending=order == "desc")
     page = ordered[offset : offset + limit]
     return {

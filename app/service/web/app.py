@@ -1,13 +1,12 @@
 """The two ASGI apps: the API (webhook, reports, health, metrics) and the UI (report pages).
 
-`create_app` makes the API app; its lifespan builds the ServiceState (app.state.svc). The UI app
-made by `create_ui_app(api_app)` reads the same state: both run in one process and one event loop
+`create_app` makes the API app; its lifespan builds the service (app.service.root.build_service,
+kept as app.state.svc). The UI app made by `create_ui_app(api_app)` reads the same service: both run in one process and one event loop
 (see server.serve).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,12 +18,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
-from app.service.alerts.payload import PayloadError
 from app.service.cluster.peers import PeerDirectory
-from app.service.fleet import also_on
+from app.service.errors import ServiceError
 from app.service.report_store import ReportStore
+from app.service.root import Seams, build_service
 from app.service.scheduler import Investigator
-from app.service.state import ServiceState
 from app.service.ui.guard import install_ui_guard
 from app.service.web.api import api, public
 
@@ -32,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def payload_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, PayloadError)
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        # Every error the service raises on purpose (app.service.errors): its status and reason.
+        assert isinstance(exc, ServiceError)
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -57,7 +56,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    app.add_exception_handler(PayloadError, payload_error)
+    app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
@@ -79,15 +78,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await ServiceState.start(
-            settings,
-            investigator=investigator,
-            store=store,
-            transport=transport,
-            peers=peers,
-            token=token,
+        state = await build_service(
+            settings, Seams(investigator=investigator, store=store, transport=transport, peers=peers, token=token)
         )
-        state.outbox.fleet_note = functools.partial(also_on, state)
         app.state.svc = state
         try:
             yield

@@ -1,5 +1,5 @@
 """`pagefault-inspector serve`: the API and the UI, two uvicorn servers in one process and one
-event loop, sharing one ServiceState.
+event loop, sharing one service (app.service.root.Service).
 
 - API on `PFI_LISTEN_ADDRESS` (default [::]:8080, dual stack): the webhook, the JSON API, health, metrics.
 - UI on `PFI_UI_LISTEN_ADDRESS` (default 127.0.0.1:8081): the report pages, reached through

@@ -1,5 +1,7 @@
-"""Issue 19, the house: the defects found while putting the service in wings, each pinned by a test
-that fails without its fix."""
+"""A report's way through the service: one builder puts the report together (id, alerts, the
+recorder's lead-up or why there is none), the alerts' answer is typed, the outbox owns its
+deliveries, the store's gauges are read at scrape time, and the engine and the recorder share one
+pod directory. (Issue 19 pinned each of these defects with a test that fails without its fix.)"""
 
 from __future__ import annotations
 
@@ -7,21 +9,18 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
-from app.config import TRACER_CHOICES, TRACER_NAMES, Settings
 from app.investigation.lead_up import NO_HISTORY_CLI
 from app.investigation.report import CLI_LEAD_UP, LeadUp, build_report
 from app.models import Cause, History, HistoryCgroup, HistoryPod, Report, Trigger
-from app.parsers.address import AddressError, split_host_port
 from app.service.alerts.intake import Accepted, AlertsAnswer, Forwarded, Ignored, Outcomes
 from app.service.alerts.payload import IncomingAlert
 from app.service.delivery.outbox import Outbox
 from app.service.metrics import Metrics
 from app.service.report_store import ReportStore
-from app.tracers import registry
 from tests.service_support import (
     AUTH,
     FakeEngine,
@@ -32,40 +31,6 @@ from tests.service_support import (
     service,
     wait_for,
 )
-
-
-def test_settings_name_the_registry_backends_in_order():
-    """app.config keeps the backend names as a literal (it no longer imports the tracers); they are
-    the registry's backends, by their classes' own names, in the order auto tries them."""
-    assert tuple(registry.ORDER) == TRACER_NAMES
-    assert [registry.make_tracer(n, Settings()).name for n in TRACER_NAMES] == list(TRACER_NAMES)
-    assert registry.CHOICES == TRACER_CHOICES == ("auto", *TRACER_NAMES)
-
-
-def test_registry_refuses_names_that_differ():
-    with pytest.raises(RuntimeError, match="differ from app.config.TRACER_NAMES"):
-        registry.check_names(["perf-major", "procfs"], ("procfs", "perf-major"))
-    with pytest.raises(RuntimeError):
-        registry.check_names([*registry.ORDER, "ftrace"], TRACER_NAMES)
-    registry.check_names(list(registry.ORDER), TRACER_NAMES)
-
-
-def test_settings_refuse_an_unknown_tracer(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PFI_TRACER", "ftrace")
-    with pytest.raises(ValidationError, match="unknown tracer 'ftrace'; one of auto, perf-major"):
-        Settings()
-
-
-def test_settings_load_without_the_tracers():
-    """The settings module imports no tracer (the 9-module circle through app.config is gone)."""
-    import subprocess
-    import sys
-
-    code = "import sys, app.config; app.config.Settings(); print(sorted(m for m in sys.modules if m.startswith('app.tracers')))"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"
-
 
 # --- one place builds a report --------------------------------------------------------------------
 
@@ -236,139 +201,6 @@ def test_store_gauges_are_read_when_scraped(tmp_path: Path) -> None:
         assert "pfi_store_ready 1.0" in client.get("/metrics").text
 
 
-# --- one host:port parser --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("ui", "url"),
-    [
-        ("127.0.0.1:8081", "http://127.0.0.1:8081/reports/r1"),
-        ("*:8081", "http://127.0.0.1:8081/reports/r1"),  # was http://*:8081
-        (":9000", "http://127.0.0.1:9000/reports/r1"),
-        ("[::]:8081", "http://127.0.0.1:8081/reports/r1"),
-        ("0.0.0.0:8081", "http://127.0.0.1:8081/reports/r1"),
-        ("localhost", "http://localhost:8081/reports/r1"),  # was http://127.0.0.1:localhost
-        ("localhost:8090", "http://localhost:8090/reports/r1"),
-        ("[::1]:8081", "http://[::1]:8081/reports/r1"),  # was http://[::1]:8081 only by luck
-        ("[fd00::7]", "http://[fd00::7]:8081/reports/r1"),
-        ("fd00::7", "http://[fd00::7]:8081/reports/r1"),  # was http://fd00::7:8081 (no brackets)
-    ],
-)
-def test_report_url_from_any_ui_listen_address(tmp_path: Path, ui: str, url: str) -> None:
-    from app.service.delivery.sinks import report_url
-
-    assert report_url(make_settings(tmp_path, ui_listen_address=ui, public_url=None).web, "r1") == url
-
-
-@pytest.mark.parametrize(
-    ("ui", "warns"),
-    [("127.0.0.1:8081", False), ("localhost", False), ("[::1]", False), ("localhost:8081", False),
-     ("*:8081", True), ("[::]:8081", True), ("10.0.0.5:8081", True), ("fd00::7", True)],
-)
-def test_ui_exposure_warning_reads_the_address_like_serve(tmp_path: Path, ui: str, warns: bool) -> None:
-    """`localhost` without a port is loopback (it warned before: the port-less address lost its host)."""
-    from app.service.ui.guard import allowed_ui_hosts, ui_exposure_warning
-
-    assert (ui_exposure_warning(make_settings(tmp_path, ui_listen_address=ui).web) is not None) == warns
-    assert "*" not in allowed_ui_hosts(make_settings(tmp_path, ui_listen_address=ui).web)
-
-
-@pytest.mark.parametrize(
-    ("text", "parts"),
-    [("10.0.3.7:9100", ("10.0.3.7", "9100")), ("[fd00::1]:9100", ("fd00::1", "9100")), ("[fd00::1]", ("fd00::1", None)),
-     ("fd00::1", ("fd00::1", None)), ("node-a", ("node-a", None)), (":8080", ("", "8080")), ("*:8081", ("*", "8081")),
-     (" Node-A:1 ", ("Node-A", "1"))],
-)
-def test_split_host_port(text: str, parts: tuple[str, str | None]) -> None:
-    assert split_host_port(text) == parts
-
-
-@pytest.mark.parametrize("text", ["[fd00::1", "[fd00::1]9100", "[::1]x"])
-def test_split_host_port_refuses_broken_brackets(text: str) -> None:
-    with pytest.raises(AddressError):
-        split_host_port(text)
-
-
-# --- broad excepts narrowed: what we expect is reported, our own bugs surface with their traceback ------
-
-
-def test_cli_reports_a_bad_setting_but_not_a_bug(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    import app.cli
-
-    monkeypatch.setenv("PFI_INVESTIGATION_SECONDS", "-1")
-    assert app.cli.main(["probe", "--format", "json"]) == 2
-    err = capsys.readouterr().err
-    assert "bad setting" in err and "investigation_seconds" in err
-    monkeypatch.delenv("PFI_INVESTIGATION_SECONDS")
-
-    def broken() -> Settings:
-        raise KeyError("a bug in a validator")
-
-    monkeypatch.setattr(app.cli, "Settings", broken)
-    with pytest.raises(KeyError, match="a bug in a validator"):  # was: "bad setting: 'a bug in a validator'", exit 2
-        app.cli.main(["probe"])
-
-
-def _kubelet_settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, kubelet_url="https://127.0.0.1:1", apiserver_fallback=False)
-
-
-def test_kubelet_unreachable_is_an_attribution_error(tmp_path: Path) -> None:
-    from app.collectors.kubelet import PodDirectory
-
-    index, attribution = PodDirectory(_kubelet_settings(tmp_path)).index()
-    assert index is None and attribution.error is not None and "unreachable" in attribution.error
-
-
-def test_a_bug_while_asking_the_kubelet_is_not_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib3
-
-    from app.collectors.kubelet import PodDirectory
-
-    def bug(*_a: object, **_k: object) -> None:
-        raise TypeError("a bug of ours")
-
-    monkeypatch.setattr(urllib3.PoolManager, "request", bug)
-    with pytest.raises(TypeError, match="a bug of ours"):  # was: attribution "kubelet unreachable: TypeError"
-        PodDirectory(_kubelet_settings(tmp_path)).index()
-
-
-def test_a_bug_in_an_api_server_call_is_not_unreachable() -> None:
-    from app.collectors.apiserver import ApiServer, ApiServerConfig, ApiServerError
-
-    api = ApiServer(ApiServerConfig("PFI_APISERVER_URL", "https://127.0.0.1:1", None, None, None, 2.0))
-
-    def refused(_client: object) -> object:
-        raise ConnectionRefusedError(111, "Connection refused")
-
-    with pytest.raises(ApiServerError, match="unreachable: connection refused"):
-        api._call("test", refused)
-
-    def bug(_client: object) -> object:
-        raise AttributeError("a bug of ours")
-
-    with pytest.raises(AttributeError, match="a bug of ours"):  # was: ApiServerError "unreachable: AttributeError"
-        api._call("test", bug)
-    api.close()
-
-
-def test_a_pod_directory_bug_fails_the_recorder_sample(tmp_path: Path) -> None:
-    """It used to be one warning line without traceback per sample, with the pod left unnamed; now the
-    sample raises and the service's recorder thread logs it with its traceback."""
-    from app.collectors.flight_recorder import FaultRecorder
-    from tests.test_recorder import V2_B, Node
-
-    class BrokenPods:
-        def pod_for(self, ref: object) -> None:
-            raise ZeroDivisionError("a bug of ours")
-
-    n = Node(tmp_path, 2)
-    n.set(V2_B, 70)
-    rec = FaultRecorder(n.cg, n.proc, interval=10, retention=60, pods=BrokenPods())
-    with pytest.raises(ZeroDivisionError):
-        rec.sample()
-
-
 # --- one pod directory ---------------------------------------------------------------------------------
 
 
@@ -376,14 +208,14 @@ def test_the_engine_and_the_recorder_share_one_pod_directory(tmp_path: Path, mon
     """One kubelet PodList cache per service: the flight recorder's lookups and the investigations'
     go to the same directory (there were two, each asking the kubelet)."""
     import app.investigation.engine
-    from app.service.state import ServiceState
+    from app.service.root import Seams, build_service
 
     seen: list[object] = []
     monkeypatch.setattr(app.investigation.engine, "investigate", lambda *a, edges, **k: seen.append(edges.pods))
     settings = make_settings(tmp_path, recorder_interval_seconds=5, cgroup_root=tmp_path / "no-cgroups")
 
     async def run() -> None:
-        state = await ServiceState.start(settings, store=None, token="t" * 32)
+        state = await build_service(settings, Seams(token="t" * 32))
         try:
             assert state.recorder is not None and state.recorder.recorder is not None
             assert state.recorder.recorder.pods is state.pods
@@ -423,3 +255,49 @@ def test_service_report_carries_the_recorders_lead_up(tmp_path: Path) -> None:
     h = doc["history"]
     assert h is not None and h["node_major_faults"] == 5000
     assert h["cgroups"] and h["cgroups"][0]["major_faults"] == 5000
+
+
+# --- one composition root ------------------------------------------------------------------------------
+
+
+def test_a_service_built_without_the_web_app_gives_its_sinks_the_fleet_line(tmp_path: Path) -> None:
+    """The outbox gets the fleet's "also on" line when it is built (it used to be set on it by the web
+    app after the service started: a service built without the app, as the storm harness builds
+    them, posted its reports without the line)."""
+    import json
+
+    import httpx
+
+    from app.service.root import Seams, build_service
+    from tests.e2e.sample_reports import deployment_pod_report
+
+    peer_store = ReportStore(tmp_path / "node-b")
+    assert peer_store.open() and peer_store.put(deployment_pod_report("node-b", 2, minutes_ago=5))
+    posted: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "am.test":
+            posted.extend(json.loads(request.content))
+            return httpx.Response(200, json={})
+        rows = peer_store.workloads(key=request.url.params.get("key"))
+        body = {"node": "node-b", "scope": "node", "reports": peer_store.count(finished=True),
+                "workloads": [r.model_dump(mode="json") for r in rows]}
+        return httpx.Response(200, json=body)
+
+    settings = make_settings(tmp_path, alertmanager_url="http://am.test:9093", static_peers="node-b=http://node-b.test:8080")
+    mine = deployment_pod_report("node-a", 1, minutes_ago=1)
+
+    async def run() -> None:
+        service = await build_service(settings, Seams(transport=httpx.MockTransport(answer), token="t" * 32))
+        try:
+            await service.outbox.send(mine, [])
+            deadline = time.monotonic() + 60  # the delivery runs in the outbox's own task
+            while not posted and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await service.stop()
+
+    asyncio.run(run())
+    peer_store.close()
+    assert posted, "nothing reached Alertmanager"
+    assert posted[0]["annotations"]["also_on"] == "also on 1 other node: node-b"

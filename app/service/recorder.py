@@ -1,11 +1,11 @@
 """The flight recorder in the service: a sampling thread, the lead-up in every report, /metrics, and
 watch mode (issue 12).
 
-- `RecorderService.start()` runs app.collectors.flight_recorder.FaultRecorder every
-  PFI_RECORDER_INTERVAL_SECONDS in a daemon thread (file reads and kubelet lookups block; never on the
-  event loop). `stop()` ends it (bounded).
-- `lead_up(trigger, until)` cuts the lead-up out of the ring (app.investigation.lead_up.lead_up_since)
-  for the scheduler, which builds the report with it (app.investigation.report.build_report).
+- `make_ring` makes the ring (app.collectors.flight_recorder.FaultRecorder), or None when it is off.
+- `LeadUps(ring)(trigger, until)` cuts the lead-up out of the ring (app.investigation.lead_up.lead_up_since)
+  for the report pipeline, which builds the report with it (app.investigation.report.build_report).
+- `RecorderService.start()` samples the ring every PFI_RECORDER_INTERVAL_SECONDS in a daemon thread
+  (file reads and kubelet lookups block; never on the event loop). `stop()` ends it (bounded).
 - Watch mode (PFI_WATCH_THRESHOLD > 0): when the recorded node rate stays above the threshold for
   PFI_WATCH_FOR_SECONDS, a Trigger(kind="watch", rate, since) is submitted to the scheduler on the
   event loop under one key per node, so the scheduler, its cooldown and the sinks treat it like
@@ -22,51 +22,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
 
 from app.collectors.flight_recorder import FaultRecorder, PodLookup, Tick
 from app.config import NodeSettings, RecorderSettings
 from app.investigation.lead_up import lead_up_since
 from app.investigation.report import LeadUp
 from app.models import Trigger, utcnow
+from app.service.metrics import RecorderMetrics
 
-__all__ = ["RecorderMetrics", "RecorderService", "WatchState", "watch_submitter"]
+__all__ = ["LeadUps", "RecorderService", "WatchState", "make_ring", "watch_submitter"]
 
 log = logging.getLogger(__name__)
 
 HISTORY_TOP = 10
 STOP_SECONDS = 5.0
-SAMPLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-
-
-class RecorderMetrics:
-    """The recorder's own cost and the node rate it sees, in the service's registry (no per-container
-    series: cAdvisor has them)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.samples = Counter("pfi_recorder_samples", "Samples the flight recorder took", registry=r)
-        self.duration = Histogram(
-            "pfi_recorder_sample_duration_seconds",
-            "Wall time of one recorder sample (every memory cgroup and /proc/vmstat)",
-            buckets=SAMPLE_BUCKETS,
-            registry=r,
-        )
-        self.node_rate = Gauge(
-            "pfi_recorder_node_major_faults_per_second",
-            "The node's major faults per second over the recorder's last interval (/proc/vmstat pgmajfault)",
-            registry=r,
-        )
-        self.cgroups = Gauge("pfi_recorder_cgroups", "Memory cgroups the recorder reads", registry=r)
-        self.series = Gauge("pfi_recorder_series", "Containers and host groups with a series in the ring", registry=r)
-        self.watch = Counter(
-            "pfi_watch_triggers",
-            "Watch-mode triggers (node rate above PFI_WATCH_THRESHOLD long enough), by what the scheduler did",
-            ["outcome"],
-            registry=r,
-        )
 
 
 @dataclass
@@ -97,38 +67,58 @@ class WatchState:
         return self.faults / self.seconds if self.seconds > 0 else 0.0
 
 
-class RecorderServiceSettings(Protocol):
-    """What the recorder and watch mode read: their group, and the node (its name and kernel paths). `app.config.Settings` is one."""
+def make_ring(node: NodeSettings, recorder: RecorderSettings, pods: PodLookup | None) -> FaultRecorder | None:
+    """The flight recorder's ring (app.collectors.flight_recorder), None when it is off
+    (PFI_RECORDER_INTERVAL_SECONDS=0). Made before the report pipeline, which reads its lead-ups,
+    and before the sampling thread, which fills it."""
+    if recorder.recorder_interval_seconds <= 0:
+        return None
+    return FaultRecorder(
+        node.cgroup_root,
+        node.proc_root,
+        interval=recorder.recorder_interval_seconds,
+        retention=recorder.recorder_retention_seconds,
+        pods=pods,
+    )
 
-    @property
-    def recorder(self) -> RecorderSettings: ...
 
-    @property
-    def node(self) -> NodeSettings: ...
+@dataclass(frozen=True)
+class LeadUps:
+    """The lead-up to a trigger, cut out of the ring (for the report pipeline, which builds the
+    report with it: app.investigation.report.build_report)."""
+
+    ring: FaultRecorder | None
+
+    def __call__(self, trigger: Trigger, until: datetime) -> LeadUp:
+        """What the ring holds of the lead-up to `trigger`; never raises."""
+        if self.ring is None:
+            return LeadUp(None, "no history: the recorder is off (PFI_RECORDER_INTERVAL_SECONDS=0)")
+        try:
+            history = self.ring.history(lead_up_since(trigger, until), until, HISTORY_TOP)
+        except Exception as exc:
+            log.exception("reading the recorder's history failed")
+            return LeadUp(None, f"no history: {type(exc).__name__}")
+        if history is None:
+            return LeadUp(None, "no history yet: the recorder has no sample in the lead-up")
+        return LeadUp(history)
 
 
 class RecorderService:
+    """The sampling thread over the ring, its metrics, and watch mode's trigger (`on_watch`: the
+    scheduler's submit on the event loop, `watch_submitter`)."""
+
     def __init__(
         self,
-        settings: RecorderServiceSettings,
-        registry: CollectorRegistry,
-        pods: PodLookup | None,
+        recorder: RecorderSettings,
+        metrics: RecorderMetrics,
+        ring: FaultRecorder | None,
         *,
         on_watch: Callable[[Trigger], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.metrics = RecorderMetrics(registry)
-        self.enabled = settings.recorder.recorder_interval_seconds > 0
-        self.recorder: FaultRecorder | None = None
-        if self.enabled:
-            self.recorder = FaultRecorder(
-                settings.node.cgroup_root,
-                settings.node.proc_root,
-                interval=settings.recorder.recorder_interval_seconds,
-                retention=settings.recorder.recorder_retention_seconds,
-                pods=pods,
-            )
-        self.watch = WatchState(settings.recorder.watch_threshold, settings.recorder.watch_for_seconds)
+        self.metrics = metrics
+        self.recorder = ring
+        self.enabled = ring is not None
+        self.watch = WatchState(recorder.watch_threshold, recorder.watch_for_seconds)
         self.on_watch = on_watch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,31 +178,11 @@ class RecorderService:
             )
         return t
 
-    def connect(self, submit: Callable[[Trigger, str], Any]) -> None:
-        """Send watch-mode triggers to the scheduler's `submit` (on the running loop), and start."""
-        self.on_watch = watch_submitter(asyncio.get_running_loop(), submit, self.settings.node.node_name, self.metrics)
-        self.start()
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(STOP_SECONDS)
             self._thread = None
-
-    # --- reports -------------------------------------------------------------------------------------
-
-    def lead_up(self, trigger: Trigger, until: datetime) -> LeadUp:
-        """What the ring holds of the lead-up to `trigger` (for build_report); never raises."""
-        if self.recorder is None:
-            return LeadUp(None, "no history: the recorder is off (PFI_RECORDER_INTERVAL_SECONDS=0)")
-        try:
-            history = self.recorder.history(lead_up_since(trigger, until), until, HISTORY_TOP)
-        except Exception as exc:
-            log.exception("reading the recorder's history failed")
-            return LeadUp(None, f"no history: {type(exc).__name__}")
-        if history is None:
-            return LeadUp(None, "no history yet: the recorder has no sample in the lead-up")
-        return LeadUp(history)
 
 
 def watch_submitter(loop: asyncio.AbstractEventLoop, submit: Callable[[Trigger, str], Any], node: str,

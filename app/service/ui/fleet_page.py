@@ -1,6 +1,7 @@
 """The fleet page: one row a workload across every node (app.investigation.fleet), sortable by
 links in the column heads and paged by links under the table: no JavaScript. Pure, like
-render.py: data in, HTML out; every value is escaped by the template."""
+render.py: what the fleet wing gathered (app.service.fleet.Fleet) in, HTML out; every value is
+escaped by the template."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlencode
 
-from app.investigation.fleet import SORT_KEYS
+from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
+from app.service.fleet import Fleet
 from app.service.ui.render import CAUSE_LABELS, _env
 
-__all__ = ["FLEET_NODES_SHOWN", "FleetPage", "FleetRow", "NodeLinkRow", "render_fleet_page"]
+__all__ = [
+    "FLEET_NODES_SHOWN",
+    "FLEET_PAGE",
+    "FleetPage",
+    "FleetRow",
+    "NodeLinkRow",
+    "fleet_page_html",
+    "fleet_row",
+    "render_fleet_page",
+]
 
+FLEET_PAGE = 100  # workloads a fleet page shows; the rest are on the next pages
 FLEET_NODES_SHOWN = 12  # node links written in a row; the rest is counted ("and 988 more")
 COLUMNS = [  # (sort key or '', heading); one column may hold two sort links
     ("workload", "workload"),
@@ -103,3 +115,56 @@ def render_fleet_page(page: FleetPage) -> str:
             title="Workloads across the fleet",
         )
     )
+
+
+def _causes_text(causes: dict[str, int]) -> str:
+    if len(causes) < 2:
+        return ""
+    ordered = sorted(causes.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{c.replace('_', ' ')} {n}" for c, n in ordered)
+
+
+def fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
+    rec = row.recommendation
+    return FleetRow(
+        label=row.workload.label,
+        kind=row.workload.kind,
+        key=row.workload.key,
+        nodes=[
+            NodeLinkRow(
+                node=link.node,
+                url=f"/reports/{link.report_id}"
+                + ("" if link.node == local_node else "?" + urlencode({"node": link.node})),
+            )
+            for link in row.links[:FLEET_NODES_SHOWN]
+        ],
+        node_count=len(row.nodes),
+        reports=row.reports,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        cause=row.cause,
+        causes=_causes_text(row.causes),
+        fault_kind=row.fault_kind,
+        file=row.file,
+        summary=row.summary,
+        limit_bytes=rec.recommended_limit_bytes if rec else None,
+        command=rec.command if rec else None,
+    )
+
+
+def fleet_page_html(found: Fleet, local_node: str, sort: str, order: str, offset: int) -> str:
+    """The fleet page of what the fleet wing gathered (app.service.fleet.FleetView.gather): sorted,
+    one page of FLEET_PAGE rows from `offset`."""
+    ordered = sort_rows(found.rows, sort, descending=order == "desc")
+    page = FleetPage(
+        rows=[fleet_row(r, local_node) for r in ordered[offset : offset + FLEET_PAGE]],
+        total=len(ordered),
+        nodes=found.nodes_with_reports,
+        sort=sort,
+        descending=order == "desc",
+        offset=offset,
+        page_size=FLEET_PAGE,
+        unreachable=found.unreachable,
+        coverage=found.coverage(),
+    )
+    return render_fleet_page(page)
