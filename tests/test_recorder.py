@@ -406,6 +406,17 @@ def test_verdict_kept_when_the_window_explains_the_lead_up():
     assert apply_lead_up(report, _history(series)).verdict == report.verdict
 
 
+def test_verdict_kept_when_the_lead_up_top_still_faults_below_another_process():
+    """The lead-up's top container is in the window, ranked second behind a process that outfaulted it
+    there: it did not stop before the window (the report names it), so no stopped_before_window."""
+    series = [8400 * 60] * 30
+    me = PodRef(namespace="billing", name="nightly-report", uid=UID_A, container="report")
+    report = _report([_proc(7, 300_000, cgroup="/system.slice/backup.service"), _proc(1, 250_000, me)],
+                     summary="cold reads of /var/backup by host process backup (pid 7)")
+    out = apply_lead_up(report, _history(series, [100 * 60] * 30))
+    assert out.verdict == report.verdict and out.history is not None
+
+
 def test_verdict_rewritten_when_the_window_top_explains_under_half():
     series = [6000 * 60] * 10 + [0] * 20
     other = [100 * 60] * 30  # a host service that still faults a little

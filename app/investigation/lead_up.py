@@ -135,11 +135,14 @@ def apply_lead_up(report: Report, history: History | None) -> Report:
     if top.major_faults < MIN_FAULTS:
         return report
     total = max(history.node_major_faults, sum(c.major_faults for c in history.cgroups), 1)
-    window_top = report.processes[0] if report.processes and report.processes[0].major_faults > 0 else None
-    if window_top is not None:
-        explained = sum(c.major_faults for c in history.cgroups if matches(window_top, c))
-        if explained >= EXPLAINS * total:
-            return report
+    faulting = [p for p in report.processes if p.major_faults > 0]
+    window_top = faulting[0] if faulting else None
+    # The window explains the lead-up when its faulting processes (any of them, not only its top: another
+    # workload can outrank the culprit in the window) are in the lead-up's groups that made most of its
+    # faults, or when the lead-up's top group is still faulting in the window (it did not stop before it).
+    explained = sum(c.major_faults for c in history.cgroups if any(matches(p, c) for p in faulting))
+    if explained >= EXPLAINS * total or any(matches(p, top) for p in faulting):
+        return report
     start, end, rate = burst(history, top)
     fine = (end - start) < timedelta(minutes=2)
     when = f"from {_clock(start, fine)} to {_clock(end, fine)} UTC"
