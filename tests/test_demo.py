@@ -25,6 +25,9 @@ CMD = [sys.executable, "-m", "app.cli", "demo"]
 ENV = dict(os.environ, COLUMNS="250", PYTHONPATH=str(REPO))  # wide: the report's lines are not folded
 STARTED = re.compile(r"demo: process (\d+) \(pfi-demo\) re-reads it through mmap in memory cgroup (\S+) \(v[12]\)")
 WRITING = re.compile(r"demo: writing (\S+) \(128 MiB\)")
+# The VM tier's guest (TCG) runs many times slower than a host: scripts/vm/guest.sh measures by how much,
+# and the budgets below scale by it there (1 elsewhere).
+SLOWDOWN = max(1.0, float(os.environ.get("PFI_VM_SLOWDOWN", "1") or 1))
 
 
 def _needs_root() -> None:
@@ -64,7 +67,7 @@ def _gone(pid: int, start: int | None, cgroup: Path, file: Path) -> None:
 def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> None:
     _needs_root()
     t0 = time.monotonic()
-    res = subprocess.run(CMD, capture_output=True, text=True, timeout=120, env=ENV, cwd="/")
+    res = subprocess.run(CMD, capture_output=True, text=True, timeout=min(900, 120 * SLOWDOWN), env=ENV, cwd="/")
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     pid, cgroup, file = _made(res.stderr)
@@ -97,7 +100,8 @@ def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> Non
     _gone(pid, None, cgroup, file)
     # What it protects: a new user's first run (the README says about 15 s; 30 s is the budget issue 16
     # gave it), in the workloads pass, one test at a time; not a speed measurement.
-    assert took < 30, f"the demo took {took:.1f} s (its budget for a user's first run: 30 s)"
+    print(f"demo: {took:.0f} s, limit {mib} MiB; its stderr: " + " / ".join(res.stderr.strip().splitlines()[-4:]))
+    assert took < 30 * SLOWDOWN, f"the demo took {took:.1f} s (its budget for a user's first run: 30 s x {SLOWDOWN:g})"
 
 
 @pytest.mark.root
