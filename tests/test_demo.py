@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.collectors.cgroupmem import memory_hierarchy
+from app.demo import WINDOW_MAX, WINDOW_SECONDS
 from app.tracers.leftovers import alive, starttime
 from tests.workloads import forget_process, record_process
 
@@ -101,7 +102,10 @@ def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> Non
     # What it protects: a new user's first run (the README says about 15 s; 30 s is the budget issue 16
     # gave it), in the workloads pass, one test at a time; not a speed measurement.
     print(f"demo: {took:.0f} s, limit {mib} MiB; its stderr: " + " / ".join(res.stderr.strip().splitlines()[-4:]))
-    assert took < 30 * SLOWDOWN, f"the demo took {took:.1f} s (its budget for a user's first run: 30 s x {SLOWDOWN:g})"
+    # On a slow machine (the VM guest) the budget scales by its slowdown, and the window may grow to WINDOW_MAX
+    # by design (one pass over the file at the rate it measured).
+    budget = 30 * SLOWDOWN + (WINDOW_MAX - WINDOW_SECONDS if SLOWDOWN > 1 else 0)
+    assert took < budget, f"the demo took {took:.1f} s (its budget for a user's first run: {budget:.0f} s)"
 
 
 @pytest.mark.root
@@ -267,3 +271,15 @@ def test_the_warm_up_waits_longer_on_a_slow_machine_and_says_why_it_gives_up() -
     assert why is not None and "100/s" in why and "349 s more" in why and "/var/tmp" in why, why
     why = warmup_gives_up(0, needed, 20.0, where)  # nothing at all
     assert why is not None and "made only 0 major faults" in why, why
+
+
+def test_the_window_sees_the_whole_file_once_at_the_warm_ups_rate() -> None:
+    """A 5 s window at a TCG guest's ~1,200 faults/s saw 56 MiB of the 128 MiB file, and the demo recommended
+    80 MiB, a limit under which its workload still faulted. The window is one pass at the warm-up's rate
+    (+25%): 5 s on this host's ~11,000/s, 35 s at 1,200/s, at most 60 s."""
+    from app.demo import pass_window
+
+    pages = (128 << 20) // 4096
+    assert pass_window(11_000, pages) == WINDOW_SECONDS
+    assert pass_window(1_200, pages) == 35.0
+    assert pass_window(100, pages) == pass_window(0, pages) == WINDOW_MAX

@@ -550,7 +550,7 @@ def whole_pass_window(pid: int, mb: int = FILE_MB) -> float:
     f0 = majflt(pid)
     time.sleep(1.0)
     rate = max(1.0, float(majflt(pid) - f0))
-    return min(WHOLE_PASS_MAX, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
+    return min(WHOLE_PASS_MAX * SLOWDOWN, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
 
 
 def recommendation_cell(o: Outcome) -> str:
