@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.service import logs
     from app.service.web.server import serve
 
-    logs.configure(settings.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    logs.configure(settings.web.log_format, logging.DEBUG if args.verbose else logging.INFO)
     serve(settings)
     return 0
 
@@ -78,7 +78,7 @@ def _investigate(settings: Settings, args: Any) -> int:
     if args.tracer:
         updates["tracer"] = args.tracer
     if updates:
-        settings = settings.model_copy(update=updates)
+        settings = settings.updated(**updates)
     if args.seconds is not None and not 0 < args.seconds <= 600:
         _fail("--seconds must be in (0, 600]")
         return 2

@@ -1,17 +1,24 @@
 """Settings, read from `PFI_` environment variables (the Helm chart sets the same names).
 
-One object for the engine and the service so that a name means the same thing everywhere. It stays
-one flat model (a field `foo_bar` is `PFI_FOO_BAR`); the comments below group the fields by what they
-are for. Every field says what it holds, its unit, and why the default is what it is
+Grouped by the part of the code that reads them: `settings.tracing` for the tracer backends,
+`settings.kubelet` for the kubelet client, `settings.delivery` for the sinks, and so on; each part is
+handed its group only. A field keeps its flat name inside its group, so `foo_bar` is still `PFI_FOO_BAR`
+(each group is a BaseSettings with the prefix PFI_ that reads its own names; unknown PFI_ names are
+ignored). Every field says what it holds, its unit, and why the default is what it is
 (tests/test_settings.py checks that none is left undescribed).
+
+Construction shorthand: `Settings(tracer="procfs", node_name="node-a")` takes the fields by their flat
+names and hands each to its group (the environment fills the rest, as before); `settings.updated(...)`
+is the same for a copy. Reads always go through the group: `settings.tracing.tracer`.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -30,10 +37,15 @@ TRACER_AUTO = "auto"  # the first backend of TRACER_NAMES that works here
 TRACER_CHOICES: tuple[str, ...] = (TRACER_AUTO, *TRACER_NAMES)  # what PFI_TRACER and --tracer accept
 
 
-class Settings(BaseSettings):
+class _Group(BaseSettings):
+    """One part's settings, each field read from PFI_<FIELD> (the names the chart and README use)."""
+
     model_config = SettingsConfigDict(env_prefix="PFI_", extra="ignore")
 
-    # --- this node, and where its kernel files are -------------------------------------------------
+
+class NodeSettings(_Group):
+    """This node: its name and addresses, and where its kernel files are mounted (procfs, cgroup, sysfs)."""
+
     node_name: str = Field(
         default_factory=socket.gethostname,
         description="This node's name, as Kubernetes knows it: reports carry it, and alerts naming it are"
@@ -54,37 +66,35 @@ class Settings(BaseSettings):
         description="Where the node's cgroup filesystem is mounted. /sys/fs/cgroup on the host; a"
         " container sees only its own cgroup there, so the chart mounts the host's at /host/sys/fs/cgroup.",
     )
-    tracefs_root: Path = Field(
-        default=Path("/sys/kernel/tracing"),
-        description="Where tracefs is mounted (tracepoint formats for perf-tracepoint and bpftrace-kprobe)."
-        " /sys/kernel/tracing is the kernel's own mount point since 4.1.",
-    )
-
     sysfs_root: Path = Field(
         default=Path("/sys"),
         description="Where sysfs is mounted: CPUs online (to size bpftrace's per-CPU maps), BTF and the"
         " kernel lockdown mode. /sys on the host and in the pod (the chart mounts what it needs).",
     )
 
-    # --- the investigation: how long, which tracer, and its bounds -------------------------------
+
+class TracingSettings(_Group):
+    """The tracer backends: which one, their binaries, tracefs, their bounds and deadlines."""
+
     tracer: str = Field(
         default="auto",
         description="Tracer backend: 'auto' (the first of TRACER_NAMES that works here,"
         " exact major faults first) or one backend's name, tried first with the others as fallback.",
     )
-    investigation_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        le=600,
-        description="Length of one investigation window, in seconds. 30: long enough for a per-second"
-        " series and steady rates, short enough to report while the alert is still firing.",
+    tracefs_root: Path = Field(
+        default=Path("/sys/kernel/tracing"),
+        description="Where tracefs is mounted (tracepoint formats for perf-tracepoint and bpftrace-kprobe)."
+        " /sys/kernel/tracing is the kernel's own mount point since 4.1.",
     )
-    top: int = Field(
-        default=10,
-        ge=1,
-        le=200,
-        description="How many processes a report lists, by major faults/s. 10 fits one screen; the"
-        " culprit is almost always in the first three.",
+    perf_path: str = Field(
+        default="perf",
+        description="The perf binary: a path, or a name looked up on PATH (the image installs Debian's"
+        " linux-perf).",
+    )
+    bpftrace_path: str = Field(
+        default="bpftrace",
+        description="The bpftrace binary: a path, or a name looked up on PATH (the image installs"
+        " Debian's bpftrace).",
     )
     tracer_max_output_bytes: int = Field(
         default=256 * 1024 * 1024,
@@ -100,6 +110,54 @@ class Settings(BaseSettings):
         " further pages are counted as dropped. 262,144 pages of 4 KiB is 1 GiB of distinct faulting"
         " memory, at a few tens of MiB of memory for the counts.",
     )
+    tracer_exit_grace_seconds: float = Field(
+        default=60.0, ge=5, le=3600,
+        description="bpftrace programs exit by themselves this many seconds after their window, even if"
+        " nobody stops them (the inspector was SIGKILLed). 60: far past any normal hand-over, short"
+        " enough that a forgotten probe costs little.",
+    )
+    perf_start_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="How long perf record has to start and acknowledge 'enable' on its control pipe, in"
+        " seconds; past it the backend fails and the next one is tried. 15: perf reads /proc for every"
+        " task of a big node before it counts, which takes a few seconds on a busy one.",
+    )
+    bpftrace_start_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="How long bpftrace has to compile, load and attach its probes, in seconds; past it"
+        " the backend fails and the next one is tried. 30: about 0.3 s on an idle node, seconds on a"
+        " busy one, and a slow emulated CPU (a TCG guest) takes far longer.",
+    )
+
+    @field_validator("tracer")
+    @classmethod
+    def _known_tracer(cls, name: str) -> str:
+        if name not in TRACER_CHOICES:
+            raise ValueError(f"unknown tracer {name!r}; one of {', '.join(TRACER_CHOICES)}")
+        return name
+
+
+class InvestigationSettings(_Group):
+    """One investigation window: its length, the sampling, what is listed and what counts as noise."""
+
+    investigation_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Length of one investigation window, in seconds. 30: long enough for a per-second"
+        " series and steady rates, short enough to report while the alert is still firing.",
+    )
+    top: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="How many processes a report lists, by major faults/s. 10 fits one screen; the"
+        " culprit is almost always in the first three.",
+    )
     scan_full_every_seconds: int = Field(
         default=5,
         ge=1,
@@ -110,24 +168,6 @@ class Settings(BaseSettings):
         " explain (a process woke up, started or exited). 5: about 2% of a core at 5,000 processes instead"
         " of 13-25% for a full scan every second, with the same ranks and rates; 1: a full scan every second.",
     )
-    perf_path: str = Field(
-        default="perf",
-        description="The perf binary: a path, or a name looked up on PATH (the image installs Debian's"
-        " linux-perf).",
-    )
-    bpftrace_path: str = Field(
-        default="bpftrace",
-        description="The bpftrace binary: a path, or a name looked up on PATH (the image installs"
-        " Debian's bpftrace).",
-    )
-
-    tracer_exit_grace_seconds: float = Field(
-        default=60.0, ge=5, le=3600,
-        description="bpftrace programs exit by themselves this many seconds after their window, even if"
-        " nobody stops them (the inspector was SIGKILLed). 60: far past any normal hand-over, short"
-        " enough that a forgotten probe costs little.",
-    )
-
     noise_floor: float = Field(
         default=ALERT_MAJOR_FAULTS_PER_SECOND / 10,
         ge=0,
@@ -138,7 +178,10 @@ class Settings(BaseSettings):
         " set it to a tenth of your alert rule's threshold. 0: every fault counts (docs/diagnosis.md).",
     )
 
-    # --- pod names: the kubelet, and the API server as fallback ----------------------------------
+
+class KubeletSettings(_Group):
+    """Pod names from this node's kubelet, and whether the API server is asked when it cannot be read."""
+
     kubelet_url: str | None = Field(
         default=None,
         description="This node's kubelet, e.g. https://10.0.3.7:10250; its GET /pods names the pods of"
@@ -187,7 +230,10 @@ class Settings(BaseSettings):
         " kubelet cannot be read. On: only static pods' kubelet-side UIDs are missing that way.",
     )
 
-    # --- the API server ------------------------------------------------------------------------------
+
+class ApiServerSettings(_Group):
+    """How the Kubernetes API server is reached (pods, peers, owners, Events)."""
+
     apiserver_url: str | None = Field(
         default=None,
         description="API server base URL. None: in-cluster (KUBERNETES_SERVICE_HOST/PORT), or no API"
@@ -217,7 +263,10 @@ class Settings(BaseSettings):
         " context). None: PFI_APISERVER_URL if set, else the in-cluster service account.",
     )
 
-    # --- the webhook receiver: where it listens and what it accepts --------------------------------
+
+class WebSettings(_Group):
+    """The service's listeners (webhook/API and report pages), what the webhook accepts, links, logs and shutdown."""
+
     listen_address: str = Field(
         default="[::]:8080",
         description="host:port of the webhook and JSON API (POST /api/v1/alerts, /healthz, /metrics)."
@@ -228,6 +277,11 @@ class Settings(BaseSettings):
         default="127.0.0.1:8081",
         description="host:port of the report pages. Loopback: the pages have no login, so they are"
         " reached with kubectl port-forward, never through the Service.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL put into report links (report_url, Slack). None: the UI address, i.e."
+        " what kubectl port-forward reaches.",
     )
     max_connections: int = Field(
         default=256,
@@ -267,15 +321,26 @@ class Settings(BaseSettings):
         description="Most alerts in one webhook request; more get 413. 1000: far above a real"
         " Alertmanager group, low enough to bound the work one request causes.",
     )
-
-    # --- one investigation at a time per node -------------------------------------------------------
-    cooldown_seconds: float = Field(
-        default=600.0,
-        ge=0,
-        description="How long after a report the same alert (fingerprint + startsAt) gets that report"
-        " instead of a new investigation, in seconds. 600: longer than Alertmanager's default"
-        " group_interval (5 min), so its re-sends and an HA pair's duplicates are not investigated again.",
+    shutdown_seconds: float = Field(
+        default=50.0,
+        gt=0,
+        le=3600,
+        description="SIGTERM to exit at most, in seconds, whatever still runs. 50: inside the chart's"
+        " terminationGracePeriodSeconds (60), so the kubelet never needs SIGKILL.",
     )
+    log_format: str = Field(
+        default="text",
+        pattern="^(text|json)$",
+        description="`serve`'s log lines: text (control characters escaped) or json (one object a line).",
+    )
+
+    def alertname_set(self) -> set[str]:
+        return {a.strip() for a in self.alertnames.split(",") if a.strip()}
+
+
+class SchedulerSettings(_Group):
+    """One investigation at a time per node: the queue, the stage deadline and the cooldown."""
+
     max_queue: int = Field(
         default=16,
         ge=1,
@@ -283,8 +348,26 @@ class Settings(BaseSettings):
         " alert is ignored with 'queue full'. 16: new alerts join the open window, so a longer queue"
         " only means stale work.",
     )
+    stage_deadline_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Deadline of each investigation stage after the window (resolving, diagnosing), in"
+        " seconds; the window itself may run this much past its length. Past it the investigation is"
+        " cancelled, and left behind with a failed report if it does not stop within 5 s.",
+    )
+    cooldown_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long after a report the same alert (fingerprint + startsAt) gets that report"
+        " instead of a new investigation, in seconds. 600: longer than Alertmanager's default"
+        " group_interval (5 min), so its re-sends and an HA pair's duplicates are not investigated again.",
+    )
 
-    # --- the report store and links to it -------------------------------------------------------------
+
+class StoreSettings(_Group):
+    """The report store: where it is and how much it keeps."""
+
     data_dir: Path = Field(
         default=Path("./.pfi-data"),
         description="Directory of the report store (SQLite) and a generated webhook token. Default:"
@@ -303,13 +386,89 @@ class Settings(BaseSettings):
         description="Reports older than this are deleted, in days. 30: a month to look back at an"
         " incident.",
     )
-    public_url: str | None = Field(
+
+
+class DeliverySettings(_Group):
+    """The sinks a finished report is posted to, and their retries."""
+
+    alertmanager_url: str | None = Field(
         default=None,
-        description="Base URL put into report links (report_url, Slack). None: the UI address, i.e."
-        " what kubectl port-forward reaches.",
+        description="Alertmanager to post each report to as the alert MajorPageFaultsReport"
+        " (POST /api/v2/alerts). None: not posted.",
+    )
+    slack_webhook_url: str | None = Field(
+        default=None,
+        description="Slack incoming-webhook URL for the verdict and top processes. A credential: never"
+        " logged. None: no Slack.",
+    )
+    report_webhook_url: str | None = Field(
+        default=None,
+        description="Any webhook receiving each whole report as JSON. None: none.",
+    )
+    kubernetes_events: bool = Field(
+        default=False,
+        description="Write a Warning Event (reason MajorPageFaults) on the Node and each culprit Pod."
+        " Off: it needs RBAC to create events, which the chart grants when it turns this on.",
+    )
+    sink_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="Tries per sink and report before giving up (the outcome goes into the report). 4:"
+        " with the backoff below, a sink may be away for about 7 s.",
+    )
+    sink_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=300,
+        description="Wait before the first retry of a sink, in seconds, doubled each time (1, 2, 4 s).",
+    )
+    sink_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Timeout of one post to a sink, in seconds. 10: Slack and Alertmanager answer in"
+        " well under a second; reports are posted in the background, so a slow sink delays nothing else.",
     )
 
-    # --- peers: this DaemonSet's pods on the other nodes ------------------------------------------
+
+class RecorderSettings(_Group):
+    """The flight recorder (the lead-up ring) and watch mode."""
+
+    recorder_interval_seconds: float = Field(
+        default=10.0, ge=0, le=300,
+        description="How often, in seconds, the service reads every memory cgroup's and the node's"
+        " major-fault counters into its in-memory ring; 0 turns the recorder off. 10: fine enough to see"
+        " a burst start and stop, at well under 0.1% of a core on 300 containers.",
+    )
+    recorder_retention_seconds: float = Field(
+        default=3600.0, ge=60, le=86400,
+        description="How many seconds of recorded counters are kept (a fixed-size ring, at most 8,640"
+        " intervals). 3600: the alert fires after 15 minutes over a 5-minute rate, so an hour covers"
+        " its whole lead-up with room to spare.",
+    )
+    watch_threshold: float = Field(
+        default=0.0, ge=0,
+        description="Watch mode: node major faults per second above which the service investigates by"
+        " itself, without an alert; 0: off (the default: Alertmanager's alert is the usual trigger).",
+    )
+    watch_for_seconds: float = Field(
+        default=900.0, ge=0, le=86400,
+        description="How many seconds the recorded node rate must stay above watch_threshold before"
+        " watch mode investigates. 900: the node-mixin alert's own 'for: 15m'.",
+    )
+
+    @field_validator("recorder_interval_seconds")
+    @classmethod
+    def _recorder_interval(cls, v: float) -> float:
+        if 0 < v < 0.5:
+            raise ValueError("must be 0 (off) or at least 0.5 seconds")
+        return v
+
+
+class PeerSettings(_Group):
+    """Peers: this DaemonSet's pods on the other nodes, found and asked."""
+
     namespace: str | None = Field(
         default=None,
         description="Namespace of this DaemonSet's pods (to find peers). None: the service account's"
@@ -353,111 +512,10 @@ class Settings(BaseSettings):
         " delays the index page by at most this and is listed as unreachable.",
     )
 
-    # --- sinks: where a finished report is posted ----------------------------------------------------
-    alertmanager_url: str | None = Field(
-        default=None,
-        description="Alertmanager to post each report to as the alert MajorPageFaultsReport"
-        " (POST /api/v2/alerts). None: not posted.",
-    )
-    slack_webhook_url: str | None = Field(
-        default=None,
-        description="Slack incoming-webhook URL for the verdict and top processes. A credential: never"
-        " logged. None: no Slack.",
-    )
-    report_webhook_url: str | None = Field(
-        default=None,
-        description="Any webhook receiving each whole report as JSON. None: none.",
-    )
-    kubernetes_events: bool = Field(
-        default=False,
-        description="Write a Warning Event (reason MajorPageFaults) on the Node and each culprit Pod."
-        " Off: it needs RBAC to create events, which the chart grants when it turns this on.",
-    )
-    sink_attempts: int = Field(
-        default=4,
-        ge=1,
-        le=20,
-        description="Tries per sink and report before giving up (the outcome goes into the report). 4:"
-        " with the backoff below, a sink may be away for about 7 s.",
-    )
-    sink_backoff_seconds: float = Field(
-        default=1.0,
-        ge=0,
-        le=300,
-        description="Wait before the first retry of a sink, in seconds, doubled each time (1, 2, 4 s).",
-    )
-    sink_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        le=120,
-        description="Timeout of one post to a sink, in seconds. 10: Slack and Alertmanager answer in"
-        " well under a second; reports are posted in the background, so a slow sink delays nothing else.",
-    )
 
-    @field_validator("tracer")
-    @classmethod
-    def _known_tracer(cls, name: str) -> str:
-        if name not in TRACER_CHOICES:
-            raise ValueError(f"unknown tracer {name!r}; one of {', '.join(TRACER_CHOICES)}")
-        return name
+class FleetSettings(_Group):
+    """The fleet view: findings exported on /metrics, and Prometheus or a sample of peers to read them back."""
 
-    # --- the flight recorder and watch mode ---------------------------------------------------------
-    recorder_interval_seconds: float = Field(
-        default=10.0, ge=0, le=300,
-        description="How often, in seconds, the service reads every memory cgroup's and the node's"
-        " major-fault counters into its in-memory ring; 0 turns the recorder off. 10: fine enough to see"
-        " a burst start and stop, at well under 0.1% of a core on 300 containers.",
-    )
-    recorder_retention_seconds: float = Field(
-        default=3600.0, ge=60, le=86400,
-        description="How many seconds of recorded counters are kept (a fixed-size ring, at most 8,640"
-        " intervals). 3600: the alert fires after 15 minutes over a 5-minute rate, so an hour covers"
-        " its whole lead-up with room to spare.",
-    )
-    watch_threshold: float = Field(
-        default=0.0, ge=0,
-        description="Watch mode: node major faults per second above which the service investigates by"
-        " itself, without an alert; 0: off (the default: Alertmanager's alert is the usual trigger).",
-    )
-    watch_for_seconds: float = Field(
-        default=900.0, ge=0, le=86400,
-        description="How many seconds the recorded node rate must stay above watch_threshold before"
-        " watch mode investigates. 900: the node-mixin alert's own 'for: 15m'.",
-    )
-
-    @field_validator("recorder_interval_seconds")
-    @classmethod
-    def _recorder_interval(cls, v: float) -> float:
-        if 0 < v < 0.5:
-            raise ValueError("must be 0 (off) or at least 0.5 seconds")
-        return v
-
-    def alertname_set(self) -> set[str]:
-        return {a.strip() for a in self.alertnames.split(",") if a.strip()}
-
-    # --- issue 10: deadlines, the shutdown budget, the log format ----------------------------------
-    stage_deadline_seconds: float = Field(
-        default=120.0,
-        gt=0,
-        le=3600,
-        description="Deadline of each investigation stage after the window (resolving, diagnosing), in"
-        " seconds; the window itself may run this much past its length. Past it the investigation is"
-        " cancelled, and left behind with a failed report if it does not stop within 5 s.",
-    )
-    shutdown_seconds: float = Field(
-        default=50.0,
-        gt=0,
-        le=3600,
-        description="SIGTERM to exit at most, in seconds, whatever still runs. 50: inside the chart's"
-        " terminationGracePeriodSeconds (60), so the kubelet never needs SIGKILL.",
-    )
-    log_format: str = Field(
-        default="text",
-        pattern="^(text|json)$",
-        description="`serve`'s log lines: text (control characters escaped) or json (one object a line).",
-    )
-
-    # --- issue 28: the fleet on Prometheus (findings as metrics; the fleet from one query) ------------
     findings_max_age_seconds: float = Field(
         default=3600.0,
         ge=60,
@@ -515,3 +573,80 @@ class Settings(BaseSettings):
         " most (a random sample when there are more; the page says so). 16: a storm over N nodes then"
         " makes at most 16 N requests, not N^2; a small cluster is asked whole.",
     )
+
+
+class Settings(BaseModel):
+    """Every group; the top-level wiring (cli, demo, the service's construction, the engine's entry)
+    takes this and hands each part its group."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    node: NodeSettings = Field(default_factory=NodeSettings, description=NodeSettings.__doc__)
+    tracing: TracingSettings = Field(default_factory=TracingSettings, description=TracingSettings.__doc__)
+    investigation: InvestigationSettings = Field(default_factory=InvestigationSettings, description=InvestigationSettings.__doc__)
+    kubelet: KubeletSettings = Field(default_factory=KubeletSettings, description=KubeletSettings.__doc__)
+    apiserver: ApiServerSettings = Field(default_factory=ApiServerSettings, description=ApiServerSettings.__doc__)
+    web: WebSettings = Field(default_factory=WebSettings, description=WebSettings.__doc__)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description=SchedulerSettings.__doc__)
+    store: StoreSettings = Field(default_factory=StoreSettings, description=StoreSettings.__doc__)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings, description=DeliverySettings.__doc__)
+    recorder: RecorderSettings = Field(default_factory=RecorderSettings, description=RecorderSettings.__doc__)
+    peers: PeerSettings = Field(default_factory=PeerSettings, description=PeerSettings.__doc__)
+    fleet: FleetSettings = Field(default_factory=FleetSettings, description=FleetSettings.__doc__)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names(cls, data: Any) -> Any:
+        """The construction shorthand: flat field names go to their groups, and a group given as a
+        dict is read like the environment-backed group it is (the environment fills what it lacks)."""
+        if not isinstance(data, dict):
+            return data
+        routed: dict[str, Any] = {}
+        flat: dict[str, dict[str, Any]] = {}
+        for key, value in data.items():
+            if key in GROUPS:
+                routed[key] = value
+            elif key in FIELD_GROUP:
+                flat.setdefault(FIELD_GROUP[key], {})[key] = value
+            # anything else is ignored, as unknown PFI_ variables are
+        for attr, values in flat.items():
+            given = routed.get(attr)
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            routed[attr] = {**(given or {}), **values}
+        for attr, given in routed.items():
+            if isinstance(given, dict):
+                routed[attr] = GROUPS[attr](**given)
+        return routed
+
+    def updated(self, **flat: Any) -> Settings:
+        """A copy with some fields changed, by their flat names (as `model_copy(update=...)`, unvalidated)."""
+        unknown = set(flat) - set(FIELD_GROUP)
+        if unknown:
+            raise KeyError(f"no such setting: {', '.join(sorted(unknown))}")
+        update: dict[str, dict[str, Any]] = {}
+        for key, value in flat.items():
+            update.setdefault(FIELD_GROUP[key], {})[key] = value
+        return self.model_copy(
+            update={attr: getattr(self, attr).model_copy(update=values) for attr, values in update.items()}
+        )
+
+
+# The groups by their attribute on Settings, and each field's group (field names are unique across groups).
+GROUPS: dict[str, type[BaseSettings]] = {
+    "node": NodeSettings,
+    "tracing": TracingSettings,
+    "investigation": InvestigationSettings,
+    "kubelet": KubeletSettings,
+    "apiserver": ApiServerSettings,
+    "web": WebSettings,
+    "scheduler": SchedulerSettings,
+    "store": StoreSettings,
+    "delivery": DeliverySettings,
+    "recorder": RecorderSettings,
+    "peers": PeerSettings,
+    "fleet": FleetSettings,
+}
+FIELD_GROUP: dict[str, str] = {name: attr for attr, group in GROUPS.items() for name in group.model_fields}
+if len(FIELD_GROUP) != sum(len(g.model_fields) for g in GROUPS.values()):
+    raise RuntimeError("a setting's name is in two groups: PFI_<NAME> would be read twice")

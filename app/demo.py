@@ -151,9 +151,9 @@ def _run(settings: Settings, seconds: float | None, stop: threading.Event, made:
     """`seconds`: the window (None: pass_window() of the warm-up's rate)."""
     from app.collectors.cgroupmem import memory_hierarchy
 
-    found = memory_hierarchy(settings.cgroup_root)
+    found = memory_hierarchy(settings.node.cgroup_root)
     if found is None:
-        raise DemoError(f"no memory cgroup controller under {settings.cgroup_root} (v1 memory/ or a v2 tree "
+        raise DemoError(f"no memory cgroup controller under {settings.node.cgroup_root} (v1 memory/ or a v2 tree "
                         "whose cgroup.controllers lists memory)")
     version, base = found
     directory = DEFAULT_DIR

@@ -42,7 +42,7 @@ class Cause(StrEnum):
     CODE_REFAULTS = "code_refaults"
     SHMEM_SWAP = "shmem_swap"
     NO_MAJOR_FAULTS = "no_major_faults"
-    QUIET = "quiet"  # major faults under the noise floor (Settings.noise_floor): no finding
+    QUIET = "quiet"  # major faults under the noise floor (settings.investigation.noise_floor): no finding
     # The recorder's lead-up names a container that faulted before the window and then stopped.
     STOPPED_BEFORE_WINDOW = "stopped_before_window"
     UNKNOWN = "unknown"

@@ -390,7 +390,7 @@ def section_sampler(res: Results, workdir: Path, seconds: int) -> None:
     n, f, i = w["processes"], w["full"], w["incremental"]
     per = n / 1000
     same = [p for p, _ in i["ranked"]] == [p for p, _ in f["ranked"]]
-    note = (f"{i['ticks']} ticks, {i['full_ticks']} of them full scans (every {Settings().scan_full_every_seconds} s, the window's end, and when the node's "
+    note = (f"{i['ticks']} ticks, {i['full_ticks']} of them full scans (every {Settings().investigation.scan_full_every_seconds} s, the window's end, and when the node's "
             f"pgmajfault rose more than the processes read explain); stat files read {i['stat_reads']:,} vs "
             f"{f['stat_reads']:,}; top 5 (of >= 100 faults) {'the same' if same else 'DIFFER: ' + str(i['ranked']) + ' vs ' + str(f['ranked'])}")
     ok = i["tick_mean_ms"] / per <= TARGET_SCAN_MS_PER_1000 and same

@@ -121,7 +121,7 @@ def sampler_window(n_idle: int, seconds: int, workdir) -> dict:  # noqa: ANN001
             workloads.file_fault_workload(workdir / "scan-b.bin", 64) as b, workloads.throttled(b.pid, 0.25):
         time.sleep(1.0)
         fs = ProcFS()
-        every = Settings().scan_full_every_seconds
+        every = Settings().investigation.scan_full_every_seconds
         samplers = {"full": Sampler(FullScanView(fs)), "incremental": Sampler(fs, full_every=every)}  # type: ignore[arg-type]
         cpu: dict[str, dict[str, list[float]]] = {k: {"first": [], "mark": [], "tick": [], "full tick": []}
                                                  for k in samplers}

@@ -116,7 +116,7 @@ def _bpftrace(pid: int, what: str, seconds: float, workdir: Path) -> dict:
     prog = d / "major_faults.bt"
     prog.write_text(bt_backend.program_text("major_faults.bt", [pid], exit_after=seconds + 30)
                     .replace("software:major-faults:1", "software:minor-faults:1"))
-    keys, _ = bt_backend.plan_keys(Settings(), Settings().tracer_max_pages)
+    keys, _ = bt_backend.plan_keys(Settings(), Settings().tracing.tracer_max_pages)
     proc = subprocess.Popen(["bpftrace", "-f", "json", str(prog)], start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=bt_backend.bpftrace_env(keys))
     try:

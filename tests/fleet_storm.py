@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from app.config import Settings
+from app.config import FIELD_GROUP, Settings
 from app.service.state import ServiceState
 from tests.e2e.sample_reports import deployment_pod_report
 
@@ -61,7 +61,7 @@ class CountingFleet:
 
         since = datetime.fromisoformat(query["since"]) if "since" in query else None
         rows = state.store.workloads(since=since, key=query.get("key"), limit=int(query.get("limit", 1000)))
-        body = {"node": state.settings.node_name, "scope": "node", "reports": state.store.count(finished=True),
+        body = {"node": state.settings.node.node_name, "scope": "node", "reports": state.store.count(finished=True),
                 "workloads": [r.model_dump(mode="json") for r in rows]}
         return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
 
@@ -96,7 +96,7 @@ async def storm_requests(n: int, *, prometheus: bool, peer_sample: int | None = 
         try:
             for i, name in enumerate(names):
                 extra: dict[str, Any] = {}
-                if "prometheus_url" in Settings.model_fields:
+                if "prometheus_url" in FIELD_GROUP:
                     extra["prometheus_url"] = PROM if prometheus else None
                     if peer_sample is not None:
                         extra["fleet_peer_sample"] = peer_sample
@@ -128,7 +128,7 @@ async def storm_requests(n: int, *, prometheus: bool, peer_sample: int | None = 
 
 def main(argv: list[str]) -> None:
     modes: list[tuple[str, dict[str, Any]]] = [("peers", {"prometheus": False})]
-    if "prometheus_url" in Settings.model_fields:
+    if "prometheus_url" in FIELD_GROUP:
         modes.append(("prometheus", {"prometheus": True}))
     for n in [int(a) for a in argv] or [12, 100]:
         for mode, kw in modes:

@@ -152,13 +152,13 @@ class FakeEngine:
                 progress(1.0, "resolving addresses")
             if cancel.is_set():
                 self.cancelled += 1
-                return make_report(settings.node_name, trigger, status="cancelled")
+                return make_report(settings.node.node_name, trigger, status="cancelled")
             self.release.wait(0.01)
         if self.fail:
             raise RuntimeError("perf exploded")
         if progress:
             progress(1.0, "done")
-        return make_report(settings.node_name, trigger)
+        return make_report(settings.node.node_name, trigger)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

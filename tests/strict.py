@@ -116,8 +116,8 @@ def _installed(name: str, settings: Settings) -> bool:
     if tool == "perf":
         from app.tracers import _perf
 
-        return _perf.find_perf(settings.perf_path) is not None
-    return shutil.which(settings.bpftrace_path) is not None
+        return _perf.find_perf(settings.tracing.perf_path) is not None
+    return shutil.which(settings.tracing.bpftrace_path) is not None
 
 
 def need_tracer(*names: str, settings: Settings | None = None) -> None:

@@ -413,12 +413,29 @@ def test_peer_selector_is_the_daemonset_selector(chart: Any) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_pfi_variable_is_a_setting(chart: Any, case: str) -> None:
-    """The chart sets only PFI_ names that app.config.Settings reads (PFI_ + field, upper-cased)."""
-    from app.config import Settings
+    """The chart sets only PFI_ names that app.config.Settings reads (PFI_ + field, upper-cased; a
+    field's name is the same in its group)."""
+    from app.config import FIELD_GROUP
 
-    known = {f"PFI_{name.upper()}" for name in Settings.model_fields}
+    known = {f"PFI_{name.upper()}" for name in FIELD_GROUP}
     used = {n for n in env(render(chart, case_values(case))) if n.startswith("PFI_")}
     assert used - known == set()
+
+
+def test_tracer_start_deadlines_default_to_the_settings_and_can_be_raised(chart: Any) -> None:
+    """config.perfStartTimeoutSeconds / bpftraceStartTimeoutSeconds: the app's defaults unless set (a slow node
+    raises them); the schema refuses 0."""
+    from app.config import TracingSettings
+
+    e = env(render(chart))
+    for variable, field in (("PFI_PERF_START_TIMEOUT_SECONDS", "perf_start_timeout_seconds"),
+                            ("PFI_BPFTRACE_START_TIMEOUT_SECONDS", "bpftrace_start_timeout_seconds")):
+        assert float(e[variable]["value"]) == TracingSettings.model_fields[field].default
+    raised = env(render(chart, {"config": {"perfStartTimeoutSeconds": 90, "bpftraceStartTimeoutSeconds": 120}}))
+    assert (raised["PFI_PERF_START_TIMEOUT_SECONDS"]["value"], raised["PFI_BPFTRACE_START_TIMEOUT_SECONDS"]["value"]) == (
+        "90", "120")
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"config": {"perfStartTimeoutSeconds": 0}})
 
 
 def test_sinks(chart: Any) -> None:

@@ -93,7 +93,7 @@ def test_root_without_pfi_data_dir_uses_the_fixed_default_not_the_working_direct
     monkeypatch.setattr(server, "ROOT_DATA_DIR", fixed)
     monkeypatch.delenv("PFI_DATA_DIR", raising=False)
     settings = server._own_data_dir(Settings())
-    assert Path(settings.data_dir) == fixed
+    assert Path(settings.store.data_dir) == fixed
     source = load_token(settings)
     assert source.token != PLANTED and source.path == fixed / "webhook-token"
     # and told explicitly to use that directory, it is refused

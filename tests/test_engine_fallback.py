@@ -250,7 +250,7 @@ def test_memory_sized_map_reports_its_bound_reached(tmp_path: Path, file_workloa
                          pids=[file_workload.pid])
     t = report.tracer
     assert t.backend == "bpftrace-major"
-    assert (t.map_keys, t.map_keys_wanted) == (4096, Settings().tracer_max_pages)
+    assert (t.map_keys, t.map_keys_wanted) == (4096, Settings().tracing.tracer_max_pages)
     assert t.map_full and t.dropped > 0
     assert any("sized to 4,096 keys" in n for n in t.notes) and any("bound of 4,096 keys was reached" in n
                                                                      for n in t.notes)

@@ -64,8 +64,8 @@ class StormEngine:
     tests.e2e.sample_reports words a real file-fault report at its limit."""
 
     def __call__(self, settings: Settings, *, trigger: Trigger | None = None, **_: Any) -> Report:
-        i = NAMES.index(settings.node_name)
-        report = deployment_pod_report(settings.node_name, i, minutes_ago=0.5)
+        i = NAMES.index(settings.node.node_name)
+        report = deployment_pod_report(settings.node.node_name, i, minutes_ago=0.5)
         return report.model_copy(update={"id": f"storm{i:02d}", "trigger": trigger or report.trigger})
 
 

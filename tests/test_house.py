@@ -173,7 +173,7 @@ def test_outbox_stop_cancels_late_deliveries_and_the_next_outbox_resumes_them(tm
     report = make_report("node-a")
 
     async def first() -> float:
-        box = Outbox(settings, store, [_Sink(hang=True)], Metrics())
+        box = Outbox(settings.delivery, store, [_Sink(hang=True)], Metrics())
         box.start()
         await box.send(report, [])
         assert report.id in box.delivering
@@ -187,7 +187,7 @@ def test_outbox_stop_cancels_late_deliveries_and_the_next_outbox_resumes_them(tm
     sink = _Sink()
 
     async def second() -> None:
-        box = Outbox(settings, store, [sink], Metrics())
+        box = Outbox(settings.delivery, store, [sink], Metrics())
         box.start()  # resumes at once
         for _ in range(100):
             if sink.got:
@@ -210,7 +210,7 @@ def test_outbox_sends_no_cancelled_report(tmp_path: Path) -> None:
     cancelled = make_report("node-a", status="cancelled")
 
     async def run() -> None:
-        box = Outbox(make_settings(tmp_path), store, [sink], Metrics())
+        box = Outbox(make_settings(tmp_path).delivery, store, [sink], Metrics())
         await box.send(cancelled, [])
         await box.stop(1.0)
 
@@ -257,7 +257,7 @@ def test_store_gauges_are_read_when_scraped(tmp_path: Path) -> None:
 def test_report_url_from_any_ui_listen_address(tmp_path: Path, ui: str, url: str) -> None:
     from app.service.delivery.sinks import report_url
 
-    assert report_url(make_settings(tmp_path, ui_listen_address=ui, public_url=None), "r1") == url
+    assert report_url(make_settings(tmp_path, ui_listen_address=ui, public_url=None).web, "r1") == url
 
 
 @pytest.mark.parametrize(
@@ -269,8 +269,8 @@ def test_ui_exposure_warning_reads_the_address_like_serve(tmp_path: Path, ui: st
     """`localhost` without a port is loopback (it warned before: the port-less address lost its host)."""
     from app.service.ui.guard import allowed_ui_hosts, ui_exposure_warning
 
-    assert (ui_exposure_warning(make_settings(tmp_path, ui_listen_address=ui)) is not None) == warns
-    assert "*" not in allowed_ui_hosts(make_settings(tmp_path, ui_listen_address=ui))
+    assert (ui_exposure_warning(make_settings(tmp_path, ui_listen_address=ui).web) is not None) == warns
+    assert "*" not in allowed_ui_hosts(make_settings(tmp_path, ui_listen_address=ui).web)
 
 
 @pytest.mark.parametrize(

@@ -313,10 +313,10 @@ def test_apiserver_wrong_ca_and_missing_ca(tmp_path: Path, certs: Certs, serve, 
     _, attribution = PodDirectory(wrong).index()
     assert attribution.source == "none" and attribution.error is not None
     assert attribution.error.startswith("no kubelet URL configured; API server TLS error:")
-    missing = wrong.model_copy(update={"apiserver_ca_file": tmp_path / "nope.crt"})
+    missing = wrong.updated(apiserver_ca_file=tmp_path / "nope.crt")
     _, attribution = PodDirectory(missing).index()
     assert attribution.error == f"no kubelet URL configured; API server CA file {tmp_path / 'nope.crt'} does not exist"
-    garbage = wrong.model_copy(update={"apiserver_url": "https://fd00::1:6443"})
+    garbage = wrong.updated(apiserver_url="https://fd00::1:6443")
     _, attribution = PodDirectory(garbage).index()
     assert attribution.error is not None and "an IPv6 address needs brackets" in attribution.error
 

@@ -77,8 +77,8 @@ def test_client_host() -> None:
 
 
 def test_default_is_dual_stack() -> None:
-    assert Settings().listen_address == "[::]:8080"
-    assert parse_listen_address(Settings().listen_address) == ("::", 8080)
+    assert Settings().web.listen_address == "[::]:8080"
+    assert parse_listen_address(Settings().web.listen_address) == ("::", 8080)
 
 
 def _need_ipv6_loopback() -> None:

@@ -344,7 +344,7 @@ def _resolver(tmp_path: Path, certs: Certs, stand: StandIn) -> OwnerResolver:
     # imports the kubernetes client, which takes seconds on a loaded 2-core machine)
     settings = make_settings(tmp_path, apiserver_url=stand.url, apiserver_ca_file=certs.ca, apiserver_token_file=token,
                              apiserver_timeout_seconds=30)
-    config = ApiServerConfig.from_settings(settings)
+    config = ApiServerConfig.from_settings(settings.apiserver)
     assert config is not None
     return OwnerResolver(ApiClient(config))
 

@@ -26,9 +26,9 @@ def _settings(e: dict[str, dict[str, Any]]) -> Settings:
 
 def test_watch_off_by_default_and_set_by_values(chart: Any) -> None:
     s = _settings(env(render(chart)))
-    assert s.watch_threshold == 0 and s.watch_for_seconds == 900
+    assert s.recorder.watch_threshold == 0 and s.recorder.watch_for_seconds == 900
     s = _settings(env(render(chart, {"watch": {"threshold": 500, "forSeconds": 300}})))
-    assert s.watch_threshold == 500 and s.watch_for_seconds == 300
+    assert s.recorder.watch_threshold == 500 and s.recorder.watch_for_seconds == 300
 
 
 @pytest.mark.parametrize("bad", [{"threshold": -1}, {"forSeconds": "15m"}, {"treshold": 500}])
@@ -40,6 +40,6 @@ def test_watch_values_are_typed(chart: Any, bad: dict[str, Any]) -> None:
 def test_recorder_settings_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="at least 0.5"):
         Settings(recorder_interval_seconds=0.1)
-    assert Settings(recorder_interval_seconds=0).recorder_interval_seconds == 0  # off
+    assert Settings(recorder_interval_seconds=0).recorder.recorder_interval_seconds == 0  # off
     with pytest.raises(ValueError):
         Settings(recorder_retention_seconds=10)

@@ -226,7 +226,7 @@ def test_a_stage_past_its_deadline_gives_a_failed_report_and_the_next_alert_runs
             stuck.set()
             progress(0.95, "resolving pods")
             release.wait(30)  # a neighbour that never answers; ignores cancel
-        return make_report(settings.node_name, kw.get("trigger"))
+        return make_report(settings.node.node_name, kw.get("trigger"))
 
     try:
         with service(tmp_path, engine=engine, stage_deadline_seconds=1, cooldown_seconds=0) as (client, _):  # type: ignore[arg-type]
@@ -249,7 +249,7 @@ def test_a_stage_past_its_deadline_gives_a_failed_report_and_the_next_alert_runs
 @pytest.mark.servers
 def test_slack_fallback_text_is_escaped_like_the_blocks(tmp_path: Path) -> None:
     def engine(settings: Settings, **kw: Any) -> Report:
-        report = make_report(settings.node_name, kw.get("trigger"))
+        report = make_report(settings.node.node_name, kw.get("trigger"))
         p = report.processes[0].model_copy(update={"comm": "<!channel>"})
         verdict = report.verdict.model_copy(update={"summary": "<!channel> <@U123> re-reads its data"})
         return report.model_copy(update={"processes": [p, *report.processes[1:]], "verdict": verdict})
@@ -306,7 +306,7 @@ def test_ui_answers_only_loopback_or_configured_hosts_with_security_headers(tmp_
     ],
 )
 def test_ui_beyond_loopback_warns(tmp_path: Path, address: str, warns: bool) -> None:
-    warning = ui_exposure_warning(make_settings(tmp_path, ui_listen_address=address))
+    warning = ui_exposure_warning(make_settings(tmp_path, ui_listen_address=address).web)
     assert (warning is not None) == warns
     if warning:
         assert "beyond loopback" in warning and "port-forward" in warning

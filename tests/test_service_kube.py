@@ -34,7 +34,7 @@ def test_kube_events_posted_once_each_even_on_retry(tmp_path: Path, certs: Certs
     stand = serve(StandIn("", SA_TOKEN, routes=fake))
 
     async def go() -> Any:
-        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs))
+        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs).apiserver)
         assert api is not None
         sink = KubeEventsSink(_settings(tmp_path, stand.url, certs), api)
         res = await deliver_with_retry(sink, make_report("node-a"), attempts=3, backoff=0)
@@ -63,7 +63,7 @@ def test_events_to_a_silent_api_server_end_at_the_deadline(
     stand = serve(StandIn("", SA_TOKEN, routes=ApiServer([]), hang=True))
 
     async def go() -> str:
-        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=1.0))
+        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=1.0).apiserver)
         assert api is not None
         with pytest.raises(KubeError) as err:
             await api.create_event("default", event_body(
@@ -82,7 +82,7 @@ def test_trickling_api_server_ends_at_the_deadline(tmp_path: Path, certs: Certs,
     stand = serve(StandIn("", SA_TOKEN, routes=ApiServer([]), trickle=1.0))
 
     async def go() -> str:
-        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=2.0))
+        api = KubeApi.from_settings(_settings(tmp_path, stand.url, certs, apiserver_timeout_seconds=2.0).apiserver)
         assert api is not None
         with pytest.raises(KubeError) as err:
             await api.list_nodes()
@@ -101,7 +101,7 @@ def test_trickling_api_server_ends_at_the_deadline(tmp_path: Path, certs: Certs,
 ])
 def test_which_api_server(tmp_path: Path, env: dict[str, str], kw: dict[str, Any], expected: Any) -> None:
     settings = make_settings(tmp_path, **{"apiserver_url": None, "apiserver_token_file": tmp_path / "sa/token", **kw})
-    config = ApiServerConfig.from_settings(settings, environ=env)
+    config = ApiServerConfig.from_settings(settings.apiserver, environ=env)
     assert (config.source, config.url) == expected if expected else config is None
 
 
@@ -111,6 +111,6 @@ def test_service_account_folder_is_where_the_token_is(tmp_path: Path) -> None:
     for name, text in (("token", "t"), ("ca.crt", "x"), ("namespace", "pfi-system\n")):
         (sa / name).write_text(text)
     settings = make_settings(tmp_path, apiserver_url=None, apiserver_token_file=sa / "token")
-    config = ApiServerConfig.from_settings(settings, environ={"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
+    config = ApiServerConfig.from_settings(settings.apiserver, environ={"KUBERNETES_SERVICE_HOST": "10.96.0.1"})
     assert config is not None and (config.token_file, config.ca_file) == (sa / "token", sa / "ca.crt")
-    assert service_account_namespace(settings) == "pfi-system"
+    assert service_account_namespace(settings.apiserver) == "pfi-system"

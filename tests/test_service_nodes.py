@@ -199,7 +199,7 @@ def _settings(tmp_path: Path, api: StandIn, certs: Certs, **kw: Any) -> Any:
 
 
 def _directory(settings: Any) -> KubePeers:
-    api = KubeApi.from_settings(settings)
+    api = KubeApi.from_settings(settings.apiserver)
     assert api is not None
     return KubePeers(api, settings, "pfi", "app=pfi")
 
@@ -281,7 +281,7 @@ def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path
         "                 kubernetes_events=True, apiserver_url='https://127.0.0.1:1')\n"
         "    state = await ServiceState.start(s, token='t' * 24)\n"
         "    await asyncio.sleep(0.2)\n"
-        "    PodDirectory(s.model_copy(update={'apiserver_fallback': False})).index()\n"
+        "    PodDirectory(s.updated(apiserver_fallback=False)).index()\n"
         "    print('kubernetes' in sys.modules, state.kube is not None, len(state.sinks))\n"
         "    await state.stop()\n"
         "asyncio.run(main())\n"

@@ -188,7 +188,7 @@ def test_payloads_are_bounded_and_link_to_the_ui(tmp_path: Path) -> None:
     # Without PFI_PUBLIC_URL: the UI address, what `kubectl port-forward` reaches.
     assert alert["annotations"]["report_url"] == f"http://127.0.0.1:8081/reports/{report.id}"
     assert (
-        report_url(make_settings(tmp_path, ui_listen_address="0.0.0.0:9000"), "x")
+        report_url(make_settings(tmp_path, ui_listen_address="0.0.0.0:9000").web, "x")
         == "http://127.0.0.1:9000/reports/x"
     )
     msg = SlackSink(settings, client).message(long)

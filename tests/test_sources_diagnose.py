@@ -172,7 +172,7 @@ def test_the_first_run_on_a_quiet_node_says_quiet():
     to add memory, and no process gets a cause."""
     from app.config import Settings
 
-    assert Settings().noise_floor == 500 / 10  # tied to node-mixin's NodeMemoryMajorPagesFaults (> 500)
+    assert Settings().investigation.noise_floor == 500 / 10  # tied to node-mixin's NodeMemoryMajorPagesFaults (> 500)
     node = NodeStats(pgmajfault=31, pgmajfault_per_second=3.1, mem_total_bytes=100, mem_available_bytes=95)
     procs = [_cold("sleep", 9165, 12), _cold("python", 7596, 9, path="/usr/lib/python3.11/lib-dynload/pyexpat.so")]
     for p in procs:

@@ -63,7 +63,7 @@ def test_generated_token_is_private_and_reused(tmp_path: Path) -> None:
 
     settings = make_settings(tmp_path)
     first = auth.load_token(settings)
-    assert first.generated and first.path == settings.data_dir / "webhook-token"
+    assert first.generated and first.path == settings.store.data_dir / "webhook-token"
     assert (first.path.stat().st_mode & 0o777) == 0o600
     again = auth.load_token(settings)
     assert not again.generated and again.token == first.token

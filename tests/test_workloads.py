@@ -180,7 +180,7 @@ def test_nothing_left_after_a_failing_test(root_required) -> None:
 def test_tool_fixtures_resolve(need_perf: None, need_bpftrace: None) -> None:
     """When need_perf/need_bpftrace let a test run, the configured perf and bpftrace are there and start."""
     settings = Settings()
-    for tool, name in ((settings.perf_path, "perf"), (settings.bpftrace_path, "bpftrace")):
+    for tool, name in ((settings.tracing.perf_path, "perf"), (settings.tracing.bpftrace_path, "bpftrace")):
         path = shutil.which(tool)
         assert path is not None, f"{name} ({tool}) is not on PATH, yet its fixture did not skip"
         res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)

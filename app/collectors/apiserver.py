@@ -46,7 +46,7 @@ from app.collectors.fetch import (
     read_body,
     track,
 )
-from app.config import Settings
+from app.config import ApiServerSettings
 
 __all__ = [
     "ApiServer",
@@ -77,15 +77,15 @@ def is_node_name(name: str) -> bool:
     return len(name) <= 253 and bool(_DNS1123_SUBDOMAIN.match(name))
 
 
-def service_account_dir(settings: Settings) -> Path:
+def service_account_dir(apiserver: ApiServerSettings) -> Path:
     """The mounted service account's folder: where PFI_APISERVER_TOKEN_FILE is (its default is the
     one place that names /var/run/secrets/kubernetes.io/serviceaccount)."""
-    return settings.apiserver_token_file.parent
+    return apiserver.apiserver_token_file.parent
 
 
-def service_account_namespace(settings: Settings) -> str | None:
+def service_account_namespace(apiserver: ApiServerSettings) -> str | None:
     try:
-        return (service_account_dir(settings) / "namespace").read_text().strip() or None
+        return (service_account_dir(apiserver) / "namespace").read_text().strip() or None
     except OSError:
         return None
 
@@ -101,19 +101,19 @@ class ApiServerConfig:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, environ: Mapping[str, str] = os.environ
+        cls, apiserver: ApiServerSettings, environ: Mapping[str, str] = os.environ
     ) -> ApiServerConfig | None:
         """How to reach the API server, or None when there is none (no URL, kubeconfig or pod env).
         The CA defaults to the service account's ca.crt, next to the token file, when it exists."""
-        sa_dir = service_account_dir(settings)
-        token = settings.apiserver_token_file if settings.apiserver_token_file.exists() else None
-        ca = settings.apiserver_ca_file
+        sa_dir = service_account_dir(apiserver)
+        token = apiserver.apiserver_token_file if apiserver.apiserver_token_file.exists() else None
+        ca = apiserver.apiserver_ca_file
         if ca is None and (sa_dir / "ca.crt").exists():
             ca = sa_dir / "ca.crt"
-        timeout = settings.apiserver_timeout_seconds
-        if settings.apiserver_url:
-            return cls("PFI_APISERVER_URL", settings.apiserver_url.strip(), token, ca, None, timeout)
-        kubeconfig: Path | None = getattr(settings, "kubeconfig", None)
+        timeout = apiserver.apiserver_timeout_seconds
+        if apiserver.apiserver_url:
+            return cls("PFI_APISERVER_URL", apiserver.apiserver_url.strip(), token, ca, None, timeout)
+        kubeconfig = apiserver.kubeconfig
         if kubeconfig is not None:
             return cls("kubeconfig", None, None, None, kubeconfig, timeout)
         host = environ.get("KUBERNETES_SERVICE_HOST", "").strip()

@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import urllib3
 
@@ -30,7 +31,7 @@ from app.collectors.fetch import (
     track,
 )
 from app.collectors.owners import OwnerResolver
-from app.config import Settings
+from app.config import ApiServerSettings, KubeletSettings, NodeSettings
 from app.models import Attribution, PodRef
 from app.parsers.cgroup import CgroupRef
 from app.parsers.kubelet import PodIndex, parse_podlist
@@ -52,24 +53,38 @@ def _read_token(path: Path) -> str | None:
         return None
 
 
-def kubelet_url(settings: Settings) -> str | None:
+class PodLookupSettings(Protocol):
+    """What the pod lookups read: the kubelet's group, this node's name and addresses, and the API
+    server's group for the fallback. `app.config.Settings` is one."""
+
+    @property
+    def kubelet(self) -> KubeletSettings: ...
+
+    @property
+    def node(self) -> NodeSettings: ...
+
+    @property
+    def apiserver(self) -> ApiServerSettings: ...
+
+
+def kubelet_url(settings: PodLookupSettings) -> str | None:
     """PFI_KUBELET_URL, else https://<PFI_NODE_IP>:<PFI_KUBELET_PORT> (the first IP; IPv6 in
     brackets), else None."""
-    if settings.kubelet_url and settings.kubelet_url.strip():
-        return settings.kubelet_url.strip()
-    ips = [p.strip() for p in (settings.node_ip or "").split(",") if p.strip()]
-    return host_url(ips[0], settings.kubelet_port) if ips else None
+    if settings.kubelet.kubelet_url and settings.kubelet.kubelet_url.strip():
+        return settings.kubelet.kubelet_url.strip()
+    ips = [p.strip() for p in (settings.node.node_ip or "").split(",") if p.strip()]
+    return host_url(ips[0], settings.kubelet.kubelet_port) if ips else None
 
 
 class PodDirectory:
     """Pod lookups for one node, with the PodList cached."""
 
-    def __init__(self, settings: Settings, *, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+    def __init__(self, settings: PodLookupSettings, *, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.settings = settings
         self.max_response_bytes = max_response_bytes
         self._lock = threading.Lock()
         self._cached: tuple[float, PodIndex | None, Attribution] | None = None
-        config = ApiServerConfig.from_settings(settings) if settings.apiserver_fallback else None
+        config = ApiServerConfig.from_settings(settings.apiserver) if settings.kubelet.apiserver_fallback else None
         self._apiserver = ApiServer(config) if config is not None else None
         self.owners = OwnerResolver(self._apiserver)  # pods' owner chains (issue 16)
 
@@ -77,19 +92,19 @@ class PodDirectory:
 
     def _ssl_context(self) -> ssl.SSLContext:
         s = self.settings
-        if s.kubelet_insecure_skip_tls_verify:
+        if s.kubelet.kubelet_insecure_skip_tls_verify:
             # Chosen by the operator (PFI_KUBELET_INSECURE_SKIP_TLS_VERIFY): not a warning per request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        if s.kubelet_ca_file is not None:
+        if s.kubelet.kubelet_ca_file is not None:
             try:
-                return ssl.create_default_context(cafile=str(s.kubelet_ca_file))
+                return ssl.create_default_context(cafile=str(s.kubelet.kubelet_ca_file))
             except (OSError, ssl.SSLError) as exc:
                 reason = getattr(exc, "strerror", None) or exc
-                raise FetchError(f"kubelet CA file {s.kubelet_ca_file} unusable: {reason}") from None
+                raise FetchError(f"kubelet CA file {s.kubelet.kubelet_ca_file} unusable: {reason}") from None
         return ssl.create_default_context()  # the system's CAs (cluster-signed serving certs)
 
     def _from_kubelet(self, url: str) -> PodIndex:
@@ -97,14 +112,14 @@ class PodDirectory:
         who = "kubelet"
         base = check_url(url, who)
         ctx = self._ssl_context()
-        token = _read_token(s.kubelet_token_file)
+        token = _read_token(s.kubelet.kubelet_token_file)
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        timeout = s.kubelet_timeout_seconds
+        timeout = s.kubelet.kubelet_timeout_seconds
         pool = track(urllib3.PoolManager(
             ssl_context=ctx, retries=False, timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            assert_hostname=False if s.kubelet_insecure_skip_tls_verify else None,
+            assert_hostname=False if s.kubelet.kubelet_insecure_skip_tls_verify else None,
         ))
         with Deadline(timeout) as deadline:
             try:
@@ -129,7 +144,7 @@ class PodDirectory:
 
     def _from_apiserver(self, api: ApiServer) -> PodIndex:
         try:
-            doc = api.pods_on_node(self.settings.node_name)
+            doc = api.pods_on_node(self.settings.node.node_name)
         except ApiServerError as exc:
             raise FetchError(str(exc)) from None
         try:
@@ -160,7 +175,7 @@ class PodDirectory:
         """The node's pods and who answered (cached, failures too, for kubelet_cache_seconds)."""
         with self._lock:
             now = time.monotonic()
-            if self._cached is not None and now - self._cached[0] < self.settings.kubelet_cache_seconds:
+            if self._cached is not None and now - self._cached[0] < self.settings.kubelet.kubelet_cache_seconds:
                 return self._cached[1], self._cached[2]
             index, attribution = self._fetch()
             self._cached = (time.monotonic(), index, attribution)

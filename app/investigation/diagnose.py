@@ -15,7 +15,7 @@ is shown as context and never decides. Rules, in order (docs/diagnosis.md):
   R3 limit unreadable   -> the kind's cause, saying the limit could not be read and why, low confidence
   R4 otherwise by kind  -> swap / shmem_swap / code_refaults / cold_file_reads / unknown
 
-Before them, the noise floor (Settings.noise_floor, a tenth of the alert's 500/s): a process under it
+Before them, the noise floor (settings.investigation.noise_floor, a tenth of the alert's 500/s): a process under it
 gets `quiet` and no cause; a node under it gets the report verdict `quiet` (or no_major_faults), with
 what was seen and no advice. A handful of faults never gives a cause with high confidence.
 """
@@ -29,7 +29,7 @@ NODE_LOW_AVAILABLE = 0.10  # MemAvailable/MemTotal under which the node is short
 NODE_RECLAIM_SCAN = 100.0  # pages/s scanned by kswapd + direct reclaim: the node reclaims globally
 PSI_MEMORY_STALL = 5.0  # percent (avg10): shown as context only
 REFAULT_RISE = 0.05  # file refaults in the cgroup per major fault of the process: the limit evicts what it reads
-NOISE_FLOOR = 50.0  # major faults/s: Settings.noise_floor's default (a tenth of the alert's 500/s)
+NOISE_FLOOR = 50.0  # major faults/s: settings.investigation.noise_floor's default (a tenth of the alert's 500/s)
 MIN_FAULTS_HIGH = 100  # a process with fewer major faults in the window never gets a cause with high confidence
 SMALL_SHARE = 0.10  # the top process makes less of the node's faults than this: the headline is low confidence
 ANON_ROOM = 0.25  # anonymous memory at this share of the binding limit or more: shrinking it gives the page cache room
@@ -228,7 +228,7 @@ def diagnose_process(p: ProcessReport, node: NodeStats, limit_problem: str | Non
                      noise_floor: float = NOISE_FLOOR) -> Verdict:
     """The verdict for one process. limit_problem: why its memory cgroup could not be read (None: it
     could, or the process is in the root cgroup where no cgroup limit applies). noise_floor: major
-    faults/s under which the process gets `quiet` and no cause (Settings.noise_floor)."""
+    faults/s under which the process gets `quiet` and no cause (settings.investigation.noise_floor)."""
     rate = p.major_faults_per_second
     if p.major_faults <= 0:
         return Verdict(summary=f"{who(p)} had no major faults in the window", cause=Cause.NO_MAJOR_FAULTS,

@@ -148,7 +148,7 @@ class _TracerRun:
         request = TraceRequest(
             seconds=seconds, pids=self.pids, cancel=self.stop,
             on_start=lambda: mark("start"), on_stop=lambda: mark("stop"),
-            max_output_bytes=self.settings.tracer_max_output_bytes, max_pages=self.settings.tracer_max_pages,
+            max_output_bytes=self.settings.tracing.tracer_max_output_bytes, max_pages=self.settings.tracing.tracer_max_pages,
         )
         try:
             result = tracer.run(request)
@@ -238,10 +238,10 @@ def investigate(
     FALLBACK_SECONDS_MAX); the report lists the failed attempts in
     `tracer.skipped`. When every one fails, sources are estimated from procfs and the report says so.
     """
-    window = float(seconds if seconds is not None else settings.investigation_seconds)
-    top_n = top or settings.top
+    window = float(seconds if seconds is not None else settings.investigation.investigation_seconds)
+    top_n = top or settings.investigation.top
     cancel = cancel or threading.Event()
-    procfs = procfs or ProcFS(settings.proc_root)
+    procfs = procfs or ProcFS(settings.node.proc_root)
     report_progress = progress or (lambda _f, _m: None)
     started_at = utcnow()
     warnings: list[str] = []
@@ -258,7 +258,7 @@ def investigate(
         cands = list(tracers) or [make_tracer("procfs", settings)]
         reason, skipped = f"given by the caller: {', '.join(t.name for t in cands)}", []
     report_progress(0.0, f"tracing with {cands[0].name}")
-    sampler = Sampler(procfs, pids, cgroup_root=settings.cgroup_root, full_every=settings.scan_full_every_seconds)
+    sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root, full_every=settings.investigation.scan_full_every_seconds)
     sampler.first()
 
     tracer_stop = threading.Event()  # set on cancel, or when the tracer overruns the window
@@ -378,7 +378,7 @@ def investigate(
 
     node_stats = collect_node_stats(procfs, sampler, seconds_counted,
                                     vm=sampler.interval_vmstat() if span is not None else None)
-    read_swap(procfs, settings.sysfs_root, node_stats)
+    read_swap(procfs, settings.node.sysfs_root, node_stats)
     pods = pods or PodDirectory(settings)
     attribution = Attribution()
     need_pods = False
@@ -406,18 +406,18 @@ def investigate(
                             f"{seconds_counted:.1f} s interval: " + "; ".join(inexact[:5]))
     for p in processes:
         p.verdict = diagnose_process(
-            p, node_stats, cgroup_memory_problem(settings.cgroup_root, refs.get(p.pid), p.cgroup_memory),
-            noise_floor=settings.noise_floor)
+            p, node_stats, cgroup_memory_problem(settings.node.cgroup_root, refs.get(p.pid), p.cgroup_memory),
+            noise_floor=settings.investigation.noise_floor)
     apply_swap_devices(processes, node_stats)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, procfs, seconds=elapsed,
-                        owners=getattr(pods, "owners", None), node_name=settings.node_name)
+                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     cancelled = cancel.is_set()
     if cancelled:
         warnings.append("the investigation was cancelled before the window ended")
     return Report(
-        node=settings.node_name,
+        node=settings.node.node_name,
         status="cancelled" if cancelled else "complete",
         started_at=started_at,
         finished_at=utcnow(),
@@ -426,7 +426,7 @@ def investigate(
         tracer=tracer_info,
         node_stats=node_stats,
         processes=processes,
-        verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.noise_floor),
+        verdict=diagnose_report(processes, node_stats, seconds_counted, noise_floor=settings.investigation.noise_floor),
         attribution=attribution,
         warnings=warnings,
     )
@@ -471,7 +471,7 @@ def build_process(
     if ref is not None and ref.path not in ("", "/"):
         key = f"{ref.version}:{ref.path}"
         if key not in mem_cache:
-            mem_cache[key] = read_cgroup_memory(settings.cgroup_root, host_view(ref))
+            mem_cache[key] = read_cgroup_memory(settings.node.cgroup_root, host_view(ref))
         mem = mem_cache[key]
     rss = swap = None
     if smaps is not None:

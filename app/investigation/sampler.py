@@ -10,7 +10,7 @@ the last tick: new processes and exits, ~1 ms per 1,000; not at all when /proc/l
 created since) and reads only the new processes and those whose majflt rose in the last HOT_TICKS ticks;
 it reads
 every process (a full scan) when one of these holds:
-  - `full_every` ticks have passed since the last full scan (settings.scan_full_every_seconds);
+  - `full_every` ticks have passed since the last full scan (settings.investigation.scan_full_every_seconds);
   - the node's pgmajfault (/proc/vmstat) rose by more than the processes read explain (UNEXPLAINED_MIN
     faults and UNEXPLAINED_SHARE of the node's): someone not read faulted - an idle process woke up,
     a new one started, a hot one exited - so every process is read in this very tick and the faults
@@ -46,7 +46,7 @@ MAX_SNAPSHOTS_PER_TICK = 64
 MAX_SNAPSHOT_PROCESSES = 1024
 MAX_SNAPSHOTS_PER_PROCESS = 4
 MARK_FIRST = 16  # processes read first when the tracer starts and stops
-FULL_SCAN_EVERY = 5  # ticks between full scans, the default of settings.scan_full_every_seconds
+FULL_SCAN_EVERY = 5  # ticks between full scans, the default of settings.investigation.scan_full_every_seconds
 HOT_TICKS = 3  # a process whose majflt rose in one of the last HOT_TICKS ticks is read every tick
 UNEXPLAINED_MIN = 32  # node major faults in a tick that the processes read do not explain: this many
 UNEXPLAINED_SHARE = 0.02  # and this share of the node's: read every process in that tick

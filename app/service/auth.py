@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from app.config import Settings
+from app.config import StoreSettings, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,19 @@ class TokenSource:
     generated: bool  # True: created just now (print it once)
 
 
-def load_token(settings: Settings) -> TokenSource:
-    if settings.webhook_token_file is not None:
-        path = settings.webhook_token_file
+class TokenSettings(Protocol):
+    """What the webhook token needs: its file (web), else the store's folder where one is generated. `app.config.Settings` is one."""
+
+    @property
+    def web(self) -> WebSettings: ...
+
+    @property
+    def store(self) -> StoreSettings: ...
+
+
+def load_token(settings: TokenSettings) -> TokenSource:
+    if settings.web.webhook_token_file is not None:
+        path = settings.web.webhook_token_file
         try:
             token = path.read_text().strip()
         except OSError as exc:
@@ -52,7 +63,7 @@ def load_token(settings: Settings) -> TokenSource:
         if len(token) < MIN_TOKEN_LENGTH:
             log.warning("the webhook token in %s is shorter than %d characters", path, MIN_TOKEN_LENGTH)
         return TokenSource(token, path, generated=False)
-    path = Path(settings.data_dir) / GENERATED_TOKEN_NAME
+    path = Path(settings.store.data_dir) / GENERATED_TOKEN_NAME
     try:
         token = path.read_text().strip()
         if token:

@@ -112,7 +112,7 @@ class Fleet:
 
 
 def _sample(state: ServiceState, peers: list[Peer]) -> list[Peer]:
-    n = state.settings.fleet_peer_sample
+    n = state.settings.fleet.fleet_peer_sample
     return list(peers) if len(peers) <= n else random.sample(peers, n)
 
 
@@ -137,7 +137,7 @@ async def fleet(state: ServiceState, *, since: datetime | None = None, key: str 
     prom = state.prometheus
     local_since = since
     if prom is not None:  # the findings' age bounds what Prometheus knows: this store's rows alike
-        oldest = utcnow() - timedelta(seconds=state.settings.findings_max_age_seconds)
+        oldest = utcnow() - timedelta(seconds=state.settings.fleet.findings_max_age_seconds)
         local_since = oldest if since is None else max(since, oldest)
     local, local_count = await asyncio.gather(
         asyncio.to_thread(state.store.workloads, since=local_since, key=key),
@@ -151,7 +151,7 @@ async def fleet(state: ServiceState, *, since: datetime | None = None, key: str 
         nodes.update(r.node for r in found)
         return Fleet(
             rows=merge(rows), unreachable=unreachable, nodes_with_reports=len(nodes), source="prometheus",
-            max_age_seconds=state.settings.findings_max_age_seconds,
+            max_age_seconds=state.settings.fleet.findings_max_age_seconds,
         )
 
     client = state.peer_client()

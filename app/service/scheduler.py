@@ -162,7 +162,7 @@ class Scheduler:
         lead_up: LeadUpReader | None = None,
     ) -> None:
         self.settings = settings
-        self.node = settings.node_name
+        self.node = settings.node.node_name
         self._investigator = investigator
         self._lead_up = lead_up
         self._on_finished = on_finished
@@ -220,7 +220,7 @@ class Scheduler:
             return Submitted("duplicate", recent, "reported within the cooldown")
         if self._stopping:
             return Submitted("ignored", None, "shutting down")
-        if self._waiting() >= self.settings.max_queue:
+        if self._waiting() >= self.settings.scheduler.max_queue:
             return Submitted(
                 "ignored", None, f"queue full: {self._waiting()} alerts already wait on node {self.node}"
             )
@@ -233,7 +233,7 @@ class Scheduler:
             queued.add(trigger, key)
             return Submitted("joined", queued.id, "joined the queued investigation")
         inv = Investigation(
-            id=new_report_id(), node=self.node, window_seconds=self.settings.investigation_seconds
+            id=new_report_id(), node=self.node, window_seconds=self.settings.investigation.investigation_seconds
         )
         inv.add(trigger, key)
         self._queue.append(inv)
@@ -296,7 +296,7 @@ class Scheduler:
 
     def _deadline(self, inv: Investigation) -> tuple[str, float]:
         """(stage, its deadline in seconds) for where the investigation is now."""
-        stage_limit = self.settings.stage_deadline_seconds
+        stage_limit = self.settings.scheduler.stage_deadline_seconds
         if inv.progress < WINDOW_DONE_FRACTION:
             return "window", inv.window_seconds + WINDOW_GRACE_SECONDS + stage_limit
         return inv.message or "finishing", stage_limit
@@ -401,8 +401,8 @@ class Scheduler:
             await self._on_finished(inv, report)
         except Exception:
             log.exception("investigation %s: storing or posting the report failed", inv.id)
-        if report.status == "complete" and self.settings.cooldown_seconds > 0:
-            expiry = self._clock() + self.settings.cooldown_seconds
+        if report.status == "complete" and self.settings.scheduler.cooldown_seconds > 0:
+            expiry = self._clock() + self.settings.scheduler.cooldown_seconds
             for key in inv.keys:
                 self._recent[key] = (inv.id, expiry)
                 self._recent.move_to_end(key)
@@ -419,7 +419,7 @@ class Scheduler:
         until = result.finished_at or utcnow()
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._lead_up, result.trigger, until), self.settings.stage_deadline_seconds
+                asyncio.to_thread(self._lead_up, result.trigger, until), self.settings.scheduler.stage_deadline_seconds
             )
         except TimeoutError:
             return LeadUp(None, "no history: reading the recorder took too long")

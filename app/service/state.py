@@ -52,8 +52,8 @@ def local_identity(settings: Settings) -> NodeIdentity:
     """This node: its name and IPs. Without PFI_NODE_IP (a first try on one machine) the addresses
     the hostname resolves to count too."""
     ips: set[str] = set()
-    if settings.node_ip:
-        ips.update(ip for ip in (as_ip(p.strip()) for p in settings.node_ip.split(",")) if ip)
+    if settings.node.node_ip:
+        ips.update(ip for ip in (as_ip(p.strip()) for p in settings.node.node_ip.split(",")) if ip)
     else:
         try:
             for info in socket.getaddrinfo(socket.gethostname(), None):
@@ -62,7 +62,7 @@ def local_identity(settings: Settings) -> NodeIdentity:
                     ips.add(ip)
         except OSError:
             pass
-    return NodeIdentity(settings.node_name, frozenset(ips))
+    return NodeIdentity(settings.node.node_name, frozenset(ips))
 
 
 def real_investigator(pods: PodDirectory) -> Investigator:
@@ -114,19 +114,19 @@ class ServiceState:
             tokens = TokenWatcher(token)
         if store is None:
             store = ReportStore(
-                settings.data_dir,
-                retention_count=settings.report_retention_count,
-                retention_days=settings.report_retention_days,
+                settings.store.data_dir,
+                retention_count=settings.store.report_retention_count,
+                retention_days=settings.store.report_retention_days,
             )
             await asyncio.to_thread(store.open)
         # httpx logs every request's URL at INFO; a Slack webhook URL is a credential.
         logs.quiet_http_clients()
         metrics = Metrics()
         client = httpx.AsyncClient(
-            transport=transport, timeout=settings.sink_timeout_seconds, follow_redirects=False
+            transport=transport, timeout=settings.delivery.sink_timeout_seconds, follow_redirects=False
         )
         metrics.watch_store(store)
-        kube = KubeApi.from_settings(settings)
+        kube = KubeApi.from_settings(settings.apiserver)
         sinks = make_sinks(settings, client, kube)
         state = cls(
             settings=settings,
@@ -137,12 +137,12 @@ class ServiceState:
             kube=kube,
             peers=peers if peers is not None else make_peer_directory(settings, kube),
             sinks=sinks,
-            outbox=Outbox(settings, store, sinks, metrics),
+            outbox=Outbox(settings.delivery, store, sinks, metrics),
             pods=PodDirectory(settings),
             local=local_identity(settings),
         )
         state.prometheus = PrometheusClient.from_settings(
-            settings, transport, metrics.fleet_requests.labels(target="prometheus").inc
+            settings.fleet, transport, metrics.fleet_requests.labels(target="prometheus").inc
         )
         metrics.watch_findings(state.findings)
         state.recorder = RecorderService(settings, metrics.registry, state.pods)
@@ -160,7 +160,7 @@ class ServiceState:
         state.outbox.start()
         log.info(
             "service for node %s: %d sink(s) %s; store %s",
-            settings.node_name,
+            settings.node.node_name,
             len(state.sinks),
             [s.name for s in state.sinks],
             "ready" if store.ready else f"NOT ready: {store.reason}",
@@ -176,9 +176,9 @@ class ServiceState:
         """This node's latest finding per workload, younger than the findings' age, at most
         findings_max_workloads of them (newest first): the pfi_finding_* gauges."""
         s = self.settings
-        since = utcnow() - timedelta(seconds=s.findings_max_age_seconds)
+        since = utcnow() - timedelta(seconds=s.fleet.findings_max_age_seconds)
         try:
-            rows = self.store.workloads(since=since, limit=s.findings_max_workloads)
+            rows = self.store.workloads(since=since, limit=s.fleet.findings_max_workloads)
             return samples_of(self.local.name, (r for r in rows if r.node == self.local.name))
         except Exception:  # a row that does not read must not turn /metrics into a 500
             log.exception("findings left out of /metrics: the store's workload rows do not read")
@@ -191,8 +191,8 @@ class ServiceState:
             self.client,
             lambda: self.token,
             local_node=self.local.name,
-            forward_timeout=s.forward_timeout_seconds,
-            fetch_timeout=s.peer_fetch_timeout_seconds,
+            forward_timeout=s.peers.forward_timeout_seconds,
+            fetch_timeout=s.peers.peer_fetch_timeout_seconds,
         )
 
     # --- background work -------------------------------------------------------------------

@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.collectors.flight_recorder import FaultRecorder, PodLookup, Tick
-from app.config import Settings
+from app.config import NodeSettings, RecorderSettings
 from app.investigation.lead_up import lead_up_since
 from app.investigation.report import LeadUp
 from app.models import Trigger, utcnow
@@ -97,10 +97,20 @@ class WatchState:
         return self.faults / self.seconds if self.seconds > 0 else 0.0
 
 
+class RecorderServiceSettings(Protocol):
+    """What the recorder and watch mode read: their group, and the node (its name and kernel paths). `app.config.Settings` is one."""
+
+    @property
+    def recorder(self) -> RecorderSettings: ...
+
+    @property
+    def node(self) -> NodeSettings: ...
+
+
 class RecorderService:
     def __init__(
         self,
-        settings: Settings,
+        settings: RecorderServiceSettings,
         registry: CollectorRegistry,
         pods: PodLookup | None,
         *,
@@ -108,17 +118,17 @@ class RecorderService:
     ) -> None:
         self.settings = settings
         self.metrics = RecorderMetrics(registry)
-        self.enabled = settings.recorder_interval_seconds > 0
+        self.enabled = settings.recorder.recorder_interval_seconds > 0
         self.recorder: FaultRecorder | None = None
         if self.enabled:
             self.recorder = FaultRecorder(
-                settings.cgroup_root,
-                settings.proc_root,
-                interval=settings.recorder_interval_seconds,
-                retention=settings.recorder_retention_seconds,
+                settings.node.cgroup_root,
+                settings.node.proc_root,
+                interval=settings.recorder.recorder_interval_seconds,
+                retention=settings.recorder.recorder_retention_seconds,
                 pods=pods,
             )
-        self.watch = WatchState(settings.watch_threshold, settings.watch_for_seconds)
+        self.watch = WatchState(settings.recorder.watch_threshold, settings.recorder.watch_for_seconds)
         self.on_watch = on_watch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -180,7 +190,7 @@ class RecorderService:
 
     def connect(self, submit: Callable[[Trigger, str], Any]) -> None:
         """Send watch-mode triggers to the scheduler's `submit` (on the running loop), and start."""
-        self.on_watch = watch_submitter(asyncio.get_running_loop(), submit, self.settings.node_name, self.metrics)
+        self.on_watch = watch_submitter(asyncio.get_running_loop(), submit, self.settings.node.node_name, self.metrics)
         self.start()
 
     def stop(self) -> None:

@@ -27,11 +27,10 @@ import shutil
 import time
 from pathlib import Path
 
-from app.config import Settings
 from app.parsers.bpftrace import READY, BpftraceFaults, is_ready
 from app.tracers import _kernel, leftovers
 from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PID_FILTER = "/* PID_FILTER */"
@@ -39,7 +38,6 @@ INTERVAL = "/* INTERVAL */"
 OPEN_AFTER = 0.3  # s after BEGIN that counting starts: time for this side to read the ready line first
 EXIT_AFTER = "/* EXIT_AFTER */"
 MAX_PREDICATE_PIDS = 64  # above this, trace all and filter here (a long predicate costs per fault)
-STARTUP_TIMEOUT = 30.0  # compiling and loading: ~0.3 s here, seconds on a busy node
 STOP_LAG_SECONDS = 3.0  # longer than this from SIGINT to exit: the counts cover more than the window
 EXIT_GRACE = 30.0  # printing a map of 262,144 keys after SIGINT takes a while
 READY_PRINTF = 'printf("pfi-ready %llu\\n", nsecs);'  # in every program's BEGIN
@@ -70,11 +68,11 @@ def bpftrace_env(max_pages: int) -> dict[str, str]:
     return {**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(max_pages)}
 
 
-def plan_keys(settings: Settings, wanted: int) -> tuple[int, str]:
+def plan_keys(settings: TracerSettings, wanted: int) -> tuple[int, str]:
     """(BPFTRACE_MAP_KEYS_MAX to use, why it is below `wanted` or "")."""
-    ncpu = _kernel.online_cpus(settings.sysfs_root)
+    ncpu = _kernel.online_cpus(settings.node.sysfs_root)
     per_key = BYTES_PER_KEY + BYTES_PER_KEY_PER_CPU * ncpu
-    room, where = _kernel.own_memory_headroom(settings.proc_root, settings.cgroup_root, settings.sysfs_root)
+    room, where = _kernel.own_memory_headroom(settings.node.proc_root, settings.node.cgroup_root, settings.node.sysfs_root)
     if room is None:
         return wanted, ""
     fit = room // MAP_MEMORY_SHARE // per_key
@@ -87,29 +85,29 @@ def plan_keys(settings: Settings, wanted: int) -> tuple[int, str]:
     )
 
 
-def btf_path(settings: Settings) -> Path:
-    return settings.sysfs_root / "kernel/btf/vmlinux"
+def btf_path(settings: TracerSettings) -> Path:
+    return settings.node.sysfs_root / "kernel/btf/vmlinux"
 
 
-def find_bpftrace(settings: Settings) -> tuple[str | None, str]:
-    """The bpftrace binary to run (a PATH lookup of settings.bpftrace_path) and "", or None and why it
+def find_bpftrace(settings: TracerSettings) -> tuple[str | None, str]:
+    """The bpftrace binary to run (a PATH lookup of settings.tracing.bpftrace_path) and "", or None and why it
     cannot run (not found, or not root)."""
-    bt = shutil.which(settings.bpftrace_path)
+    bt = shutil.which(settings.tracing.bpftrace_path)
     if bt is None:
         return (
             None,
-            f"bpftrace binary not found: {settings.bpftrace_path!r} (settings.bpftrace_path / PFI_BPFTRACE_PATH)",
+            f"bpftrace binary not found: {settings.tracing.bpftrace_path!r} (settings.tracing.bpftrace_path / PFI_BPFTRACE_PATH)",
         )
     if os.geteuid() != 0:
         return None, "bpftrace needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for its maps)"
     return bt, ""
 
 
-def test_load(settings: Settings, bt: str, program: str) -> tuple[bool, str]:
+def test_load(settings: TracerSettings, bt: str, program: str) -> tuple[bool, str]:
     """Load the real program, with the map size a run will use, into the kernel and exit at once:
     proves parsing, BTF, the verifier, the maps' memory and attaching, not just the syntax
     (bpftrace 0.17's -d dry run does not load anything). ("", or the map-size note) on success."""
-    keys, note = plan_keys(settings, settings.tracer_max_pages)
+    keys, note = plan_keys(settings, settings.tracing.tracer_max_pages)
     tmp = leftovers.make_workdir("pfi-bt-probe-")
     try:
         path = Path(tmp) / program
@@ -123,13 +121,13 @@ def test_load(settings: Settings, bt: str, program: str) -> tuple[bool, str]:
     if rc == 0:
         return True, note
     line = first_error_line(err) or f"exit status {rc}"
-    mode = _kernel.lockdown(settings.sysfs_root)
+    mode = _kernel.lockdown(settings.node.sysfs_root)
     return False, f"bpftrace test load of {program} ({keys} map keys) failed: {line}" + (
         f" (kernel lockdown: {mode})" if mode else ""
     )
 
 
-def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, str]:
+def available(settings: TracerSettings, program: str, needs_btf: bool) -> tuple[bool, str]:
     bt, why = find_bpftrace(settings)
     if bt is None:
         return False, why
@@ -142,7 +140,8 @@ def available(settings: Settings, program: str, needs_btf: bool) -> tuple[bool, 
     return True, f"{bt} loads {program}" + (f" ({why})" if why else "")
 
 
-def run(settings: Settings, request: TraceRequest, result: TraceResult, program: str) -> TraceResult:
+def run(settings: TracerSettings, request: TraceRequest, result: TraceResult, program: str) -> TraceResult:
+    start_timeout = settings.tracing.bpftrace_start_timeout_seconds  # compiling, loading and attaching
     bt, why = find_bpftrace(settings)
     if bt is None:
         result.errors.append(why)
@@ -150,7 +149,7 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     pid_set: set[int] | None = None
     kernel_pids: list[int] | None = None
     if request.pids is not None:
-        pid_set = {p for p in request.pids if (settings.proc_root / str(p)).exists()}
+        pid_set = {p for p in request.pids if (settings.node.proc_root / str(p)).exists()}
         if not pid_set:
             result.errors.append(f"none of the pids {request.pids} exist any more")
             _markers(request)
@@ -169,7 +168,7 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
     try:
         path = Path(tmp) / program
         # Ends itself if nobody stops it (its owner was killed): the window + the grace after attaching.
-        path.write_text(program_text(program, kernel_pids, exit_after=request.seconds + settings.tracer_exit_grace_seconds,
+        path.write_text(program_text(program, kernel_pids, exit_after=request.seconds + settings.tracing.tracer_exit_grace_seconds,
                                      interval=(OPEN_AFTER, OPEN_AFTER + request.seconds)))
         argv = [bt, "-f", "json", str(path)]
         with SupervisedProcess(
@@ -179,14 +178,14 @@ def run(settings: Settings, request: TraceRequest, result: TraceResult, program:
             # it counted faults outside [on_start, on_stop] (3x the majflt of a 2 s window, measured).
             nice=0,
         ) as rec:
-            ready = rec.wait_for_line(lambda b: is_ready(b.decode("utf-8", "replace")), STARTUP_TIMEOUT, request.cancel)
+            ready = rec.wait_for_line(lambda b: is_ready(b.decode("utf-8", "replace")), start_timeout, request.cancel)
             if ready is None:
                 cancelled = request.cancel.is_set()
                 rec.stop(grace=2)
                 if cancelled:
                     result.errors.append("cancelled before bpftrace attached its probes")
                 else:
-                    why = rec.stderr_head() or f"no probes attached within {STARTUP_TIMEOUT:.0f}s"
+                    why = rec.stderr_head() or f"no probes attached within {start_timeout:.0f}s (PFI_BPFTRACE_START_TIMEOUT_SECONDS)"
                     result.errors.append(f"bpftrace did not start: {why}")
                 return result
             started = True

@@ -1,5 +1,5 @@
 """What the kernel lets this process lock, map and see, read from the configured roots
-(settings.proc_root, settings.sysfs_root, settings.cgroup_root), for sizing the tracers' buffers.
+(settings.node.proc_root, settings.node.sysfs_root, settings.node.cgroup_root), for sizing the tracers' buffers.
 
 perf's ring buffer (kernel/events/core.c, perf_mmap): each mmap of (pages + 1) pages is charged
 first to the user's allowance, `perf_event_mlock_kb` x online CPUs (per uid: every root process on

@@ -47,14 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from app.config import Settings
 from app.parsers.perf import FaultCounts
 from app.parsers.perfdata import PerfData, iter_timed_samples, read_header
 from app.tracers import _kernel, leftovers
 from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
-STARTUP_TIMEOUT = 15.0  # perf reading /proc for every task of a big node takes a while
 ACK_TIMEOUT = 5.0
 STOP_GRACE = 10.0  # SIGINT -> perf writes its header and exits
 CANCEL_PARSE_SECONDS = 5.0  # after a cancel, parse at most this much longer
@@ -65,16 +63,16 @@ def find_perf(path: str) -> str | None:
     return shutil.which(path)
 
 
-def lockdown(settings: Settings | None = None) -> str | None:
+def lockdown(settings: TracerSettings | None = None) -> str | None:
     """The kernel lockdown mode when it is on ("integrity", "confidentiality"), else None."""
-    return _kernel.lockdown(settings.sysfs_root if settings else Path("/sys"))
+    return _kernel.lockdown(settings.node.sysfs_root if settings else Path("/sys"))
 
 
-def paranoid_problem(settings: Settings) -> str | None:
+def paranoid_problem(settings: TracerSettings) -> str | None:
     """Why perf may not trace the whole node as this user, or None."""
     if os.geteuid() == 0:
         return None
-    level = _kernel.sysctl_int(settings.proc_root, "kernel/perf_event_paranoid")
+    level = _kernel.sysctl_int(settings.node.proc_root, "kernel/perf_event_paranoid")
     if level is not None and level > 0:
         return f"perf_event_paranoid={level} and not root (needs root, CAP_PERFMON or paranoid <= 0)"
     return None
@@ -106,26 +104,26 @@ class RingPlan:
         return self.pages < self.wanted
 
 
-def plan_ring(settings: Settings) -> RingPlan:
+def plan_ring(settings: TracerSettings) -> RingPlan:
     """How big `-m` may be here: the ring buffers (ncpu x (pages + 1) pages) must fit what this
     process may lock. The user's perf_event_mlock_kb allowance is shared by every perf and bpftrace
     of the same uid on the node, so only RLIMIT_MEMLOCK is counted on when shrinking."""
-    ncpu = _kernel.online_cpus(settings.sysfs_root)
+    ncpu = _kernel.online_cpus(settings.node.sysfs_root)
     wanted = mmap_pages(ncpu)
     need = ncpu * (wanted + 1) * _kernel.PAGE
-    paranoid = _kernel.sysctl_int(settings.proc_root, "kernel/perf_event_paranoid")
+    paranoid = _kernel.sysctl_int(settings.node.proc_root, "kernel/perf_event_paranoid")
     if paranoid is not None and paranoid < 0:
         return RingPlan(wanted, wanted, ncpu, None, "perf_event_paranoid=-1: no lock limit")
-    if _kernel.has_cap(_kernel.CAP_IPC_LOCK, settings.proc_root):
+    if _kernel.has_cap(_kernel.CAP_IPC_LOCK, settings.node.proc_root):
         return RingPlan(wanted, wanted, ncpu, None, "CAP_IPC_LOCK: no lock limit")
     limit = _kernel.memlock_limit()
     if limit is None or need + MEMLOCK_SLACK <= limit:
         return RingPlan(wanted, wanted, ncpu, None, "fits RLIMIT_MEMLOCK")
-    if _kernel.has_cap(_kernel.CAP_SYS_RESOURCE, settings.proc_root):
+    if _kernel.has_cap(_kernel.CAP_SYS_RESOURCE, settings.node.proc_root):
         return RingPlan(wanted, wanted, ncpu, need + MEMLOCK_SLACK,
                         f"RLIMIT_MEMLOCK raised from {limit >> 10} KiB to {(need + MEMLOCK_SLACK) >> 10} KiB"
                         " for perf (CAP_SYS_RESOURCE, no CAP_IPC_LOCK)")
-    allowance = (_kernel.sysctl_int(settings.proc_root, "kernel/perf_event_mlock_kb") or 516) * 1024 * ncpu
+    allowance = (_kernel.sysctl_int(settings.node.proc_root, "kernel/perf_event_mlock_kb") or 516) * 1024 * ncpu
     pages = wanted
     while pages > MIN_RING_PAGES and ncpu * (pages + 1) * _kernel.PAGE > max(limit - MEMLOCK_SLACK, 0):
         pages //= 2
@@ -144,7 +142,7 @@ def _mapping_refused(stderr: str) -> bool:
 SYSTEM_WIDE_ARGS = ["--synth=task"]  # recording -a: the running processes' names, not their mappings
 
 
-def probe_record(settings: Settings, perf: str, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
+def probe_record(settings: TracerSettings, perf: str, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
     """Record `true` with the event and the ring buffer and lock limit the run will use: proves the
     binary runs, the event opens and the buffers can be mapped here."""
     plan = plan_ring(settings)
@@ -165,10 +163,10 @@ def probe_record(settings: Settings, perf: str, event_args: list[str], system_wi
     return False, f"perf record -m {plan.pages} failed: {line}" + (f" (kernel lockdown: {mode})" if mode else "")
 
 
-def available(settings: Settings, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
-    perf = find_perf(settings.perf_path)
+def available(settings: TracerSettings, event_args: list[str], system_wide: bool = False) -> tuple[bool, str]:
+    perf = find_perf(settings.tracing.perf_path)
     if perf is None:
-        return False, f"perf binary not found: {settings.perf_path!r} (settings.perf_path / PFI_PERF_PATH)"
+        return False, f"perf binary not found: {settings.tracing.perf_path!r} (settings.tracing.perf_path / PFI_PERF_PATH)"
     if problem := paranoid_problem(settings):
         return False, problem
     ok, why = probe_record(settings, perf, event_args, system_wide)
@@ -214,7 +212,7 @@ MAX_SHRINK_RETRIES = 3  # halve -m this often when the kernel still refuses to m
 
 
 def run(
-    settings: Settings,
+    settings: TracerSettings,
     request: TraceRequest,
     result: TraceResult,
     event_args: list[str],
@@ -224,14 +222,15 @@ def run(
     """Record event_args for the window, then read perf.data natively (script_fields None) or parse
     `perf script -F script_fields` into result. `system_wide`: record -a even for request.pids and
     keep only their samples while reading (native reader only)."""
-    perf = find_perf(settings.perf_path)
+    start_timeout = settings.tracing.perf_start_timeout_seconds  # perf reads /proc for every task first
+    perf = find_perf(settings.tracing.perf_path)
     if perf is None:
-        result.errors.append(f"perf binary not found: {settings.perf_path!r}")
+        result.errors.append(f"perf binary not found: {settings.tracing.perf_path!r}")
         return result
     target: list[str] = ["-a", *(SYSTEM_WIDE_ARGS if system_wide else [])]
     keep: set[int] | None = None  # the pids whose samples are kept (None: all)
     if request.pids is not None:
-        live = _live_pids(request.pids, settings.proc_root)
+        live = _live_pids(request.pids, settings.node.proc_root)
         if not live:
             result.errors.append(f"none of the pids {request.pids} exist any more")
             _markers(request)
@@ -277,7 +276,7 @@ def run(
                           memlock_bytes=plan.memlock_bytes)
             try:
                 rec.start()
-                enabled = _command(rec, ctl_fd, ack_fd, "enable", STARTUP_TIMEOUT)
+                enabled = _command(rec, ctl_fd, ack_fd, "enable", start_timeout)
             except BaseException:
                 rec.stop(grace=1)
                 raise
@@ -286,7 +285,7 @@ def run(
             why = first_error_line(rec.stderr_text()) if rec.poll() is not None else ""
             rec.stop(grace=2)
             err = rec.stderr_text()
-            why = why or first_error_line(err) or f"no ack within {STARTUP_TIMEOUT:.0f}s"
+            why = why or first_error_line(err) or f"no ack within {start_timeout:.0f}s (PFI_PERF_START_TIMEOUT_SECONDS)"
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(ack_fd, 4096)  # a stale ack must not answer the next attempt
             if _mapping_refused(err) and pages > MIN_RING_PAGES and attempt < MAX_SHRINK_RETRIES:

@@ -12,7 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from app.config import NodeSettings, TracingSettings
+
 PAGE_MASK = ~0xFFF
+
+
+class TracerSettings(Protocol):
+    """What a backend reads of the settings: its own group, and the node's kernel paths (procfs, sysfs,
+    cgroup) to size its buffers and check its pids. `app.config.Settings` is one."""
+
+    @property
+    def tracing(self) -> TracingSettings: ...
+
+    @property
+    def node(self) -> NodeSettings: ...
 
 
 @dataclass

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import gzip
 
-from app.config import Settings
 from app.tracers import _bpftrace
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 PROGRAM = "handle_mm_fault.bt"
 
@@ -20,22 +19,22 @@ class BpftraceKprobeTracer:
     name = "bpftrace-kprobe"
     exact = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TracerSettings) -> None:
         self.settings = settings
 
     def _no_kprobes(self) -> str | None:
         """Why kprobes cannot work here, from the kernel's own files; None when they may."""
         try:
-            with gzip.open(self.settings.proc_root / "config.gz", "rt") as f:
+            with gzip.open(self.settings.node.proc_root / "config.gz", "rt") as f:
                 for line in f:
                     if line.startswith("# CONFIG_KPROBES is not set"):
-                        config = self.settings.proc_root / "config.gz"
+                        config = self.settings.node.proc_root / "config.gz"
                         return f"no kprobes: kernel built without CONFIG_KPROBES ({config})"
                     if line.startswith("CONFIG_KPROBES=y"):
                         break
         except OSError:
             pass
-        roots = [self.settings.tracefs_root, self.settings.sysfs_root / "kernel/debug/tracing"]
+        roots = [self.settings.tracing.tracefs_root, self.settings.node.sysfs_root / "kernel/debug/tracing"]
         mounted = [r for r in roots if (r / "events").is_dir()]
         if mounted and not any((r / "kprobe_events").exists() for r in mounted):
             return f"no kprobes: {mounted[0]}/kprobe_events missing (CONFIG_KPROBES off)"

@@ -6,9 +6,8 @@ line per fault slowed it by 38% on this project's test machine.
 
 from __future__ import annotations
 
-from app.config import Settings
 from app.tracers import _bpftrace
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 PROGRAM = "major_faults.bt"
 
@@ -17,7 +16,7 @@ class BpftraceMajorTracer:
     name = "bpftrace-major"
     exact = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TracerSettings) -> None:
         self.settings = settings
 
     def available(self) -> tuple[bool, str]:

@@ -45,7 +45,7 @@ MAX_FOLDERS = 10_000  # bound on what one reap looks at
 MAX_TRACERS_PER_FOLDER = 64
 MAX_OWNER_BYTES = 1024 * 1024  # an owner file is a few hundred bytes
 _write_lock = threading.Lock()
-# The /proc of the pid namespace our signals go to. Not settings.proc_root: with a captured tree there,
+# The /proc of the pid namespace our signals go to. Not settings.node.proc_root: with a captured tree there,
 # live owners would look dead and a pid number there may be another process here.
 PROC = Path("/proc")
 

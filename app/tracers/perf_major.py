@@ -10,9 +10,8 @@ major faults are recorded. Needs perf and root (or CAP_PERFMON / perf_event_para
 
 from __future__ import annotations
 
-from app.config import Settings
 from app.tracers import _perf
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 EVENT_ARGS = ["-e", "major-faults", "-c", "1", "-d"]
 
@@ -21,7 +20,7 @@ class PerfMajorTracer:
     name = "perf-major"
     exact = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TracerSettings) -> None:
         self.settings = settings
 
     def available(self) -> tuple[bool, str]:

@@ -10,9 +10,8 @@ works.
 
 from __future__ import annotations
 
-from app.config import Settings
 from app.tracers import _perf
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 TRACEPOINT = "exceptions:page_fault_user"
 EVENT_ARGS = ["-e", TRACEPOINT]
@@ -22,11 +21,11 @@ class PerfTracepointTracer:
     name = "perf-tracepoint"
     exact = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TracerSettings) -> None:
         self.settings = settings
 
     def _tracepoint_missing(self) -> str | None:
-        roots = [self.settings.tracefs_root, self.settings.sysfs_root / "kernel/debug/tracing"]
+        roots = [self.settings.tracing.tracefs_root, self.settings.node.sysfs_root / "kernel/debug/tracing"]
         mounted = [r for r in roots if (r / "events").is_dir()]
         if mounted and not any((r / "events/exceptions/page_fault_user").is_dir() for r in mounted):
             return f"no tracepoint {TRACEPOINT} in {mounted[0]}/events (e.g. arm64 has none)"

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import time
 
-from app.config import Settings
-from app.tracers.base import TraceRequest, TraceResult
+from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 
 class ProcfsTracer:
     name = "procfs"
     exact = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TracerSettings) -> None:
         self.settings = settings
 
     def available(self) -> tuple[bool, str]:

@@ -1,6 +1,6 @@
 """Which tracer backend to use: a small ordered list, preferring exact major faults.
 
-`select()` takes the first available backend in ORDER (settings.tracer "auto"), or the forced one;
+`select()` takes the first available backend in ORDER (settings.tracing.tracer "auto"), or the forced one;
 a forced backend that does not work here falls back to the others in ORDER and says why. Every
 backend not used is returned in `skipped` with its reason, for the report.
 
@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.config import TRACER_AUTO, TRACER_NAMES, Settings
+from app.config import TRACER_AUTO, TRACER_NAMES
 from app.models import SkippedBackend
 from app.tracers._supervise import kill_started_by
-from app.tracers.base import Tracer
+from app.tracers.base import Tracer, TracerSettings
 from app.tracers.bpftrace_kprobe import BpftraceKprobeTracer
 from app.tracers.bpftrace_major import BpftraceMajorTracer
 from app.tracers.perf_major import PerfMajorTracer
@@ -27,7 +27,7 @@ from app.tracers.procfs_only import ProcfsTracer
 
 __all__ = ["AUTO", "CHOICES", "ORDER", "candidates", "check_names", "kill_started_by", "make_tracer", "mark_failed", "probe", "select"]
 
-AUTO = TRACER_AUTO  # settings.tracer: the first backend in ORDER that works here
+AUTO = TRACER_AUTO  # settings.tracing.tracer: the first backend in ORDER that works here
 
 # Every backend, in the order "auto" tries them: exact major faults first, estimates last, and among the
 # exact ones by measured cost (bench/tracer_cost.py and rows 1-3 of `python -m bench`, docs/bench.md): per
@@ -36,7 +36,7 @@ AUTO = TRACER_AUTO  # settings.tracer: the first backend in ORDER that works her
 # perf-major has its counts ~10 ms after the window (perf.data read while it records) where bpftrace-major
 # needs ~0.2-0.5 s to print and parse its maps, and perf's process stays ~40 MiB where bpftrace compiles
 # with LLVM (~90 MiB, a few hundred on big programs) and holds per-CPU maps of tracer_max_pages keys.
-_BACKENDS: dict[str, Callable[[Settings], Tracer]] = {
+_BACKENDS: dict[str, Callable[[TracerSettings], Tracer]] = {
     backend.name: backend
     for backend in (PerfMajorTracer, BpftraceMajorTracer, BpftraceKprobeTracer, PerfTracepointTracer, ProcfsTracer)
 }
@@ -48,7 +48,7 @@ WHY_FIRST = {
     "bpftrace-major": "exact; measured as cheap per fault as perf-major, but 0.2-0.5 s to hand over its maps after "
                       "the window and LLVM's memory to compile",
 }
-CHOICES: tuple[str, ...] = (AUTO, *ORDER)  # what settings.tracer (PFI_TRACER, --tracer) accepts
+CHOICES: tuple[str, ...] = (AUTO, *ORDER)  # what settings.tracing.tracer (PFI_TRACER, --tracer) accepts
 
 
 def check_names(order: list[str], names: tuple[str, ...]) -> None:
@@ -60,7 +60,7 @@ def check_names(order: list[str], names: tuple[str, ...]) -> None:
 check_names(ORDER, TRACER_NAMES)
 
 
-def make_tracer(name: str, settings: Settings) -> Tracer:
+def make_tracer(name: str, settings: TracerSettings) -> Tracer:
     try:
         return _BACKENDS[name](settings)
     except KeyError:
@@ -74,8 +74,8 @@ _probe_cache: dict[tuple[str, ...], tuple[float, tuple[bool, str]]] = {}
 _probe_lock = threading.Lock()
 
 
-def _check(tracer: Tracer, settings: Settings, fresh: bool = False) -> tuple[bool, str]:
-    key = (tracer.name, settings.perf_path, settings.bpftrace_path, str(settings.tracefs_root))
+def _check(tracer: Tracer, settings: TracerSettings, fresh: bool = False) -> tuple[bool, str]:
+    key = (tracer.name, settings.tracing.perf_path, settings.tracing.bpftrace_path, str(settings.tracing.tracefs_root))
     now = time.monotonic()
     with _probe_lock:
         hit = _probe_cache.get(key)
@@ -90,15 +90,15 @@ def _check(tracer: Tracer, settings: Settings, fresh: bool = False) -> tuple[boo
     return result
 
 
-def mark_failed(tracer: Tracer, settings: Settings, why: str) -> None:
+def mark_failed(tracer: Tracer, settings: TracerSettings, why: str) -> None:
     """A backend that passed its probe but failed in a window: the next investigations within
     PROBE_CACHE_SECONDS skip it with this reason instead of failing the same way."""
-    key = (tracer.name, settings.perf_path, settings.bpftrace_path, str(settings.tracefs_root))
+    key = (tracer.name, settings.tracing.perf_path, settings.tracing.bpftrace_path, str(settings.tracing.tracefs_root))
     with _probe_lock:
         _probe_cache[key] = (time.monotonic(), (False, f"failed at run time: {why}"))
 
 
-def candidates(settings: Settings, *, fresh: bool = False) -> tuple[list[Tracer], str, list[SkippedBackend]]:
+def candidates(settings: TracerSettings, *, fresh: bool = False) -> tuple[list[Tracer], str, list[SkippedBackend]]:
     """(select()'s choice, then the other exact backends that work here in ORDER: the run-time
     fallbacks; why the first; every backend but the first with why not, as select() gives them)."""
     chosen, reason, skipped = select(settings, fresh=fresh)
@@ -111,15 +111,15 @@ def candidates(settings: Settings, *, fresh: bool = False) -> tuple[list[Tracer]
     return out, reason, skipped
 
 
-def probe(settings: Settings) -> list[tuple[str, bool, str]]:
+def probe(settings: TracerSettings) -> list[tuple[str, bool, str]]:
     """Every backend, in ORDER: (name, works here?, what works or why not)."""
     return [(name, *_check(make_tracer(name, settings), settings, fresh=True)) for name in ORDER]
 
 
-def select(settings: Settings, *, fresh: bool = False) -> tuple[Tracer, str, list[SkippedBackend]]:
+def select(settings: TracerSettings, *, fresh: bool = False) -> tuple[Tracer, str, list[SkippedBackend]]:
     """(the tracer to use, why it, every other backend with why not). Probes are reused for
     PROBE_CACHE_SECONDS unless `fresh`."""
-    forced = settings.tracer if settings.tracer != AUTO else None
+    forced = settings.tracing.tracer if settings.tracing.tracer != AUTO else None
     candidates = ORDER if forced is None else [forced, *(n for n in ORDER if n != forced)]
     chosen: Tracer | None = None
     reason = ""

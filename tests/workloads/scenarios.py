@@ -471,7 +471,7 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
         return out
     top = report.processes[0]
     out.rate = top.major_faults / max(report.window_seconds, 1e-3)
-    out.floor = Settings(**kw).noise_floor
+    out.floor = Settings(**kw).investigation.noise_floor
     kind, _, _ = dominant(top)
     v = top.verdict
     out.cause = v.cause.value if v else "-"

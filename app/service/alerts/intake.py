@@ -265,7 +265,7 @@ def _no_inspector(peers: PeerDirectory, node: str) -> str:
 async def handle_alerts(state: ServiceState, parsed: ParsedPayload, forwarded_from: str | None) -> AlertsAnswer:
     outcomes = Outcomes()
     deferred: list[Ignored] = []
-    names = state.settings.alertname_set()
+    names = state.settings.web.alertname_set()
     metrics = state.metrics.alerts
 
     wanted = [a for a in parsed.alerts if a.alertname in names]

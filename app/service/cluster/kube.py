@@ -22,7 +22,7 @@ from app.collectors.apiserver import (
     event_body,
     service_account_namespace,
 )
-from app.config import Settings
+from app.config import ApiServerSettings
 
 __all__ = ["KubeApi", "KubeError", "event_body", "service_account_namespace"]
 
@@ -41,9 +41,9 @@ class KubeApi:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KubeApi | None:
+    def from_settings(cls, apiserver: ApiServerSettings) -> KubeApi | None:
         """None when there is no API server to talk to (not in a cluster, none configured)."""
-        config = ApiServerConfig.from_settings(settings)
+        config = ApiServerConfig.from_settings(apiserver)
         return cls(ApiServer(config)) if config is not None else None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

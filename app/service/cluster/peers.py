@@ -2,7 +2,7 @@
 one client that talks to peers.
 
 Three directories behind one small interface:
-- `KubePeers`: the API server. Pods of this DaemonSet (`settings.namespace`, `peer_label_selector`),
+- `KubePeers`: the API server. Pods of this DaemonSet (`settings.peers.namespace`, `peer_label_selector`),
   listed whole and cached `peer_cache_seconds`. A node missing from the list makes the list be
   fetched again, at most every MISS_REFRESH_SECONDS and by one caller at a time however many
   alerts (and nodes) miss: no per-node query, so no label value ever reaches a selector. A pod's
@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 import httpx
 
 from app.collectors.apiserver import is_node_name
-from app.config import Settings
+from app.config import ApiServerSettings, NodeSettings, PeerSettings
 from app.service.cluster.answers import INVESTIGATION_ROWS, REPORT_ROWS, rows_of
 from app.service.cluster.kube import KubeApi, KubeError, service_account_namespace
 from app.service.cluster.nodes import NodeIdentity, as_ip, names_match
@@ -127,12 +127,25 @@ def _pod_is_usable(pod: dict[str, Any]) -> bool:
     )
 
 
+class PeerLookupSettings(Protocol):
+    """What finding peers reads: the peers group, this node's name, and the API server's group (its service account names the namespace). `app.config.Settings` is one."""
+
+    @property
+    def peers(self) -> PeerSettings: ...
+
+    @property
+    def node(self) -> NodeSettings: ...
+
+    @property
+    def apiserver(self) -> ApiServerSettings: ...
+
+
 class KubePeers:
-    def __init__(self, api: KubeApi, settings: Settings, namespace: str, selector: str) -> None:
+    def __init__(self, api: KubeApi, settings: PeerLookupSettings, namespace: str, selector: str) -> None:
         self.api = api
-        self.own_node = settings.node_name
-        self.port = settings.peer_port
-        self.ttl = settings.peer_cache_seconds
+        self.own_node = settings.node.node_name
+        self.port = settings.peers.peer_port
+        self.ttl = settings.peers.peer_cache_seconds
         self.namespace = namespace
         self.selector = selector
         self.error: str | None = None
@@ -234,18 +247,18 @@ class KubePeers:
         return None  # the KubeApi belongs to the service state, which closes it
 
 
-def make_peer_directory(settings: Settings, api: KubeApi | None) -> PeerDirectory:
-    if settings.static_peers:
-        return StaticPeers(parse_static_peers(settings.static_peers, settings.node_name))
+def make_peer_directory(settings: PeerLookupSettings, api: KubeApi | None) -> PeerDirectory:
+    if settings.peers.static_peers:
+        return StaticPeers(parse_static_peers(settings.peers.static_peers, settings.node.node_name))
     if api is None:
         return NoPeers()
-    namespace = settings.namespace or service_account_namespace(settings)
-    if not namespace or not settings.peer_label_selector:
+    namespace = settings.peers.namespace or service_account_namespace(settings.apiserver)
+    if not namespace or not settings.peers.peer_label_selector:
         log.warning(
             "in a cluster but PFI_NAMESPACE/PFI_PEER_LABEL_SELECTOR unset: alerts for other nodes are not forwarded"
         )
         return NoPeers()
-    return KubePeers(api, settings, namespace, settings.peer_label_selector)
+    return KubePeers(api, settings, namespace, settings.peers.peer_label_selector)
 
 
 # --- talking to peers --------------------------------------------------------------------------------

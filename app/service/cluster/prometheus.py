@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from app.config import Settings
+from app.config import FleetSettings
 from app.parsers.prometheus import PromAnswerError, VectorSample, parse_vector
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,16 @@ class PrometheusClient:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, transport: httpx.AsyncBaseTransport | None, on_request: Callable[[], None] | None
+        cls, fleet: FleetSettings, transport: httpx.AsyncBaseTransport | None, on_request: Callable[[], None] | None
     ) -> PrometheusClient | None:
-        if not settings.prometheus_url:
+        if not fleet.prometheus_url:
             return None
         return cls(
-            settings.prometheus_url,
-            timeout=settings.prometheus_timeout_seconds,
-            cache_seconds=settings.prometheus_cache_seconds,
-            token_file=settings.prometheus_token_file,
-            ca_file=settings.prometheus_ca_file,
+            fleet.prometheus_url,
+            timeout=fleet.prometheus_timeout_seconds,
+            cache_seconds=fleet.prometheus_cache_seconds,
+            token_file=fleet.prometheus_token_file,
+            ca_file=fleet.prometheus_ca_file,
             transport=transport,
             on_request=on_request,
         )

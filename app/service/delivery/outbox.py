@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from app.config import Settings
+from app.config import DeliverySettings
 from app.models import Report, Trigger
 from app.service.delivery.sinks import Sink, deliver_with_retry
 from app.service.metrics import Metrics
@@ -33,8 +33,8 @@ DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is no
 
 
 class Outbox:
-    def __init__(self, settings: Settings, store: ReportStore, sinks: list[Sink], metrics: Metrics) -> None:
-        self.settings = settings
+    def __init__(self, delivery: DeliverySettings, store: ReportStore, sinks: list[Sink], metrics: Metrics) -> None:
+        self.delivery = delivery
         self.store = store
         self.sinks = sinks
         self.metrics = metrics
@@ -78,7 +78,7 @@ class Outbox:
     async def deliver(self, report: Report, triggers: list[Trigger], sinks: list[Sink] | None = None) -> Report:
         """Deliver to each sink (retried); each result is written with the removal of its outbox
         row as soon as that sink is done."""
-        s = self.settings
+        s = self.delivery
         current = report
         lock = asyncio.Lock()
 

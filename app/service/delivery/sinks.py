@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from app.config import UI_PORT, Settings
+from app.config import UI_PORT, DeliverySettings, WebSettings
 from app.investigation.lead_up import culprit_labels, describe_history
 from app.investigation.recommend import verdict_text
 from app.models import Cause, ProcessReport, Report, SinkResult, utcnow
@@ -56,12 +56,22 @@ class Sink(Protocol):
     async def deliver(self, report: Report, fleet: str = "") -> str: ...
 
 
-def report_url(settings: Settings, report_id: str) -> str:
+class SinkSettings(Protocol):
+    """What the sinks read: their own group, and the web group for links to a report. `app.config.Settings` is one."""
+
+    @property
+    def delivery(self) -> DeliverySettings: ...
+
+    @property
+    def web(self) -> WebSettings: ...
+
+
+def report_url(web: WebSettings, report_id: str) -> str:
     """`PFI_PUBLIC_URL` when set, else the UI address (what `kubectl port-forward` reaches)."""
-    base = settings.public_url
+    base = web.public_url
     if not base:
         try:
-            host, port = parse_listen_address(settings.ui_listen_address, UI_PORT)
+            host, port = parse_listen_address(web.ui_listen_address, UI_PORT)
         except AddressError:  # serve refuses to start with it; a report made elsewhere names the default
             host, port = "127.0.0.1", UI_PORT
         if host in (ALL_INTERFACES, "0.0.0.0"):
@@ -127,9 +137,9 @@ async def _post(client: httpx.AsyncClient, url: str, body: Any, timeout: float, 
 class AlertmanagerSink:
     name = "alertmanager"
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        assert settings.alertmanager_url
-        self.url = settings.alertmanager_url.rstrip("/") + "/api/v2/alerts"
+    def __init__(self, settings: SinkSettings, client: httpx.AsyncClient) -> None:
+        assert settings.delivery.alertmanager_url
+        self.url = settings.delivery.alertmanager_url.rstrip("/") + "/api/v2/alerts"
         self.settings = settings
         self.client = client
 
@@ -151,7 +161,7 @@ class AlertmanagerSink:
                 if value:
                     labels[key] = value
         labels.update(culprit_labels(report))  # the recorder's lead-up culprit when the verdict names it
-        url = report_url(self.settings, report.id)
+        url = report_url(self.settings.web, report.id)
         starts = report.finished_at or utcnow()
         return {
             "labels": labels,
@@ -169,7 +179,7 @@ class AlertmanagerSink:
 
     async def deliver(self, report: Report, fleet: str = "") -> str:
         await _post(
-            self.client, self.url, [self.alert(report, fleet)], self.settings.sink_timeout_seconds, "alertmanager"
+            self.client, self.url, [self.alert(report, fleet)], self.settings.delivery.sink_timeout_seconds, "alertmanager"
         )
         return "MajorPageFaultsReport alert posted"
 
@@ -182,7 +192,7 @@ def _quiet(report: Report) -> bool:
 class KubeEventsSink:
     name = "kubernetes-events"
 
-    def __init__(self, settings: Settings, api: KubeApi) -> None:
+    def __init__(self, settings: SinkSettings, api: KubeApi) -> None:
         self.settings = settings
         self.api = api
         self._done: dict[str, set[str]] = {}  # report id -> objects already given an event (retries)
@@ -265,14 +275,14 @@ def _slack_escape(text: str) -> str:
 class SlackSink:
     name = "slack"
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        assert settings.slack_webhook_url
-        self._url = settings.slack_webhook_url  # the secret: never logged
+    def __init__(self, settings: SinkSettings, client: httpx.AsyncClient) -> None:
+        assert settings.delivery.slack_webhook_url
+        self._url = settings.delivery.slack_webhook_url  # the secret: never logged
         self.settings = settings
         self.client = client
 
     def message(self, report: Report, fleet: str = "") -> dict[str, Any]:
-        url = report_url(self.settings, report.id)
+        url = report_url(self.settings.web, report.id)
         title = f"Major page faults on {report.node}"
         summary = _slack_escape(_bounded(verdict_text(report.verdict), 1500))
         if fleet:
@@ -307,37 +317,37 @@ class SlackSink:
         }
 
     async def deliver(self, report: Report, fleet: str = "") -> str:
-        await _post(self.client, self._url, self.message(report, fleet), self.settings.sink_timeout_seconds, "slack")
+        await _post(self.client, self._url, self.message(report, fleet), self.settings.delivery.sink_timeout_seconds, "slack")
         return "posted"
 
 
 class WebhookSink:
     name = "webhook"
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        assert settings.report_webhook_url
-        self._url = settings.report_webhook_url  # may carry a credential: never logged
+    def __init__(self, settings: SinkSettings, client: httpx.AsyncClient) -> None:
+        assert settings.delivery.report_webhook_url
+        self._url = settings.delivery.report_webhook_url  # may carry a credential: never logged
         self.settings = settings
         self.client = client
 
     async def deliver(self, report: Report, fleet: str = "") -> str:
         body = report.model_dump(mode="json")
-        await _post(self.client, self._url, body, self.settings.sink_timeout_seconds, "webhook")
+        await _post(self.client, self._url, body, self.settings.delivery.sink_timeout_seconds, "webhook")
         return "report posted"
 
 
-def make_sinks(settings: Settings, client: httpx.AsyncClient, api: KubeApi | None) -> list[Sink]:
+def make_sinks(settings: SinkSettings, client: httpx.AsyncClient, api: KubeApi | None) -> list[Sink]:
     sinks: list[Sink] = []
-    if settings.alertmanager_url:
+    if settings.delivery.alertmanager_url:
         sinks.append(AlertmanagerSink(settings, client))
-    if settings.kubernetes_events:
+    if settings.delivery.kubernetes_events:
         if api is None:
             log.warning("PFI_KUBERNETES_EVENTS is on but there is no API server to post Events to")
         else:
             sinks.append(KubeEventsSink(settings, api))
-    if settings.slack_webhook_url:
+    if settings.delivery.slack_webhook_url:
         sinks.append(SlackSink(settings, client))
-    if settings.report_webhook_url:
+    if settings.delivery.report_webhook_url:
         sinks.append(WebhookSink(settings, client))
     return sinks
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from app.config import UI_PORT, Settings
+from app.config import UI_PORT, WebSettings
 from app.parsers.address import ALL_INTERFACES, AddressError, parse_listen_address, split_host_port
 
 log = logging.getLogger(__name__)
@@ -40,35 +40,35 @@ def _host_only(value: str) -> str:
         return ""
 
 
-def _ui_listen_host(settings: Settings) -> str | None:
+def _ui_listen_host(web: WebSettings) -> str | None:
     """The UI's listen host (ALL_INTERFACES for `*`, `:port`, `[::]`); None when the address cannot
     be read (serve refuses to start then)."""
     try:
-        return parse_listen_address(settings.ui_listen_address, UI_PORT)[0].lower()
+        return parse_listen_address(web.ui_listen_address, UI_PORT)[0].lower()
     except AddressError:
         return None
 
 
-def allowed_ui_hosts(settings: Settings) -> frozenset[str]:
+def allowed_ui_hosts(web: WebSettings) -> frozenset[str]:
     """Loopback names, the UI's own listen address and PFI_PUBLIC_URL's host."""
     names = set(LOOPBACK_NAMES)
-    host = _ui_listen_host(settings)
+    host = _ui_listen_host(web)
     if host and host not in (ALL_INTERFACES, "0.0.0.0"):
         names.add(host)
-    if settings.public_url:
-        public_host = urlsplit(settings.public_url).hostname
+    if web.public_url:
+        public_host = urlsplit(web.public_url).hostname
         if public_host:
             names.add(public_host.lower())
     return frozenset(names)
 
 
-def ui_exposure_warning(settings: Settings) -> str | None:
+def ui_exposure_warning(web: WebSettings) -> str | None:
     """A warning when the token-free UI listens beyond loopback; None when it does not."""
-    host = _ui_listen_host(settings)
+    host = _ui_listen_host(web)
     if host is not None and host_allowed(host, LOOPBACK_NAMES):
         return None
     return (
-        f"the report UI listens on {settings.ui_listen_address.strip()}, beyond loopback, and has no token: anyone who "
+        f"the report UI listens on {web.ui_listen_address.strip()}, beyond loopback, and has no token: anyone who "
         "reaches that address reads every report (command lines, pod names). Keep PFI_UI_LISTEN_ADDRESS on "
         "127.0.0.1 and use kubectl port-forward"
     )
@@ -86,10 +86,10 @@ def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
         return False
 
 
-def install_ui_guard(app: FastAPI, settings: Settings) -> None:
+def install_ui_guard(app: FastAPI, web: WebSettings) -> None:
     """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 reaches a port-forwarded UI
     with `Host: evil.example`; only loopback names and the configured ones are answered."""
-    allowed = allowed_ui_hosts(settings)
+    allowed = allowed_ui_hosts(web)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

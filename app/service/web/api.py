@@ -84,8 +84,8 @@ async def post_alerts(
     forwarded_from: Annotated[str | None, Header(alias=FORWARDED_HEADER, max_length=253)] = None,
 ) -> JSONResponse:
     try:
-        body = await read_body(request, state.settings.max_body_bytes)
-        parsed = parse_payload(decode_json(body), max_alerts=state.settings.max_alerts_per_request)
+        body = await read_body(request, state.settings.web.max_body_bytes)
+        parsed = parse_payload(decode_json(body), max_alerts=state.settings.web.max_alerts_per_request)
     except PayloadError:
         state.metrics.alerts.labels(outcome="rejected").inc()
         raise

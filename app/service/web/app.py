@@ -121,6 +121,6 @@ def create_ui_app(api_app: FastAPI) -> FastAPI:
     app.state.api_app = api_app
     app.router.redirect_slashes = False  # a redirect would be built from the Host header
     _install_error_handlers(app)
-    install_ui_guard(app, api_app.state.settings)
+    install_ui_guard(app, api_app.state.settings.web)
     app.include_router(ui)
     return app

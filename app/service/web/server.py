@@ -59,15 +59,15 @@ def _url(host: str, port: int) -> str:
 
 
 def first_run_message(settings: Settings, source: TokenSource) -> str:
-    host, port = parse_listen_address(settings.listen_address, API_PORT)
-    ui_host, ui_port = parse_listen_address(settings.ui_listen_address, UI_PORT)
+    host, port = parse_listen_address(settings.web.listen_address, API_PORT)
+    ui_host, ui_port = parse_listen_address(settings.web.ui_listen_address, UI_PORT)
     sample = {
         "version": "4",
         "status": "firing",
         "alerts": [
             {
                 "status": "firing",
-                "labels": {"alertname": sorted(settings.alertname_set())[0], "node": settings.node_name},
+                "labels": {"alertname": sorted(settings.web.alertname_set())[0], "node": settings.node.node_name},
                 "startsAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             }
         ],
@@ -85,7 +85,7 @@ def first_run_message(settings: Settings, source: TokenSource) -> str:
 
 def _setup_logging(settings: Settings | None = None) -> None:
     """Once for `serve`: INFO, text or JSON lines (PFI_LOG_FORMAT); see app.service.logs."""
-    logs.configure((settings or Settings()).log_format)
+    logs.configure((settings or Settings()).web.log_format)
 
 
 def _watchdog(seconds: float) -> None:
@@ -124,8 +124,8 @@ def _listen(settings: Settings) -> list[tuple[str, int, socket.socket]]:
     line and exit 1 (the socket already bound is closed)."""
     bound: list[tuple[str, int, socket.socket]] = []
     for name, address, default in (
-        ("PFI_LISTEN_ADDRESS", settings.listen_address, API_PORT),
-        ("PFI_UI_LISTEN_ADDRESS", settings.ui_listen_address, UI_PORT),
+        ("PFI_LISTEN_ADDRESS", settings.web.listen_address, API_PORT),
+        ("PFI_UI_LISTEN_ADDRESS", settings.web.ui_listen_address, UI_PORT),
     ):
         try:
             host, port = parse_listen_address(address, default)
@@ -144,7 +144,7 @@ async def run_servers(
     (host, port, api_sock), (ui_host, ui_port, ui_sock) = bound or _listen(settings)
     common = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": GRACEFUL_SECONDS}
     common["timeout_keep_alive"] = KEEP_ALIVE_SECONDS
-    limits = {"max_connections": settings.max_connections, "head_timeout": settings.request_head_timeout_seconds}
+    limits = {"max_connections": settings.web.max_connections, "head_timeout": settings.web.request_head_timeout_seconds}
     api_http = guarded_protocol("API listener", **limits)  # type: ignore[arg-type]
     ui_http = guarded_protocol("UI listener", **limits)  # type: ignore[arg-type]
     api = _Server(uvicorn.Config(api_app, host=host, port=port, lifespan="on", http=api_http, **common))  # type: ignore[arg-type]
@@ -157,7 +157,7 @@ async def run_servers(
         log.info("%s: shutting down", sig.name)
         if not watchdog_started:
             watchdog_started = True
-            _watchdog(settings.shutdown_seconds)
+            _watchdog(settings.web.shutdown_seconds)
         state = getattr(api_app.state, "svc", None)
         if state is not None and state.scheduler.running is not None:
             state.scheduler.running.cancel.set()  # stop the tracer now, not after the servers
@@ -192,9 +192,9 @@ def _own_data_dir(settings: Settings) -> Settings:
     """The data dir to use, checked: as root without PFI_DATA_DIR the fixed ROOT_DATA_DIR (the
     chart mounts it), not the working directory, which may be anyone's. One that is not ours (see
     data_dir_problem) is one line naming the path and the fix, and exit 1."""
-    if os.geteuid() == 0 and "data_dir" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"data_dir": ROOT_DATA_DIR})
-    problem = data_dir_problem(Path(settings.data_dir))
+    if os.geteuid() == 0 and "data_dir" not in settings.store.model_fields_set:
+        settings = settings.updated(data_dir=ROOT_DATA_DIR)
+    problem = data_dir_problem(Path(settings.store.data_dir))
     if problem:
         log.error("%s", problem)
         raise SystemExit(1)
@@ -221,7 +221,7 @@ def serve(settings: Settings | None = None, *, investigator: Callable[..., Repor
         sys.stderr.flush()
     else:
         log.info("webhook token from %s", source.path)
-    warning = ui_exposure_warning(settings)
+    warning = ui_exposure_warning(settings.web)
     if warning:
         log.warning("%s", warning)
     # No token passed: the state watches the file and re-reads it when it changes (rotation).
