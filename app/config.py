@@ -128,8 +128,8 @@ class TracingSettings(_Group):
         default=30.0,
         gt=0,
         le=600,
-        description="How long bpftrace has to compile, load and attach its probes, in seconds; past it"
-        " the backend fails and the next one is tried. 30: about 0.3 s on an idle node, seconds on a"
+        description="How long bpftrace has to compile, load and attach its probes (and the probe's test"
+        " load to finish), in seconds; past it the backend fails and the next one is tried. 30: about 0.3 s on an idle node, seconds on a"
         " busy one, and a slow emulated CPU (a TCG guest) takes far longer.",
     )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.collectors.cgroupmem import memory_hierarchy
+from app.demo import WINDOW_MAX, WINDOW_SECONDS
 from app.tracers.leftovers import alive, starttime
 from tests.workloads import forget_process, record_process
 
@@ -25,6 +26,9 @@ CMD = [sys.executable, "-m", "app.cli", "demo"]
 ENV = dict(os.environ, COLUMNS="250", PYTHONPATH=str(REPO))  # wide: the report's lines are not folded
 STARTED = re.compile(r"demo: process (\d+) \(pfi-demo\) re-reads it through mmap in memory cgroup (\S+) \(v[12]\)")
 WRITING = re.compile(r"demo: writing (\S+) \(128 MiB\)")
+# The VM tier's guest (TCG) runs many times slower than a host: scripts/vm/guest.sh measures by how much,
+# and the budgets below scale by it there (1 elsewhere).
+SLOWDOWN = max(1.0, float(os.environ.get("PFI_VM_SLOWDOWN", "1") or 1))
 
 
 def _needs_root() -> None:
@@ -64,7 +68,7 @@ def _gone(pid: int, start: int | None, cgroup: Path, file: Path) -> None:
 def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> None:
     _needs_root()
     t0 = time.monotonic()
-    res = subprocess.run(CMD, capture_output=True, text=True, timeout=120, env=ENV, cwd="/")
+    res = subprocess.run(CMD, capture_output=True, text=True, timeout=min(900, 120 * SLOWDOWN), env=ENV, cwd="/")
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
     pid, cgroup, file = _made(res.stderr)
@@ -97,7 +101,11 @@ def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> Non
     _gone(pid, None, cgroup, file)
     # What it protects: a new user's first run (the README says about 15 s; 30 s is the budget issue 16
     # gave it), in the workloads pass, one test at a time; not a speed measurement.
-    assert took < 30, f"the demo took {took:.1f} s (its budget for a user's first run: 30 s)"
+    print(f"demo: {took:.0f} s, limit {mib} MiB; its stderr: " + " / ".join(res.stderr.strip().splitlines()[-4:]))
+    # On a slow machine (the VM guest) the budget scales by its slowdown, and the window may grow to WINDOW_MAX
+    # by design (one pass over the file at the rate it measured).
+    budget = 30 * SLOWDOWN + (WINDOW_MAX - WINDOW_SECONDS if SLOWDOWN > 1 else 0)
+    assert took < budget, f"the demo took {took:.1f} s (its budget for a user's first run: {budget:.0f} s)"
 
 
 @pytest.mark.root
@@ -263,3 +271,15 @@ def test_the_warm_up_waits_longer_on_a_slow_machine_and_says_why_it_gives_up() -
     assert why is not None and "100/s" in why and "349 s more" in why and "/var/tmp" in why, why
     why = warmup_gives_up(0, needed, 20.0, where)  # nothing at all
     assert why is not None and "made only 0 major faults" in why, why
+
+
+def test_the_window_sees_the_whole_file_once_at_the_warm_ups_rate() -> None:
+    """A 5 s window at a TCG guest's ~1,200 faults/s saw 56 MiB of the 128 MiB file, and the demo recommended
+    80 MiB, a limit under which its workload still faulted. The window is one pass at the warm-up's rate
+    (+25%): 5 s on this host's ~11,000/s, 35 s at 1,200/s, at most 60 s."""
+    from app.demo import pass_window
+
+    pages = (128 << 20) // 4096
+    assert pass_window(11_000, pages) == WINDOW_SECONDS
+    assert pass_window(1_200, pages) == 35.0
+    assert pass_window(100, pages) == pass_window(0, pages) == WINDOW_MAX

@@ -22,6 +22,7 @@ import pytest
 from app.config import Settings
 from app.investigation.engine import Edges, investigate
 from app.tracers import _bpftrace, _kernel, _perf
+from app.tracers.base import TraceRequest
 from app.tracers.registry import make_tracer, select
 from tests.capset import CAP_NAMES, run_under_caps
 from tests.service_support import require_tracers
@@ -319,3 +320,15 @@ def test_tracer_dying_early_hands_the_rest_of_the_window_over() -> None:
     assert 0 < steady.seconds < 3.0
     assert report.window_seconds <= 3.0 + 1.0  # the engine samples at most a second past the window's end
     assert not any("fresh window" in w for w in report.warnings)
+
+
+@pytest.mark.workloads
+def test_perf_that_never_acks_says_no_ack_not_its_status_line(tmp_path: Path) -> None:
+    """perf started with -D -1 prints "Events disabled" and waits for "enable": one that never acks (a TCG
+    guest's perf took longer than the deadline) fails with "no ack within N s", not with that status line
+    (the VM tier's report said "did not start: Events disabled", which reads as a perf error)."""
+    require_tracers("perf-major")
+    perf = _perf_wrapper(tmp_path, "echo 'Events disabled' >&2; exec sleep 30")
+    tracer = make_tracer("perf-major", _settings(perf_path=perf, perf_start_timeout_seconds=2.0))
+    result = tracer.run(TraceRequest(seconds=1.0, pids=[os.getpid()]))
+    assert len(result.errors) == 1 and "did not start: no ack within 2s" in result.errors[0], result.errors

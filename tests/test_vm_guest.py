@@ -7,8 +7,10 @@ prints after the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,13 @@ pytestmark = [
 ]
 
 CGROUP = Path("/sys/fs/cgroup")
+# How much slower than the host the guest runs, as scripts/vm/guest.sh measured it: the checks' waits scale by it.
+SLOWDOWN = max(1.0, float(os.environ.get("PFI_VM_SLOWDOWN", "1") or 1))
+
+
+def scaled(seconds: float) -> float:
+    """A wait for the host's speed, for this guest's (at most 600 s: the guest run has its own deadline)."""
+    return min(600.0, seconds * SLOWDOWN)
 
 
 def measured(check: str, text: str) -> None:
@@ -80,6 +89,16 @@ def _rate(pid: int, seconds: float) -> float:
     return (majflt(pid) - f0) / seconds
 
 
+def _pass_window(pid: int, mb: int) -> float:
+    """A window that sees the whole memory fault once at the rate measured now (over 3 s), with 30% to
+    spare: the matrix's whole_pass_window stops at 24 s, a third of a pass at a TCG guest's 800 faults/s
+    under memory.high, and a window that saw part of the file recommends too little ("at least 96 MiB").
+    The kprobe backend slows the workload (a kretprobe a fault), so its window may still end just short
+    of a pass: the recommendation is then "at least" the whole file, and applying it is what is checked."""
+    rate = max(1.0, _rate(pid, 3.0))
+    return min(scaled(60), max(5.0, 1.3 * (mb << 20) / 4096 / rate))
+
+
 def _rate_after(pid: int, before: float, pages: int, warmup_max: float = 90.0) -> float:
     """The process's major faults/s once the raised limit took: after one warm-up pass (it reads its
     memory back once, `pages` faults) or as soon as it faults under 1% of `before`, over 3 s."""
@@ -87,7 +106,7 @@ def _rate_after(pid: int, before: float, pages: int, warmup_max: float = 90.0) -
 
     t0 = time.monotonic()
     start = last = majflt(pid)
-    while time.monotonic() - t0 < warmup_max:
+    while time.monotonic() - t0 < scaled(warmup_max):
         time.sleep(0.5)
         now = majflt(pid)
         if now - start >= pages or now - last <= 0.005 * before:
@@ -125,7 +144,6 @@ def test_limit_recommendation_applied_by_its_own_command(knob: str, tracer: str,
         _past_first_pass,
         scenario_workload,
         unique_parent,
-        whole_pass_window,
     )
 
     require_tracers(tracer)
@@ -135,8 +153,8 @@ def test_limit_recommendation_applied_by_its_own_command(knob: str, tracer: str,
         assert proc.cgroup is not None
         if high:
             (proc.cgroup / "memory.high").write_text(str(LIMIT_MB << 20))
-        _past_first_pass(proc, timeout=120)
-        window = whole_pass_window(proc.pid)
+        _past_first_pass(proc, timeout=scaled(120))
+        window = _pass_window(proc.pid, FILE_MB)
         report = investigate(Settings(tracer=tracer, kubelet_url=None, apiserver_fallback=False), seconds=window,
                              pids=[proc.pid])
         assert report.processes, (f"no process reported over {window:.0f} s (workload alive: "
@@ -170,7 +188,6 @@ def test_zram_swap_as_bottlerocket(tmp_path: Path) -> None:
     from app.investigation.engine import investigate
     from app.investigation.recommend import headline
     from tests.workloads import majflt, swap_workload
-    from tests.workloads.scenarios import whole_pass_window
 
     size_mb = 128
     with swap_workload(size_mb=size_mb, limit_mb=64, kind="anon", swap="zram") as proc:
@@ -178,11 +195,11 @@ def test_zram_swap_as_bottlerocket(tmp_path: Path) -> None:
         swaps = Path("/proc/swaps").read_text()
         keep("swaps-zram-guest.txt", swaps)
         assert "/dev/zram" in swaps, swaps
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + scaled(120)
         while majflt(proc.pid) < (size_mb << 20) // 4096 // 4:  # swapping steadily
             assert time.monotonic() < deadline, "the swapper never swapped in"
             time.sleep(0.2)
-        window = whole_pass_window(proc.pid, size_mb)
+        window = _pass_window(proc.pid, size_mb)
         report = investigate(Settings(tracer="auto", kubelet_url=None, apiserver_fallback=False), seconds=window,
                              pids=[proc.pid])
         assert report.processes, f"no process reported over {window:.0f} s: {report.warnings} {report.tracer}"
@@ -209,10 +226,20 @@ RETRY_PROGRAM = """
 BEGIN { printf("ready\\n"); }
 kprobe:handle_mm_fault /pid == PID/ { @in[tid] = 1; }
 kretprobe:handle_mm_fault /@in[tid]/ { @ret[retval & 0x404] = count(); delete(@in[tid]); }
-interval:s:SECONDS { exit(); }
 END { clear(@in); }
 """
 VM_FAULT_MAJOR, VM_FAULT_RETRY = 0x4, 0x400
+
+
+def _stopped(pid: int) -> None:
+    """Wait (bounded) until the process is in state T: its SIGSTOP took."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "T":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
 
 
 def test_kprobe_major_faults_match_majflt_and_retries_count_once(tmp_path: Path) -> None:
@@ -230,19 +257,29 @@ def test_kprobe_major_faults_match_majflt_and_retries_count_once(tmp_path: Path)
     require_tracers("bpftrace-kprobe")
     seconds = 5
     with scenario_workload("reread", cgroup=f"{unique_parent()}/job", data=tmp_path / "d.bin") as proc:
-        _past_first_pass(proc, timeout=120)
-        prog = RETRY_PROGRAM.replace("PID", str(proc.pid)).replace("SECONDS", str(seconds))
+        _past_first_pass(proc, timeout=scaled(120))
+        prog = RETRY_PROGRAM.replace("PID", str(proc.pid))
+        # The same interval on both sides: the workload is stopped while bpftrace attaches and while it
+        # detaches, and majflt is read while it is stopped (a fault in flight ends before the stop).
+        os.kill(proc.pid, signal.SIGSTOP)
         bt = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert bt.stdout is not None
-            for _ in range(10):  # "Attaching 5 probes..." comes first
+            for _ in range(10):  # "Attaching 3 probes..." comes first
                 line = bt.stdout.readline()
                 if line.strip() == "ready" or not line:
                     break
             f0 = majflt(proc.pid)
-            out, err = bt.communicate(timeout=seconds + 60)
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(seconds)
+            os.kill(proc.pid, signal.SIGSTOP)
+            _stopped(proc.pid)
             f1 = majflt(proc.pid)
+            bt.send_signal(signal.SIGINT)  # END: the maps are printed, then the probes detach
+            out, err = bt.communicate(timeout=scaled(120))
         finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
             if bt.poll() is None:
                 bt.kill()
                 bt.wait()
@@ -255,5 +292,5 @@ def test_kprobe_major_faults_match_majflt_and_retries_count_once(tmp_path: Path)
              f"MAJOR|RETRY {ret.get(0x404, 0):,}, MAJOR only {ret.get(0x4, 0):,}, RETRY only {ret.get(0x400, 0):,}, "
              f"neither {ret.get(0, 0):,} (the retries' second calls and minor faults)")
     assert delta > 1000, f"the workload made only {delta} major faults in {seconds} s (bpftrace: {line!r} {err[-500:]!r})"
-    assert abs(major - delta) <= 0.05 * delta, (major, delta, ret)
+    assert abs(major - delta) <= 0.02 * delta, (major, delta, ret)  # as the engine's exact check
     assert retried >= 0.5 * major, ret

@@ -47,6 +47,10 @@ TRACER_GRACE_SECONDS = 15.0  # how long after the window a tracer may take to st
 MIN_FALLBACK_SECONDS = 2.0  # a fallback tracer gets at least this long; with less left, a fresh window
 FALLBACK_SECONDS_MAX = 10.0  # a fresh window is half the window, between the two
 SILENT_MIN_FAULTS = 20  # majflt rise in the traced processes that a working tracer cannot have missed
+# The report counts over the tracer's marks: marks that span less than this share of the seconds asked
+# (read late, after the kernel's interval had closed: bpftrace's ready line on a slow machine) are no
+# interval to count over, and the attempt failed.
+MARKED_MIN_SHARE = 0.5
 KILL_JOIN_SECONDS = 5.0  # after killing an overrunning tracer's processes, how long its thread may take to end
 STRAGGLER_WAIT_SECONDS = 30.0  # how long an investigation waits for a previous run's tracer thread
 # An exact backend's per-process count is exact when it is within this share of majflt over the same
@@ -164,6 +168,9 @@ class _TracerRun:
         ran = seen.get("stop", time.monotonic()) - seen["start"]
         if r.exited_early and r.events == 0:
             return f"exited after {ran:.1f} s of a {seconds:.1f} s window: {err or 'no reason given'}"
+        if not r.exited_early and ran < MARKED_MIN_SHARE * seconds:
+            return (f"read majflt over {ran:.1f} s of its {seconds:.1f} s interval: its marks came late (a slow "
+                    "machine) or it stopped early" + (f" ({err})" if err else ""))
         if r.events == 0 and (rise := self._majflt_rise()) >= SILENT_MIN_FAULTS:
             return f"recorded no faults while the processes' majflt rose by {rise:,} in its {ran:.1f} s window" + (
                 f" ({err})" if err else "")

@@ -115,7 +115,9 @@ def test_load(settings: TracerSettings, bt: str, program: str) -> tuple[bool, st
         if READY_PRINTF not in text:
             return False, f"{program} has no {READY_PRINTF} in BEGIN"
         path.write_text(text.replace(READY_PRINTF, READY_PRINTF + " exit();", 1))
-        rc, _, err = run_quick([bt, "-f", "json", str(path)], timeout=30, env=bpftrace_env(keys), workdir=tmp)
+        # Loading is most of a start: the same deadline (a TCG guest's test load took over 30 s).
+        rc, _, err = run_quick([bt, "-f", "json", str(path)], timeout=settings.tracing.bpftrace_start_timeout_seconds,
+                               env=bpftrace_env(keys), workdir=tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if rc == 0:

@@ -305,6 +305,8 @@ _NOISE = (
     "RLIMIT_MEMLOCK",  # bpftrace 0.17 on every start, harmless
     "available_filter_functions",  # bpftrace listing traceable functions
     "[ perf record:",  # perf's progress lines
+    "Events disabled",  # perf -D -1: its state until our "enable" (a perf that never acks printed only this)
+    "Events enabled",
     "Attaching ",
     "not valid for",  # perf script: "'trace' not valid for software events. Ignoring."
 )

@@ -72,11 +72,13 @@ cp -a "$work/kernel/boot/." "$root/boot/"
 kver=${kpkg#linux-image-}
 chroot "$root" depmod "$kver"   # the guest's kmod: the host may have none
 # The project's Python dependencies: the host's .venv (same Debian, same python3.11) without what
-# only the host tiers use (Helm engine, browser driver, schema bundle, linters' caches).
+# only the host tiers use (Helm engine, browser driver, schema bundle, linters' caches), with pip's
+# compiled .pyc files (CPython 3.11's, and tar keeps the sources' mtimes they are checked against): the
+# guest does not compile pydantic, fastapi and the kubernetes client again in every Python it starts.
 chroot "$root" python3 -m venv --without-pip /opt/pfi-venv
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 tar -C "$site" --exclude='./helm_python*' --exclude='./playwright*' --exclude='./kubernetes_validate*' \
-    --exclude='./__editable__*' --exclude='./pagefault_inspector*' --exclude='*/__pycache__' -cf - . \
+    --exclude='./__editable__*' --exclude='./pagefault_inspector*' -cf - . \
   | tar -C "$root/opt/pfi-venv/lib/python3.11/site-packages" -xf -
 rm -rf "$root/opt/pfi-venv/bin/python"*
 ln -s /usr/bin/python3 "$root/opt/pfi-venv/bin/python3"; ln -s python3 "$root/opt/pfi-venv/bin/python"

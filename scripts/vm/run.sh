@@ -51,6 +51,9 @@ tar -cf "$run/share/src.tar" --exclude=./.venv --exclude=./.git --exclude='*/__p
     --exclude=./.pytest_cache --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./tests/workloads/bin \
     --exclude='./*.egg-info' .
 install -m 0755 scripts/vm/guest.sh "$run/share/guest.sh"
+# The host's time for the guest's speed probe, now (the host is busy too): the guest scales its tests'
+# budgets and the tracers' start deadlines by how much slower it runs the same thing.
+python3 scripts/vm/speed.py > "$run/share/host-speed"
 : > "$run/share/pytest-args"
 [ $# -eq 0 ] || printf '%q ' "$@" > "$run/share/pytest-args"  # none: the guest's default set
 echo "vm: booting $(cat "$image/kernel-version") (image $image, $accel, ${mem} MiB, deadline ${deadline} s)" >&2

@@ -41,6 +41,9 @@ from . import (
 )
 
 UNIFIED_ROOT = Path("/sys/fs/cgroup/unified")
+# How much slower than its host the VM tier's guest runs (scripts/vm/guest.sh measures it; 1 elsewhere):
+# the waits for a workload's pass scale by it.
+SLOWDOWN = max(1.0, float(os.environ.get("PFI_VM_SLOWDOWN", "1") or 1))
 FILE_MB = 128
 LIMIT_MB = 64
 KINDS = ("reread", "reread-swapped", "text", "text-drop", "shm", "anon", "trickle")
@@ -103,7 +106,13 @@ def scenario_cgroups(
 
 
 def _data_file(path: Path, size_mb: int, fill: bytes | None) -> None:
-    """size_mb of real data (random, or `fill` repeated), written back so fadvise can drop it."""
+    """size_mb of real data (random, or `fill` repeated), written back so fadvise can drop it. Refused in
+    memory (tmpfs): its pages are never read from a disk, so the workload makes no major faults at all
+    (the VM guest's /tmp was tmpfs, and its file rows reported no process)."""
+    from app.demo import _fstype
+
+    if (kind := _fstype(path.parent.resolve())) in ("tmpfs", "ramfs"):
+        raise RuntimeError(f"{path.parent} is {kind}: a workload file there makes no major faults")
     with open(path, "wb") as f:
         for _ in range(size_mb):
             f.write(os.urandom(1 << 20) if fill is None else fill * (1 << 20))
@@ -383,7 +392,7 @@ def _past_first_pass(proc: Any, timeout: float = 20.0) -> None:
     is cold reads (nothing refaults, the group just fills with page cache), only later passes re-read
     what the limit evicted (the cgroup's workingset_refault_file rises): what the limit rows are about."""
     pages = (proc.end - proc.start) // os.sysconf("SC_PAGE_SIZE")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while time.monotonic() < deadline:
         stat = Path(f"/proc/{proc.pid}/stat").read_text()
         if int(stat[stat.rindex(")") + 2:].split()[9]) >= pages:
@@ -541,7 +550,7 @@ def whole_pass_window(pid: int, mb: int = FILE_MB) -> float:
     f0 = majflt(pid)
     time.sleep(1.0)
     rate = max(1.0, float(majflt(pid) - f0))
-    return min(WHOLE_PASS_MAX, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
+    return min(WHOLE_PASS_MAX * SLOWDOWN, max(WINDOW, 2.5 * (mb << 20) / 4096 / rate))
 
 
 def recommendation_cell(o: Outcome) -> str:
@@ -592,7 +601,7 @@ def check_recommendation(row: Row, proc: Any, top: Any, out: Outcome) -> None:
     t0 = time.monotonic()
     start = last = majflt(proc.pid)
     pages = (workload_mb(row) << 20) // 4096
-    while time.monotonic() - t0 < WARMUP_MAX:  # one warm-up pass: it has read its memory back once
+    while time.monotonic() - t0 < WARMUP_MAX * SLOWDOWN:  # one warm-up pass: it has read its memory back once
         time.sleep(0.25)
         now = majflt(proc.pid)
         if now - start >= pages or now - last <= 0.0025 * out.rate_before:  # 1% of the rate, per 0.25 s
