@@ -12,7 +12,7 @@ candidate (here: procfs over the whole window) gives the report. No root: the ca
 from __future__ import annotations
 
 from app.config import Settings
-from app.investigation.engine import investigate
+from app.investigation.engine import Edges, investigate
 from app.models import SourceKind
 from app.tracers.base import TraceRequest, TraceResult
 from tests.proctree import ReplayTracer, ReplayTree
@@ -44,7 +44,7 @@ def test_marks_read_after_the_interval_closed_fall_back_to_the_window(captured_t
     late = _LateMarks(tree)
     late.name = "bpftrace-major"
     with tree.play(REPLAY_STEP):
-        report = investigate(settings, seconds=3, tracers=[late])
+        report = investigate(settings, seconds=3, edges=Edges(tracers=[late]))
     fpid, spid = tree.pid("file"), tree.pid("swap")
     # The faulting processes are reported, with the majflt the window saw, as procfs estimates.
     assert [p.pid for p in report.processes] == [fpid, spid], (report.warnings, report.tracer)
@@ -65,7 +65,7 @@ def test_a_tracer_whose_marks_cover_its_interval_is_used(captured_tree: ReplayTr
     settings = Settings(kubelet_url=None, apiserver_fallback=False, proc_root=tree.proc_root,
                         cgroup_root=tree.cgroup_root)
     with tree.play(REPLAY_STEP):
-        report = investigate(settings, seconds=3, tracers=[ReplayTracer(tree)])
+        report = investigate(settings, seconds=3, edges=Edges(tracers=[ReplayTracer(tree)]))
     assert report.tracer.backend == "replay-perf-major" and not report.tracer.skipped
     assert [p.pid for p in report.processes] == [tree.pid("file"), tree.pid("swap")]
 
