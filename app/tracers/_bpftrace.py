@@ -29,7 +29,7 @@ from pathlib import Path
 
 from app.parsers.bpftrace import READY, BpftraceFaults, is_ready
 from app.tracers import _kernel, leftovers
-from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
+from app.tracers._supervise import SupervisedProcess, WindowMarks, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -142,25 +142,118 @@ def available(settings: TracerSettings, program: str, needs_btf: bool) -> tuple[
     return True, f"{bt} loads {program}" + (f" ({why})" if why else "")
 
 
+def _pids(settings: TracerSettings, request: TraceRequest, result: TraceResult) -> tuple[set[int] | None, list[int] | None] | None:
+    """(the live pids asked for, those the kernel filters: at most MAX_PREDICATE_PIDS, else None and the
+    reader filters); (None, None) for the whole node; None when none is alive (said in result)."""
+    if request.pids is None:
+        return None, None
+    pid_set = {p for p in request.pids if (settings.node.proc_root / str(p)).exists()}
+    if not pid_set:
+        result.errors.append(f"none of the pids {request.pids} exist any more")
+        _markers(request)
+        return None
+    return pid_set, sorted(pid_set) if len(pid_set) <= MAX_PREDICATE_PIDS else None
+
+
+def _window(rec: SupervisedProcess, request: TraceRequest, result: TraceResult, start_timeout: float,
+            marks: WindowMarks) -> bool:
+    """Wait for bpftrace's probes, hold its interval (the window), stop it, and say in result how the counts
+    relate to the window; False when it did not start."""
+    ready = rec.wait_for_line(lambda b: is_ready(b.decode("utf-8", "replace")), start_timeout, request.cancel)
+    if ready is None:
+        cancelled = request.cancel.is_set()
+        rec.stop(grace=2)
+        if cancelled:
+            result.errors.append("cancelled before bpftrace attached its probes")
+        else:
+            why = rec.stderr_head() or f"no probes attached within {start_timeout:.0f}s (PFI_BPFTRACE_START_TIMEOUT_SECONDS)"
+            result.errors.append(f"bpftrace did not start: {why}")
+        return False
+    marks.started = True
+    begin = ready_time(ready.decode("utf-8", "replace"))
+    if begin is None:
+        marks.t_start = hold_window(rec, request)
+        marks.t_stop = time.monotonic()
+    else:
+        marks.t_start, marks.t_stop = begin + OPEN_AFTER, begin + OPEN_AFTER + request.seconds
+        late = hold_interval(rec, request, marks.t_start, marks.t_stop)
+        if late > LATE_NOTE_SECONDS:
+            result.notes.append(f"majflt was read {late * 1000:.0f} ms after bpftrace's interval opened")
+    if rec.poll() is not None:
+        result.exited_early = True
+        result.errors.append(f"bpftrace exited early: {rec.stderr_head() or rec.poll()}")
+    # Cut short (cancel, or it exited): the interval ends now; the kernel counted to its close, or END.
+    cut = time.monotonic() < marks.t_stop
+    marks.t_stop = min(marks.t_stop, time.monotonic())
+    marks.stopped = True
+    if request.on_stop:
+        request.on_stop()
+    rec.stop(grace=EXIT_GRACE)  # SIGINT: bpftrace prints its maps, then detaches
+    lag = time.monotonic() - marks.t_stop
+    if begin is not None and not cut and rec.killed_with == "SIGINT":
+        pass  # the kernel stopped counting at the interval's close: a late SIGINT changes nothing
+    elif rec.killed_with == "SIGINT" and lag > STOP_LAG_SECONDS:
+        # Its probes stay attached until it has printed: the counts run past the window's end.
+        result.counts_past_window = True
+        result.errors.append(
+            f"bpftrace took {lag:.1f}s to stop after the window: its counts include faults after it"
+        )
+    if rec.killed_with in ("SIGTERM", "SIGKILL"):
+        # It kept its probes attached all that time: its counts run past the window's end.
+        result.counts_past_window = True
+        result.errors.append(
+            f"bpftrace did not exit within {EXIT_GRACE:.0f}s of SIGINT: killed with {rec.killed_with};"
+            " its counts include faults after the window"
+        )
+    return True
+
+
+def _read_output(rec: SupervisedProcess, parsed: BpftraceFaults, request: TraceRequest, result: TraceResult) -> None:
+    """Parse what bpftrace printed (its maps) into `parsed`; truncation and missing maps said in result."""
+    t0 = time.monotonic()
+    for line in rec.lines:
+        parsed.feed(line.decode("utf-8", "replace"))
+    result.parse_seconds = time.monotonic() - t0
+    result.output_bytes = rec.output_bytes
+    result.truncated = rec.truncated
+    if rec.truncated:
+        result.errors.append(
+            f"bpftrace output over {request.max_output_bytes} bytes: the rest was not parsed"
+        )
+    if not parsed.saw_total_map:
+        result.errors.append("bpftrace printed no maps: no fault addresses")
+    if request.cancel.is_set():
+        result.errors.append("cancelled: the window was cut short")
+
+
+def _fill(result: TraceResult, parsed: BpftraceFaults, keys: int, max_pages: int) -> None:
+    """The parsed counts into result, with what the map could not keep."""
+    result.faults, result.totals, result.comms = parsed.faults, parsed.totals, parsed.comms
+    result.events = parsed.events
+    result.dropped = parsed.dropped
+    if parsed.dropped:
+        result.map_full = True
+        result.errors.append(
+            f"{parsed.dropped} faults counted but their pages not kept (map of {keys} keys full"
+            + (f", {parsed.lost_events} events lost" if parsed.lost_events else "")
+            + ")"
+        )
+        if keys < max_pages:
+            result.notes.append(f"the memory-sized map bound of {keys:,} keys was reached")
+    result.errors.extend(parsed.errors)
+
+
 def run(settings: TracerSettings, request: TraceRequest, result: TraceResult, program: str) -> TraceResult:
     start_timeout = settings.tracing.bpftrace_start_timeout_seconds  # compiling, loading and attaching
     bt, why = find_bpftrace(settings)
     if bt is None:
         result.errors.append(why)
         return result
-    pid_set: set[int] | None = None
-    kernel_pids: list[int] | None = None
-    if request.pids is not None:
-        pid_set = {p for p in request.pids if (settings.node.proc_root / str(p)).exists()}
-        if not pid_set:
-            result.errors.append(f"none of the pids {request.pids} exist any more")
-            _markers(request)
-            return result
-        if len(pid_set) <= MAX_PREDICATE_PIDS:
-            kernel_pids = sorted(pid_set)
-
-    started = stopped = False
-    t_start = t_stop = time.monotonic()
+    aimed = _pids(settings, request, result)
+    if aimed is None:
+        return result
+    pid_set, kernel_pids = aimed
+    marks = WindowMarks()
     parsed = BpftraceFaults()
     keys, note = plan_keys(settings, request.max_pages)
     result.map_keys, result.map_keys_wanted = keys, request.max_pages
@@ -180,68 +273,11 @@ def run(settings: TracerSettings, request: TraceRequest, result: TraceResult, pr
             # it counted faults outside [on_start, on_stop] (3x the majflt of a 2 s window, measured).
             nice=0,
         ) as rec:
-            ready = rec.wait_for_line(lambda b: is_ready(b.decode("utf-8", "replace")), start_timeout, request.cancel)
-            if ready is None:
-                cancelled = request.cancel.is_set()
-                rec.stop(grace=2)
-                if cancelled:
-                    result.errors.append("cancelled before bpftrace attached its probes")
-                else:
-                    why = rec.stderr_head() or f"no probes attached within {start_timeout:.0f}s (PFI_BPFTRACE_START_TIMEOUT_SECONDS)"
-                    result.errors.append(f"bpftrace did not start: {why}")
+            if not _window(rec, request, result, start_timeout, marks):
                 return result
-            started = True
-            begin = ready_time(ready.decode("utf-8", "replace"))
-            if begin is None:
-                t_start = hold_window(rec, request)
-                t_stop = time.monotonic()
-            else:
-                t_start, t_stop = begin + OPEN_AFTER, begin + OPEN_AFTER + request.seconds
-                late = hold_interval(rec, request, t_start, t_stop)
-                if late > LATE_NOTE_SECONDS:
-                    result.notes.append(f"majflt was read {late * 1000:.0f} ms after bpftrace's interval opened")
-            if rec.poll() is not None:
-                result.exited_early = True
-                result.errors.append(f"bpftrace exited early: {rec.stderr_head() or rec.poll()}")
-            # Cut short (cancel, or it exited): the interval ends now; the kernel counted to its close, or END.
-            cut = time.monotonic() < t_stop
-            t_stop = min(t_stop, time.monotonic())
-            stopped = True
-            if request.on_stop:
-                request.on_stop()
-            rec.stop(grace=EXIT_GRACE)  # SIGINT: bpftrace prints its maps, then detaches
-            lag = time.monotonic() - t_stop
-            if begin is not None and not cut and rec.killed_with == "SIGINT":
-                pass  # the kernel stopped counting at the interval's close: a late SIGINT changes nothing
-            elif rec.killed_with == "SIGINT" and lag > STOP_LAG_SECONDS:
-                # Its probes stay attached until it has printed: the counts run past the window's end.
-                result.counts_past_window = True
-                result.errors.append(
-                    f"bpftrace took {lag:.1f}s to stop after the window: its counts include faults after it"
-                )
-            if rec.killed_with in ("SIGTERM", "SIGKILL"):
-                # It kept its probes attached all that time: its counts run past the window's end.
-                result.counts_past_window = True
-                result.errors.append(
-                    f"bpftrace did not exit within {EXIT_GRACE:.0f}s of SIGINT: killed with {rec.killed_with};"
-                    " its counts include faults after the window"
-                )
-        t0 = time.monotonic()
-        for line in rec.lines:
-            parsed.feed(line.decode("utf-8", "replace"))
-        result.parse_seconds = time.monotonic() - t0
-        result.output_bytes = rec.output_bytes
-        result.truncated = rec.truncated
-        if rec.truncated:
-            result.errors.append(
-                f"bpftrace output over {request.max_output_bytes} bytes: the rest was not parsed"
-            )
-        if not parsed.saw_total_map:
-            result.errors.append("bpftrace printed no maps: no fault addresses")
-        if request.cancel.is_set():
-            result.errors.append("cancelled: the window was cut short")
+        _read_output(rec, parsed, request, result)
     finally:
-        if started and not stopped and request.on_stop:
+        if marks.started and not marks.stopped and request.on_stop:
             request.on_stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -249,20 +285,8 @@ def run(settings: TracerSettings, request: TraceRequest, result: TraceResult, pr
         parsed.faults = {p: v for p, v in parsed.faults.items() if p in pid_set}
         parsed.totals = {p: v for p, v in parsed.totals.items() if p in pid_set}
         parsed.comms = {p: v for p, v in parsed.comms.items() if p in pid_set}
-    result.duration_seconds = t_stop - t_start
-    result.faults, result.totals, result.comms = parsed.faults, parsed.totals, parsed.comms
-    result.events = parsed.events
-    result.dropped = parsed.dropped
-    if parsed.dropped:
-        result.map_full = True
-        result.errors.append(
-            f"{parsed.dropped} faults counted but their pages not kept (map of {keys} keys full"
-            + (f", {parsed.lost_events} events lost" if parsed.lost_events else "")
-            + ")"
-        )
-        if keys < request.max_pages:
-            result.notes.append(f"the memory-sized map bound of {keys:,} keys was reached")
-    result.errors.extend(parsed.errors)
+    result.duration_seconds = marks.t_stop - marks.t_start
+    _fill(result, parsed, keys, request.max_pages)
     return result
 
 

@@ -55,7 +55,7 @@ from typing import cast
 from app.parsers.perf import FaultCounts
 from app.parsers.perfdata import PerfData, iter_sample_batches, read_header
 from app.tracers import _kernel, leftovers
-from app.tracers._supervise import SupervisedProcess, first_error_line, hold_window, run_quick
+from app.tracers._supervise import SupervisedProcess, WindowMarks, first_error_line, hold_window, run_quick
 from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 ACK_TIMEOUT = 5.0
@@ -216,6 +216,102 @@ def _live_pids(pids: list[int], proc_root: Path) -> list[int]:
 MAX_SHRINK_RETRIES = 3  # halve -m this often when the kernel still refuses to map the buffers
 
 
+def _target(settings: TracerSettings, request: TraceRequest, result: TraceResult, system_wide: bool,
+            script_fields: str | None) -> tuple[list[str], set[int] | None] | None:
+    """perf's target (-a, or -p the live pids) and the pids whose samples are kept (None: all); None when
+    none of request.pids is alive any more (said in result, the window's markers called)."""
+    target: list[str] = ["-a", *(SYSTEM_WIDE_ARGS if system_wide else [])]
+    if request.pids is None:
+        return target, None
+    live = _live_pids(request.pids, settings.node.proc_root)
+    if not live:
+        result.errors.append(f"none of the pids {request.pids} exist any more")
+        _markers(request)
+        return None
+    if system_wide and script_fields is None:
+        return target, set(live)
+    return ["-p", ",".join(map(str, live))], None
+
+
+@dataclass
+class _Control:
+    """perf's control and ack fifos (--control=fifo:ctl,ack), open O_RDWR | O_NONBLOCK."""
+
+    ctl_fd: int
+    ack_fd: int
+
+    def command(self, rec: SupervisedProcess, cmd: str, timeout: float) -> bool:
+        return _command(rec, self.ctl_fd, self.ack_fd, cmd, timeout)
+
+
+def _start(argv: Callable[[int], list[str]], plan: RingPlan, workdir: str, control: _Control, start_timeout: float,
+           result: TraceResult) -> tuple[SupervisedProcess, int] | None:
+    """perf record started and enabled with the planned ring, halved (down to MIN_RING_PAGES) while the
+    kernel refuses to map it: (the recorder, its pages per CPU); None when it did not start (said in result)."""
+    pages = plan.pages
+    for attempt in range(MAX_SHRINK_RETRIES + 1):
+        rec = SupervisedProcess(argv(pages), max_output_bytes=1024 * 1024, workdir=workdir,
+                                memlock_bytes=plan.memlock_bytes)
+        try:
+            rec.start()
+            enabled = control.command(rec, "enable", start_timeout)
+        except BaseException:
+            rec.stop(grace=1)
+            raise
+        if enabled:
+            return rec, pages
+        why = first_error_line(rec.stderr_text()) if rec.poll() is not None else ""
+        rec.stop(grace=2)
+        err = rec.stderr_text()
+        why = why or first_error_line(err) or f"no ack within {start_timeout:.0f}s (PFI_PERF_START_TIMEOUT_SECONDS)"
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(control.ack_fd, 4096)  # a stale ack must not answer the next attempt
+        if _mapping_refused(err) and pages > MIN_RING_PAGES and attempt < MAX_SHRINK_RETRIES:
+            result.notes.append(f"perf could not map {pages} pages per CPU ({why}): retried with {pages // 2}")
+            pages //= 2
+            continue
+        result.errors.append(f"perf record -m {pages} did not start: {why}")
+        return None
+    return None
+
+
+def _hold(rec: SupervisedProcess, control: _Control, request: TraceRequest, result: TraceResult, data: str,
+          tail: _Tail | None, marks: WindowMarks) -> None:
+    """Hold the window with perf recording (the live reader beside it), then disable and stop perf; what
+    went wrong on the way is said in result."""
+    with rec, contextlib.ExitStack() as reading:
+        marks.started = True
+        if tail is not None:
+            tail.start()
+            reading.callback(tail.stop)
+        marks.t_start = hold_window(rec, request)
+        if tail is not None:
+            tail.halt()
+        if rec.poll() is not None:  # perf stopped itself: --max-size, or it failed
+            err = rec.stderr_text()
+            if "size limit" in err or _size(data) >= request.max_output_bytes:
+                result.truncated = True
+                result.errors.append(
+                    f"perf output reached {request.max_output_bytes} bytes: the window was cut short"
+                )
+            else:
+                result.exited_early = True
+                result.errors.append(f"perf record exited early: {first_error_line(err) or rec.poll()}")
+        if rec.poll() is None and not control.command(rec, "disable", ACK_TIMEOUT):
+            result.errors.append("perf did not acknowledge 'disable': stopped it with a signal")
+        marks.t_stop = time.monotonic()
+        marks.stopped = True
+        if request.on_stop:
+            request.on_stop()
+        if tail is not None:
+            tail.stop()
+        rec.stop(grace=STOP_GRACE)
+        if rec.killed_with in ("SIGTERM", "SIGKILL"):
+            result.errors.append(
+                f"perf record had to be stopped with {rec.killed_with}: output may be partial"
+            )
+
+
 def run(
     settings: TracerSettings,
     request: TraceRequest,
@@ -232,23 +328,12 @@ def run(
     if perf is None:
         result.errors.append(f"perf binary not found: {settings.tracing.perf_path!r}")
         return result
-    target: list[str] = ["-a", *(SYSTEM_WIDE_ARGS if system_wide else [])]
-    keep: set[int] | None = None  # the pids whose samples are kept (None: all)
-    if request.pids is not None:
-        live = _live_pids(request.pids, settings.node.proc_root)
-        if not live:
-            result.errors.append(f"none of the pids {request.pids} exist any more")
-            _markers(request)
-            return result
-        if system_wide and script_fields is None:
-            keep = set(live)
-        else:
-            target = ["-p", ",".join(map(str, live))]
-
-    started = stopped = False
-    t_start = t_stop = time.monotonic()
+    aimed = _target(settings, request, result, system_wide, script_fields)
+    if aimed is None:
+        return result
+    target, keep = aimed
+    marks = WindowMarks()
     plan = plan_ring(settings)
-    pages = plan.pages
     result.ring_pages_wanted = plan.wanted
     if plan.memlock_bytes is not None:
         result.memlock_raised_bytes = plan.memlock_bytes
@@ -264,6 +349,7 @@ def run(
         fds.append(ack_fd)
         ctl_fd = os.open(ctl, os.O_RDWR | os.O_NONBLOCK)
         fds.append(ctl_fd)
+        control = _Control(ctl_fd, ack_fd)
 
         def argv(m: int) -> list[str]:
             return [
@@ -276,29 +362,10 @@ def run(
                 "-o", data, *target,
             ]  # fmt: skip
 
-        for attempt in range(MAX_SHRINK_RETRIES + 1):
-            rec = SupervisedProcess(argv(pages), max_output_bytes=1024 * 1024, workdir=tmp,
-                          memlock_bytes=plan.memlock_bytes)
-            try:
-                rec.start()
-                enabled = _command(rec, ctl_fd, ack_fd, "enable", start_timeout)
-            except BaseException:
-                rec.stop(grace=1)
-                raise
-            if enabled:
-                break
-            why = first_error_line(rec.stderr_text()) if rec.poll() is not None else ""
-            rec.stop(grace=2)
-            err = rec.stderr_text()
-            why = why or first_error_line(err) or f"no ack within {start_timeout:.0f}s (PFI_PERF_START_TIMEOUT_SECONDS)"
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(ack_fd, 4096)  # a stale ack must not answer the next attempt
-            if _mapping_refused(err) and pages > MIN_RING_PAGES and attempt < MAX_SHRINK_RETRIES:
-                result.notes.append(f"perf could not map {pages} pages per CPU ({why}): retried with {pages // 2}")
-                pages //= 2
-                continue
-            result.errors.append(f"perf record -m {pages} did not start: {why}")
+        begun = _start(argv, plan, tmp, control, start_timeout, result)
+        if begun is None:
             return result
+        rec, pages = begun
         result.ring_pages = pages
         if pages < plan.wanted:
             result.notes.append(
@@ -308,39 +375,9 @@ def run(
         tail = None
         if script_fields is None:
             tail = _Tail(data, FaultCounts(max_pages=request.max_pages), keep,
-                         lambda: _command(rec, ctl_fd, ack_fd, "ping", TAIL_PING_TIMEOUT), request.cancel)
-        with rec, contextlib.ExitStack() as reading:
-            started = True
-            if tail is not None:
-                tail.start()
-                reading.callback(tail.stop)
-            t_start = hold_window(rec, request)
-            if tail is not None:
-                tail.halt()
-            if rec.poll() is not None:  # perf stopped itself: --max-size, or it failed
-                err = rec.stderr_text()
-                if "size limit" in err or _size(data) >= request.max_output_bytes:
-                    result.truncated = True
-                    result.errors.append(
-                        f"perf output reached {request.max_output_bytes} bytes: the window was cut short"
-                    )
-                else:
-                    result.exited_early = True
-                    result.errors.append(f"perf record exited early: {first_error_line(err) or rec.poll()}")
-            if rec.poll() is None and not _command(rec, ctl_fd, ack_fd, "disable", ACK_TIMEOUT):
-                result.errors.append("perf did not acknowledge 'disable': stopped it with a signal")
-            t_stop = time.monotonic()
-            stopped = True
-            if request.on_stop:
-                request.on_stop()
-            if tail is not None:
-                tail.stop()
-            rec.stop(grace=STOP_GRACE)
-            if rec.killed_with in ("SIGTERM", "SIGKILL"):
-                result.errors.append(
-                    f"perf record had to be stopped with {rec.killed_with}: output may be partial"
-                )
-        result.duration_seconds = t_stop - t_start
+                         lambda: control.command(rec, "ping", TAIL_PING_TIMEOUT), request.cancel)
+        _hold(rec, control, request, result, data, tail, marks)
+        result.duration_seconds = marks.t_stop - marks.t_start
         result.output_bytes = _size(data)
         if request.cancel.is_set():
             result.errors.append("cancelled: the window was cut short")
@@ -355,7 +392,7 @@ def run(
             )
         return result
     finally:
-        if started and not stopped and request.on_stop:
+        if marks.started and not marks.stopped and request.on_stop:
             request.on_stop()
         for fd in fds:
             with contextlib.suppress(OSError):

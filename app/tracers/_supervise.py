@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.tracers import leftovers
@@ -377,6 +378,17 @@ def kill_started_by(thread: threading.Thread) -> int:
     for m in procs:
         m.signal(signal.SIGKILL)
     return len(procs)
+
+
+@dataclass
+class WindowMarks:
+    """Where a tracer's window is: started/stopped (a tracer's finally calls on_stop when it started only),
+    and the monotonic times of its ends."""
+
+    started: bool = False
+    stopped: bool = False
+    t_start: float = 0.0
+    t_stop: float = 0.0
 
 
 def hold_window(rec: SupervisedProcess, request: TraceRequest) -> float:
