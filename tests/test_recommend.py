@@ -609,7 +609,7 @@ def test_procfs_bounds_a_shared_file_once(tmp_path: Path) -> None:
     resident) in a 64 MiB group, procfs only. Their faults read the same pages: the recommendation is the
     one a single process gets, not twice the file ("258 MiB read back ... at most its 258 MiB")."""
     from app.collectors.procfs import ProcFS
-    from app.investigation.recommendations import add_recommendations
+    from app.investigation.recommendations import WindowSeen, add_recommendations
     from app.investigation.snapshot import WindowEnd
     from app.tracers.base import TraceResult
 
@@ -626,7 +626,7 @@ def test_procfs_bounds_a_shared_file_once(tmp_path: Path) -> None:
             procs.append(q)
         end = WindowEnd(ProcFS(tmp_path), None)  # each process as read at the window's end
         snaps = {pid: end.take(pid, exited=False) for pid in pids}
-        add_recommendations(procs, {}, TraceResult(backend="procfs", exact=False), NODE, snaps, seconds=10.0)
+        add_recommendations(procs, {}, TraceResult(backend="procfs", exact=False), NODE, snaps, WindowSeen(10.0))
         assert procs[0].verdict is not None and procs[0].verdict.recommendation is not None
         return procs[0].verdict.recommendation
 

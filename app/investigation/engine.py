@@ -33,7 +33,7 @@ from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_
 from . import rereaders
 from .diagnose import diagnose_process, diagnose_report
 from .estimate import estimate_sources
-from .recommendations import add_recommendations
+from .recommendations import WindowSeen, add_recommendations
 from .sampler import MarkInfo, ProcessTrack, Sampler
 from .snapshot import ProcessSnapshot, WindowEnd
 from .sources import sources_from_pages
@@ -322,9 +322,9 @@ def investigate(
         p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.investigation.noise_floor)
     apply_swap_devices(processes, node_stats)
     reread, reread_seconds = rereaders.finish(settings.node.cgroup_root, procfs, reread_start)
-    add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, end.snapshots, seconds=elapsed,
-                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name,
-                        refaults=sampler.refault_series, reread=rereaders.reread_bytes(reread))
+    add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, end.snapshots,
+                        WindowSeen(elapsed, sampler.refault_series, rereaders.reread_bytes(reread)),
+                        owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
     report_progress(0.98, "diagnosing")
     warnings.extend(access_warnings(procfs))
     if cancelled := cancel.is_set():

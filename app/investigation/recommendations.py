@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from app.models import NodeStats, ProcessReport
 from app.parsers.pagemap import WINDOW_PAGES, present_pages, windows
@@ -48,23 +49,31 @@ def _smaps(snap: ProcessSnapshot | None, p: ProcessReport) -> list[SmapsEntry] |
     return snap.smaps() if snap is not None and not p.exited_during_window else None
 
 
+@dataclass(frozen=True)
+class WindowSeen:
+    """What the window saw besides each process's faults: its length (s; the tracer's interval when it has
+    one), the sampler's refault series per cgroup path (Sampler.refault_series), and per limit path (bytes
+    read() re-readers under it read back, the size of their files) (rereaders.reread_bytes)."""
+
+    seconds: float
+    refaults: Mapping[str, list[tuple[float, int]]] = field(default_factory=dict)
+    reread: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
 def add_recommendations(
     processes: list[ProcessReport],
     tracks: dict[int, ProcessTrack],
     trace: TraceResult,
     node: NodeStats,
     snapshots: dict[int, ProcessSnapshot],
+    window: WindowSeen,
     *,
-    seconds: float,
     owners: object | None = None,
     node_name: str = "",
-    refaults: Mapping[str, list[tuple[float, int]]] | None = None,
-    reread: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Set verdict.recommendation on every process whose verdict blames a limit (in place); `snapshots`:
-    each process as read at the window's end (its smaps and pagemap come from there). `refaults`: the
-    sampler's refault series per cgroup path (Sampler.refault_series); `reread`: limit path -> (bytes read()
-    re-readers under it read back, the size of their files) (rereaders.reread_bytes)."""
+    each process as read at the window's end (its smaps and pagemap come from there)."""
+    seconds, refaults, reread = window.seconds, window.refaults, window.reread
     limited = [p for p in processes if blames_limit(p)]
     if not limited:
         return
@@ -89,7 +98,7 @@ def add_recommendations(
         pages = trace.faults.get(p.pid)
         g = groups.get(key)
         if g is None:
-            g = groups[key] = Group(pages=None, faults=0, growth={}, reread=(reread or {}).get(key))
+            g = groups[key] = Group(pages=None, faults=0, growth={}, reread=reread.get(key))
         g.faults += p.major_faults
         if not g.refaults and refaults:  # the group's refaults each tick (its processes' cgroup, the first sampled)
             g.refaults = list(refaults.get(p.cgroup_memory.path, ()))
