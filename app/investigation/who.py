@@ -10,13 +10,14 @@ much room they have:
   pod_label(p)    a chart legend's pod:     "shop/web-0" (short UID), None for a host process
   group_who(c)    a recorded group, prose:  "pod shop/web-0 container app", "cgroup /system.slice/x"
   group_cell(c)   a recorded group's cell:  "shop/web-0\napp", "/system.slice/x"
+  group_label(c)  a recorded group's line label on a chart: "shop/web-0 · app", "/system.slice/x"
 """
 
 from __future__ import annotations
 
 from app.models import HistoryCgroup, ProcessReport
 
-__all__ = ["group_cell", "group_who", "pod_label", "who", "who_cell", "who_line"]
+__all__ = ["group_cell", "group_label", "group_who", "pod_label", "who", "who_cell", "who_line"]
 
 
 def who(p: ProcessReport) -> str:
@@ -60,3 +61,9 @@ def group_cell(c: HistoryCgroup) -> str:
     if c.pod is None:
         return c.cgroup
     return f"{c.pod.display()}\n{c.pod.container or ''}".rstrip()
+
+
+def group_label(c: HistoryCgroup) -> str:
+    if c.pod is None:
+        return c.cgroup
+    return c.pod.display(short=True) + (f" · {c.pod.container}" if c.pod.container else "")

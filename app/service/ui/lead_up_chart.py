@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.models import HistoryCgroup, Report
+from app.investigation.who import group_label
+from app.models import Report
 from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 
 __all__ = ["HISTORY_CHART_TOP", "build_history_chart", "history_label"]
@@ -14,10 +15,7 @@ __all__ = ["HISTORY_CHART_TOP", "build_history_chart", "history_label"]
 HISTORY_CHART_TOP = 6
 
 
-def history_label(c: HistoryCgroup) -> str:
-    if c.pod is None:
-        return c.cgroup
-    return c.pod.display(short=True) + (f" · {c.pod.container}" if c.pod.container else "")
+history_label = group_label  # a recorded group's label on the lead-up chart (app.investigation.who)
 
 
 def build_history_chart(report: Report, top: int = HISTORY_CHART_TOP) -> Chart | None:
