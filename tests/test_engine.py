@@ -33,10 +33,17 @@ def _settings(**kw) -> Settings:
 
 
 def _top(report, pid):
+    """The workload's row: ranked first, or below only processes that made more major faults (a shared node
+    may run a heavier faulter than the test's workload: ranked above it, never below)."""
     assert report.processes, f"no process reported; warnings={report.warnings}"
-    top = report.processes[0]
-    assert top.pid == pid, f"top is {top.pid} {top.comm}, workload is {pid}: {[(p.pid, p.comm) for p in report.processes]}"
-    return top
+    rows = [(p.pid, p.comm, p.major_faults) for p in report.processes]
+    mine = [i for i, p in enumerate(report.processes) if p.pid == pid]
+    assert mine, f"workload {pid} not reported: {rows}"
+    faults = [p.major_faults for p in report.processes]
+    assert faults == sorted(faults, reverse=True), rows
+    ours = report.processes[mine[0]]
+    assert all(p.comm != "pfi-workload" for p in report.processes[: mine[0]]), rows  # none of ours above it
+    return ours
 
 
 # bpftrace-kprobe where kprobes work (EKS nodes); here it skips with the probe's reason (tests/strict.py)
@@ -63,7 +70,8 @@ def test_file_workload_is_top_with_its_file(backend, root_required, file_workloa
     assert top.major_faults_per_second > 500
     assert len(top.series) >= int(WINDOW) - 1 and sum(top.series) <= top.major_faults
     assert top.verdict is not None and top.verdict.cause is Cause.COLD_FILE_READS
-    assert str(file_workload.path) in report.verdict.summary
+    if report.processes[0].pid == file_workload.pid:  # the node's verdict is about its top process
+        assert str(file_workload.path) in report.verdict.summary
     assert report.node_stats.pgmajfault_per_second > 0
 
 
