@@ -129,6 +129,7 @@ def still_growing(growth: Mapping[int, int], seconds: float, distinct: int) -> b
     return tail > GROWTH_SHARE * distinct
 
 
+COVERED = 0.97  # distinct pages over the memory that can fault from which the window saw it whole
 RISING_MIN_SECONDS = 3.0  # a shorter series has no thirds worth comparing
 RISING_LATE = 1.3  # the last third's refault rate over the middle third's: still rising late in the window
 RISING_WHOLE = 1.6  # ...and over the first third's (a steady rate moves +-30% here: both, not one)
@@ -348,15 +349,24 @@ def _exact_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int
         # Seen whole: no new pages at the end, or most pages faulted again (the access came around to
         # them: in a group thrashing at its limit, pages that stayed resident a while trickle in as new).
         # Never when the tracer dropped pages: the pages it did not keep may be new ones.
-        seen = not (came_back < CAME_BACK and growing is not False)
-        tail_line = cold_tail(group.growth, seconds, distinct, distinct - group.pages.again) if seen else None
+        # ...or its distinct pages cover (nearly) all the memory that can fault (Rss + Swap, the files mapped):
+        # there is no more to see, however the new pages arrived (a scattered walk finds its last pages late).
+        extents = [u.extent_bytes for u in units]
+        covered = (not incomplete and bool(units) and all(extents)
+                   and sum(u.distinct for u in units) * PAGE >= COVERED * sum(e or 0 for e in extents))
+        seen = covered or not (came_back < CAME_BACK and growing is not False)
+        # (a cold tail is a floor only when the window did not cover the whole memory that can fault)
+        tail_line = (cold_tail(group.growth, seconds, distinct, distinct - group.pages.again)
+                     if seen and not covered else None)
         again = f"{came_back:.0%} of them were faulted again in the window"
         if growing is None:
             basis.append(f"{again} (no sample times): " + ("it saw the working set come around" if seen
                                                            else "the window may not have seen them all"))
         elif growing:
             basis.append("new distinct pages still appeared in the window's last quarter and " + again + (
-                ": it saw the working set come around" if seen else ": it did not see the whole working set"))
+                f", but they cover {COVERED:.0%} or more of the memory that can fault: it saw the working set whole"
+                if covered else ": it saw the working set come around" if seen
+                else ": it did not see the whole working set"))
         elif not incomplete and not tail_line:
             basis.append("no new distinct pages in the window's last quarter: the working set was seen whole")
         elif incomplete:
