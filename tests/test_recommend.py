@@ -114,6 +114,23 @@ def test_still_growing_at_the_end_says_at_least() -> None:
     assert still_growing({0: 100}, 0.5, 100)  # a half-second window: everything it saw is its last quarter
 
 
+def test_pages_covering_the_memory_that_can_fault_are_seen_whole() -> None:
+    """A scattered walk finds its last pages late: new pages to the window's end and few faulted again, but
+    the window faulted back all of the 128 MiB the group maps (smaps: the whole extent), so there is no more
+    to see: not at_least and no cold tail (the zoo's scattered page-cluster-0 row said at_least 144 MiB)."""
+    growth = {0: 12000, 1: 12000, 2: 8768}  # the last 8,768 first seen in the last third
+    smaps = {4242: [_smaps(FILE_MAP, 60)]}
+    covered = Group(pages=_pages(file_pages=32768), faults=32768, growth=growth, smaps=smaps)
+    rec = recommend(_limited(), covered, NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and not rec.at_least and rec.confidence == "high", rec.basis
+    assert any("cover 97% or more of the memory that can fault" in b for b in rec.basis)
+    assert not any("cold tail" in b for b in rec.basis)
+    # three quarters of it: the same growth still says the window did not see the whole working set
+    part = Group(pages=_pages(file_pages=24576), faults=24576, growth={0: 9000, 1: 9000, 2: 6576}, smaps=smaps)
+    rec = recommend(_limited(), part, NODE, seconds=3.0, backend="perf-major")
+    assert rec is not None and rec.at_least, rec.basis
+
+
 def test_untimed_tracer_judges_by_pages_faulted_again() -> None:
     """bpftrace prints its maps once: no times. Pages faulted once -> the window may have missed some;
     most faulted again -> the access came around: it saw the working set."""
