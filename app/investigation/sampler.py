@@ -119,6 +119,7 @@ class Sampler:
         # cgroup path -> (monotonic time, workingset_refault_file + _anon) each tick, for the groups of the
         # processes faulting then (recommend.refaults_rising: a growing scan, issue 22)
         self.refault_series: dict[str, list[tuple[float, int]]] = {}
+        self._refault_files: dict[str, Path | None] = {}  # group path -> its memory.stat, found once a window
 
     @property
     def incremental(self) -> bool:
@@ -325,7 +326,10 @@ class Sampler:
             done.add(t.cgroup_first.path)
             # by the group first seen, its memory.stat alone: no /proc/PID/cgroup nor the group's other files
             # read a tick (the snapshot reads those once, at the window's end)
-            stat_file = refaults_file(self.cgroup_root, t.cgroup_first)
+            key = t.cgroup_first.path
+            if key not in self._refault_files:  # (on v2 finding it reads cgroup.controllers: not every tick)
+                self._refault_files[key] = refaults_file(self.cgroup_root, t.cgroup_first)
+            stat_file = self._refault_files[key]
             refaults = read_refaults(stat_file) if stat_file is not None else None
             if refaults is None:
                 continue
