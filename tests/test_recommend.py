@@ -273,10 +273,13 @@ def test_resident_pages_of_the_faulting_file_count_once() -> None:
     assert rec.basis[-1] == ("(128 MiB for the memory that faults + 4 MiB other resident) x 1.10, rounded up to "
                              "16 MiB = 160 MiB")
     assert "4 MiB of it outside the memory that faults" in rec.basis[-2]
-    # A window that saw only 40 MiB of it: 40 read back + 60 resident = 100 MiB of the file, below its size.
+    # A window that saw only 40 MiB of it: 40 read back + 60 resident = 100 MiB of the file, below its size
+    # (the cgroup's refaults are its faults: no page came back without one).
     part = Group(pages=_pages(file_pages=10240), faults=10240, growth={0: 5120, 1: 5120},
                  smaps={4242: [_smaps(FILE_MAP, 60)]})
-    rec = recommend(_limited(), part, NODE, seconds=2.0, backend="perf-major")
+    p = _limited()
+    p.cgroup_file_refaults = 10240
+    rec = recommend(p, part, NODE, seconds=2.0, backend="perf-major")
     assert rec is not None and rec.at_least and rec.recommended_limit_bytes == 128 * MIB  # (100 + 4) x 1.1 = 114
     assert any(b.startswith("/data/index.bin needs 100 MiB: 40 MiB of its pages read back + 60 MiB") for b in rec.basis)
 
@@ -729,3 +732,55 @@ def test_swapped_memory_back_and_resident_covers_it_whole() -> None:
     rec = recommend(p, group, NODE, seconds=10.0, backend="perf-major")
     assert rec is not None and not rec.at_least, rec.basis
     assert any("42 MiB of the faulting memory's 96 MiB" in b for b in rec.basis)
+
+
+def _mixed(file_mib: int, file_times: int, file_refaults: int, growth: dict[int, int],
+           present_mib: int = 0) -> tuple[ProcessReport, Group]:
+    """96 MiB of anonymous memory and a 96 MiB file walked in turn, in order, in a 128 MiB group at swappiness
+    200 (the zoo's row, from a run that failed): the anonymous side came back by swap readahead (97,017 anon
+    refaults for 12,033 swap-in faults on 12 MiB of distinct pages: corrected to its 96 MiB); the file side
+    faulted on `file_mib` MiB of distinct pages, `file_times` each, `present_mib` of them resident at the end
+    (pagemap), 58 MiB of the file resident (smaps Rss), 69 MiB of the anonymous memory."""
+    anon96 = dataclasses.replace(ANON_MAP, end=ANON_MAP.start + 96 * MIB)
+    file96 = dataclasses.replace(FILE_MAP, end=FILE_MAP.start + 96 * MIB)
+    p = _limited(kind=SourceKind.SWAP, limit=128 * MIB, usage=128 * MIB)
+    p.cgroup_file_refaults, p.cgroup_anon_refaults = file_refaults, 97_017
+    file_pages = [file96.start + i * 4096 for i in range(file_mib * 256)]
+    faults = {a: file_times for a in file_pages} | {anon96.start + i * 8 * 4096: 4 for i in range(3072)}
+    faults[anon96.start + 1 * 4096] = 33  # 12,033 swap-in faults in all
+    pages = distinct_pages(4242, faults, [[anon96, file96]], present=set(file_pages[:present_mib * 256]))
+    group = Group(pages=pages, faults=sum(faults.values()), growth=growth,
+                  smaps={4242: [_smaps(anon96, 69, 27), _smaps(file96, 58)]})
+    return p, group
+
+
+def test_file_readahead_beside_swapped_memory_is_counted() -> None:
+    """The swappiness-200 zoo row: 73 MiB of the file faulted, 55 MiB of them resident at the end and 58 MiB
+    of the file resident: the union says 76 MiB of the 96 the process walks whole (read-ahead brought the
+    rest in without a fault of its own, and the tight limit took it again before the window's end). The file
+    refaults (43,096 pages for 18,688 faults on file pages) say so: the file counts whole, (96 + 96 + 1) x 1.1
+    -> 224 MiB. Without the read-ahead pages: (172 + 1) x 1.1 -> 192, where the group kept faulting 6,193/s
+    (L* ~200)."""
+    p, group = _mixed(73, 1, 43_096, growth={0: 12_000, 1: 6_000, 2: 3_760}, present_mib=55)
+    group.pages.again = group.pages.count()  # type: ignore[union-attr]  # the walk came around to every page
+    rec = recommend(p, group, NODE, seconds=7.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 224 * MIB, rec.basis
+    assert not rec.at_least, rec.basis
+    assert any("read-ahead brought pages in without a fault each, so 20 MiB more" in b for b in rec.basis), rec.basis
+    # The same window where the file refaults are its faults: nothing came back unfaulted, nothing is added.
+    p, group = _mixed(73, 1, 18_688, growth={0: 12_000, 1: 6_000, 2: 3_760}, present_mib=55)
+    group.pages.again = group.pages.count()  # type: ignore[union-attr]
+    rec = recommend(p, group, NODE, seconds=7.0, backend="perf-major")
+    assert rec is not None and rec.recommended_limit_bytes == 192 * MIB, rec.basis
+    assert not any("read-ahead brought" in b for b in rec.basis)
+
+
+def test_the_file_side_beside_corrected_swap_is_still_judged_by_its_growth() -> None:
+    """The anonymous side is corrected from its refaults; the file beside it is a scan still finding new
+    pages to the window's end (40 of 96 MiB, each faulted once, as many new in the last quarter as in the
+    first). The refaults of the anonymous side say nothing of the file: the window did not see the file
+    whole, so the recommendation is at_least and says why."""
+    p, group = _mixed(40, 1, 10_240, growth={0: 3_300, 1: 3_300, 2: 3_300, 3: 3_412})
+    rec = recommend(p, group, NODE, seconds=4.0, backend="perf-major")
+    assert rec is not None and rec.at_least and rec.confidence == "medium", rec.basis
+    assert any("did not see the whole working set" in b for b in rec.basis), rec.basis

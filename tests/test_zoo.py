@@ -37,14 +37,9 @@ PROCFS_IN_SUITE = {
     "anon-128-mib-in-order-disk-swap-page-cluster-3-limit-64",
     "2-processes-one-128-mib-file-limit-64",
 }
-# Known to fail now and then, left to `./test.sh --zoo` until issue 22's open defect is fixed (2026-12-07):
-# anon + file at swappiness 200 failed 2 of ~6 runs: with the exact tracer R = 192 MiB where L* ~200 (the
-# swap-readahead correction of the anon side skips the "seen whole" check of the file side: the window saw
-# 73 of its 96 MiB), with procfs at_least for "refaults still rising" (16k -> 21k -> 28k pages/s).
-FLAKY = {"96-anon-96-file-limit-128-disk-swap-swappiness-200"}
 CASES = [
     pytest.param(row, tracer, id=f"{row.slug}-{tracer}",
-                 marks=[] if row.slug not in FLAKY and (tracer != "procfs" or row.slug in PROCFS_IN_SUITE)
+                 marks=[] if tracer != "procfs" or row.slug in PROCFS_IN_SUITE
                  else [pytest.mark.zoo_full])
     for row in ROWS for tracer in TRACERS
 ]

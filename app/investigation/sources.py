@@ -157,6 +157,7 @@ class DistinctPages:
     again: int = 0  # pages faulted more than once in the window: the access came around to them again
     mapped: dict[tuple[str, int], int] | None = None  # (dev, inode) -> the largest mapping of it that faulted, bytes
     swap_faults: int = 0  # faults on anonymous and shmem pages (swap-ins), to set against the cgroup's anon refaults
+    file_faults: int = 0  # faults on file and program pages, to set against the cgroup's file refaults
     # The distinct pages (keys as above) that are resident now, at the window's end (/proc/PID/pagemap):
     # read back and resident at once, so counted once in the union (issue 22). None: not known.
     present: set[tuple[str, int, int] | tuple[int, int]] | None = None
@@ -175,6 +176,7 @@ class DistinctPages:
         self.unknown += other.unknown
         self.again += other.again
         self.swap_faults += other.swap_faults
+        self.file_faults += other.file_faults
         if other.present is not None:
             self.present = (self.present or set()) | other.present
         for k, size in (other.mapped or {}).items():
@@ -205,6 +207,8 @@ def distinct_pages(pid: int, pages: dict[int, int], snapshots: list[list[MapEntr
             {SourceKind.FILE: out.file, SourceKind.CODE: out.code, SourceKind.SHMEM: out.shmem}[kind].add(key)
             if kind is SourceKind.SHMEM:
                 out.swap_faults += count
+            else:
+                out.file_faults += count
             if out.present is not None and present is not None and page in present:
                 out.present.add(key)
             if out.names is not None:
