@@ -25,6 +25,7 @@ from tests.workloads.zoo import (
     FALL,
     MIB,
     ROWS,
+    Zoo,
     ZooRow,
     find_lstar,
     no_zoo_reason,
@@ -53,6 +54,21 @@ class Line:
     note: str = ""
 
 
+OOM = -1.0  # a probe's rate when the OOM killer took the workload there: that limit does not work
+
+
+def _probe(zoo: Zoo, limit_bytes: int, untuned: float, raised: bool) -> float:
+    """The rate at a limit, or OOM when the workload was OOM-killed there (then it is started again, past its
+    warm-up pass, back at the row's limit, for the next probe)."""
+    kills = zoo.oom_kills()
+    rate = rate_at(zoo, limit_bytes, untuned, raised)
+    if zoo.alive():
+        return rate
+    if zoo.oom_kills() <= kills or not zoo.restart_dead():
+        raise RuntimeError(f"a workload process died at {limit_bytes // MIB} MiB, not by the OOM killer")
+    return OOM
+
+
 def run_row(row: ZooRow, tmp: Path) -> Line:
     line = Line(row)
     with zoo_workload(row, tmp) as zoo:
@@ -68,13 +84,13 @@ def run_row(row: ZooRow, tmp: Path) -> Line:
         if not zoo.alive():
             raise RuntimeError("a workload process died")
         line.krr = int(row.limit_mb * KRR_FACTOR)
-        line.at_krr = rate_at(zoo, line.krr * MIB, line.untuned, raised=True)
+        line.at_krr = _probe(zoo, line.krr * MIB, line.untuned, raised=True)
         with contextlib.suppress(OSError):
             zoo.set_limit(row.limit_mb * MIB)
         for tracer, (mib, _) in line.rec.items():
-            line.at_rec[tracer] = rate_at(zoo, mib * MIB, line.untuned, raised=True)
+            line.at_rec[tracer] = _probe(zoo, mib * MIB, line.untuned, raised=True)
             if tracer == "perf-major":
-                line.at_minus10 = rate_at(zoo, int(mib * 0.9) * MIB, line.untuned, raised=False)
+                line.at_minus10 = _probe(zoo, int(mib * 0.9) * MIB, line.untuned, raised=False)
             with contextlib.suppress(OSError):
                 zoo.set_limit(row.limit_mb * MIB)
             time.sleep(0.5)
@@ -84,7 +100,7 @@ def run_row(row: ZooRow, tmp: Path) -> Line:
 
 
 def _rate(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.0f}"
+    return "-" if v is None else "OOM-killed" if v == OOM else f"{v:,.0f}"
 
 
 def render(lines: list[Line], markdown: bool) -> str:

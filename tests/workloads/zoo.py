@@ -131,6 +131,9 @@ class Zoo:
     group: Path
     hierarchy: MemoryHierarchy
     procs: list[WorkloadProcess] = field(default_factory=list)
+    # (how to start each process again, the major faults of its warm-up pass): for the L* search, whose
+    # probes below the working set can get the workload OOM-killed (restart_dead)
+    starts: list[tuple[Any, int]] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
@@ -206,6 +209,16 @@ class Zoo:
             if key == "oom_kill" and value.strip().isdigit():
                 return int(value)
         return 0
+
+    def restart_dead(self) -> int:
+        """Start again each process of the row that died (the OOM killer took it at a limit below its
+        working set), past its warm-up pass; how many were started."""
+        dead = [i for i, p in enumerate(self.procs) if p.poll() is not None]
+        for i in dead:
+            start, warmup = self.starts[i]
+            self.procs[i] = start()
+            _wait_faulted(self, warmup)
+        return len(dead)
 
     def start_ramp(self) -> None:
         """A ramp row's range starts growing (again) now (SIGUSR1); other rows: nothing."""
@@ -311,7 +324,9 @@ def zoo_workload(row: ZooRow, tmp: Path) -> Iterator[Zoo]:
         group = stack.enter_context(memory_cgroup(f"pfi-zoo-{os.getpid()}", row.limit_mb))
         zoo = Zoo(row, group, hierarchy)
         if row.kind in ("anon-seq", "anon-scatter"):
-            zoo.procs.append(_spawn(stack, [group], ["anon", str(row.size_mb), row.kind.split("-")[1]]))
+            args = ["anon", str(row.size_mb), row.kind.split("-")[1]]
+            zoo.procs.append(_spawn(stack, [group], args))
+            zoo.starts.append((lambda: _spawn(stack, [group], args), row.size_mb * MIB // PAGE // 16))
             _wait_faulted(zoo, row.size_mb * MIB // PAGE // 16)
         elif row.kind == "mixed":
             zoo.procs.append(_spawn(stack, [group], ["mixed", str(row.anon_mb), str(data)]))
@@ -419,6 +434,16 @@ def low_probe(r_bytes: int) -> int:
     return int((r_bytes - 16 * MIB) / 1.2) // (STEP_MB * MIB) * STEP_MB * MIB
 
 
+def _restart_killed(zoo: Zoo, kills: int, where: str) -> None:
+    """Start again the row's processes the OOM killer took since `kills`; any other death is an error."""
+    if zoo.alive():
+        return
+    if zoo.oom_kills() <= kills or not zoo.starts:
+        raise RuntimeError(f"a workload process died during the search ({where}), not by the OOM killer"
+                           if zoo.oom_kills() <= kills else f"OOM-killed during the search ({where}): no restart")
+    zoo.restart_dead()
+
+
 def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
     """L* in MiB by bisection in STEP_MB steps between the row's limit and hi_mb (None: not even hi_mb
     works). Each probe goes up from a faulting limit, so it has its warm-up pass."""
@@ -435,9 +460,13 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
         with contextlib.suppress(OSError):  # EBUSY: the probe starts from wherever reclaim got to
             zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
         time.sleep(SETTLE / 2)
+        _restart_killed(zoo, kills := zoo.oom_kills(), f"at {lo} MiB, before the probe at {mid}")
         works = rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned
         if not zoo.alive():
-            raise RuntimeError(f"a workload process died during the search (at {mid} MiB)")
+            # OOM-killed at mid (the in-order anonymous walker, swap readahead at page-cluster 3): the
+            # workload cannot run there, so mid does not work; started again for the next probe
+            _restart_killed(zoo, kills, f"at {mid} MiB")
+            works = False
         if works:
             hi = mid
         else:
