@@ -39,7 +39,7 @@ from app.service.cluster.peers import PeerClient, PeerDirectory, make_peer_direc
 from app.service.cluster.prometheus import PrometheusClient
 from app.service.delivery.outbox import Outbox
 from app.service.delivery.sinks import Sink, make_sinks
-from app.service.fleet import FleetView
+from app.service.fleet.view import FleetView
 from app.service.metrics import Metrics
 from app.service.pipeline import ReportPipeline
 from app.service.recorder import LeadUps, RecorderService, make_ring, watch_submitter

@@ -2,7 +2,7 @@
 
 - `GET /`: the fleet page when reports come from more than one node, else the report list.
 - `GET /workloads?sort=&order=&offset=`: the fleet page: every node's reports grouped by the
-  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet_page).
+  workload they blame, one row a workload (app.service.fleet.view; app.service.fleet.page).
 - `GET /reports`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
   (with the token, bounded time, asked concurrently: app.service.cluster.peers.ask_peers); a peer that does
   not answer is listed as unreachable. Running and queued investigations of every node are shown
@@ -30,11 +30,11 @@ from app.investigation.fleet import SORT_KEYS
 from app.models import Report
 from app.service.cluster.peers import Peer, PeerError, ask_peers
 from app.service.deps import StateDep
-from app.service.fleet import Fleet
+from app.service.fleet.page import fleet_page_html
+from app.service.fleet.view import Fleet
 from app.service.report_store import ReportSummary
 from app.service.root import Service
 from app.service.scheduler import Investigation
-from app.service.ui.fleet_page import fleet_page_html
 from app.service.ui.render import (
     IndexRow,
     RunningRow,

@@ -72,7 +72,7 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 @public.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    # in a thread: the findings' gauges read the store (app.service.fleet.FleetView.findings)
+    # in a thread: the findings' gauges read the store (app.service.fleet.view.FleetView.findings)
     return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
 
