@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Draw the chart's Grafana dashboard (dashboards/fleet.json) from a real Prometheus's answers, with
-the report pages' chart code (app.service.ui.fleet_dashboard), and screenshot it with headless
+the report pages' chart code (app.service.fleet.dashboard), and screenshot it with headless
 Chromium: docs/fleet-dashboard.png. Grafana is not needed (nor reachable here).
 
     .venv/bin/python scripts/render_dashboard.py [--out docs/fleet-dashboard.png] [--seconds 40]
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
 from app.investigation.diagnose import mib  # noqa: E402
-from app.service.ui.fleet_dashboard import PanelResult, render_dashboard  # noqa: E402
+from app.service.fleet.dashboard import PanelResult, render_dashboard  # noqa: E402
 from app.service.web.app import create_app  # noqa: E402
 from tests.e2e.browser import browser_context, serve_dir  # noqa: E402
 from tests.e2e.stack import recording_receiver  # noqa: E402

@@ -183,7 +183,7 @@ def test_a_store_file_from_before_the_workload_columns_gets_them(tmp_path: Path)
 def test_fleet_page_escapes_what_reports_hold():
     from datetime import UTC, datetime
 
-    from app.service.ui.fleet_page import FleetPage, FleetRow, NodeLinkRow, render_fleet_page
+    from app.service.fleet.page import FleetPage, FleetRow, NodeLinkRow, render_fleet_page
     from tests.e2e.sample_reports import HOSTILE, hostile_report
 
     r = hostile_report().model_copy(update={"started_at": datetime(2026, 12, 4, tzinfo=UTC)})

@@ -1,13 +1,13 @@
-"""The fleet dashboard's drawing (app.service.ui.fleet_dashboard, pure) and the fleet page's word on
+"""The fleet dashboard's drawing (app.service.fleet.dashboard, pure) and the fleet page's word on
 where its rows come from (a sample of peers is said so)."""
 
 from __future__ import annotations
 
 import re
 
-from app.service.fleet import Fleet
-from app.service.ui.fleet_dashboard import PanelResult, render_dashboard
-from app.service.ui.fleet_page import FleetPage, render_fleet_page
+from app.service.fleet.dashboard import PanelResult, render_dashboard
+from app.service.fleet.page import FleetPage, render_fleet_page
+from app.service.fleet.view import Fleet
 
 
 def test_panels_drawn_one_line_a_series_bars_and_tables_escaped() -> None:

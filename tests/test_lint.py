@@ -66,7 +66,8 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
     add("app.service.report_store", "import app.service.ui.render")  # a service wing reaching up
     add("app.service.cluster.kube", "import app.service.delivery.sinks")  # ...and another
     add("app.service.scheduler", "import app.service.pipeline")  # the queue reaching the pipeline it feeds
-    add("app.service.fleet", "import app.service.alerts.intake")  # two wings of one floor
+    add("app.service.fleet.view", "import app.service.alerts.intake")  # two wings of one floor
+    add("app.service.html.env", "import app.service.ui.render")  # what pages are written with, reaching a page
     add("app.service.newroom", "import app.models")  # a new room of the service in no layer
     add("app.newtop", "import app.models")  # a new top-level module in no layer
     add("app.investigation.engine", "import app.tracers._perf")  # a private module used from outside
@@ -85,7 +86,8 @@ def test_import_contracts_catch_what_they_forbid(tmp_path: Path):
         "app.service.report_store -> app.service.ui.render",
         "app.service.cluster.kube -> app.service.delivery.sinks",
         "app.service.scheduler -> app.service.pipeline",
-        "app.service.fleet -> app.service.alerts.intake",
+        "app.service.fleet.view -> app.service.alerts.intake",
+        "app.service.html.env -> app.service.ui.render",
         "app.service.newroom",
         "app.newtop",
         "app.investigation.engine -> app.tracers._perf",

@@ -37,7 +37,7 @@ def test_every_data_file_under_app_is_shipped(tmp_path: Path):
         for p in (ROOT / "app").rglob("*")
         if p.is_file() and p.suffix not in SOURCE_SUFFIXES and "__pycache__" not in p.parts
     }
-    assert {"app/service/ui/templates/report.html", "app/tracers/programs/major_faults.bt"} <= in_tree
+    assert {"app/service/html/templates/report.html", "app/tracers/programs/major_faults.bt"} <= in_tree
     shipped = _shipped_files(tmp_path)
     assert in_tree - shipped == set(), "files under app/ that an install would lack"
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "app").rglob("*.py") if "__pycache__" not in p.parts}

@@ -11,8 +11,10 @@ from html.parser import HTMLParser
 import pytest
 
 from app.models import ProcessReport, Source
+from app.service.html.chart import PALETTE
+from app.service.html.env import KIND_COLOURS, source_bar
 from app.service.ui import IndexRow, RunningRow, render_index_page, render_report_page, render_running_page
-from app.service.ui.render import KIND_COLOURS, PALETTE, build_chart, source_bar
+from app.service.ui.render import build_chart
 from tests.e2e.sample_reports import (
     HOSTILE,
     T0,

@@ -1,6 +1,6 @@
-"""The routes' dependencies (the service, the bearer token), declared once here so that every
-route of the API and the UI asks for them the same way. Tests swap them with
-`app.dependency_overrides` when they need to."""
+"""The routes' dependencies (the service, the part of it the routes that show reports read, the bearer
+token), declared once here so that every route of the API and the UI asks for them the same way.
+Tests swap them with `app.dependency_overrides` when they need to."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from app.service.auth import bearer_matches
-from app.service.root import Service
+from app.service.root import Browse, Service
 
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pagefault-inspector"'}
 
@@ -26,6 +26,14 @@ def get_state(request: Request) -> Service:
 
 
 StateDep = Annotated[Service, Depends(get_state)]
+
+
+def get_browse(state: StateDep) -> Browse:
+    """What the routes that show reports read (app.service.root.Browse), not the whole service."""
+    return state.browse
+
+
+BrowseDep = Annotated[Browse, Depends(get_browse)]
 
 
 def require_token(request: Request, state: StateDep) -> None:

@@ -1,6 +1,7 @@
 """The composition root: `build_service` makes the running service in dependency order and hands
 each wing only what it uses; nothing is set on a wing after it is made. Called by the API app's
-lifespan (app.service.web.app), which keeps the `Service` for the routes (app.service.deps).
+lifespan (app.service.web.app), which keeps the `Service` for the routes (app.service.deps); the
+routes that show reports get only its `Browse`.
 
 The order: the token, the report store, the metrics registry, one outbound httpx client (forwarding,
 sinks, peers, Prometheus), the API server client, the sinks, the peer directory and the peer client,
@@ -39,7 +40,7 @@ from app.service.cluster.peers import PeerClient, PeerDirectory, make_peer_direc
 from app.service.cluster.prometheus import PrometheusClient
 from app.service.delivery.outbox import Outbox
 from app.service.delivery.sinks import Sink, make_sinks
-from app.service.fleet import FleetView
+from app.service.fleet.view import FleetView
 from app.service.metrics import Metrics
 from app.service.pipeline import ReportPipeline
 from app.service.recorder import LeadUps, RecorderService, make_ring, watch_submitter
@@ -97,8 +98,22 @@ class Seams:
 
 
 @dataclass(frozen=True)
+class Browse:
+    """What the routes that show reports read, and nothing else: the UI's pages (app.service.ui.routes)
+    and the API's reports, workloads and investigations. Made once by `build_service`."""
+
+    store: ReportStore
+    scheduler: Scheduler  # the running and queued investigations
+    peers: PeerDirectory
+    peer_client: PeerClient  # the other nodes' reports and investigations
+    fleet: FleetView
+    node: str  # this node's name
+
+
+@dataclass(frozen=True)
 class Service:
-    """The running service, as `build_service` made it: what the routes read, and what `stop` stops."""
+    """The running service, as `build_service` made it: what the routes read (those that show reports
+    read only `browse`), and what `stop` stops."""
 
     settings: Settings
     tokens: TokenWatcher
@@ -118,6 +133,7 @@ class Service:
     intake: Intake
     recorder: RecorderService  # the flight recorder's sampling thread and watch mode (issue 12)
     store_retry: asyncio.Task[None]
+    browse: Browse
 
     @property
     def token(self) -> str:
@@ -234,4 +250,5 @@ async def build_service(settings: Settings, seams: Seams = Seams()) -> Service:
         peers=peers, peer_client=peer_client, local=local, prometheus=prometheus, fleet=fleet,
         sinks=sinks, outbox=outbox, pods=pods, scheduler=scheduler, intake=intake, recorder=recorder,
         store_retry=store_retry,
+        browse=Browse(store, scheduler, peers, peer_client, fleet, local.name),
     )

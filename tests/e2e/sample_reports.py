@@ -468,7 +468,7 @@ def failed_report() -> Report:
 def fleet_page_html(reports: list[Report], local_node: str = "") -> str:
     """The fleet page the service renders for these reports (each node's rows merged, sorted by last seen)."""
     from app.investigation.fleet import facts_of, merge, node_rows, sort_rows
-    from app.service.ui.fleet_page import FleetPage, fleet_row, render_fleet_page
+    from app.service.fleet.page import FleetPage, fleet_row, render_fleet_page
 
     per_node: dict[str, list] = {}
     for r in reports:

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 IMG = REPO / "docs" / "img"
 MANIFEST = IMG / "screenshots.json"
-TEMPLATES = "app/service/ui/templates"
+TEMPLATES = "app/service/html/templates"
 # picture -> the files whose content it shows (a change to one makes the picture stale)
 SOURCES: dict[str, list[str]] = {
     "report.png": [f"{TEMPLATES}/base.html", f"{TEMPLATES}/report.html", f"{TEMPLATES}/_macros.html"],

@@ -30,7 +30,7 @@ OUTBOX_RETRY_SECONDS = 45.0  # rows still in the outbox (not being delivered) ar
 OUTBOX_BATCH = 100  # reports a batch of one resume run
 OUTBOX_BATCHES = 50  # batches a run at most: 5000 reports, then the next run
 DELIVER_STATUSES = ("complete", "failed")  # a cancelled report (shutdown) is not posted
-# "also on 11 other nodes: ..." for a report's sinks (app.service.fleet.FleetView.also_on)
+# "also on 11 other nodes: ..." for a report's sinks (app.service.fleet.view.FleetView.also_on)
 FleetNote = Callable[[Report], Awaitable[str]]
 
 

@@ -2,7 +2,7 @@
 
 Each sink is one small class with `name` and `async deliver(report, fleet) -> detail` that raises
 SinkError on failure (`fleet`: "also on 11 other nodes: a, b, c, ..." when the workload the report
-blames had reports on other nodes in the last hour, else ''; app.service.fleet.FleetView.also_on); `deliver_with_retry` retries it with exponential backoff (bounded attempts)
+blames had reports on other nodes in the last hour, else ''; app.service.fleet.view.FleetView.also_on); `deliver_with_retry` retries it with exponential backoff (bounded attempts)
 and returns the SinkResult that goes into `report.sinks`.
 
 - Alertmanager (`PFI_ALERTMANAGER_URL`): `POST /api/v2/alerts` with one `MajorPageFaultsReport`

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from app.investigation.who import group_label
 from app.models import Report
-from app.service.ui.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
+from app.service.html.chart import DASHES, NODE_COLOUR, PALETTE, Chart, chart_frame
 
 __all__ = ["HISTORY_CHART_TOP", "build_history_chart", "history_label"]
 

@@ -2,7 +2,7 @@
 
 - `GET /`: the fleet page when reports come from more than one node, else the report list.
 - `GET /workloads?sort=&order=&offset=`: the fleet page: every node's reports grouped by the
-  workload they blame, one row a workload (app.service.fleet; app.service.ui.fleet_page).
+  workload they blame, one row a workload (app.service.fleet.view; app.service.fleet.page).
 - `GET /reports`: the reports of every node: this node's store and each peer's `GET /api/v1/reports`
   (with the token, bounded time, asked concurrently: app.service.cluster.peers.ask_peers); a peer that does
   not answer is listed as unreachable. Running and queued investigations of every node are shown
@@ -10,7 +10,8 @@
 - `GET /reports/{id}`: the report page; a report of another node is fetched from its pod
   (`?node=` says which, else every peer is asked); a running investigation shows its progress.
 - `GET /reports/{id}.json`: the document.
-The HTML comes from app.service.ui.render (pure functions); this module only gathers the data.
+The HTML comes from app.service.ui.render and app.service.fleet.page (pure functions); this module
+only gathers the data, from what it is given: `Browse` (app.service.root), not the whole service.
 No token here: the UI listens on loopback, and port-forwarding needs cluster credentials.
 """
 
@@ -29,12 +30,12 @@ from pydantic import ValidationError
 from app.investigation.fleet import SORT_KEYS
 from app.models import Report
 from app.service.cluster.peers import Peer, PeerError, ask_peers
-from app.service.deps import StateDep
-from app.service.fleet import Fleet
+from app.service.deps import BrowseDep
+from app.service.fleet.page import fleet_page_html
+from app.service.fleet.view import Fleet
 from app.service.report_store import ReportSummary
-from app.service.root import Service
+from app.service.root import Browse
 from app.service.scheduler import Investigation
-from app.service.ui.fleet_page import fleet_page_html
 from app.service.ui.render import (
     IndexRow,
     RunningRow,
@@ -104,18 +105,18 @@ def _running_row(d: dict[str, Any]) -> RunningRow:
     )
 
 
-async def _index_page(state: Service) -> HTMLResponse:
+async def _index_page(pages: Browse) -> HTMLResponse:
     """The reports of every node, newest first (peers asked as app.service.cluster.peers.ask_peers does)."""
-    local: list[ReportSummary] = await asyncio.to_thread(state.store.list, limit=INDEX_LIMIT)
+    local: list[ReportSummary] = await asyncio.to_thread(pages.store.list, limit=INDEX_LIMIT)
     rows = [_index_row(s.as_dict(), local=True) for s in local]
-    running = [_running_row(i.as_dict()) for i in state.scheduler.active()]
-    client = state.peer_client
+    running = [_running_row(i.as_dict()) for i in pages.scheduler.active()]
+    client = pages.peer_client
 
     async def ask(peer: Peer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         reports, active = await asyncio.gather(client.reports(peer, INDEX_LIMIT), client.investigations(peer))
         return reports, active
 
-    answers, unreachable = await ask_peers(state.peers, ask)
+    answers, unreachable = await ask_peers(pages.peers, ask)
     for _peer, (reports, active) in answers:
         rows.extend(_index_row(s, local=False) for s in reports)
         running.extend(_running_row(d) for d in active)
@@ -125,9 +126,9 @@ async def _index_page(state: Service) -> HTMLResponse:
     )
 
 
-async def _fleet_page(state: Service, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
+async def _fleet_page(pages: Browse, found: Fleet, sort: str, order: str, offset: int) -> HTMLResponse:
     # Sorted and rendered in a thread: many rows take a while, and /healthz shares this event loop.
-    return HTMLResponse(await asyncio.to_thread(fleet_page_html, found, state.local.name, sort, order, offset))
+    return HTMLResponse(await asyncio.to_thread(fleet_page_html, found, pages.node, sort, order, offset))
 
 
 SortParam = Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")]
@@ -136,24 +137,24 @@ OffsetParam = Annotated[int, Query(ge=0, le=1_000_000)]
 
 
 @ui.get("/", response_class=HTMLResponse)
-async def landing(state: StateDep) -> HTMLResponse:
+async def landing(pages: BrowseDep) -> HTMLResponse:
     """The fleet page when reports come from more than one node, else the report list."""
-    found = await state.fleet.gather()
+    found = await pages.fleet.gather()
     if found.nodes_with_reports > 1:
-        return await _fleet_page(state, found, "last_seen", "desc", 0)
-    return await _index_page(state)
+        return await _fleet_page(pages, found, "last_seen", "desc", 0)
+    return await _index_page(pages)
 
 
 @ui.get("/reports", response_class=HTMLResponse)
-async def index(state: StateDep) -> HTMLResponse:
-    return await _index_page(state)
+async def index(pages: BrowseDep) -> HTMLResponse:
+    return await _index_page(pages)
 
 
 @ui.get("/workloads", response_class=HTMLResponse)
 async def workloads(
-    state: StateDep, sort: SortParam = "last_seen", order: OrderParam = "desc", offset: OffsetParam = 0
+    pages: BrowseDep, sort: SortParam = "last_seen", order: OrderParam = "desc", offset: OffsetParam = 0
 ) -> HTMLResponse:
-    return await _fleet_page(state, await state.fleet.gather(), sort, order, offset)
+    return await _fleet_page(pages, await pages.fleet.gather(), sort, order, offset)
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
@@ -165,22 +166,22 @@ def _page(status: int, title: str, text: str) -> HTMLResponse:
 
 
 async def _find(
-    state: Service, report_id: str, node: str | None, problems: list[str] | None = None
+    pages: Browse, report_id: str, node: str | None, problems: list[str] | None = None
 ) -> Report | Investigation | dict[str, Any] | None:
     """The report (local, else from a peer), or the local investigation, or a peer's running one.
     Peers that answered badly are added to `problems` (`node-b answered badly: ...`)."""
     problems = [] if problems is None else problems
-    inv = state.scheduler.find(report_id)
+    inv = pages.scheduler.find(report_id)
     if inv is not None:
         return inv
-    report = await asyncio.to_thread(state.store.get, report_id)
+    report = await asyncio.to_thread(pages.store.get, report_id)
     if report is not None:
         return report
-    peers = await state.peers.peers()
+    peers = await pages.peers.peers()
     if node:
         peers = [p for p in peers if p.node == node]
 
-    client = state.peer_client
+    client = pages.peer_client
 
     async def ask(peer: Peer) -> Report | dict[str, Any] | None:
         try:
@@ -208,11 +209,11 @@ async def _find(
 
 @ui.get("/reports/{report_id}.json")
 async def report_json(
-    state: StateDep, report_id: str, node: Annotated[str | None, Query(max_length=253)] = None
+    pages: BrowseDep, report_id: str, node: Annotated[str | None, Query(max_length=253)] = None
 ) -> Response:
     if not ID_RE.match(report_id):
         return JSONResponse({"detail": "not a report id"}, status_code=404)
-    found = await _find(state, report_id, node)
+    found = await _find(pages, report_id, node)
     if isinstance(found, Report):
         return Response(found.model_dump_json(indent=2), media_type="application/json")
     if isinstance(found, Investigation):
@@ -224,19 +225,19 @@ async def report_json(
 
 @ui.get("/reports/{report_id}", response_class=HTMLResponse)
 async def report_page(
-    state: StateDep, report_id: str, node: Annotated[str | None, Query(max_length=253)] = None
+    pages: BrowseDep, report_id: str, node: Annotated[str | None, Query(max_length=253)] = None
 ) -> HTMLResponse:
     if not ID_RE.match(report_id):
         return _page(404, "Not found", "That is not a report id.")
     problems: list[str] = []
-    found = await _find(state, report_id, node, problems)
+    found = await _find(pages, report_id, node, problems)
     if isinstance(found, Report):
         return HTMLResponse(await asyncio.to_thread(render_report_page, found))
     if isinstance(found, Investigation):
         return HTMLResponse(render_running_page(_running_row(found.as_dict())))
     if isinstance(found, dict):
         return HTMLResponse(render_running_page(_running_row(found)))
-    if report_id in state.store.unreadable:
+    if report_id in pages.store.unreadable:
         return _page(404, "Report unreadable", f"Report {report_id} is stored here but its row is malformed.")
     where = f" on node {node}" if node else " on any node that answered"
     told = "".join(f" Peer {p}." for p in sorted(set(problems))[:5])

@@ -21,7 +21,7 @@ from app.investigation.fleet import SCHEMA_VERSION as WORKLOADS_VERSION
 from app.investigation.fleet import SORT_KEYS, sort_rows
 from app.service.alerts.intake import FORWARDED_HEADER, handle_alerts
 from app.service.alerts.payload import PayloadError, parse_payload
-from app.service.deps import StateDep, TokenRequired
+from app.service.deps import BrowseDep, StateDep, TokenRequired
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 @public.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    # in a thread: the findings' gauges read the store (app.service.fleet.FleetView.findings)
+    # in a thread: the findings' gauges read the store (app.service.fleet.view.FleetView.findings)
     return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -106,35 +106,35 @@ async def post_alerts(
 
 @api.get("/reports")
 async def list_reports(
-    state: StateDep,
+    browse: BrowseDep,
     node: Annotated[str | None, Query(max_length=253)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
-    rows = await asyncio.to_thread(state.store.list, node=node, limit=limit)
-    return {"node": state.local.name, "reports": [r.as_dict() for r in rows]}
+    rows = await asyncio.to_thread(browse.store.list, node=node, limit=limit)
+    return {"node": browse.node, "reports": [r.as_dict() for r in rows]}
 
 
 @api.get("/reports/{report_id}")
-async def get_report(state: StateDep, report_id: str) -> Response:
-    report = await asyncio.to_thread(state.store.get, report_id)
+async def get_report(browse: BrowseDep, report_id: str) -> Response:
+    report = await asyncio.to_thread(browse.store.get, report_id)
     if report is None or report.status == "running":  # its row, written at the start
-        running = state.scheduler.find(report_id)
+        running = browse.scheduler.find(report_id)
         if running is not None:
             raise HTTPException(
                 404, f"investigation {report_id} is {running.state}; see /api/v1/investigations"
             )
-        if report is None and report_id in state.store.unreadable:
+        if report is None and report_id in browse.store.unreadable:
             raise HTTPException(
                 404, f"report {report_id} is stored but unreadable (a malformed row); see the log"
             )
         if report is None:
-            raise HTTPException(404, f"no report {report_id} on node {state.local.name}")
+            raise HTTPException(404, f"no report {report_id} on node {browse.node}")
     return Response(report.model_dump_json(), media_type="application/json")
 
 
 @api.get("/workloads")
 async def list_workloads(
-    state: StateDep,
+    browse: BrowseDep,
     scope: Literal["fleet", "node"] = "fleet",
     sort: Annotated[str, Query(pattern="^(" + "|".join(SORT_KEYS) + ")$")] = "last_seen",
     order: Literal["desc", "asc"] = "desc",
@@ -153,14 +153,14 @@ async def list_workloads(
             since = since.astimezone(UTC)
         except OverflowError:
             raise HTTPException(422, "since: out of range once in UTC (years 1 to 9999)") from None
-    base = {"schema_version": WORKLOADS_VERSION, "node": state.local.name, "scope": scope}
+    base = {"schema_version": WORKLOADS_VERSION, "node": browse.node, "scope": scope}
     if scope == "node":
         rows, count = await asyncio.gather(
-            asyncio.to_thread(state.store.workloads, since=since, key=key, limit=limit),
-            asyncio.to_thread(state.store.count, finished=True),
+            asyncio.to_thread(browse.store.workloads, since=since, key=key, limit=limit),
+            asyncio.to_thread(browse.store.count, finished=True),
         )
         return {**base, "reports": count, "workloads": [r.model_dump(mode="json") for r in rows]}
-    found = await state.fleet.gather(since=since, key=key)
+    found = await browse.fleet.gather(since=since, key=key)
     ordered = sort_rows(found.rows, sort, descending=order == "desc")
     page = ordered[offset : offset + limit]
     return {
@@ -183,5 +183,5 @@ async def openapi(request: Request) -> dict[str, Any]:
 
 
 @api.get("/investigations")
-async def investigations(state: StateDep) -> dict[str, Any]:
-    return {"node": state.local.name, "investigations": [i.as_dict() for i in state.scheduler.active()]}
+async def investigations(browse: BrowseDep) -> dict[str, Any]:
+    return {"node": browse.node, "investigations": [i.as_dict() for i in browse.scheduler.active()]}

@@ -1,6 +1,7 @@
-"""Chart geometry for the report page (numbers only; the template writes the SVG and escapes the
-labels): the frame, its axes and ticks, and the lines on it; the colours and dashes lines take in
-turn. The window's chart (render.build_chart) and the lead-up's (lead_up_chart) are drawn on it."""
+"""Chart geometry for the pages (numbers only; the template writes the SVG and escapes the labels):
+the frame, its axes and ticks, and the lines on it; the colours and dashes lines take in turn. The
+window's chart (app.service.ui.render.build_chart), the lead-up's (app.service.ui.lead_up_chart) and
+the fleet dashboard's (app.service.fleet.dashboard) are drawn on it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fleet page: one row a workload across every node (app.investigation.fleet), sortable by
 links in the column heads and paged by links under the table: no JavaScript. Pure, like
-render.py: what the fleet wing gathered (app.service.fleet.Fleet) in, HTML out; every value is
+the report pages: what the fleet wing gathered (app.service.fleet.view.Fleet) in, HTML out; every value is
 escaped by the template."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from app.investigation.fleet import SORT_KEYS, WorkloadRow, sort_rows
-from app.service.fleet import Fleet
-from app.service.ui.render import CAUSE_LABELS, _env
+from app.service.fleet.view import Fleet
+from app.service.html.env import CAUSE_LABELS, environment
 
 __all__ = [
     "FLEET_NODES_SHOWN",
@@ -101,7 +101,7 @@ def render_fleet_page(page: FleetPage) -> str:
     end = page.offset + len(page.rows)
     next_url = _link(page.sort, page.descending, end) if end < page.total else None
     return (
-        _env()
+        environment()
         .get_template("fleet.html")
         .render(
             page=page,
@@ -153,7 +153,7 @@ def fleet_row(row: WorkloadRow, local_node: str) -> FleetRow:
 
 
 def fleet_page_html(found: Fleet, local_node: str, sort: str, order: str, offset: int) -> str:
-    """The fleet page of what the fleet wing gathered (app.service.fleet.FleetView.gather): sorted,
+    """The fleet page of what the fleet wing gathered (app.service.fleet.view.FleetView.gather): sorted,
     one page of FLEET_PAGE rows from `offset`."""
     ordered = sort_rows(found.rows, sort, descending=order == "desc")
     page = FleetPage(

@@ -2,7 +2,7 @@
 report page's own chart code, for a picture of it where Grafana is not at hand (docs/fleet.md;
 scripts/render_dashboard.py feeds it a real Prometheus's answers). Pure: panels' results in, HTML out.
 
-Time-series panels become line charts (app.service.ui.chart.chart_frame); instant panels become
+Time-series panels become line charts (app.service.html.chart.chart_frame); instant panels become
 bars; table panels become tables. Every value is escaped by the template."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.service.ui.chart import DASHES, PALETTE, Chart, chart_frame
-from app.service.ui.render import _env
+from app.service.html.chart import DASHES, PALETTE, Chart, chart_frame
+from app.service.html.env import environment
 
 __all__ = ["PanelResult", "render_dashboard"]
 
@@ -49,4 +49,4 @@ def render_dashboard(title: str, panels: Sequence[PanelResult]) -> str:
         if p.kind == "timeseries":
             p.chart = _chart(p)
         p.bar_max = max((b[1] for b in p.bars), default=1.0) or 1.0
-    return _env().get_template("fleet_dashboard.html").render(title=title, panels=panels, refresh=False)
+    return environment().get_template("fleet_dashboard.html").render(title=title, panels=panels, refresh=False)

@@ -1,6 +1,6 @@
 """The fleet wing's data (`FleetView`): every node's reports grouped by the workload they blame, this
 node's findings for /metrics, and the "also on N other nodes" line of the sinks. The page is
-app.service.ui.fleet_page; the grouping itself is pure, in app.investigation.fleet.
+app.service.fleet.page; the grouping itself is pure, in app.investigation.fleet.
 
 Two sources, one shape (`Fleet`), merged by app.investigation.fleet:
 - **Prometheus** (`prometheus_url` set, issue 28): every inspector exports its findings on /metrics
