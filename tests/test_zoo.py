@@ -33,9 +33,14 @@ TRACERS = ("perf-major", "procfs")
 # the probe lowered the limit (dmesg). check() now tells an OOM kill (the limit does not work: the probe
 # holds) from a death it cannot explain (a problem); 6 of 6 runs passed on 2026-12-07 (3 OOM-killed at 120,
 # 3 faulting there at 297-2,158/s), load average 10-16.
+# The swappiness-200 row (both tracers) was out of the suite until the read-ahead fixes of 2026-12-07 (the
+# exact file side's union missed the pages read-ahead brought and the limit took again: R 192; procfs read
+# every fault as a swap-in: the file side left out, R 192); since: 25 of 26 exact runs and 6 of 6 procfs
+# passed, quiet, the one miss an at_least 224 (the right size) in the 3rd of three runs back to back.
 PROCFS_IN_SUITE = {
     "anon-128-mib-in-order-disk-swap-page-cluster-3-limit-64",
     "2-processes-one-128-mib-file-limit-64",
+    "96-anon-96-file-limit-128-disk-swap-swappiness-200",
 }
 CASES = [
     pytest.param(row, tracer, id=f"{row.slug}-{tracer}",
