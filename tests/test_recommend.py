@@ -735,12 +735,12 @@ def test_swapped_memory_back_and_resident_covers_it_whole() -> None:
 
 
 def _mixed(file_mib: int, file_times: int, file_refaults: int, growth: dict[int, int],
-           present_mib: int = 0) -> tuple[ProcessReport, Group]:
+           present_mib: int = 0, file_rss_mib: int = 58) -> tuple[ProcessReport, Group]:
     """96 MiB of anonymous memory and a 96 MiB file walked in turn, in order, in a 128 MiB group at swappiness
     200 (the zoo's row, from a run that failed): the anonymous side came back by swap readahead (97,017 anon
     refaults for 12,033 swap-in faults on 12 MiB of distinct pages: corrected to its 96 MiB); the file side
     faulted on `file_mib` MiB of distinct pages, `file_times` each, `present_mib` of them resident at the end
-    (pagemap), 58 MiB of the file resident (smaps Rss), 69 MiB of the anonymous memory."""
+    (pagemap), `file_rss_mib` of the file resident (smaps Rss), 69 MiB of the anonymous memory."""
     anon96 = dataclasses.replace(ANON_MAP, end=ANON_MAP.start + 96 * MIB)
     file96 = dataclasses.replace(FILE_MAP, end=FILE_MAP.start + 96 * MIB)
     p = _limited(kind=SourceKind.SWAP, limit=128 * MIB, usage=128 * MIB)
@@ -750,7 +750,7 @@ def _mixed(file_mib: int, file_times: int, file_refaults: int, growth: dict[int,
     faults[anon96.start + 1 * 4096] = 33  # 12,033 swap-in faults in all
     pages = distinct_pages(4242, faults, [[anon96, file96]], present=set(file_pages[:present_mib * 256]))
     group = Group(pages=pages, faults=sum(faults.values()), growth=growth,
-                  smaps={4242: [_smaps(anon96, 69, 27), _smaps(file96, 58)]})
+                  smaps={4242: [_smaps(anon96, 69, 27), _smaps(file96, file_rss_mib)]})
     return p, group
 
 
@@ -778,9 +778,37 @@ def test_file_readahead_beside_swapped_memory_is_counted() -> None:
 def test_the_file_side_beside_corrected_swap_is_still_judged_by_its_growth() -> None:
     """The anonymous side is corrected from its refaults; the file beside it is a scan still finding new
     pages to the window's end (40 of 96 MiB, each faulted once, as many new in the last quarter as in the
-    first). The refaults of the anonymous side say nothing of the file: the window did not see the file
-    whole, so the recommendation is at_least and says why."""
-    p, group = _mixed(40, 1, 10_240, growth={0: 3_300, 1: 3_300, 2: 3_300, 3: 3_412})
+    first; 20 MiB of it resident). The refaults of the anonymous side say nothing of the file: the window did
+    not see the file whole, so the recommendation is at_least and says why."""
+    p, group = _mixed(40, 1, 10_240, growth={0: 3_300, 1: 3_300, 2: 3_300, 3: 3_412}, file_rss_mib=20)
     rec = recommend(p, group, NODE, seconds=4.0, backend="perf-major")
     assert rec is not None and rec.at_least and rec.confidence == "medium", rec.basis
     assert any("did not see the whole working set" in b for b in rec.basis), rec.basis
+
+
+def test_memory_read_back_in_part_and_resident_for_the_rest_is_counted_whole() -> None:
+    """The zoo's anon + file at swappiness 60, from bench.zoo's run: the whole 96 MiB file read back, 44 MiB of
+    the 96 MiB of anonymous memory swapped back in (no swap readahead worth correcting: 15,950 anon refaults for
+    11,264 faults) and all 96 resident at the end (pagemap: the 44 read back are among them, as are 31 MiB of the
+    file's: the union is exact). New pages still arrived at the end (a cold tail by the page growth), but the recommendation
+    already counts every page that can fault, 96 + 96: not at_least, no cold tail. Without pagemap (the union
+    not known to be exact) the same window stays at_least."""
+    anon96 = dataclasses.replace(ANON_MAP, end=ANON_MAP.start + 96 * MIB)
+    file96 = dataclasses.replace(FILE_MAP, end=FILE_MAP.start + 96 * MIB)
+    p = _limited(kind=SourceKind.SWAP, limit=128 * MIB, usage=128 * MIB)
+    p.cgroup_file_refaults, p.cgroup_anon_refaults = 80_690, 15_950
+    faults = {file96.start + i * 4096: 2 for i in range(96 * 256)}
+    faults |= {anon96.start + i * 4096: 1 for i in range(44 * 256)}
+    growth = {0: 20_000, 1: 10_000, 2: 7_000, 3: 4_908}
+    resident = {a for a in faults if a >= anon96.start and a < anon96.end} | {file96.start + i * 4096
+                                                                               for i in range(31 * 256)}
+    for pagemap, at_least in ((resident, False), (None, True)):
+        pages = distinct_pages(4242, faults, [[anon96, file96]], present=pagemap)
+        group = Group(pages=pages, faults=sum(faults.values()), growth=growth,
+                      smaps={4242: [_smaps(anon96, 96, 0), _smaps(file96, 31)]})
+        rec = recommend(p, group, NODE, seconds=5.0, backend="perf-major")
+        assert rec is not None and rec.at_least is at_least, (pagemap, rec.basis)
+        if not at_least:
+            assert rec.recommended_limit_bytes == 224 * MIB, rec.basis  # (96 + 96 + 0) x 1.1 -> 224
+            assert not any("cold tail" in b for b in rec.basis), rec.basis
+            assert any("and the resident pages cover 97%" in b for b in rec.basis), rec.basis

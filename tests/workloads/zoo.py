@@ -457,10 +457,12 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
         mid = (lo + hi) // 2 // STEP_MB * STEP_MB
         if mid <= lo:
             mid = lo + STEP_MB
+        kills = zoo.oom_kills()
         with contextlib.suppress(OSError):  # EBUSY: the probe starts from wherever reclaim got to
             zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
         time.sleep(SETTLE / 2)
-        _restart_killed(zoo, kills := zoo.oom_kills(), f"at {lo} MiB, before the probe at {mid}")
+        _restart_killed(zoo, kills, f"at {lo} MiB, before the probe at {mid}")
+        kills = zoo.oom_kills()
         works = rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned
         if not zoo.alive():
             # OOM-killed at mid (the in-order anonymous walker, swap readahead at page-cluster 3): the
