@@ -448,7 +448,15 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
     """L* in MiB by bisection in STEP_MB steps between the row's limit and hi_mb (None: not even hi_mb
     works). Each probe goes up from a faulting limit, so it has its warm-up pass."""
     lo = zoo.row.limit_mb  # faults here (the untuned rate)
-    if rate_at(zoo, hi_mb * MIB, untuned, raised=True) >= FALL * untuned:
+    # (killed by a probe before the search, lowered back to the row's limit: any OOM kill in the row's own
+    # group is the limit's; then started again)
+    _restart_killed(zoo, 0, "before the search")
+    kills = zoo.oom_kills()
+    top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
+    if not zoo.alive():
+        _restart_killed(zoo, kills, f"at the top, {hi_mb} MiB")
+        top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
+    if top >= FALL * untuned:
         return None
     if not zoo.alive():
         raise RuntimeError("a workload process died during the search")
