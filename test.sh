@@ -11,7 +11,7 @@
 #   ./test.sh --fast     only the first kind (markers in pyproject.toml; tests/needs.py fails a test that does
 #                        more than its markers say), for while you work: about 50-57 s of CPU (README: Development)
 #   ./test.sh --screenshots   makes the README's pictures (docs/img/) again from a real run (tests/test_screenshots.py)
-#   ./test.sh --zoo      the whole limit zoo (tests/test_zoo.py), its procfs rows included (about 6 minutes)
+#   ./test.sh --zoo      the whole limit zoo (tests/test_zoo.py), its procfs rows included (about 6-8 minutes)
 #   ./test.sh --vm [ARGS] the VM tier (scripts/vm/run.sh): a cgroup-v2-only guest with kprobes and zram under
 #                        QEMU runs the guest checks (ARGS: pytest args for the guest instead of its default set)
 #   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)

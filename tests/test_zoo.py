@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.matrix, pytest.mark.root, pytest.mark.workloads]
 TRACERS = ("perf-major", "procfs")
 # The full suite runs every row with the exact tracer, and with procfs three rows whose procfs defects the
 # issue named (the in-order anonymous walk, swappiness 200, one file shared by two processes): the zoo whole
-# is about 6 minutes. The other procfs rows carry zoo_full: `./test.sh --zoo` runs them all, and
+# is about 6-8 minutes. The other procfs rows carry zoo_full: `./test.sh --zoo` runs them all, and
 # python -m bench.zoo measures every row both ways against L*.
 # The in-order anonymous row with procfs (R = 160 MiB) was out of the suite: its low probe at 120 MiB "saw
 # 0 faults/s" in 2 of 4 runs. R is not loose (the walker needs its 128 MiB + 1.5 MiB of its own, L* ~136:
