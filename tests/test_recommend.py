@@ -812,3 +812,34 @@ def test_memory_read_back_in_part_and_resident_for_the_rest_is_counted_whole() -
             assert rec.recommended_limit_bytes == 224 * MIB, rec.basis  # (96 + 96 + 0) x 1.1 -> 224
             assert not any("cold tail" in b for b in rec.basis), rec.basis
             assert any("and the resident pages cover 97%" in b for b in rec.basis), rec.basis
+
+
+def _rising_series() -> list[tuple[float, int]]:
+    """The group's refaults each second of a 6 s window: 16k, 20k, then 27k pages/s in its thirds."""
+    total, series = 0, [(0.0, 0)]
+    for sec, rate in enumerate((16_000, 16_000, 20_000, 20_000, 27_000, 27_000), start=1):
+        total += rate
+        series.append((float(sec), total))
+    return series
+
+
+def test_rising_refaults_cannot_ask_more_than_all_the_memory_that_can_fault() -> None:
+    """The swappiness-200 zoo row beside two busy loops (the final full run of 2026-12-07): both sides read back
+    whole (96 + 96 MiB of 96 + 96), no new pages at the end, and the refaults rising 16k -> 20k -> 27k pages/s
+    as the machine's load moved. The limit already counts every page that can fault: 224 MiB stands, not
+    at_least, confidence medium, and the basis says why. A group that has not counted it all (a file side
+    read back in part) is still at_least for the rising refaults."""
+    p, group = _mixed(96, 1, 47_005, growth={0: 40_000, 1: 9_152}, present_mib=88)
+    group.pages.again = group.pages.count()  # type: ignore[union-attr]
+    group.refaults = _rising_series()
+    rec = recommend(p, group, NODE, seconds=6.0, backend="perf-major")
+    assert rec is not None and not rec.at_least and rec.confidence == "medium", rec.basis
+    assert rec.recommended_limit_bytes == 224 * MIB, rec.basis
+    assert any(b.startswith("refaults still rising") and "every page of the memory that can fault is counted"
+               in b for b in rec.basis), rec.basis
+    p, group = _mixed(60, 1, 15_360, growth={0: 40_000, 1: 9_152}, file_rss_mib=20)
+    group.pages.again = group.pages.count()  # type: ignore[union-attr]
+    group.refaults = _rising_series()
+    rec = recommend(p, group, NODE, seconds=6.0, backend="perf-major")
+    assert rec is not None and rec.at_least, rec.basis
+    assert any("a growing scan" in b for b in rec.basis), rec.basis
