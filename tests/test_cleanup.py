@@ -177,6 +177,30 @@ def test_cleanup_refuses_records_that_are_not_test_things(tmp_path: Path) -> Non
         assert not dead_run.exists()  # its records are dealt with
 
 
+def test_cleanup_removes_a_dead_runs_shm_file_and_nothing_else(tmp_path: Path) -> None:
+    """A killed run's /dev/shm/pfi-test-* file is removed (its swapped pages kept a zram device from being
+    swapped off through a day of runs, so later "disk swap" rows swapped to zram); a record naming any other
+    file is refused and the file stays."""
+    ours = Path(f"/dev/shm/pfi-test-{os.getpid()}-cleanup")
+    decoy = Path(f"/dev/shm/decoy-{os.getpid()}")
+    try:
+        ours.write_bytes(b"x" * 4096)
+        decoy.write_bytes(b"y")
+        dead_run = tmp_path / "999999999-1"
+        dead_run.mkdir()
+        (dead_run / "shm-1").write_text(f"{ours}\n")
+        (dead_run / "shm-2").write_text(f"{decoy}\n")
+        (dead_run / "shm-3").write_text("/dev/shm/../etc/pfi-test-x\n")
+        said: list[str] = []
+        cleanup_dead_runs(tmp_path, log=said.append)
+        assert not ours.exists(), said
+        assert decoy.exists() and sum("refusing shm record" in m for m in said) == 2, said
+        assert not dead_run.exists()
+    finally:
+        ours.unlink(missing_ok=True)
+        decoy.unlink(missing_ok=True)
+
+
 def test_a_live_run_is_left_alone(tmp_path: Path) -> None:
     """A run whose owner (pid and start time) still lives is not touched, its processes neither;
     the same records under a dead owner are undone."""

@@ -123,8 +123,9 @@ def run_state_dir() -> Path:
 
 
 def record(kind: str, value: str) -> Path:
-    """Note one thing this run made ("proc", "cgroup", "swap", "zram"); returns the record to `forget`."""
-    if kind not in ("proc", "cgroup", "swap", "zram"):
+    """Note one thing this run made ("proc", "cgroup", "swap", "zram", "shm": a /dev/shm/pfi-test-* file);
+    returns the record to `forget`."""
+    if kind not in ("proc", "cgroup", "swap", "zram", "shm"):
         raise ValueError(kind)
     with _state_lock:
         path = _state_dir_locked() / f"{kind}-{next(_counter)}"
@@ -256,6 +257,19 @@ def cleanup_dead_runs(root: Path | None = None, log: Callable[[str], None] = pri
                 rec.unlink(missing_ok=True)
             else:
                 log(f"cleanup: cgroup {group} still holds processes this run did not record; left")
+    # /dev/shm files before the swap devices: their swapped pages keep a swapoff from finishing (a killed run's
+    # 128 MiB /dev/shm file, 49 MB of it in a zram device, left that device swapped on through a day of runs,
+    # at the highest priority: the "disk swap" rows after it swapped to zram)
+    for run in dead:
+        for rec, text in _records(run, "shm"):
+            shm = Path(text)
+            if shm.parent == Path("/dev/shm") and shm.name.startswith("pfi-test-"):
+                if shm.exists():
+                    shm.unlink(missing_ok=True)
+                    log(f"cleanup: removed {shm}")
+            else:
+                log(f"cleanup: refusing shm record {text!r}: not a /dev/shm/pfi-test-* file")
+            rec.unlink(missing_ok=True)
     for run in dead:
         for rec, text in _records(run, "zram"):
             _zram_undo(text, log)
@@ -616,7 +630,9 @@ def _zram_undo(text: str, log: Callable[[str], None] = lambda _m: None) -> None:
     name = parts[0]
     dev = f"/dev/{name}"
     if dev in _active_swaps():
-        subprocess.run(["swapoff", dev], check=False, capture_output=True)
+        off = subprocess.run(["swapoff", dev], check=False, capture_output=True, text=True)
+        if off.returncode != 0:
+            log(f"cleanup: swapoff {dev} failed: {off.stderr.strip()[:200]}; the device stays")
     block = Path("/sys/block") / name
     if block.exists():
         with contextlib.suppress(OSError):

@@ -32,9 +32,11 @@ from . import (
     _start,
     _unregister,
     binary,
+    forget,
     majflt,
     memory_cgroup,
     memory_hierarchy,
+    record,
     remove_groups,
     swap_enabled,
     zram_swap,
@@ -146,6 +148,8 @@ def scenario_workload(
             exe = binary("scenario_faults")
             if kind == "shm":
                 shm = Path(f"/dev/shm/pfi-test-{os.getpid()}-{next(_counter)}")
+                shm_record = record("shm", str(shm))  # a killed run's file is removed by cleanup
+                stack.callback(forget, shm_record)
                 stack.callback(shm.unlink, missing_ok=True)
                 args = ["shm", str(shm), str(size_mb)]
             else:
