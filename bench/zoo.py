@@ -31,6 +31,7 @@ from tests.workloads.zoo import (
     no_zoo_reason,
     rate_at,
     recommend_for,
+    restart_killed,
     window_for,
     zoo_workload,
 )
@@ -64,8 +65,7 @@ def _probe(zoo: Zoo, limit_bytes: int, untuned: float, raised: bool) -> float:
     rate = rate_at(zoo, limit_bytes, untuned, raised)
     if zoo.alive():
         return rate
-    if zoo.oom_kills() <= kills or not zoo.restart_dead():
-        raise RuntimeError(f"a workload process died at {limit_bytes // MIB} MiB, not by the OOM killer")
+    restart_killed(zoo, kills, f"at {limit_bytes // MIB} MiB")
     return OOM
 
 

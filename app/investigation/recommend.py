@@ -364,11 +364,12 @@ class _Need:
     margin: float
 
 
-def _counted_whole(units: list[Unit], incomplete: bool) -> bool:
-    """The units' need covers (COVERED) all the memory that can fault (every extent known, no page dropped)."""
+def _counted_whole(units: list[Unit], incomplete: bool, union: bool = True) -> bool:
+    """What the units count covers (COVERED) all the memory that can fault: every extent known, no page
+    dropped. `union`: their need (read back and resident, counted once); else their pages read back only."""
     extents = [u.extent_bytes for u in units]
-    return (not incomplete and bool(units) and all(extents)
-            and sum(u.need_bytes() for u in units) >= COVERED * sum(e or 0 for e in extents))
+    seen = sum(u.need_bytes() if union else u.distinct * PAGE for u in units)
+    return not incomplete and bool(units) and all(extents) and seen >= COVERED * sum(e or 0 for e in extents)
 
 
 def _exact_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int, seconds: float, backend: str,
@@ -396,15 +397,13 @@ def _exact_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int
         # Never when the tracer dropped pages: the pages it did not keep may be new ones.
         # ...or its distinct pages cover (nearly) all the memory that can fault (Rss + Swap, the files mapped):
         # there is no more to see, however the new pages arrived (a scattered walk finds its last pages late).
-        extents = [u.extent_bytes for u in rest]
         # What the window saw of each: its pages read back, and, where pagemap told which of them are
         # resident (the union is then exact), its resident pages too: a mapping read back in part and
         # resident for the rest is counted whole already, whatever new pages arrive (the zoo's anon + file at
         # swappiness 60: 44 of 96 MiB anon read back, all 96 resident; the file all read back; "a cold tail"
         # for a recommendation that already counts every page that can fault).
         known = group.pages.present is not None
-        seen_bytes = sum(u.need_bytes() if known else u.distinct * PAGE for u in rest)
-        covered = (not incomplete and all(extents) and seen_bytes >= COVERED * sum(e or 0 for e in extents))
+        covered = _counted_whole(rest, incomplete is not None, union=known)
         seen = covered or not (came_back < CAME_BACK and growing is not False)
         # (a cold tail is a floor only when the window did not cover the whole memory that can fault; beside
         # corrected memory the pages faulted once are mostly its own, brought back by read-ahead: not told)

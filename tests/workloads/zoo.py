@@ -434,13 +434,14 @@ def low_probe(r_bytes: int) -> int:
     return int((r_bytes - 16 * MIB) / 1.2) // (STEP_MB * MIB) * STEP_MB * MIB
 
 
-def _restart_killed(zoo: Zoo, kills: int, where: str) -> None:
-    """Start again the row's processes the OOM killer took since `kills`; any other death is an error."""
+def restart_killed(zoo: Zoo, kills: int, where: str) -> None:
+    """Start again the row's processes the OOM killer took since `kills` (the group's oom_kill count before
+    the limit was written); any other death, or a row that cannot start its processes again, is an error."""
     if zoo.alive():
         return
     if zoo.oom_kills() <= kills or not zoo.starts:
-        raise RuntimeError(f"a workload process died during the search ({where}), not by the OOM killer"
-                           if zoo.oom_kills() <= kills else f"OOM-killed during the search ({where}): no restart")
+        raise RuntimeError(f"a workload process died ({where}), not by the OOM killer" if zoo.oom_kills() <= kills
+                           else f"a workload process was OOM-killed ({where}) and this row cannot start it again")
     zoo.restart_dead()
 
 
@@ -450,11 +451,11 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
     lo = zoo.row.limit_mb  # faults here (the untuned rate)
     # (killed by a probe before the search, lowered back to the row's limit: any OOM kill in the row's own
     # group is the limit's; then started again)
-    _restart_killed(zoo, 0, "before the search")
+    restart_killed(zoo, 0, "before the search")
     kills = zoo.oom_kills()
     top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
     if not zoo.alive():
-        _restart_killed(zoo, kills, f"at the top, {hi_mb} MiB")
+        restart_killed(zoo, kills, f"at the top, {hi_mb} MiB")
         top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
     if top >= FALL * untuned:
         return None
@@ -469,13 +470,13 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
         with contextlib.suppress(OSError):  # EBUSY: the probe starts from wherever reclaim got to
             zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
         time.sleep(SETTLE / 2)
-        _restart_killed(zoo, kills, f"at {lo} MiB, before the probe at {mid}")
+        restart_killed(zoo, kills, f"at {lo} MiB, before the probe at {mid}")
         kills = zoo.oom_kills()
         works = rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned
         if not zoo.alive():
             # OOM-killed at mid (the in-order anonymous walker, swap readahead at page-cluster 3): the
             # workload cannot run there, so mid does not work; started again for the next probe
-            _restart_killed(zoo, kills, f"at {mid} MiB")
+            restart_killed(zoo, kills, f"at {mid} MiB")
             works = False
         if works:
             hi = mid
