@@ -61,6 +61,8 @@ OOM = -1.0  # a probe's rate when the OOM killer took the workload there: that l
 def _probe(zoo: Zoo, limit_bytes: int, untuned: float, raised: bool) -> float:
     """The rate at a limit, or OOM when the workload was OOM-killed there (then it is started again, past its
     warm-up pass, back at the row's limit, for the next probe)."""
+    # killed by the last probe's limit after its look: any OOM kill in the row's own group is a limit's
+    restart_killed(zoo, 0, f"before the probe at {limit_bytes // MIB} MiB")
     kills = zoo.oom_kills()
     rate = rate_at(zoo, limit_bytes, untuned, raised)
     if zoo.alive():

@@ -214,6 +214,14 @@ class Zoo:
                 return int(value)
         return 0
 
+    def kills_now(self, before: int) -> int:
+        """The group's OOM kill count to judge the next death by: read now when every process still runs,
+        else `before`. The count is read before the processes are looked at, so a kill between the two
+        counts as after (the in-order anonymous walker was OOM-killed at 128 MiB between a probe's last look
+        and the next count, and its death read as "not by the OOM killer": bench.zoo, 2026-12-07)."""
+        count = self.oom_kills()
+        return count if self.alive() else before
+
     def restart_dead(self) -> int:
         """Start again each process of the row that died (the OOM killer took it at a limit below its
         working set), past its warm-up pass; how many were started."""
@@ -462,6 +470,7 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
     top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
     if not zoo.alive():
         restart_killed(zoo, kills, f"at the top, {hi_mb} MiB")
+        kills = zoo.oom_kills()
         top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
     if top >= FALL * untuned:
         return None
@@ -472,12 +481,12 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
         mid = (lo + hi) // 2 // STEP_MB * STEP_MB
         if mid <= lo:
             mid = lo + STEP_MB
-        kills = zoo.oom_kills()
+        kills = zoo.kills_now(kills)  # a kill at the last probe's limit after its look counts too
         with contextlib.suppress(OSError):  # EBUSY: the probe starts from wherever reclaim got to
             zoo.set_limit(lo * MIB)  # start each probe from a faulting limit, as the untuned group was
         time.sleep(SETTLE / 2)
         restart_killed(zoo, kills, f"at {lo} MiB, before the probe at {mid}")
-        kills = zoo.oom_kills()
+        kills = zoo.kills_now(kills)
         works = rate_at(zoo, mid * MIB, untuned, raised=True) < FALL * untuned
         if not zoo.alive():
             # OOM-killed at mid (the in-order anonymous walker, swap readahead at page-cluster 3): the
@@ -546,7 +555,7 @@ def check(zoo: Zoo, tracer: str) -> ZooOutcome:
         return out
     low = low_probe(rec.recommended_limit_bytes)
     out.low_mib = low // MIB
-    kills = zoo.oom_kills()
+    kills = zoo.kills_now(0)
     out.at_low = rate_at(zoo, low, out.untuned, raised=False)
     if not zoo.alive():
         # A dead process faults no more: its 0/s is no rate. The in-order anonymous walker (swap readahead,
