@@ -54,6 +54,37 @@ def test_read_in_pieces_counts_what_the_whole_file_holds(tmp_path: Path) -> None
     assert tail.rounds == 4
 
 
+def test_bounded_reader_counts_only_the_samples_between_the_marks(tmp_path: Path) -> None:
+    """The window's marks on the samples' clock (perf --clockid monotonic): a bounded reader reads
+    nothing live before the start mark, and counts exactly the samples in [lo, hi), per process, with
+    those outside counted apart (the faults perf saw between its enable and the start mark, and between
+    the stop mark and its disable: majflt's marks do not cover them)."""
+    data = tmp_path / "perf.data"
+    info = read_header(TWO)
+    samples = list(iter_timed_samples(TWO, info))
+    times = sorted(when for _pid, _tid, when, _addr in samples)
+    lo, hi = times[len(times) // 4], times[3 * len(times) // 4]
+    tail = _perf._Tail(str(data), FaultCounts(), None, lambda: True, threading.Event())
+    tail.bounded = True
+    _recording(data, info.data_offset + 40_003)
+    tail.read()
+    assert tail.rounds == 0 and tail.counts.events == 0  # no start mark yet: nothing read live
+    tail.lo_ns = lo
+    tail.read()
+    tail.hi_ns = hi
+    data.write_bytes(TWO)
+    tail.finish()
+    want = FaultCounts()
+    for pid, _tid, when, addr in samples:
+        if lo <= when < hi:
+            want.add_sample(pid, "", addr, when)
+    result = _perf.TraceResult(backend="perf-major", exact=True)
+    _perf._fill(result, tail.counts, time.monotonic())
+    assert result.totals == want.totals and result.faults == want.faults
+    assert sum(result.totals.values()) == sum(lo <= t < hi for t in times)
+    assert tail.outside == len(samples) - sum(result.totals.values()) > 0
+
+
 def test_read_keeps_only_the_processes_asked_for(tmp_path: Path) -> None:
     data = tmp_path / "perf.data"
     data.write_bytes(TWO)

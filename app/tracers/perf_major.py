@@ -1,6 +1,6 @@
 """perf-major: exact major faults with their data addresses, from perf's software event.
 
-    perf record -e major-faults -c 1 -d -a --synth=task
+    perf record -e major-faults -c 1 -d --clockid monotonic -a --synth=task
 
 Always the whole node (per-CPU events); for some processes only theirs are kept while reading, as
 per-task events cost the traced task a lot at every context switch (see _perf). `major-faults` is counted in mm_account_fault(), where /proc/PID/stat majflt is counted too, so
@@ -13,7 +13,9 @@ from __future__ import annotations
 from app.tracers import _perf
 from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
-EVENT_ARGS = ["-e", "major-faults", "-c", "1", "-d"]
+# --clockid monotonic: sample times on CLOCK_MONOTONIC (time.monotonic_ns()), so the live reader counts only the
+# samples between the window's two majflt marks (_perf._Tail bounds): traced and majflt cover one interval
+EVENT_ARGS = ["-e", "major-faults", "-c", "1", "-d", "--clockid", "monotonic"]
 
 
 class PerfMajorTracer:
