@@ -313,20 +313,19 @@ def _hold(rec: SupervisedProcess, control: _Control, request: TraceRequest, resu
             else:
                 result.exited_early = True
                 result.errors.append(f"perf record exited early: {first_error_line(err) or rec.poll()}")
+        def stop_mark(at: float) -> None:
+            marks.t_stop, marks.stopped = at, True
+            if request.on_stop:
+                request.on_stop()
+
         if bounded:  # the stop mark, then disable: samples from the bound on are not counted
             assert tail is not None
             tail.hi_ns = time.monotonic_ns()
-            marks.t_stop = tail.hi_ns / 1e9
-            marks.stopped = True
-            if request.on_stop:
-                request.on_stop()
+            stop_mark(tail.hi_ns / 1e9)
         if rec.poll() is None and not control.command(rec, "disable", ACK_TIMEOUT):
             result.errors.append("perf did not acknowledge 'disable': stopped it with a signal")
         if not bounded:
-            marks.t_stop = time.monotonic()
-            marks.stopped = True
-            if request.on_stop:
-                request.on_stop()
+            stop_mark(time.monotonic())
         if tail is not None:
             tail.stop()
         rec.stop(grace=STOP_GRACE)

@@ -221,14 +221,6 @@ class Zoo:
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def kills_now(self, before: int) -> int:
-        """The group's OOM kill count to judge the next death by: read now when every process still runs,
-        else `before`. The count is read before the processes are looked at, so a kill between the two
-        counts as after (the in-order anonymous walker was OOM-killed at 128 MiB between a probe's last look
-        and the next count, and its death read as "not by the OOM killer": bench.zoo, 2026-12-07)."""
-        count = self.oom_kills()
-        return count if self.alive() else before
-
     def restart_dead(self) -> int:
         """Start again each process of the row that died (the OOM killer took it at a limit below its
         working set), past its warm-up pass; how many were started."""
@@ -581,7 +573,7 @@ def check(zoo: Zoo, tracer: str) -> ZooOutcome:
         return out
     low = low_probe(rec.recommended_limit_bytes)
     out.low_mib = low // MIB
-    kills = zoo.kills_now(0)
+    kills = zoo.oom_kills()
     out.at_low = rate_at(zoo, low, out.untuned, raised=False)
     if not zoo.alive():
         # A dead process faults no more: its 0/s is no rate. The in-order anonymous walker (swap readahead,
