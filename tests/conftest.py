@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import netguard
+from tests.machine_lock import pytest_runtest_protocol  # noqa: F401 (the second pass's lock: `machine` tests run alone)
 from tests.proctree import ReplayTree
 from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
 from tests.workloads import (

@@ -72,6 +72,8 @@ def test_every_preset_is_covered() -> None:
     assert ("al2023", "bpftrace-major") in CASES
 
 
+# machine: a preset without CAP_IPC_LOCK shares root's perf_event_mlock_kb with any other test's perf
+@pytest.mark.machine
 @pytest.mark.parametrize(("preset", "tracer"), CASES, ids=[f"{p}-{t}" for p, t in CASES])
 def test_rendered_capabilities_trace_exactly(
     preset: str, tracer: str, root_required: None, file_workload: WorkloadProcess, tmp_path: Path

@@ -65,6 +65,7 @@ def _gone(pid: int, start: int | None, cgroup: Path, file: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.workloads
+@pytest.mark.machine  # the demo investigates the whole node
 def test_demo_prints_a_limit_verdict_naming_its_file_and_leaves_nothing() -> None:
     _needs_root()
     t0 = time.monotonic()

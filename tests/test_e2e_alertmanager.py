@@ -30,7 +30,7 @@ from tests.e2e.stack import (
 )
 from tests.workloads import file_fault_workload
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.workloads, pytest.mark.servers, pytest.mark.browser,
+pytestmark = [pytest.mark.machine, pytest.mark.e2e, pytest.mark.root, pytest.mark.workloads, pytest.mark.servers, pytest.mark.browser,
               pytest.mark.timeout(150)]
 
 _why = [f"not installed: {b}" for b in missing_binaries()]

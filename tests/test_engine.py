@@ -47,6 +47,7 @@ def _top(report, pid):
 
 
 # bpftrace-kprobe where kprobes work (EKS nodes); here it skips with the probe's reason (tests/strict.py)
+@pytest.mark.machine  # node-wide: another test's pfi-workload must not fault beside it
 @pytest.mark.parametrize("backend", ["perf-major", "bpftrace-major", "bpftrace-kprobe"])
 def test_file_workload_is_top_with_its_file(backend, root_required, file_workload):
     require_tracers(backend)
@@ -88,6 +89,7 @@ def test_swap_workload_is_swap(root_required, swap_workload):
     assert report.node_stats.pswpin_per_second > 0
 
 
+@pytest.mark.machine  # node-wide (_top)
 def test_procfs_backend_estimates_file(root_required, file_workload):
     report = investigate(_settings(tracer="procfs"), seconds=3)
     assert report.tracer.backend == "procfs" and not report.tracer.exact
@@ -96,6 +98,7 @@ def test_procfs_backend_estimates_file(root_required, file_workload):
     assert top.verdict.confidence == "low"
 
 
+@pytest.mark.machine  # node-wide (_top)
 def test_auto_falls_back_when_perf_and_bpftrace_are_missing(root_required, file_workload, tmp_path):
     report = investigate(_settings(perf_path=str(tmp_path / "no-perf"), bpftrace_path=str(tmp_path / "no-bpftrace")),
                          seconds=2)

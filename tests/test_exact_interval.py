@@ -20,6 +20,8 @@ from app.investigation.engine import investigate
 from tests.service_support import require_tracers
 from tests.workloads import EXACT_TOLERANCE, WorkloadProcess, exact_enough
 
+# Node-wide, but it finds its workload among the reported (below): it shares the suite's second pass with the
+# other process's tests, whose faults are more load beside its own busy loops (tests/machine_lock.py).
 pytestmark = [pytest.mark.root, pytest.mark.workloads]
 SECONDS = 6.0
 

@@ -148,6 +148,9 @@ def _alert(base: str, token: str) -> None:
 
 
 @pytest.mark.servers
+# machine: five runs start their tracers at once and are killed 4 s into their windows; beside the other
+# process's workloads in the suite's second pass their three services took over 60 s to come up (2026-12-07)
+@pytest.mark.machine
 def test_sigkill_of_investigate_and_serve_leaves_no_tracer(tmp_path: Path, file_workload: WorkloadProcess) -> None:
     """`investigate` and `serve`, each with perf-major and with bpftrace-major (four runs at once, each
     with its own TMPDIR), SIGKILLed 4 s into their windows: 2 s later none of their tracers runs.

@@ -105,6 +105,7 @@ def _label(c: dict) -> str:
 
 @pytest.mark.servers
 @pytest.mark.workloads
+@pytest.mark.machine  # the service investigates the whole node
 def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
     from tests.workloads import swap_workload
 
@@ -157,6 +158,7 @@ def test_history_names_the_pod_that_stopped_before_the_alert(kubelet, tmp_path):
 
 @pytest.mark.servers
 @pytest.mark.workloads
+@pytest.mark.machine  # the service investigates the whole node
 def test_watch_mode_investigates_by_itself(kubelet, tmp_path):
     from tests.workloads import swap_workload
 

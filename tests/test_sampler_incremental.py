@@ -318,6 +318,7 @@ def sleepers(n: int, tmp: Path) -> Iterator[int]:
 
 @pytest.mark.root
 @pytest.mark.workloads  # 5,000 sleepers and real faulting workloads
+@pytest.mark.machine  # two scans of every process compared: nothing else may start or fault between
 def test_equal_to_the_full_scan_among_5000_processes(tmp_path: Path) -> None:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found: cannot build bench/idle.c and the fault workloads")

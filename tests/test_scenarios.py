@@ -46,7 +46,10 @@ def _skip_reason(row: Row) -> str | None:
     return None
 
 
-_REAL = (pytest.mark.root, pytest.mark.workloads)  # a real workload in cgroups made for it
+# A real workload in cgroups made for it. In the second pass the rows share the machine with the other
+# process's tests: each investigates only its own workload's pids; a zram row holds the swap lock
+# exclusive (tests/machine_lock.py, taken by zram_swap), a disk-swap row shared.
+_REAL = (pytest.mark.root, pytest.mark.workloads)
 
 
 @pytest.mark.matrix  # all rows, replayed ones too: the run's accuracy table is printed from one process

@@ -75,6 +75,7 @@ def shots(request, tmp_path_factory) -> Path:
 @pytest.mark.servers
 @pytest.mark.browser
 @pytest.mark.timeout(300)
+@pytest.mark.machine  # a node-wide investigation on a real workload
 def test_pictures_from_a_real_run(kubelet, tmp_path, shots):  # noqa: F811
     from rich.console import Console
     from rich.text import Text

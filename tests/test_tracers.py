@@ -119,10 +119,12 @@ def report(name: str, workload: str, w: Window, r: TraceResult, traced: int, ins
     )
 
 
-@pytest.fixture(scope="module", params=["disk", "zram"])
+@pytest.fixture(params=["disk", "zram"])
 def swap_proc(request: pytest.FixtureRequest) -> Iterator[WorkloadProcess]:
     """The swapper on the test swap file, and on zram as BottleRocket sets it (swap-ins of a few
-    microseconds: 40,000-90,000 faults/s here, where a per-fault cost or a late mark weighs most)."""
+    microseconds: 40,000-90,000 faults/s here, where a per-fault cost or a late mark weighs most).
+    One for each test (it was one for the module): the swap lock it holds (tests/machine_lock.py) is
+    given back at the end of each test, before the test's hold of the node lock."""
     if os.geteuid() != 0:
         pytest.skip("needs root (swap, cgroups)")
     if memory_hierarchy() is None:
@@ -134,6 +136,7 @@ def swap_proc(request: pytest.FixtureRequest) -> Iterator[WorkloadProcess]:
 # --- exact backends on real faults ----------------------------------------------------------------
 
 
+@pytest.mark.machine  # node-wide: another test's faults would fill the map (dropped == 0) and share the window
 @pytest.mark.parametrize("name", EXACT)
 def test_exact_backend_node_wide_on_file_faults(name: str, file_workload: WorkloadProcess) -> None:
     require_tracers(name)

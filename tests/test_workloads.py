@@ -197,6 +197,7 @@ def test_tool_fixtures_skip_with_the_backends_reason(root_required: None, monkey
 
 
 @pytest.mark.workloads
+@pytest.mark.machine  # compares /proc/swaps and the sysctls before and after: nothing else may change them
 def test_zram_swap_workload_swaps_in_from_zram_and_leaves_the_machine_as_it_was(root_required) -> None:
     reason = workloads.zram_unavailable_reason()
     if reason:
@@ -222,6 +223,7 @@ def test_zram_swap_workload_swaps_in_from_zram_and_leaves_the_machine_as_it_was(
 
 
 @pytest.mark.workloads
+@pytest.mark.machine  # compares /proc/swaps before and after, and runs cleanup
 def test_zram_left_by_a_killed_run_is_undone_by_cleanup(root_required, tmp_path: Path) -> None:
     reason = workloads.zram_unavailable_reason()
     if reason:

@@ -42,6 +42,9 @@ PROCFS_IN_SUITE = {
     "2-processes-one-128-mib-file-limit-64",
     "96-anon-96-file-limit-128-disk-swap-swappiness-200",
 }
+# In the second pass a row shares the machine with the other process's tests: it investigates only its own
+# pids, and a swap row holds the swap lock exclusive while it sets vm.swappiness and vm.page-cluster or turns
+# on zram (tests/machine_lock.py, taken by vm_sysctls and zram_swap).
 CASES = [
     pytest.param(row, tracer, id=f"{row.slug}-{tracer}",
                  marks=[] if tracer != "procfs" or row.slug in PROCFS_IN_SUITE

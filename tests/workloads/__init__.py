@@ -41,6 +41,7 @@ from pathlib import Path
 from app.collectors import cgroupmem
 from app.collectors.cgroupmem import rmdir_when_free
 from app.tracers import leftovers
+from tests.machine_lock import swap_hold
 from tests.needs import require_marker
 
 HERE = Path(__file__).resolve().parent
@@ -543,8 +544,15 @@ def swap_enabled() -> Iterator[str | None]:
     """Swap for the duration: the machine's own if it has any (left alone), else SWAP_FILE,
     turned on by the first user and off by the last one (users counted across processes, since
     several test runs may share the machine: each use is a swap record in its run-state folder).
-    Yields the swap file turned on here, or None."""
+    Yields the swap file turned on here, or None. In the suite's second pass, held with the swap
+    lock shared (tests/machine_lock.py): no zram device or vm sysctl changes while it is in use."""
     require_marker("root", "swap")
+    with swap_hold("shared"), _swap_enabled() as ours:
+        yield ours
+
+
+@contextlib.contextmanager
+def _swap_enabled() -> Iterator[str | None]:
     ours: str | None = None
     rec: Path | None = None
     legacy = _LEGACY_SWAP_USERS / f"{os.getpid()}-{next(_counter)}"
@@ -659,7 +667,9 @@ def zram_swap(
     reason = zram_unavailable_reason()
     if reason:
         raise RuntimeError(reason)
-    with open(_ZRAM_LOCK, "a") as lock:
+    # The second pass's swap lock first (no other swap user of the other process while the device
+    # outranks every swap), then the lock across test runs.
+    with swap_hold("exclusive"), open(_ZRAM_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             saved = {k: int(f.read_text().split()[0]) for k, f in _SYSCTL.items()}

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.machine_lock import swap_hold
+
 from . import (
     _SYSCTL,
     _ZRAM_LOCK,
@@ -260,8 +262,9 @@ def no_zoo_reason(row: ZooRow) -> str | None:
 @contextlib.contextmanager
 def vm_sysctls(swappiness: int, page_cluster: int) -> Iterator[None]:
     """vm.swappiness and vm.page-cluster set for the duration and restored, under the zram lock (the
-    sysctls are the machine's: one swap row at a time across test runs sets them)."""
-    with open(_ZRAM_LOCK, "a") as lock:
+    sysctls are the machine's: one swap row at a time across test runs sets them), and in the suite's
+    second pass under the swap lock held exclusive (tests/machine_lock.py: no other swap user runs meanwhile)."""
+    with swap_hold("exclusive"), open(_ZRAM_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             saved = {k: f.read_text().strip() for k, f in _SYSCTL.items()}
