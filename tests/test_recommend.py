@@ -216,6 +216,21 @@ def test_refaults_rising_makes_at_least_exact_and_procfs() -> None:
             assert rec.confidence == ("low" if backend == "procfs" else "medium" if rising else "high")
 
 
+def test_procfs_rising_refaults_after_faults_of_twice_the_memory_that_faults_are_the_load_moving() -> None:
+    """The suite's "/dev/shm swapping [procfs]" row in the two-pass run (2026-12-07 20:08): 72,477 faults in the
+    window on a 128 MiB segment (32,768 pages, so covered twice), the refault rate rising as the CPUs it shared
+    came free, and the report said at_least. Faults of twice the memory that can fault or more: the rise is
+    not memory the window missed; under twice (the test above: 1.5x) it still is at_least."""
+    grow = _series("growing-scan")[1:8]
+    for faults, at_least in ((70_000, False), (50_000, True)):
+        group = Group(pages=None, faults=faults, growth={}, bound_bytes=128 * MIB, refaults=grow)
+        rec = recommend(_limited(), group, NODE, seconds=6.0, backend="procfs")
+        assert rec is not None and rec.at_least is at_least, (faults, rec.basis)
+        assert rec.confidence == "low"
+        assert any(b.startswith("refaults still rising") for b in rec.basis), rec.basis
+        assert any("twice the memory that can fault" in b for b in rec.basis) is not at_least, rec.basis
+
+
 def test_capped_at_the_node_and_said() -> None:
     small = NodeStats(mem_total_bytes=1000 * MIB)
     group = Group(pages=_pages(file_pages=32768), faults=1, growth={0: 32768})
