@@ -3,11 +3,11 @@
 # (swap off, test cgroups removed, background processes ended) even when a test fails.
 # Run as root for the real-tracer tests; as another user those skip with the reason.
 #
-#   ./test.sh            the whole suite (what CI runs, .ci/run), in two passes: on 6 workers the tests
-#                        that start no real workload or tracer (the service ones included: fake engines on
-#                        loopback ports of their own; Chromium on the report pages), then the real workloads
-#                        and tracers, the fleet page in Chromium, the scenario matrix and the storm in two
-#                        processes side by side, where a test marked `machine` runs alone (tests/machine_lock.py)
+#   ./test.sh            the whole suite (what CI runs, .ci/run), in two passes run at once: on 6 workers
+#                        the tests that start no real workload or tracer (the service ones included: fake
+#                        engines on loopback ports of their own; Chromium on the report pages), and the real
+#                        workloads and tracers, the fleet page in Chromium, the scenario matrix and the storm
+#                        in two processes, where a test marked `machine` runs alone (tests/machine_lock.py)
 #   ./test.sh --fast     only the first kind (markers in pyproject.toml; tests/needs.py fails a test that does
 #                        more than its markers say), for while you work: about 50-57 s of CPU (README: Development)
 #   ./test.sh --screenshots   makes the README's pictures (docs/img/) again from a real run (tests/test_screenshots.py)
@@ -19,12 +19,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 if [ "${1:-}" = --vm ]; then shift; bash scripts/bootstrap.sh; exec bash scripts/vm/run.sh "$@"; fi
 bash scripts/bootstrap.sh
-rest= rest_log= lock_dir=
-# On the way out, also when a test fails or the run is interrupted: the second pass's other half is
-# stopped (its own pytest: it ends its workloads in its teardowns), then what the tests recorded is undone.
+bg=() logs= lock_dir=
+# On the way out, also when a test fails or the run is interrupted: the passes running in the background
+# are stopped (their own pytest: each ends its workloads in its teardowns), then what the tests recorded
+# is undone.
 finish() {
-  if [ -n "$rest" ] && kill -0 "$rest" 2>/dev/null; then kill -INT "$rest" 2>/dev/null; wait "$rest" 2>/dev/null || true; fi
-  rm -rf "$rest_log" "$lock_dir"
+  local p
+  for p in "${bg[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then kill -INT "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; fi
+  done
+  rm -rf "$logs" "$lock_dir"
   bash scripts/cleanup.sh
 }
 trap finish EXIT
@@ -58,18 +62,19 @@ elif [ $# -gt 0 ]; then
   "${pytest[@]}" "$@"
   rc=$?
 else
-  # Chromium on the report pages needs no machine of its own (layout and content, 60 s timeouts): those
-  # six run in the first pass (serially they took 20 s of the second, at load 4-6); the fleet page's twelve instances
-  # (browser and servers: peers fetched within 10 s) stay in the second.
-  "${pytest[@]}" -m "not (workloads or matrix or storm) and not (browser and servers)" "${parallel[@]}"
-  rc=$?
-  # The second pass in two processes side by side (issue 25: it was 958 s in one), split by module into
-  # halves of about equal time (serial seconds measured 2026-12-07: the scenario matrix, tracers and engine
-  # ~510 s; the limit zoo, the services, browsers and end-to-end runs ~450 s). A test marked `machine` runs
-  # alone (tests/machine_lock.py: it investigates the whole node or is timed against it); a swap row that
-  # sets zram or the vm sysctls holds the swap lock alone; the other tests make their own workload in
-  # their own cgroup, investigate its pids, and share the CPUs and the disk as on a busy node. The second
-  # half's log is printed after the first's (the scenario matrix's table ends the first).
+  # Both passes at once (issue 25): the first pass's tests start no workload or tracer, and the second
+  # pass's are CPU- and disk-bound real workloads that leave most of the first pass's CPU idle time to it.
+  # The first pass: the tests that start no real workload or tracer, on 6 workers. Chromium on the report
+  # pages needs no machine of its own (layout and content, 60 s timeouts): those six run there; the fleet
+  # page's twelve instances (browser and servers: peers fetched within 10 s) in the second.
+  # The second pass in two processes side by side (it was 958 s in one), split by module into halves of
+  # about equal time (serial seconds measured 2026-12-07: the scenario matrix, tracers and engine ~510 s;
+  # the limit zoo, the services, browsers and end-to-end runs ~450 s).
+  # Every test of the three holds a lock (tests/machine_lock.py): a test marked `machine` holds it alone
+  # (it investigates the whole node, or is timed against it); a swap row that sets zram or the vm sysctls
+  # holds the swap lock alone; every other test shares the machine as on a busy node (its own workload in
+  # its own cgroup, its pids investigated). The second pass's first half prints as it runs (the scenario
+  # matrix's table ends it); the first pass's log and the second half's follow when all have ended.
   # --durations: the second pass is most of the suite's time; CI's log says where it goes.
   second="(workloads or matrix or storm or (browser and servers)) and not zoo_full"
   first_half=(tests/test_scenarios.py tests/test_tracers.py tests/test_engine.py tests/test_engine_fallback.py
@@ -78,16 +83,22 @@ else
               tests/test_cgroupmem.py tests/test_cleanup.py tests/test_snapshot.py)
   lock_dir=$(mktemp -d /run/pfi-pass-lock.XXXXXX)
   export PFI_PASS_LOCK=$lock_dir
-  rest_log=$(mktemp /tmp/pfi-second-pass.XXXXXX)
-  "${pytest[@]}" -m "$second" --durations=15 "${first_half[@]/#/--ignore=}" > "$rest_log" 2>&1 &
-  rest=$!
+  logs=$(mktemp -d /tmp/pfi-passes.XXXXXX)
+  "${pytest[@]}" -m "not (workloads or matrix or storm) and not (browser and servers)" "${parallel[@]}" \
+    > "$logs/1" 2>&1 &
+  bg+=($!)
+  "${pytest[@]}" -m "$second" --durations=15 "${first_half[@]/#/--ignore=}" > "$logs/3" 2>&1 &
+  bg+=($!)
+  echo "=========================== the second pass, first half (the others' logs follow it) ==========================="
   "${pytest[@]}" -m "$second" --durations=15 "${first_half[@]}"
   rc2=$?
-  wait "$rest"
-  rc3=$?
-  rest=
-  echo "=========================== the second pass's other half ==========================="
-  cat "$rest_log"
+  wait "${bg[0]}"; rc=$?
+  wait "${bg[1]}"; rc3=$?
+  bg=()
+  echo "=========================== the first pass ==========================="
+  cat "$logs/1"
+  echo "=========================== the second pass, second half ==========================="
+  cat "$logs/3"
   unset PFI_PASS_LOCK
   [ $rc -ne 0 ] || rc=$rc2
   [ $rc -ne 0 ] || rc=$rc3
