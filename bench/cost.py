@@ -36,7 +36,6 @@ window), CPU per sample, the older one as the baseline.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 import resource
@@ -195,10 +194,9 @@ def _investigated(pid: int, window: float) -> Measure:
 
 @contextlib.contextmanager
 def _sysctls_pinned(page_cluster: int) -> Iterator[None]:
-    """vm.page-cluster set for the case, under the lock zram_swap() takes (the sysctls are the machine's:
-    nobody's zram device changes them meanwhile), and restored."""
-    with open(workloads._ZRAM_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """vm.page-cluster set for the case, with the machine's swap set-up held as zram_swap() holds it (the
+    sysctls are the machine's: nobody's zram device changes them meanwhile), and restored."""
+    with workloads.swap_config_held():
         path = workloads._SYSCTL["page_cluster"]
         saved = path.read_text().strip()
         try:
@@ -206,7 +204,6 @@ def _sysctls_pinned(page_cluster: int) -> Iterator[None]:
             yield
         finally:
             path.write_text(saved)
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -137,6 +137,11 @@ RISING_WHOLE = 1.6  # ...and over the first third's (a steady rate moves +-30% h
 RISING_MIN_RATE = 64.0  # pages/s in the last third below which a rise is a quiet group's noise
 
 
+# What a rising refault rate means when nothing else explains it; a caller that knows the memory is all counted
+# already (exact: every page; procfs: faults of twice the memory that can fault) says so instead.
+GROWING_SCAN = ": a growing scan, so the window did not see all it will need"
+
+
 def refaults_rising(series: Sequence[tuple[float, int]]) -> str | None:
     """The basis line when the group's refault rate is still rising in the window's last third (a growing
     scan: the window saw less than the group will read back), else None. `series`: (time, the cgroup's
@@ -159,8 +164,7 @@ def refaults_rising(series: Sequence[tuple[float, int]]) -> str | None:
     if last < RISING_MIN_RATE or last < RISING_LATE * middle or last < RISING_WHOLE * first or middle < first:
         return None
     return (f"refaults still rising late in the window: the cgroup read back {first:,.0f}, {middle:,.0f} and "
-            f"{last:,.0f} pages/s in its thirds (workingset_refault): a growing scan, so the window did not see "
-            "all it will need")
+            f"{last:,.0f} pages/s in its thirds (workingset_refault){GROWING_SCAN}")
 
 
 def swap_cache(mem: CgroupMemory) -> int:
@@ -434,7 +438,7 @@ def _exact_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident: int
         # A rising rate cannot ask for more than all the memory that can fault, and that is counted already
         # (the zoo's anon + file at swappiness 200 beside two busy loops: both sides read back whole, the
         # refaults rising 16k -> 20k -> 27k pages/s as the machine's load moved): the number stands, less sure.
-        basis.append(rising.replace(": a growing scan, so the window did not see all it will need", "") + ", but "
+        basis.append(rising.removesuffix(GROWING_SCAN) + ", but "
                      "every page of the memory that can fault is counted already: the limit does not grow with it")
     elif rising:
         basis.append(rising)
@@ -498,7 +502,7 @@ def _estimated_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident:
         # moving, not memory the window missed (the suite's /dev/shm row when the CPUs it shared came free:
         # 72,477 faults of a 32,768-page segment, and at_least). procfs cannot tell pages apart, so once over
         # is not enough (a hot part faulted again and again covers the rest as often as not).
-        basis.append(rising.replace(": a growing scan, so the window did not see all it will need", "")
+        basis.append(rising.removesuffix(GROWING_SCAN)
                      + f", but the faults and the cgroup's refaults cover {mib(seen_bytes)}, twice the memory that "
                      "can fault or more: the limit does not grow with it")
     elif rising:

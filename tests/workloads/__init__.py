@@ -654,6 +654,19 @@ def _zram_undo(text: str, log: Callable[[str], None] = lambda _m: None) -> None:
 
 
 @contextlib.contextmanager
+def swap_config_held() -> Iterator[None]:
+    """The machine's swap set-up (a zram device, vm.swappiness, vm.page-cluster) to this test alone: the
+    suite's second-pass swap lock exclusive first (no swap user of the other process meanwhile,
+    tests/machine_lock.py), then the lock across test runs (_ZRAM_LOCK). Always taken in that order."""
+    with swap_hold("exclusive"), open(_ZRAM_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def zram_swap(
     disksize_mb: int = 1024, algorithm: str = "lz4", swappiness: int = 200, page_cluster: int = 0
 ) -> Iterator[ZramSwap]:
@@ -667,44 +680,38 @@ def zram_swap(
     reason = zram_unavailable_reason()
     if reason:
         raise RuntimeError(reason)
-    # The second pass's swap lock first (no other swap user of the other process while the device
-    # outranks every swap), then the lock across test runs.
-    with swap_hold("exclusive"), open(_ZRAM_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with swap_config_held():
+        saved = {k: int(f.read_text().split()[0]) for k, f in _SYSCTL.items()}
+        idx = (ZRAM_CONTROL / "hot_add").read_text().strip()
+        name = f"zram{int(idx)}"
+        text = f"{name} {saved['swappiness']} {saved['page_cluster']}"  # what _zram_undo reads back
+        rec = record("zram", text)
+        block = Path("/sys/block") / name
         try:
-            saved = {k: int(f.read_text().split()[0]) for k, f in _SYSCTL.items()}
-            idx = (ZRAM_CONTROL / "hot_add").read_text().strip()
-            name = f"zram{int(idx)}"
-            text = f"{name} {saved['swappiness']} {saved['page_cluster']}"  # what _zram_undo reads back
-            rec = record("zram", text)
-            block = Path("/sys/block") / name
+            # "lzo [lzo-rle] lz4 ...": the bracketed one is the kernel's default
+            words = (block / "comp_algorithm").read_text().split()
+            default = next((w.strip("[]") for w in words if w.startswith("[")), words[0])
+            chosen = algorithm if algorithm in [w.strip("[]") for w in words] else default
+            (block / "comp_algorithm").write_text(chosen)
+            (block / "disksize").write_text(str(disksize_mb << 20))
+            dev = f"/dev/{name}"
+            for _ in range(100):  # udev may create the node a moment after hot_add
+                if Path(dev).exists():
+                    break
+                time.sleep(0.02)
+            subprocess.run(["mkswap", dev], check=True, capture_output=True)
+            subprocess.run(["swapon", "-p", "32767", dev], check=True, capture_output=True)
+            _SYSCTL["swappiness"].write_text(str(swappiness))
+            _SYSCTL["page_cluster"].write_text(str(page_cluster))
+            zram = ZramSwap(dev, chosen, disksize_mb << 20, saved)
+            key = _register(lambda: _zram_undo(text))
             try:
-                # "lzo [lzo-rle] lz4 ...": the bracketed one is the kernel's default
-                words = (block / "comp_algorithm").read_text().split()
-                default = next((w.strip("[]") for w in words if w.startswith("[")), words[0])
-                chosen = algorithm if algorithm in [w.strip("[]") for w in words] else default
-                (block / "comp_algorithm").write_text(chosen)
-                (block / "disksize").write_text(str(disksize_mb << 20))
-                dev = f"/dev/{name}"
-                for _ in range(100):  # udev may create the node a moment after hot_add
-                    if Path(dev).exists():
-                        break
-                    time.sleep(0.02)
-                subprocess.run(["mkswap", dev], check=True, capture_output=True)
-                subprocess.run(["swapon", "-p", "32767", dev], check=True, capture_output=True)
-                _SYSCTL["swappiness"].write_text(str(swappiness))
-                _SYSCTL["page_cluster"].write_text(str(page_cluster))
-                zram = ZramSwap(dev, chosen, disksize_mb << 20, saved)
-                key = _register(lambda: _zram_undo(text))
-                try:
-                    yield zram
-                finally:
-                    _unregister(key)
+                yield zram
             finally:
-                _zram_undo(text)
-                forget(rec)
+                _unregister(key)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            _zram_undo(text)
+            forget(rec)
 
 
 def _nested(name: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import signal
 import time
@@ -26,11 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.machine_lock import swap_hold
-
 from . import (
     _SYSCTL,
-    _ZRAM_LOCK,
     MemoryHierarchy,
     WorkloadProcess,
     _kill,
@@ -42,6 +38,7 @@ from . import (
     memory_cgroup,
     memory_hierarchy,
     no_memory_controller_reason,
+    swap_config_held,
     swap_enabled,
     zram_swap,
 )
@@ -261,29 +258,24 @@ def no_zoo_reason(row: ZooRow) -> str | None:
 
 @contextlib.contextmanager
 def vm_sysctls(swappiness: int, page_cluster: int) -> Iterator[None]:
-    """vm.swappiness and vm.page-cluster set for the duration and restored, under the zram lock (the
-    sysctls are the machine's: one swap row at a time across test runs sets them), and in the suite's
-    second pass under the swap lock held exclusive (tests/machine_lock.py: no other swap user runs meanwhile)."""
-    with swap_hold("exclusive"), open(_ZRAM_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """vm.swappiness and vm.page-cluster set for the duration and restored, with the machine's swap set-up
+    held (swap_config_held: one swap row at a time, across test runs and the suite's second-pass processes)."""
+    with swap_config_held():
+        saved = {k: f.read_text().strip() for k, f in _SYSCTL.items()}
+
+        def undo() -> None:
+            for k, value in saved.items():
+                with contextlib.suppress(OSError):
+                    _SYSCTL[k].write_text(value)
+
+        key = _register(undo)
         try:
-            saved = {k: f.read_text().strip() for k, f in _SYSCTL.items()}
-
-            def undo() -> None:
-                for k, value in saved.items():
-                    with contextlib.suppress(OSError):
-                        _SYSCTL[k].write_text(value)
-
-            key = _register(undo)
-            try:
-                _SYSCTL["swappiness"].write_text(str(swappiness))
-                _SYSCTL["page_cluster"].write_text(str(page_cluster))
-                yield
-            finally:
-                _unregister(key)
-                undo()
+            _SYSCTL["swappiness"].write_text(str(swappiness))
+            _SYSCTL["page_cluster"].write_text(str(page_cluster))
+            yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            _unregister(key)
+            undo()
 
 
 def _data_file(path: Path, size_mb: int) -> None:
@@ -455,8 +447,8 @@ def restart_killed(zoo: Zoo, kills: int, where: str) -> None:
     the limit was written); any other death, or a row that cannot start its processes again, is an error."""
     if zoo.alive():
         return
-    if zoo.oom_kills() <= kills or not zoo.starts:
-        raise RuntimeError(f"a workload process died ({where}), not by the OOM killer" if zoo.oom_kills() <= kills
+    if not (killed := zoo.oom_kills() > kills) or not zoo.starts:
+        raise RuntimeError(f"a workload process died ({where}), not by the OOM killer" if not killed
                            else f"a workload process was OOM-killed ({where}) and this row cannot start it again")
     zoo.restart_dead()
 
@@ -465,10 +457,9 @@ def find_lstar(zoo: Zoo, untuned: float, hi_mb: int) -> int | None:
     """L* in MiB by bisection in STEP_MB steps between the row's limit and hi_mb (None: not even hi_mb
     works). Each probe goes up from a faulting limit, so it has its warm-up pass."""
     lo = zoo.row.limit_mb  # faults here (the untuned rate)
-    # (killed by a probe before the search, lowered back to the row's limit: any OOM kill in the row's own
-    # group is the limit's; then started again)
-    # Any OOM kill in the row's own group is a limit's: a dead process with a kill on the group's count is
-    # started again (restart_killed(zoo, 0, ...)); one dead without any is an error.
+    # Any OOM kill in the row's own group is a limit's (one a probe made before the search too): a dead process
+    # with a kill on the group's count is started again (restart_killed(zoo, 0, ...)); one dead without any is
+    # an error.
     restart_killed(zoo, 0, "before the search")
     top = rate_at(zoo, hi_mb * MIB, untuned, raised=True)
     if not zoo.alive():
