@@ -219,6 +219,41 @@ def test_a_peer_flooding_rows_is_cut_off_and_healthz_answers_meanwhile(tmp_path:
     assert max(waits, default=0.0) < 1.0, waits
 
 
+@pytest.mark.parametrize(("drops", "listed"), [(1, True), (2, False)])
+def test_a_connection_reset_under_a_peer_fetch_is_asked_again_once(tmp_path: Path, drops: int, listed: bool) -> None:
+    """A kept-alive connection reset under the fetch of a peer's report list (CI, an alert storm on a busy
+    machine: 'storm-06 (ReadError)' on one instance's list) is asked again once on a new connection;
+    reset twice, the peer is named with the error's text."""
+    local = _stored(tmp_path, 1)[0]
+    row = _summary_row("node-b")
+    answers = {
+        "/api/v1/reports": json.dumps({"node": "node-b", "reports": [row]}).encode(),
+        "/api/v1/investigations": b'{"investigations": []}',
+    }
+    served = _peer(answers)
+    asked: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if asked.count(request.url.path) <= drops:
+            raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
+        return await served.handle_async_request(request)
+
+    async def run() -> httpx.Response:
+        peers = StaticPeers([Peer("node-b", "http://node-b.test:8080")])
+        async with in_process(tmp_path, peers=peers, transport=httpx.MockTransport(handler)) as apps:
+            return await apps.ui.get("/reports")
+
+    page = asyncio.run(run())
+    assert page.status_code == 200 and local in page.text
+    assert asked.count("/api/v1/reports") == min(drops, 1) + 1  # asked again once, never more
+    assert (row["id"] in page.text) is listed
+    if listed:
+        assert 'id="unreachable"' not in page.text
+    else:
+        assert "node-b (ReadError: [Errno 104] Connection reset by peer)" in page.text
+
+
 # --- the smaller items (item 6) -------------------------------------------------------------------
 
 

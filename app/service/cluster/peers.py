@@ -279,6 +279,16 @@ def _first_line(exc: BaseException) -> str:
     return text[:300]
 
 
+class _Dropped(Exception):
+    """The connection failed under a GET (reset, closed, broken mid-answer): worth one more try."""
+
+
+def _transport_problem(exc: httpx.HTTPError) -> str:
+    """'ReadError: [Errno 104] Connection reset by peer': the error's type, and its text when it has one."""
+    text = _first_line(exc)[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class PeerClient:
     """The inspector on another node, over HTTP with the shared webhook token."""
 
@@ -330,7 +340,12 @@ class PeerClient:
         starts "answered badly" is a peer that answered, but not with what we asked for."""
         try:
             async with asyncio.timeout(self.fetch_timeout):
-                body = await self._read(peer, path)
+                try:
+                    body = await self._read(peer, path)
+                except _Dropped:
+                    # A GET is safe to ask again: once, on a new connection, within the same deadline
+                    # (a kept-alive connection reset under load once dropped a peer from a fleet page).
+                    body = await self._read(peer, path, again=True)
         except TimeoutError:
             raise PeerError(f"no complete answer within {self.fetch_timeout:g}s") from None
         try:
@@ -338,7 +353,9 @@ class PeerClient:
         except (ValueError, RecursionError) as exc:  # not JSON, or not the rows (ValidationError)
             raise PeerError(f"answered badly: {_first_line(exc)}") from None
 
-    async def _read(self, peer: Peer, path: str) -> bytes:
+    async def _read(self, peer: Peer, path: str, *, again: bool = False) -> bytes:
+        """The answer's bytes; _Dropped when the connection failed under the request (asked `again`:
+        a PeerError naming the error)."""
         try:
             async with self.client.stream(
                 "GET", f"{peer.url}{path}", headers=self._headers(), timeout=self.fetch_timeout
@@ -354,8 +371,12 @@ class PeerClient:
                     if len(buf) > PEER_ANSWER_MAX_BYTES:
                         raise PeerError(f"answered badly: over {PEER_ANSWER_MAX_BYTES} bytes")
                 return bytes(buf)
+        except httpx.TransportError as exc:
+            if not again and not isinstance(exc, httpx.TimeoutException | httpx.ConnectError):
+                raise _Dropped from None
+            raise PeerError(_transport_problem(exc)) from None
         except httpx.HTTPError as exc:
-            raise PeerError(type(exc).__name__) from None
+            raise PeerError(_transport_problem(exc)) from None
 
     async def reports(self, peer: Peer, limit: int) -> list[dict[str, Any]]:
         """The peer's report list, each row validated as app.service.cluster.answers.ReportRow."""
