@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from app.tracers.base import TraceRequest, TraceResult
+from tests.virtual_clock import VirtualClock
 
 STEP_SECONDS = 0.5
 PER_PROCESS = ("stat", "status", "cmdline", "maps", "smaps", "io", "cgroup")
@@ -48,14 +49,17 @@ CONTAINER_ID = "bcbcd3972a517ab0ed8df77d0a07d082c529278f206d0f4a29ebbe940996e9e5
 
 
 @contextlib.contextmanager
-def sampler_clock(on_tick: Callable[[int], None]) -> Iterator[None]:
+def sampler_clock(on_tick: Callable[[int], None]) -> Iterator[VirtualClock]:
     """A replay's fake clock: `on_tick(k)` runs in the engine's thread just before the sampler takes its
     k-th sample (k = 1, 2, ...; the baseline, sample 0, is whatever the tree holds when investigate
     starts). A replay that writes capture step k there is seen whole at sample k however late the
-    machine's load makes that sample: nothing depends on when the wall clock says it is."""
+    machine's load makes that sample. And the window itself runs on a virtual clock (tests/virtual_clock.py,
+    the engine's default_clock meanwhile), made by the thread that enters this and must call investigate:
+    a 3 s window takes as long as its samples take to read, and its times are the same on any machine."""
     from app.investigation import engine
 
-    real = engine.Sampler
+    real, real_clock = engine.Sampler, engine.default_clock
+    clock = VirtualClock()
 
     class SteppedSampler(real):  # type: ignore[misc,valid-type]
         def tick(self, full: bool = False) -> None:
@@ -63,10 +67,12 @@ def sampler_clock(on_tick: Callable[[int], None]) -> Iterator[None]:
             super().tick(full)
 
     engine.Sampler = SteppedSampler  # type: ignore[misc]
+    engine.default_clock = clock
     try:
-        yield
+        yield clock
     finally:
         engine.Sampler = real  # type: ignore[misc]
+        engine.default_clock = real_clock
 
 
 
@@ -81,6 +87,7 @@ class ReplayTree:
         shutil.copytree(self.src / "cgroup", self.root / "cgroup", symlinks=True)
         self.steps = sorted((p for p in (self.src / "steps").iterdir() if p.is_dir()), key=lambda p: int(p.name))
         self.applied = -1
+        self.clock: VirtualClock | None = None  # play()'s, while it plays
         self.apply(0)
 
     @property
@@ -107,16 +114,27 @@ class ReplayTree:
         self.applied = k
 
     @contextlib.contextmanager
-    def play(self, step_seconds: float = STEP_SECONDS) -> Iterator[ReplayTree]:
+    def play(self, step_seconds: float = STEP_SECONDS,
+             on_tick: Callable[[int], None] | None = None) -> Iterator[ReplayTree]:
         """Step 0 now, then the steps the engine's sampler would have seen by its k-th sample on the
         capture's clock (k seconds in, `step_seconds` a step): the replay moves on the sampler's ticks
         (sampler_clock), not on the wall clock, so a loaded machine that delays a tick still sees the
-        counters of that tick together (held at the last step from then on). In this process only:
-        for the CLI in a subprocess see cli_on_the_sampler_clock."""
+        counters of that tick together (held at the last step from then on); the window is on a virtual
+        clock (`self.clock`). `on_tick(k)` runs after step k's files are written (a test cancelling at a
+        given sample). In this process only: for the CLI in a subprocess see cli_on_the_sampler_clock."""
         self.apply(0)
         last = len(self.steps) - 1
-        with sampler_clock(lambda k: self.apply(min(last, int(k / step_seconds + 1e-9)))):
-            yield self
+
+        def tick(k: int) -> None:
+            self.apply(min(last, int(k / step_seconds + 1e-9)))
+            if on_tick is not None:
+                on_tick(k)
+
+        with sampler_clock(tick) as self.clock:
+            try:
+                yield self
+            finally:
+                self.clock = None
 
     def counter(self, pid: int, field: str, step: int) -> int:
         """majflt ('majflt') or io 'read_bytes' of pid as step `step` recorded it."""
@@ -133,7 +151,7 @@ class ReplayTree:
 class ReplayTracer:
     """An exact tracer that hands over what perf-major recorded while the tree was captured
     (the addresses are real: they fall into the captured maps). It holds the window like a real
-    backend: on_start, the window (or cancel), on_stop."""
+    backend, on the investigation's clock: on_start, the window (or cancel), on_stop."""
 
     exact = True
 
@@ -148,9 +166,10 @@ class ReplayTracer:
         result = TraceResult(backend=self.name, exact=True)
         if request.on_start:
             request.on_start()
-        t0 = time.monotonic()
-        request.cancel.wait(request.seconds)
-        result.duration_seconds = time.monotonic() - t0
+        clock = request.clock
+        t0 = clock.monotonic()
+        clock.wait(request.cancel, request.seconds)
+        result.duration_seconds = clock.monotonic() - t0
         if request.on_stop:
             request.on_stop()
         wanted = set(request.pids) if request.pids else None

@@ -414,13 +414,10 @@ def test_captured_tree_cancel_ends_the_window(tree) -> None:
     from tests.proctree import ReplayTracer
 
     cancel = threading.Event()
-    timer = threading.Timer(1.5, cancel.set)
-    t0 = time.monotonic()
-    with tree.play(REPLAY_STEP):
-        timer.start()
+    # cancelled as the second sample is taken (2 s in, on the replay's clock) of a 30 s window
+    with tree.play(REPLAY_STEP, on_tick=lambda k: k == 2 and cancel.set()):
         report = investigate(_tree_settings(tree), seconds=30, cancel=cancel, edges=Edges(tracers=[ReplayTracer(tree)]))
-    assert time.monotonic() - t0 < 10
-    assert report.status == "cancelled" and report.window_seconds < 5
+    assert report.status == "cancelled" and report.window_seconds == 2.0
     assert "the investigation was cancelled before the window ended" in report.warnings
     assert report.processes and report.processes[0].pid == tree.pid("file")
 

@@ -27,8 +27,8 @@ class _LateMarks(ReplayTracer):
     def run(self, request: TraceRequest) -> TraceResult:
         on_start, on_stop = request.on_start, request.on_stop
         request.on_start = request.on_stop = None
-        request.cancel.wait(request.seconds)  # the kernel's interval passes unread
-        result = super().run(TraceRequest(seconds=0.0, pids=request.pids, cancel=request.cancel))
+        request.clock.wait(request.cancel, request.seconds)  # the kernel's interval passes unread
+        result = super().run(TraceRequest(seconds=0.0, pids=request.pids, cancel=request.cancel, clock=request.clock))
         if on_start:
             on_start()
         if on_stop:

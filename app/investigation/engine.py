@@ -27,7 +27,7 @@ from app.models import (
 )
 from app.parsers.redact import redact_argv, redact_comm
 from app.tracers import leftovers
-from app.tracers.base import Tracer, TraceRequest, TraceResult
+from app.tracers.base import REAL_CLOCK, Clock, Tracer, TraceRequest, TraceResult
 from app.tracers.registry import candidates, kill_started_by, make_tracer, mark_failed
 
 from . import rereaders
@@ -106,6 +106,7 @@ class _TracerRun:
     stop: threading.Event
     win: _Window
     window: float
+    clock: Clock = REAL_CLOCK
     settled: threading.Event = field(default_factory=threading.Event)
     attempts: list[_Attempt] = field(default_factory=list)
     fresh_windows: int = 0
@@ -121,12 +122,12 @@ class _TracerRun:
                 if i > 0:
                     if self.stop.is_set():
                         break
-                    now = time.monotonic()
+                    now = self.clock.monotonic()
                     if self.win.end - now < MIN_FALLBACK_SECONDS:
                         fresh = max(MIN_FALLBACK_SECONDS, min(self.window / 2, FALLBACK_SECONDS_MAX))
                         self.win.end = now + fresh
                         self.fresh_windows += 1
-                attempt = self._attempt(tracer, max(0.1, self.win.end - time.monotonic()))
+                attempt = self._attempt(tracer, max(0.1, self.win.end - self.clock.monotonic()))
                 self.attempts.append(attempt)
                 if attempt.failure is None or self.stop.is_set():
                     break
@@ -139,7 +140,7 @@ class _TracerRun:
         seen: dict[str, float] = {}
 
         def mark(name: str) -> None:
-            seen[name] = time.monotonic()
+            seen[name] = self.clock.monotonic()
             self.sampler.mark(name)
 
         self.sampler.marks = {}
@@ -148,6 +149,7 @@ class _TracerRun:
             seconds=seconds, pids=self.pids, cancel=self.stop,
             on_start=lambda: mark("start"), on_stop=lambda: mark("stop"),
             max_output_bytes=self.settings.tracing.tracer_max_output_bytes, max_pages=self.settings.tracing.tracer_max_pages,
+            clock=self.clock,
         )
         try:
             result = tracer.run(request)
@@ -165,7 +167,7 @@ class _TracerRun:
         err = r.errors[0] if r.errors else ""
         if "start" not in seen:
             return f"did not start: {err or 'no reason given'}"
-        ran = seen.get("stop", time.monotonic()) - seen["start"]
+        ran = seen.get("stop", self.clock.monotonic()) - seen["start"]
         if r.exited_early and r.events == 0:
             return f"exited after {ran:.1f} s of a {seconds:.1f} s window: {err or 'no reason given'}"
         if not r.exited_early and ran < MARKED_MIN_SHARE * seconds:
@@ -222,6 +224,7 @@ class Edges:
     procfs: ProcFS | None = None  # the procfs tree (settings.node.proc_root)
     pods: PodDirectory | None = None  # names pods (the service shares its one with the flight recorder)
     tracers: Sequence[Tracer] | None = None  # the backends to try, in order (the registry's choice)
+    clock: Clock | None = None  # what the window is timed on (default_clock: the machine's)
 
 
 @dataclass
@@ -244,6 +247,11 @@ class _Build:
     elapsed: float  # the sampled window, s
     counted: _Counted
     my_mnt_ns: str | None
+
+
+# The clock of an investigation whose edges give none: the machine's (tests replaying a captured window
+# set a virtual one here for the CLI they run in-process: tests/proctree.py).
+default_clock: Clock = REAL_CLOCK
 
 
 def investigate(
@@ -275,19 +283,21 @@ def investigate(
     edges = edges or Edges()
     tracers = edges.tracers
     procfs = edges.procfs or ProcFS(settings.node.proc_root)
+    clock = edges.clock or default_clock
     report_progress = progress or (lambda _f, _m: None)
     started_at = utcnow()
     warnings = _before_the_window()
     cands, reason, skipped = _choose(settings, tracers)
     report_progress(0.0, f"tracing with {cands[0].name}")
-    reread_start = rereaders.start(settings.node.cgroup_root)  # every group's refaults: read() re-readers
-    sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root, full_every=settings.investigation.scan_full_every_seconds)
+    reread_start = rereaders.start(settings.node.cgroup_root, clock)  # every group's refaults: read() re-readers
+    sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root,
+                      full_every=settings.investigation.scan_full_every_seconds, clock=clock)
     sampler.first()
-    run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window)
+    run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window, clock)
     thread = threading.Thread(target=run.main, name="tracer", daemon=True)
-    t0 = time.monotonic()
+    t0 = clock.monotonic()
     run.win.end = t0 + window
-    thread.start()
+    clock.start(thread)
     elapsed = _watch_window(run, thread, cancel, report_progress, t0)
     warnings.extend(_stop_tracer(run, thread))
     report_progress(0.92, "resolving")
@@ -321,7 +331,7 @@ def investigate(
     for p, s in zip(processes, snaps, strict=True):
         p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.investigation.noise_floor)
     apply_swap_devices(processes, node_stats)
-    reread, reread_seconds = rereaders.finish(settings.node.cgroup_root, procfs, reread_start)
+    reread, reread_seconds = rereaders.finish(settings.node.cgroup_root, procfs, reread_start, clock)
     add_recommendations(processes, {t.pid: t for t in chosen}, trace, node_stats, end.snapshots,
                         WindowSeen(elapsed, sampler.refault_series, rereaders.reread_bytes(reread)),
                         owners=getattr(pods, "owners", None), node_name=settings.node.node_name)
@@ -373,12 +383,12 @@ def _watch_window(run: _TracerRun, thread: threading.Thread, cancel: threading.E
                   t0: float) -> float:
     """Sample procfs once a second until the window (`run.win.end`, a fallback may move it) ends and the
     tracer hands over, or `cancel`; the seconds sampled (rates are over them, not the hand-over)."""
-    sampler, win = run.sampler, run.win
+    sampler, win, clock = run.sampler, run.win, run.clock
     next_tick = t0 + 1.0
     last_tick = t0
     sampled_end = t0
     while True:
-        now = time.monotonic()
+        now = clock.monotonic()
         if cancel.is_set():
             break
         end = win.end
@@ -388,20 +398,20 @@ def _watch_window(run: _TracerRun, thread: threading.Thread, cancel: threading.E
                 last_tick = now
             sampled_end = max(sampled_end, min(now, end + 1.0))
             # The tracer stops and hands over; if it failed, a fallback may start a fresh window.
-            if run.settled.wait(0.1) or not thread.is_alive():
+            if clock.wait(run.settled, 0.1) or not thread.is_alive():
                 break
-            if time.monotonic() - end > 2 * TRACER_GRACE_SECONDS:
+            if clock.monotonic() - end > 2 * TRACER_GRACE_SECONDS:
                 break
             if win.end > end:  # a fresh window: keep sampling
-                next_tick = max(next_tick, time.monotonic() + 1.0)
+                next_tick = max(next_tick, clock.monotonic() + 1.0)
             continue
-        cancel.wait(max(0.0, min(next_tick, end) - now))
+        clock.wait(cancel, min(next_tick, end) - now)
         if cancel.is_set():
             break
-        if time.monotonic() >= next_tick:
+        if clock.monotonic() >= next_tick:
             # The window's last tick reads every process (the end's own tick below does too).
-            sampler.tick(full=win.end - time.monotonic() <= 0.6)
-            last_tick = time.monotonic()
+            sampler.tick(full=win.end - clock.monotonic() <= 0.6)
+            last_tick = clock.monotonic()
             next_tick += 1.0
             while next_tick <= last_tick:  # after a hand-over pause, do not catch up tick by tick
                 next_tick += 1.0
@@ -410,18 +420,18 @@ def _watch_window(run: _TracerRun, thread: threading.Thread, cancel: threading.E
             report_progress(min(elapsed / total, 1.0) * 0.9, f"{elapsed:.0f}/{total:.0f} s")
     if cancel.is_set():
         run.stop.set()
-        sampled_end = time.monotonic()
+        sampled_end = clock.monotonic()
     return max(sampled_end - t0, 1e-3)
 
 
 def _stop_tracer(run: _TracerRun, thread: threading.Thread) -> list[str]:
     """Wait for the tracer thread to hand over; stop it, then kill what it started, when it overruns."""
-    thread.join(TRACER_GRACE_SECONDS)
+    run.clock.join(thread, TRACER_GRACE_SECONDS)
     if not thread.is_alive():
         return []
     # The backend did not stop on its own at its deadline: the stop event makes it kill its tracer.
     run.stop.set()
-    thread.join(TRACER_GRACE_SECONDS)
+    run.clock.join(thread, TRACER_GRACE_SECONDS)
     if not thread.is_alive():
         return []
     # Still not stopped (ignores its stop, or a parse past its deadline): kill what it started,

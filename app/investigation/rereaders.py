@@ -20,7 +20,6 @@ report says the alert is not explained by it, and what limit stops the re-readin
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from app.collectors.cgroupscan import GroupCounters, group_pids, open_files, sca
 from app.collectors.procfs import ProcFS
 from app.models import Cause, CgroupMemory, NodeStats, PodRef, ProcessReport, Report, Rereader
 from app.parsers.cgroup import CgroupRef, parse_cgroup
+from app.tracers.base import REAL_CLOCK, Clock
 
 from .diagnose import mib, near_limit
 from .recommend import blames_limit, command_line, limit_key, reread_limit
@@ -56,18 +56,19 @@ class Found:
 Scan = tuple[float, dict[str, GroupCounters]]  # (monotonic time of the scan, counters)
 
 
-def start(cgroup_root: Path | None) -> Scan:
+def start(cgroup_root: Path | None, clock: Clock = REAL_CLOCK) -> Scan:
     """Every memory cgroup's counters at the window's start (none without a cgroup root)."""
-    return time.monotonic(), (scan_refaults(cgroup_root)[1] if cgroup_root is not None else {})
+    return clock.monotonic(), (scan_refaults(cgroup_root)[1] if cgroup_root is not None else {})
 
 
-def finish(cgroup_root: Path | None, procfs: ProcFS, before: Scan) -> tuple[list[Found], float]:
+def finish(cgroup_root: Path | None, procfs: ProcFS, before: Scan,
+           clock: Clock = REAL_CLOCK) -> tuple[list[Found], float]:
     """The re-readers over the window, from the counters at its start and now, and the seconds between the
     two scans (the rates are over them: the tracer's hand-over makes them longer than the window)."""
     if cgroup_root is None or not before[1]:
         return [], 0.0
     version, after = scan_refaults(cgroup_root)
-    seconds = max(time.monotonic() - before[0], 1e-3)
+    seconds = max(clock.monotonic() - before[0], 1e-3)
     return gather(cgroup_root, procfs, version, candidates(before[1], after, seconds)), seconds
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from app.collectors.procfs import ProcFS
 from app.models import CgroupMemory
 from app.parsers.cgroup import host_view
 from app.parsers.procfs import MapEntry, ProcStat, parse_stat_bytes, parse_stat_counters
+from app.tracers.base import REAL_CLOCK, Clock
 
 from .estimate import SwapEvidence
 from .snapshot import ProcessSnapshot
@@ -94,8 +94,9 @@ class Sampler:
     """Takes one sample a tick; thread-safe marks for the tracer's start and stop."""
 
     def __init__(self, procfs: ProcFS, pids: list[int] | None = None, cgroup_root: Path | None = None,
-                 full_every: int = FULL_SCAN_EVERY) -> None:
+                 full_every: int = FULL_SCAN_EVERY, clock: Clock = REAL_CLOCK) -> None:
         self.procfs = procfs
+        self.clock = clock  # the investigation's: what the read times below are on
         self.cgroup_root = cgroup_root  # None: no cgroup evidence for the procfs estimates
         self._cgroup_tick: tuple[int, dict[str, CgroupMemory | None]] = (-1, {})
         self.only = set(pids) if pids else None
@@ -157,7 +158,7 @@ class Sampler:
         with self._lock:
             likely = sorted(self.tracks.values(), key=lambda t: -(t.last.majflt - t.baseline_majflt or t.last.majflt))
             first_pids = [t.pid for t in likely[:MARK_FIRST]]
-        at = time.monotonic()
+        at = self.clock.monotonic()
         marks: dict[int, tuple[int, int]] = {}
         if hasattr(self.procfs, "stat_bytes") and hasattr(self.procfs, "listing"):
             marks.update(self._counters(first_pids))
@@ -233,7 +234,7 @@ class Sampler:
         if self.incremental:
             self._last = self._last_pid()  # first, then the listing, then the read: what starts in between
             self._listed = self.procfs.names()  # is read again at tick 1
-        self.first_time = time.monotonic()
+        self.first_time = self.clock.monotonic()
         stats = self._sample()
         with self._lock:
             for pid, st in stats.items():
@@ -248,7 +249,7 @@ class Sampler:
 
     def tick(self, full: bool = False) -> None:
         """One sample. `full`: read every process this tick (see the module docstring)."""
-        at = time.monotonic()
+        at = self.clock.monotonic()
         if not self.incremental:
             stats = self._sample()
             vm = self.procfs.vmstat()

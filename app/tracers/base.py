@@ -8,6 +8,7 @@ the mapping and a file offset, and it keeps aggregation bounded).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,6 +65,30 @@ class TraceResult:
         per_pid[page] = per_pid.get(page, 0) + count
 
 
+class Clock:
+    """What an investigation reads the time from and waits with: the machine's monotonic clock. The
+    engine, its sampler and a backend that only holds the window (procfs) go through it, so a test can
+    replay a captured window on a virtual clock (tests/virtual_clock.py) instead of waiting it out. A
+    backend that runs a real tracer process waits in real time whatever the clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        """event.wait(timeout): whether the event was set."""
+        return event.wait(max(0.0, timeout))
+
+    def join(self, thread: threading.Thread, timeout: float) -> None:
+        thread.join(max(0.0, timeout))
+
+    def start(self, thread: threading.Thread) -> None:
+        """Start a thread that waits on this clock (the engine's tracer thread)."""
+        thread.start()
+
+
+REAL_CLOCK = Clock()
+
+
 # Called by a backend exactly once when tracing really starts (probes attached, counters enabled)
 # and once when it really stops, so the engine can read majflt at the same instants.
 Marker = Callable[[], None]
@@ -78,6 +103,7 @@ class TraceRequest:
     on_stop: Marker | None = None
     max_output_bytes: int = 256 * 1024 * 1024
     max_pages: int = 262_144
+    clock: Clock = REAL_CLOCK  # the investigation's (Clock): what a backend that only holds the window waits on
 
 
 class Tracer(Protocol):

@@ -6,8 +6,6 @@ its smaps-based estimate of the sources run over the same time as with a real tr
 
 from __future__ import annotations
 
-import time
-
 from app.tracers.base import TraceRequest, TraceResult, TracerSettings
 
 
@@ -25,11 +23,12 @@ class ProcfsTracer:
         result = TraceResult(backend=self.name, exact=self.exact)
         if request.on_start:
             request.on_start()
-        t0 = time.monotonic()
+        clock = request.clock
+        t0 = clock.monotonic()
         try:
-            request.cancel.wait(request.seconds)
+            clock.wait(request.cancel, request.seconds)
         finally:
-            result.duration_seconds = time.monotonic() - t0
+            result.duration_seconds = clock.monotonic() - t0
             if request.on_stop:
                 request.on_stop()
         if request.cancel.is_set():
