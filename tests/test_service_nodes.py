@@ -270,7 +270,11 @@ def test_no_secret_in_requests(tmp_path: Path, certs: Certs, apiserver: Callable
 @pytest.mark.servers
 def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path) -> None:
     """An idle service (in a cluster, Events on, peers by label) and `investigate` without the
-    API-server fallback never import the kubernetes package."""
+    API-server fallback never import the kubernetes package. Its flight recorder reads a cgroup tree of
+    its own, with no pod in it: on this machine's, a pod-shaped group of a test running beside this one
+    (the scenario matrix's) made the recorder name its pod, through the API server when the kubelet did
+    not answer (CI: the import came true)."""
+    (tmp_path / "cgroup").mkdir()
     code = (
         "import asyncio, sys\n"
         "from app.config import Settings\n"
@@ -278,7 +282,8 @@ def test_kubernetes_is_imported_only_when_the_api_server_is_asked(tmp_path: Path
         "from app.collectors.kubelet import PodDirectory\n"
         "async def main():\n"
         f"    s = Settings(data_dir={str(tmp_path / 'd')!r}, namespace='pfi', peer_label_selector='app=pfi',\n"
-        "                 kubernetes_events=True, apiserver_url='https://127.0.0.1:1')\n"
+        "                 kubernetes_events=True, apiserver_url='https://127.0.0.1:1',\n"
+        f"                 cgroup_root={str(tmp_path / 'cgroup')!r})\n"
         "    state = await build_service(s, Seams(token='t' * 24))\n"
         "    await asyncio.sleep(0.2)\n"
         "    PodDirectory(s.updated(apiserver_fallback=False)).index()\n"
