@@ -52,7 +52,10 @@ def test_top_process_exact_over_the_tracers_interval(backend: str, busy: int, ro
     assert top is not None, [(p.pid, p.comm, p.major_faults) for p in report.processes]
     # the counts the report gives are the tracer's interval's, and it says which interval
     assert t.counts_over == "tracer" and t.counted_seconds is not None and t.counted_from_seconds is not None
-    assert abs(t.counted_seconds - SECONDS) < 0.3, t.counted_seconds
+    # It covered the window: not cut short (0.3 s for the marks' own reads). How late its stop mark comes is
+    # the machine's: 6.49 s once at a load average of 20-28 (the suite's three passes at once), so the upper
+    # bound is only that it stopped at its deadline and not at the engine's hand-over grace.
+    assert SECONDS - 0.3 < t.counted_seconds < SECONDS + 2.0, t.counted_seconds
     assert report.window_seconds == t.counted_seconds
     assert top.major_faults == top.traced_majflt, (top.major_faults, top.traced_majflt)
     assert sum(top.series) == top.major_faults and len(top.series) >= SECONDS - 1
