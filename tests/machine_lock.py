@@ -1,4 +1,5 @@
-"""Two pytest processes sharing the machine in the suite's second pass (./test.sh, issue 25).
+"""Two pytest processes sharing the machine in the suite's second pass (./test.sh, issue 25; the first pass,
+running beside them, takes no lock: its tests start no workload or tracer).
 
 The second pass runs its tests in two processes side by side. Most of its tests make their own
 workload in their own memory cgroup and investigate only its pids: two of them at once only share the
