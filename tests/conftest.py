@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import netguard
-from tests.machine_lock import pytest_runtest_protocol  # noqa: F401 (the second pass's lock: `machine` tests run alone)
+from tests.machine_lock import machine_first, pytest_runtest_protocol  # noqa: F401 (the second pass's lock: `machine` tests run alone)
 from tests.proctree import ReplayTree
 from tests.tls_standin import certs, serve  # noqa: F401 (fixtures: TLS kubelet/API server stand-ins)
 from tests.workloads import (
@@ -58,6 +58,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in getattr(item, "fixturenames", ()):
             for marker in _NEEDS_OF_FIXTURE.get(name, ()):
                 item.add_marker(marker)
+    machine_first(items)
 
 
 @pytest.fixture(autouse=True)

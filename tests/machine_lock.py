@@ -102,9 +102,23 @@ def module_held(item: pytest.Item) -> bool:
 
 
 def keep_after(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
-    """Whether the lock stays held from `item` to `nextitem`: only inside a module marked as a whole."""
-    return (nextitem is not None and module_held(item)
-            and getattr(nextitem, "module", None) is getattr(item, "module", None))
+    """Whether the lock stays held from `item` to `nextitem`: inside a module marked as a whole, and from one
+    `machine` test to the next (machine_first puts them together)."""
+    if nextitem is None:
+        return False
+    if mode_of(item) == "exclusive" and mode_of(nextitem) == "exclusive":
+        return True
+    return module_held(item) and getattr(nextitem, "module", None) is getattr(item, "module", None)
+
+
+def machine_first(items: list[pytest.Item]) -> None:
+    """In the second pass's processes, their `machine` tests first, in their order, then the rest in theirs.
+    Spread among the others, each machine test waited for the other process's test of the moment to end (a
+    zoo row: up to 40 s) and stopped that process meanwhile; together at the start, the lock is taken once
+    for all of them (keep_after), they wait for each other's process once, and the first pass, which runs
+    beside them without the lock, fills the CPU they leave idle."""
+    if os.environ.get(ENV):
+        items.sort(key=lambda item: mode_of(item) != "exclusive")  # stable: the order within each kind stays
 
 
 _lock: PassLock | None = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.machine_lock import PassLock, keep_after, module_held
+from tests.machine_lock import ENV, PassLock, keep_after, machine_first, module_held
 
 ROOT = Path(__file__).parent.parent
 
@@ -92,9 +92,24 @@ def test_a_module_marked_machine_as_a_whole_holds_its_lock_from_its_first_test_t
     single = SimpleNamespace(pytestmark=pytest.mark.root)
     a1, a2, b1 = _item(whole, ("machine",)), _item(whole, ("machine",)), _item(single, ("machine",))
     assert module_held(a1) and not module_held(b1)
+    shared = _item(single)
     assert keep_after(a1, a2)  # a module-scoped fixture (a zram device) lives between them
-    assert not keep_after(a2, b1) and not keep_after(a2, None)
-    assert not keep_after(b1, _item(single, ("machine",)))  # marked one by one: released after each
+    assert keep_after(a2, b1) and keep_after(b1, _item(single, ("machine",)))  # machine tests in a row: held
+    assert not keep_after(b1, shared) and not keep_after(a2, None)  # released before a shared test, or the end
+
+
+def test_machine_tests_go_first_in_their_order_only_in_the_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = SimpleNamespace(pytestmark=[])
+    items = [_item(mod, m) for m in ((), ("machine",), (), ("machine",), ())]
+    for i, item in enumerate(items):
+        item.n = i
+    alone = list(items)
+    monkeypatch.delenv(ENV, raising=False)
+    machine_first(alone)
+    assert [i.n for i in alone] == [0, 1, 2, 3, 4]  # not in the second pass: as collected
+    monkeypatch.setenv(ENV, "/nonexistent")
+    machine_first(items)
+    assert [i.n for i in items] == [1, 3, 0, 2, 4]
 
 
 _PROBE = """
