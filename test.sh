@@ -68,10 +68,10 @@ else
   # pages needs no machine of its own (layout and content, 60 s timeouts): those six run there; the fleet
   # page's twelve instances (browser and servers: peers fetched within 10 s) in the second.
   # The second pass in two processes side by side (it was 958 s in one), split by module into halves of
-  # about equal time (measured 2026-12-07 in full runs: the scenario matrix, tracers, engine and kubelet
-  # client; the limit zoo's suite rows, the fallbacks, exact intervals, the chart's capabilities, the demo,
-  # the services, browsers and end-to-end runs). Each process runs its `machine` tests first
-  # (tests/machine_lock.py machine_first).
+  # about equal time (measured 2026-12-07 in full runs: the scenario matrix, tracers and engine; the limit
+  # zoo's suite rows, the fallbacks, exact intervals, the kubelet client, the chart's capabilities, the demo,
+  # the services, browsers, end-to-end runs and the small real-workload modules). Each process runs its
+  # `machine` tests first (tests/machine_lock.py machine_first).
   # Every test of the second pass holds a lock (tests/machine_lock.py): a test marked `machine` holds it
   # alone (it investigates the whole node, or is timed against it); a swap row that sets zram or the vm
   # sysctls holds the swap lock alone; every other test shares the machine as on a busy node (its own
@@ -82,9 +82,7 @@ else
   # matrix's table ends it); the first pass's log and the second half's follow when all have ended.
   # --durations: the second pass is most of the suite's time; CI's log says where it goes.
   second="(workloads or matrix or storm or (browser and servers)) and not zoo_full"
-  first_half=(tests/test_scenarios.py tests/test_tracers.py tests/test_engine.py
-              tests/test_kubelet_client.py tests/test_workloads.py tests/test_swaps.py tests/test_collectors_procfs.py
-              tests/test_cgroupmem.py tests/test_cleanup.py tests/test_snapshot.py)
+  first_half=(tests/test_scenarios.py tests/test_tracers.py tests/test_engine.py)
   lock_dir=$(mktemp -d /run/pfi-pass-lock.XXXXXX)
   export PFI_PASS_LOCK=$lock_dir
   logs=$(mktemp -d /tmp/pfi-passes.XXXXXX)

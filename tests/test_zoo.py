@@ -26,11 +26,12 @@ TRACERS = ("perf-major", "procfs")
 # The full suite runs one row of each kind of access and swap, and the rows whose defects issues named: the
 # in-order anonymous walk on disk swap (swap readahead), the scattered one on zram (BottleRocket's swap), the
 # hot set of a larger file (at_least: a cold tail no limit removes), one file shared by two processes, anon
-# and file at swappiness 200 (with procfs too: its defect was procfs's), a growing scan (at_least: the window
-# sees a share of a pass) and a pread() re-reader beside an mmap one (the re-readers' path). The rest carry
-# zoo_full: `./test.sh --zoo` runs every row both ways, and python -m bench.zoo measures them against L*. The
-# whole zoo is 255 s of a ~960 s second pass (serial, quiet); the suite's share of it about 110 s (issue 25:
-# the full suite within 10 minutes).
+# and file at swappiness 200, a growing scan (at_least: the window sees a share of a pass) and a pread()
+# re-reader beside an mmap one (the re-readers' path). The rest carry zoo_full: `./test.sh --zoo` runs every
+# row both ways, and python -m bench.zoo measures them against L*. The whole zoo is 255 s of a ~960 s second
+# pass (serial, quiet); the suite's share of it about 100 s (issue 25: the full suite within 10 minutes). The
+# swappiness-200 row's procfs case (40-46 s in a full run) is zoo_full too: the procfs defect it caught (every
+# fault read as a swap-in under swap read-ahead) has its unit test in tests/test_sources_diagnose.py.
 # The swappiness-200 row (both tracers) was out of the suite until the read-ahead fixes of 2026-12-07 (the
 # exact file side's union missed the pages read-ahead brought and the limit took again: R 192; procfs read
 # every fault as a swap-in: the file side left out, R 192); since: 25 of 26 exact runs and 6 of 6 procfs
@@ -44,7 +45,6 @@ IN_SUITE = {
     ("file-256-mib-64-mib-hot-gets-99-of-reads-limit-48", "perf-major"),
     ("2-processes-one-128-mib-file-limit-64", "perf-major"),
     ("96-anon-96-file-limit-128-disk-swap-swappiness-200", "perf-major"),
-    ("96-anon-96-file-limit-128-disk-swap-swappiness-200", "procfs"),
     ("growing-scan-160-mib-file-in-order-limit-64-a-window-of-half-a-pass", "perf-major"),
     ("pread-re-reader-of-64-mib-beside-an-mmap-re-reader-of-64-mib-one-group-limit-64", "perf-major"),
 }
