@@ -122,6 +122,13 @@ def test_rendered_capabilities_trace_exactly(
     report = json.loads(out.stdout)
     info = report["tracer"]
     assert (info["backend"], info["exact"]) == (expected, True), info
+    slow_exit = [e for e in info["errors"] if e.startswith("bpftrace did not exit within")]
+    if slow_exit:
+        # Under the rendered set it attached and traced (above); its exit then stalled: once in a full run, at
+        # its start beside the first pass (2026-12-07), bpftrace did not exit within 30 s of SIGINT. The report
+        # must say its counts run past the window, and is then not compared with majflt over the window.
+        assert info["counts_past_window"] and info["errors"] == slow_exit, info
+        return
     assert info["errors"] == [], info["errors"]
     (proc,) = [p for p in report["processes"] if p["pid"] == file_workload.pid]
     # traced_majflt is majflt over exactly the tracer's window.
