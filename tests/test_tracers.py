@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from app.config import Settings
+from app.investigation.engine import TRACER_GRACE_SECONDS
 from app.tracers import _bpftrace, _supervise, leftovers
 from app.tracers.base import TraceRequest, TraceResult
 from app.tracers.registry import ORDER, make_tracer, probe, select
@@ -144,7 +145,9 @@ def test_exact_backend_node_wide_on_file_faults(name: str, file_workload: Worklo
     w = Window(file_workload.pid)
     t0 = time.monotonic()
     r = make_tracer(name, Settings()).run(w.request(WINDOW, None))
-    assert time.monotonic() - t0 < WINDOW + 10
+    # It ends on its own, within the grace the engine gives a tracer after the window before it stops it
+    # (perf-major took 15.1 s for its 5 s beside two busy loops and the suite's first pass).
+    assert time.monotonic() - t0 < WINDOW + TRACER_GRACE_SECONDS
     assert w.calls == ["start", "stop"]
     assert not r.errors, r.errors
     assert r.exact and r.backend == name
