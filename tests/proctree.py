@@ -87,7 +87,6 @@ class ReplayTree:
         shutil.copytree(self.src / "cgroup", self.root / "cgroup", symlinks=True)
         self.steps = sorted((p for p in (self.src / "steps").iterdir() if p.is_dir()), key=lambda p: int(p.name))
         self.applied = -1
-        self.clock: VirtualClock | None = None  # play()'s, while it plays
         self.apply(0)
 
     @property
@@ -120,7 +119,7 @@ class ReplayTree:
         capture's clock (k seconds in, `step_seconds` a step): the replay moves on the sampler's ticks
         (sampler_clock), not on the wall clock, so a loaded machine that delays a tick still sees the
         counters of that tick together (held at the last step from then on); the window is on a virtual
-        clock (`self.clock`). `on_tick(k)` runs after step k's files are written (a test cancelling at a
+        clock (sampler_clock's). `on_tick(k)` runs after step k's files are written (a test cancelling at a
         given sample). In this process only: for the CLI in a subprocess see cli_on_the_sampler_clock."""
         self.apply(0)
         last = len(self.steps) - 1
@@ -130,11 +129,8 @@ class ReplayTree:
             if on_tick is not None:
                 on_tick(k)
 
-        with sampler_clock(tick) as self.clock:
-            try:
-                yield self
-            finally:
-                self.clock = None
+        with sampler_clock(tick):
+            yield self
 
     def counter(self, pid: int, field: str, step: int) -> int:
         """majflt ('majflt') or io 'read_bytes' of pid as step `step` recorded it."""
