@@ -116,6 +116,18 @@ class TracingSettings(_Group):
         " nobody stops them (the inspector was SIGKILLed). 60: far past any normal hand-over, short"
         " enough that a forgotten probe costs little.",
     )
+    exact_max_rate: int = Field(
+        default=4000,
+        ge=0,
+        description="Major faults a second on the whole node above which the automatic choice (tracer"
+        " 'auto') records one fault in N with perf-major (`perf record -c N`, N so that it records about"
+        " this many a second) instead of every one; 0: always every fault. A recorded fault costs the"
+        " faulting task and the inspector a few microseconds of CPU: at 70,000 faults/s (swap-ins from"
+        " zram) recording each one cost the workloads 5-10% of their rate, sampled about 1% (docs/bench.md,"
+        " section 10). A sampled report says so: the processes' counts are still every fault (majflt), the"
+        " sources' counts are estimates (N x samples), and limits are sized on the procfs basis. A tracer"
+        " named in 'tracer' always records every fault.",
+    )
     perf_start_timeout_seconds: float = Field(
         default=15.0,
         gt=0,

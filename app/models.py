@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = "1.3"  # 1.1: Report.history, history_reason; Trigger kind "watch"; 1.3: counts over the tracer's interval (TracerInfo.counts_over, counted_*), ProcessReport.exact, exact_why; zram or disk swap (Source.swap_device, NodeStats.swap_backing*, zram_*)
+SCHEMA_VERSION = "1.4"  # 1.4: TracerInfo.sample_period; 1.1: Report.history, history_reason; Trigger kind "watch"; 1.3: counts over the tracer's interval (TracerInfo.counts_over, counted_*), ProcessReport.exact, exact_why; zram or disk swap (Source.swap_device, NodeStats.swap_backing*, zram_*)
 # 1.2: Verdict.recommendation (the memory limit to set, issue 16); OwnerRef.api_version, resolved, via, note;
 #      Cause "quiet" (under the noise floor, issue 17); TracerInfo.counts_past_window
 
@@ -249,6 +249,9 @@ class TracerInfo(BaseModel):
     map_keys_wanted: int | None = None  # what it would use without a memory limit
     map_full: bool = False  # the page map reached map_keys: some faults' pages were not kept
     notes: list[str] = Field(default_factory=list)  # e.g. "perf ring buffer shrunk from 2048 to 512 pages"
+    # 1: every major fault was recorded; N > 1: one in N (perf -c N, a node faulting faster than the tracing
+    # settings' exact_max_rate): source counts are estimates, process counts are majflt, limits on the procfs basis
+    sample_period: int = 1
 
 
 class NodeStats(BaseModel):

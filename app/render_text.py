@@ -77,6 +77,8 @@ def render(report: Report, console: Console) -> None:
                 console.print(f"[bold]{p.pid} {p.comm}[/bold]: {p.verdict.summary}")
     t = report.tracer
     kind = "exact major faults" if t.exact else "approximate"
+    if t.exact and t.sample_period > 1:
+        kind = f"major faults, one in {t.sample_period} recorded: sources' counts estimated"
     if t.counts_past_window:
         kind += ", counted past the window"
     if t.counts_over == "tracer" and t.counted_seconds is not None:
@@ -85,6 +87,9 @@ def render(report: Report, console: Console) -> None:
     if t.events:
         line += f"; {t.events:,} events, {t.dropped:,} dropped"
     console.print(line)
+    for note in t.notes:
+        if note.startswith("sampled one major fault"):
+            console.print(f"  {note}")
     for s in t.skipped:
         console.print(f"  skipped {s.backend}: {s.reason}")
     for w in report.warnings:

@@ -573,8 +573,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="shorter windows, for a smoke test")
     ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
                     help="sections to run, e.g. 1,4 (8: the flight recorder, 9: diagnosis accuracy, 10 or cost: the whole investigation's cost)")
-    ap.add_argument("--cost-before", action="store_true",
-                    help="section 10: also investigate with the reader before the column reader, in turns (before/after in one run)")
+    ap.add_argument("--cost-before", choices=("exact", "records", "none"), default="exact",
+                    help="section 10: what each round also investigates with, in turns (before/after in one run): "
+                    "'exact' every fault recorded (the default before sampling, default), 'records' every fault with "
+                    "the record-by-record reader, 'none' only the default")
     ap.add_argument("--publish", action="store_true",
                     help="also write the results into README.md (the latest-run table) and docs/bench.md (the full table)")
     args = ap.parse_args()
@@ -616,7 +618,8 @@ def main() -> int:
         if 9 in only:
             section_diagnosis(res, workdir)
         if 10 in only:
-            cost.section_cost(res, 4.0 if args.quick else 10.0, 2 if args.quick else 3, args.cost_before)
+            cost.section_cost(res, 4.0 if args.quick else 10.0, 2 if args.quick else 3,
+                              None if args.cost_before == "none" else args.cost_before)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res.meta["seconds"] = elapsed()

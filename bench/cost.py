@@ -24,11 +24,13 @@ Where the cost goes, per case (the bench prints each part's share of the CPU the
                traced - untraced, x faults): the event code in the kernel's fault path
 and the wakeups (voluntary context switches) of the tracer and this process.
 
-Before/after in one run (`python -m bench --only cost --cost-before`): each round also runs the
-investigation with the reader as it was before the column reader (perf.data read record by record,
-one Python call per sample, the thread not niced: `_record_by_record_read`), the two in turns with
-untraced runs between them, so both are compared under the same load; the row's note gives both
-ratios and both readers' CPU. The "reader" rows time the two readers alone on the same synthetic
+Before/after in one run (the default; `--cost-before exact`): each round also runs the investigation
+recording every fault (exact_max_rate 0: the default before auto sampled one fault in N above
+PFI_EXACT_MAX_RATE), the two in turns with untraced runs between them, so both are compared under the
+same load; the row's note gives both ratios and both CPU splits. `--cost-before records`: every fault with
+the reader before the column reader (perf.data read record by record, one Python call per sample, the
+thread not niced: `_record_by_record_read`); `--cost-before none`: the default alone. The "reader" rows
+time the two readers alone on the same synthetic
 perf.data (a real capture's records, 600,000 samples over 16,384 pages, the shape of a 10 s zram
 window), CPU per sample, the older one as the baseline.
 """
@@ -162,12 +164,19 @@ def _reader(kind: str) -> Iterator[None]:
         _perf._nice_this_thread = saved_nice
 
 
+# What an investigated run runs: "columns" the default investigation as shipped (one fault in N above
+# PFI_EXACT_MAX_RATE); "exact" the same recording every fault (exact_max_rate 0: the default before issue
+# 27's sampling); "records" every fault with the record-by-record reader before the column reader.
+KINDS = {"columns": "the default (sampled above exact_max_rate)", "exact": "every fault recorded",
+         "records": "every fault, record-by-record reader"}
+
+
 def investigated(pid: int, window: float, reader: str = "columns") -> Measure:
     with _reader(reader):
-        return _investigated(pid, window)
+        return _investigated(pid, window, exact_max_rate=None if reader == "columns" else 0)
 
 
-def _investigated(pid: int, window: float) -> Measure:
+def _investigated(pid: int, window: float, exact_max_rate: int | None = None) -> Measure:
     cpu = _ThreadCPU()
     cpu.wrap(sampler_mod.Sampler, "tick", "sampler")
     cpu.wrap(sampler_mod.Sampler, "mark", "sampler")
@@ -175,11 +184,13 @@ def _investigated(pid: int, window: float) -> Measure:
     s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     a, ca, t = workloads.majflt(pid), _task_ns(pid), time.monotonic()
     try:
-        report = investigate(Settings(kubelet_url=None, apiserver_fallback=False), seconds=window)
+        kw = {} if exact_max_rate is None else {"exact_max_rate": exact_max_rate}
+        report = investigate(Settings(kubelet_url=None, apiserver_fallback=False, **kw), seconds=window)
     finally:
         cpu.restore()
     b, cb = workloads.majflt(pid), _task_ns(pid)
-    m = Measure(time.monotonic() - t, b - a, cb - ca, backend=report.tracer.backend)
+    n = report.tracer.sample_period
+    m = Measure(time.monotonic() - t, b - a, cb - ca, backend=report.tracer.backend + (f" 1/{n}" if n > 1 else ""))
     s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (s1.ru_utime + s1.ru_stime) - (s0.ru_utime + s0.ru_stime)
     m.parts = {
@@ -272,11 +283,12 @@ def shares(traced: list[Measure], base: list[Measure]) -> dict[str, float]:
 
 
 def run_case(res: Results, letter: str, what: str, make: Callable[[], contextlib.AbstractContextManager[workloads.WorkloadProcess]],
-             window: float, rounds: int, before: bool = False) -> None:
-    """`before`: each round also investigates with the reader before the column reader, the two in turns
-    (which goes first alternates), each against the untraced runs beside it."""
+             window: float, rounds: int, before: str | None = "exact") -> None:
+    """`before` (a KINDS key, or None): each round also investigates that way (by default recording every
+    fault, as before the sampling), the two in turns (which goes first alternates), each against the
+    untraced runs beside it."""
     name = f"{letter}: {what}"
-    kinds = ["columns", "records"] if before else ["columns"]
+    kinds = ["columns", before] if before else ["columns"]
     traced: dict[str, list[Measure]] = {k: [] for k in kinds}
     ratios: dict[str, list[float]] = {k: [] for k in kinds}
     try:
@@ -291,7 +303,7 @@ def run_case(res: Results, letter: str, what: str, make: Callable[[], contextlib
                     ref = (base[-2].rate + base[-1].rate) / 2
                     ratios[kind].append(t.rate / ref if ref else 0.0)
                     log(f"    {letter} {what}: untraced {base[-2].rate:,.0f}/s, investigated ({t.backend}"
-                        f"{', ' + kind + ' reader' if before else ''}) {t.rate:,.0f}/s, untraced {base[-1].rate:,.0f}/s: "
+                        f"{', ' + KINDS[kind] if before else ''}) {t.rate:,.0f}/s, untraced {base[-1].rate:,.0f}/s: "
                         f"{ratios[kind][-1]:.3f}")
     except Exception as e:  # noqa: BLE001 - one case that cannot run (no zram, no swap) leaves the others
         res.failed(SECTION, name, e, target=f">= {TARGET}")
@@ -312,13 +324,16 @@ def run_case(res: Results, letter: str, what: str, make: Callable[[], contextlib
              "untraced_ns_per_fault": statistics.median(m.ns_per_fault for m in base),
              "traced_ns_per_fault": statistics.median(m.ns_per_fault for m in now)}
     if before:
-        old = traced["records"]
+        old = traced[before]
         old_cpu = shares(old, base)
+        old_total = sum(old_cpu.values()) or 1e-9
         old_faults = statistics.median(m.majflt for m in old) or 1
-        note += (f"; BEFORE (record-by-record reader, same run): {statistics.median(ratios['records']):.3f} "
-                 f"({' / '.join(f'{r:.3f}' for r in ratios['records'])}), added {sum(old_cpu.values()):.2f} s, "
-                 f"reader {old_cpu['reader']:.2f} s = {old_cpu['reader'] * 1e9 / old_faults:,.0f} ns a fault")
-        extra |= {"before_ratios": ratios["records"], "before_cpu_seconds": old_cpu}
+        note += (f"; BEFORE ({KINDS[before]}, {old[0].backend}, same run): {statistics.median(ratios[before]):.3f} "
+                 f"({' / '.join(f'{r:.3f}' for r in ratios[before])}), added {sum(old_cpu.values()):.2f} s: "
+                 + ", ".join(f"{p} {old_cpu[p] / old_total:.0%}" for p in PARTS)
+                 + f"; reader {old_cpu['reader'] * 1e9 / old_faults:,.0f} ns a fault")
+        extra |= {"before": before, "before_ratios": ratios[before], "before_cpu_seconds": old_cpu,
+                  "before_backend": old[0].backend}
     res.add(Row(
         SECTION, name, round(statistics.median(t.rate for t in now)), "faults/s",
         baseline=round(statistics.median(m.rate for m in base)), ratio=round(ratio, 3), target=f">= {TARGET}",
@@ -395,9 +410,9 @@ def reader_rows(res: Results, reps: int = 3) -> None:
     ))
 
 
-def section_cost(res: Results, window: float, rounds: int, before: bool = False) -> None:
+def section_cost(res: Results, window: float, rounds: int, before: str | None = "exact") -> None:
     log(f"section 10: the whole investigation's cost ({window:.0f} s windows, {rounds} rounds"
-        f"{', with the reader before it in turns' if before else ''})")
+        f"{', against ' + KINDS[before] + ' in turns' if before else ''})")
     try:
         reader_rows(res)
     except Exception as e:  # noqa: BLE001

@@ -8,6 +8,7 @@ a row that missed its target says MISS. The date, machine and commit are the run
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,7 +94,12 @@ def _during(r: Row) -> str:
     parts = r.extra.get("cpu_seconds") or {}
     total = sum(parts.values()) or 1e-9
     where = ", ".join(f"{k} {v / total:.0%}" for k, v in parts.items())
-    return f"{fmt(r.ratio)} ({_num(r)} vs {fmt(r.baseline)} faults/s; CPU added: {where})"
+    out = f"{fmt(r.ratio)} ({r.extra.get('backend', '')}: {_num(r)} vs {fmt(r.baseline)} faults/s; CPU added {total:.2f} s: {where})"
+    if before := r.extra.get("before_ratios"):  # the same rounds investigated the way before (bench/cost.py KINDS)
+        added = sum((r.extra.get("before_cpu_seconds") or {}).values())
+        out += (f"; before ({r.extra.get('before_backend', '')}, {r.extra.get('before')}, same run): "
+                f"{fmt(round(statistics.median(before), 3))}, CPU added {added:.2f} s")
+    return out
 
 
 def _with_base(r: Row) -> str:

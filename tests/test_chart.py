@@ -438,6 +438,17 @@ def test_tracer_start_deadlines_default_to_the_settings_and_can_be_raised(chart:
         chart.validate_schema({"config": {"perfStartTimeoutSeconds": 0}})
 
 
+def test_exact_max_rate_defaults_to_the_setting_and_can_be_turned_off(chart: Any) -> None:
+    """config.exactMaxRate: above it auto samples one fault in N (issue 27); 0 records every fault."""
+    from app.config import Settings, TracingSettings
+
+    assert int(env(render(chart))["PFI_EXACT_MAX_RATE"]["value"]) == TracingSettings.model_fields["exact_max_rate"].default
+    off = env(render(chart, {"config": {"exactMaxRate": 0}}))["PFI_EXACT_MAX_RATE"]["value"]
+    assert Settings(kubelet_url=None, exact_max_rate=int(off)).tracing.exact_max_rate == 0
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"config": {"exactMaxRate": -1}})
+
+
 def test_sinks(chart: Any) -> None:
     e = env(render(chart, CASES["no-events-no-mounts"]))
     assert e["PFI_ALERTMANAGER_URL"]["value"] == "http://am:9093"

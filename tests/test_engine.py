@@ -76,6 +76,32 @@ def test_file_workload_is_top_with_its_file(backend, root_required, file_workloa
     assert report.node_stats.pgmajfault_per_second > 0
 
 
+# issue 27: above exact_max_rate faults/s on the node, auto records one fault in N (perf -c N): the workload
+# pays the sample's cost once in N faults. A tracer named in the settings still records every fault.
+@pytest.mark.machine  # node-wide, like the test above
+@pytest.mark.parametrize("tracer", ["auto", "perf-major"])
+def test_a_fast_node_is_sampled_and_says_so(tracer, root_required, file_workload):
+    require_tracers("perf-major")
+    limit = 1000  # the re-reader makes 8-17k faults/s here (a few thousand beside busy loops): N >= 2
+    report = investigate(_settings(tracer=tracer, exact_max_rate=limit), seconds=WINDOW)
+    top = _top(report, file_workload.pid)
+    assert report.tracer.backend == "perf-major" and report.tracer.exact
+    assert top.sources[0].kind is SourceKind.FILE and top.sources[0].path == str(file_workload.path)
+    assert top.major_faults == top.traced_majflt  # the process's count is majflt over the tracer's interval
+    if tracer == "perf-major":  # named: every fault, checked against majflt
+        assert report.tracer.sample_period == 1 and top.exact is True
+        return
+    n = report.tracer.sample_period
+    assert n >= 2, (n, top.major_faults_per_second, report.tracer.notes)
+    assert report.tracer.notes[0].startswith(f"sampled one major fault in {n}: the node made "), report.tracer.notes
+    # the estimate (samples x N) lands near majflt: the workload made most of the node's faults
+    assert abs(top.traced_faults - top.traced_majflt) <= 0.1 * top.traced_majflt, (top.traced_faults, top.traced_majflt, n)
+    assert report.tracer.events * n >= 0.9 * top.traced_majflt
+    assert top.exact is None and top.exact_why.startswith(f"sampled one fault in {n}")
+    assert not any("not exact" in w for w in report.warnings), report.warnings
+    assert top.verdict is not None and top.verdict.cause is Cause.COLD_FILE_READS
+
+
 def test_swap_workload_is_swap(root_required, swap_workload):
     require_tracers("perf-major")  # auto's first choice: the swap verdict rests on exact addresses
     # the pid filter: on a shared machine another run's workload may fault more than this one

@@ -452,3 +452,15 @@ def test_alert_start_is_written_as_the_page_writes_times():
     assert "since 2026-12-07 06:53:32 UTC" in text_of(render_report_page(r))
     r.trigger.starts_at = "yesterday <b>"
     assert "since yesterday &lt;b&gt;" in render_report_page(r)
+
+
+def test_a_sampled_report_says_one_in_n_not_exact():
+    from app.investigation.engine import sampled_note
+
+    r = file_fault_report()
+    r.tracer.sample_period = 4
+    r.tracer.notes = [sampled_note(4, 15437.0, 4000), "perf.data read while recording (3 rounds)"]
+    text = text_of(render_report_page(r))
+    assert "major faults, one in 4 recorded" in text and "exact major faults" not in text
+    assert "sampled one major fault in 4: the node made 15,437 major faults/s" in text
+    assert "perf.data read while recording" not in text  # only the sampling note is shown

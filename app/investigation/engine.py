@@ -7,6 +7,7 @@ thread for the window while this thread samples procfs once a second.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,10 @@ STRAGGLER_WAIT_SECONDS = 30.0  # how long an investigation waits for a previous 
 # interval (and EXACT_SLACK_FAULTS: a fault or two at either edge of a short, slow interval is no error).
 EXACT_TOLERANCE = 0.02
 EXACT_SLACK_FAULTS = 2
+# Before an automatic choice's window, the node's major faults are counted this long: above the tracing
+# settings' exact_max_rate a second, perf-major records one fault in N (sample_period).
+RATE_PROBE_SECONDS = 0.5
+SAMPLING_BACKENDS = ("perf-major",)  # the backends that honour TraceRequest.sample_period
 # Tracer threads of earlier runs still running after their processes were killed: the next
 # investigation waits (bounded) for them, so two runs' tracers never trace side by side.
 _stragglers: list[threading.Thread] = []
@@ -107,6 +112,7 @@ class _TracerRun:
     win: _Window
     window: float
     clock: Clock = REAL_CLOCK
+    sample_period: int = 1  # perf-major records one fault in this many (the others every fault)
     settled: threading.Event = field(default_factory=threading.Event)
     attempts: list[_Attempt] = field(default_factory=list)
     fresh_windows: int = 0
@@ -149,7 +155,7 @@ class _TracerRun:
             seconds=seconds, pids=self.pids, cancel=self.stop,
             on_start=lambda: mark("start"), on_stop=lambda: mark("stop"),
             max_output_bytes=self.settings.tracing.tracer_max_output_bytes, max_pages=self.settings.tracing.tracer_max_pages,
-            clock=self.clock,
+            clock=self.clock, sample_period=self.sample_period if tracer.name in SAMPLING_BACKENDS else 1,
         )
         try:
             result = tracer.run(request)
@@ -288,12 +294,17 @@ def investigate(
     started_at = utcnow()
     warnings = _before_the_window()
     cands, reason, skipped = _choose(settings, tracers)
-    report_progress(0.0, f"tracing with {cands[0].name}")
+    period, probed_rate = 1, None
+    if tracers is None and settings.tracing.tracer == "auto" and settings.tracing.exact_max_rate > 0 \
+            and cands[0].name in SAMPLING_BACKENDS:
+        probed_rate = node_fault_rate(procfs, clock, cancel)
+        period = sample_period(probed_rate, settings.tracing.exact_max_rate)
+    report_progress(0.0, f"tracing with {cands[0].name}" + (f", one major fault in {period}" if period > 1 else ""))
     reread_start = rereaders.start(settings.node.cgroup_root, clock)  # every group's refaults: read() re-readers
     sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root,
                       full_every=settings.investigation.scan_full_every_seconds, clock=clock)
     sampler.first()
-    run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window, clock)
+    run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window, clock, period)
     thread = threading.Thread(target=run.main, name="tracer", daemon=True)
     t0 = clock.monotonic()
     run.win.end = t0 + window
@@ -307,6 +318,8 @@ def investigate(
         for failed, why in run.failed:
             mark_failed(failed, settings, why)
     tracer_info = _tracer_info(tracer, trace, reason, skipped)
+    if trace.sample_period > 1:
+        tracer_info.notes.insert(0, sampled_note(trace.sample_period, probed_rate, settings.tracing.exact_max_rate))
     warnings.extend(_tracer_warnings(run, tracer, trace, elapsed, window))
     counted = _count(sampler, tracer, tracer_info, t0, elapsed)
     chosen = counted.ranked[: top or settings.investigation.top]
@@ -325,9 +338,13 @@ def investigate(
             warnings.append(f"pod names: {attribution.error}")
     build = _Build(sampler, trace, pods, elapsed, counted, procfs.mnt_ns("self"))
     processes = [build_process(t, s, build) for t, s in zip(chosen, snaps, strict=True)]
-    if counted.over_interval and tracer.exact and (inexact := check_exact(processes, trace)):
+    if counted.over_interval and tracer.exact and trace.sample_period == 1 and (inexact := check_exact(processes, trace)):
         warnings.append(f"{tracer.name} is not exact for {len(inexact)} process(es) over its "
                         f"{counted.seconds:.1f} s interval: " + "; ".join(inexact[:5]))
+    elif trace.sample_period > 1:
+        for p in processes:  # not checked: a sample stands for sample_period faults of whichever task made them
+            p.exact_why = (f"sampled one fault in {trace.sample_period}: major_faults is majflt, traced_faults "
+                           f"{trace.sample_period} x its samples")
     for p, s in zip(processes, snaps, strict=True):
         p.verdict = diagnose_process(p, node_stats, s.cgroup_problem, noise_floor=settings.investigation.noise_floor)
     apply_swap_devices(processes, node_stats)
@@ -365,6 +382,34 @@ def _choose(settings: Settings, tracers: Sequence[Tracer] | None) -> tuple[list[
         return candidates(settings)
     cands = list(tracers) or [make_tracer("procfs", settings)]
     return cands, f"given by the caller: {', '.join(t.name for t in cands)}", []
+
+
+def node_fault_rate(procfs: ProcFS, clock: Clock, cancel: threading.Event) -> float | None:
+    """The node's major faults a second over RATE_PROBE_SECONDS (/proc/vmstat pgmajfault), or None when
+    it cannot be read."""
+    a, t = procfs.vmstat().get("pgmajfault"), clock.monotonic()
+    clock.wait(cancel, RATE_PROBE_SECONDS)
+    b, dt = procfs.vmstat().get("pgmajfault"), clock.monotonic() - t
+    if a is None or b is None or dt <= 0:
+        return None
+    return max(0, b - a) / dt
+
+
+def sample_period(rate: float | None, exact_max_rate: int) -> int:
+    """1 (record every major fault) up to exact_max_rate faults/s; above it the N that records about
+    exact_max_rate a second. Unknown rate, or exact_max_rate 0: 1."""
+    if rate is None or exact_max_rate <= 0 or rate <= exact_max_rate:
+        return 1
+    return math.ceil(rate / exact_max_rate)
+
+
+def sampled_note(period: int, rate: float | None, exact_max_rate: int) -> str:
+    seen = f"{rate:,.0f} major faults/s" if rate is not None else "a fault rate"
+    return (f"sampled one major fault in {period}: the node made {seen} when the window opened, above "
+            f"{exact_max_rate:,}/s (PFI_EXACT_MAX_RATE), where recording every fault costs the faulting "
+            "workloads more than a few percent of their rate. The processes' counts are still every fault "
+            "(majflt over the tracer's interval); the sources' counts are estimates (samples x "
+            f"{period}); limits are sized on the procfs basis (the distinct pages of a sample undercount)")
 
 
 def _before_the_window() -> list[str]:
@@ -455,7 +500,7 @@ def _tracer_info(tracer: Tracer, trace: TraceResult, reason: str, skipped: list[
         counts_past_window=trace.counts_past_window,
         lost_samples=trace.lost, ring_buffer_pages=trace.ring_pages, ring_buffer_pages_wanted=trace.ring_pages_wanted,
         map_keys=trace.map_keys, map_keys_wanted=trace.map_keys_wanted, map_full=trace.map_full,
-        notes=trace.notes[:20],
+        notes=trace.notes[:20], sample_period=trace.sample_period,
     )
 
 

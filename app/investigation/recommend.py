@@ -487,7 +487,7 @@ def _estimated_need(p: ProcessReport, group: Group, mem: CgroupMemory, resident:
     read = min(seen_bytes, bound) if bound else seen_bytes
     at_least = bound is None or seen_bytes < bound
     margin = MARGIN_ESTIMATED
-    how = "procfs" if backend == "procfs" else f"{backend} is not exact"
+    how = "procfs" if backend == "procfs" else backend if " sampled " in backend else f"{backend} is not exact"
     basis.append(f"estimate ({how}, no fault addresses used): {group.faults:,} major faults ({mib(faulted)}) in "
                  f"{seconds:.0f} s" + (f" and {mib(came * PAGE)} refaulted by the cgroup (workingset_refault)"
                                        if came * PAGE > faulted else "")

@@ -87,6 +87,10 @@ def add_recommendations(
     if resolver is not None and any(p.pod is not None for p in limited):
         allocatable, _ = resolver.allocatable(node_name)  # type: ignore[attr-defined]
     span = trace.duration_seconds or seconds
+    # Every fault's page (an exact backend, not sampled): the distinct pages size the limit. A sampled
+    # recording's pages undercount the memory that faulted: the procfs basis then, like a backend that is not exact.
+    every = trace.exact and trace.sample_period == 1
+    backend = trace.backend if trace.sample_period == 1 else f"{trace.backend} sampled one fault in {trace.sample_period}"
     groups: dict[str, Group] = {}
     memory: dict[str, dict[MemoryKey, tuple[int, int]]] = {}  # procfs: the faulting memory per group
     keys = {limit_key(q.cgroup_memory) for q in limited if q.cgroup_memory is not None}
@@ -102,7 +106,7 @@ def add_recommendations(
         g.faults += p.major_faults
         if not g.refaults and refaults:  # the group's refaults each tick (its processes' cgroup, the first sampled)
             g.refaults = list(refaults.get(p.cgroup_memory.path, ()))
-        if pages and t is not None and trace.exact:  # perf-tracepoint's pages include minor faults: not used
+        if pages and t is not None and every:  # perf-tracepoint's pages include minor faults: not used
             mine = distinct_pages(p.pid, pages, t.maps, resident_now(snapshots.get(p.pid), p, pages))
             kept = sum(pages.values())
             seen = trace.totals.get(p.pid, kept)
@@ -117,7 +121,7 @@ def add_recommendations(
             g.pages.merge(mine)
             for sec, n in trace.new_pages.get(p.pid, {}).items():
                 g.growth[sec] = g.growth.get(sec, 0) + n
-        elif not trace.faults or not trace.exact:
+        elif not trace.faults or not every:
             kinds = {s.kind.value for s in p.sources if s.faults}
             g.kinds = frozenset(kinds) if key not in memory else g.kinds | kinds
             merge_memory(memory.setdefault(key, {}), faulting_memory(p.pid, _smaps(snapshots.get(p.pid), p), kinds))
@@ -128,6 +132,6 @@ def add_recommendations(
     for p in limited:
         assert p.verdict is not None and p.cgroup_memory is not None
         g = groups[limit_key(p.cgroup_memory)]
-        p.verdict.recommendation = recommend(p, g, node, seconds=span, backend=trace.backend,
+        p.verdict.recommendation = recommend(p, g, node, seconds=span, backend=backend,
                                              allocatable_bytes=allocatable)
         put_in_advice(p.verdict)

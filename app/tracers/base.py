@@ -58,6 +58,9 @@ class TraceResult:
     # pid -> second of the window -> distinct pages first faulted in that second (backends with sample
     # times: perf-major); empty when the backend cannot tell (bpftrace prints its maps once, at the end).
     new_pages: dict[int, dict[int, int]] = field(default_factory=dict)
+    # 1: every event was recorded. N > 1: one event in N was (perf -c N); faults and totals are the
+    # samples times N (estimates), distinct pages and new_pages undercount (new_pages is left empty)
+    sample_period: int = 1
 
     def add(self, pid: int, address: int, count: int = 1) -> None:
         page = address & PAGE_MASK
@@ -104,6 +107,8 @@ class TraceRequest:
     max_output_bytes: int = 256 * 1024 * 1024
     max_pages: int = 262_144
     clock: Clock = REAL_CLOCK  # the investigation's (Clock): what a backend that only holds the window waits on
+    # record one event in this many (a backend that can sample: perf-major; the others record every one)
+    sample_period: int = 1
 
 
 class Tracer(Protocol):

@@ -465,6 +465,8 @@ def run_row(row: Row, tmp: Path, settings_kw: dict[str, Any] | None = None, wind
             check_recommendation(row, None if row.kind == "replay" else proc, report.processes[0], out)
     out.seconds = time.monotonic() - t0
     out.tracer = report.tracer.backend
+    if report.tracer.sample_period > 1:  # auto on a node faulting above PFI_EXACT_MAX_RATE: one fault in N
+        out.tracer += f" 1/{report.tracer.sample_period}"
     if row.tracer == "auto" and not report.tracer.exact:
         out.problems.append(f"auto ran {out.tracer}, not an exact tracer: {report.tracer.reason}")
     elif row.tracer != "auto" and out.tracer != row.tracer:
@@ -523,13 +525,13 @@ def rate_cell(o: Outcome) -> str:
 
 def table(outcomes: list[Outcome]) -> str:
     """The accuracy table: one line per row, expected vs got."""
-    lines = [f"{'scenario':44} {'tracer':14} {'cause':24} {'source':7} {'subject':7} {'faults/s:floor':15} "
-             f"{'limit (faults/s)':42} ok", "-" * 163]
+    lines = [f"{'scenario':44} {'tracer':16} {'cause':24} {'source':7} {'subject':7} {'faults/s:floor':15} "
+             f"{'limit (faults/s)':42} ok", "-" * 165]
     for o in outcomes:
         r = o.row
         def cell(want: str, got: str) -> str:
             return got if want == got else f"{got}!={want}"
-        lines.append(f"{r.name:44} {o.tracer:14} {cell(r.cause, o.cause):24} {cell(r.source, o.source):7} "
+        lines.append(f"{r.name:44} {o.tracer:16} {cell(r.cause, o.cause):24} {cell(r.source, o.source):7} "
                      f"{cell(r.subject, o.subject):7} {rate_cell(o):15} {recommendation_cell(o):42} "
                      f"{'yes' if o.ok else 'NO: ' + '; '.join(o.problems)}")
     good = sum(o.ok for o in outcomes)
