@@ -20,30 +20,11 @@ import pytest
 from app.config import Settings
 from tests.scenario_report import OUTCOMES
 from tests.service_support import require_tracers
-from tests.workloads import CGROUP_MEMORY_ROOT, CGROUP_ROOT, memory_hierarchy, no_memory_controller_reason
-from tests.workloads.scenarios import ROWS, UNIFIED_ROOT, Row, run_row
+from tests.workloads import memory_hierarchy, no_memory_controller_reason
+from tests.workloads.scenarios import ROWS, Row, run_row, skip_reason
 
 KUBELET_TOKEN = "scenario-kubelet-token"
 PODLIST = Path(__file__).parent / "fixtures/kubelet/podlist-minikube-1.35-containerd-2.2-static-pods-all-qos.json"
-
-
-def _skip_reason(row: Row) -> str | None:
-    if row.kind == "replay":
-        return None
-    if os.geteuid() != 0:
-        return "needs root (cgroups, swap, tracers)"
-    for tool in ("gcc", *(("mkswap", "swapon", "swapoff") if row.kind in ("anon", "shm") else ())):
-        if shutil.which(tool) is None:
-            return f"{tool} not found"
-    if row.layout in ("cgroupfs", "hybrid") and not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
-        return f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}: the v1 path (a {row.layout}-layout pod)"
-    if row.layout == "hybrid" and not (UNIFIED_ROOT / "cgroup.procs").exists():
-        return f"no unified cgroup tree at {UNIFIED_ROOT}: the v1 path (a hybrid-layout pod)"
-    if row.layout == "host" and memory_hierarchy() is None:
-        return no_memory_controller_reason()
-    if row.layout == "systemd" and getattr(memory_hierarchy(), "version", None) != 2:
-        return f"no memory controller on the unified tree at {CGROUP_ROOT}: the v2 path (a systemd-layout pod)"
-    return None
 
 
 # A real workload in cgroups made for it. In the second pass the rows share the machine with the other
@@ -58,7 +39,7 @@ _REAL = (pytest.mark.root, pytest.mark.workloads)
     ids=[f"{r.name} [{r.tracer}]" for r in ROWS],
 )
 def test_scenario(row: Row, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    reason = _skip_reason(row)
+    reason = skip_reason(row)
     if reason:
         pytest.skip(reason)
     if row.tracer == "auto":
@@ -129,7 +110,7 @@ def test_short_window_says_at_least(tracer: str, tmp_path: Path) -> None:
     from tests.workloads.scenarios import LIMIT_MB, _past_first_pass, scenario_workload, unique_parent
 
     row = Row("short window", "reread", tracer, "container_memory_limit", "file", "host")
-    if reason := _skip_reason(row):
+    if reason := skip_reason(row):
         pytest.skip(reason)
     with scenario_workload("reread", cgroup=f"{unique_parent()}/job", data=tmp_path / "d.bin") as proc:
         _past_first_pass(proc)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 from . import (
     CGROUP_MEMORY_ROOT,
+    CGROUP_ROOT,
     WorkloadProcess,
     _counter,
     _kill,
@@ -36,6 +38,7 @@ from . import (
     majflt,
     memory_cgroup,
     memory_hierarchy,
+    no_memory_controller_reason,
     record,
     remove_groups,
     swap_enabled,
@@ -672,3 +675,23 @@ def check_tight(row: Row, proc: Any, limit_file: Path, out: Outcome) -> None:
                             f"{out.rate_tight:,.0f}/s (before: {out.rate_before:,.0f}/s, at the recommended "
                             f"{out.recommended_mib} MiB: {out.rate_after:,.0f}/s): the tightness check did not "
                             "bring the faults back")
+
+
+def skip_reason(row: Row) -> str | None:
+    """Why this row cannot run on this machine (the test skips with it; the bench leaves the row out), or None."""
+    if row.kind == "replay":
+        return None
+    if os.geteuid() != 0:
+        return "needs root (cgroups, swap, tracers)"
+    for tool in ("gcc", *(("mkswap", "swapon", "swapoff") if row.kind in ("anon", "shm") else ())):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    if row.layout in ("cgroupfs", "hybrid") and not (CGROUP_MEMORY_ROOT / "memory.limit_in_bytes").exists():
+        return f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}: the v1 path (a {row.layout}-layout pod)"
+    if row.layout == "hybrid" and not (UNIFIED_ROOT / "cgroup.procs").exists():
+        return f"no unified cgroup tree at {UNIFIED_ROOT}: the v1 path (a hybrid-layout pod)"
+    if row.layout == "host" and memory_hierarchy() is None:
+        return no_memory_controller_reason()
+    if row.layout == "systemd" and getattr(memory_hierarchy(), "version", None) != 2:
+        return f"no memory controller on the unified tree at {CGROUP_ROOT}: the v2 path (a systemd-layout pod)"
+    return None
