@@ -14,7 +14,7 @@
 #   ./test.sh --zoo      the whole limit zoo (tests/test_zoo.py), its procfs rows included (about 6-8 minutes)
 #   ./test.sh --vm [ARGS] the VM tier (scripts/vm/run.sh): a cgroup-v2-only guest with kprobes and zram under
 #                        QEMU runs the guest checks (ARGS: pytest args for the guest instead of its default set);
-#                        PFI_VM=1 ./test.sh: the whole suite, then the VM tier
+#                        PFI_VM_TIER=1 ./test.sh: the whole suite, then the VM tier
 #   ./test.sh ARGS...    pytest ARGS, in one process (a file, -k, -m ...)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -105,11 +105,11 @@ else
   unset PFI_PASS_LOCK
   [ $rc -ne 0 ] || rc=$rc2
   [ $rc -ne 0 ] || rc=$rc3
-  # PFI_VM=1: the VM tier too, after the suite (about 6 minutes with the guest image cached, 9-15 with its
+  # PFI_VM_TIER=1: the VM tier too, after the suite (about 6 minutes with the guest image cached, 9-15 with its
   # first build; both CPUs). Not by default: the suite's budget is 10 minutes, and the image's first build
   # fetches Debian packages.
-  if [ "${PFI_VM:-0}" = 1 ]; then
-    echo "=========================== the VM tier (PFI_VM=1) ==========================="
+  if [ "${PFI_VM_TIER:-0}" = 1 ]; then
+    echo "=========================== the VM tier (PFI_VM_TIER=1) ==========================="
     bash scripts/vm/run.sh; rc_vm=$?
     [ $rc -ne 0 ] || rc=$rc_vm
   fi

@@ -48,11 +48,22 @@ class _VmstatTree:
 
 
 def test_the_node_rate_is_counted_over_the_probe_on_the_investigation_clock() -> None:
+    """From the first read (before the window's set-up), until RATE_PROBE_SECONDS have passed: the set-up's
+    own time counts, and only the rest is waited."""
     clock = VirtualClock(start=10.0)
-    rate = node_fault_rate(_VmstatTree(8000), clock, threading.Event())  # type: ignore[arg-type]
+    tree = _VmstatTree(8000)
+    since = (tree.vmstat()["pgmajfault"], clock.monotonic())
+    clock.wait(threading.Event(), 0.1)  # the set-up took 0.1 s
+    rate = node_fault_rate(tree, clock, threading.Event(), since)  # type: ignore[arg-type]
     assert rate == pytest.approx(8000 / engine.RATE_PROBE_SECONDS)
     assert clock.monotonic() == pytest.approx(10.0 + engine.RATE_PROBE_SECONDS)
-    assert node_fault_rate(_VmstatTree(None), VirtualClock(start=0.0), threading.Event()) is None  # type: ignore[arg-type]
+    late = VirtualClock(start=0.0)  # a set-up longer than the probe: no wait at all
+    since = (tree.vmstat()["pgmajfault"], late.monotonic())
+    late.wait(threading.Event(), 2.0)
+    assert node_fault_rate(tree, late, threading.Event(), since) == pytest.approx(8000 / 2.0)  # type: ignore[arg-type]
+    assert late.monotonic() == pytest.approx(2.0)
+    blind = _VmstatTree(None)
+    assert node_fault_rate(blind, VirtualClock(start=0.0), threading.Event(), (None, 0.0)) is None  # type: ignore[arg-type]
 
 
 def test_perf_major_records_one_in_n_and_scales_its_counts_to_estimates() -> None:

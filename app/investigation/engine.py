@@ -60,7 +60,7 @@ EXACT_TOLERANCE = 0.02
 EXACT_SLACK_FAULTS = 2
 # Before an automatic choice's window, the node's major faults are counted this long: above the tracing
 # settings' exact_max_rate a second, perf-major records one fault in N (sample_period).
-RATE_PROBE_SECONDS = 0.5
+RATE_PROBE_SECONDS = 0.3  # from before the set-up (the re-reader scan, the first sample): most of it overlaps them
 SAMPLING_BACKENDS = ("perf-major",)  # the backends that honour TraceRequest.sample_period
 # Tracer threads of earlier runs still running after their processes were killed: the next
 # investigation waits (bounded) for them, so two runs' tracers never trace side by side.
@@ -145,9 +145,9 @@ class _TracerRun:
         self.current = tracer.name
         seen: dict[str, float] = {}
 
-        def mark(name: str) -> None:
+        def mark(name: str) -> float:
             seen[name] = self.clock.monotonic()
-            self.sampler.mark(name)
+            return self.sampler.mark(name)
 
         self.sampler.marks = {}
         self.sampler.mark_info = {}
@@ -294,16 +294,18 @@ def investigate(
     started_at = utcnow()
     warnings = _before_the_window()
     cands, reason, skipped = _choose(settings, tracers)
-    period, probed_rate = 1, None
-    if tracers is None and settings.tracing.tracer == "auto" and settings.tracing.exact_max_rate > 0 \
-            and cands[0].name in SAMPLING_BACKENDS:
-        probed_rate = node_fault_rate(procfs, clock, cancel)
-        period = sample_period(probed_rate, settings.tracing.exact_max_rate)
-    report_progress(0.0, f"tracing with {cands[0].name}" + (f", one major fault in {period}" if period > 1 else ""))
+    probing = tracers is None and settings.tracing.tracer == "auto" and settings.tracing.exact_max_rate > 0 \
+        and cands[0].name in SAMPLING_BACKENDS
+    probe_from = (procfs.vmstat().get("pgmajfault"), clock.monotonic()) if probing else None
     reread_start = rereaders.start(settings.node.cgroup_root, clock)  # every group's refaults: read() re-readers
     sampler = Sampler(procfs, pids, cgroup_root=settings.node.cgroup_root,
                       full_every=settings.investigation.scan_full_every_seconds, clock=clock)
     sampler.first()
+    period, probed_rate = 1, None
+    if probe_from is not None:
+        probed_rate = node_fault_rate(procfs, clock, cancel, probe_from)
+        period = sample_period(probed_rate, settings.tracing.exact_max_rate)
+    report_progress(0.0, f"tracing with {cands[0].name}" + (f", one major fault in {period}" if period > 1 else ""))
     run = _TracerRun(settings, cands, sampler, pids, threading.Event(), _Window(), window, clock, period)
     thread = threading.Thread(target=run.main, name="tracer", daemon=True)
     t0 = clock.monotonic()
@@ -317,6 +319,8 @@ def investigate(
     if run.failed and tracers is None:
         for failed, why in run.failed:
             mark_failed(failed, settings, why)
+    if trace.sample_period > 1:  # the reason quotes the probe's command line (-c 1): say what ran
+        reason += f"; this window recorded one major fault in {trace.sample_period} (-c {trace.sample_period})"
     tracer_info = _tracer_info(tracer, trace, reason, skipped)
     if trace.sample_period > 1:
         tracer_info.notes.insert(0, sampled_note(trace.sample_period, probed_rate, settings.tracing.exact_max_rate))
@@ -384,11 +388,12 @@ def _choose(settings: Settings, tracers: Sequence[Tracer] | None) -> tuple[list[
     return cands, f"given by the caller: {', '.join(t.name for t in cands)}", []
 
 
-def node_fault_rate(procfs: ProcFS, clock: Clock, cancel: threading.Event) -> float | None:
-    """The node's major faults a second over RATE_PROBE_SECONDS (/proc/vmstat pgmajfault), or None when
-    it cannot be read."""
-    a, t = procfs.vmstat().get("pgmajfault"), clock.monotonic()
-    clock.wait(cancel, RATE_PROBE_SECONDS)
+def node_fault_rate(procfs: ProcFS, clock: Clock, cancel: threading.Event,
+                    since: tuple[int | None, float]) -> float | None:
+    """The node's major faults a second (/proc/vmstat pgmajfault) from `since` (pgmajfault then, and
+    when), waiting until RATE_PROBE_SECONDS have passed; None when it cannot be read."""
+    a, t = since
+    clock.wait(cancel, t + RATE_PROBE_SECONDS - clock.monotonic())
     b, dt = procfs.vmstat().get("pgmajfault"), clock.monotonic() - t
     if a is None or b is None or dt <= 0:
         return None
@@ -404,12 +409,11 @@ def sample_period(rate: float | None, exact_max_rate: int) -> int:
 
 
 def sampled_note(period: int, rate: float | None, exact_max_rate: int) -> str:
+    """What the report says of a 1-in-period recording (why: README, "On a node that faults fast")."""
     seen = f"{rate:,.0f} major faults/s" if rate is not None else "a fault rate"
-    return (f"sampled one major fault in {period}: the node made {seen} when the window opened, above "
-            f"{exact_max_rate:,}/s (PFI_EXACT_MAX_RATE), where recording every fault costs the faulting "
-            "workloads more than a few percent of their rate. The processes' counts are still every fault "
-            "(majflt over the tracer's interval); the sources' counts are estimates (samples x "
-            f"{period}); limits are sized on the procfs basis (the distinct pages of a sample undercount)")
+    return (f"sampled one major fault in {period}: the node made {seen} as the window opened, above "
+            f"PFI_EXACT_MAX_RATE ({exact_max_rate:,}/s); process counts are still every fault (majflt), "
+            f"source counts are {period} x samples, limits use the procfs basis")
 
 
 def _before_the_window() -> list[str]:

@@ -148,12 +148,17 @@ class Sampler:
             out[pid] = (starttime, majflt)
         return out
 
-    def mark(self, name: str) -> None:
-        """Record every process's majflt now (called from the tracer's thread at start/stop).
+    def mark(self, name: str) -> float:
+        """Record every process's majflt now (called from the tracer's thread at start/stop); returns when
+        (monotonic s) the likeliest faulter's was read: a tracer bounds its samples' times there.
 
         Reading all of /proc takes a while on a busy node (0.1 s and more at 5,000 processes), and a
         process faulting 20,000 times a second moves meanwhile. So the likely faulters are read
-        first, one by one: the processes with the most major faults so far.
+        first, one by one: the processes with the most major faults so far. The mark's time is taken
+        around the read of the likeliest one alone (the midpoint of a clock read just before and just
+        after it), not before this method began: waiting for the sampler's lock behind a full scan, or for
+        the CPU on a busy machine, took 0.1 s and more there, and a tracer whose bounds were taken before
+        its two marks then counted a few % more or fewer faults than majflt over them (issue 27).
         """
         with self._lock:
             likely = sorted(self.tracks.values(), key=lambda t: -(t.last.majflt - t.baseline_majflt or t.last.majflt))
@@ -161,7 +166,11 @@ class Sampler:
         at = self.clock.monotonic()
         marks: dict[int, tuple[int, int]] = {}
         if hasattr(self.procfs, "stat_bytes") and hasattr(self.procfs, "listing"):
-            marks.update(self._counters(first_pids))
+            if first_pids:
+                before = self.clock.monotonic()
+                marks.update(self._counters(first_pids[:1]))
+                at = (before + self.clock.monotonic()) / 2
+            marks.update(self._counters(first_pids[1:]))
             everyone = sorted(self.only) if self.only is not None else self.procfs.listing()
             for pid, counters in self._counters([p for p in everyone if p not in marks]).items():
                 marks.setdefault(pid, counters)
@@ -176,6 +185,7 @@ class Sampler:
         with self._lock:
             self.marks[name] = marks
             self.mark_info[name] = info
+        return at
 
     def interval(self) -> tuple[float, float] | None:
         """(start, stop), monotonic, of the tracer's own interval when both its marks were read."""

@@ -284,15 +284,16 @@ def _hold(rec: SupervisedProcess, control: _Control, request: TraceRequest, resu
     if bounded:
         assert tail is not None
         tail.bounded = True
-        # the lower bound on the samples' clock just before the start mark reads majflt (the stop mark's
-        # bound is likewise taken just before it): the two bounds and the two reads are equally apart
+        # the bounds on the samples' clock are when the marks read majflt (the time a marker returns: the
+        # likeliest faulter's read), else taken just before each mark; nothing is read live before lo_ns
         marker = request.on_start
 
-        def on_start() -> None:
+        def on_start() -> float | None:
             assert tail is not None
-            tail.lo_ns = time.monotonic_ns()
-            if marker is not None:
-                marker()
+            before = time.monotonic_ns()
+            at = marker() if marker is not None else None
+            tail.lo_ns = round(at * 1e9) if at is not None else before
+            return at
 
         request = dataclasses.replace(request, on_start=on_start)
     with rec, contextlib.ExitStack() as reading:
@@ -313,15 +314,17 @@ def _hold(rec: SupervisedProcess, control: _Control, request: TraceRequest, resu
             else:
                 result.exited_early = True
                 result.errors.append(f"perf record exited early: {first_error_line(err) or rec.poll()}")
-        def stop_mark(at: float) -> None:
+        def stop_mark(at: float) -> float:
             marks.t_stop, marks.stopped = at, True
-            if request.on_stop:
-                request.on_stop()
+            read = request.on_stop() if request.on_stop else None
+            if read is not None:
+                marks.t_stop = read
+            return marks.t_stop
 
-        if bounded:  # the stop mark, then disable: samples from the bound on are not counted
+        if bounded:  # the stop mark, then disable: samples from the bound (its majflt read) on are not counted
             assert tail is not None
-            tail.hi_ns = time.monotonic_ns()
-            stop_mark(tail.hi_ns / 1e9)
+            tail.hi_ns = time.monotonic_ns()  # meanwhile (the live reader's last round may be under way)
+            tail.hi_ns = max(tail.hi_ns, round(stop_mark(tail.hi_ns / 1e9) * 1e9))
         if rec.poll() is None and not control.command(rec, "disable", ACK_TIMEOUT):
             result.errors.append("perf did not acknowledge 'disable': stopped it with a signal")
         if not bounded:

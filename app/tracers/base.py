@@ -93,8 +93,9 @@ REAL_CLOCK = Clock()
 
 
 # Called by a backend exactly once when tracing really starts (probes attached, counters enabled)
-# and once when it really stops, so the engine can read majflt at the same instants.
-Marker = Callable[[], None]
+# and once when it really stops, so the engine can read majflt at the same instants. It may return when
+# (monotonic s) the counters were read: a backend with sample times bounds its samples there (perf-major).
+Marker = Callable[[], float | None]
 
 
 @dataclass
