@@ -122,9 +122,9 @@ class TracingSettings(_Group):
         description="Major faults a second on the whole node above which the automatic choice (tracer"
         " 'auto') records one fault in N with perf-major (`perf record -c N`, N so that it records about"
         " this many a second) instead of every one; 0: always every fault. A recorded fault costs the"
-        " faulting task and the inspector a few microseconds of CPU: at 70,000 faults/s (swap-ins from"
-        " zram) recording each one cost the workloads 5-10% of their rate, sampled about 1% (docs/bench.md,"
-        " section 10). A sampled report says so: the processes' counts are still every fault (majflt), the"
+        " faulting task and the inspector a microsecond or more of CPU: at 70,000 faults/s (swap-ins from"
+        " zram) recording each one added 2.3-2.7 s of CPU to a 10 s investigation, one in 12-20 added"
+        " 0.9-1.2 s (docs/bench.md, section 10). A sampled report says so: the processes' counts are still every fault (majflt), the"
         " sources' counts are estimates (N x samples), and limits are sized on the procfs basis. A tracer"
         " named in 'tracer' always records every fault.",
     )
