@@ -151,8 +151,8 @@ def _record_by_record_read(self: _perf._Tail, final: perfdata.PerfData | None = 
 
 @contextlib.contextmanager
 def _reader(kind: str) -> Iterator[None]:
-    """The live reader to investigate with: "columns" (the app's) or "records" (the one before it)."""
-    if kind == "columns":
+    """The live reader to investigate with: the app's, or for "records" the one before it (KINDS)."""
+    if kind != "records":
         yield
         return
     saved_read, saved_nice = _perf._Tail.read, _perf._nice_this_thread
