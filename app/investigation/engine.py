@@ -319,10 +319,9 @@ def investigate(
     if run.failed and tracers is None:
         for failed, why in run.failed:
             mark_failed(failed, settings, why)
-    if trace.sample_period > 1:  # the reason quotes the probe's command line (-c 1): say what ran
-        reason += f"; this window recorded one major fault in {trace.sample_period} (-c {trace.sample_period})"
     tracer_info = _tracer_info(tracer, trace, reason, skipped)
-    if trace.sample_period > 1:
+    if trace.sample_period > 1:  # the reason quotes the probe's command line (-c 1): say what ran
+        tracer_info.reason += f"; this window recorded one major fault in {trace.sample_period} (-c {trace.sample_period})"
         tracer_info.notes.insert(0, sampled_note(trace.sample_period, probed_rate, settings.tracing.exact_max_rate))
     warnings.extend(_tracer_warnings(run, tracer, trace, elapsed, window))
     counted = _count(sampler, tracer, tracer_info, t0, elapsed)
